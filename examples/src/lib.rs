@@ -1,0 +1,1 @@
+//! Examples for embedders live under `examples/`.

@@ -1,0 +1,17 @@
+//! Shared building blocks of the weave overlay SDK.
+//!
+//! * [`PeerName`], [`PeerUid`]: the identity of a router in the mesh.
+//! * [`time`] and [`rng`]: the seams through which sans-IO cores get time and
+//!   randomness. Cores never read a clock or an OS RNG themselves: time is an
+//!   argument (`now`), randomness is an injected, seedable generator.
+//! * `sim` (feature `testing`): a deterministic multi-node network simulation
+//!   with a seeded event queue, per-link latency, loss, reordering and
+//!   partitions, and virtual time.
+
+pub mod peer;
+pub mod rng;
+#[cfg(feature = "testing")]
+pub mod sim;
+pub mod time;
+
+pub use peer::{PeerName, PeerNameParseError, PeerUid};
