@@ -1,1 +1,5 @@
 //! wip
+pub mod crypto;
+pub mod frame;
+pub mod link;
+pub mod proto;

@@ -1,0 +1,159 @@
+//! Wire messages of the mesh protocol (protobuf, via prost derive).
+//!
+//! After the handshake every frame is one [`Envelope`]. Field numbers are the
+//! compatibility contract: add fields, never renumber.
+
+#![allow(missing_docs)] // each message is documented; prost fields mirror them
+
+use prost::{Message, Oneof};
+
+/// What each side tells the other once the channel is secured.
+#[derive(Clone, PartialEq, Message)]
+pub struct Features {
+    #[prost(uint64, tag = "1")]
+    pub name: u64,
+    #[prost(string, tag = "2")]
+    pub nickname: String,
+    #[prost(uint64, tag = "3")]
+    pub uid: u64,
+    /// Chosen at random by the initiator for each connection; the responder echoes 0.
+    #[prost(uint64, tag = "4")]
+    pub conn_id: u64,
+    /// The TCP port the sender accepts connections on (for discovery).
+    #[prost(uint32, tag = "5")]
+    pub listen_port: u32,
+}
+
+/// One connection as listed in a peer record.
+#[derive(Clone, PartialEq, Eq, Hash, Message)]
+pub struct ConnectionEntry {
+    #[prost(uint64, tag = "1")]
+    pub name: u64,
+    /// The remote's listen address (`ip:port`).
+    #[prost(string, tag = "2")]
+    pub address: String,
+    #[prost(bool, tag = "3")]
+    pub outbound: bool,
+    #[prost(bool, tag = "4")]
+    pub established: bool,
+}
+
+/// A versioned peer record.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct PeerRecordMsg {
+    #[prost(uint64, tag = "1")]
+    pub name: u64,
+    #[prost(string, tag = "2")]
+    pub nickname: String,
+    #[prost(uint64, tag = "3")]
+    pub uid: u64,
+    #[prost(uint64, tag = "4")]
+    pub version: u64,
+    #[prost(message, repeated, tag = "5")]
+    pub connections: Vec<ConnectionEntry>,
+}
+
+/// Keep-alive; proves the connection is alive when nothing else flows.
+#[derive(Clone, PartialEq, Message)]
+pub struct Heartbeat {}
+
+/// Peer records the sender holds that may be new to the receiver.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopologyUpdate {
+    #[prost(message, repeated, tag = "1")]
+    pub records: Vec<PeerRecordMsg>,
+}
+
+/// Order-independent digest of every (name, uid, version) the sender holds.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopologyDigest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub sum: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+}
+
+/// Per-bucket digests, sent when whole digests differ.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopologyBuckets {
+    #[prost(fixed64, repeated, tag = "1")]
+    pub digests: Vec<u64>,
+}
+
+/// (name, uid, version) of one record.
+#[derive(Clone, PartialEq, Message)]
+pub struct VersionEntry {
+    #[prost(uint64, tag = "1")]
+    pub name: u64,
+    #[prost(uint64, tag = "2")]
+    pub uid: u64,
+    #[prost(uint64, tag = "3")]
+    pub version: u64,
+}
+
+/// Every record version the sender holds in the listed buckets.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopologyVersions {
+    #[prost(uint32, repeated, tag = "1")]
+    pub buckets: Vec<u32>,
+    #[prost(message, repeated, tag = "2")]
+    pub entries: Vec<VersionEntry>,
+}
+
+/// Records the sender wants in full.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopologyRequest {
+    #[prost(uint64, repeated, tag = "1")]
+    pub names: Vec<u64>,
+}
+
+/// Data of a gossip channel.
+#[derive(Clone, PartialEq, Message)]
+pub struct ChannelMsg {
+    #[prost(string, tag = "1")]
+    pub channel: String,
+    /// Gossip: the peer that produced this delta. Broadcast / unicast: the source.
+    #[prost(uint64, tag = "2")]
+    pub src: u64,
+    /// Unicast only: the destination.
+    #[prost(uint64, tag = "3")]
+    pub dst: u64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: Vec<u8>,
+}
+
+/// The body of an [`Envelope`].
+#[derive(Clone, PartialEq, Oneof)]
+pub enum Body {
+    #[prost(message, tag = "1")]
+    Heartbeat(Heartbeat),
+    #[prost(message, tag = "2")]
+    Update(TopologyUpdate),
+    #[prost(message, tag = "3")]
+    Digest(TopologyDigest),
+    #[prost(message, tag = "4")]
+    Buckets(TopologyBuckets),
+    #[prost(message, tag = "5")]
+    Versions(TopologyVersions),
+    #[prost(message, tag = "6")]
+    Request(TopologyRequest),
+    #[prost(message, tag = "7")]
+    Gossip(ChannelMsg),
+    #[prost(message, tag = "8")]
+    Broadcast(ChannelMsg),
+    #[prost(message, tag = "9")]
+    Unicast(ChannelMsg),
+}
+
+/// One protocol message.
+#[derive(Clone, PartialEq, Message)]
+pub struct Envelope {
+    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    pub body: Option<Body>,
+}
+
+impl From<Body> for Envelope {
+    fn from(b: Body) -> Self {
+        Self { body: Some(b) }
+    }
+}
