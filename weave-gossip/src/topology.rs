@@ -1,0 +1,469 @@
+//! The topology: one versioned record per peer, listing its connections.
+//!
+//! Merging is a join: for each peer keep the record with the highest
+//! `(version, uid)`, so merge is commutative, associative and idempotent and
+//! every peer that has seen the same records holds the same topology. Only a
+//! peer writes its own record; if it is told of a record of itself at least as
+//! new as its own (an older incarnation, or state it lost), it bumps its
+//! version beyond it so its current record wins everywhere.
+//!
+//! Peers named in connections but with no record yet are *placeholders*:
+//! derived on demand, never stored, so they cannot make merge order matter.
+//! Peers no longer reachable from us through the listed connections are
+//! garbage-collected by [`Topology::gc`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use blake2::{Blake2s256, Digest};
+use weave_core::{PeerName, PeerUid};
+
+use crate::link::MAX_NICKNAME_LEN;
+use crate::proto::{ConnectionEntry, PeerRecordMsg, VersionEntry};
+
+/// Number of buckets anti-entropy splits the name space into.
+pub const BUCKETS: usize = 64;
+/// Most connections a record may list.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Longest address string accepted in a connection entry.
+const MAX_ADDRESS_LEN: usize = 300;
+
+/// One connection of a peer, as its record lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionInfo {
+    /// The peer at the other end.
+    pub peer: PeerName,
+    /// Its listen address (`ip:port`).
+    pub address: String,
+    /// Whether the record's owner dialed.
+    pub outbound: bool,
+    /// Whether the connection is established.
+    pub established: bool,
+}
+
+/// A peer as the mesh knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// Its name.
+    pub name: PeerName,
+    /// Its nickname.
+    pub nickname: String,
+    /// The UID of the incarnation that wrote this record.
+    pub uid: PeerUid,
+    /// Bumped by the owner on every change.
+    pub version: u64,
+    /// Its connections, sorted by peer.
+    pub connections: Vec<ConnectionInfo>,
+}
+
+/// Why a received record was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid peer record: {0}")]
+pub struct InvalidRecord(&'static str);
+
+impl PeerRecord {
+    /// Validate and convert a wire record.
+    pub fn from_msg(m: PeerRecordMsg) -> Result<Self, InvalidRecord> {
+        let name = PeerName::from_u64(m.name).ok_or(InvalidRecord("name wider than 48 bits"))?;
+        let uid = PeerUid::new(m.uid).ok_or(InvalidRecord("zero uid"))?;
+        if m.version == 0 {
+            return Err(InvalidRecord("version zero"));
+        }
+        if m.nickname.len() > MAX_NICKNAME_LEN {
+            return Err(InvalidRecord("nickname too long"));
+        }
+        if m.connections.len() > MAX_CONNECTIONS {
+            return Err(InvalidRecord("too many connections"));
+        }
+        let mut connections = Vec::with_capacity(m.connections.len());
+        for c in m.connections {
+            let peer = PeerName::from_u64(c.name).ok_or(InvalidRecord("connection to a name wider than 48 bits"))?;
+            if peer == name {
+                return Err(InvalidRecord("connection to itself"));
+            }
+            if c.address.len() > MAX_ADDRESS_LEN {
+                return Err(InvalidRecord("address too long"));
+            }
+            connections.push(ConnectionInfo { peer, address: c.address, outbound: c.outbound, established: c.established });
+        }
+        connections.sort();
+        connections.dedup_by(|a, b| a.peer == b.peer);
+        Ok(Self { name, nickname: m.nickname, uid, version: m.version, connections })
+    }
+
+    /// The wire form.
+    pub fn to_msg(&self) -> PeerRecordMsg {
+        PeerRecordMsg {
+            name: self.name.as_u64(),
+            nickname: self.nickname.clone(),
+            uid: self.uid.as_u64(),
+            version: self.version,
+            connections: self
+                .connections
+                .iter()
+                .map(|c| ConnectionEntry {
+                    name: c.peer.as_u64(),
+                    address: c.address.clone(),
+                    outbound: c.outbound,
+                    established: c.established,
+                })
+                .collect(),
+        }
+    }
+
+    fn key(&self) -> (u64, PeerUid) {
+        (self.version, self.uid)
+    }
+}
+
+/// What [`Topology::apply`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Peers whose record was new or newer (to relay onward).
+    pub changed: Vec<PeerName>,
+    /// We saw a record of ourselves at least as new as ours and bumped our
+    /// version beyond it: our record must be re-announced.
+    pub ourself_bumped: bool,
+}
+
+/// The bucket a peer name falls in.
+pub fn bucket_of(name: PeerName) -> usize {
+    (name.as_u64().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize
+}
+
+fn record_hash(name: PeerName, uid: PeerUid, version: u64) -> u128 {
+    let mut h = Blake2s256::new();
+    h.update(name.as_u64().to_le_bytes());
+    h.update(uid.as_u64().to_le_bytes());
+    h.update(version.to_le_bytes());
+    let out = h.finalize();
+    u128::from_le_bytes(out[..16].try_into().expect("blake2s output is 32 bytes"))
+}
+
+/// Every peer record this peer holds, with ours among them.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    ourself: PeerName,
+    peers: BTreeMap<PeerName, PeerRecord>,
+    sum: u128,
+    buckets: [u64; BUCKETS],
+}
+
+impl Topology {
+    /// A topology holding only our own record (version 1, no connections).
+    pub fn new(name: PeerName, nickname: String, uid: PeerUid) -> Self {
+        let mut t = Self { ourself: name, peers: BTreeMap::new(), sum: 0, buckets: [0; BUCKETS] };
+        t.insert(PeerRecord { name, nickname, uid, version: 1, connections: Vec::new() });
+        t
+    }
+
+    /// Our name.
+    pub fn ourself(&self) -> PeerName {
+        self.ourself
+    }
+
+    /// Our record.
+    pub fn our_record(&self) -> &PeerRecord {
+        &self.peers[&self.ourself]
+    }
+
+    /// A peer's record.
+    pub fn get(&self, name: PeerName) -> Option<&PeerRecord> {
+        self.peers.get(&name)
+    }
+
+    /// Every record, ours included, by name.
+    pub fn records(&self) -> impl Iterator<Item = &PeerRecord> {
+        self.peers.values()
+    }
+
+    /// Number of records (ours included; placeholders not).
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Never true: our own record is always there.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Peers named in some connection that have no record yet.
+    pub fn placeholders(&self) -> BTreeSet<PeerName> {
+        self.peers
+            .values()
+            .flat_map(|r| r.connections.iter().map(|c| c.peer))
+            .filter(|p| !self.peers.contains_key(p))
+            .collect()
+    }
+
+    /// Replace our connections; bumps our version if they changed.
+    pub fn set_our_connections(&mut self, mut connections: Vec<ConnectionInfo>) -> bool {
+        connections.sort();
+        if self.our_record().connections == connections {
+            return false;
+        }
+        let mut r = self.our_record().clone();
+        r.connections = connections;
+        r.version += 1;
+        self.insert(r);
+        true
+    }
+
+    /// Merge received records. See the module docs for the rules.
+    pub fn apply(&mut self, records: impl IntoIterator<Item = PeerRecord>) -> Applied {
+        let mut out = Applied::default();
+        for r in records {
+            if r.name == self.ourself {
+                let ours = self.our_record();
+                if r.version >= ours.version && r != *ours {
+                    let mut bumped = ours.clone();
+                    bumped.version = r.version + 1;
+                    self.insert(bumped);
+                    out.ourself_bumped = true;
+                }
+                continue;
+            }
+            let newer = self.peers.get(&r.name).is_none_or(|e| r.key() > e.key());
+            if newer {
+                out.changed.push(r.name);
+                self.insert(r);
+            }
+        }
+        out
+    }
+
+    fn insert(&mut self, r: PeerRecord) {
+        let h = record_hash(r.name, r.uid, r.version);
+        if let Some(old) = self.peers.get(&r.name) {
+            self.unaccount(old.name, record_hash(old.name, old.uid, old.version));
+        }
+        self.sum = self.sum.wrapping_add(h);
+        let b = &mut self.buckets[bucket_of(r.name)];
+        *b = b.wrapping_add(h as u64);
+        self.peers.insert(r.name, r);
+    }
+
+    fn unaccount(&mut self, name: PeerName, h: u128) {
+        self.sum = self.sum.wrapping_sub(h);
+        let b = &mut self.buckets[bucket_of(name)];
+        *b = b.wrapping_sub(h as u64);
+    }
+
+    /// Remove every peer not reachable from us by following listed
+    /// connections; returns the names removed.
+    pub fn gc(&mut self) -> Vec<PeerName> {
+        let mut seen = BTreeSet::from([self.ourself]);
+        let mut queue = VecDeque::from([self.ourself]);
+        while let Some(p) = queue.pop_front() {
+            if let Some(r) = self.peers.get(&p) {
+                for c in &r.connections {
+                    if seen.insert(c.peer) {
+                        queue.push_back(c.peer);
+                    }
+                }
+            }
+        }
+        let dead: Vec<PeerName> = self.peers.keys().filter(|n| !seen.contains(n)).copied().collect();
+        for n in &dead {
+            let r = self.peers.remove(n).expect("listed above");
+            self.unaccount(r.name, record_hash(r.name, r.uid, r.version));
+        }
+        dead
+    }
+
+    /// Order-independent digest of all (name, uid, version), and the count.
+    pub fn digest(&self) -> (u128, u64) {
+        (self.sum, self.peers.len() as u64)
+    }
+
+    /// Per-bucket digests.
+    pub fn bucket_digests(&self) -> &[u64; BUCKETS] {
+        &self.buckets
+    }
+
+    /// (name, uid, version) of every record in the given buckets.
+    pub fn versions_in(&self, buckets: &BTreeSet<usize>) -> Vec<VersionEntry> {
+        self.peers
+            .values()
+            .filter(|r| buckets.contains(&bucket_of(r.name)))
+            .map(|r| VersionEntry { name: r.name.as_u64(), uid: r.uid.as_u64(), version: r.version })
+            .collect()
+    }
+
+    /// Compare a peer's versions for some buckets with ours: returns the
+    /// names where we are newer (or they lack the record), and the names
+    /// where they are newer (or we lack it).
+    pub fn compare(&self, buckets: &BTreeSet<usize>, theirs: &[VersionEntry]) -> (Vec<PeerName>, Vec<PeerName>) {
+        let mut their_keys = BTreeMap::new();
+        for v in theirs {
+            if let (Some(n), Some(u)) = (PeerName::from_u64(v.name), PeerUid::new(v.uid)) {
+                if buckets.contains(&bucket_of(n)) {
+                    their_keys.insert(n, (v.version, u));
+                }
+            }
+        }
+        let mut ours_newer = Vec::new();
+        for r in self.peers.values().filter(|r| buckets.contains(&bucket_of(r.name))) {
+            if their_keys.get(&r.name).is_none_or(|k| r.key() > *k) {
+                ours_newer.push(r.name);
+            }
+        }
+        let theirs_newer = their_keys
+            .iter()
+            .filter(|(n, k)| self.peers.get(n).is_none_or(|r| **k > r.key()))
+            .map(|(n, _)| *n)
+            .collect();
+        (ours_newer, theirs_newer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn n(v: u64) -> PeerName {
+        PeerName::from_u64(v).unwrap()
+    }
+
+    fn rec(name: u64, uid: u64, version: u64, conns: &[u64]) -> PeerRecord {
+        PeerRecord {
+            name: n(name),
+            nickname: format!("p{name}"),
+            uid: PeerUid::new(uid).unwrap(),
+            version,
+            connections: conns
+                .iter()
+                .map(|&c| ConnectionInfo { peer: n(c), address: format!("10.0.0.{c}:6783"), outbound: c > name, established: true })
+                .collect(),
+        }
+    }
+
+    fn state(t: &Topology) -> Vec<PeerRecord> {
+        t.records().cloned().collect()
+    }
+
+    #[test]
+    fn newer_version_wins_and_older_is_ignored() {
+        let mut t = Topology::new(n(1), "me".into(), PeerUid::new(9).unwrap());
+        assert_eq!(t.apply([rec(2, 5, 3, &[1])]).changed, vec![n(2)]);
+        assert!(t.apply([rec(2, 5, 2, &[])]).changed.is_empty());
+        assert_eq!(t.get(n(2)).unwrap().version, 3);
+    }
+
+    #[test]
+    fn unknown_peers_in_connections_are_placeholders_until_their_record_arrives() {
+        let mut t = Topology::new(n(1), "me".into(), PeerUid::new(9).unwrap());
+        t.apply([rec(2, 5, 1, &[1, 3])]);
+        assert_eq!(t.placeholders(), BTreeSet::from([n(3)]));
+        t.apply([rec(3, 6, 1, &[2])]);
+        assert!(t.placeholders().is_empty());
+    }
+
+    #[test]
+    fn an_older_incarnation_of_ourselves_makes_us_bump_beyond_it() {
+        let mut t = Topology::new(n(1), "me".into(), PeerUid::new(9).unwrap());
+        let out = t.apply([rec(1, 4, 17, &[2])]);
+        assert!(out.ourself_bumped);
+        assert_eq!(t.our_record().version, 18);
+        assert_eq!(t.our_record().uid, PeerUid::new(9).unwrap(), "we keep our own uid and connections");
+        assert!(t.our_record().connections.is_empty());
+    }
+
+    #[test]
+    fn gc_removes_peers_no_longer_reachable() {
+        let mut t = Topology::new(n(1), "me".into(), PeerUid::new(9).unwrap());
+        t.set_our_connections(rec(1, 9, 1, &[2]).connections);
+        t.apply([rec(2, 5, 1, &[1, 3]), rec(3, 6, 1, &[2])]);
+        assert!(t.gc().is_empty());
+        t.apply([rec(2, 5, 2, &[1])]);
+        assert_eq!(t.gc(), vec![n(3)]);
+        assert!(t.get(n(3)).is_none());
+    }
+
+    #[test]
+    fn digests_match_exactly_when_versions_match() {
+        let mut a = Topology::new(n(1), "a".into(), PeerUid::new(9).unwrap());
+        let mut b = Topology::new(n(2), "b".into(), PeerUid::new(8).unwrap());
+        let ra = a.our_record().clone();
+        let rb = b.our_record().clone();
+        a.apply([rb.clone()]);
+        assert_ne!(a.digest(), b.digest());
+        b.apply([ra]);
+        assert_eq!(a.digest(), b.digest());
+        let all: BTreeSet<usize> = (0..BUCKETS).collect();
+        let (ours, theirs) = a.compare(&all, &b.versions_in(&all));
+        assert!(ours.is_empty() && theirs.is_empty());
+    }
+
+    #[test]
+    fn malformed_records_are_rejected() {
+        let mut m = rec(2, 5, 1, &[3]).to_msg();
+        m.connections[0].name = 2;
+        assert!(PeerRecord::from_msg(m).is_err());
+        let mut m = rec(2, 5, 1, &[]).to_msg();
+        m.uid = 0;
+        assert!(PeerRecord::from_msg(m).is_err());
+        let mut m = rec(2, 5, 1, &[]).to_msg();
+        m.name = u64::MAX;
+        assert!(PeerRecord::from_msg(m).is_err());
+    }
+
+    /// A record whose content is a function of (name, uid, version), as in
+    /// the protocol: an owner writes each version of its record once.
+    fn arb_record() -> impl Strategy<Value = PeerRecord> {
+        (2u64..7, 1u64..3, 1u64..6).prop_map(|(name, uid, v)| {
+            let mix = name.wrapping_mul(31).wrapping_add(uid * 7).wrapping_add(v * 13);
+            let conns: Vec<u64> = (1u64..8).filter(|&c| c != name && (mix >> (c % 5)) & 1 == 1).collect();
+            rec(name, uid, v, &conns)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative_idempotent_and_convergent(
+            history in proptest::collection::vec(arb_record(), 0..30),
+            seed in any::<u64>(),
+        ) {
+            // Two observers see the same records in different orders, one of
+            // them with every record delivered twice.
+            let mut a = Topology::new(n(1), "a".into(), PeerUid::new(99).unwrap());
+            let mut b = a.clone();
+            a.apply(history.clone());
+            let mut shuffled = history.clone();
+            shuffled.extend(history.iter().cloned());
+            let mut rng = weave_core::rng::seeded(seed);
+            use rand::seq::SliceRandom;
+            shuffled.shuffle(&mut rng);
+            b.apply(shuffled);
+            prop_assert_eq!(state(&a), state(&b));
+            prop_assert_eq!(a.digest(), b.digest());
+            prop_assert_eq!(a.placeholders(), b.placeholders());
+            // Merging one's state into the other changes nothing.
+            let before = state(&a);
+            prop_assert!(a.apply(state(&b)).changed.is_empty());
+            prop_assert_eq!(before, state(&a));
+        }
+
+        #[test]
+        fn merge_is_associative(
+            x in proptest::collection::vec(arb_record(), 0..10),
+            y in proptest::collection::vec(arb_record(), 0..10),
+            z in proptest::collection::vec(arb_record(), 0..10),
+        ) {
+            let base = Topology::new(n(1), "a".into(), PeerUid::new(99).unwrap());
+            let mut left = base.clone();
+            let mut xy = base.clone();
+            xy.apply(x.clone());
+            xy.apply(y.clone());
+            left.apply(state(&xy));
+            left.apply(z.clone());
+            let mut right = base.clone();
+            let mut yz = base.clone();
+            yz.apply(y);
+            yz.apply(z);
+            right.apply(x);
+            right.apply(state(&yz));
+            prop_assert_eq!(state(&left), state(&right));
+        }
+    }
+}
