@@ -1,7 +1,9 @@
 //! wip
+pub mod connmaker;
 pub mod crypto;
 pub mod frame;
 pub mod link;
+pub mod mesh;
 pub mod proto;
 pub mod routes;
 pub mod topology;

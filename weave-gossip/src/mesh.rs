@@ -1,0 +1,786 @@
+//! The mesh state machine: connections, topology propagation, routes,
+//! gossip channels and heartbeats. Sans-IO.
+//!
+//! Call order: after a connection's handshake completes call
+//! [`Mesh::add_connection`]; feed every message it receives to
+//! [`Mesh::handle_message`] and its end to [`Mesh::remove_connection`]; call
+//! [`Mesh::handle_timeout`] when [`Mesh::poll_timeout`] is due. After each
+//! call drain [`Mesh::poll_transmit`] (send each message on its connection)
+//! and [`Mesh::poll_event`] (a `CloseConnection` event must be obeyed).
+//!
+//! Propagation: a change travels as a delta — only the records that changed
+//! — flooded to every neighbour, and each peer relays only what was new to
+//! it. Anti-entropy sends one neighbour a 24-byte digest of everything held;
+//! only when digests differ do the peers compare per-bucket digests, then the
+//! versions in the differing buckets, then exchange just the records that
+//! differ. Steady-state traffic per peer is therefore constant in N.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use rand::seq::IteratorRandom;
+use rand::Rng;
+use weave_core::rng::SimRng;
+use weave_core::{PeerName, PeerUid};
+
+use crate::link::{Established, MAX_MESSAGE_LEN};
+use crate::proto::{
+    Body, ChannelMsg, Envelope, Heartbeat, PeerRecordMsg, TopologyBuckets, TopologyDigest, TopologyRequest,
+    TopologyUpdate, TopologyVersions,
+};
+use crate::routes::Routes;
+use crate::topology::{ConnectionInfo, InvalidRecord, PeerRecord, Topology, BUCKETS};
+
+/// A connection handle, chosen by the driver.
+pub type ConnId = u64;
+
+/// Most records one update message may carry.
+const MAX_RECORDS_PER_MESSAGE: usize = 10_000;
+
+/// Mesh settings; [`MeshConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// Our name.
+    pub name: PeerName,
+    /// Our nickname.
+    pub nickname: String,
+    /// Our UID for this start.
+    pub uid: PeerUid,
+    /// Heartbeat on every connection this often (default 10 s).
+    pub heartbeat_interval: Duration,
+    /// Close a connection silent for this long (default 35 s).
+    pub read_timeout: Duration,
+    /// Compare topology digests with one random neighbour this often,
+    /// ±50 % jitter (default 5 s).
+    pub anti_entropy_interval: Duration,
+    /// Send each channel's full state to one random neighbour this often,
+    /// ±50 % jitter (default 30 s).
+    pub channel_gossip_interval: Duration,
+    /// Route recalculation and garbage collection are coalesced over this
+    /// window after a topology change (default 20 ms).
+    pub recalc_delay: Duration,
+    /// Bound on one message (default [`MAX_MESSAGE_LEN`]).
+    pub max_message_len: usize,
+}
+
+impl MeshConfig {
+    /// Defaults for a peer.
+    pub fn new(name: PeerName, nickname: impl Into<String>, uid: PeerUid) -> Self {
+        Self {
+            name,
+            nickname: nickname.into(),
+            uid,
+            heartbeat_interval: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(35),
+            anti_entropy_interval: Duration::from_secs(5),
+            channel_gossip_interval: Duration::from_secs(30),
+            recalc_delay: Duration::from_millis(20),
+            max_message_len: MAX_MESSAGE_LEN,
+        }
+    }
+}
+
+/// The peer at the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePeer {
+    /// Its name.
+    pub name: PeerName,
+    /// Its nickname.
+    pub nickname: String,
+    /// Its UID.
+    pub uid: PeerUid,
+    /// The connection id the initiator chose (tie-breaks duplicates).
+    pub conn_id: u64,
+    /// Its listen address (`ip:port`): the address we dialed, or its source
+    /// IP with the listen port it announced.
+    pub address: String,
+    /// Whether we dialed.
+    pub outbound: bool,
+}
+
+impl RemotePeer {
+    /// From a completed handshake and the address it is reachable at.
+    pub fn from_established(e: &Established, address: String, outbound: bool) -> Self {
+        Self { name: e.name, nickname: e.nickname.clone(), uid: e.uid, conn_id: e.conn_id, address, outbound }
+    }
+}
+
+/// Why [`Mesh::add_connection`] refused a connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddConnectionError {
+    /// The connection leads back to this very router. Never retried.
+    #[error("cannot connect to ourself")]
+    SelfConnection,
+    /// Another router uses our peer name. Never retried.
+    #[error("peer name collision: {0} is our name too (its uid {1}, ours {2})")]
+    NameCollision(PeerName, PeerUid, PeerUid),
+    /// We already have a connection to this peer, and it wins the tie-break.
+    #[error("duplicate connection to {0}")]
+    Duplicate(PeerName),
+}
+
+impl AddConnectionError {
+    /// Whether dialing the same target again is pointless.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::SelfConnection | Self::NameCollision(..))
+    }
+}
+
+/// Why the mesh wants a connection closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Nothing received for the read timeout.
+    Timeout,
+    /// Superseded by a duplicate connection that won the tie-break.
+    Duplicate,
+    /// The peer restarted (new UID) and reconnected.
+    Replaced,
+    /// The peer sent something invalid.
+    Protocol(String),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("no message within the read timeout"),
+            Self::Duplicate => f.write_str("duplicate connection"),
+            Self::Replaced => f.write_str("peer restarted and reconnected"),
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+/// What the mesh reports to its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MeshEvent {
+    /// Close this connection (the mesh has already forgotten it).
+    CloseConnection {
+        /// Which.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A peer became known.
+    PeerAdded(PeerName),
+    /// A peer became unreachable and was garbage-collected.
+    PeerRemoved(PeerName),
+    /// The topology changed (routes were recalculated).
+    TopologyChanged,
+}
+
+/// A message to send on a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transmit {
+    /// The connection.
+    pub conn: ConnId,
+    /// The message.
+    pub msg: Envelope,
+}
+
+/// A protocol violation by a peer; the connection should be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A record failed validation.
+    #[error(transparent)]
+    InvalidRecord(#[from] InvalidRecord),
+    /// A message was structurally wrong.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+}
+
+/// An embedder's data rejected by its channel (logged and counted; the
+/// connection stays up, since the peer may run another version).
+#[derive(Debug, thiserror::Error)]
+#[error("channel {channel}: {source}")]
+pub struct ChannelError {
+    /// The channel.
+    pub channel: String,
+    /// What the channel said.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// A replicated data type riding the mesh (IPAM, DNS, an embedder's own).
+pub trait Gossiper: Send {
+    /// Merge `update` (a delta or full state) from `src`; return the part
+    /// that was new to us, to be relayed onward, or `None` if nothing was.
+    fn on_gossip(&mut self, src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>>;
+    /// A broadcast from `src`, delivered once per peer on a stable topology.
+    fn on_broadcast(&mut self, src: PeerName, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    /// A message addressed to us by `src`.
+    fn on_unicast(&mut self, src: PeerName, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    /// Our full state for periodic anti-entropy, or `None` if there is none.
+    fn full_state(&mut self) -> Option<Vec<u8>>;
+    /// A peer left the topology: drop what only it owned, if anything.
+    fn on_peer_removed(&mut self, _peer: PeerName) {}
+}
+
+/// A channel send failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No established path to the destination.
+    #[error("no route to {0}")]
+    NoRoute(PeerName),
+    /// The payload exceeds the message bound.
+    #[error("payload of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Counters for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeshStats {
+    /// Messages handled.
+    pub msgs_in: u64,
+    /// Messages queued for sending.
+    pub msgs_out: u64,
+    /// Unicasts dropped for lack of a route.
+    pub dropped_no_route: u64,
+    /// Channel data a channel rejected.
+    pub channel_errors: u64,
+    /// Channel messages for channels we do not know, relayed or dropped.
+    pub unknown_channel: u64,
+}
+
+struct Conn {
+    remote: RemotePeer,
+    last_rx: Instant,
+    next_heartbeat: Instant,
+}
+
+/// The mesh. See the module docs for the call order.
+pub struct Mesh {
+    cfg: MeshConfig,
+    topo: Topology,
+    routes: Routes,
+    routes_dirty: bool,
+    recalc_at: Option<Instant>,
+    known: BTreeSet<PeerName>,
+    conns: BTreeMap<ConnId, Conn>,
+    by_peer: HashMap<PeerName, ConnId>,
+    channels: BTreeMap<String, Box<dyn Gossiper>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<MeshEvent>,
+    rng: SimRng,
+    next_anti_entropy: Instant,
+    next_channel_gossip: Instant,
+    announce: bool,
+    stats: MeshStats,
+}
+
+impl Mesh {
+    /// A mesh with no connections yet.
+    pub fn new(cfg: MeshConfig, now: Instant, mut rng: SimRng) -> Self {
+        let topo = Topology::new(cfg.name, cfg.nickname.clone(), cfg.uid);
+        let routes = Routes::calculate(&topo);
+        let next_anti_entropy = now + jittered(&mut rng, cfg.anti_entropy_interval);
+        let next_channel_gossip = now + jittered(&mut rng, cfg.channel_gossip_interval);
+        Self {
+            known: BTreeSet::from([cfg.name]),
+            cfg,
+            topo,
+            routes,
+            routes_dirty: false,
+            recalc_at: None,
+            conns: BTreeMap::new(),
+            by_peer: HashMap::new(),
+            channels: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            rng,
+            next_anti_entropy,
+            next_channel_gossip,
+            announce: false,
+            stats: MeshStats::default(),
+        }
+    }
+
+    /// Our name.
+    pub fn name(&self) -> PeerName {
+        self.cfg.name
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MeshConfig {
+        &self.cfg
+    }
+
+    /// The topology as we know it.
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    /// Routes, recalculated first if the topology changed.
+    pub fn routes(&mut self) -> &mut Routes {
+        if self.routes_dirty {
+            self.routes = Routes::calculate(&self.topo);
+            self.routes_dirty = false;
+        }
+        &mut self.routes
+    }
+
+    /// Our connections.
+    pub fn connections(&self) -> impl Iterator<Item = (ConnId, &RemotePeer)> {
+        self.conns.iter().map(|(id, c)| (*id, &c.remote))
+    }
+
+    /// The connection to a peer, if any.
+    pub fn connection_to(&self, peer: PeerName) -> Option<ConnId> {
+        self.by_peer.get(&peer).copied()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MeshStats {
+        self.stats
+    }
+
+    /// Register (or replace) a gossip channel. Peers without it still relay
+    /// its broadcasts and unicasts.
+    pub fn register_channel(&mut self, name: impl Into<String>, gossiper: Box<dyn Gossiper>) {
+        self.channels.insert(name.into(), gossiper);
+    }
+
+    /// A connection completed its handshake.
+    pub fn add_connection(&mut self, now: Instant, conn: ConnId, remote: RemotePeer) -> Result<(), AddConnectionError> {
+        if remote.name == self.cfg.name {
+            return Err(if remote.uid == self.cfg.uid {
+                AddConnectionError::SelfConnection
+            } else {
+                AddConnectionError::NameCollision(remote.name, remote.uid, self.cfg.uid)
+            });
+        }
+        if let Some(&old) = self.by_peer.get(&remote.name) {
+            let existing = &self.conns[&old].remote;
+            let reason = if existing.uid != remote.uid {
+                CloseReason::Replaced
+            } else if self.tie_break_key(existing) >= self.tie_break_key(&remote) {
+                return Err(AddConnectionError::Duplicate(remote.name));
+            } else {
+                CloseReason::Duplicate
+            };
+            self.drop_conn(old);
+            self.events.push_back(MeshEvent::CloseConnection { conn: old, reason });
+        }
+        self.by_peer.insert(remote.name, conn);
+        self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat: now + self.cfg.heartbeat_interval });
+        self.our_connections_changed(now);
+        let (sum, count) = self.topo.digest();
+        self.send(conn, Body::Digest(TopologyDigest { sum: sum.to_le_bytes().to_vec(), count }));
+        let states: Vec<(String, Vec<u8>)> =
+            self.channels.iter_mut().filter_map(|(n, g)| g.full_state().map(|s| (n.clone(), s))).collect();
+        for (channel, data) in states {
+            self.send(conn, Body::Gossip(ChannelMsg { channel, src: self.cfg.name.as_u64(), dst: 0, data }));
+        }
+        self.flush();
+        Ok(())
+    }
+
+    /// A connection ended (closed by either side, or by a `CloseConnection`
+    /// event). Unknown ids are ignored.
+    pub fn remove_connection(&mut self, now: Instant, conn: ConnId) {
+        if self.drop_conn(conn) {
+            self.our_connections_changed(now);
+            self.flush();
+        }
+    }
+
+    fn drop_conn(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.remove(&conn) else {
+            return false;
+        };
+        if self.by_peer.get(&c.remote.name) == Some(&conn) {
+            self.by_peer.remove(&c.remote.name);
+        }
+        true
+    }
+
+    /// Between two connections to one peer, both ends keep the one with the
+    /// higher key: dialed by the higher name, then the lower connection id.
+    fn tie_break_key(&self, r: &RemotePeer) -> (PeerName, std::cmp::Reverse<u64>) {
+        let initiator = if r.outbound { self.cfg.name } else { r.name };
+        (initiator, std::cmp::Reverse(r.conn_id))
+    }
+
+    fn our_connections_changed(&mut self, now: Instant) {
+        let conns = self
+            .conns
+            .values()
+            .map(|c| ConnectionInfo {
+                peer: c.remote.name,
+                address: c.remote.address.clone(),
+                outbound: c.remote.outbound,
+                established: true,
+            })
+            .collect();
+        if self.topo.set_our_connections(conns) {
+            self.announce = true;
+            self.topology_changed(now);
+        }
+    }
+
+    fn topology_changed(&mut self, now: Instant) {
+        self.routes_dirty = true;
+        self.recalc_at.get_or_insert(now + self.cfg.recalc_delay);
+    }
+
+    /// A message arrived on `conn`. An error means the peer broke the
+    /// protocol: close the connection (the mesh state is unchanged by the
+    /// offending message).
+    pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: Envelope) -> Result<(), ProtocolError> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        c.last_rx = now;
+        self.stats.msgs_in += 1;
+        let result = match msg.body {
+            None => Err(ProtocolError::Malformed("empty message")),
+            Some(Body::Heartbeat(_)) => Ok(()),
+            Some(Body::Update(u)) => self.on_update(now, conn, u),
+            Some(Body::Digest(d)) => {
+                let (sum, count) = self.topo.digest();
+                if d.sum != sum.to_le_bytes() || d.count != count {
+                    let digests = self.topo.bucket_digests().to_vec();
+                    self.send(conn, Body::Buckets(TopologyBuckets { digests }));
+                }
+                Ok(())
+            }
+            Some(Body::Buckets(b)) => {
+                if b.digests.len() != BUCKETS {
+                    return Err(ProtocolError::Malformed("bucket digest count"));
+                }
+                let ours = self.topo.bucket_digests();
+                let differ: BTreeSet<usize> = (0..BUCKETS).filter(|&i| ours[i] != b.digests[i]).collect();
+                if !differ.is_empty() {
+                    let entries = self.topo.versions_in(&differ);
+                    let buckets = differ.iter().map(|&i| i as u32).collect();
+                    self.send(conn, Body::Versions(TopologyVersions { buckets, entries }));
+                }
+                Ok(())
+            }
+            Some(Body::Versions(v)) => {
+                if v.buckets.iter().any(|&b| b as usize >= BUCKETS) || v.entries.len() > MAX_RECORDS_PER_MESSAGE {
+                    return Err(ProtocolError::Malformed("versions"));
+                }
+                let buckets: BTreeSet<usize> = v.buckets.iter().map(|&b| b as usize).collect();
+                let (ours_newer, theirs_newer) = self.topo.compare(&buckets, &v.entries);
+                self.send_records(conn, &ours_newer);
+                if !theirs_newer.is_empty() {
+                    let names = theirs_newer.iter().map(|n| n.as_u64()).collect();
+                    self.send(conn, Body::Request(TopologyRequest { names }));
+                }
+                Ok(())
+            }
+            Some(Body::Request(r)) => {
+                if r.names.len() > MAX_RECORDS_PER_MESSAGE {
+                    return Err(ProtocolError::Malformed("request too long"));
+                }
+                let names: Vec<PeerName> = r.names.iter().filter_map(|&n| PeerName::from_u64(n)).collect();
+                self.send_records(conn, &names);
+                Ok(())
+            }
+            Some(Body::Gossip(m)) => self.on_gossip(conn, m),
+            Some(Body::Broadcast(m)) => self.on_broadcast(conn, m),
+            Some(Body::Unicast(m)) => self.on_unicast(m),
+        };
+        self.flush();
+        result
+    }
+
+    fn on_update(&mut self, now: Instant, from: ConnId, u: TopologyUpdate) -> Result<(), ProtocolError> {
+        if u.records.len() > MAX_RECORDS_PER_MESSAGE {
+            return Err(ProtocolError::Malformed("too many records"));
+        }
+        let records = u.records.into_iter().map(PeerRecord::from_msg).collect::<Result<Vec<_>, _>>()?;
+        let applied = self.topo.apply(records);
+        if applied.ourself_bumped {
+            self.announce = true;
+        }
+        if !applied.changed.is_empty() || applied.ourself_bumped {
+            self.topology_changed(now);
+        }
+        if !applied.changed.is_empty() {
+            let msgs = self.record_messages(&applied.changed);
+            let others: Vec<ConnId> = self.conns.keys().copied().filter(|&c| c != from).collect();
+            for c in others {
+                for m in &msgs {
+                    self.send(c, Body::Update(m.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_gossip(&mut self, from: ConnId, m: ChannelMsg) -> Result<(), ProtocolError> {
+        let src = PeerName::from_u64(m.src).ok_or(ProtocolError::Malformed("gossip source"))?;
+        let Some(g) = self.channels.get_mut(&m.channel) else {
+            // Not ours to merge: pass it on along the source's tree.
+            self.stats.unknown_channel += 1;
+            self.relay_along_tree(src, from, Body::Gossip(m));
+            return Ok(());
+        };
+        match g.on_gossip(src, &m.data) {
+            Ok(Some(delta)) => {
+                let me = self.cfg.name.as_u64();
+                let others: Vec<ConnId> = self.conns.keys().copied().filter(|&c| c != from).collect();
+                for c in others {
+                    let msg = ChannelMsg { channel: m.channel.clone(), src: me, dst: 0, data: delta.clone() };
+                    self.send(c, Body::Gossip(msg));
+                }
+            }
+            Ok(None) => {}
+            Err(source) => self.channel_error(&m.channel, source),
+        }
+        Ok(())
+    }
+
+    fn on_broadcast(&mut self, from: ConnId, m: ChannelMsg) -> Result<(), ProtocolError> {
+        let src = PeerName::from_u64(m.src).ok_or(ProtocolError::Malformed("broadcast source"))?;
+        if src == self.cfg.name {
+            return Ok(());
+        }
+        match self.channels.get_mut(&m.channel) {
+            Some(g) => {
+                if let Err(source) = g.on_broadcast(src, &m.data) {
+                    self.channel_error(&m.channel, source);
+                }
+            }
+            None => self.stats.unknown_channel += 1,
+        }
+        self.relay_along_tree(src, from, Body::Broadcast(m));
+        Ok(())
+    }
+
+    fn on_unicast(&mut self, m: ChannelMsg) -> Result<(), ProtocolError> {
+        let src = PeerName::from_u64(m.src).ok_or(ProtocolError::Malformed("unicast source"))?;
+        let dst = PeerName::from_u64(m.dst).ok_or(ProtocolError::Malformed("unicast destination"))?;
+        if dst != self.cfg.name {
+            self.forward(dst, Body::Unicast(m));
+            return Ok(());
+        }
+        match self.channels.get_mut(&m.channel) {
+            Some(g) => {
+                if let Err(source) = g.on_unicast(src, &m.data) {
+                    self.channel_error(&m.channel, source);
+                }
+            }
+            None => self.stats.unknown_channel += 1,
+        }
+        Ok(())
+    }
+
+    fn channel_error(&mut self, channel: &str, source: Box<dyn std::error::Error + Send + Sync>) {
+        self.stats.channel_errors += 1;
+        let e = ChannelError { channel: channel.to_owned(), source };
+        tracing::warn!(error = %e, "dropped channel data");
+    }
+
+    fn relay_along_tree(&mut self, src: PeerName, from: ConnId, body: Body) {
+        let children: Vec<PeerName> = self.routes().broadcast_children(src).to_vec();
+        for child in children {
+            if let Some(&c) = self.by_peer.get(&child) {
+                if c != from {
+                    self.send(c, body.clone());
+                }
+            }
+        }
+    }
+
+    fn forward(&mut self, dst: PeerName, body: Body) -> bool {
+        match self.routes().next_hop(dst).and_then(|h| self.by_peer.get(&h).copied()) {
+            Some(c) => {
+                self.send(c, body);
+                true
+            }
+            None => {
+                self.stats.dropped_no_route += 1;
+                false
+            }
+        }
+    }
+
+    fn check_len(&self, data: &[u8]) -> Result<(), SendError> {
+        let max = self.cfg.max_message_len.saturating_sub(512);
+        if data.len() > max {
+            return Err(SendError::TooLarge { len: data.len(), max });
+        }
+        Ok(())
+    }
+
+    /// Gossip a delta of `channel` to every neighbour; they merge it and
+    /// relay what is new to them.
+    pub fn gossip(&mut self, channel: &str, data: Vec<u8>) -> Result<(), SendError> {
+        self.check_len(&data)?;
+        let me = self.cfg.name.as_u64();
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for c in conns {
+            let msg = ChannelMsg { channel: channel.to_owned(), src: me, dst: 0, data: data.clone() };
+            self.send(c, Body::Gossip(msg));
+        }
+        Ok(())
+    }
+
+    /// Deliver `data` to every reachable peer once, along our broadcast tree.
+    pub fn broadcast(&mut self, channel: &str, data: Vec<u8>) -> Result<(), SendError> {
+        self.check_len(&data)?;
+        let me = self.cfg.name;
+        let msg = ChannelMsg { channel: channel.to_owned(), src: me.as_u64(), dst: 0, data };
+        self.relay_along_tree(me, ConnId::MAX, Body::Broadcast(msg));
+        Ok(())
+    }
+
+    /// Send `data` to `dst`, routed hop by hop.
+    pub fn unicast(&mut self, channel: &str, dst: PeerName, data: Vec<u8>) -> Result<(), SendError> {
+        self.check_len(&data)?;
+        let msg = ChannelMsg { channel: channel.to_owned(), src: self.cfg.name.as_u64(), dst: dst.as_u64(), data };
+        if self.forward(dst, Body::Unicast(msg)) {
+            Ok(())
+        } else {
+            Err(SendError::NoRoute(dst))
+        }
+    }
+
+    /// Timers: heartbeats, read timeouts, coalesced recalculation,
+    /// anti-entropy and channel gossip.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut dead = Vec::new();
+        let mut beat = Vec::new();
+        for (&id, c) in &mut self.conns {
+            if now >= c.last_rx + self.cfg.read_timeout {
+                dead.push(id);
+            } else if now >= c.next_heartbeat {
+                c.next_heartbeat = now + self.cfg.heartbeat_interval;
+                beat.push(id);
+            }
+        }
+        for id in beat {
+            self.send(id, Body::Heartbeat(Heartbeat {}));
+        }
+        for id in dead {
+            self.drop_conn(id);
+            self.events.push_back(MeshEvent::CloseConnection { conn: id, reason: CloseReason::Timeout });
+            self.our_connections_changed(now);
+        }
+        if self.recalc_at.is_some_and(|t| now >= t) {
+            self.recalculate();
+        }
+        if now >= self.next_anti_entropy {
+            self.next_anti_entropy = now + jittered(&mut self.rng, self.cfg.anti_entropy_interval);
+            if let Some(&c) = self.conns.keys().choose(&mut self.rng) {
+                let (sum, count) = self.topo.digest();
+                self.send(c, Body::Digest(TopologyDigest { sum: sum.to_le_bytes().to_vec(), count }));
+            }
+        }
+        if now >= self.next_channel_gossip {
+            self.next_channel_gossip = now + jittered(&mut self.rng, self.cfg.channel_gossip_interval);
+            if let Some(&c) = self.conns.keys().choose(&mut self.rng) {
+                let me = self.cfg.name.as_u64();
+                let states: Vec<(String, Vec<u8>)> =
+                    self.channels.iter_mut().filter_map(|(n, g)| g.full_state().map(|s| (n.clone(), s))).collect();
+                for (channel, data) in states {
+                    self.send(c, Body::Gossip(ChannelMsg { channel, src: me, dst: 0, data }));
+                }
+            }
+        }
+        self.flush();
+    }
+
+    fn recalculate(&mut self) {
+        self.recalc_at = None;
+        let removed = self.topo.gc();
+        self.routes_dirty = true;
+        let _ = self.routes();
+        let now_known: BTreeSet<PeerName> = self.topo.records().map(|r| r.name).collect();
+        for &p in now_known.difference(&self.known) {
+            self.events.push_back(MeshEvent::PeerAdded(p));
+        }
+        for &p in &removed {
+            self.events.push_back(MeshEvent::PeerRemoved(p));
+            for g in self.channels.values_mut() {
+                g.on_peer_removed(p);
+            }
+        }
+        self.known = now_known;
+        self.events.push_back(MeshEvent::TopologyChanged);
+    }
+
+    /// When [`Mesh::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.next_anti_entropy.min(self.next_channel_gossip);
+        if let Some(r) = self.recalc_at {
+            t = t.min(r);
+        }
+        for c in self.conns.values() {
+            t = t.min(c.next_heartbeat).min(c.last_rx + self.cfg.read_timeout);
+        }
+        Some(t)
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<MeshEvent> {
+        self.events.pop_front()
+    }
+
+    fn flush(&mut self) {
+        if std::mem::take(&mut self.announce) {
+            let me = self.topo.our_record().to_msg();
+            let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+            for c in conns {
+                self.send(c, Body::Update(TopologyUpdate { records: vec![me.clone()] }));
+            }
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, body: Body) {
+        self.stats.msgs_out += 1;
+        self.transmits.push_back(Transmit { conn, msg: body.into() });
+    }
+
+    /// Records by name, packed into messages under the size bound.
+    fn record_messages(&self, names: &[PeerName]) -> Vec<TopologyUpdate> {
+        let budget = self.cfg.max_message_len / 2;
+        let mut out = Vec::new();
+        let mut cur: Vec<PeerRecordMsg> = Vec::new();
+        let mut size = 0;
+        for r in names.iter().filter_map(|n| self.topo.get(*n)) {
+            let m = r.to_msg();
+            let len = m.encoded_len() + 8;
+            if !cur.is_empty() && (size + len > budget || cur.len() >= MAX_RECORDS_PER_MESSAGE) {
+                out.push(TopologyUpdate { records: std::mem::take(&mut cur) });
+                size = 0;
+            }
+            size += len;
+            cur.push(m);
+        }
+        if !cur.is_empty() {
+            out.push(TopologyUpdate { records: cur });
+        }
+        out
+    }
+
+    fn send_records(&mut self, conn: ConnId, names: &[PeerName]) {
+        for m in self.record_messages(names) {
+            self.send(conn, Body::Update(m));
+        }
+    }
+}
+
+/// `base` scaled by a random factor in [0.5, 1.5).
+fn jittered(rng: &mut SimRng, base: Duration) -> Duration {
+    base.mul_f64(rng.random_range(0.5..1.5))
+}
