@@ -258,8 +258,12 @@ impl ConnectionMaker {
         Some(a.clone())
     }
 
-    /// When a target next becomes due.
+    /// When a target next becomes due (never while the limit is reached:
+    /// a closing connection is reported through `set_connected`).
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.active >= self.cfg.conn_limit {
+            return None;
+        }
         self.targets
             .values()
             .filter_map(|t| match t.state {

@@ -6,4 +6,6 @@ pub mod link;
 pub mod mesh;
 pub mod proto;
 pub mod routes;
+#[cfg(feature = "testing")]
+pub mod sim;
 pub mod topology;
