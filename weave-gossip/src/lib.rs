@@ -1,6 +1,20 @@
-//! wip
+//! The weave mesh.
+//!
+//! Routers on many hosts find each other, agree on the topology, route
+//! through each other, and carry other subsystems' replicated data over
+//! gossip channels — with no central store.
+//!
+//! The protocol logic is sans-IO: [`link::Link`] (one connection's
+//! handshake and framing), [`mesh::Mesh`] (topology, routes, channels,
+//! heartbeats) and [`connmaker::ConnectionMaker`] (whom to dial, when) take
+//! `now` and bytes or messages as input and hand back what to send and when
+//! to wake them. The `tokio` feature adds `driver`, a thin TCP driver; the
+//! `testing` feature adds `sim`, the mesh on weave-core's simulation harness.
+
 pub mod connmaker;
 pub mod crypto;
+#[cfg(feature = "tokio")]
+pub mod driver;
 pub mod frame;
 pub mod link;
 pub mod mesh;
@@ -9,3 +23,7 @@ pub mod routes;
 #[cfg(feature = "testing")]
 pub mod sim;
 pub mod topology;
+
+pub use crypto::{DataKeys, Psk};
+pub use link::{Established, Link, LinkConfig, LinkError, LocalFeatures, Role};
+pub use mesh::{Gossiper, Mesh, MeshConfig, MeshEvent};

@@ -340,6 +340,23 @@ impl Mesh {
         self.by_peer.get(&peer).copied()
     }
 
+    /// Listen addresses of our connections (targets a connection covers).
+    pub fn connected_addresses(&self) -> BTreeSet<String> {
+        self.conns.values().map(|c| c.remote.address.clone()).collect()
+    }
+
+    /// Listen addresses of peers we know of but have no connection to: what
+    /// discovery should dial.
+    pub fn discovery_candidates(&self) -> Vec<String> {
+        let me = self.cfg.name;
+        self.topo
+            .records()
+            .flat_map(|r| r.connections.iter())
+            .filter(|c| c.peer != me && !self.by_peer.contains_key(&c.peer) && !c.address.is_empty())
+            .map(|c| c.address.clone())
+            .collect()
+    }
+
     /// Counters.
     pub fn stats(&self) -> MeshStats {
         self.stats

@@ -5,7 +5,7 @@
 //!
 //! Addresses are `n<id>:6783`, where `<id>` is the [`NodeId`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -147,21 +147,10 @@ impl SimPeer {
                 }
             }
             if topo_changed {
-                let connected: BTreeSet<PeerName> = self.mesh.connections().map(|(_, r)| r.name).collect();
-                let me = self.mesh.name();
-                let discovered: Vec<String> = self
-                    .mesh
-                    .topology()
-                    .records()
-                    .flat_map(|r| r.connections.iter())
-                    .filter(|c| c.peer != me && !connected.contains(&c.peer))
-                    .map(|c| c.address.clone())
-                    .collect();
-                self.cm.set_discovered(now, discovered);
+                self.cm.set_discovered(now, self.mesh.discovery_candidates());
             }
-            let addrs: BTreeSet<String> = self.mesh.connections().map(|(_, r)| r.address.clone()).collect();
             let active = self.conns.len() + self.dials.len();
-            self.cm.set_connected(now, addrs, active);
+            self.cm.set_connected(now, self.mesh.connected_addresses(), active);
             while let Some(addr) = self.cm.poll_dial(now) {
                 let Some(to) = node_of(&addr) else { continue };
                 let conn = self.rng.next_u64() | 1;

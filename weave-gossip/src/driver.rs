@@ -1,0 +1,756 @@
+//! The tokio driver: a TCP listener, one task per connection, and one task
+//! that owns the sans-IO [`Mesh`] and [`ConnectionMaker`]. It moves bytes and
+//! sleeps until the next deadline; every protocol decision is the cores'.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use weave_gossip::driver::{MeshBuilder, DriverConfig};
+//! use weave_gossip::mesh::MeshConfig;
+//! use weave_core::{PeerName, PeerUid};
+//!
+//! let mut rng = weave_core::rng::from_os();
+//! let mesh = MeshConfig::new(PeerName::random(&mut rng), "host1", PeerUid::random(&mut rng));
+//! let handle = MeshBuilder::new(DriverConfig::new(mesh, "127.0.0.1:6783".parse().unwrap()))
+//!     .start()
+//!     .await?;
+//! handle.connect(vec!["127.0.0.1:6790".into()], false).await.ok();
+//! println!("{:?}", handle.status().await.map(|s| s.peers.len()));
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use weave_core::rng::from_os;
+use weave_core::{PeerName, PeerUid};
+
+use crate::connmaker::{ConnMakerConfig, ConnectionMaker, InvalidTarget, TargetState, TargetStatus};
+use crate::crypto::DataKeys;
+use crate::link::{Established, Link, LinkConfig, LinkEvent, LocalFeatures, Role};
+use crate::mesh::{AddConnectionError, ConnId, Gossiper, Mesh, MeshConfig, MeshEvent, MeshStats, RemotePeer, SendError};
+use crate::proto::Envelope;
+use crate::topology::PeerRecord;
+
+/// Messages queued towards one connection before it counts as stuck.
+const CONN_QUEUE: usize = 1024;
+/// Bytes of unwritten output above which a connection stops taking messages.
+const OUTPUT_HIGH_WATER: usize = 4 << 20;
+/// Inbound handshake failures remembered for status.
+const FAILURES_KEPT: usize = 16;
+
+/// Driver settings.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// The mesh core's settings.
+    pub mesh: MeshConfig,
+    /// The connection maker's settings.
+    pub conn_maker: ConnMakerConfig,
+    /// Handshake settings (password, versions, message bound).
+    pub link: LinkConfig,
+    /// Where to accept connections (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Peers to connect to at start.
+    pub initial_peers: Vec<String>,
+    /// Limit on a dial (default 10 s).
+    pub dial_timeout: Duration,
+    /// Limit on a handshake (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Accepted connections allowed in a burst (default 20).
+    pub accept_burst: u32,
+    /// Accepted connections per second sustained (default 10).
+    pub accept_per_sec: f64,
+}
+
+impl DriverConfig {
+    /// Defaults around a mesh config and a listen address.
+    pub fn new(mesh: MeshConfig, listen: SocketAddr) -> Self {
+        Self {
+            mesh,
+            conn_maker: ConnMakerConfig::default(),
+            link: LinkConfig::default(),
+            listen,
+            initial_peers: Vec::new(),
+            dial_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            accept_burst: 20,
+            accept_per_sec: 10.0,
+        }
+    }
+}
+
+/// What the driver tells subscribers (e.g. a data plane).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum DriverEvent {
+    /// A connection to a peer was established.
+    Connected {
+        /// The peer.
+        peer: PeerName,
+        /// Its socket address.
+        address: SocketAddr,
+        /// Whether we dialed.
+        outbound: bool,
+        /// Keys for data-plane encryption (when a password is set).
+        data_keys: Option<DataKeys>,
+    },
+    /// A connection to a peer ended.
+    Disconnected {
+        /// The peer.
+        peer: PeerName,
+        /// Why.
+        reason: String,
+    },
+    /// A peer became known.
+    PeerAdded(PeerName),
+    /// A peer left the topology.
+    PeerRemoved(PeerName),
+}
+
+/// State of one connection in status, named as `weave status connections` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Dialing or handshaking.
+    Connecting,
+    /// Up.
+    Established,
+    /// Failed; will be retried.
+    Retrying,
+    /// Failed; will not be retried.
+    Failed,
+}
+
+impl ConnectionState {
+    /// The word Weave uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Established => "established",
+            Self::Retrying => "retrying",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One line of `weave status connections`.
+#[derive(Debug, Clone)]
+pub struct ConnectionStatus {
+    /// Remote socket address (or target address when not connected).
+    pub address: String,
+    /// Whether we dialed.
+    pub outbound: bool,
+    /// Where it stands.
+    pub state: ConnectionState,
+    /// Why it failed, or other detail.
+    pub info: String,
+    /// The peer, once known.
+    pub peer: Option<(PeerName, String)>,
+    /// Whether control traffic is encrypted.
+    pub encrypted: bool,
+}
+
+/// A snapshot of the router's mesh.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Our name.
+    pub name: PeerName,
+    /// Our nickname.
+    pub nickname: String,
+    /// Our UID.
+    pub uid: PeerUid,
+    /// The address we accept connections on.
+    pub listen: SocketAddr,
+    /// Whether a password is set.
+    pub encryption: bool,
+    /// Whether discovery is on.
+    pub discovery: bool,
+    /// Every peer record (ours included).
+    pub peers: Vec<PeerRecord>,
+    /// Connections: established, in progress and failed.
+    pub connections: Vec<ConnectionStatus>,
+    /// Direct and discovered targets.
+    pub targets: Vec<TargetStatus>,
+    /// Peers reachable over established connections (ourselves excluded).
+    pub reachable: usize,
+    /// Counters.
+    pub stats: MeshStats,
+}
+
+/// The driver stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the mesh driver has stopped")]
+pub struct Stopped;
+
+enum Cmd {
+    Established { conn: ConnId, info: Box<Established>, socket: SocketAddr, target: Option<String>, tx: mpsc::Sender<Envelope>, reply: oneshot::Sender<Result<(), AddConnectionError>> },
+    HandshakeFailed { socket: Option<SocketAddr>, target: Option<String>, reason: String },
+    Message { conn: ConnId, msg: Envelope },
+    Closed { conn: ConnId, reason: String },
+    Connect { peers: Vec<String>, replace: bool, reply: oneshot::Sender<Result<(), InvalidTarget>> },
+    Forget { peers: Vec<String>, reply: oneshot::Sender<Result<(), InvalidTarget>> },
+    Status { reply: oneshot::Sender<Status> },
+    Channel { op: ChannelOp, reply: oneshot::Sender<Result<(), SendError>> },
+    Register { name: String, gossiper: Box<dyn Gossiper> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+enum ChannelOp {
+    Gossip(String, Vec<u8>),
+    Broadcast(String, Vec<u8>),
+    Unicast(String, PeerName, Vec<u8>),
+}
+
+/// Builds and starts a mesh driver.
+pub struct MeshBuilder {
+    cfg: DriverConfig,
+    channels: Vec<(String, Box<dyn Gossiper>)>,
+}
+
+impl MeshBuilder {
+    /// A builder with no channels.
+    pub fn new(cfg: DriverConfig) -> Self {
+        Self { cfg, channels: Vec::new() }
+    }
+
+    /// Register a gossip channel before start.
+    pub fn channel(mut self, name: impl Into<String>, gossiper: Box<dyn Gossiper>) -> Self {
+        self.channels.push((name.into(), gossiper));
+        self
+    }
+
+    /// Bind the listener and start the driver tasks.
+    pub async fn start(self) -> io::Result<MeshHandle> {
+        let cfg = self.cfg;
+        let listener = TcpListener::bind(cfg.listen).await?;
+        let listen = listener.local_addr()?;
+        let mut rng = from_os();
+        let now = Instant::now();
+        let mut mesh = Mesh::new(cfg.mesh.clone(), now, weave_core::rng::seeded(rand::RngCore::next_u64(&mut rng)));
+        for (name, g) in self.channels {
+            mesh.register_channel(name, g);
+        }
+        let mut cm = ConnectionMaker::new(cfg.conn_maker.clone(), weave_core::rng::seeded(rand::RngCore::next_u64(&mut rng)));
+        cm.connect(now, &cfg.initial_peers, false).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(4096);
+        let (events, _) = broadcast::channel(256);
+        let live = Arc::new(AtomicUsize::new(0));
+        let local = LocalFeatures {
+            name: cfg.mesh.name,
+            nickname: cfg.mesh.nickname.clone(),
+            uid: cfg.mesh.uid,
+            listen_port: listen.port(),
+        };
+        let shared = Arc::new(Shared { link: cfg.link.clone(), local, cmd: cmd_tx.clone(), live: live.clone(), next_conn: AtomicUsize::new(1), cfg: cfg.clone() });
+        let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
+        let driver = Driver {
+            mesh,
+            cm,
+            conns: HashMap::new(),
+            dials: 0,
+            shared,
+            events: events.clone(),
+            failures: VecDeque::new(),
+            listen,
+        };
+        let task = tokio::spawn(driver.run(cmd_rx, acceptor));
+        Ok(MeshHandle { cmd: cmd_tx, listen, events, task: Arc::new(std::sync::Mutex::new(Some(task))) })
+    }
+}
+
+/// Controls a running mesh driver. Cheap to clone.
+#[derive(Clone)]
+pub struct MeshHandle {
+    cmd: mpsc::Sender<Cmd>,
+    listen: SocketAddr,
+    events: broadcast::Sender<DriverEvent>,
+    task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl MeshHandle {
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Subscribe to connection and peer events.
+    pub fn subscribe(&self) -> broadcast::Receiver<DriverEvent> {
+        self.events.subscribe()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(make(tx)).await.map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Add direct targets (`host[:port]`); `replace` drops the others.
+    pub async fn connect(&self, peers: Vec<String>, replace: bool) -> Result<Result<(), InvalidTarget>, Stopped> {
+        self.call(|reply| Cmd::Connect { peers, replace, reply }).await
+    }
+
+    /// Drop direct targets.
+    pub async fn forget(&self, peers: Vec<String>) -> Result<Result<(), InvalidTarget>, Stopped> {
+        self.call(|reply| Cmd::Forget { peers, reply }).await
+    }
+
+    /// A snapshot of the mesh.
+    pub async fn status(&self) -> Result<Status, Stopped> {
+        self.call(|reply| Cmd::Status { reply }).await
+    }
+
+    /// Register (or replace) a gossip channel.
+    pub async fn register_channel(&self, name: impl Into<String>, gossiper: Box<dyn Gossiper>) -> Result<(), Stopped> {
+        self.cmd.send(Cmd::Register { name: name.into(), gossiper }).await.map_err(|_| Stopped)
+    }
+
+    /// Gossip a delta on a channel.
+    pub async fn gossip(&self, channel: &str, data: Vec<u8>) -> Result<Result<(), SendError>, Stopped> {
+        let op = ChannelOp::Gossip(channel.to_owned(), data);
+        self.call(|reply| Cmd::Channel { op, reply }).await
+    }
+
+    /// Broadcast on a channel.
+    pub async fn broadcast(&self, channel: &str, data: Vec<u8>) -> Result<Result<(), SendError>, Stopped> {
+        let op = ChannelOp::Broadcast(channel.to_owned(), data);
+        self.call(|reply| Cmd::Channel { op, reply }).await
+    }
+
+    /// Send to one peer on a channel.
+    pub async fn unicast(&self, channel: &str, dst: PeerName, data: Vec<u8>) -> Result<Result<(), SendError>, Stopped> {
+        let op = ChannelOp::Unicast(channel.to_owned(), dst, data);
+        self.call(|reply| Cmd::Channel { op, reply }).await
+    }
+
+    /// Close every connection and stop. Idempotent.
+    pub async fn shutdown(&self) {
+        let _ = self.call(|reply| Cmd::Shutdown { reply }).await;
+        let task = self.task.lock().expect("not poisoned").take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+struct Shared {
+    link: LinkConfig,
+    local: LocalFeatures,
+    cmd: mpsc::Sender<Cmd>,
+    live: Arc<AtomicUsize>,
+    next_conn: AtomicUsize,
+    cfg: DriverConfig,
+}
+
+struct ConnEntry {
+    tx: mpsc::Sender<Envelope>,
+    peer: PeerName,
+    socket: SocketAddr,
+    encrypted: bool,
+}
+
+struct Driver {
+    mesh: Mesh,
+    cm: ConnectionMaker,
+    conns: HashMap<ConnId, ConnEntry>,
+    dials: usize,
+    shared: Arc<Shared>,
+    events: broadcast::Sender<DriverEvent>,
+    failures: VecDeque<(String, String)>,
+    listen: SocketAddr,
+}
+
+impl Driver {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, acceptor: JoinHandle<()>) {
+        self.pump(Instant::now());
+        loop {
+            let deadline = [self.mesh.poll_timeout(), self.cm.poll_timeout()].into_iter().flatten().min();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if let Cmd::Shutdown { reply } = cmd {
+                        acceptor.abort();
+                        self.conns.clear();
+                        let _ = reply.send(());
+                        break;
+                    }
+                    self.handle(cmd);
+                }
+                () = sleep => self.mesh.handle_timeout(Instant::now()),
+            }
+            self.pump(Instant::now());
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        let now = Instant::now();
+        match cmd {
+            Cmd::Established { conn, info, socket, target, tx, reply } => {
+                if target.is_some() {
+                    self.dials = self.dials.saturating_sub(1);
+                }
+                let address = match &target {
+                    Some(t) => t.clone(),
+                    None => SocketAddr::new(socket.ip(), info.listen_port).to_string(),
+                };
+                let remote = RemotePeer::from_established(&info, address, target.is_some());
+                let result = self.mesh.add_connection(now, conn, remote);
+                match &result {
+                    Ok(()) => {
+                        tracing::info!(peer = %info.name, nickname = %info.nickname, %socket, "connection established");
+                        self.conns.insert(conn, ConnEntry { tx, peer: info.name, socket, encrypted: info.encrypted });
+                        let _ = self.events.send(DriverEvent::Connected {
+                            peer: info.name,
+                            address: socket,
+                            outbound: target.is_some(),
+                            data_keys: info.data_keys.clone(),
+                        });
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %info.name, %socket, reason = %e, "connection refused");
+                        match &target {
+                            Some(t) => self.cm.dial_failed(now, t, e.to_string(), e.is_permanent()),
+                            None => self.remember_failure(socket.to_string(), e.to_string()),
+                        }
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            Cmd::HandshakeFailed { socket, target, reason } => {
+                match &target {
+                    Some(t) => {
+                        self.dials = self.dials.saturating_sub(1);
+                        self.cm.dial_failed(now, t, reason.clone(), false);
+                    }
+                    None => self.remember_failure(socket.map(|s| s.to_string()).unwrap_or_default(), reason.clone()),
+                }
+                tracing::info!(?socket, ?target, %reason, "connection failed");
+            }
+            Cmd::Message { conn, msg } => {
+                if let Err(e) = self.mesh.handle_message(now, conn, msg) {
+                    tracing::warn!(conn, error = %e, "closing connection after a protocol error");
+                    self.close(now, conn, e.to_string());
+                }
+            }
+            Cmd::Closed { conn, reason } => self.close(now, conn, reason),
+            Cmd::Connect { peers, replace, reply } => {
+                let _ = reply.send(self.cm.connect(now, &peers, replace));
+            }
+            Cmd::Forget { peers, reply } => {
+                let _ = reply.send(self.cm.forget(&peers));
+            }
+            Cmd::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Cmd::Channel { op, reply } => {
+                let r = match op {
+                    ChannelOp::Gossip(c, d) => self.mesh.gossip(&c, d),
+                    ChannelOp::Broadcast(c, d) => self.mesh.broadcast(&c, d),
+                    ChannelOp::Unicast(c, dst, d) => self.mesh.unicast(&c, dst, d),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Register { name, gossiper } => self.mesh.register_channel(name, gossiper),
+            Cmd::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    fn remember_failure(&mut self, address: String, reason: String) {
+        if self.failures.len() == FAILURES_KEPT {
+            self.failures.pop_front();
+        }
+        self.failures.push_back((address, reason));
+    }
+
+    fn close(&mut self, now: Instant, conn: ConnId, reason: String) {
+        if let Some(e) = self.conns.remove(&conn) {
+            tracing::info!(peer = %e.peer, socket = %e.socket, %reason, "connection closed");
+            let _ = self.events.send(DriverEvent::Disconnected { peer: e.peer, reason });
+        }
+        self.mesh.remove_connection(now, conn);
+    }
+
+    /// Carry out what the cores asked for.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            while let Some(t) = self.mesh.poll_transmit() {
+                let stuck = match self.conns.get(&t.conn) {
+                    Some(e) => e.tx.try_send(t.msg).is_err(),
+                    None => false,
+                };
+                if stuck {
+                    self.close(now, t.conn, "send queue full (peer too slow)".into());
+                }
+            }
+            let mut progressed = false;
+            let mut topo_changed = false;
+            while let Some(ev) = self.mesh.poll_event() {
+                progressed = true;
+                match ev {
+                    MeshEvent::CloseConnection { conn, reason } => {
+                        if let Some(e) = self.conns.remove(&conn) {
+                            tracing::info!(peer = %e.peer, socket = %e.socket, %reason, "closing connection");
+                            let _ = self.events.send(DriverEvent::Disconnected { peer: e.peer, reason: reason.to_string() });
+                        }
+                    }
+                    MeshEvent::PeerAdded(p) => {
+                        let _ = self.events.send(DriverEvent::PeerAdded(p));
+                    }
+                    MeshEvent::PeerRemoved(p) => {
+                        let _ = self.events.send(DriverEvent::PeerRemoved(p));
+                    }
+                    MeshEvent::TopologyChanged => topo_changed = true,
+                }
+            }
+            if topo_changed {
+                self.cm.set_discovered(now, self.mesh.discovery_candidates());
+            }
+            let active = self.shared.live.load(Ordering::Relaxed).max(self.conns.len()) + self.dials;
+            self.cm.set_connected(now, self.mesh.connected_addresses(), active);
+            while let Some(addr) = self.cm.poll_dial(now) {
+                self.dials += 1;
+                tokio::spawn(dial(addr, self.shared.clone()));
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn status(&mut self) -> Status {
+        let cfg = self.mesh.config().clone();
+        let mut connections: Vec<ConnectionStatus> = self
+            .mesh
+            .connections()
+            .map(|(id, r)| {
+                let entry = self.conns.get(&id);
+                ConnectionStatus {
+                    address: entry.map(|e| e.socket.to_string()).unwrap_or_else(|| r.address.clone()),
+                    outbound: r.outbound,
+                    state: ConnectionState::Established,
+                    info: String::new(),
+                    peer: Some((r.name, r.nickname.clone())),
+                    encrypted: entry.is_some_and(|e| e.encrypted),
+                }
+            })
+            .collect();
+        for t in self.cm.targets() {
+            let state = match t.state {
+                TargetState::Connected => continue,
+                TargetState::Connecting => ConnectionState::Connecting,
+                TargetState::Retrying(_) if t.attempts == 0 => ConnectionState::Connecting,
+                TargetState::Retrying(_) => ConnectionState::Retrying,
+                TargetState::Failed => ConnectionState::Failed,
+            };
+            connections.push(ConnectionStatus {
+                address: t.address.clone(),
+                outbound: true,
+                state,
+                info: t.last_error.clone().unwrap_or_default(),
+                peer: None,
+                encrypted: self.shared.link.psk.is_some(),
+            });
+        }
+        for (address, reason) in &self.failures {
+            connections.push(ConnectionStatus {
+                address: address.clone(),
+                outbound: false,
+                state: ConnectionState::Failed,
+                info: reason.clone(),
+                peer: None,
+                encrypted: self.shared.link.psk.is_some(),
+            });
+        }
+        let reachable = self.mesh.routes().reachable_count();
+        Status {
+            name: cfg.name,
+            nickname: cfg.nickname,
+            uid: cfg.uid,
+            listen: self.listen,
+            encryption: self.shared.link.psk.is_some(),
+            discovery: self.cm.config().discovery,
+            peers: self.mesh.topology().records().cloned().collect(),
+            connections,
+            targets: self.cm.targets(),
+            reachable,
+            stats: self.mesh.stats(),
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let burst = f64::from(shared.cfg.accept_burst.max(1));
+    let mut tokens = burst;
+    let mut last = Instant::now();
+    loop {
+        let (stream, socket) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let now = Instant::now();
+        tokens = (tokens + now.duration_since(last).as_secs_f64() * shared.cfg.accept_per_sec).min(burst);
+        last = now;
+        if tokens < 1.0 {
+            tracing::warn!(%socket, "refusing connection: accept rate limit");
+            continue;
+        }
+        tokens -= 1.0;
+        if shared.live.load(Ordering::Relaxed) >= shared.cfg.conn_maker.conn_limit {
+            tracing::warn!(%socket, limit = shared.cfg.conn_maker.conn_limit, "refusing connection: connection limit reached");
+            continue;
+        }
+        tokio::spawn(run_connection(stream, socket, Role::Responder, None, shared.clone()));
+    }
+}
+
+async fn dial(addr: String, shared: Arc<Shared>) {
+    let result = tokio::time::timeout(shared.cfg.dial_timeout, TcpStream::connect(addr.as_str())).await;
+    let stream = match result {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return report_failure(&shared, None, Some(addr), e.to_string()).await,
+        Err(_) => return report_failure(&shared, None, Some(addr), "dial timed out".into()).await,
+    };
+    let socket = match stream.peer_addr() {
+        Ok(s) => s,
+        Err(e) => return report_failure(&shared, None, Some(addr), e.to_string()).await,
+    };
+    run_connection(stream, socket, Role::Initiator, Some(addr), shared).await;
+}
+
+async fn report_failure(shared: &Shared, socket: Option<SocketAddr>, target: Option<String>, reason: String) {
+    let _ = shared.cmd.send(Cmd::HandshakeFailed { socket, target, reason }).await;
+}
+
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, target: Option<String>, shared: Arc<Shared>) {
+    shared.live.fetch_add(1, Ordering::Relaxed);
+    let _guard = LiveGuard(shared.live.clone());
+    let _ = stream.set_nodelay(true);
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed) as ConnId;
+    let (mut reader, mut writer) = stream.into_split();
+    let mut link = Link::new(role, shared.link.clone(), &shared.local, &mut from_os());
+    let mut buf = vec![0u8; 64 * 1024];
+
+    // Handshake, bounded in time.
+    let handshake = async {
+        loop {
+            let out = link.take_output();
+            if !out.is_empty() {
+                writer.write_all(&out).await.map_err(|e| e.to_string())?;
+            }
+            if let Some(LinkEvent::Established(info)) = link.poll_event() {
+                return Ok(info);
+            }
+            let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("connection closed by peer during handshake".to_owned());
+            }
+            if let Err(e) = link.handle_bytes(&buf[..n]) {
+                // Tell the peer why, if the link queued a refusal.
+                let out = link.take_output();
+                let _ = writer.write_all(&out).await;
+                return Err(e.to_string());
+            }
+        }
+    };
+    let info = match tokio::time::timeout(shared.cfg.handshake_timeout, handshake).await {
+        Ok(Ok(info)) => info,
+        Ok(Err(reason)) => return report_failure(&shared, Some(socket), target, reason).await,
+        Err(_) => return report_failure(&shared, Some(socket), target, "handshake timed out".into()).await,
+    };
+    let (tx, mut rx) = mpsc::channel::<Envelope>(CONN_QUEUE);
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let established = Cmd::Established { conn, info, socket, target, tx, reply: reply_tx };
+    if shared.cmd.send(established).await.is_err() {
+        return;
+    }
+    match reply_rx.await {
+        Ok(Ok(())) => {}
+        _ => return,
+    }
+    // Messages that arrived in the same read as the end of the handshake.
+    if forward_messages(&mut link, conn, &shared).await.is_err() {
+        return;
+    }
+
+    // Established: read, write and take messages without ever blocking one
+    // on another (two peers writing large messages at once cannot deadlock).
+    let mut out: Vec<u8> = Vec::new();
+    let mut written = 0usize;
+    let reason = loop {
+        let pending = out.len() - written;
+        tokio::select! {
+            r = reader.read(&mut buf) => match r {
+                Ok(0) => break "connection closed by peer".to_owned(),
+                Ok(n) => {
+                    if let Err(e) = link.handle_bytes(&buf[..n]) {
+                        tracing::warn!(%socket, error = %e, "closing connection");
+                        break e.to_string();
+                    }
+                    if forward_messages(&mut link, conn, &shared).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => break e.to_string(),
+            },
+            w = writer.write(&out[written..]), if pending > 0 => match w {
+                Ok(n) => {
+                    written += n;
+                    if written == out.len() {
+                        out.clear();
+                        written = 0;
+                    }
+                }
+                Err(e) => break e.to_string(),
+            },
+            m = rx.recv(), if pending < OUTPUT_HIGH_WATER => match m {
+                Some(msg) => {
+                    if let Err(e) = link.send(&msg) {
+                        tracing::warn!(%socket, error = %e, "dropping oversized message");
+                    }
+                    out.extend_from_slice(&link.take_output());
+                }
+                None => {
+                    // The mesh closed this connection: flush what is queued.
+                    let _ = writer.write_all(&out[written..]).await;
+                    let _ = writer.shutdown().await;
+                    return;
+                }
+            },
+        }
+    };
+    let _ = shared.cmd.send(Cmd::Closed { conn, reason }).await;
+}
+
+/// Hand every message the link has decoded to the mesh task; `Err` when
+/// the router is stopping.
+async fn forward_messages(link: &mut Link, conn: ConnId, shared: &Shared) -> Result<(), Stopped> {
+    while let Some(ev) = link.poll_event() {
+        if let LinkEvent::Message(msg) = ev {
+            shared.cmd.send(Cmd::Message { conn, msg }).await.map_err(|_| Stopped)?;
+        }
+    }
+    Ok(())
+}

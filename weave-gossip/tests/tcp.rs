@@ -1,0 +1,297 @@
+//! Real TCP meshes on loopback (ephemeral ports, nothing leaves 127.0.0.1).
+
+use std::future::Future;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weave_core::{PeerName, PeerUid};
+use weave_gossip::connmaker::TargetState;
+use weave_gossip::driver::{ConnectionState, DriverConfig, DriverEvent, MeshBuilder, MeshHandle, Status};
+use weave_gossip::link::{LinkConfig, LinkEvent, LocalFeatures, Role};
+use weave_gossip::mesh::MeshConfig;
+use weave_gossip::{Link, Psk};
+
+struct Opts {
+    name: u64,
+    uid: u64,
+    password: Option<&'static str>,
+    discovery: bool,
+    versions: (u8, u8),
+}
+
+fn opts(name: u64) -> Opts {
+    Opts { name, uid: 1000 + name, password: None, discovery: false, versions: (1, 1) }
+}
+
+async fn start(o: Opts) -> MeshHandle {
+    let mut m = MeshConfig::new(PeerName::from_u64(o.name).unwrap(), format!("host{}", o.name), PeerUid::new(o.uid).unwrap());
+    m.heartbeat_interval = Duration::from_millis(300);
+    m.read_timeout = Duration::from_secs(2);
+    m.anti_entropy_interval = Duration::from_millis(500);
+    let mut cfg = DriverConfig::new(m, "127.0.0.1:0".parse().unwrap());
+    cfg.conn_maker.discovery = o.discovery;
+    cfg.conn_maker.backoff_initial = Duration::from_millis(100);
+    cfg.conn_maker.backoff_max = Duration::from_millis(500);
+    cfg.link = LinkConfig {
+        min_version: o.versions.0,
+        max_version: o.versions.1,
+        psk: o.password.map(|p| Psk::from_password(p.as_bytes())),
+        ..LinkConfig::default()
+    };
+    MeshBuilder::new(cfg).start().await.expect("bind on loopback")
+}
+
+fn addr(h: &MeshHandle) -> String {
+    h.local_addr().to_string()
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F) -> Status
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(s) = f().await {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn knows(h: &MeshHandle, n: usize) -> Status {
+    eventually(&format!("{n} peers reachable"), || async {
+        let s = h.status().await.unwrap();
+        (s.peers.len() == n && s.reachable == n - 1).then_some(s)
+    })
+    .await
+}
+
+async fn connect(h: &MeshHandle, to: &MeshHandle) {
+    h.connect(vec![addr(to)], false).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn plain_peers_form_a_mesh_and_route_through_the_middle() {
+    let (a, b, c) = (start(opts(1)).await, start(opts(2)).await, start(opts(3)).await);
+    connect(&b, &a).await;
+    connect(&c, &b).await;
+    for h in [&a, &b, &c] {
+        let s = knows(h, 3).await;
+        assert!(!s.encryption);
+    }
+    let s = a.status().await.unwrap();
+    assert_eq!(s.connections.iter().filter(|c| c.state == ConnectionState::Established).count(), 1);
+    for h in [a, b, c] {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn encrypted_peers_connect_and_share_mirrored_data_keys() {
+    let a = start(Opts { password: Some("s3cret"), ..opts(1) }).await;
+    let b = start(Opts { password: Some("s3cret"), ..opts(2) }).await;
+    let (mut ea, mut eb) = (a.subscribe(), b.subscribe());
+    connect(&b, &a).await;
+    knows(&a, 2).await;
+    let s = knows(&b, 2).await;
+    assert!(s.encryption);
+    assert!(s.connections.iter().all(|c| c.encrypted));
+    async fn keys(rx: &mut tokio::sync::broadcast::Receiver<DriverEvent>) -> weave_gossip::DataKeys {
+        loop {
+            if let DriverEvent::Connected { data_keys: Some(k), .. } = rx.recv().await.unwrap() {
+                return k;
+            }
+        }
+    }
+    let (ka, kb) = (keys(&mut ea).await, keys(&mut eb).await);
+    assert_eq!(ka.send, kb.recv);
+    assert_eq!(ka.recv, kb.send);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn refused_with(dialer: &MeshHandle, listener: &MeshHandle, dialer_says: &str, listener_says: &str) {
+    connect(dialer, listener).await;
+    eventually("the dialer shows the refusal", || async {
+        let s = dialer.status().await.unwrap();
+        s.connections
+            .iter()
+            .any(|c| c.state == ConnectionState::Retrying && c.info.contains(dialer_says))
+            .then_some(s)
+    })
+    .await;
+    eventually("the listener shows the refusal", || async {
+        let s = listener.status().await.unwrap();
+        s.connections.iter().any(|c| c.state == ConnectionState::Failed && c.info.contains(listener_says)).then_some(s)
+    })
+    .await;
+    assert_eq!(dialer.status().await.unwrap().peers.len(), 1);
+    assert_eq!(listener.status().await.unwrap().peers.len(), 1);
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_with_a_reason_on_both_sides() {
+    let a = start(Opts { password: Some("right"), ..opts(1) }).await;
+    let b = start(Opts { password: Some("wrong"), ..opts(2) }).await;
+    refused_with(&b, &a, "password differs", "password differs").await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn password_on_one_side_only_is_an_encryption_mismatch() {
+    let a = start(Opts { password: Some("pw"), ..opts(1) }).await;
+    let b = start(opts(2)).await;
+    refused_with(&b, &a, "the peer has a password and we have none", "we have a password and the peer has none").await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn version_mismatch_is_refused_naming_both_ranges() {
+    let a = start(opts(1)).await;
+    let b = start(Opts { versions: (2, 3), ..opts(2) }).await;
+    refused_with(&b, &a, "we speak 2..3, the peer speaks 1..1", "we speak 1..1, the peer speaks 2..3").await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn permanently_failed(h: &MeshHandle, reason: &str) {
+    let s = eventually("the target fails for good", || async {
+        let s = h.status().await.unwrap();
+        s.targets.iter().any(|t| t.state == TargetState::Failed).then_some(s)
+    })
+    .await;
+    let t = s.targets.iter().find(|t| t.state == TargetState::Failed).unwrap();
+    assert!(t.last_error.as_deref().unwrap_or("").contains(reason), "{t:?}");
+    let attempts = t.attempts;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = h.status().await.unwrap();
+    assert_eq!(s.targets[0].attempts, attempts, "never retried");
+    assert!(s.connections.iter().any(|c| c.state == ConnectionState::Failed && c.info.contains(reason)));
+}
+
+#[tokio::test]
+async fn a_name_collision_is_never_retried() {
+    let a = start(opts(1)).await;
+    let b = start(Opts { uid: 77, ..opts(1) }).await;
+    connect(&b, &a).await;
+    permanently_failed(&b, "peer name collision").await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn connecting_to_ourself_is_never_retried() {
+    let a = start(opts(1)).await;
+    connect(&a, &a).await;
+    permanently_failed(&a, "cannot connect to ourself").await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn discovery_connects_peers_learnt_through_a_middle_peer() {
+    let a = start(Opts { discovery: true, ..opts(1) }).await;
+    let b = start(Opts { discovery: true, ..opts(2) }).await;
+    let c = start(Opts { discovery: true, ..opts(3) }).await;
+    connect(&a, &b).await;
+    connect(&c, &b).await;
+    eventually("a and c connect directly", || async {
+        let s = a.status().await.unwrap();
+        let direct = s.connections.iter().filter(|c| c.state == ConnectionState::Established).count();
+        (direct == 2).then_some(s)
+    })
+    .await;
+    for h in [a, b, c] {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn forget_and_replace_change_the_targets() {
+    let a = start(opts(1)).await;
+    let b = start(opts(2)).await;
+    let c = start(opts(3)).await;
+    connect(&a, &b).await;
+    knows(&a, 2).await;
+    a.forget(vec![addr(&b)]).await.unwrap().unwrap();
+    assert!(a.status().await.unwrap().targets.is_empty());
+    a.connect(vec![addr(&b)], false).await.unwrap().unwrap();
+    a.connect(vec![addr(&c)], true).await.unwrap().unwrap();
+    let targets: Vec<String> = a.status().await.unwrap().targets.into_iter().filter(|t| t.direct).map(|t| t.address).collect();
+    assert_eq!(targets, vec![addr(&c)]);
+    assert!(a.connect(vec!["not a host:port:x".into()], false).await.unwrap().is_err());
+    for h in [a, b, c] {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn hostile_input_closes_only_that_connection() {
+    let a = start(opts(1)).await;
+    let b = start(opts(2)).await;
+    connect(&b, &a).await;
+    knows(&a, 2).await;
+
+    // Garbage instead of a protocol header.
+    let mut raw = TcpStream::connect(a.local_addr()).await.unwrap();
+    raw.write_all(b"\x00\x00\x00\x10GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink)).await.expect("closed");
+
+    // A huge announced frame length.
+    let mut raw = TcpStream::connect(a.local_addr()).await.unwrap();
+    raw.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink)).await.expect("closed");
+
+    // A correct handshake, then a message that is not protobuf.
+    let mut raw = TcpStream::connect(a.local_addr()).await.unwrap();
+    let me = LocalFeatures { name: PeerName::from_u64(9).unwrap(), nickname: "evil".into(), uid: PeerUid::new(9).unwrap(), listen_port: 1 };
+    let mut link = Link::new(Role::Initiator, LinkConfig::default(), &me, &mut weave_core::rng::seeded(1));
+    let mut buf = vec![0u8; 4096];
+    while !link.is_established() {
+        raw.write_all(&link.take_output()).await.unwrap();
+        let n = raw.read(&mut buf).await.unwrap();
+        link.handle_bytes(&buf[..n]).unwrap();
+    }
+    raw.write_all(&link.take_output()).await.unwrap();
+    assert!(matches!(link.poll_event(), Some(LinkEvent::Established(_))));
+    raw.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
+    // Well inside the 2 s read timeout: closed for the bad message itself.
+    let _ = tokio::time::timeout(Duration::from_millis(1000), raw.read_to_end(&mut sink)).await.expect("closed at once");
+
+    // A valid record that lies (a connection to itself).
+    let mut raw = TcpStream::connect(a.local_addr()).await.unwrap();
+    let mut link = Link::new(Role::Initiator, LinkConfig::default(), &me, &mut weave_core::rng::seeded(2));
+    while !link.is_established() {
+        raw.write_all(&link.take_output()).await.unwrap();
+        let n = raw.read(&mut buf).await.unwrap();
+        link.handle_bytes(&buf[..n]).unwrap();
+    }
+    let bad = weave_gossip::proto::PeerRecordMsg {
+        name: 9,
+        nickname: "evil".into(),
+        uid: 9,
+        version: 5,
+        connections: vec![weave_gossip::proto::ConnectionEntry { name: 9, address: String::new(), outbound: true, established: true }],
+    };
+    let env: weave_gossip::proto::Envelope =
+        weave_gossip::proto::Body::Update(weave_gossip::proto::TopologyUpdate { records: vec![bad] }).into();
+    assert!(env.encoded_len() > 0);
+    link.send(&env).unwrap();
+    raw.write_all(&link.take_output()).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_millis(1000), raw.read_to_end(&mut sink)).await.expect("closed at once");
+
+    // The real peer is unaffected, and the liar left no trace.
+    let s = knows(&a, 2).await;
+    assert!(s.peers.iter().all(|p| p.name.as_u64() != 9));
+    assert!(s.connections.iter().any(|c| c.info.contains("not a weave-rs peer")));
+    assert!(s.connections.iter().any(|c| c.info.contains("exceeds the limit")));
+    for h in [a, b] {
+        h.shutdown().await;
+    }
+}
