@@ -1,1 +1,4 @@
-//! Examples for embedders live under `examples/`.
+//! The reference router, the `weave` CLI and examples for embedders.
+//!
+//! * `src/bin/mesh-crdt.rs`: three mesh peers on loopback gossiping a
+//!   grow-only counter over a custom channel.

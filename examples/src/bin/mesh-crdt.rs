@@ -1,0 +1,117 @@
+//! An embedder's view of the mesh: three peers on loopback gossip a
+//! grow-only counter (a G-Counter CRDT) over their own channel, and each
+//! prints the total once all increments have reached it.
+//!
+//! `cargo run -p weave-examples --bin mesh-crdt`
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use weave_core::{PeerName, PeerUid};
+use weave_gossip::driver::{DriverConfig, MeshBuilder, MeshHandle};
+use weave_gossip::mesh::{Gossiper, MeshConfig};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Per-peer counts; merge keeps the maximum per peer, total is the sum.
+#[derive(Default)]
+struct GCounter(BTreeMap<u64, u64>);
+
+impl GCounter {
+    fn encode(entries: impl IntoIterator<Item = (u64, u64)>) -> Vec<u8> {
+        entries.into_iter().flat_map(|(k, v)| k.to_le_bytes().into_iter().chain(v.to_le_bytes())).collect()
+    }
+
+    /// Merge; returns the entries that grew (the delta to relay).
+    fn merge(&mut self, data: &[u8]) -> Result<Vec<(u64, u64)>, BoxError> {
+        if data.len() % 16 != 0 {
+            return Err("counter state must be 16-byte entries".into());
+        }
+        let mut grew = Vec::new();
+        for e in data.chunks(16) {
+            let k = u64::from_le_bytes(e[..8].try_into()?);
+            let v = u64::from_le_bytes(e[8..].try_into()?);
+            let cur = self.0.entry(k).or_default();
+            if v > *cur {
+                *cur = v;
+                grew.push((k, v));
+            }
+        }
+        Ok(grew)
+    }
+
+    fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+struct Channel(Arc<Mutex<GCounter>>);
+
+impl Gossiper for Channel {
+    fn on_gossip(&mut self, _src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, BoxError> {
+        let grew = self.0.lock().expect("not poisoned").merge(update)?;
+        Ok((!grew.is_empty()).then(|| GCounter::encode(grew)))
+    }
+    fn on_broadcast(&mut self, _src: PeerName, data: &[u8]) -> Result<(), BoxError> {
+        self.0.lock().expect("not poisoned").merge(data).map(|_| ())
+    }
+    fn on_unicast(&mut self, _src: PeerName, data: &[u8]) -> Result<(), BoxError> {
+        self.0.lock().expect("not poisoned").merge(data).map(|_| ())
+    }
+    fn full_state(&mut self) -> Option<Vec<u8>> {
+        let c = self.0.lock().expect("not poisoned");
+        Some(GCounter::encode(c.0.iter().map(|(k, v)| (*k, *v))))
+    }
+}
+
+async fn peer(id: u64) -> Result<(MeshHandle, Arc<Mutex<GCounter>>), Box<dyn Error>> {
+    let name = PeerName::from_u64(id).ok_or("bad name")?;
+    let uid = PeerUid::random(&mut weave_core::rng::from_os());
+    let cfg = DriverConfig::new(MeshConfig::new(name, format!("peer{id}"), uid), "127.0.0.1:0".parse()?);
+    let state = Arc::new(Mutex::new(GCounter::default()));
+    let handle = MeshBuilder::new(cfg).channel("gcounter", Box::new(Channel(state.clone()))).start().await?;
+    Ok((handle, state))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let mut peers = Vec::new();
+    for id in 1..=3 {
+        peers.push(peer(id).await?);
+    }
+    // A chain: 2 dials 1, 3 dials 2; 1 and 3 hear each other through 2.
+    for i in 1..3 {
+        let target = peers[i - 1].0.local_addr().to_string();
+        peers[i].0.connect(vec![target], false).await?.map_err(|e| e.to_string())?;
+    }
+    // Each peer counts (id × 10) events, gossiping each increment as a delta.
+    for (i, (handle, state)) in peers.iter().enumerate() {
+        let me = i as u64 + 1;
+        for _ in 0..me * 10 {
+            let delta = {
+                let mut c = state.lock().expect("not poisoned");
+                let v = c.0.entry(me).or_default();
+                *v += 1;
+                GCounter::encode([(me, *v)])
+            };
+            handle.gossip("gcounter", delta).await?.map_err(|e| e.to_string())?;
+        }
+    }
+    let want = 10 + 20 + 30;
+    for _ in 0..200 {
+        if peers.iter().all(|(_, s)| s.lock().expect("not poisoned").total() == want) {
+            for (h, s) in &peers {
+                let st = h.status().await?;
+                println!("{} sees total {} with {} peers", st.name, s.lock().expect("not poisoned").total(), st.peers.len());
+            }
+            for (h, _) in &peers {
+                h.shutdown().await;
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("counters did not converge to {want}").into())
+}
