@@ -18,7 +18,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -179,6 +179,8 @@ pub struct Status {
     pub targets: Vec<TargetStatus>,
     /// Peers reachable over established connections (ourselves excluded).
     pub reachable: usize,
+    /// For each reachable peer, the neighbour traffic to it goes through.
+    pub next_hops: BTreeMap<PeerName, PeerName>,
     /// Counters.
     pub stats: MeshStats,
 }
@@ -573,6 +575,7 @@ impl Driver {
             });
         }
         let reachable = self.mesh.routes().reachable_count();
+        let next_hops = self.mesh.routes().next_hops().collect();
         Status {
             name: cfg.name,
             nickname: cfg.nickname,
@@ -584,6 +587,7 @@ impl Driver {
             connections,
             targets: self.cm.targets(),
             reachable,
+            next_hops,
             stats: self.mesh.stats(),
         }
     }

@@ -64,6 +64,11 @@ impl Routes {
         self.next_hop.get(&dst).copied()
     }
 
+    /// Every reachable peer with the neighbour traffic to it goes through.
+    pub fn next_hops(&self) -> impl Iterator<Item = (PeerName, PeerName)> + '_ {
+        self.next_hop.iter().map(|(d, h)| (*d, *h))
+    }
+
     /// Whether `dst` is reachable over established connections.
     pub fn reachable(&self, dst: PeerName) -> bool {
         dst == self.ourself || self.next_hop.contains_key(&dst)
