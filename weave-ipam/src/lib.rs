@@ -1,1 +1,6 @@
-//! The IPAM ring CRDT (issue: IPAM). Not implemented yet: this crate only reserves its place in the workspace.
+//! IPAM for the weave overlay: every container gets an address no other
+//! container anywhere has, with no central allocator.
+//!
+//! * [`ring`]: the CRDT dividing the range among peers.
+
+pub mod ring;
