@@ -91,8 +91,15 @@ pub struct OpenError;
 
 /// AEAD for control messages with an implicit per-direction counter nonce
 /// (Noise transport mode). Messages longer than a Noise message are sealed
-/// in 64 KiB chunks, each with its own tag.
+/// in 64 KiB chunks, each with its own tag. Each chunk's plaintext starts
+/// with a flag saying whether it is the last, so the boundaries between
+/// messages are authenticated too: two frames cannot be spliced into one.
 pub(crate) struct SessionCipher(snow::TransportState);
+
+/// Plaintext bytes per chunk: a Noise message less the tag and the flag.
+const CHUNK: usize = NOISE_MAX - TAG - 1;
+const MORE: u8 = 0;
+const LAST: u8 = 1;
 
 impl SessionCipher {
     pub(crate) fn new(t: snow::TransportState) -> Self {
@@ -100,40 +107,45 @@ impl SessionCipher {
     }
 
     pub(crate) fn sealed_len(plain: usize) -> usize {
-        let chunks = plain.div_ceil(NOISE_MAX - TAG).max(1);
-        plain + chunks * TAG
+        let chunks = plain.div_ceil(CHUNK).max(1);
+        plain + chunks * (TAG + 1)
     }
 
     pub(crate) fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) {
-        let mut chunks = plain.chunks(NOISE_MAX - TAG).peekable();
-        if chunks.peek().is_none() {
-            self.seal_chunk(&[], out);
+        let n = plain.len().div_ceil(CHUNK).max(1);
+        let mut buf = Vec::with_capacity(CHUNK + 1);
+        for i in 0..n {
+            let c = &plain[(i * CHUNK).min(plain.len())..((i + 1) * CHUNK).min(plain.len())];
+            buf.clear();
+            buf.push(if i + 1 == n { LAST } else { MORE });
+            buf.extend_from_slice(c);
+            let start = out.len();
+            out.resize(start + buf.len() + TAG, 0);
+            let w = self
+                .0
+                .write_message(&buf, &mut out[start..])
+                .expect("chunk fits a Noise message and the nonce cannot wrap in 2^64 messages");
+            out.truncate(start + w);
         }
-        for c in chunks {
-            self.seal_chunk(c, out);
-        }
-    }
-
-    fn seal_chunk(&mut self, c: &[u8], out: &mut Vec<u8>) {
-        let start = out.len();
-        out.resize(start + c.len() + TAG, 0);
-        let n = self
-            .0
-            .write_message(c, &mut out[start..])
-            .expect("chunk fits a Noise message and the nonce cannot wrap in 2^64 messages");
-        out.truncate(start + n);
     }
 
     pub(crate) fn open(&mut self, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        if sealed.is_empty() {
+            return Err(OpenError);
+        }
         let mut plain = Vec::with_capacity(sealed.len());
-        for c in sealed.chunks(NOISE_MAX) {
-            if c.len() < TAG {
+        let mut chunks = sealed.chunks(NOISE_MAX).peekable();
+        let mut buf = vec![0u8; NOISE_MAX];
+        while let Some(c) = chunks.next() {
+            if c.len() < TAG + 1 {
                 return Err(OpenError);
             }
-            let start = plain.len();
-            plain.resize(start + c.len(), 0);
-            let n = self.0.read_message(c, &mut plain[start..]).map_err(|_| OpenError)?;
-            plain.truncate(start + n);
+            let n = self.0.read_message(c, &mut buf).map_err(|_| OpenError)?;
+            let want = if chunks.peek().is_some() { MORE } else { LAST };
+            if n == 0 || buf[0] != want {
+                return Err(OpenError);
+            }
+            plain.extend_from_slice(&buf[1..n]);
         }
         Ok(plain)
     }

@@ -41,6 +41,10 @@ use crate::topology::PeerRecord;
 
 /// Messages queued towards one connection before it counts as stuck.
 const CONN_QUEUE: usize = 1024;
+/// Bytes queued towards one connection before it counts as stuck.
+const CONN_QUEUE_BYTES: usize = 16 << 20;
+/// How long a closing connection may take to flush what is queued.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 /// Bytes of unwritten output above which a connection stops taking messages.
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
 /// Inbound handshake failures remembered for status.
@@ -112,6 +116,8 @@ pub enum DriverEvent {
     PeerAdded(PeerName),
     /// A peer left the topology.
     PeerRemoved(PeerName),
+    /// Another live router uses our peer name.
+    NameCollision(PeerUid),
 }
 
 /// State of one connection in status, named as `weave status connections` does.
@@ -191,7 +197,7 @@ pub struct Status {
 pub struct Stopped;
 
 enum Cmd {
-    Established { conn: ConnId, info: Box<Established>, socket: SocketAddr, target: Option<String>, tx: mpsc::Sender<Envelope>, reply: oneshot::Sender<Result<(), AddConnectionError>> },
+    Established { conn: ConnId, info: Box<Established>, socket: SocketAddr, target: Option<String>, link: LinkSide, reply: oneshot::Sender<Result<(), AddConnectionError>> },
     HandshakeFailed { socket: Option<SocketAddr>, target: Option<String>, reason: String },
     Message { conn: ConnId, msg: Envelope },
     Closed { conn: ConnId, reason: String },
@@ -249,30 +255,55 @@ impl MeshBuilder {
             uid: cfg.mesh.uid,
             listen_port: listen.port(),
         };
-        let shared = Arc::new(Shared { link: cfg.link.clone(), local, cmd: cmd_tx.clone(), live: live.clone(), next_conn: AtomicUsize::new(1), cfg: cfg.clone() });
+        let shared = Arc::new(Shared {
+            link: cfg.link.clone(),
+            local,
+            cmd: cmd_tx.downgrade(),
+            live: live.clone(),
+            dialing: AtomicUsize::new(0),
+            next_conn: AtomicUsize::new(1),
+            cfg: cfg.clone(),
+        });
         let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
         let driver = Driver {
             mesh,
             cm,
             conns: HashMap::new(),
-            dials: 0,
+            covered: HashMap::new(),
             shared,
             events: events.clone(),
             failures: VecDeque::new(),
             listen,
         };
         let task = tokio::spawn(driver.run(cmd_rx, acceptor));
-        Ok(MeshHandle { cmd: cmd_tx, listen, events, task: Arc::new(std::sync::Mutex::new(Some(task))) })
+        Ok(MeshHandle {
+            cmd: cmd_tx.clone(),
+            listen,
+            events,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+            _stop_on_drop: Arc::new(StopOnDrop(cmd_tx)),
+        })
     }
 }
 
-/// Controls a running mesh driver. Cheap to clone.
+/// Controls a running mesh driver. Cheap to clone; the driver stops when
+/// the last clone is dropped (or at [`MeshHandle::shutdown`]).
 #[derive(Clone)]
 pub struct MeshHandle {
     cmd: mpsc::Sender<Cmd>,
     listen: SocketAddr,
     events: broadcast::Sender<DriverEvent>,
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    _stop_on_drop: Arc<StopOnDrop>,
+}
+
+struct StopOnDrop(mpsc::Sender<Cmd>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.0.try_send(Cmd::Shutdown { reply });
+    }
 }
 
 impl MeshHandle {
@@ -343,14 +374,34 @@ impl MeshHandle {
 struct Shared {
     link: LinkConfig,
     local: LocalFeatures,
-    cmd: mpsc::Sender<Cmd>,
+    /// Weak, so that the driver stops once every handle is gone.
+    cmd: mpsc::WeakSender<Cmd>,
+    /// Connection tasks alive (handshaking, established or flushing).
     live: Arc<AtomicUsize>,
+    /// Dials not yet connected at the TCP level.
+    dialing: AtomicUsize,
     next_conn: AtomicUsize,
     cfg: DriverConfig,
 }
 
-struct ConnEntry {
+impl Shared {
+    async fn send(&self, cmd: Cmd) -> Result<(), Stopped> {
+        let tx = self.cmd.upgrade().ok_or(Stopped)?;
+        tx.send(cmd).await.map_err(|_| Stopped)
+    }
+}
+
+/// The driver's end of a connection task.
+struct LinkSide {
     tx: mpsc::Sender<Envelope>,
+    /// Bytes of messages queued and not yet taken by the task.
+    queued: Arc<AtomicUsize>,
+    /// Dropped to tell the task to flush and close.
+    _close: oneshot::Sender<()>,
+}
+
+struct ConnEntry {
+    link: LinkSide,
     peer: PeerName,
     socket: SocketAddr,
     encrypted: bool,
@@ -360,7 +411,8 @@ struct Driver {
     mesh: Mesh,
     cm: ConnectionMaker,
     conns: HashMap<ConnId, ConnEntry>,
-    dials: usize,
+    /// Targets whose dial met a peer we were already connected to.
+    covered: HashMap<String, PeerName>,
     shared: Arc<Shared>,
     events: broadcast::Sender<DriverEvent>,
     failures: VecDeque<(String, String)>,
@@ -379,31 +431,32 @@ impl Driver {
                 }
             };
             tokio::select! {
-                cmd = rx.recv() => {
-                    let Some(cmd) = cmd else { break };
-                    if let Cmd::Shutdown { reply } = cmd {
-                        acceptor.abort();
-                        self.conns.clear();
+                cmd = rx.recv() => match cmd {
+                    // Every handle is gone.
+                    None => break,
+                    Some(Cmd::Shutdown { reply }) => {
                         let _ = reply.send(());
                         break;
                     }
-                    self.handle(cmd);
-                }
+                    Some(cmd) => self.handle(cmd),
+                },
                 () = sleep => self.mesh.handle_timeout(Instant::now()),
             }
             self.pump(Instant::now());
         }
+        acceptor.abort();
+        // Dropping the entries tells every connection task to flush and close.
+        self.conns.clear();
     }
 
     fn handle(&mut self, cmd: Cmd) {
         let now = Instant::now();
         match cmd {
-            Cmd::Established { conn, info, socket, target, tx, reply } => {
-                if target.is_some() {
-                    self.dials = self.dials.saturating_sub(1);
-                }
+            Cmd::Established { conn, info, socket, target, link, reply } => {
                 let address = match &target {
                     Some(t) => t.clone(),
+                    // A peer that accepts no connections cannot be discovered.
+                    None if info.listen_port == 0 => String::new(),
                     None => SocketAddr::new(socket.ip(), info.listen_port).to_string(),
                 };
                 let remote = RemotePeer::from_established(&info, address, target.is_some());
@@ -411,7 +464,10 @@ impl Driver {
                 match &result {
                     Ok(()) => {
                         tracing::info!(peer = %info.name, nickname = %info.nickname, %socket, "connection established");
-                        self.conns.insert(conn, ConnEntry { tx, peer: info.name, socket, encrypted: info.encrypted });
+                        self.conns.insert(conn, ConnEntry { link, peer: info.name, socket, encrypted: info.encrypted });
+                        // A connection this one replaced goes first, so
+                        // subscribers see Disconnected before Connected.
+                        self.drain_events(now);
                         let _ = self.events.send(DriverEvent::Connected {
                             peer: info.name,
                             address: socket,
@@ -422,6 +478,11 @@ impl Driver {
                     Err(e) => {
                         tracing::info!(peer = %info.name, %socket, reason = %e, "connection refused");
                         match &target {
+                            Some(t) if matches!(e, AddConnectionError::Duplicate(_)) => {
+                                // Another address of a peer we are connected to:
+                                // covered for as long as that connection lasts.
+                                self.covered.insert(t.clone(), info.name);
+                            }
                             Some(t) => self.cm.dial_failed(now, t, e.to_string(), e.is_permanent()),
                             None => self.remember_failure(socket.to_string(), e.to_string()),
                         }
@@ -431,10 +492,7 @@ impl Driver {
             }
             Cmd::HandshakeFailed { socket, target, reason } => {
                 match &target {
-                    Some(t) => {
-                        self.dials = self.dials.saturating_sub(1);
-                        self.cm.dial_failed(now, t, reason.clone(), false);
-                    }
+                    Some(t) => self.cm.dial_failed(now, t, reason.clone(), false),
                     None => self.remember_failure(socket.map(|s| s.to_string()).unwrap_or_default(), reason.clone()),
                 }
                 tracing::info!(?socket, ?target, %reason, "connection failed");
@@ -483,45 +541,64 @@ impl Driver {
         self.mesh.remove_connection(now, conn);
     }
 
+    /// Hand queued messages to their connection tasks.
+    fn drain_transmits(&mut self, now: Instant) {
+        while let Some(t) = self.mesh.poll_transmit() {
+            let stuck = match self.conns.get(&t.conn) {
+                Some(e) => {
+                    let len = prost::Message::encoded_len(&t.msg);
+                    let queued = e.link.queued.fetch_add(len, Ordering::Relaxed) + len;
+                    queued > CONN_QUEUE_BYTES || e.link.tx.try_send(t.msg).is_err()
+                }
+                None => false,
+            };
+            if stuck {
+                self.close(now, t.conn, "send queue full (peer too slow)".into());
+            }
+        }
+    }
+
+    /// Act on the mesh's events; true if any.
+    fn drain_events(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        let mut topo_changed = false;
+        while let Some(ev) = self.mesh.poll_event() {
+            any = true;
+            let out = match ev {
+                MeshEvent::CloseConnection { conn, reason } => {
+                    let Some(e) = self.conns.remove(&conn) else { continue };
+                    tracing::info!(peer = %e.peer, socket = %e.socket, %reason, "closing connection");
+                    DriverEvent::Disconnected { peer: e.peer, reason: reason.to_string() }
+                }
+                MeshEvent::PeerAdded(p) => DriverEvent::PeerAdded(p),
+                MeshEvent::PeerRemoved(p) => DriverEvent::PeerRemoved(p),
+                MeshEvent::NameCollision(uid) => DriverEvent::NameCollision(uid),
+                MeshEvent::TopologyChanged => {
+                    topo_changed = true;
+                    continue;
+                }
+            };
+            let _ = self.events.send(out);
+        }
+        if topo_changed {
+            self.cm.set_discovered(now, self.mesh.discovery_candidates());
+        }
+        any
+    }
+
     /// Carry out what the cores asked for.
     fn pump(&mut self, now: Instant) {
         loop {
-            while let Some(t) = self.mesh.poll_transmit() {
-                let stuck = match self.conns.get(&t.conn) {
-                    Some(e) => e.tx.try_send(t.msg).is_err(),
-                    None => false,
-                };
-                if stuck {
-                    self.close(now, t.conn, "send queue full (peer too slow)".into());
-                }
-            }
-            let mut progressed = false;
-            let mut topo_changed = false;
-            while let Some(ev) = self.mesh.poll_event() {
-                progressed = true;
-                match ev {
-                    MeshEvent::CloseConnection { conn, reason } => {
-                        if let Some(e) = self.conns.remove(&conn) {
-                            tracing::info!(peer = %e.peer, socket = %e.socket, %reason, "closing connection");
-                            let _ = self.events.send(DriverEvent::Disconnected { peer: e.peer, reason: reason.to_string() });
-                        }
-                    }
-                    MeshEvent::PeerAdded(p) => {
-                        let _ = self.events.send(DriverEvent::PeerAdded(p));
-                    }
-                    MeshEvent::PeerRemoved(p) => {
-                        let _ = self.events.send(DriverEvent::PeerRemoved(p));
-                    }
-                    MeshEvent::TopologyChanged => topo_changed = true,
-                }
-            }
-            if topo_changed {
-                self.cm.set_discovered(now, self.mesh.discovery_candidates());
-            }
-            let active = self.shared.live.load(Ordering::Relaxed).max(self.conns.len()) + self.dials;
-            self.cm.set_connected(now, self.mesh.connected_addresses(), active);
+            self.drain_transmits(now);
+            let progressed = self.drain_events(now);
+            let mut connected = self.mesh.connected_addresses();
+            self.covered.retain(|_, peer| self.mesh.connection_to(*peer).is_some());
+            connected.extend(self.covered.keys().cloned());
+            let active = self.shared.live.load(Ordering::Relaxed).max(self.conns.len())
+                + self.shared.dialing.load(Ordering::Relaxed);
+            self.cm.set_connected(now, connected, active);
             while let Some(addr) = self.cm.poll_dial(now) {
-                self.dials += 1;
+                self.shared.dialing.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(dial(addr, self.shared.clone()));
             }
             if !progressed {
@@ -624,6 +701,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 async fn dial(addr: String, shared: Arc<Shared>) {
     let result = tokio::time::timeout(shared.cfg.dial_timeout, TcpStream::connect(addr.as_str())).await;
+    shared.dialing.fetch_sub(1, Ordering::Relaxed);
     let stream = match result {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return report_failure(&shared, None, Some(addr), e.to_string()).await,
@@ -637,7 +715,7 @@ async fn dial(addr: String, shared: Arc<Shared>) {
 }
 
 async fn report_failure(shared: &Shared, socket: Option<SocketAddr>, target: Option<String>, reason: String) {
-    let _ = shared.cmd.send(Cmd::HandshakeFailed { socket, target, reason }).await;
+    let _ = shared.send(Cmd::HandshakeFailed { socket, target, reason }).await;
 }
 
 struct LiveGuard(Arc<AtomicUsize>);
@@ -685,9 +763,12 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
         Err(_) => return report_failure(&shared, Some(socket), target, "handshake timed out".into()).await,
     };
     let (tx, mut rx) = mpsc::channel::<Envelope>(CONN_QUEUE);
+    let (close_tx, mut close_rx) = oneshot::channel::<()>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let side = LinkSide { tx, queued: queued.clone(), _close: close_tx };
     let (reply_tx, reply_rx) = oneshot::channel();
-    let established = Cmd::Established { conn, info, socket, target, tx, reply: reply_tx };
-    if shared.cmd.send(established).await.is_err() {
+    let established = Cmd::Established { conn, info, socket, target, link: side, reply: reply_tx };
+    if shared.send(established).await.is_err() {
         return;
     }
     match reply_rx.await {
@@ -731,21 +812,32 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
             },
             m = rx.recv(), if pending < OUTPUT_HIGH_WATER => match m {
                 Some(msg) => {
+                    queued.fetch_sub(prost::Message::encoded_len(&msg), Ordering::Relaxed);
                     if let Err(e) = link.send(&msg) {
                         tracing::warn!(%socket, error = %e, "dropping oversized message");
                     }
                     out.extend_from_slice(&link.take_output());
                 }
-                None => {
-                    // The mesh closed this connection: flush what is queued.
-                    let _ = writer.write_all(&out[written..]).await;
-                    let _ = writer.shutdown().await;
-                    return;
-                }
+                None => break "router stopping".to_owned(),
             },
+            // The mesh closed this connection: flush what is queued, briefly
+            // (a peer that stopped reading must not keep the task alive).
+            _ = &mut close_rx => {
+                while let Ok(msg) = rx.try_recv() {
+                    if link.send(&msg).is_ok() {
+                        out.extend_from_slice(&link.take_output());
+                    }
+                }
+                let flush = async {
+                    writer.write_all(&out[written..]).await?;
+                    writer.shutdown().await
+                };
+                let _ = tokio::time::timeout(CLOSE_FLUSH, flush).await;
+                return;
+            }
         }
     };
-    let _ = shared.cmd.send(Cmd::Closed { conn, reason }).await;
+    let _ = shared.send(Cmd::Closed { conn, reason }).await;
 }
 
 /// Hand every message the link has decoded to the mesh task; `Err` when
@@ -753,7 +845,7 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
 async fn forward_messages(link: &mut Link, conn: ConnId, shared: &Shared) -> Result<(), Stopped> {
     while let Some(ev) = link.poll_event() {
         if let LinkEvent::Message(msg) = ev {
-            shared.cmd.send(Cmd::Message { conn, msg }).await.map_err(|_| Stopped)?;
+            shared.send(Cmd::Message { conn, msg }).await?;
         }
     }
     Ok(())

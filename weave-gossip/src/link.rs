@@ -340,7 +340,14 @@ impl Link {
         }
         let (&tag, body) = frame.split_first().ok_or(LinkError::Unexpected("empty handshake frame"))?;
         match (tag, self.state) {
-            (T_REFUSE, _) => Err(LinkError::Refused(String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned())),
+            (T_REFUSE, _) => {
+                // Unauthenticated text from the peer: bounded, printable only.
+                let text = String::from_utf8_lossy(&body[..body.len().min(512)])
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect();
+                Err(LinkError::Refused(text))
+            }
             (T_HELLO, State::AwaitHello) => self.on_hello(frame),
             (T_NOISE, State::AwaitNoise) => self.on_noise(body),
             (T_FEATURES, State::AwaitFeatures) => self.on_features(body),
@@ -649,6 +656,43 @@ mod tests {
         let (_, mut b) = pair(LinkConfig::default(), LinkConfig::default());
         let err = b.handle_bytes(&[0xff, 0xff, 0xff, 0xff]).unwrap_err();
         assert!(matches!(err, LinkError::FrameTooLong(_)), "{err}");
+    }
+
+    fn established_encrypted_pair() -> (Link, Link) {
+        let (mut a, mut b) = pair(with_password("pw"), with_password("pw"));
+        let _ = pump(&mut a, &mut b);
+        let _ = (established(&mut a), established(&mut b));
+        (a, b)
+    }
+
+    #[test]
+    fn an_empty_sealed_frame_is_not_accepted() {
+        let (_, mut b) = established_encrypted_pair();
+        assert_eq!(b.handle_bytes(&[0, 0, 0, 0]), Err(LinkError::Open(OpenError)));
+    }
+
+    #[test]
+    fn two_sealed_frames_cannot_be_spliced_into_one() {
+        let (mut a, mut b) = established_encrypted_pair();
+        // Messages whose sealed form is exactly one full chunk each.
+        let body = |fill: u8| {
+            let mut data = vec![fill; 65_000];
+            loop {
+                let env: Envelope = Body::Gossip(crate::proto::ChannelMsg { channel: "c".into(), src: 1, dst: 0, data: data.clone() }).into();
+                match env.encoded_len().cmp(&(65535 - 16 - 1)) {
+                    std::cmp::Ordering::Equal => return env,
+                    std::cmp::Ordering::Less => data.push(fill),
+                    std::cmp::Ordering::Greater => { data.pop(); }
+                }
+            }
+        };
+        a.send(&body(1)).unwrap();
+        let first = a.take_output();
+        a.send(&body(2)).unwrap();
+        let second = a.take_output();
+        let mut spliced = Vec::new();
+        encode_frame(&[&first[4..], &second[4..]].concat(), &mut spliced);
+        assert_eq!(b.handle_bytes(&spliced), Err(LinkError::Open(OpenError)));
     }
 
     #[test]

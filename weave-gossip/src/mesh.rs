@@ -171,6 +171,9 @@ pub enum MeshEvent {
     PeerRemoved(PeerName),
     /// The topology changed (routes were recalculated).
     TopologyChanged,
+    /// Another live router uses our peer name (it keeps outbidding our
+    /// record). Give one of them another `--name`.
+    NameCollision(PeerUid),
 }
 
 /// A message to send on a connection.
@@ -477,11 +480,20 @@ impl Mesh {
                     return Err(ProtocolError::Malformed("bucket digest count"));
                 }
                 let ours = self.topo.bucket_digests();
-                let differ: BTreeSet<usize> = (0..BUCKETS).filter(|&i| ours[i] != b.digests[i]).collect();
-                if !differ.is_empty() {
-                    let entries = self.topo.versions_in(&differ);
-                    let buckets = differ.iter().map(|&i| i as u32).collect();
-                    self.send(conn, Body::Versions(TopologyVersions { buckets, entries }));
+                let differ: Vec<usize> = (0..BUCKETS).filter(|&i| ours[i] != b.digests[i]).collect();
+                // One message per group of buckets, each under the entry limit.
+                let mut group = BTreeSet::new();
+                let mut entries = Vec::new();
+                for i in differ {
+                    let more = self.topo.versions_in(&BTreeSet::from([i]));
+                    if !group.is_empty() && entries.len() + more.len() > MAX_RECORDS_PER_MESSAGE {
+                        self.send_versions(conn, std::mem::take(&mut group), std::mem::take(&mut entries));
+                    }
+                    group.insert(i);
+                    entries.extend(more);
+                }
+                if !group.is_empty() {
+                    self.send_versions(conn, group, entries);
                 }
                 Ok(())
             }
@@ -492,8 +504,8 @@ impl Mesh {
                 let buckets: BTreeSet<usize> = v.buckets.iter().map(|&b| b as usize).collect();
                 let (ours_newer, theirs_newer) = self.topo.compare(&buckets, &v.entries);
                 self.send_records(conn, &ours_newer);
-                if !theirs_newer.is_empty() {
-                    let names = theirs_newer.iter().map(|n| n.as_u64()).collect();
+                for chunk in theirs_newer.chunks(MAX_RECORDS_PER_MESSAGE) {
+                    let names = chunk.iter().map(|n| n.as_u64()).collect();
                     self.send(conn, Body::Request(TopologyRequest { names }));
                 }
                 Ok(())
@@ -502,16 +514,25 @@ impl Mesh {
                 if r.names.len() > MAX_RECORDS_PER_MESSAGE {
                     return Err(ProtocolError::Malformed("request too long"));
                 }
-                let names: Vec<PeerName> = r.names.iter().filter_map(|&n| PeerName::from_u64(n)).collect();
-                self.send_records(conn, &names);
+                // Each record once, however often it is asked for.
+                let names: BTreeSet<PeerName> = r.names.iter().filter_map(|&n| PeerName::from_u64(n)).collect();
+                self.send_records(conn, &names.into_iter().collect::<Vec<_>>());
                 Ok(())
             }
             Some(Body::Gossip(m)) => self.on_gossip(conn, m),
             Some(Body::Broadcast(m)) => self.on_broadcast(conn, m),
-            Some(Body::Unicast(m)) => self.on_unicast(m),
+            Some(Body::Unicast(m)) => self.on_unicast(conn, m),
         };
         self.flush();
         result
+    }
+
+    fn send_versions(&mut self, conn: ConnId, group: BTreeSet<usize>, mut entries: Vec<crate::proto::VersionEntry>) {
+        // A single bucket larger than the limit (not reachable below ~640k
+        // peers) is truncated; the next anti-entropy round covers the rest.
+        entries.truncate(MAX_RECORDS_PER_MESSAGE);
+        let buckets = group.into_iter().map(|i| i as u32).collect();
+        self.send(conn, Body::Versions(TopologyVersions { buckets, entries }));
     }
 
     fn on_update(&mut self, now: Instant, from: ConnId, u: TopologyUpdate) -> Result<(), ProtocolError> {
@@ -522,6 +543,10 @@ impl Mesh {
         let applied = self.topo.apply(records);
         if applied.ourself_bumped {
             self.announce = true;
+        }
+        if let Some(uid) = applied.collision {
+            tracing::error!(name = %self.cfg.name, %uid, "another live router uses our peer name");
+            self.events.push_back(MeshEvent::NameCollision(uid));
         }
         if !applied.changed.is_empty() || applied.ourself_bumped {
             self.topology_changed(now);
@@ -578,11 +603,11 @@ impl Mesh {
         Ok(())
     }
 
-    fn on_unicast(&mut self, m: ChannelMsg) -> Result<(), ProtocolError> {
+    fn on_unicast(&mut self, from: ConnId, m: ChannelMsg) -> Result<(), ProtocolError> {
         let src = PeerName::from_u64(m.src).ok_or(ProtocolError::Malformed("unicast source"))?;
         let dst = PeerName::from_u64(m.dst).ok_or(ProtocolError::Malformed("unicast destination"))?;
         if dst != self.cfg.name {
-            self.forward(dst, Body::Unicast(m));
+            self.forward(dst, Some(from), Body::Unicast(m));
             return Ok(());
         }
         match self.channels.get_mut(&m.channel) {
@@ -613,13 +638,15 @@ impl Mesh {
         }
     }
 
-    fn forward(&mut self, dst: PeerName, body: Body) -> bool {
+    /// Send towards `dst`; never back where it came from (routes that
+    /// disagree while the topology settles would bounce it back and forth).
+    fn forward(&mut self, dst: PeerName, from: Option<ConnId>, body: Body) -> bool {
         match self.routes().next_hop(dst).and_then(|h| self.by_peer.get(&h).copied()) {
-            Some(c) => {
+            Some(c) if Some(c) != from => {
                 self.send(c, body);
                 true
             }
-            None => {
+            _ => {
                 self.stats.dropped_no_route += 1;
                 false
             }
@@ -660,7 +687,7 @@ impl Mesh {
     pub fn unicast(&mut self, channel: &str, dst: PeerName, data: Vec<u8>) -> Result<(), SendError> {
         self.check_len(&data)?;
         let msg = ChannelMsg { channel: channel.to_owned(), src: self.cfg.name.as_u64(), dst: dst.as_u64(), data };
-        if self.forward(dst, Body::Unicast(msg)) {
+        if self.forward(dst, None, Body::Unicast(msg)) {
             Ok(())
         } else {
             Err(SendError::NoRoute(dst))
@@ -800,4 +827,103 @@ impl Mesh {
 /// `base` scaled by a random factor in [0.5, 1.5).
 fn jittered(rng: &mut SimRng, base: Duration) -> Duration {
     base.mul_f64(rng.random_range(0.5..1.5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weave_core::rng::seeded;
+
+    fn n(v: u64) -> PeerName {
+        PeerName::from_u64(v).unwrap()
+    }
+
+    fn mesh(name: u64) -> Mesh {
+        Mesh::new(MeshConfig::new(n(name), format!("p{name}"), PeerUid::new(name).unwrap()), Instant::now(), seeded(name))
+    }
+
+    fn remote(name: u64, conn_id: u64, outbound: bool) -> RemotePeer {
+        RemotePeer {
+            name: n(name),
+            nickname: format!("p{name}"),
+            uid: PeerUid::new(name).unwrap(),
+            conn_id,
+            address: format!("10.0.0.{name}:6783"),
+            outbound,
+        }
+    }
+
+    fn drain(m: &mut Mesh) -> Vec<Transmit> {
+        std::iter::from_fn(|| m.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn repeated_names_in_a_request_are_answered_once() {
+        let mut m = mesh(1);
+        let now = Instant::now();
+        m.add_connection(now, 7, remote(2, 1, false)).unwrap();
+        drain(&mut m);
+        let names = vec![1u64; 5000];
+        m.handle_message(now, 7, Body::Request(TopologyRequest { names }).into()).unwrap();
+        let records: usize = drain(&mut m)
+            .into_iter()
+            .map(|t| match t.msg.body {
+                Some(Body::Update(u)) => u.records.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(records, 1);
+    }
+
+    #[test]
+    fn a_unicast_is_never_sent_back_where_it_came_from() {
+        let mut m = mesh(1);
+        let now = Instant::now();
+        m.add_connection(now, 7, remote(2, 1, false)).unwrap();
+        // Peer 2's record says it reaches 3 only through us (a stale view):
+        // our route to 3 would be via 2 if 2 claimed a link to 3.
+        let rec2 = PeerRecord {
+            name: n(2),
+            nickname: "p2".into(),
+            uid: PeerUid::new(2).unwrap(),
+            version: 5,
+            connections: vec![
+                ConnectionInfo { peer: n(1), address: String::new(), outbound: true, established: true },
+                ConnectionInfo { peer: n(3), address: String::new(), outbound: true, established: true },
+            ],
+        };
+        let rec3 = PeerRecord {
+            name: n(3),
+            nickname: "p3".into(),
+            uid: PeerUid::new(3).unwrap(),
+            version: 5,
+            connections: vec![ConnectionInfo { peer: n(2), address: String::new(), outbound: false, established: true }],
+        };
+        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![rec2.to_msg(), rec3.to_msg()] }).into()).unwrap();
+        assert_eq!(m.routes().next_hop(n(3)), Some(n(2)));
+        drain(&mut m);
+        let msg = ChannelMsg { channel: "x".into(), src: 2, dst: 3, data: vec![] };
+        m.handle_message(now, 7, Body::Unicast(msg).into()).unwrap();
+        assert!(drain(&mut m).is_empty(), "bounced back to the sender");
+        assert_eq!(m.stats().dropped_no_route, 1);
+    }
+
+    #[test]
+    fn both_ends_keep_the_same_connection_of_a_duplicate_pair() {
+        let now = Instant::now();
+        let (mut a, mut b) = (mesh(1), mesh(2));
+        // Connection 10 dialed by 1, connection 20 dialed by 2, arriving in
+        // opposite orders at the two ends.
+        a.add_connection(now, 10, remote(2, 10, true)).unwrap();
+        b.add_connection(now, 20, remote(1, 20, true)).unwrap();
+        let ra = a.add_connection(now, 20, remote(2, 20, false));
+        let rb = b.add_connection(now, 10, remote(1, 10, false));
+        // Dialed by the higher name (2) wins: connection 20 on both ends.
+        assert!(ra.is_ok(), "a replaces 10 with 20");
+        assert_eq!(rb, Err(AddConnectionError::Duplicate(n(1))));
+        assert_eq!(a.connection_to(n(2)), Some(20));
+        assert_eq!(b.connection_to(n(1)), Some(20));
+        assert!(std::iter::from_fn(|| a.poll_event())
+            .any(|e| e == MeshEvent::CloseConnection { conn: 10, reason: CloseReason::Duplicate }));
+    }
 }

@@ -87,6 +87,11 @@ impl Routes {
     /// Our children in `src`'s broadcast tree: where to relay a broadcast
     /// that `src` originated. Empty if we are not in its tree.
     pub fn broadcast_children(&mut self, src: PeerName) -> &[PeerName] {
+        if !self.adjacency.contains_key(&src) {
+            // Not a peer we route for: nothing to relay, nothing to cache
+            // (a hostile peer could otherwise grow the cache without bound).
+            return &[];
+        }
         if !self.children.contains_key(&src) {
             let c = self.compute_children(src);
             self.children.insert(src, c);
@@ -166,6 +171,15 @@ mod tests {
         let r = Routes::calculate(&topo(1, &[(1, 2)], &[(2, 3)]));
         assert_eq!(r.next_hop(n(3)), None);
         assert!(r.reachable(n(2)));
+    }
+
+    #[test]
+    fn broadcasts_from_unknown_sources_are_not_relayed_or_cached() {
+        let mut r = Routes::calculate(&topo(1, &[(1, 2), (2, 3)], &[]));
+        for s in 100..200 {
+            assert!(r.broadcast_children(n(s)).is_empty());
+        }
+        assert!(r.children.is_empty());
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub const BUCKETS: usize = 64;
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// Longest address string accepted in a connection entry.
 const MAX_ADDRESS_LEN: usize = 300;
+/// Highest record version accepted: far above anything real, far enough
+/// below `u64::MAX` that bumping past a received version cannot overflow.
+pub const MAX_VERSION: u64 = 1 << 62;
 
 /// One connection of a peer, as its record lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,8 +68,8 @@ impl PeerRecord {
     pub fn from_msg(m: PeerRecordMsg) -> Result<Self, InvalidRecord> {
         let name = PeerName::from_u64(m.name).ok_or(InvalidRecord("name wider than 48 bits"))?;
         let uid = PeerUid::new(m.uid).ok_or(InvalidRecord("zero uid"))?;
-        if m.version == 0 {
-            return Err(InvalidRecord("version zero"));
+        if m.version == 0 || m.version > MAX_VERSION {
+            return Err(InvalidRecord("version out of range"));
         }
         if m.nickname.len() > MAX_NICKNAME_LEN {
             return Err(InvalidRecord("nickname too long"));
@@ -123,6 +126,10 @@ pub struct Applied {
     /// We saw a record of ourselves at least as new as ours and bumped our
     /// version beyond it: our record must be re-announced.
     pub ourself_bumped: bool,
+    /// A record of our name from a UID we already bumped past came back
+    /// newer: another live router uses our name. We stop bumping (that would
+    /// never end) and report it.
+    pub collision: Option<PeerUid>,
 }
 
 /// The bucket a peer name falls in.
@@ -144,6 +151,8 @@ fn record_hash(name: PeerName, uid: PeerUid, version: u64) -> u128 {
 pub struct Topology {
     ourself: PeerName,
     peers: BTreeMap<PeerName, PeerRecord>,
+    /// Foreign UIDs of our name we bumped past, with the version we saw.
+    bumped_past: BTreeMap<PeerUid, u64>,
     sum: u128,
     buckets: [u64; BUCKETS],
 }
@@ -151,7 +160,7 @@ pub struct Topology {
 impl Topology {
     /// A topology holding only our own record (version 1, no connections).
     pub fn new(name: PeerName, nickname: String, uid: PeerUid) -> Self {
-        let mut t = Self { ourself: name, peers: BTreeMap::new(), sum: 0, buckets: [0; BUCKETS] };
+        let mut t = Self { ourself: name, peers: BTreeMap::new(), bumped_past: BTreeMap::new(), sum: 0, buckets: [0; BUCKETS] };
         t.insert(PeerRecord { name, nickname, uid, version: 1, connections: Vec::new() });
         t
     }
@@ -213,10 +222,17 @@ impl Topology {
         let mut out = Applied::default();
         for r in records {
             if r.name == self.ourself {
-                let ours = self.our_record();
-                if r.version >= ours.version && r != *ours {
-                    let mut bumped = ours.clone();
-                    bumped.version = r.version + 1;
+                let ours = self.our_record().clone();
+                if r.version >= ours.version && r != ours {
+                    if r.uid != ours.uid {
+                        if self.bumped_past.get(&r.uid).is_some_and(|&v| r.version > v) {
+                            out.collision = Some(r.uid);
+                            continue;
+                        }
+                        self.bumped_past.insert(r.uid, r.version);
+                    }
+                    let mut bumped = ours;
+                    bumped.version = r.version.saturating_add(1);
                     self.insert(bumped);
                     out.ourself_bumped = true;
                 }
@@ -367,6 +383,24 @@ mod tests {
         assert_eq!(t.our_record().version, 18);
         assert_eq!(t.our_record().uid, PeerUid::new(9).unwrap(), "we keep our own uid and connections");
         assert!(t.our_record().connections.is_empty());
+    }
+
+    #[test]
+    fn a_live_router_with_our_name_is_reported_not_outbid_forever() {
+        let mut t = Topology::new(n(1), "me".into(), PeerUid::new(9).unwrap());
+        assert!(t.apply([rec(1, 4, 5, &[])]).ourself_bumped, "an old incarnation: bump once");
+        assert_eq!(t.our_record().version, 6);
+        let out = t.apply([rec(1, 4, 7, &[])]);
+        assert_eq!(out.collision, Some(PeerUid::new(4).unwrap()), "it outbid us: a live collider");
+        assert!(!out.ourself_bumped);
+        assert_eq!(t.our_record().version, 6);
+    }
+
+    #[test]
+    fn versions_near_the_integer_limit_are_rejected() {
+        let mut m = rec(2, 5, 1, &[]).to_msg();
+        m.version = u64::MAX;
+        assert!(PeerRecord::from_msg(m).is_err());
     }
 
     #[test]

@@ -231,6 +231,18 @@ async fn forget_and_replace_change_the_targets() {
 }
 
 #[tokio::test]
+async fn dropping_every_handle_stops_the_router() {
+    let a = start(opts(1)).await;
+    let addr = a.local_addr();
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting after the last handle was dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn hostile_input_closes_only_that_connection() {
     let a = start(opts(1)).await;
     let b = start(opts(2)).await;
