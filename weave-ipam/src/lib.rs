@@ -2,5 +2,13 @@
 //! container anywhere has, with no central allocator.
 //!
 //! * [`ring`]: the CRDT dividing the range among peers.
+//! * [`paxos`]: consensus on the initial division, as gossiped state.
+//! * [`ipam`]: one peer's allocator, claims, donation, rmpeer and hand-off.
+//! * [`wire`]: the messages on the IPAM gossip channel.
 
+pub mod ipam;
+pub mod paxos;
 pub mod ring;
+pub mod wire;
+
+pub use ipam::{Completion, InitMode, Ipam, IpamConfig, IpamError, IpamStatus, Outcome, Output};

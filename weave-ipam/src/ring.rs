@@ -261,7 +261,7 @@ impl Ring {
         }
         new.push(Entry { token: from, peer: to_peer, version: v, free: free_moved.min(to - from), takeover: false });
         if to < end {
-            let rest = left_free.saturating_sub(if from > e.token { from - e.token } else { 0 });
+            let rest = left_free.saturating_sub(from.saturating_sub(e.token));
             new.push(Entry { token: to, peer: owner, version: v, free: rest.min(end - to), takeover: false });
         }
         self.entries.splice(i..=i, new);

@@ -1,0 +1,815 @@
+//! One peer's IPAM: allocation from owned space, claims, frees, space
+//! requests and donation, rmpeer, hand-off on leaving, and triggering the
+//! initial division. Sans-IO.
+//!
+//! Call order: feed gossip and unicast messages of the IPAM channel to
+//! [`Ipam::handle_gossip`] / [`Ipam::handle_unicast`], tell it which peers
+//! are reachable ([`Ipam::set_reachable`]), call [`Ipam::handle_timeout`] at
+//! [`Ipam::poll_timeout`]; after each call send what [`Ipam::poll_output`]
+//! returns and report what [`Ipam::poll_completion`] returns to whoever
+//! waits on a pending request.
+//!
+//! Safety rule: a peer hands out only addresses in space the ring says it
+//! owns, and records each one before returning it. Since the ring never
+//! lets two peers own one address once merged (see [`crate::ring`]), no
+//! address is handed to two containers.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use weave_core::PeerName;
+
+use crate::paxos::Paxos;
+use crate::ring::{Entry, Ring, RingError};
+use crate::wire::{self, Body, ClaimRefused, ClaimRequest, DecodeError, HandoffAck, SpaceRequest, StateMsg};
+
+/// How the initial division is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitMode {
+    /// Paxos among the peers, needing `quorum` votes.
+    Consensus {
+        /// Votes needed: `N/2 + 1` for `--ipalloc-init consensus=N`.
+        quorum: usize,
+    },
+    /// These peers divide the range, no vote needed.
+    Seeds(Vec<PeerName>),
+    /// Never vote; may ask the voters to hold an election.
+    Observer,
+}
+
+/// IPAM settings.
+#[derive(Debug, Clone)]
+pub struct IpamConfig {
+    /// Our name.
+    pub ourself: PeerName,
+    /// The allocation range (default 10.32.0.0/12).
+    pub range: Ipv4Net,
+    /// Subnet for `net:default` (default: the range).
+    pub default_subnet: Ipv4Net,
+    /// How the initial division is made.
+    pub init: InitMode,
+    /// Pending requests are retried this often (default 2 s).
+    pub retry_interval: Duration,
+}
+
+impl IpamConfig {
+    /// Defaults for `range`.
+    pub fn new(ourself: PeerName, range: Ipv4Net, init: InitMode) -> Self {
+        Self { ourself, range, default_subnet: range, init, retry_interval: Duration::from_secs(2) }
+    }
+}
+
+/// Identifies a pending request.
+pub type RequestId = u64;
+
+/// An operation that completed at once or is pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: the address, with the subnet's prefix.
+    Done(Ipv4Net),
+    /// Will complete later through [`Ipam::poll_completion`].
+    Pending(RequestId),
+}
+
+/// A pending request finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// It got an address.
+    Done(RequestId, Ipv4Net),
+    /// It failed.
+    Failed(RequestId, IpamError),
+    /// A hand-off was acknowledged by the heir.
+    HandedOff(PeerName),
+}
+
+/// Why an IPAM operation failed. Nothing changed when one is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IpamError {
+    /// The range cannot hold a ring.
+    #[error("invalid allocation range {0}: need a prefix of /1 to /30")]
+    InvalidRange(Ipv4Net),
+    /// A subnet not inside the allocation range.
+    #[error("subnet {subnet} is not inside the allocation range {range}")]
+    SubnetOutsideRange {
+        /// The subnet.
+        subnet: Ipv4Net,
+        /// The range.
+        range: Ipv4Net,
+    },
+    /// The address is taken.
+    #[error("address {addr} is already in use by {container}")]
+    InUse {
+        /// The address.
+        addr: Ipv4Addr,
+        /// Who has it.
+        container: String,
+    },
+    /// Its owner refused to give the claimed address.
+    #[error("claim of {addr} refused by its owner {owner}: {reason}")]
+    ClaimRefused {
+        /// The address.
+        addr: Ipv4Addr,
+        /// The owner.
+        owner: PeerName,
+        /// Why.
+        reason: String,
+    },
+    /// The request was cancelled.
+    #[error("request cancelled")]
+    Cancelled,
+    /// rmpeer of ourselves.
+    #[error("cannot rmpeer ourselves; use `weave reset` to leave")]
+    RmpeerSelf,
+    /// A received ring was refused.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    /// A received message could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Something to send on the IPAM channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Gossip our state to the mesh.
+    Gossip(Vec<u8>),
+    /// Send to one peer.
+    Unicast(PeerName, Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Allocate { container: String, subnet: Ipv4Net },
+    Claim { container: String, addr: u32, subnet: Ipv4Net },
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    op: Op,
+    asked: Option<PeerName>,
+}
+
+/// Status, with the strings `weave status ipam` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpamStatus {
+    /// `idle`, `ready`, `awaiting consensus (...)`, ...
+    pub status: String,
+    /// The range.
+    pub range: Ipv4Net,
+    /// The default subnet.
+    pub default_subnet: Ipv4Net,
+    /// Addresses in the range.
+    pub range_num_ips: u64,
+    /// Addresses we have handed out.
+    pub active_ips: usize,
+    /// The ring.
+    pub entries: Vec<Entry>,
+    /// Addresses by container.
+    pub owned: BTreeMap<String, Vec<Ipv4Net>>,
+    /// Claims waiting.
+    pub pending_claims: usize,
+    /// Allocations waiting.
+    pub pending_allocates: usize,
+}
+
+/// One peer's IPAM. See the module docs for the call order.
+#[derive(Debug, Clone)]
+pub struct Ipam {
+    cfg: IpamConfig,
+    ring: Ring,
+    paxos: Paxos,
+    election_requested: bool,
+    wants_init: bool,
+    used: BTreeMap<u32, (String, Ipv4Net)>,
+    outside: BTreeMap<u32, (String, Ipv4Net)>,
+    pending: BTreeMap<RequestId, Pending>,
+    next_id: RequestId,
+    reachable: Option<BTreeSet<PeerName>>,
+    handoff: Option<PeerName>,
+    out: VecDeque<Output>,
+    done: VecDeque<Completion>,
+    next_retry: Option<Instant>,
+    dirty: bool,
+}
+
+fn bounds(net: Ipv4Net) -> (u32, u32) {
+    let start = u32::from(net.network());
+    (start, start + (1u32 << (32 - net.prefix_len())))
+}
+
+impl Ipam {
+    /// IPAM over `cfg.range`, not yet initialised.
+    pub fn new(cfg: IpamConfig) -> Result<Self, IpamError> {
+        let r = cfg.range.trunc();
+        if r.prefix_len() == 0 || r.prefix_len() > 30 {
+            return Err(IpamError::InvalidRange(cfg.range));
+        }
+        Self::check_subnet(&cfg, cfg.default_subnet)?;
+        let (start, end) = bounds(r);
+        let (quorum, observer) = match &cfg.init {
+            InitMode::Consensus { quorum } => (*quorum, false),
+            InitMode::Seeds(_) => (1, false),
+            InitMode::Observer => (1, true),
+        };
+        Ok(Self {
+            ring: Ring::new(start, end),
+            paxos: Paxos::new(cfg.ourself, quorum, observer),
+            cfg,
+            election_requested: false,
+            wants_init: false,
+            used: BTreeMap::new(),
+            outside: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            next_id: 1,
+            reachable: None,
+            handoff: None,
+            out: VecDeque::new(),
+            done: VecDeque::new(),
+            next_retry: None,
+            dirty: false,
+        })
+    }
+
+    fn check_subnet(cfg: &IpamConfig, subnet: Ipv4Net) -> Result<(), IpamError> {
+        let range = cfg.range.trunc();
+        if !range.contains(&subnet.trunc()) || subnet.prefix_len() > 30 {
+            return Err(IpamError::SubnetOutsideRange { subnet, range });
+        }
+        Ok(())
+    }
+
+    /// Our name.
+    pub fn name(&self) -> PeerName {
+        self.cfg.ourself
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Addresses in use, by address, with their container.
+    pub fn allocations(&self) -> impl Iterator<Item = (Ipv4Net, &str)> + '_ {
+        self.used.values().chain(self.outside.values()).map(|(c, a)| (*a, c.as_str()))
+    }
+
+    /// The peers the mesh can reach now (donors are chosen among them).
+    pub fn set_reachable(&mut self, peers: BTreeSet<PeerName>) {
+        self.reachable = Some(peers);
+    }
+
+    fn is_reachable(&self, p: PeerName) -> bool {
+        self.reachable.as_ref().is_none_or(|r| r.contains(&p))
+    }
+
+    /// Start the initial division if it has not happened (`weave prime`).
+    pub fn prime(&mut self, now: Instant) {
+        self.ensure_init(now);
+        self.flush(now);
+    }
+
+    /// Allocate the lowest free address of `subnet` (the default subnet if
+    /// `None`) for `container`; idempotent per (container, subnet).
+    pub fn allocate(&mut self, now: Instant, container: &str, subnet: Option<Ipv4Net>) -> Result<Outcome, IpamError> {
+        let subnet = subnet.unwrap_or(self.cfg.default_subnet).trunc();
+        Self::check_subnet(&self.cfg, subnet)?;
+        let op = Op::Allocate { container: container.to_owned(), subnet };
+        let r = self.start(now, op);
+        self.flush(now);
+        r
+    }
+
+    /// Claim `addr` (as `ip/prefix`) for `container`. Outside the range it
+    /// is recorded locally only.
+    pub fn claim(&mut self, now: Instant, container: &str, addr: Ipv4Net) -> Result<Outcome, IpamError> {
+        let a = u32::from(addr.addr());
+        let (start, end) = (self.ring.start(), self.ring.end());
+        if a < start || a >= end {
+            if let Some((c, _)) = self.outside.get(&a).filter(|(c, _)| c != container) {
+                return Err(IpamError::InUse { addr: addr.addr(), container: c.clone() });
+            }
+            self.outside.insert(a, (container.to_owned(), addr));
+            return Ok(Outcome::Done(addr));
+        }
+        let op = Op::Claim { container: container.to_owned(), addr: a, subnet: addr };
+        let r = self.start(now, op);
+        self.flush(now);
+        r
+    }
+
+    fn start(&mut self, now: Instant, op: Op) -> Result<Outcome, IpamError> {
+        match self.attempt(&op)? {
+            Some(addr) => Ok(Outcome::Done(addr)),
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.pending.insert(id, Pending { op, asked: None });
+                self.ensure_init(now);
+                self.ask_for_space(id);
+                self.next_retry.get_or_insert(now + self.cfg.retry_interval);
+                Ok(Outcome::Pending(id))
+            }
+        }
+    }
+
+    /// Try to complete `op` from what we own: `Ok(None)` to wait.
+    fn attempt(&mut self, op: &Op) -> Result<Option<Ipv4Net>, IpamError> {
+        if !self.ring.is_initialised() {
+            return Ok(None);
+        }
+        match op {
+            Op::Allocate { container, subnet } => {
+                let (lo, hi) = bounds(*subnet);
+                if let Some((_, (_, a))) = self.used.range(lo..hi).find(|(_, (c, _))| c == container) {
+                    return Ok(Some(*a));
+                }
+                let Some(addr) = self.lowest_free(*subnet) else { return Ok(None) };
+                let net = Ipv4Net::new(Ipv4Addr::from(addr), subnet.prefix_len()).expect("prefix checked");
+                self.used.insert(addr, (container.clone(), net));
+                self.dirty = true;
+                Ok(Some(net))
+            }
+            Op::Claim { container, addr, subnet } => {
+                if let Some((c, net)) = self.used.get(addr) {
+                    return if c == container {
+                        Ok(Some(*net))
+                    } else {
+                        Err(IpamError::InUse { addr: Ipv4Addr::from(*addr), container: c.clone() })
+                    };
+                }
+                if self.ring.owner(*addr) != Some(self.cfg.ourself) {
+                    return Ok(None);
+                }
+                self.used.insert(*addr, (container.clone(), *subnet));
+                self.dirty = true;
+                Ok(Some(*subnet))
+            }
+        }
+    }
+
+    fn usable(subnet: Ipv4Net) -> (u32, u32) {
+        let (lo, hi) = bounds(subnet);
+        // Skip the subnet's network and broadcast addresses.
+        (lo + 1, hi - 1)
+    }
+
+    fn lowest_free(&self, subnet: Ipv4Net) -> Option<u32> {
+        let (lo, hi) = Self::usable(subnet);
+        for (a, b) in self.ring.owned_by(self.cfg.ourself) {
+            let (s, e) = (a.max(lo), b.min(hi));
+            let mut cand = s;
+            for (&u, _) in self.used.range(s..e) {
+                if u != cand {
+                    break;
+                }
+                cand += 1;
+            }
+            if cand < e {
+                return Some(cand);
+            }
+        }
+        None
+    }
+
+    /// Free `addr` if `container` holds it.
+    pub fn free(&mut self, now: Instant, container: &str, addr: Ipv4Addr) -> bool {
+        let a = u32::from(addr);
+        let freed = [&mut self.used, &mut self.outside].into_iter().any(|m| {
+            if m.get(&a).is_some_and(|(c, _)| c == container) {
+                m.remove(&a);
+                true
+            } else {
+                false
+            }
+        });
+        if freed {
+            self.dirty = true;
+            self.flush(now);
+        }
+        freed
+    }
+
+    /// Free everything `container` holds; returns what was freed.
+    pub fn free_all(&mut self, now: Instant, container: &str) -> Vec<Ipv4Net> {
+        let mut freed = Vec::new();
+        for m in [&mut self.used, &mut self.outside] {
+            m.retain(|_, (c, a)| {
+                let keep = c != container;
+                if !keep {
+                    freed.push(*a);
+                }
+                keep
+            });
+        }
+        let ids: Vec<RequestId> = self.pending.iter().filter(|(_, p)| op_container(&p.op) == container).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.cancel(id);
+        }
+        if !freed.is_empty() {
+            self.dirty = true;
+            self.flush(now);
+        }
+        freed
+    }
+
+    /// Cancel a pending request; it completes as failed.
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        if self.pending.remove(&id).is_some() {
+            self.done.push_back(Completion::Failed(id, IpamError::Cancelled));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Reclaim the space of a dead peer. Its ranges go to the owner of the
+    /// preceding range (the same heir whoever runs this). Returns the number
+    /// of addresses that moved.
+    pub fn rmpeer(&mut self, now: Instant, dead: PeerName) -> Result<u64, IpamError> {
+        if dead == self.cfg.ourself {
+            return Err(IpamError::RmpeerSelf);
+        }
+        let moved = self.ring.take_over(dead, self.cfg.ourself);
+        if moved > 0 {
+            self.dirty = true;
+            self.retry_pending();
+        }
+        self.flush(now);
+        Ok(moved)
+    }
+
+    /// Leave: hand all our space to a reachable peer and wait for it to
+    /// acknowledge ([`Completion::HandedOff`]). Returns the heir, or `None`
+    /// if there is nothing to hand over or nobody to take it.
+    pub fn leave(&mut self, now: Instant) -> Option<PeerName> {
+        let me = self.cfg.ourself;
+        let heir = self.ring.entries().iter().map(|e| e.peer).filter(|&p| p != me && self.is_reachable(p)).min()
+            .or_else(|| self.reachable.as_ref().and_then(|r| r.iter().copied().find(|&p| p != me)))?;
+        let mine = self.ring.owned_by(me);
+        if mine.is_empty() {
+            return None;
+        }
+        for (a, b) in mine {
+            self.ring.transfer(me, a, b, heir, b - a);
+        }
+        self.used.clear();
+        self.handoff = Some(heir);
+        let state = self.state_msg();
+        self.out.push_back(Output::Unicast(heir, wire::encode(Body::Handoff(state))));
+        self.dirty = true;
+        self.flush(now);
+        Some(heir)
+    }
+
+    /// Merge gossiped state; returns the state to relay if it taught us
+    /// anything.
+    pub fn handle_gossip(&mut self, now: Instant, _src: PeerName, bytes: &[u8]) -> Result<Option<Vec<u8>>, IpamError> {
+        let Body::State(s) = wire::decode(bytes)? else {
+            return Ok(None);
+        };
+        let changed = self.merge_state(&s)?;
+        self.flush(now);
+        Ok(changed.then(|| wire::encode(Body::State(self.state_msg()))))
+    }
+
+    fn merge_state(&mut self, s: &StateMsg) -> Result<bool, IpamError> {
+        let mut changed = false;
+        if let Some(r) = &s.ring {
+            let ring = wire::ring_from_msg(r)?;
+            changed |= self.ring.merge(&ring)?;
+        }
+        let paxos = wire::paxos_from_msg(&s.paxos)?;
+        changed |= self.paxos.merge(&paxos);
+        if s.election_requested && !self.ring.is_initialised() && !self.paxos.is_proposing() && self.paxos.propose() {
+            changed = true;
+        }
+        if changed {
+            self.dirty = true;
+        }
+        Ok(changed)
+    }
+
+    /// A message addressed to us.
+    pub fn handle_unicast(&mut self, now: Instant, src: PeerName, bytes: &[u8]) -> Result<(), IpamError> {
+        match wire::decode(bytes)? {
+            Body::State(s) => {
+                self.merge_state(&s)?;
+            }
+            Body::Handoff(s) => {
+                self.merge_state(&s)?;
+                self.out.push_back(Output::Unicast(src, wire::encode(Body::HandoffAck(HandoffAck {}))));
+            }
+            Body::HandoffAck(_) => {
+                if self.handoff == Some(src) {
+                    self.handoff = None;
+                    self.done.push_back(Completion::HandedOff(src));
+                }
+            }
+            Body::SpaceRequest(r) => self.donate(src, r.start, r.end),
+            Body::ClaimRequest(c) => self.grant_claim(src, c.addr),
+            Body::ClaimRefused(c) => {
+                let failed: Vec<RequestId> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| matches!(p.op, Op::Claim { addr, .. } if addr == c.addr))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in failed {
+                    self.pending.remove(&id);
+                    let addr = Ipv4Addr::from(c.addr);
+                    let e = IpamError::ClaimRefused { addr, owner: src, reason: c.reason.chars().take(200).collect() };
+                    self.done.push_back(Completion::Failed(id, e));
+                }
+            }
+        }
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Give `to` at most half of our free space inside `[start, end)`, as one
+    /// block from the largest free run.
+    fn donate(&mut self, to: PeerName, start: u32, end: u32) {
+        if to == self.cfg.ourself || start >= end {
+            return;
+        }
+        let me = self.cfg.ourself;
+        let mut runs = Vec::new();
+        let mut total = 0u64;
+        for (a, b) in self.ring.owned_by(me) {
+            let (s, e) = (a.max(start), b.min(end));
+            let mut cur = s;
+            for (&u, _) in self.used.range(s..e) {
+                if u > cur {
+                    runs.push((cur, u));
+                }
+                cur = u + 1;
+            }
+            if cur < e {
+                runs.push((cur, e));
+            }
+        }
+        for (s, e) in &runs {
+            total += u64::from(e - s);
+        }
+        let give = (total / 2) as u32;
+        let Some(&(s, e)) = runs.iter().max_by_key(|(s, e)| (e - s, std::cmp::Reverse(*s))) else { return };
+        let n = give.min(e - s);
+        if n == 0 {
+            return;
+        }
+        if self.ring.transfer(me, e - n, e, to, n) {
+            self.dirty = true;
+            self.out.push_back(Output::Unicast(to, wire::encode(Body::State(self.state_msg()))));
+        }
+    }
+
+    fn grant_claim(&mut self, to: PeerName, addr: u32) {
+        let me = self.cfg.ourself;
+        let reason = if self.ring.owner(addr) != Some(me) {
+            Some("not the owner".to_owned())
+        } else if let Some((c, _)) = self.used.get(&addr) {
+            Some(format!("in use by {c}"))
+        } else if self.ring.transfer(me, addr, addr + 1, to, 1) {
+            self.dirty = true;
+            self.out.push_back(Output::Unicast(to, wire::encode(Body::State(self.state_msg()))));
+            None
+        } else {
+            Some("cannot split the range".to_owned())
+        };
+        if let Some(reason) = reason {
+            self.out.push_back(Output::Unicast(to, wire::encode(Body::ClaimRefused(ClaimRefused { addr, reason }))));
+        }
+    }
+
+    fn ensure_init(&mut self, _now: Instant) {
+        if self.ring.is_initialised() {
+            return;
+        }
+        self.wants_init = true;
+        match &self.cfg.init {
+            InitMode::Seeds(seeds) => {
+                self.ring.initialise(seeds);
+                self.dirty = true;
+            }
+            InitMode::Consensus { .. } => {
+                if !self.paxos.is_proposing() && self.paxos.propose() {
+                    self.dirty = true;
+                }
+            }
+            InitMode::Observer => {
+                if !self.election_requested {
+                    self.election_requested = true;
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Ask the best reachable donor for space for a pending request.
+    fn ask_for_space(&mut self, id: RequestId) {
+        if !self.ring.is_initialised() {
+            return;
+        }
+        let Some(p) = self.pending.get(&id) else { return };
+        let me = self.cfg.ourself;
+        let (msg, donor) = match &p.op {
+            Op::Allocate { subnet, .. } => {
+                let (lo, hi) = Self::usable(*subnet);
+                let mut free: BTreeMap<PeerName, u64> = BTreeMap::new();
+                for (e, s, t) in self.ring.ranges() {
+                    let (a, b) = (s.max(lo), t.min(hi));
+                    if a < b && e.peer != me && self.is_reachable(e.peer) {
+                        let share = u64::from(e.free) * u64::from(b - a) / u64::from(t - s);
+                        *free.entry(e.peer).or_default() += share;
+                    }
+                }
+                let donor = free.into_iter().filter(|(_, f)| *f > 1).max_by_key(|(p, f)| (*f, std::cmp::Reverse(*p))).map(|(p, _)| p);
+                (Body::SpaceRequest(SpaceRequest { start: lo, end: hi }), donor)
+            }
+            Op::Claim { addr, .. } => {
+                let owner = self.ring.owner(*addr).filter(|&o| o != me && self.is_reachable(o));
+                (Body::ClaimRequest(ClaimRequest { addr: *addr }), owner)
+            }
+        };
+        if let Some(d) = donor {
+            self.out.push_back(Output::Unicast(d, wire::encode(msg)));
+        }
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.asked = donor;
+        }
+    }
+
+    fn retry_pending(&mut self) {
+        let ids: Vec<RequestId> = self.pending.keys().copied().collect();
+        for id in ids {
+            let op = self.pending[&id].op.clone();
+            match self.attempt(&op) {
+                Ok(Some(addr)) => {
+                    self.pending.remove(&id);
+                    self.done.push_back(Completion::Done(id, addr));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.pending.remove(&id);
+                    self.done.push_back(Completion::Failed(id, e));
+                }
+            }
+        }
+    }
+
+    /// Retries: re-propose a stalled election, ask again for space.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_retry.is_some_and(|t| now >= t) {
+            self.next_retry = None;
+            if !self.ring.is_initialised() && self.wants_init {
+                if let InitMode::Consensus { .. } = self.cfg.init {
+                    self.paxos.propose();
+                    self.dirty = true;
+                } else {
+                    self.dirty = true;
+                }
+            }
+            let ids: Vec<RequestId> = self.pending.keys().copied().collect();
+            for id in ids {
+                self.ask_for_space(id);
+            }
+            if !self.pending.is_empty() || (self.wants_init && !self.ring.is_initialised()) {
+                // Stagger retries by name so competing proposers drift apart.
+                let stagger = self.cfg.retry_interval.mul_f64(1.0 + (self.cfg.ourself.as_u64() % 8) as f64 / 8.0);
+                self.next_retry = Some(now + stagger);
+            }
+        }
+        self.flush(now);
+    }
+
+    /// When [`Ipam::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_retry
+    }
+
+    /// The next message to send.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The next completed request.
+    pub fn poll_completion(&mut self) -> Option<Completion> {
+        self.done.pop_front()
+    }
+
+    fn state_msg(&self) -> StateMsg {
+        StateMsg {
+            ring: self.ring.is_initialised().then(|| wire::ring_to_msg(&self.ring)),
+            paxos: wire::paxos_to_msg(self.paxos.nodes()),
+            election_requested: self.election_requested && !self.ring.is_initialised(),
+        }
+    }
+
+    /// Our full state, for periodic anti-entropy.
+    pub fn full_state(&self) -> Vec<u8> {
+        wire::encode(Body::State(self.state_msg()))
+    }
+
+    /// Settle consensus, protect our containers, complete what can be
+    /// completed, publish free counts, and gossip if anything changed.
+    fn flush(&mut self, now: Instant) {
+        if !self.ring.is_initialised() {
+            if self.paxos.think() {
+                self.dirty = true;
+            }
+            if let Some(seeds) = self.paxos.chosen() {
+                self.ring.initialise(&seeds);
+                self.dirty = true;
+            }
+        }
+        if self.ring.is_initialised() {
+            self.reassert_used();
+            self.retry_pending();
+            self.publish_free();
+        }
+        if !self.pending.is_empty() {
+            self.next_retry.get_or_insert(now + self.cfg.retry_interval);
+        }
+        if std::mem::take(&mut self.dirty) {
+            self.out.push_back(Output::Gossip(wire::encode(Body::State(self.state_msg()))));
+        }
+    }
+
+    /// An rmpeer run against us while we were alive took entries holding our
+    /// containers' addresses: take them back (the takeover loses).
+    fn reassert_used(&mut self) {
+        let me = self.cfg.ourself;
+        let tokens: BTreeSet<u32> = self
+            .used
+            .keys()
+            .filter(|&&a| self.ring.owner(a) != Some(me))
+            .filter_map(|&a| self.ring.entries().iter().rev().find(|e| e.token <= a).filter(|e| e.takeover).map(|e| e.token))
+            .collect();
+        for t in tokens {
+            if self.ring.reassert(me, t) {
+                self.dirty = true;
+            }
+        }
+    }
+
+    fn publish_free(&mut self) {
+        let me = self.cfg.ourself;
+        let ranges: Vec<(u32, u32)> = self.ring.owned_by(me);
+        for (a, b) in ranges {
+            let used = self.used.range(a..b).count() as u32;
+            if self.ring.set_free(me, a, (b - a) - used) {
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Status for `weave status ipam` and `weave report`.
+    pub fn status(&self) -> IpamStatus {
+        let pending_claims = self.pending.values().filter(|p| matches!(p.op, Op::Claim { .. })).count();
+        let pending_allocates = self.pending.len() - pending_claims;
+        let status = if !self.ring.is_initialised() {
+            if !self.wants_init {
+                "idle".to_owned()
+            } else if matches!(self.cfg.init, InitMode::Consensus { .. }) {
+                format!("awaiting consensus (quorum: {}, known: {})", self.paxos.quorum(), self.paxos.known())
+            } else {
+                "priming".to_owned()
+            }
+        } else if self.pending.is_empty() {
+            "ready".to_owned()
+        } else if self.pending.values().all(|p| p.asked.is_none()) && self.all_space_unreachable() {
+            "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead".to_owned()
+        } else {
+            "waiting for IP(s) to become available".to_owned()
+        };
+        let mut owned: BTreeMap<String, Vec<Ipv4Net>> = BTreeMap::new();
+        for (c, a) in self.used.values().chain(self.outside.values()) {
+            owned.entry(c.clone()).or_default().push(*a);
+        }
+        IpamStatus {
+            status,
+            range: self.cfg.range.trunc(),
+            default_subnet: self.cfg.default_subnet,
+            range_num_ips: self.ring.size(),
+            active_ips: self.used.len() + self.outside.len(),
+            entries: self.ring.entries().to_vec(),
+            owned,
+            pending_claims,
+            pending_allocates,
+        }
+    }
+
+    fn all_space_unreachable(&self) -> bool {
+        let me = self.cfg.ourself;
+        self.ring.entries().iter().all(|e| e.peer == me || !self.is_reachable(e.peer))
+    }
+}
+
+fn op_container(op: &Op) -> &str {
+    match op {
+        Op::Allocate { container, .. } | Op::Claim { container, .. } => container,
+    }
+}

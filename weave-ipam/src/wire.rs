@@ -1,0 +1,211 @@
+//! IPAM messages on the gossip channel (protobuf via prost derive).
+
+#![allow(missing_docs)] // fields mirror the documented Rust types
+
+use prost::{Message, Oneof};
+use weave_core::PeerName;
+
+use crate::paxos::{Ballot, NodeState};
+use crate::ring::{Entry, Ring, RingError};
+
+#[derive(Clone, PartialEq, Message)]
+pub struct EntryMsg {
+    #[prost(uint32, tag = "1")]
+    pub token: u32,
+    #[prost(uint64, tag = "2")]
+    pub peer: u64,
+    #[prost(uint32, tag = "3")]
+    pub version: u32,
+    #[prost(uint32, tag = "4")]
+    pub free: u32,
+    #[prost(bool, tag = "5")]
+    pub takeover: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RingMsg {
+    #[prost(uint32, tag = "1")]
+    pub start: u32,
+    #[prost(uint32, tag = "2")]
+    pub end: u32,
+    #[prost(uint64, repeated, tag = "3")]
+    pub seeds: Vec<u64>,
+    #[prost(message, repeated, tag = "4")]
+    pub entries: Vec<EntryMsg>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PaxosMsg {
+    #[prost(uint64, tag = "1")]
+    pub node: u64,
+    #[prost(uint64, tag = "2")]
+    pub promise_round: u64,
+    #[prost(uint64, tag = "3")]
+    pub promise_proposer: u64,
+    #[prost(bool, tag = "4")]
+    pub has_accepted: bool,
+    #[prost(uint64, tag = "5")]
+    pub accepted_round: u64,
+    #[prost(uint64, tag = "6")]
+    pub accepted_proposer: u64,
+    #[prost(uint64, repeated, tag = "7")]
+    pub accepted_value: Vec<u64>,
+}
+
+/// The gossiped state: ring and consensus.
+#[derive(Clone, PartialEq, Message)]
+pub struct StateMsg {
+    #[prost(message, optional, tag = "1")]
+    pub ring: Option<RingMsg>,
+    #[prost(message, repeated, tag = "2")]
+    pub paxos: Vec<PaxosMsg>,
+    /// An observer asks the voters to hold an election.
+    #[prost(bool, tag = "3")]
+    pub election_requested: bool,
+}
+
+/// Please donate space inside `[start, end)`.
+#[derive(Clone, PartialEq, Message)]
+pub struct SpaceRequest {
+    #[prost(uint32, tag = "1")]
+    pub start: u32,
+    #[prost(uint32, tag = "2")]
+    pub end: u32,
+}
+
+/// Please give us this one address (a claim of an address you own).
+#[derive(Clone, PartialEq, Message)]
+pub struct ClaimRequest {
+    #[prost(uint32, tag = "1")]
+    pub addr: u32,
+}
+
+/// The claim cannot be granted.
+#[derive(Clone, PartialEq, Message)]
+pub struct ClaimRefused {
+    #[prost(uint32, tag = "1")]
+    pub addr: u32,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+/// We merged the ring you handed us.
+#[derive(Clone, PartialEq, Message)]
+pub struct HandoffAck {}
+
+#[derive(Clone, PartialEq, Oneof)]
+pub enum Body {
+    #[prost(message, tag = "1")]
+    State(StateMsg),
+    #[prost(message, tag = "2")]
+    SpaceRequest(SpaceRequest),
+    #[prost(message, tag = "3")]
+    ClaimRequest(ClaimRequest),
+    #[prost(message, tag = "4")]
+    ClaimRefused(ClaimRefused),
+    #[prost(message, tag = "5")]
+    HandoffAck(HandoffAck),
+    /// A ring handed to us by a peer leaving (`weave reset`).
+    #[prost(message, tag = "6")]
+    Handoff(StateMsg),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct IpamMsg {
+    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6")]
+    pub body: Option<Body>,
+}
+
+/// A message that cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not protobuf of the right shape.
+    #[error("malformed IPAM message: {0}")]
+    Protobuf(String),
+    /// A peer name wider than 48 bits.
+    #[error("malformed IPAM message: bad peer name")]
+    PeerName,
+    /// A ring that fails validation.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+}
+
+fn name(v: u64) -> Result<PeerName, DecodeError> {
+    PeerName::from_u64(v).ok_or(DecodeError::PeerName)
+}
+
+/// Encode a ring.
+pub fn ring_to_msg(r: &Ring) -> RingMsg {
+    RingMsg {
+        start: r.start(),
+        end: r.end(),
+        seeds: r.seeds().iter().map(|s| s.as_u64()).collect(),
+        entries: r
+            .entries()
+            .iter()
+            .map(|e| EntryMsg { token: e.token, peer: e.peer.as_u64(), version: e.version, free: e.free, takeover: e.takeover })
+            .collect(),
+    }
+}
+
+/// Decode and validate a ring.
+pub fn ring_from_msg(m: &RingMsg) -> Result<Ring, DecodeError> {
+    let seeds = m.seeds.iter().map(|&s| name(s)).collect::<Result<Vec<_>, _>>()?;
+    let entries = m
+        .entries
+        .iter()
+        .map(|e| Ok(Entry { token: e.token, peer: name(e.peer)?, version: e.version, free: e.free, takeover: e.takeover }))
+        .collect::<Result<Vec<_>, DecodeError>>()?;
+    Ok(Ring::from_parts(m.start, m.end, seeds, entries)?)
+}
+
+/// Encode consensus state.
+pub fn paxos_to_msg(nodes: &std::collections::BTreeMap<PeerName, NodeState>) -> Vec<PaxosMsg> {
+    nodes
+        .iter()
+        .map(|(n, s)| {
+            let (has_accepted, ab, av) = match &s.accepted {
+                Some((b, v)) => (true, *b, v.iter().map(|p| p.as_u64()).collect()),
+                None => (false, Ballot::default(), Vec::new()),
+            };
+            PaxosMsg {
+                node: n.as_u64(),
+                promise_round: s.promise.round,
+                promise_proposer: s.promise.proposer.as_u64(),
+                has_accepted,
+                accepted_round: ab.round,
+                accepted_proposer: ab.proposer.as_u64(),
+                accepted_value: av,
+            }
+        })
+        .collect()
+}
+
+/// Decode consensus state.
+pub fn paxos_from_msg(m: &[PaxosMsg]) -> Result<std::collections::BTreeMap<PeerName, NodeState>, DecodeError> {
+    m.iter()
+        .map(|p| {
+            let accepted = if p.has_accepted {
+                let value = p.accepted_value.iter().map(|&v| name(v)).collect::<Result<Vec<_>, _>>()?;
+                Some((Ballot { round: p.accepted_round, proposer: name(p.accepted_proposer)? }, value))
+            } else {
+                None
+            };
+            Ok((name(p.node)?, NodeState { promise: Ballot { round: p.promise_round, proposer: name(p.promise_proposer)? }, accepted }))
+        })
+        .collect()
+}
+
+/// Decode a message.
+pub fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
+    IpamMsg::decode(bytes)
+        .map_err(|e| DecodeError::Protobuf(e.to_string()))?
+        .body
+        .ok_or_else(|| DecodeError::Protobuf("empty message".into()))
+}
+
+/// Encode a message.
+pub fn encode(body: Body) -> Vec<u8> {
+    IpamMsg { body: Some(body) }.encode_to_vec()
+}
