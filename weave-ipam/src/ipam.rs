@@ -123,6 +123,13 @@ pub enum IpamError {
     /// rmpeer of ourselves.
     #[error("cannot rmpeer ourselves; use `weave reset` to leave")]
     RmpeerSelf,
+    /// rmpeer of a peer we can still reach.
+    #[error("{0} is reachable, so not dead; rmpeer only peers that are gone for good")]
+    RmpeerAlive(PeerName),
+    /// rmpeer while other owners are out of reach: they may hold a newer
+    /// view of the dead peer's space (a donation it made before dying).
+    #[error("cannot rmpeer while {0:?} are unreachable: name every dead peer in one rmpeer, or run it where the others are reachable")]
+    RmpeerPartialView(Vec<PeerName>),
     /// A received ring was refused.
     #[error(transparent)]
     Ring(#[from] RingError),
@@ -301,13 +308,13 @@ impl Ipam {
     }
 
     fn start(&mut self, now: Instant, op: Op) -> Result<Outcome, IpamError> {
+        self.ensure_init(now);
         match self.attempt(&op)? {
             Some(addr) => Ok(Outcome::Done(addr)),
             None => {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.pending.insert(id, Pending { op, asked: None });
-                self.ensure_init(now);
                 self.ask_for_space(id);
                 self.next_retry.get_or_insert(now + self.cfg.retry_interval);
                 Ok(Outcome::Pending(id))
@@ -360,6 +367,9 @@ impl Ipam {
         let (lo, hi) = Self::usable(subnet);
         for (a, b) in self.ring.owned_by(self.cfg.ourself) {
             let (s, e) = (a.max(lo), b.min(hi));
+            if s >= e {
+                continue;
+            }
             let mut cand = s;
             for (&u, _) in self.used.range(s..e) {
                 if u != cand {
@@ -425,14 +435,26 @@ impl Ipam {
         }
     }
 
-    /// Reclaim the space of a dead peer. Its ranges go to the owner of the
-    /// preceding range (the same heir whoever runs this). Returns the number
-    /// of addresses that moved.
-    pub fn rmpeer(&mut self, now: Instant, dead: PeerName) -> Result<u64, IpamError> {
-        if dead == self.cfg.ourself {
+    /// Reclaim the space of dead peers. Their ranges go to the owner of the
+    /// preceding range (the same heir whoever runs this, so running it on
+    /// several peers at once agrees). Refused while a named peer is
+    /// reachable, or while another owner is unreachable (its view of the dead
+    /// peers' space may be newer than ours). Returns the number of addresses
+    /// that moved.
+    pub fn rmpeer(&mut self, now: Instant, dead: &[PeerName]) -> Result<u64, IpamError> {
+        let me = self.cfg.ourself;
+        if dead.contains(&me) {
             return Err(IpamError::RmpeerSelf);
         }
-        let moved = self.ring.take_over(dead, self.cfg.ourself);
+        if let Some(&alive) = dead.iter().find(|&&d| self.reachable.as_ref().is_some_and(|r| r.contains(&d))) {
+            return Err(IpamError::RmpeerAlive(alive));
+        }
+        let unreachable: BTreeSet<PeerName> =
+            self.ring.entries().iter().map(|e| e.peer).filter(|&p| p != me && !dead.contains(&p) && !self.is_reachable(p)).collect();
+        if !unreachable.is_empty() {
+            return Err(IpamError::RmpeerPartialView(unreachable.into_iter().collect()));
+        }
+        let moved = dead.iter().map(|&d| self.ring.take_over(d, me)).sum();
         if moved > 0 {
             self.dirty = true;
             self.retry_pending();
@@ -540,6 +562,9 @@ impl Ipam {
         let mut total = 0u64;
         for (a, b) in self.ring.owned_by(me) {
             let (s, e) = (a.max(start), b.min(end));
+            if s >= e {
+                continue;
+            }
             let mut cur = s;
             for (&u, _) in self.used.range(s..e) {
                 if u > cur {

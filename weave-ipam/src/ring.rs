@@ -22,6 +22,12 @@ use std::collections::BTreeMap;
 
 use weave_core::PeerName;
 
+/// Version jump for a change of owner (transfer or takeover). A takeover
+/// must beat every routine update (free counts) the dead peer made that the
+/// taker had not yet seen; a transfer by the owner must still tie with — and
+/// so beat — a takeover computed from a view that predates it.
+pub const OWNER_CHANGE: u32 = 1 << 16;
+
 /// One cut of the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -253,16 +259,18 @@ impl Ring {
         if e.peer != owner || to > end || from >= to {
             return false;
         }
-        let v = e.version + 1;
+        // What stays ours is a routine update; what changes owner jumps.
+        let keep = e.version.saturating_add(1);
+        let moved = e.version.saturating_add(OWNER_CHANGE);
         let left_free = e.free.saturating_sub(free_moved);
         let mut new = Vec::new();
         if from > e.token {
-            new.push(Entry { token: e.token, peer: owner, version: v, free: left_free.min(from - e.token), takeover: false });
+            new.push(Entry { token: e.token, peer: owner, version: keep, free: left_free.min(from - e.token), takeover: false });
         }
-        new.push(Entry { token: from, peer: to_peer, version: v, free: free_moved.min(to - from), takeover: false });
+        new.push(Entry { token: from, peer: to_peer, version: moved, free: free_moved.min(to - from), takeover: false });
         if to < end {
             let rest = left_free.saturating_sub(from.saturating_sub(e.token));
-            new.push(Entry { token: to, peer: owner, version: v, free: rest.min(end - to), takeover: false });
+            new.push(Entry { token: to, peer: owner, version: keep, free: rest.min(end - to), takeover: false });
         }
         self.entries.splice(i..=i, new);
         debug_assert!(self.validate().is_ok());
@@ -278,7 +286,7 @@ impl Ring {
             return false;
         }
         e.free = free;
-        e.version += 1;
+        e.version = e.version.saturating_add(1);
         e.takeover = false;
         true
     }
@@ -291,7 +299,7 @@ impl Ring {
             return false;
         }
         e.peer = owner;
-        e.version += 1;
+        e.version = e.version.saturating_add(1);
         e.takeover = false;
         true
     }
@@ -316,7 +324,7 @@ impl Ring {
                 moved += u64::from(self.entry_end(i) - self.entries[i].token);
                 let e = &mut self.entries[i];
                 e.peer = heir;
-                e.version += 1;
+                e.version = e.version.saturating_add(OWNER_CHANGE);
                 e.takeover = true;
             }
         }
@@ -403,19 +411,36 @@ mod tests {
         assert_eq!(a.owner(1400), Some(p(1)));
     }
 
+    fn merged_both_ways(a: &Ring, b: &Ring) -> Ring {
+        let mut x = a.clone();
+        x.merge(b).unwrap();
+        let mut y = b.clone();
+        y.merge(a).unwrap();
+        assert_eq!(x, y);
+        x
+    }
+
     #[test]
-    fn an_owner_update_beats_a_takeover_at_equal_version() {
+    fn a_takeover_beats_updates_the_dead_peer_made_before_dying() {
         let base = ring(&[1, 2, 3]);
-        let mut owner = base.clone();
-        owner.set_free(p(2), base.entries()[1].token, 10);
+        let mut last_words = base.clone();
+        for f in 0..5 {
+            last_words.set_free(p(2), base.entries()[1].token, 300 - f);
+        }
         let mut taken = base.clone();
         taken.take_over(p(2), p(1));
-        let mut x = owner.clone();
-        x.merge(&taken).unwrap();
-        let mut y = taken.clone();
-        y.merge(&owner).unwrap();
-        assert_eq!(x, y);
-        assert_eq!(x.owner(1400), Some(p(2)));
+        assert_eq!(merged_both_ways(&last_words, &taken).owner(1400), Some(p(1)));
+    }
+
+    #[test]
+    fn a_whole_entry_donation_beats_a_takeover_from_a_stale_view() {
+        let base = ring(&[1, 2, 3]);
+        let (tok, end) = (base.entries()[1].token, base.entries()[2].token);
+        let mut donated = base.clone();
+        assert!(donated.transfer(p(2), tok, end, p(3), 0));
+        let mut stale = base.clone();
+        stale.take_over(p(2), p(1));
+        assert_eq!(merged_both_ways(&donated, &stale).owner(1400), Some(p(3)));
     }
 
     #[test]
