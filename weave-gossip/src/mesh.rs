@@ -213,11 +213,11 @@ pub struct ChannelError {
 pub trait Gossiper: Send {
     /// Merge `update` (a delta or full state) from `src`; return the part
     /// that was new to us, to be relayed onward, or `None` if nothing was.
-    fn on_gossip(&mut self, src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>>;
+    fn on_gossip(&mut self, now: Instant, src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>>;
     /// A broadcast from `src`, delivered once per peer on a stable topology.
-    fn on_broadcast(&mut self, src: PeerName, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    fn on_broadcast(&mut self, now: Instant, src: PeerName, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
     /// A message addressed to us by `src`.
-    fn on_unicast(&mut self, src: PeerName, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    fn on_unicast(&mut self, now: Instant, src: PeerName, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
     /// Our full state for periodic anti-entropy, or `None` if there is none.
     fn full_state(&mut self) -> Option<Vec<u8>>;
     /// A peer left the topology: drop what only it owned, if anything.
@@ -519,9 +519,9 @@ impl Mesh {
                 self.send_records(conn, &names.into_iter().collect::<Vec<_>>());
                 Ok(())
             }
-            Some(Body::Gossip(m)) => self.on_gossip(conn, m),
-            Some(Body::Broadcast(m)) => self.on_broadcast(conn, m),
-            Some(Body::Unicast(m)) => self.on_unicast(conn, m),
+            Some(Body::Gossip(m)) => self.on_gossip(now, conn, m),
+            Some(Body::Broadcast(m)) => self.on_broadcast(now, conn, m),
+            Some(Body::Unicast(m)) => self.on_unicast(now, conn, m),
         };
         self.flush();
         result
@@ -563,7 +563,7 @@ impl Mesh {
         Ok(())
     }
 
-    fn on_gossip(&mut self, from: ConnId, m: ChannelMsg) -> Result<(), ProtocolError> {
+    fn on_gossip(&mut self, now: Instant, from: ConnId, m: ChannelMsg) -> Result<(), ProtocolError> {
         let src = PeerName::from_u64(m.src).ok_or(ProtocolError::Malformed("gossip source"))?;
         let Some(g) = self.channels.get_mut(&m.channel) else {
             // Not ours to merge: pass it on along the source's tree.
@@ -571,7 +571,7 @@ impl Mesh {
             self.relay_along_tree(src, from, Body::Gossip(m));
             return Ok(());
         };
-        match g.on_gossip(src, &m.data) {
+        match g.on_gossip(now, src, &m.data) {
             Ok(Some(delta)) => {
                 let me = self.cfg.name.as_u64();
                 let others: Vec<ConnId> = self.conns.keys().copied().filter(|&c| c != from).collect();
@@ -586,14 +586,14 @@ impl Mesh {
         Ok(())
     }
 
-    fn on_broadcast(&mut self, from: ConnId, m: ChannelMsg) -> Result<(), ProtocolError> {
+    fn on_broadcast(&mut self, now: Instant, from: ConnId, m: ChannelMsg) -> Result<(), ProtocolError> {
         let src = PeerName::from_u64(m.src).ok_or(ProtocolError::Malformed("broadcast source"))?;
         if src == self.cfg.name {
             return Ok(());
         }
         match self.channels.get_mut(&m.channel) {
             Some(g) => {
-                if let Err(source) = g.on_broadcast(src, &m.data) {
+                if let Err(source) = g.on_broadcast(now, src, &m.data) {
                     self.channel_error(&m.channel, source);
                 }
             }
@@ -603,7 +603,7 @@ impl Mesh {
         Ok(())
     }
 
-    fn on_unicast(&mut self, from: ConnId, m: ChannelMsg) -> Result<(), ProtocolError> {
+    fn on_unicast(&mut self, now: Instant, from: ConnId, m: ChannelMsg) -> Result<(), ProtocolError> {
         let src = PeerName::from_u64(m.src).ok_or(ProtocolError::Malformed("unicast source"))?;
         let dst = PeerName::from_u64(m.dst).ok_or(ProtocolError::Malformed("unicast destination"))?;
         if dst != self.cfg.name {
@@ -612,7 +612,7 @@ impl Mesh {
         }
         match self.channels.get_mut(&m.channel) {
             Some(g) => {
-                if let Err(source) = g.on_unicast(src, &m.data) {
+                if let Err(source) = g.on_unicast(now, src, &m.data) {
                     self.channel_error(&m.channel, source);
                 }
             }

@@ -207,16 +207,16 @@ fn encode(v: impl IntoIterator<Item = u64>) -> Vec<u8> {
 }
 
 impl Gossiper for Shared {
-    fn on_gossip(&mut self, _src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    fn on_gossip(&mut self, _now: std::time::Instant, _src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let mut s = self.0.lock().unwrap();
         let new: Vec<u64> = decode(update)?.into_iter().filter(|i| s.items.insert(*i)).collect();
         Ok((!new.is_empty()).then(|| encode(new)))
     }
-    fn on_broadcast(&mut self, src: PeerName, data: &[u8]) -> Result<(), Error> {
+    fn on_broadcast(&mut self, _now: std::time::Instant, src: PeerName, data: &[u8]) -> Result<(), Error> {
         self.0.lock().unwrap().broadcasts.push((src, data.to_vec()));
         Ok(())
     }
-    fn on_unicast(&mut self, src: PeerName, data: &[u8]) -> Result<(), Error> {
+    fn on_unicast(&mut self, _now: std::time::Instant, src: PeerName, data: &[u8]) -> Result<(), Error> {
         self.0.lock().unwrap().unicasts.push((src, data.to_vec()));
         Ok(())
     }

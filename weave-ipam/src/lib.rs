@@ -5,7 +5,9 @@
 //! * [`paxos`]: consensus on the initial division, as gossiped state.
 //! * [`ipam`]: one peer's allocator, claims, donation, rmpeer and hand-off.
 //! * [`wire`]: the messages on the IPAM gossip channel.
+//! * [`channel`]: IPAM riding a weave-gossip channel.
 
+pub mod channel;
 pub mod ipam;
 pub mod paxos;
 pub mod ring;

@@ -50,14 +50,14 @@ impl GCounter {
 struct Channel(Arc<Mutex<GCounter>>);
 
 impl Gossiper for Channel {
-    fn on_gossip(&mut self, _src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, BoxError> {
+    fn on_gossip(&mut self, _now: std::time::Instant, _src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, BoxError> {
         let grew = self.0.lock().expect("not poisoned").merge(update)?;
         Ok((!grew.is_empty()).then(|| GCounter::encode(grew)))
     }
-    fn on_broadcast(&mut self, _src: PeerName, data: &[u8]) -> Result<(), BoxError> {
+    fn on_broadcast(&mut self, _now: std::time::Instant, _src: PeerName, data: &[u8]) -> Result<(), BoxError> {
         self.0.lock().expect("not poisoned").merge(data).map(|_| ())
     }
-    fn on_unicast(&mut self, _src: PeerName, data: &[u8]) -> Result<(), BoxError> {
+    fn on_unicast(&mut self, _now: std::time::Instant, _src: PeerName, data: &[u8]) -> Result<(), BoxError> {
         self.0.lock().expect("not poisoned").merge(data).map(|_| ())
     }
     fn full_state(&mut self) -> Option<Vec<u8>> {
