@@ -23,7 +23,7 @@ use weave_core::PeerName;
 
 use crate::paxos::Paxos;
 use crate::ring::{Entry, Ring, RingError};
-use crate::wire::{self, Body, ClaimRefused, ClaimRequest, DecodeError, HandoffAck, SpaceRequest, StateMsg};
+use crate::wire::{self, AllocMsg, Body, ClaimRefused, ClaimRequest, DecodeError, HandoffAck, SnapshotMsg, SpaceRequest, StateMsg};
 
 /// How the initial division is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -731,6 +731,42 @@ impl Ipam {
             paxos: wire::paxos_to_msg(self.paxos.nodes()),
             election_requested: self.election_requested && !self.ring.is_initialised(),
         }
+    }
+
+    /// Everything to persist: ring, consensus state and allocations.
+    pub fn snapshot(&self) -> SnapshotMsg {
+        SnapshotMsg {
+            peer: self.cfg.ourself.as_u64(),
+            range: self.cfg.range.trunc().to_string(),
+            state: Some(self.state_msg()),
+            allocations: self
+                .used
+                .values()
+                .chain(self.outside.values())
+                .map(|(c, a)| AllocMsg { container: c.clone(), addr: u32::from(a.addr()), prefix: u32::from(a.prefix_len()) })
+                .collect(),
+        }
+    }
+
+    /// IPAM resumed from a snapshot taken with the same peer name and range
+    /// (the caller checks those; see [`crate::persist`]).
+    pub fn restore(cfg: IpamConfig, snap: &SnapshotMsg) -> Result<Self, IpamError> {
+        let mut ipam = Self::new(cfg)?;
+        if let Some(state) = &snap.state {
+            if let Some(r) = &state.ring {
+                let ring = wire::ring_from_msg(r)?;
+                ipam.ring.merge(&ring)?;
+                ipam.wants_init = true;
+            }
+            ipam.paxos.restore_own(&wire::paxos_from_msg(&state.paxos)?);
+        }
+        for a in &snap.allocations {
+            let prefix = u8::try_from(a.prefix).ok().filter(|p| *p <= 32).ok_or(DecodeError::Protobuf("prefix".into()))?;
+            let net = Ipv4Net::new(Ipv4Addr::from(a.addr), prefix).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+            let map = if a.addr >= ipam.ring.start() && a.addr < ipam.ring.end() { &mut ipam.used } else { &mut ipam.outside };
+            map.insert(a.addr, (a.container.clone(), net));
+        }
+        Ok(ipam)
     }
 
     /// Our full state, for periodic anti-entropy.

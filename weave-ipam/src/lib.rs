@@ -6,10 +6,12 @@
 //! * [`ipam`]: one peer's allocator, claims, donation, rmpeer and hand-off.
 //! * [`wire`]: the messages on the IPAM gossip channel.
 //! * [`channel`]: IPAM riding a weave-gossip channel.
+//! * [`persist`]: IPAM state on disk (redb).
 
 pub mod channel;
 pub mod ipam;
 pub mod paxos;
+pub mod persist;
 pub mod ring;
 pub mod wire;
 

@@ -89,6 +89,17 @@ impl Paxos {
         changed
     }
 
+    /// Resume from persisted state: everyone's entries as saved, ours
+    /// included (an acceptor must not forget what it promised).
+    pub fn restore_own(&mut self, saved: &BTreeMap<PeerName, NodeState>) {
+        for (&n, s) in saved {
+            let cur = self.nodes.entry(n).or_default();
+            if s.rank() > cur.rank() {
+                *cur = s.clone();
+            }
+        }
+    }
+
     /// The chosen value, if a quorum accepted one proposal.
     pub fn chosen(&self) -> Option<Vec<PeerName>> {
         let mut votes: BTreeMap<&(Ballot, Vec<PeerName>), usize> = BTreeMap::new();

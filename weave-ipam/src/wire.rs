@@ -110,6 +110,30 @@ pub enum Body {
     Handoff(StateMsg),
 }
 
+/// One address held by a container (persisted).
+#[derive(Clone, PartialEq, Message)]
+pub struct AllocMsg {
+    #[prost(string, tag = "1")]
+    pub container: String,
+    #[prost(uint32, tag = "2")]
+    pub addr: u32,
+    #[prost(uint32, tag = "3")]
+    pub prefix: u32,
+}
+
+/// Everything a peer persists.
+#[derive(Clone, PartialEq, Message)]
+pub struct SnapshotMsg {
+    #[prost(uint64, tag = "1")]
+    pub peer: u64,
+    #[prost(string, tag = "2")]
+    pub range: String,
+    #[prost(message, optional, tag = "3")]
+    pub state: Option<StateMsg>,
+    #[prost(message, repeated, tag = "4")]
+    pub allocations: Vec<AllocMsg>,
+}
+
 #[derive(Clone, PartialEq, Message)]
 pub struct IpamMsg {
     #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6")]

@@ -87,7 +87,11 @@ impl World {
 
     fn crash(&mut self, p: usize) {
         if self.up(p) {
-            self.saved[p] = Some(self.sim.node(p).ipam.clone());
+            // What the router persisted, as it will read it back.
+            let snap = self.sim.node(p).ipam.snapshot();
+            let seeds = (0..N).map(name).collect();
+            let restored = Ipam::restore(weave_ipam::IpamConfig::new(name(p), range(), InitMode::Seeds(seeds)), &snap).unwrap();
+            self.saved[p] = Some(restored);
             self.sim.crash(p);
         }
     }
@@ -131,7 +135,11 @@ impl World {
             Op::Restart(p, keep) if !self.gone[p] && !self.sim.is_up(p) => {
                 let now = self.sim.now();
                 let node = match (keep, self.saved[p].take()) {
-                    (true, Some(ipam)) => Node { ipam, ..Node::new(p, N, now, range(), InitMode::Seeds(vec![])) },
+                    (true, Some(mut ipam)) => {
+                        let fresh = Node::new(p, N, now, range(), InitMode::Seeds(vec![]));
+                        ipam.set_reachable((0..N).filter(|&q| q != p).map(name).collect());
+                        Node { ipam, ..fresh }
+                    }
                     // State lost: the host rebooted and its containers are gone.
                     _ => Node::new(p, N, now, range(), InitMode::Seeds((0..N).map(name).collect())),
                 };
