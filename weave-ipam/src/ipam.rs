@@ -874,3 +874,111 @@ fn op_container(op: &Op) -> &str {
         Op::Allocate { container, .. } | Op::Claim { container, .. } => container,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: u64) -> PeerName {
+        PeerName::from_u64(n).unwrap()
+    }
+
+    fn seeded(me: u64, seeds: &[u64]) -> Ipam {
+        let seeds = seeds.iter().map(|&s| p(s)).collect();
+        Ipam::new(IpamConfig::new(p(me), "10.32.0.0/12".parse().unwrap(), InitMode::Seeds(seeds))).unwrap()
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn allocation_is_lowest_free_and_idempotent_per_container_and_subnet() {
+        let now = Instant::now();
+        let mut a = seeded(1, &[1]);
+        assert_eq!(a.allocate(now, "c1", None).unwrap(), Outcome::Done(net("10.32.0.1/12")));
+        assert_eq!(a.allocate(now, "c2", None).unwrap(), Outcome::Done(net("10.32.0.2/12")));
+        assert_eq!(a.allocate(now, "c1", None).unwrap(), Outcome::Done(net("10.32.0.1/12")));
+        assert_eq!(a.allocate(now, "c1", Some(net("10.33.4.0/24"))).unwrap(), Outcome::Done(net("10.33.4.1/24")));
+        assert!(a.free(now, "c2", "10.32.0.2".parse().unwrap()));
+        assert_eq!(a.allocate(now, "c3", None).unwrap(), Outcome::Done(net("10.32.0.2/12")), "freed address reused");
+        assert_eq!(a.free_all(now, "c1").len(), 2);
+    }
+
+    #[test]
+    fn subnets_outside_the_range_are_refused() {
+        let mut a = seeded(1, &[1]);
+        let e = a.allocate(Instant::now(), "c", Some(net("192.168.0.0/24"))).unwrap_err();
+        assert_eq!(e.to_string(), "subnet 192.168.0.0/24 is not inside the allocation range 10.32.0.0/12");
+    }
+
+    #[test]
+    fn claims_outside_the_range_are_local_and_conflicts_are_refused() {
+        let now = Instant::now();
+        let mut a = seeded(1, &[1]);
+        assert_eq!(a.claim(now, "c1", net("192.168.1.5/24")).unwrap(), Outcome::Done(net("192.168.1.5/24")));
+        assert!(matches!(a.claim(now, "c2", net("192.168.1.5/24")), Err(IpamError::InUse { .. })));
+        assert_eq!(a.claim(now, "c1", net("10.32.0.9/12")).unwrap(), Outcome::Done(net("10.32.0.9/12")));
+        let e = a.claim(now, "c2", net("10.32.0.9/12")).unwrap_err();
+        assert_eq!(e.to_string(), "address 10.32.0.9 is already in use by c1");
+    }
+
+    #[test]
+    fn status_says_what_ipam_is_waiting_for() {
+        let now = Instant::now();
+        let mut a = Ipam::new(IpamConfig::new(p(1), net("10.32.0.0/12"), InitMode::Consensus { quorum: 2 })).unwrap();
+        assert_eq!(a.status().status, "idle");
+        assert!(matches!(a.allocate(now, "c", None).unwrap(), Outcome::Pending(_)));
+        assert_eq!(a.status().status, "awaiting consensus (quorum: 2, known: 1)");
+        assert_eq!(a.status().pending_allocates, 1);
+        let mut b = seeded(1, &[2]);
+        b.set_reachable(BTreeSet::new());
+        assert!(matches!(b.allocate(now, "c", None).unwrap(), Outcome::Pending(_)));
+        assert_eq!(b.status().status, "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead");
+        let mut c = seeded(1, &[1]);
+        c.allocate(now, "c", None).unwrap();
+        assert_eq!(c.status().status, "ready");
+        assert_eq!(c.status().active_ips, 1);
+    }
+
+    #[test]
+    fn a_donation_is_at_most_half_of_the_free_space_in_the_subnet() {
+        let now = Instant::now();
+        let mut a = seeded(1, &[1]);
+        a.allocate(now, "c", Some(net("10.32.0.0/24"))).unwrap();
+        while a.poll_output().is_some() {}
+        let req = wire::encode(Body::SpaceRequest(SpaceRequest { start: u32::from(Ipv4Addr::new(10, 32, 0, 1)), end: u32::from(Ipv4Addr::new(10, 32, 0, 255)) }));
+        a.handle_unicast(now, p(2), &req).unwrap();
+        let given = a.ring().ownership_in(u32::from(Ipv4Addr::new(10, 32, 0, 0)), u32::from(Ipv4Addr::new(10, 32, 1, 0)));
+        // 253 usable, 1 used: 252 free, so at most 126 move.
+        assert_eq!(given.get(&p(2)).copied(), Some(126));
+        assert!(std::iter::from_fn(|| a.poll_output()).any(|o| matches!(o, Output::Unicast(d, _) if d == p(2))));
+    }
+
+    #[test]
+    fn an_independently_initialised_ring_is_refused_without_change() {
+        let now = Instant::now();
+        let mut a = seeded(1, &[1]);
+        a.prime(now);
+        let mut b = seeded(2, &[2]);
+        b.prime(now);
+        let before = a.ring().clone();
+        let e = a.handle_gossip(now, p(2), &b.full_state()).unwrap_err();
+        assert!(e.to_string().contains("independently initialised ring"), "{e}");
+        assert_eq!(a.ring(), &before);
+    }
+
+    #[test]
+    fn rmpeer_refuses_ourselves_a_reachable_peer_and_a_partial_view() {
+        let now = Instant::now();
+        let mut a = seeded(1, &[1, 2, 3]);
+        a.prime(now);
+        assert_eq!(a.rmpeer(now, &[p(1)]), Err(IpamError::RmpeerSelf));
+        a.set_reachable(BTreeSet::from([p(2)]));
+        assert_eq!(a.rmpeer(now, &[p(2)]), Err(IpamError::RmpeerAlive(p(2))));
+        a.set_reachable(BTreeSet::new());
+        assert_eq!(a.rmpeer(now, &[p(2)]), Err(IpamError::RmpeerPartialView(vec![p(3)])));
+        let moved = a.rmpeer(now, &[p(2), p(3)]).unwrap();
+        assert_eq!(moved, a.ring().size() - a.ring().size() / 3);
+    }
+}
