@@ -199,7 +199,15 @@ pub struct Ipam {
     out: VecDeque<Output>,
     done: VecDeque<Completion>,
     next_retry: Option<Instant>,
+    /// Our state changed: gossip it.
     dirty: bool,
+    /// The ring changed: re-check held addresses, drop search hints.
+    ring_changed: bool,
+    /// Allocations changed: publish free counts (at most once per interval).
+    free_dirty: bool,
+    next_publish: Option<Instant>,
+    /// Per subnet, an address below which nothing we own is free.
+    hints: BTreeMap<Ipv4Net, u32>,
 }
 
 fn bounds(net: Ipv4Net) -> (u32, u32) {
@@ -237,6 +245,10 @@ impl Ipam {
             done: VecDeque::new(),
             next_retry: None,
             dirty: false,
+            ring_changed: false,
+            free_dirty: false,
+            next_publish: None,
+            hints: BTreeMap::new(),
         })
     }
 
@@ -336,7 +348,8 @@ impl Ipam {
                 let Some(addr) = self.lowest_free(*subnet) else { return Ok(None) };
                 let net = Ipv4Net::new(Ipv4Addr::from(addr), subnet.prefix_len()).expect("prefix checked");
                 self.used.insert(addr, (container.clone(), net));
-                self.dirty = true;
+                self.hints.insert(*subnet, addr + 1);
+                self.free_dirty = true;
                 Ok(Some(net))
             }
             Op::Claim { container, addr, subnet } => {
@@ -351,7 +364,7 @@ impl Ipam {
                     return Ok(None);
                 }
                 self.used.insert(*addr, (container.clone(), *subnet));
-                self.dirty = true;
+                self.free_dirty = true;
                 Ok(Some(*subnet))
             }
         }
@@ -365,6 +378,7 @@ impl Ipam {
 
     fn lowest_free(&self, subnet: Ipv4Net) -> Option<u32> {
         let (lo, hi) = Self::usable(subnet);
+        let lo = lo.max(self.hints.get(&subnet).copied().unwrap_or(0));
         for (a, b) in self.ring.owned_by(self.cfg.ourself) {
             let (s, e) = (a.max(lo), b.min(hi));
             if s >= e {
@@ -396,10 +410,20 @@ impl Ipam {
             }
         });
         if freed {
-            self.dirty = true;
+            self.freed(a);
             self.flush(now);
         }
         freed
+    }
+
+    /// `a` became free: searches must look at it again.
+    fn freed(&mut self, a: u32) {
+        for (s, h) in &mut self.hints {
+            if s.contains(&Ipv4Addr::from(a)) {
+                *h = (*h).min(a);
+            }
+        }
+        self.free_dirty = true;
     }
 
     /// Free everything `container` holds; returns what was freed.
@@ -418,8 +442,10 @@ impl Ipam {
         for id in ids {
             self.cancel(id);
         }
+        for a in &freed {
+            self.freed(u32::from(a.addr()));
+        }
         if !freed.is_empty() {
-            self.dirty = true;
             self.flush(now);
         }
         freed
@@ -457,7 +483,7 @@ impl Ipam {
         let moved = dead.iter().map(|&d| self.ring.take_over(d, me)).sum();
         if moved > 0 {
             self.dirty = true;
-            self.retry_pending();
+            self.ring_changed = true;
         }
         self.flush(now);
         Ok(moved)
@@ -478,6 +504,7 @@ impl Ipam {
             self.ring.transfer(me, a, b, heir, b - a);
         }
         self.used.clear();
+        self.ring_changed = true;
         self.handoff = Some(heir);
         let state = self.state_msg();
         self.out.push_back(Output::Unicast(heir, wire::encode(Body::Handoff(state))));
@@ -501,7 +528,10 @@ impl Ipam {
         let mut changed = false;
         if let Some(r) = &s.ring {
             let ring = wire::ring_from_msg(r)?;
-            changed |= self.ring.merge(&ring)?;
+            if self.ring.merge(&ring)? {
+                changed = true;
+                self.ring_changed = true;
+            }
         }
         let paxos = wire::paxos_from_msg(&s.paxos)?;
         changed |= self.paxos.merge(&paxos);
@@ -587,6 +617,7 @@ impl Ipam {
         }
         if self.ring.transfer(me, e - n, e, to, n) {
             self.dirty = true;
+            self.ring_changed = true;
             self.out.push_back(Output::Unicast(to, wire::encode(Body::State(self.state_msg()))));
         }
     }
@@ -599,6 +630,7 @@ impl Ipam {
             Some(format!("in use by {c}"))
         } else if self.ring.transfer(me, addr, addr + 1, to, 1) {
             self.dirty = true;
+            self.ring_changed = true;
             self.out.push_back(Output::Unicast(to, wire::encode(Body::State(self.state_msg()))));
             None
         } else {
@@ -618,6 +650,7 @@ impl Ipam {
             InitMode::Seeds(seeds) => {
                 self.ring.initialise(seeds);
                 self.dirty = true;
+                self.ring_changed = true;
             }
             InitMode::Consensus { .. } => {
                 if !self.paxos.is_proposing() && self.paxos.propose() {
@@ -712,7 +745,7 @@ impl Ipam {
 
     /// When [`Ipam::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_retry
+        [self.next_retry, self.next_publish].into_iter().flatten().min()
     }
 
     /// The next message to send.
@@ -766,6 +799,8 @@ impl Ipam {
             let map = if a.addr >= ipam.ring.start() && a.addr < ipam.ring.end() { &mut ipam.used } else { &mut ipam.outside };
             map.insert(a.addr, (a.container.clone(), net));
         }
+        // Check the held addresses against the ring at the first chance.
+        ipam.ring_changed = true;
         Ok(ipam)
     }
 
@@ -784,12 +819,23 @@ impl Ipam {
             if let Some(seeds) = self.paxos.chosen() {
                 self.ring.initialise(&seeds);
                 self.dirty = true;
+                self.ring_changed = true;
             }
         }
         if self.ring.is_initialised() {
-            self.reassert_used();
+            if std::mem::take(&mut self.ring_changed) {
+                self.hints.clear();
+                self.reassert_used();
+            }
             self.retry_pending();
-            self.publish_free();
+            if self.free_dirty {
+                let due = *self.next_publish.get_or_insert(now + self.cfg.retry_interval);
+                if now >= due {
+                    self.publish_free();
+                    self.free_dirty = false;
+                    self.next_publish = None;
+                }
+            }
         }
         if !self.pending.is_empty() {
             self.next_retry.get_or_insert(now + self.cfg.retry_interval);
@@ -812,6 +858,7 @@ impl Ipam {
         for t in tokens {
             if self.ring.reassert(me, t) {
                 self.dirty = true;
+                self.free_dirty = true;
             }
         }
     }

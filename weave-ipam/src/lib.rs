@@ -13,6 +13,8 @@ pub mod ipam;
 pub mod paxos;
 pub mod persist;
 pub mod ring;
+#[cfg(feature = "testing")]
+pub mod sim;
 pub mod wire;
 
 pub use ipam::{Completion, InitMode, Ipam, IpamConfig, IpamError, IpamStatus, Outcome, Output};

@@ -287,7 +287,8 @@ impl Ring {
         }
         e.free = free;
         e.version = e.version.saturating_add(1);
-        e.takeover = false;
+        // Still space gained by a takeover: its rightful owner, if it turns
+        // out to be alive, may reassert it.
         true
     }
 

@@ -2,15 +2,13 @@
 //! reordering links, with random subsets asking for an allocation at random
 //! times. Each must end with one ring everywhere it was decided — never two.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rand::Rng;
 use weave_ipam::InitMode;
 
-use common::*;
+use weave_ipam::sim::*;
 
 fn model(seed: u64) -> (usize, usize) {
     let n = 10;

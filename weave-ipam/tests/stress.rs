@@ -1,14 +1,12 @@
 //! Allocators under load: many random operations while messages are in
 //! flight, and rmpeer run for one dead peer on two live peers at once.
 
-mod common;
-
 use std::time::Duration;
 
 use rand::Rng;
 use weave_ipam::InitMode;
 
-use common::*;
+use weave_ipam::sim::*;
 
 #[test]
 fn five_allocators_ten_thousand_operations_zero_duplicates() {

@@ -1,8 +1,9 @@
-//! IPAM peers on the deterministic simulation harness: a full mesh where
-//! gossip reaches every peer directly, unicasts go to their destination,
-//! and each peer sends its full state to one other peer every second.
-
-#![allow(dead_code, unreachable_pub, missing_docs)]
+//! IPAM peers on weave-core's simulation harness (feature `testing`): a
+//! full mesh where gossip reaches every peer directly, unicasts go to their
+//! destination, and each peer sends its full state to one other peer every
+//! second. For IPAM over the real mesh see `weave_gossip::sim` and
+//! [`crate::channel`].
+#![allow(missing_docs)] // test scaffolding: each item says what it is by name
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use weave_core::sim::{LinkConfig, NodeId, Outbox, Sim, SimNode};
 use weave_core::PeerName;
-use weave_ipam::{Completion, InitMode, Ipam, IpamConfig, Output};
+use crate::{Completion, InitMode, Ipam, IpamConfig, Output};
 
 pub fn name(id: NodeId) -> PeerName {
     PeerName::from_u64(id as u64 + 1).unwrap()
