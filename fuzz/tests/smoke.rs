@@ -57,6 +57,22 @@ fn golden_inputs_pass_every_target() {
         bad[i] ^= 0xa5;
         weave_fuzz::handshake(&bad, None);
     }
+    // A real IPAM state message, whole and with every byte corrupted.
+    let me = PeerName::from_u64(2).unwrap();
+    let mut ipam = weave_ipam::Ipam::new(weave_ipam::IpamConfig::new(
+        me,
+        "10.32.0.0/12".parse().unwrap(),
+        weave_ipam::InitMode::Seeds(vec![PeerName::from_u64(1).unwrap(), me]),
+    ))
+    .unwrap();
+    ipam.prime(std::time::Instant::now());
+    let state = ipam.full_state();
+    weave_fuzz::ipam_messages(&state);
+    for i in 0..state.len() {
+        let mut bad = state.clone();
+        bad[i] ^= 0x5a;
+        weave_fuzz::ipam_messages(&bad);
+    }
 }
 
 proptest! {
@@ -67,6 +83,7 @@ proptest! {
         weave_fuzz::envelope(&data);
         weave_fuzz::mesh_messages(&data);
         weave_fuzz::handshake(&data, None);
+        weave_fuzz::ipam_messages(&data);
     }
 
     #[test]

@@ -192,6 +192,8 @@ pub struct Ipam {
     wants_init: bool,
     used: BTreeMap<u32, (String, Ipv4Net)>,
     outside: BTreeMap<u32, (String, Ipv4Net)>,
+    /// (container, address) for every address in `used` or `outside`.
+    by_container: BTreeSet<(String, u32)>,
     pending: BTreeMap<RequestId, Pending>,
     next_id: RequestId,
     reachable: Option<BTreeSet<PeerName>>,
@@ -237,6 +239,7 @@ impl Ipam {
             wants_init: false,
             used: BTreeMap::new(),
             outside: BTreeMap::new(),
+            by_container: BTreeSet::new(),
             pending: BTreeMap::new(),
             next_id: 1,
             reachable: None,
@@ -310,7 +313,7 @@ impl Ipam {
             if let Some((c, _)) = self.outside.get(&a).filter(|(c, _)| c != container) {
                 return Err(IpamError::InUse { addr: addr.addr(), container: c.clone() });
             }
-            self.outside.insert(a, (container.to_owned(), addr));
+            self.hold(a, container, addr);
             return Ok(Outcome::Done(addr));
         }
         let op = Op::Claim { container: container.to_owned(), addr: a, subnet: addr };
@@ -342,12 +345,13 @@ impl Ipam {
         match op {
             Op::Allocate { container, subnet } => {
                 let (lo, hi) = bounds(*subnet);
-                if let Some((_, (_, a))) = self.used.range(lo..hi).find(|(_, (c, _))| c == container) {
-                    return Ok(Some(*a));
+                let mine = self.by_container.range((container.clone(), lo)..(container.clone(), hi)).next();
+                if let Some((_, a)) = mine {
+                    return Ok(Some(self.used[a].1));
                 }
                 let Some(addr) = self.lowest_free(*subnet) else { return Ok(None) };
                 let net = Ipv4Net::new(Ipv4Addr::from(addr), subnet.prefix_len()).expect("prefix checked");
-                self.used.insert(addr, (container.clone(), net));
+                self.hold(addr, container, net);
                 self.hints.insert(*subnet, addr + 1);
                 self.free_dirty = true;
                 Ok(Some(net))
@@ -363,7 +367,7 @@ impl Ipam {
                 if self.ring.owner(*addr) != Some(self.cfg.ourself) {
                     return Ok(None);
                 }
-                self.used.insert(*addr, (container.clone(), *subnet));
+                self.hold(*addr, container, *subnet);
                 self.free_dirty = true;
                 Ok(Some(*subnet))
             }
@@ -401,19 +405,29 @@ impl Ipam {
     /// Free `addr` if `container` holds it.
     pub fn free(&mut self, now: Instant, container: &str, addr: Ipv4Addr) -> bool {
         let a = u32::from(addr);
-        let freed = [&mut self.used, &mut self.outside].into_iter().any(|m| {
-            if m.get(&a).is_some_and(|(c, _)| c == container) {
-                m.remove(&a);
-                true
-            } else {
-                false
-            }
-        });
+        let freed = self.by_container.contains(&(container.to_owned(), a));
         if freed {
+            self.release(a);
             self.freed(a);
             self.flush(now);
         }
         freed
+    }
+
+    /// Record `addr` as held by `container`.
+    fn hold(&mut self, addr: u32, container: &str, net: Ipv4Net) {
+        let map = if addr >= self.ring.start() && addr < self.ring.end() { &mut self.used } else { &mut self.outside };
+        if let Some((old, _)) = map.insert(addr, (container.to_owned(), net)) {
+            self.by_container.remove(&(old, addr));
+        }
+        self.by_container.insert((container.to_owned(), addr));
+    }
+
+    /// Forget who holds `addr`.
+    fn release(&mut self, addr: u32) -> Option<(String, Ipv4Net)> {
+        let held = self.used.remove(&addr).or_else(|| self.outside.remove(&addr))?;
+        self.by_container.remove(&(held.0.clone(), addr));
+        Some(held)
     }
 
     /// `a` became free: searches must look at it again.
@@ -428,16 +442,9 @@ impl Ipam {
 
     /// Free everything `container` holds; returns what was freed.
     pub fn free_all(&mut self, now: Instant, container: &str) -> Vec<Ipv4Net> {
-        let mut freed = Vec::new();
-        for m in [&mut self.used, &mut self.outside] {
-            m.retain(|_, (c, a)| {
-                let keep = c != container;
-                if !keep {
-                    freed.push(*a);
-                }
-                keep
-            });
-        }
+        let addrs: Vec<u32> =
+            self.by_container.range((container.to_owned(), 0)..=(container.to_owned(), u32::MAX)).map(|(_, a)| *a).collect();
+        let freed: Vec<Ipv4Net> = addrs.into_iter().filter_map(|a| self.release(a)).map(|(_, n)| n).collect();
         let ids: Vec<RequestId> = self.pending.iter().filter(|(_, p)| op_container(&p.op) == container).map(|(id, _)| *id).collect();
         for id in ids {
             self.cancel(id);
@@ -504,6 +511,8 @@ impl Ipam {
             self.ring.transfer(me, a, b, heir, b - a);
         }
         self.used.clear();
+        self.outside.clear();
+        self.by_container.clear();
         self.ring_changed = true;
         self.handoff = Some(heir);
         let state = self.state_msg();
@@ -796,8 +805,7 @@ impl Ipam {
         for a in &snap.allocations {
             let prefix = u8::try_from(a.prefix).ok().filter(|p| *p <= 32).ok_or(DecodeError::Protobuf("prefix".into()))?;
             let net = Ipv4Net::new(Ipv4Addr::from(a.addr), prefix).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
-            let map = if a.addr >= ipam.ring.start() && a.addr < ipam.ring.end() { &mut ipam.used } else { &mut ipam.outside };
-            map.insert(a.addr, (a.container.clone(), net));
+            ipam.hold(a.addr, &a.container, net);
         }
         // Check the held addresses against the ring at the first chance.
         ipam.ring_changed = true;
@@ -1027,5 +1035,42 @@ mod tests {
         assert_eq!(a.rmpeer(now, &[p(2)]), Err(IpamError::RmpeerPartialView(vec![p(3)])));
         let moved = a.rmpeer(now, &[p(2), p(3)]).unwrap();
         assert_eq!(moved, a.ring().size() - a.ring().size() / 3);
+    }
+}
+
+#[cfg(test)]
+mod handoff_tests {
+    use super::*;
+
+    #[test]
+    fn leaving_hands_all_space_to_a_live_peer_and_waits_for_its_ack() {
+        let now = Instant::now();
+        let (p1, p2) = (PeerName::from_u64(1).unwrap(), PeerName::from_u64(2).unwrap());
+        let cfg = |me| IpamConfig::new(me, "10.32.0.0/16".parse().unwrap(), InitMode::Seeds(vec![p1, p2]));
+        let mut a = Ipam::new(cfg(p1)).unwrap();
+        let mut b = Ipam::new(cfg(p2)).unwrap();
+        a.prime(now);
+        b.prime(now);
+        a.set_reachable(BTreeSet::from([p2]));
+        assert_eq!(a.leave(now), Some(p2));
+        assert!(a.ring().owned_by(p1).is_empty(), "nothing left with the leaver");
+        assert!(a.poll_completion().is_none(), "not done before the heir acknowledges");
+        let handoff = std::iter::from_fn(|| a.poll_output())
+            .find_map(|o| match o {
+                Output::Unicast(to, bytes) if to == p2 => Some(bytes),
+                _ => None,
+            })
+            .expect("the ring is sent to the heir");
+        b.handle_unicast(now, p1, &handoff).unwrap();
+        let owned: u64 = b.ring().owned_by(p2).iter().map(|(s, e)| u64::from(e - s)).sum();
+        assert_eq!(owned, b.ring().size(), "the heir owns everything");
+        let ack = std::iter::from_fn(|| b.poll_output())
+            .find_map(|o| match o {
+                Output::Unicast(to, bytes) if to == p1 => Some(bytes),
+                _ => None,
+            })
+            .expect("the heir acknowledges");
+        a.handle_unicast(now, p2, &ack).unwrap();
+        assert_eq!(a.poll_completion(), Some(Completion::HandedOff(p2)));
     }
 }
