@@ -325,15 +325,8 @@ impl Link {
 
     fn handle_frame(&mut self, frame: &[u8]) -> Result<(), LinkError> {
         if self.state == State::Open {
-            let plain;
-            let bytes = match &mut self.cipher {
-                Some(c) => {
-                    plain = c.open(frame)?;
-                    &plain[..]
-                }
-                None => frame,
-            };
-            let env = Envelope::decode(bytes)
+            let bytes = self.open(frame)?;
+            let env = Envelope::decode(&bytes[..])
                 .map_err(|e| LinkError::Malformed { what: "message", detail: e.to_string() })?;
             self.events.push_back(LinkEvent::Message(env));
             return Ok(());
@@ -449,16 +442,17 @@ impl Link {
         self.state = State::AwaitFeatures;
     }
 
+    /// The plaintext of a frame: opened if the link is encrypted.
+    fn open<'a>(&mut self, frame: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>, OpenError> {
+        match &mut self.cipher {
+            Some(c) => c.open(frame).map(std::borrow::Cow::Owned),
+            None => Ok(std::borrow::Cow::Borrowed(frame)),
+        }
+    }
+
     fn on_features(&mut self, body: &[u8]) -> Result<(), LinkError> {
-        let plain;
-        let bytes = match &mut self.cipher {
-            Some(c) => {
-                plain = c.open(body)?;
-                &plain[..]
-            }
-            None => body,
-        };
-        let f = Features::decode(bytes).map_err(|e| LinkError::Malformed { what: "features", detail: e.to_string() })?;
+        let bytes = self.open(body)?;
+        let f = Features::decode(&bytes[..]).map_err(|e| LinkError::Malformed { what: "features", detail: e.to_string() })?;
         let malformed = |detail: &str| LinkError::Malformed { what: "features", detail: detail.to_owned() };
         let name = PeerName::from_u64(f.name).ok_or_else(|| malformed("peer name wider than 48 bits"))?;
         let uid = PeerUid::new(f.uid).ok_or_else(|| malformed("zero uid"))?;

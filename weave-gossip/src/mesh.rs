@@ -591,16 +591,23 @@ impl Mesh {
         if src == self.cfg.name {
             return Ok(());
         }
-        match self.channels.get_mut(&m.channel) {
-            Some(g) => {
-                if let Err(source) = g.on_broadcast(now, src, &m.data) {
-                    self.channel_error(&m.channel, source);
-                }
-            }
-            None => self.stats.unknown_channel += 1,
-        }
+        self.deliver(&m.channel, |g| g.on_broadcast(now, src, &m.data));
         self.relay_along_tree(src, from, Body::Broadcast(m));
         Ok(())
+    }
+
+    /// Hand channel data to its gossiper, counting what cannot be delivered.
+    fn deliver(&mut self, channel: &str, f: impl FnOnce(&mut dyn Gossiper) -> Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+        let result = match self.channels.get_mut(channel) {
+            Some(g) => f(g.as_mut()),
+            None => {
+                self.stats.unknown_channel += 1;
+                return;
+            }
+        };
+        if let Err(source) = result {
+            self.channel_error(channel, source);
+        }
     }
 
     fn on_unicast(&mut self, now: Instant, from: ConnId, m: ChannelMsg) -> Result<(), ProtocolError> {
@@ -610,14 +617,7 @@ impl Mesh {
             self.forward(dst, Some(from), Body::Unicast(m));
             return Ok(());
         }
-        match self.channels.get_mut(&m.channel) {
-            Some(g) => {
-                if let Err(source) = g.on_unicast(now, src, &m.data) {
-                    self.channel_error(&m.channel, source);
-                }
-            }
-            None => self.stats.unknown_channel += 1,
-        }
+        self.deliver(&m.channel, |g| g.on_unicast(now, src, &m.data));
         Ok(())
     }
 

@@ -1055,21 +1055,17 @@ mod handoff_tests {
         assert_eq!(a.leave(now), Some(p2));
         assert!(a.ring().owned_by(p1).is_empty(), "nothing left with the leaver");
         assert!(a.poll_completion().is_none(), "not done before the heir acknowledges");
-        let handoff = std::iter::from_fn(|| a.poll_output())
-            .find_map(|o| match o {
-                Output::Unicast(to, bytes) if to == p2 => Some(bytes),
+        fn unicast_to(from: &mut Ipam, to: PeerName) -> Option<Vec<u8>> {
+            std::iter::from_fn(|| from.poll_output()).find_map(|o| match o {
+                Output::Unicast(d, bytes) if d == to => Some(bytes),
                 _ => None,
             })
-            .expect("the ring is sent to the heir");
+        }
+        let handoff = unicast_to(&mut a, p2).expect("the ring is sent to the heir");
         b.handle_unicast(now, p1, &handoff).unwrap();
         let owned: u64 = b.ring().owned_by(p2).iter().map(|(s, e)| u64::from(e - s)).sum();
         assert_eq!(owned, b.ring().size(), "the heir owns everything");
-        let ack = std::iter::from_fn(|| b.poll_output())
-            .find_map(|o| match o {
-                Output::Unicast(to, bytes) if to == p1 => Some(bytes),
-                _ => None,
-            })
-            .expect("the heir acknowledges");
+        let ack = unicast_to(&mut b, p1).expect("the heir acknowledges");
         a.handle_unicast(now, p2, &ack).unwrap();
         assert_eq!(a.poll_completion(), Some(Completion::HandedOff(p2)));
     }
