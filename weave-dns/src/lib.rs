@@ -1,1 +1,15 @@
-//! weaveDNS: replicated names and a DNS server (issue: weaveDNS). Not implemented yet: this crate only reserves its place in the workspace.
+//! weaveDNS: container names replicated over the mesh, answered by an
+//! embedded DNS server.
+//!
+//! * [`store`]: the replicated entries (a CRDT written only by each entry's
+//!   origin peer).
+//! * [`dns`]: one peer's DNS state, sans-IO.
+//! * [`wire`]: the gossip messages.
+//! * [`channel`]: weaveDNS riding a weave-gossip channel.
+
+pub mod channel;
+pub mod dns;
+pub mod store;
+pub mod wire;
+
+pub use dns::{Dns, DnsError, WallClock};

@@ -219,9 +219,11 @@ pub trait Gossiper: Send {
     /// A message addressed to us by `src`.
     fn on_unicast(&mut self, now: Instant, src: PeerName, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
     /// Our full state for periodic anti-entropy, or `None` if there is none.
-    fn full_state(&mut self) -> Option<Vec<u8>>;
+    fn full_state(&mut self, now: Instant) -> Option<Vec<u8>>;
     /// A peer left the topology: drop what only it owned, if anything.
     fn on_peer_removed(&mut self, _peer: PeerName) {}
+    /// A peer joined (or rejoined) the topology.
+    fn on_peer_added(&mut self, _peer: PeerName) {}
 }
 
 /// A channel send failed.
@@ -398,7 +400,7 @@ impl Mesh {
         let (sum, count) = self.topo.digest();
         self.send(conn, Body::Digest(TopologyDigest { sum: sum.to_le_bytes().to_vec(), count }));
         let states: Vec<(String, Vec<u8>)> =
-            self.channels.iter_mut().filter_map(|(n, g)| g.full_state().map(|s| (n.clone(), s))).collect();
+            self.channels.iter_mut().filter_map(|(n, g)| g.full_state(now).map(|s| (n.clone(), s))).collect();
         for (channel, data) in states {
             self.send(conn, Body::Gossip(ChannelMsg { channel, src: self.cfg.name.as_u64(), dst: 0, data }));
         }
@@ -730,7 +732,7 @@ impl Mesh {
             if let Some(&c) = self.conns.keys().choose(&mut self.rng) {
                 let me = self.cfg.name.as_u64();
                 let states: Vec<(String, Vec<u8>)> =
-                    self.channels.iter_mut().filter_map(|(n, g)| g.full_state().map(|s| (n.clone(), s))).collect();
+                    self.channels.iter_mut().filter_map(|(n, g)| g.full_state(now).map(|s| (n.clone(), s))).collect();
                 for (channel, data) in states {
                     self.send(c, Body::Gossip(ChannelMsg { channel, src: me, dst: 0, data }));
                 }
@@ -747,6 +749,9 @@ impl Mesh {
         let now_known: BTreeSet<PeerName> = self.topo.records().map(|r| r.name).collect();
         for &p in now_known.difference(&self.known) {
             self.events.push_back(MeshEvent::PeerAdded(p));
+            for g in self.channels.values_mut() {
+                g.on_peer_added(p);
+            }
         }
         for &p in &removed {
             self.events.push_back(MeshEvent::PeerRemoved(p));

@@ -45,7 +45,7 @@ impl Gossiper for IpamChannel {
         Ok(self.ipam().handle_unicast(now, src, data)?)
     }
 
-    fn full_state(&mut self) -> Option<Vec<u8>> {
+    fn full_state(&mut self, _now: std::time::Instant) -> Option<Vec<u8>> {
         Some(self.ipam().full_state())
     }
 }

@@ -1,0 +1,167 @@
+//! One peer's weaveDNS state on a gossip channel: the store plus the wall
+//! clock mapping and the deltas to gossip. Sans-IO.
+//!
+//! Call order: call the operations; send every [`Dns::poll_gossip`] result
+//! to the mesh as channel gossip; feed received gossip to
+//! [`Dns::handle_gossip`] (it returns what to relay); call
+//! [`Dns::handle_timeout`] at [`Dns::poll_timeout`] to purge tombstones.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use weave_core::PeerName;
+
+use crate::store::{normalize, Store, StoreError};
+use crate::wire::{self, DecodeError};
+
+/// How often tombstones are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Anything a DNS operation or message can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DnsError {
+    /// A bad name or container.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bad message.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Maps the monotonic `now` the mesh passes around onto wall-clock seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    base: Instant,
+    base_unix: u64,
+}
+
+impl WallClock {
+    /// `base` corresponds to `base_unix` seconds since the epoch.
+    pub fn new(base: Instant, base_unix: u64) -> Self {
+        Self { base, base_unix }
+    }
+
+    /// The real clock, now.
+    pub fn system() -> Self {
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Self::new(Instant::now(), unix)
+    }
+
+    /// Seconds since the epoch at `now`.
+    pub fn unix(&self, now: Instant) -> u64 {
+        self.base_unix + now.saturating_duration_since(self.base).as_secs()
+    }
+}
+
+/// One peer's weaveDNS.
+#[derive(Debug, Clone)]
+pub struct Dns {
+    store: Store,
+    domain: String,
+    clock: WallClock,
+    out: VecDeque<Vec<u8>>,
+    next_purge: Instant,
+}
+
+impl Dns {
+    /// DNS for `ourself`, answering for `domain` (e.g. `weave.local.`).
+    pub fn new(ourself: PeerName, domain: &str, clock: WallClock, now: Instant) -> Self {
+        let mut domain = domain.trim_start_matches('.').to_ascii_lowercase();
+        if !domain.ends_with('.') {
+            domain.push('.');
+        }
+        Self { store: Store::new(ourself), domain, clock, out: VecDeque::new(), next_purge: now + PURGE_INTERVAL }
+    }
+
+    /// The domain, lower-case with a trailing dot.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The entries.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// `name` normalised (relative names get the domain).
+    pub fn normalize(&self, name: &str) -> Result<String, DnsError> {
+        Ok(normalize(name, &self.domain)?)
+    }
+
+    /// Register `name` → `addr` for `container`.
+    pub fn add(&mut self, now: Instant, name: &str, addr: Ipv4Addr, container: &str) -> Result<(), DnsError> {
+        let name = self.normalize(name)?;
+        check_container(container)?;
+        if let Some(e) = self.store.add(&name, addr, container) {
+            self.out.push_back(wire::encode(self.clock.unix(now), &[e]));
+        }
+        Ok(())
+    }
+
+    /// Remove our entries for `container`, optionally only for one name or
+    /// address; returns how many.
+    pub fn remove(&mut self, now: Instant, container: &str, name: Option<&str>, addr: Option<Ipv4Addr>) -> Result<usize, DnsError> {
+        let name = name.map(|n| self.normalize(n)).transpose()?;
+        let gone = self.store.delete(self.clock.unix(now), container, name.as_deref(), addr);
+        if !gone.is_empty() {
+            self.out.push_back(wire::encode(self.clock.unix(now), &gone));
+        }
+        Ok(gone.len())
+    }
+
+    /// Live addresses for `name` (case-insensitive; relative names get the domain).
+    pub fn lookup(&self, name: &str) -> Vec<Ipv4Addr> {
+        self.normalize(name).map(|n| self.store.lookup(&n)).unwrap_or_default()
+    }
+
+    /// Merge gossip from `src`; returns what to relay.
+    pub fn handle_gossip(&mut self, now: Instant, src: PeerName, bytes: &[u8]) -> Result<Option<Vec<u8>>, DnsError> {
+        let (sender_unix, entries) = wire::decode(bytes)?;
+        let unix = self.clock.unix(now);
+        let changed = self.store.merge(unix, src, sender_unix, entries)?;
+        Ok((!changed.is_empty()).then(|| wire::encode(unix, &changed)))
+    }
+
+    /// Every entry, for anti-entropy.
+    pub fn full_state(&self, now: Instant) -> Vec<u8> {
+        let all: Vec<_> = self.store.entries().map(|(k, v)| (k.clone(), *v)).collect();
+        wire::encode(self.clock.unix(now), &all)
+    }
+
+    /// A peer left the topology: drop its entries.
+    pub fn peer_gone(&mut self, peer: PeerName) {
+        self.store.peer_gone(peer);
+    }
+
+    /// A peer joined or rejoined the topology.
+    pub fn peer_back(&mut self, peer: PeerName) {
+        self.store.peer_back(peer);
+    }
+
+    /// The next delta to gossip.
+    pub fn poll_gossip(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+
+    /// Purge old tombstones.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_purge {
+            self.store.purge(self.clock.unix(now));
+            self.next_purge = now + PURGE_INTERVAL;
+        }
+    }
+
+    /// When to call [`Dns::handle_timeout`].
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_purge
+    }
+}
+
+fn check_container(c: &str) -> Result<(), StoreError> {
+    if c.is_empty() || c.len() > crate::store::MAX_CONTAINER_LEN {
+        return Err(StoreError::InvalidContainer);
+    }
+    Ok(())
+}
