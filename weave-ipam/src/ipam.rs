@@ -126,6 +126,9 @@ pub enum IpamError {
     /// rmpeer of a peer we can still reach.
     #[error("{0} is reachable, so not dead; rmpeer only peers that are gone for good")]
     RmpeerAlive(PeerName),
+    /// rmpeer before the mesh has said who is reachable.
+    #[error("cannot rmpeer before knowing which peers are reachable; try again once the router is connected")]
+    RmpeerReachabilityUnknown,
     /// rmpeer while other owners are out of reach: they may hold a newer
     /// view of the dead peer's space (a donation it made before dying).
     #[error("cannot rmpeer while {0:?} are unreachable: name every dead peer in one rmpeer, or run it where the others are reachable")]
@@ -210,18 +213,36 @@ pub struct Ipam {
     next_publish: Option<Instant>,
     /// Per subnet, an address below which nothing we own is free.
     hints: BTreeMap<Ipv4Net, u32>,
+    /// We merged a ring from a peer (seed mode waits for one when peers
+    /// are reachable, so a restart without state does not reuse space it
+    /// gave away before).
+    heard_ring: bool,
+    /// Seed mode initialises on its own at this time if nothing was heard.
+    seed_deadline: Option<Instant>,
+    /// The highest ballot at the last retry: re-propose only if stuck.
+    last_ballot: crate::paxos::Ballot,
+    /// Bumped on every change worth persisting.
+    generation: u64,
 }
 
-fn bounds(net: Ipv4Net) -> (u32, u32) {
+/// `[start, end)` of a network; `None` if it ends at 2^32 (the last
+/// address, 255.255.255.255, would be inside).
+fn checked_bounds(net: Ipv4Net) -> Option<(u32, u32)> {
     let start = u32::from(net.network());
-    (start, start + (1u32 << (32 - net.prefix_len())))
+    let end = u64::from(start) + (1u64 << (32 - net.prefix_len()));
+    Some((start, u32::try_from(end).ok()?))
+}
+
+/// Bounds of a network already checked by [`Ipam::new`] / `check_subnet`.
+fn bounds(net: Ipv4Net) -> (u32, u32) {
+    checked_bounds(net).expect("subnets are checked to end below 2^32")
 }
 
 impl Ipam {
     /// IPAM over `cfg.range`, not yet initialised.
     pub fn new(cfg: IpamConfig) -> Result<Self, IpamError> {
         let r = cfg.range.trunc();
-        if r.prefix_len() == 0 || r.prefix_len() > 30 {
+        if r.prefix_len() == 0 || r.prefix_len() > 30 || checked_bounds(r).is_none() {
             return Err(IpamError::InvalidRange(cfg.range));
         }
         Self::check_subnet(&cfg, cfg.default_subnet)?;
@@ -252,12 +273,16 @@ impl Ipam {
             free_dirty: false,
             next_publish: None,
             hints: BTreeMap::new(),
+            heard_ring: false,
+            seed_deadline: None,
+            last_ballot: crate::paxos::Ballot::default(),
+            generation: 0,
         })
     }
 
     fn check_subnet(cfg: &IpamConfig, subnet: Ipv4Net) -> Result<(), IpamError> {
         let range = cfg.range.trunc();
-        if !range.contains(&subnet.trunc()) || subnet.prefix_len() > 30 {
+        if !range.contains(&subnet.trunc()) || subnet.prefix_len() > 30 || checked_bounds(subnet.trunc()).is_none() {
             return Err(IpamError::SubnetOutsideRange { subnet, range });
         }
         Ok(())
@@ -388,18 +413,36 @@ impl Ipam {
             if s >= e {
                 continue;
             }
+            let reserved = self.pending_claims();
             let mut cand = s;
             for (&u, _) in self.used.range(s..e) {
+                while cand < u && reserved.contains(&cand) {
+                    cand += 1;
+                }
                 if u != cand {
                     break;
                 }
                 cand += 1;
             }
-            if cand < e {
+            while cand < e && reserved.contains(&cand) {
+                cand += 1;
+            }
+            if cand < e && !self.used.contains_key(&cand) {
                 return Some(cand);
             }
         }
         None
+    }
+
+    /// Addresses pending claims wait for: never allocated nor donated.
+    fn pending_claims(&self) -> BTreeSet<u32> {
+        self.pending
+            .values()
+            .filter_map(|p| match p.op {
+                Op::Claim { addr, .. } => Some(addr),
+                Op::Allocate { .. } => None,
+            })
+            .collect()
     }
 
     /// Free `addr` if `container` holds it.
@@ -421,12 +464,14 @@ impl Ipam {
             self.by_container.remove(&(old, addr));
         }
         self.by_container.insert((container.to_owned(), addr));
+        self.generation += 1;
     }
 
     /// Forget who holds `addr`.
     fn release(&mut self, addr: u32) -> Option<(String, Ipv4Net)> {
         let held = self.used.remove(&addr).or_else(|| self.outside.remove(&addr))?;
         self.by_container.remove(&(held.0.clone(), addr));
+        self.generation += 1;
         Some(held)
     }
 
@@ -479,7 +524,10 @@ impl Ipam {
         if dead.contains(&me) {
             return Err(IpamError::RmpeerSelf);
         }
-        if let Some(&alive) = dead.iter().find(|&&d| self.reachable.as_ref().is_some_and(|r| r.contains(&d))) {
+        let Some(reachable) = self.reachable.clone() else {
+            return Err(IpamError::RmpeerReachabilityUnknown);
+        };
+        if let Some(&alive) = dead.iter().find(|&&d| reachable.contains(&d)) {
             return Err(IpamError::RmpeerAlive(alive));
         }
         let unreachable: BTreeSet<PeerName> =
@@ -487,7 +535,10 @@ impl Ipam {
         if !unreachable.is_empty() {
             return Err(IpamError::RmpeerPartialView(unreachable.into_iter().collect()));
         }
-        let moved = dead.iter().map(|&d| self.ring.take_over(d, me)).sum();
+        // If a dead peer owned everything, every runner must pick the same
+        // heir: the lowest name among the peers it can reach, and itself.
+        let fallback = reachable.iter().copied().chain([me]).min().unwrap_or(me);
+        let moved = dead.iter().map(|&d| self.ring.take_over(d, fallback)).sum();
         if moved > 0 {
             self.dirty = true;
             self.ring_changed = true;
@@ -509,6 +560,9 @@ impl Ipam {
         }
         for (a, b) in mine {
             self.ring.transfer(me, a, b, heir, b - a);
+        }
+        for id in self.pending.keys().copied().collect::<Vec<_>>() {
+            self.cancel(id);
         }
         self.used.clear();
         self.outside.clear();
@@ -541,10 +595,12 @@ impl Ipam {
                 changed = true;
                 self.ring_changed = true;
             }
+            self.heard_ring = true;
         }
         let paxos = wire::paxos_from_msg(&s.paxos)?;
         changed |= self.paxos.merge(&paxos);
-        if s.election_requested && !self.ring.is_initialised() && !self.paxos.is_proposing() && self.paxos.propose() {
+        let voter = matches!(self.cfg.init, InitMode::Consensus { .. });
+        if voter && s.election_requested && !self.ring.is_initialised() && !self.paxos.is_proposing() && self.paxos.propose() {
             changed = true;
         }
         if changed {
@@ -572,12 +628,22 @@ impl Ipam {
             Body::SpaceRequest(r) => self.donate(src, r.start, r.end),
             Body::ClaimRequest(c) => self.grant_claim(src, c.addr),
             Body::ClaimRefused(c) => {
-                let failed: Vec<RequestId> = self
+                // Only the peer we asked can refuse; a retryable refusal
+                // (it is no longer the owner) means ask again later.
+                let ours: Vec<RequestId> = self
                     .pending
                     .iter()
-                    .filter(|(_, p)| matches!(p.op, Op::Claim { addr, .. } if addr == c.addr))
+                    .filter(|(_, p)| p.asked == Some(src) && matches!(p.op, Op::Claim { addr, .. } if addr == c.addr))
                     .map(|(id, _)| *id)
                     .collect();
+                if c.retryable {
+                    for id in &ours {
+                        if let Some(p) = self.pending.get_mut(id) {
+                            p.asked = None;
+                        }
+                    }
+                }
+                let failed = if c.retryable { Vec::new() } else { ours };
                 for id in failed {
                     self.pending.remove(&id);
                     let addr = Ipv4Addr::from(c.addr);
@@ -599,13 +665,15 @@ impl Ipam {
         let me = self.cfg.ourself;
         let mut runs = Vec::new();
         let mut total = 0u64;
+        let mut taken: BTreeSet<u32> = self.pending_claims();
         for (a, b) in self.ring.owned_by(me) {
             let (s, e) = (a.max(start), b.min(end));
             if s >= e {
                 continue;
             }
+            taken.extend(self.used.range(s..e).map(|(&u, _)| u));
             let mut cur = s;
-            for (&u, _) in self.used.range(s..e) {
+            for &u in taken.range(s..e) {
                 if u > cur {
                     runs.push((cur, u));
                 }
@@ -633,31 +701,43 @@ impl Ipam {
 
     fn grant_claim(&mut self, to: PeerName, addr: u32) {
         let me = self.cfg.ourself;
-        let reason = if self.ring.owner(addr) != Some(me) {
-            Some("not the owner".to_owned())
+        let refusal = if self.ring.owner(addr) != Some(me) {
+            Some(("not the owner".to_owned(), true))
         } else if let Some((c, _)) = self.used.get(&addr) {
-            Some(format!("in use by {c}"))
+            Some((format!("in use by {c}"), false))
+        } else if self.pending_claims().contains(&addr) {
+            Some(("claimed here too".to_owned(), false))
         } else if self.ring.transfer(me, addr, addr + 1, to, 1) {
             self.dirty = true;
             self.ring_changed = true;
-            self.out.push_back(Output::Unicast(to, wire::encode(Body::State(self.state_msg()))));
             None
         } else {
-            Some("cannot split the range".to_owned())
+            Some(("cannot split the range".to_owned(), true))
         };
-        if let Some(reason) = reason {
-            self.out.push_back(Output::Unicast(to, wire::encode(Body::ClaimRefused(ClaimRefused { addr, reason }))));
+        // Our ring goes with the answer, so a stale requester learns who owns what.
+        self.out.push_back(Output::Unicast(to, wire::encode(Body::State(self.state_msg()))));
+        if let Some((reason, retryable)) = refusal {
+            self.out.push_back(Output::Unicast(to, wire::encode(Body::ClaimRefused(ClaimRefused { addr, reason, retryable }))));
         }
     }
 
-    fn ensure_init(&mut self, _now: Instant) {
+    fn ensure_init(&mut self, now: Instant) {
         if self.ring.is_initialised() {
             return;
         }
         self.wants_init = true;
         match &self.cfg.init {
             InitMode::Seeds(seeds) => {
-                self.ring.initialise(seeds);
+                // With peers around, first hear their ring: after a restart
+                // without state our seed share may long have been given away.
+                let peers_around = self.reachable.as_ref().is_some_and(|r| !r.is_empty());
+                if peers_around && !self.heard_ring && self.seed_deadline.is_none_or(|d| now < d) {
+                    self.seed_deadline.get_or_insert(now + self.cfg.retry_interval);
+                    self.next_retry.get_or_insert(now + self.cfg.retry_interval);
+                    return;
+                }
+                let seeds = seeds.clone();
+                self.ring.initialise(&seeds);
                 self.dirty = true;
                 self.ring_changed = true;
             }
@@ -710,7 +790,9 @@ impl Ipam {
     }
 
     fn retry_pending(&mut self) {
-        let ids: Vec<RequestId> = self.pending.keys().copied().collect();
+        // Claims first: an address a claim waits for is not for allocation.
+        let mut ids: Vec<RequestId> = self.pending.keys().copied().collect();
+        ids.sort_by_key(|id| !matches!(self.pending[id].op, Op::Claim { .. }));
         for id in ids {
             let op = self.pending[&id].op.clone();
             match self.attempt(&op) {
@@ -733,17 +815,27 @@ impl Ipam {
             self.next_retry = None;
             if !self.ring.is_initialised() && self.wants_init {
                 if let InitMode::Consensus { .. } = self.cfg.init {
-                    self.paxos.propose();
-                    self.dirty = true;
+                    // Re-propose only if no ballot progressed since last time
+                    // (pre-empting a live election would stall it).
+                    let highest = self.paxos.highest_ballot();
+                    if highest == self.last_ballot && self.paxos.propose() {
+                        self.dirty = true;
+                    }
+                    self.last_ballot = self.paxos.highest_ballot();
                 } else {
+                    self.ensure_init(now);
                     self.dirty = true;
                 }
+            }
+            if let Some(heir) = self.handoff {
+                // Resend until the heir acknowledges.
+                self.out.push_back(Output::Unicast(heir, wire::encode(Body::Handoff(self.state_msg()))));
             }
             let ids: Vec<RequestId> = self.pending.keys().copied().collect();
             for id in ids {
                 self.ask_for_space(id);
             }
-            if !self.pending.is_empty() || (self.wants_init && !self.ring.is_initialised()) {
+            if !self.pending.is_empty() || (self.wants_init && !self.ring.is_initialised()) || self.handoff.is_some() {
                 // Stagger retries by name so competing proposers drift apart.
                 let stagger = self.cfg.retry_interval.mul_f64(1.0 + (self.cfg.ourself.as_u64() % 8) as f64 / 8.0);
                 self.next_retry = Some(now + stagger);
@@ -773,6 +865,13 @@ impl Ipam {
             paxos: wire::paxos_to_msg(self.paxos.nodes()),
             election_requested: self.election_requested && !self.ring.is_initialised(),
         }
+    }
+
+    /// Changes so far worth persisting: save a [`Ipam::snapshot`] whenever
+    /// this moved, *before* sending what [`Ipam::poll_output`] returns (a
+    /// donation or a vote must not be forgotten by a crash after it left).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Everything to persist: ring, consensus state and allocations.
@@ -820,7 +919,7 @@ impl Ipam {
     /// Settle consensus, protect our containers, complete what can be
     /// completed, publish free counts, and gossip if anything changed.
     fn flush(&mut self, now: Instant) {
-        if !self.ring.is_initialised() {
+        if !self.ring.is_initialised() && matches!(self.cfg.init, InitMode::Consensus { .. }) {
             if self.paxos.think() {
                 self.dirty = true;
             }
@@ -834,6 +933,14 @@ impl Ipam {
             if std::mem::take(&mut self.ring_changed) {
                 self.hints.clear();
                 self.reassert_used();
+                if let Some(heir) = self.handoff {
+                    // Space that reached us after we left goes on to the heir.
+                    let me = self.cfg.ourself;
+                    for (a, b) in self.ring.owned_by(me) {
+                        self.ring.transfer(me, a, b, heir, b - a);
+                        self.dirty = true;
+                    }
+                }
             }
             self.retry_pending();
             if self.free_dirty {
@@ -849,6 +956,7 @@ impl Ipam {
             self.next_retry.get_or_insert(now + self.cfg.retry_interval);
         }
         if std::mem::take(&mut self.dirty) {
+            self.generation += 1;
             self.out.push_back(Output::Gossip(wire::encode(Body::State(self.state_msg()))));
         }
     }
@@ -861,7 +969,7 @@ impl Ipam {
             .used
             .keys()
             .filter(|&&a| self.ring.owner(a) != Some(me))
-            .filter_map(|&a| self.ring.entries().iter().rev().find(|e| e.token <= a).filter(|e| e.takeover).map(|e| e.token))
+            .filter_map(|&a| self.ring.entries().iter().rev().find(|e| e.token <= a).filter(|e| e.taken_from == Some(me)).map(|e| e.token))
             .collect();
         for t in tokens {
             if self.ring.reassert(me, t) {
@@ -1021,6 +1129,91 @@ mod tests {
         let e = a.handle_gossip(now, p(2), &b.full_state()).unwrap_err();
         assert!(e.to_string().contains("independently initialised ring"), "{e}");
         assert_eq!(a.ring(), &before);
+    }
+
+    #[test]
+    fn hostile_consensus_values_and_rounds_are_refused() {
+        let now = Instant::now();
+        let mut a = Ipam::new(IpamConfig::new(p(1), net("10.32.0.0/12"), InitMode::Consensus { quorum: 1 })).unwrap();
+        let bad_value = wire::PaxosMsg { node: 2, promise_round: 1, promise_proposer: 2, has_accepted: true, accepted_round: 1, accepted_proposer: 2, accepted_value: vec![] };
+        let huge_round = wire::PaxosMsg { node: 2, promise_round: u64::MAX, promise_proposer: 2, ..bad_value.clone() };
+        for m in [bad_value, huge_round] {
+            let msg = wire::encode(Body::State(StateMsg { ring: None, paxos: vec![m], election_requested: false }));
+            assert!(a.handle_gossip(now, p(2), &msg).is_err());
+        }
+        assert!(!a.ring().is_initialised());
+        a.prime(now);
+        assert!(a.ring().is_initialised(), "still able to decide: quorum 1");
+    }
+
+    #[test]
+    fn a_seed_peer_asked_for_an_election_does_not_build_a_ring_alone() {
+        let now = Instant::now();
+        let mut a = seeded(1, &[1, 2]);
+        a.set_reachable(BTreeSet::from([p(2)]));
+        let msg = wire::encode(Body::State(StateMsg { ring: None, paxos: vec![], election_requested: true }));
+        a.handle_gossip(now, p(3), &msg).unwrap();
+        assert!(!a.ring().is_initialised());
+        assert!(a.paxos.nodes().is_empty(), "seed peers do not vote");
+    }
+
+    #[test]
+    fn rmpeer_of_a_peer_owning_everything_picks_the_same_heir_on_every_runner() {
+        let now = Instant::now();
+        let mut q = seeded(2, &[1]);
+        let mut r = seeded(3, &[1]);
+        for x in [&mut q, &mut r] {
+            x.prime(now);
+            x.set_reachable(BTreeSet::from([p(2), p(3)]));
+        }
+        q.rmpeer(now, &[p(1)]).unwrap();
+        r.rmpeer(now, &[p(1)]).unwrap();
+        assert_eq!(q.ring(), r.ring());
+        assert_eq!(q.ring().owner(q.ring().start()), Some(p(2)));
+    }
+
+    #[test]
+    fn an_allocation_never_takes_an_address_a_claim_waits_for() {
+        let now = Instant::now();
+        let mut a = seeded(1, &[1, 2]);
+        a.prime(now);
+        a.set_reachable(BTreeSet::from([p(2)]));
+        // An allocation waits first, then a claim for what will be the
+        // lowest address of the space peer 2 is about to donate.
+        assert!(matches!(a.allocate(now, "other", Some(net("10.40.0.0/24"))).unwrap(), Outcome::Pending(_)));
+        let claimed = net("10.40.0.128/24");
+        assert!(matches!(a.claim(now, "static", claimed).unwrap(), Outcome::Pending(_)));
+        let mut b = seeded(2, &[1, 2]);
+        b.prime(now);
+        let (lo, hi) = Ipam::usable(net("10.40.0.0/24"));
+        b.handle_unicast(now, p(1), &wire::encode(Body::SpaceRequest(SpaceRequest { start: lo, end: hi }))).unwrap();
+        let state = std::iter::from_fn(|| b.poll_output())
+            .find_map(|o| match o {
+                Output::Unicast(d, bytes) if d == p(1) => Some(bytes),
+                _ => None,
+            })
+            .expect("the donation");
+        a.handle_unicast(now, p(2), &state).unwrap();
+        let held: BTreeMap<Ipv4Addr, String> = a.allocations().map(|(n, c)| (n.addr(), c.to_owned())).collect();
+        assert_eq!(held.get(&claimed.addr()).map(String::as_str), Some("static"), "{held:?}");
+        assert_eq!(held.get(&"10.40.0.129".parse().unwrap()).map(String::as_str), Some("other"), "{held:?}");
+    }
+
+    #[test]
+    fn a_claim_refusal_from_a_peer_we_did_not_ask_is_ignored() {
+        let now = Instant::now();
+        let mut a = seeded(1, &[1, 2]);
+        a.prime(now);
+        a.set_reachable(BTreeSet::from([p(2), p(3)]));
+        let Outcome::Pending(id) = a.claim(now, "c", net("10.40.0.1/12")).unwrap() else { panic!() };
+        let refusal = |retryable| wire::encode(Body::ClaimRefused(ClaimRefused { addr: u32::from(Ipv4Addr::new(10, 40, 0, 1)), reason: "no".into(), retryable }));
+        a.handle_unicast(now, p(3), &refusal(false)).unwrap();
+        assert!(a.poll_completion().is_none(), "peer 3 was not asked");
+        a.handle_unicast(now, p(2), &refusal(true)).unwrap();
+        assert!(a.poll_completion().is_none(), "retryable: still pending");
+        a.handle_timeout(now + Duration::from_secs(10));
+        a.handle_unicast(now, p(2), &refusal(false)).unwrap();
+        assert!(matches!(a.poll_completion(), Some(Completion::Failed(i, IpamError::ClaimRefused { .. })) if i == id));
     }
 
     #[test]

@@ -77,9 +77,12 @@ impl Paxos {
     pub fn merge(&mut self, other: &BTreeMap<PeerName, NodeState>) -> bool {
         let mut changed = false;
         for (&n, s) in other {
-            if n == self.ourself {
+            if n == self.ourself && self.observer {
                 continue;
             }
+            // Our own entry is only written by us — but after a restart
+            // without state, peers remember what we promised; adopt it so we
+            // never promise or propose below it again.
             let cur = self.nodes.entry(n).or_default();
             if s.rank() > cur.rank() {
                 *cur = s.clone();
@@ -108,7 +111,7 @@ impl Paxos {
                 *votes.entry(a).or_default() += 1;
             }
         }
-        votes.into_iter().find(|(_, n)| *n >= self.quorum).map(|(a, _)| a.1.clone())
+        votes.into_iter().find(|(a, n)| *n >= self.quorum && !a.1.is_empty()).map(|(a, _)| a.1.clone())
     }
 
     /// Start (or restart, after a stall) proposing with a fresh ballot.
@@ -116,10 +119,16 @@ impl Paxos {
         if self.observer {
             return false;
         }
-        let round = self.nodes.values().map(|s| s.promise.round).max().unwrap_or(0) + 1;
+        let highest = self.nodes.values().map(|s| s.promise.round).max().unwrap_or(0);
+        let Some(round) = highest.checked_add(1) else { return false };
         let me = self.nodes.entry(self.ourself).or_default();
         me.promise = Ballot { round, proposer: self.ourself };
         true
+    }
+
+    /// The highest ballot anyone promised: progress marker for retries.
+    pub fn highest_ballot(&self) -> Ballot {
+        self.nodes.values().map(|s| s.promise).max().unwrap_or_default()
     }
 
     /// Whether we are proposing at our current ballot.

@@ -76,7 +76,15 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, PersistError> {
         let db = match Database::create(path) {
             Ok(db) => db,
-            Err(e) => return Err(move_aside(path, e.to_string())),
+            // Only a file that is not a valid database is moved aside; a lock
+            // held by another process, permissions or I/O errors leave it be.
+            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => return Err(move_aside(path, reason)),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) =>
+            {
+                return Err(move_aside(path, e.to_string()));
+            }
+            Err(e) => return Err(PersistError::Db { path: path.to_owned(), source: Box::new(e.into()) }),
         };
         let store = Self { path: path.to_owned(), db };
         // A database that opens but whose snapshot cannot be read is corrupt too.
@@ -146,9 +154,15 @@ impl Store {
 
 fn move_aside(path: &Path, reason: String) -> PersistError {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let mut moved_to = path.as_os_str().to_owned();
-    moved_to.push(format!(".corrupt-{secs}"));
-    let moved_to = PathBuf::from(moved_to);
+    // Never replace an earlier corrupt copy: find an unused name.
+    let moved_to = (0..)
+        .map(|n| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(if n == 0 { format!(".corrupt-{secs}") } else { format!(".corrupt-{secs}-{n}") });
+            PathBuf::from(p)
+        })
+        .find(|p| !p.exists())
+        .expect("some suffix is free");
     match std::fs::rename(path, &moved_to) {
         Ok(()) => PersistError::Corrupt { path: path.to_owned(), moved_to, reason },
         Err(source) => PersistError::MoveAside { path: path.to_owned(), source },
@@ -217,6 +231,19 @@ mod tests {
         assert_eq!(std::fs::read(moved_to).unwrap(), b"this is not a database, but somebody's precious data");
         let fresh = Store::open(&path).unwrap();
         assert!(matches!(fresh.load(p(1), range()).unwrap(), Loaded::Empty));
+    }
+
+    #[test]
+    fn a_database_held_open_elsewhere_is_not_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipam.db");
+        let first = Store::open(&path).unwrap();
+        first.save(&ipam(1).snapshot()).unwrap();
+        let err = Store::open(&path).err().expect("locked by the first");
+        assert!(matches!(err, PersistError::Db { .. }), "{err}");
+        assert!(path.exists(), "still there");
+        drop(first);
+        assert!(matches!(Store::open(&path).unwrap().load(p(1), range()).unwrap(), Loaded::State(_)));
     }
 
     #[test]

@@ -22,31 +22,42 @@ use std::collections::BTreeMap;
 
 use weave_core::PeerName;
 
-/// Version jump for a change of owner (transfer or takeover). A takeover
-/// must beat every routine update (free counts) the dead peer made that the
-/// taker had not yet seen; a transfer by the owner must still tie with — and
-/// so beat — a takeover computed from a view that predates it.
-pub const OWNER_CHANGE: u32 = 1 << 16;
 
 /// One cut of the ring.
+///
+/// Two counters order an entry's history: `epoch` counts changes of owner
+/// (donation, takeover, reassertion), `version` counts the owner's routine
+/// updates within an epoch (free counts, the part of a range it keeps). A
+/// takeover therefore beats every routine update the dead peer made before
+/// dying, even ones the taker had not seen; a donation by the owner ties
+/// with — and, being the owner's own, beats — a takeover computed from a
+/// view older than it, whatever routine updates follow either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     /// First address owned (as a u32).
     pub token: u32,
     /// The owner.
     pub peer: PeerName,
-    /// Bumped on every change.
+    /// Changes of owner.
+    pub epoch: u32,
+    /// Routine updates by the owner within the epoch.
     pub version: u32,
     /// Free addresses in this entry's range, as last published by the owner.
     pub free: u32,
-    /// Set by an rmpeer takeover rather than by the owner itself.
-    pub takeover: bool,
+    /// Set by an rmpeer takeover rather than by an owner: the peer it was
+    /// taken from (which alone may reassert it, should it be alive).
+    pub taken_from: Option<PeerName>,
 }
 
 impl Entry {
     /// The total order merge resolves conflicts with.
-    fn rank(&self) -> (u32, bool, PeerName, u32) {
-        (self.version, !self.takeover, self.peer, self.free)
+    fn rank(&self) -> (u32, bool, u32, PeerName, u32, Option<PeerName>) {
+        (self.epoch, self.taken_from.is_none(), self.version, self.peer, self.free, self.taken_from)
+    }
+
+    /// Whether a takeover made this entry.
+    pub fn is_takeover(&self) -> bool {
+        self.taken_from.is_some()
     }
 }
 
@@ -171,7 +182,7 @@ impl Ring {
             .map(|(i, &peer)| {
                 let token = self.start + (size * i as u64 / n) as u32;
                 let end = self.start + (size * (i as u64 + 1) / n) as u32;
-                Entry { token, peer, version: 1, free: end - token, takeover: false }
+                Entry { token, peer, epoch: 1, version: 1, free: end - token, taken_from: None }
             })
             .filter(|e| e.free > 0)
             .collect();
@@ -259,18 +270,18 @@ impl Ring {
         if e.peer != owner || to > end || from >= to {
             return false;
         }
-        // What stays ours is a routine update; what changes owner jumps.
-        let keep = e.version.saturating_add(1);
-        let moved = e.version.saturating_add(OWNER_CHANGE);
+        // What stays ours is a routine update; what changes owner starts a
+        // new epoch.
+        let keep = |token, free| Entry { token, peer: owner, epoch: e.epoch, version: e.version + 1, free, taken_from: None };
         let left_free = e.free.saturating_sub(free_moved);
         let mut new = Vec::new();
         if from > e.token {
-            new.push(Entry { token: e.token, peer: owner, version: keep, free: left_free.min(from - e.token), takeover: false });
+            new.push(keep(e.token, left_free.min(from - e.token)));
         }
-        new.push(Entry { token: from, peer: to_peer, version: moved, free: free_moved.min(to - from), takeover: false });
+        new.push(Entry { token: from, peer: to_peer, epoch: e.epoch + 1, version: 1, free: free_moved.min(to - from), taken_from: None });
         if to < end {
             let rest = left_free.saturating_sub(from.saturating_sub(e.token));
-            new.push(Entry { token: to, peer: owner, version: keep, free: rest.min(end - to), takeover: false });
+            new.push(keep(to, rest.min(end - to)));
         }
         self.entries.splice(i..=i, new);
         debug_assert!(self.validate().is_ok());
@@ -286,28 +297,27 @@ impl Ring {
             return false;
         }
         e.free = free;
-        e.version = e.version.saturating_add(1);
-        // Still space gained by a takeover: its rightful owner, if it turns
-        // out to be alive, may reassert it.
+        e.version += 1;
+        // Still space gained by a takeover: `taken_from` stays, so its
+        // previous owner, should it turn out to be alive, may reassert it.
         true
     }
 
-    /// `owner` reasserts an entry someone took over while it was alive
-    /// (rmpeer run on a live peer): bump past the takeover.
+    /// `owner` reasserts an entry taken over from it while it was alive
+    /// (rmpeer run on a live peer): a new epoch, its own again.
     pub fn reassert(&mut self, owner: PeerName, token: u32) -> bool {
         let Some(e) = self.entries.iter_mut().find(|e| e.token == token) else { return false };
-        if !e.takeover {
+        if e.taken_from != Some(owner) {
             return false;
         }
-        e.peer = owner;
-        e.version = e.version.saturating_add(1);
-        e.takeover = false;
+        *e = Entry { token, peer: owner, epoch: e.epoch + 1, version: 1, free: e.free, taken_from: None };
         true
     }
 
     /// rmpeer: give every entry of `dead` to the owner of the nearest
     /// preceding entry not owned by `dead` (wrapping), or to `fallback` if
-    /// `dead` owns everything. Returns the number of addresses moved.
+    /// `dead` owns everything (callers pass a choice every runner makes
+    /// alike). Returns the number of addresses moved.
     pub fn take_over(&mut self, dead: PeerName, fallback: PeerName) -> u64 {
         let n = self.entries.len();
         let mut moved = 0u64;
@@ -324,9 +334,7 @@ impl Ring {
             if let Some(heir) = heir {
                 moved += u64::from(self.entry_end(i) - self.entries[i].token);
                 let e = &mut self.entries[i];
-                e.peer = heir;
-                e.version = e.version.saturating_add(OWNER_CHANGE);
-                e.takeover = true;
+                *e = Entry { token: e.token, peer: heir, epoch: e.epoch + 1, version: 1, free: e.free, taken_from: Some(dead) };
             }
         }
         moved
@@ -442,6 +450,31 @@ mod tests {
         let mut stale = base.clone();
         stale.take_over(p(2), p(1));
         assert_eq!(merged_both_ways(&donated, &stale).owner(1400), Some(p(3)));
+    }
+
+    #[test]
+    fn a_stale_takeover_loses_to_a_donation_even_after_the_heir_publishes_free_counts() {
+        let base = ring(&[1, 2, 3]);
+        let (tok, end) = (base.entries()[1].token, base.entries()[2].token);
+        let mut donated = base.clone();
+        assert!(donated.transfer(p(2), tok, end, p(3), 0));
+        let mut stale = base.clone();
+        stale.take_over(p(2), p(1));
+        for f in 0..10 {
+            stale.set_free(p(1), tok, 300 - f);
+        }
+        assert_eq!(merged_both_ways(&donated, &stale).owner(1400), Some(p(3)));
+    }
+
+    #[test]
+    fn only_the_peer_an_entry_was_taken_from_may_reassert_it() {
+        let mut r = ring(&[1, 2, 3]);
+        let tok = r.entries()[1].token;
+        r.take_over(p(2), p(1));
+        assert!(!r.reassert(p(3), tok));
+        assert!(r.reassert(p(2), tok));
+        assert_eq!(r.owner(tok), Some(p(2)));
+        assert!(!r.reassert(p(2), tok), "not a takeover any more");
     }
 
     #[test]

@@ -18,8 +18,11 @@ pub struct EntryMsg {
     pub version: u32,
     #[prost(uint32, tag = "4")]
     pub free: u32,
-    #[prost(bool, tag = "5")]
-    pub takeover: bool,
+    /// The peer a takeover took this entry from; 0 if none.
+    #[prost(uint64, tag = "5")]
+    pub taken_from: u64,
+    #[prost(uint32, tag = "6")]
+    pub epoch: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -87,6 +90,9 @@ pub struct ClaimRefused {
     pub addr: u32,
     #[prost(string, tag = "2")]
     pub reason: String,
+    /// Ask again later (e.g. we are no longer the owner: ask the new one).
+    #[prost(bool, tag = "3")]
+    pub retryable: bool,
 }
 
 /// We merged the ring you handed us.
@@ -168,7 +174,14 @@ pub fn ring_to_msg(r: &Ring) -> RingMsg {
         entries: r
             .entries()
             .iter()
-            .map(|e| EntryMsg { token: e.token, peer: e.peer.as_u64(), version: e.version, free: e.free, takeover: e.takeover })
+            .map(|e| EntryMsg {
+                token: e.token,
+                peer: e.peer.as_u64(),
+                version: e.version,
+                free: e.free,
+                taken_from: e.taken_from.map_or(0, |p| p.as_u64()),
+                epoch: e.epoch,
+            })
             .collect(),
     }
 }
@@ -179,7 +192,10 @@ pub fn ring_from_msg(m: &RingMsg) -> Result<Ring, DecodeError> {
     let entries = m
         .entries
         .iter()
-        .map(|e| Ok(Entry { token: e.token, peer: name(e.peer)?, version: e.version, free: e.free, takeover: e.takeover }))
+        .map(|e| {
+            let taken_from = if e.taken_from == 0 { None } else { Some(name(e.taken_from)?) };
+            Ok(Entry { token: e.token, peer: name(e.peer)?, epoch: e.epoch, version: e.version, free: e.free, taken_from })
+        })
         .collect::<Result<Vec<_>, DecodeError>>()?;
     Ok(Ring::from_parts(m.start, m.end, seeds, entries)?)
 }
@@ -206,12 +222,23 @@ pub fn paxos_to_msg(nodes: &std::collections::BTreeMap<PeerName, NodeState>) -> 
         .collect()
 }
 
-/// Decode consensus state.
+/// Highest Paxos round accepted from the network: far beyond any real
+/// election, far enough below `u64::MAX` that a higher one always exists.
+pub const MAX_ROUND: u64 = 1 << 32;
+
+/// Decode consensus state. Values must be non-empty sets of peers, sorted;
+/// rounds at most [`MAX_ROUND`].
 pub fn paxos_from_msg(m: &[PaxosMsg]) -> Result<std::collections::BTreeMap<PeerName, NodeState>, DecodeError> {
     m.iter()
         .map(|p| {
+            if p.promise_round > MAX_ROUND || p.accepted_round > MAX_ROUND {
+                return Err(DecodeError::Protobuf("consensus round out of range".into()));
+            }
             let accepted = if p.has_accepted {
                 let value = p.accepted_value.iter().map(|&v| name(v)).collect::<Result<Vec<_>, _>>()?;
+                if value.is_empty() || !value.windows(2).all(|w| w[0] < w[1]) {
+                    return Err(DecodeError::Protobuf("consensus value must be a sorted, non-empty set of peers".into()));
+                }
                 Some((Ballot { round: p.accepted_round, proposer: name(p.accepted_proposer)? }, value))
             } else {
                 None
