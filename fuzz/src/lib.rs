@@ -139,3 +139,18 @@ pub fn ipam_messages(data: &[u8]) {
         }
     }
 }
+
+/// Any bytes as a DNS query (UDP and TCP) into the answer core, and as DNS
+/// gossip into a peer: answered, forwarded or refused, never a panic.
+pub fn dns_messages(data: &[u8]) {
+    use weave_dns::answer::Responder;
+    use weave_dns::{Dns, WallClock};
+    let now = Instant::now();
+    let mut dns = Dns::new(PeerName::from_u64(1).expect("small"), "weave.local.", WallClock::new(now, 1_800_000_000), now);
+    let _ = dns.add(now, "web", std::net::Ipv4Addr::new(10, 32, 0, 1), "c1");
+    let r = Responder::new("weave.local.", 1);
+    for tcp in [false, true] {
+        let _ = r.answer(dns.store(), data, tcp, &mut weave_core::rng::seeded(1));
+    }
+    let _ = dns.handle_gossip(now, PeerName::from_u64(2).expect("small"), data);
+}

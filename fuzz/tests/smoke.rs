@@ -66,6 +66,18 @@ fn golden_inputs_pass_every_target() {
     ))
     .unwrap();
     ipam.prime(std::time::Instant::now());
+    for q in [
+        weave_dns::answer::query(1, "web.weave.local.", hickory_proto::rr::RecordType::A, Some(700)),
+        weave_dns::answer::query(2, "1.0.32.10.in-addr.arpa.", hickory_proto::rr::RecordType::PTR, None),
+    ] {
+        weave_fuzz::dns_messages(&q);
+        for i in 0..q.len() {
+            let mut bad = q.clone();
+            bad[i] ^= 0x5a;
+            weave_fuzz::dns_messages(&bad);
+            weave_fuzz::dns_messages(&q[..i]);
+        }
+    }
     let state = ipam.full_state();
     weave_fuzz::ipam_messages(&state);
     for i in 0..state.len() {
@@ -84,6 +96,7 @@ proptest! {
         weave_fuzz::mesh_messages(&data);
         weave_fuzz::handshake(&data, None);
         weave_fuzz::ipam_messages(&data);
+        weave_fuzz::dns_messages(&data);
     }
 
     #[test]

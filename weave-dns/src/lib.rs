@@ -6,7 +6,9 @@
 //! * [`dns`]: one peer's DNS state, sans-IO.
 //! * [`wire`]: the gossip messages.
 //! * [`channel`]: weaveDNS riding a weave-gossip channel.
+//! * [`answer`]: the DNS answer core (hickory-proto messages, sans-IO).
 
+pub mod answer;
 pub mod channel;
 pub mod dns;
 pub mod store;
