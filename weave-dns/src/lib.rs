@@ -7,10 +7,12 @@
 //! * [`wire`]: the gossip messages.
 //! * [`channel`]: weaveDNS riding a weave-gossip channel.
 //! * [`answer`]: the DNS answer core (hickory-proto messages, sans-IO).
+//! * [`server`]: UDP and TCP serving, forwarding, resolv.conf, loop guard.
 
 pub mod answer;
 pub mod channel;
 pub mod dns;
+pub mod server;
 pub mod store;
 pub mod wire;
 

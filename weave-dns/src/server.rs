@@ -1,0 +1,263 @@
+//! The DNS server: UDP and TCP on one address, answers from the replicated
+//! store, everything else forwarded to upstream resolvers.
+//!
+//! Upstreams come from configuration or from a resolv.conf that is re-read
+//! whenever it changes. Each is tried in turn with a timeout; when all fail
+//! the client gets SERVFAIL. The loop guard never forwards to the server's
+//! own address (Weave #2161: a host whose resolv.conf points at weaveDNS).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+
+use crate::answer::{Answer, Responder};
+use crate::dns::Dns;
+
+/// Where upstream resolvers come from.
+#[derive(Debug, Clone)]
+pub enum Upstreams {
+    /// These (`--dns-upstream`).
+    Fixed(Vec<SocketAddr>),
+    /// The nameservers of this resolv.conf, re-read when it changes.
+    ResolvConf(PathBuf),
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen (UDP and TCP).
+    pub listen: SocketAddr,
+    /// Where to forward.
+    pub upstreams: Upstreams,
+    /// How long to wait for each upstream (default 2 s).
+    pub upstream_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults around a listen address and upstreams.
+    pub fn new(listen: SocketAddr, upstreams: Upstreams) -> Self {
+        Self { listen, upstreams, upstream_timeout: Duration::from_secs(2) }
+    }
+}
+
+/// The nameservers of a resolv.conf's text, port 53.
+pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next()).flatten()
+        })
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+struct UpstreamSource {
+    source: Upstreams,
+    cached: Vec<SocketAddr>,
+    mtime: Option<SystemTime>,
+}
+
+impl UpstreamSource {
+    /// Current upstreams, re-reading resolv.conf if it changed.
+    fn current(&mut self) -> Vec<SocketAddr> {
+        match &self.source {
+            Upstreams::Fixed(v) => v.clone(),
+            Upstreams::ResolvConf(path) => {
+                let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                if mtime != self.mtime || self.mtime.is_none() {
+                    self.mtime = mtime;
+                    self.cached = std::fs::read_to_string(path).map(|t| parse_resolv_conf(&t)).unwrap_or_default();
+                }
+                self.cached.clone()
+            }
+        }
+    }
+}
+
+struct Shared {
+    dns: Arc<Mutex<Dns>>,
+    responder: Responder,
+    upstreams: Mutex<UpstreamSource>,
+    listen: SocketAddr,
+    timeout: Duration,
+}
+
+impl Shared {
+    fn answer(&self, query: &[u8], tcp: bool) -> Answer {
+        let dns = self.dns.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rng = weave_core::rng::from_os();
+        self.responder.answer(dns.store(), query, tcp, &mut rng)
+    }
+
+    /// Whether forwarding to `up` would reach this very server.
+    fn is_ourself(&self, up: SocketAddr) -> bool {
+        let l = self.listen;
+        up.port() == l.port()
+            && (up.ip() == l.ip() || l.ip().is_unspecified() || (up.ip().is_loopback() && l.ip().is_loopback()))
+    }
+
+    /// Forward to each upstream in turn; SERVFAIL if none answers.
+    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let ups = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner).current();
+        for up in ups {
+            if self.is_ourself(up) {
+                tracing::warn!(%up, "not forwarding DNS to ourselves (loop guard); fix the upstream or resolv.conf");
+                continue;
+            }
+            match tokio::time::timeout(self.timeout, ask_udp(up, query)).await {
+                Ok(Ok(reply)) => return Some(reply),
+                Ok(Err(e)) => tracing::debug!(%up, error = %e, "upstream failed"),
+                Err(_) => tracing::debug!(%up, "upstream timed out"),
+            }
+        }
+        servfail(query)
+    }
+
+    async fn respond(&self, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
+        match self.answer(query, tcp) {
+            Answer::Reply(b) => Some(b),
+            Answer::Drop => None,
+            Answer::Forward => self.forward(query).await,
+        }
+    }
+}
+
+async fn ask_udp(up: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0".parse().expect("valid") } else { "[::]:0".parse().expect("valid") };
+    let sock = UdpSocket::bind(bind).await?;
+    sock.connect(up).await?;
+    sock.send(query).await?;
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let n = sock.recv(&mut buf).await?;
+        // Only the reply to this query (same id) counts.
+        if n >= 2 && query.len() >= 2 && buf[..2] == query[..2] {
+            return Ok(buf[..n].to_vec());
+        }
+    }
+}
+
+fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let req = Message::from_vec(query).ok()?;
+    let mut m = Message::new();
+    m.set_id(req.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(req.op_code())
+        .set_recursion_desired(req.recursion_desired())
+        .set_recursion_available(true)
+        .set_response_code(ResponseCode::ServFail);
+    m.add_queries(req.queries().iter().cloned());
+    m.to_vec().ok()
+}
+
+/// A running server; dropping it stops the listeners.
+pub struct Server {
+    udp: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// The bound address (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.udp
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Start serving `dns` on `cfg.listen` (port 0 picks one, the same for TCP).
+pub async fn serve(cfg: ServerConfig, dns: Arc<Mutex<Dns>>) -> std::io::Result<Server> {
+    let udp = UdpSocket::bind(cfg.listen).await?;
+    let addr = udp.local_addr()?;
+    let tcp = TcpListener::bind(addr).await?;
+    let domain = dns.lock().unwrap_or_else(PoisonError::into_inner).domain().to_owned();
+    let shared = Arc::new(Shared {
+        dns,
+        responder: Responder::new(&domain, 1),
+        upstreams: Mutex::new(UpstreamSource { source: cfg.upstreams, cached: Vec::new(), mtime: None }),
+        listen: addr,
+        timeout: cfg.upstream_timeout,
+    });
+    let udp = Arc::new(udp);
+    let s = shared.clone();
+    let u = udp.clone();
+    let udp_task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let Ok((n, from)) = u.recv_from(&mut buf).await else { continue };
+            let query = buf[..n].to_vec();
+            let (s, u) = (s.clone(), u.clone());
+            tokio::spawn(async move {
+                if let Some(reply) = s.respond(&query, false).await {
+                    let _ = u.send_to(&reply, from).await;
+                }
+            });
+        }
+    });
+    let s = shared.clone();
+    let tcp_task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = tcp.accept().await else { continue };
+            tokio::spawn(serve_tcp(stream, s.clone()));
+        }
+    });
+    Ok(Server { udp: addr, tasks: vec![udp_task, tcp_task] })
+}
+
+/// Length-prefixed queries on one TCP connection until it closes or idles.
+async fn serve_tcp(mut stream: TcpStream, s: Arc<Shared>) {
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if stream.read_exact(&mut query).await.is_err() {
+            return;
+        }
+        let Some(reply) = s.respond(&query, true).await else { continue };
+        let Ok(n) = u16::try_from(reply.len()) else { continue };
+        if stream.write_all(&n.to_be_bytes()).await.is_err() || stream.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_nameservers_are_parsed() {
+        let text = "# comment\nsearch weave.local\nnameserver 10.0.0.2\nnameserver ::1\nnameserver bogus\noptions ndots:1\n";
+        assert_eq!(parse_resolv_conf(text), vec!["10.0.0.2:53".parse().unwrap(), "[::1]:53".parse().unwrap()]);
+    }
+
+    #[test]
+    fn a_changed_resolv_conf_is_re_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        std::fs::write(&path, "nameserver 10.0.0.1\n").unwrap();
+        let mut src = UpstreamSource { source: Upstreams::ResolvConf(path.clone()), cached: Vec::new(), mtime: None };
+        assert_eq!(src.current(), vec!["10.0.0.1:53".parse().unwrap()]);
+        // A later modification time (set explicitly: coarse clocks).
+        std::fs::write(&path, "nameserver 10.0.0.2\n").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
+        assert_eq!(src.current(), vec!["10.0.0.2:53".parse().unwrap()]);
+    }
+}
