@@ -2,5 +2,7 @@
 //!
 //! * `ipam`: allocations per second from local space, and time to the first
 //!   allocation in a 100-peer simulated cluster.
+//! * `dns`: queries per second for local names, weaveDNS against dnsmasq
+//!   serving the same names from a hosts file, in the same run.
 //!
 //! Run with `cargo run --release -p weave-benches --bin <name>`.

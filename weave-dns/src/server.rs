@@ -84,6 +84,8 @@ impl UpstreamSource {
 struct Shared {
     dns: Arc<Mutex<Dns>>,
     responder: Responder,
+    /// Shuffles answers; seeded once (not per query).
+    rng: Mutex<weave_core::rng::SimRng>,
     upstreams: Mutex<UpstreamSource>,
     listen: SocketAddr,
     timeout: Duration,
@@ -92,8 +94,8 @@ struct Shared {
 impl Shared {
     fn answer(&self, query: &[u8], tcp: bool) -> Answer {
         let dns = self.dns.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut rng = weave_core::rng::from_os();
-        self.responder.answer(dns.store(), query, tcp, &mut rng)
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        self.responder.answer(dns.store(), query, tcp, &mut *rng)
     }
 
     /// Whether forwarding to `up` would reach this very server.
@@ -187,6 +189,7 @@ pub async fn serve(cfg: ServerConfig, dns: Arc<Mutex<Dns>>) -> std::io::Result<S
     let shared = Arc::new(Shared {
         dns,
         responder: Responder::new(&domain, 1),
+        rng: Mutex::new(weave_core::rng::from_os()),
         upstreams: Mutex::new(UpstreamSource { source: cfg.upstreams, cached: Vec::new(), mtime: None }),
         listen: addr,
         timeout: cfg.upstream_timeout,
@@ -198,13 +201,22 @@ pub async fn serve(cfg: ServerConfig, dns: Arc<Mutex<Dns>>) -> std::io::Result<S
         let mut buf = vec![0u8; 65535];
         loop {
             let Ok((n, from)) = u.recv_from(&mut buf).await else { continue };
-            let query = buf[..n].to_vec();
-            let (s, u) = (s.clone(), u.clone());
-            tokio::spawn(async move {
-                if let Some(reply) = s.respond(&query, false).await {
+            // Local names are answered here; only forwarding waits.
+            match s.answer(&buf[..n], false) {
+                Answer::Reply(reply) => {
                     let _ = u.send_to(&reply, from).await;
                 }
-            });
+                Answer::Drop => {}
+                Answer::Forward => {
+                    let query = buf[..n].to_vec();
+                    let (s, u) = (s.clone(), u.clone());
+                    tokio::spawn(async move {
+                        if let Some(reply) = s.forward(&query).await {
+                            let _ = u.send_to(&reply, from).await;
+                        }
+                    });
+                }
+            }
         }
     });
     let s = shared.clone();
