@@ -15,7 +15,7 @@
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
-    echo "demo.sh: needs root to create network namespaces; run: sudo $0" >&2
+    echo "demo.sh: needs root to create network namespaces; run it as root" >&2
     exit 1
 fi
 cd "$(dirname "$0")/.."
