@@ -23,8 +23,10 @@ use crate::store::Store;
 
 /// Largest UDP reply without EDNS.
 const UDP_DEFAULT: usize = 512;
-/// The EDNS size we advertise.
-const OUR_EDNS: u16 = 4096;
+/// The EDNS size we advertise, and the most we send over UDP whatever the
+/// client asks (a small spoofed query must not buy a large reflected reply;
+/// 1232 avoids fragmentation, as DNS Flag Day 2020 recommends).
+const OUR_EDNS: u16 = 1232;
 
 /// What to do with a query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,10 +85,18 @@ impl Responder {
         let limit = if tcp {
             usize::from(u16::MAX)
         } else {
-            req.extensions().as_ref().map_or(UDP_DEFAULT, |e| usize::from(e.max_payload()).max(UDP_DEFAULT))
+            req.extensions()
+                .as_ref()
+                .map_or(UDP_DEFAULT, |e| usize::from(e.max_payload()).clamp(UDP_DEFAULT, usize::from(OUR_EDNS)))
         };
         let name = q.name().to_lowercase().to_ascii();
+        let in_domain = self.in_domain(&name, store, q.query_type());
         let records = match q.query_type() {
+            // A PTR for a name of ours: it exists, but has no PTR.
+            RecordType::PTR if in_domain.is_some() && reverse_addr(&name).is_none() => {
+                resp.set_authoritative(true);
+                return Answer::Reply(encode(resp, limit).unwrap_or_default());
+            }
             RecordType::PTR => match reverse_addr(&name) {
                 Some(addr) => {
                     let hosts = store.reverse(addr);
@@ -102,7 +112,7 @@ impl Responder {
                 None => return Answer::Forward,
             },
             qtype => {
-                let Some(fqdn) = self.in_domain(&name) else { return Answer::Forward };
+                let Some(fqdn) = in_domain else { return Answer::Forward };
                 let mut addrs = store.lookup(&fqdn);
                 if addrs.is_empty() {
                     resp.set_authoritative(true).set_response_code(ResponseCode::NXDomain);
@@ -133,14 +143,17 @@ impl Responder {
         }
     }
 
-    /// The fully qualified name if it belongs to our domain (single-label
-    /// names are completed with it).
-    fn in_domain(&self, name: &str) -> Option<String> {
+    /// The fully qualified name if it belongs to our domain. Single-label
+    /// names are completed with it only for address queries, and only if
+    /// that name exists (`localhost.`, `com.` go upstream).
+    fn in_domain(&self, name: &str, store: &Store, qtype: RecordType) -> Option<String> {
         let trimmed = name.trim_end_matches('.');
         if !trimmed.is_empty() && !trimmed.contains('.') {
-            return Some(format!("{trimmed}.{}", self.domain));
+            let fqdn = format!("{trimmed}.{}", self.domain);
+            let address_query = matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
+            return (address_query && store.has_name(&fqdn)).then_some(fqdn);
         }
-        (name == self.domain || name.ends_with(&format!(".{}", self.domain))).then(|| name.to_owned())
+        name.ends_with(&format!(".{}", self.domain)).then(|| name.to_owned())
     }
 }
 
@@ -161,7 +174,8 @@ fn encode(m: Message, limit: usize) -> Option<Vec<u8>> {
 
 /// A FORMERR reply if at least the header's id is readable.
 fn format_error(query: &[u8]) -> Answer {
-    if query.len() < 12 {
+    // Never answer what claims to be a response (QR set): no reflection.
+    if query.len() < 12 || query[2] & 0x80 != 0 {
         return Answer::Drop;
     }
     let mut resp = Message::new();
@@ -284,6 +298,30 @@ mod tests {
         let m = reply(r.answer(&s, &q(None), true, &mut seeded(1)));
         assert!(!m.truncated());
         assert_eq!(m.answers().len(), 50);
+    }
+
+    #[test]
+    fn single_labels_only_complete_to_existing_names_and_udp_replies_are_capped() {
+        let r = Responder::new("weave.local.", 1);
+        let s = store(50);
+        for q in ["localhost.", "com."] {
+            assert_eq!(r.answer(&s, &query(1, q, RecordType::A, None), false, &mut seeded(1)), Answer::Forward, "{q}");
+        }
+        assert_eq!(r.answer(&s, &query(1, "db.", RecordType::NS, None), false, &mut seeded(1)), Answer::Forward);
+        let m = reply(r.answer(&s, &query(1, "db.weave.local.", RecordType::PTR, None), false, &mut seeded(1)));
+        assert!(m.answers().is_empty() && m.response_code() == ResponseCode::NoError, "a name of ours, no PTR");
+        // A client asking for 65535 bytes over UDP still gets at most 1232.
+        let Answer::Reply(big) = r.answer(&s, &query(1, "web.weave.local.", RecordType::A, Some(65535)), false, &mut seeded(1)) else { panic!() };
+        assert!(big.len() <= 1232);
+    }
+
+    #[test]
+    fn packets_claiming_to_be_responses_are_never_answered() {
+        let r = Responder::new("weave.local.", 1);
+        let mut q = query(1, "db.weave.local.", RecordType::A, None);
+        q[2] |= 0x80;
+        assert_eq!(r.answer(&store(1), &q, false, &mut seeded(1)), Answer::Drop);
+        assert_eq!(r.answer(&store(1), &[0, 1, 0x80, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0xff], false, &mut seeded(1)), Answer::Drop);
     }
 
     #[test]

@@ -30,28 +30,38 @@ pub enum DnsError {
     Decode(#[from] DecodeError),
 }
 
-/// Maps the monotonic `now` the mesh passes around onto wall-clock seconds.
+/// Wall-clock seconds for tombstones and the skew check.
 #[derive(Debug, Clone, Copy)]
-pub struct WallClock {
-    base: Instant,
-    base_unix: u64,
+pub enum WallClock {
+    /// The system clock, read on every use (so NTP steps and suspends are
+    /// followed).
+    System,
+    /// Simulated: `base` corresponds to `base_unix`, advancing with `now`.
+    Fixed {
+        /// The instant of `base_unix`.
+        base: Instant,
+        /// Seconds since the epoch at `base`.
+        base_unix: u64,
+    },
 }
 
 impl WallClock {
-    /// `base` corresponds to `base_unix` seconds since the epoch.
+    /// A simulated clock: `base` corresponds to `base_unix`.
     pub fn new(base: Instant, base_unix: u64) -> Self {
-        Self { base, base_unix }
+        Self::Fixed { base, base_unix }
     }
 
-    /// The real clock, now.
+    /// The real clock.
     pub fn system() -> Self {
-        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Self::new(Instant::now(), unix)
+        Self::System
     }
 
     /// Seconds since the epoch at `now`.
     pub fn unix(&self, now: Instant) -> u64 {
-        self.base_unix + now.saturating_duration_since(self.base).as_secs()
+        match *self {
+            Self::System => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            Self::Fixed { base, base_unix } => base_unix + now.saturating_duration_since(base).as_secs(),
+        }
     }
 }
 
@@ -118,7 +128,10 @@ impl Dns {
 
     /// Merge gossip from `src`; returns what to relay.
     pub fn handle_gossip(&mut self, now: Instant, src: PeerName, bytes: &[u8]) -> Result<Option<Vec<u8>>, DnsError> {
-        let (sender_unix, entries) = wire::decode(bytes)?;
+        let (sender_unix, entries, skipped) = wire::decode(bytes)?;
+        if skipped > 0 {
+            tracing::warn!(%src, skipped, "ignored invalid DNS entries in gossip");
+        }
         let unix = self.clock.unix(now);
         let changed = self.store.merge(unix, src, sender_unix, entries)?;
         Ok((!changed.is_empty()).then(|| wire::encode(unix, &changed)))

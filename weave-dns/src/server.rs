@@ -46,6 +46,19 @@ impl ServerConfig {
     }
 }
 
+/// Whether a server listening on `listen` would reach itself by forwarding
+/// to `up`: the same address, or — listening on a wildcard — any address of
+/// this host on the same port.
+pub fn forwards_to_self(listen: SocketAddr, up: SocketAddr) -> bool {
+    if up.port() != listen.port() {
+        return false;
+    }
+    if up.ip() == listen.ip() {
+        return true;
+    }
+    listen.ip().is_unspecified() && (up.ip().is_loopback() || std::net::UdpSocket::bind((up.ip(), 0)).is_ok())
+}
+
 /// The nameservers of a resolv.conf's text, port 53.
 pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
     text.lines()
@@ -81,8 +94,16 @@ impl UpstreamSource {
     }
 }
 
+/// Forwarded queries in flight at most; beyond, SERVFAIL at once.
+const MAX_FORWARDS: usize = 512;
+/// TCP clients served at once.
+const MAX_TCP: usize = 256;
+/// Time for one TCP exchange (query in, reply out).
+const TCP_EXCHANGE: Duration = Duration::from_secs(10);
+
 struct Shared {
     dns: Arc<Mutex<Dns>>,
+    forwards: Arc<tokio::sync::Semaphore>,
     responder: Responder,
     /// Shuffles answers; seeded once (not per query).
     rng: Mutex<weave_core::rng::SimRng>,
@@ -98,11 +119,11 @@ impl Shared {
         self.responder.answer(dns.store(), query, tcp, &mut *rng)
     }
 
-    /// Whether forwarding to `up` would reach this very server.
+    /// Whether forwarding to `up` would reach this very server: the same
+    /// address, or — when listening on a wildcard — any address of this
+    /// host on our port.
     fn is_ourself(&self, up: SocketAddr) -> bool {
-        let l = self.listen;
-        up.port() == l.port()
-            && (up.ip() == l.ip() || l.ip().is_unspecified() || (up.ip().is_loopback() && l.ip().is_loopback()))
+        forwards_to_self(self.listen, up)
     }
 
     /// Forward to each upstream in turn; SERVFAIL if none answers.
@@ -136,11 +157,11 @@ async fn ask_udp(up: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
     let sock = UdpSocket::bind(bind).await?;
     sock.connect(up).await?;
     sock.send(query).await?;
-    let mut buf = vec![0u8; 65535];
+    let mut buf = vec![0u8; 4096];
     loop {
         let n = sock.recv(&mut buf).await?;
-        // Only the reply to this query (same id) counts.
-        if n >= 2 && query.len() >= 2 && buf[..2] == query[..2] {
+        // Only a response (QR set) with this query's id counts.
+        if n >= 12 && query.len() >= 2 && buf[..2] == query[..2] && buf[2] & 0x80 != 0 {
             return Ok(buf[..n].to_vec());
         }
     }
@@ -190,6 +211,7 @@ pub async fn serve(cfg: ServerConfig, dns: Arc<Mutex<Dns>>) -> std::io::Result<S
         dns,
         responder: Responder::new(&domain, 1),
         rng: Mutex::new(weave_core::rng::from_os()),
+        forwards: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS)),
         upstreams: Mutex::new(UpstreamSource { source: cfg.upstreams, cached: Vec::new(), mtime: None }),
         listen: addr,
         timeout: cfg.upstream_timeout,
@@ -209,11 +231,20 @@ pub async fn serve(cfg: ServerConfig, dns: Arc<Mutex<Dns>>) -> std::io::Result<S
                 Answer::Drop => {}
                 Answer::Forward => {
                     let query = buf[..n].to_vec();
+                    let Ok(permit) = s.forwards.clone().try_acquire_owned() else {
+                        // Too many in flight (a flood, or a loop between
+                        // servers): fail fast instead of piling up sockets.
+                        if let Some(reply) = servfail(&query) {
+                            let _ = u.send_to(&reply, from).await;
+                        }
+                        continue;
+                    };
                     let (s, u) = (s.clone(), u.clone());
                     tokio::spawn(async move {
                         if let Some(reply) = s.forward(&query).await {
                             let _ = u.send_to(&reply, from).await;
                         }
+                        drop(permit);
                     });
                 }
             }
@@ -221,9 +252,23 @@ pub async fn serve(cfg: ServerConfig, dns: Arc<Mutex<Dns>>) -> std::io::Result<S
     });
     let s = shared.clone();
     let tcp_task = tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP));
         loop {
-            let Ok((stream, _)) = tcp.accept().await else { continue };
-            tokio::spawn(serve_tcp(stream, s.clone()));
+            let stream = match tcp.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: do not spin.
+                    tracing::warn!(error = %e, "DNS TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+            let s = s.clone();
+            tokio::spawn(async move {
+                serve_tcp(stream, s).await;
+                drop(slot);
+            });
         }
     });
     Ok(Server { udp: addr, tasks: vec![udp_task, tcp_task] })
@@ -232,19 +277,24 @@ pub async fn serve(cfg: ServerConfig, dns: Arc<Mutex<Dns>>) -> std::io::Result<S
 /// Length-prefixed queries on one TCP connection until it closes or idles.
 async fn serve_tcp(mut stream: TcpStream, s: Arc<Shared>) {
     loop {
-        let mut len = [0u8; 2];
-        match tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
+        // The whole exchange is bounded: a client that stalls mid-query or
+        // never reads its reply does not hold the task.
+        let exchange = async {
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len).await.ok()?;
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            stream.read_exact(&mut query).await.ok()?;
+            let reply = s.respond(&query, true).await;
+            if let Some(reply) = reply {
+                let n = u16::try_from(reply.len()).ok()?;
+                stream.write_all(&n.to_be_bytes()).await.ok()?;
+                stream.write_all(&reply).await.ok()?;
+            }
+            Some(())
+        };
+        match tokio::time::timeout(TCP_EXCHANGE, exchange).await {
+            Ok(Some(())) => {}
             _ => return,
-        }
-        let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        if stream.read_exact(&mut query).await.is_err() {
-            return;
-        }
-        let Some(reply) = s.respond(&query, true).await else { continue };
-        let Ok(n) = u16::try_from(reply.len()) else { continue };
-        if stream.write_all(&n.to_be_bytes()).await.is_err() || stream.write_all(&reply).await.is_err() {
-            return;
         }
     }
 }
@@ -252,6 +302,16 @@ async fn serve_tcp(mut stream: TcpStream, s: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loop_guard_spots_only_ourselves() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(forwards_to_self(a("127.0.0.1:5353"), a("127.0.0.1:5353")));
+        assert!(forwards_to_self(a("0.0.0.0:53"), a("127.0.0.1:53")));
+        assert!(!forwards_to_self(a("0.0.0.0:53"), a("192.0.2.1:53")), "a remote resolver on port 53 is not us");
+        assert!(!forwards_to_self(a("127.0.0.1:53"), a("127.0.0.53:53")), "systemd-resolved is not us");
+        assert!(!forwards_to_self(a("127.0.0.1:5353"), a("127.0.0.1:53")));
+    }
 
     #[test]
     fn resolv_conf_nameservers_are_parsed() {

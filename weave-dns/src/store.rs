@@ -141,7 +141,7 @@ impl Store {
         let key = Key { hostname: hostname.to_owned(), origin: self.ourself, container: container.to_owned(), addr };
         let next = match self.entries.get(&key) {
             Some(v) if !v.is_tombstone() => return None,
-            Some(v) => v.version + 1,
+            Some(v) => v.version.checked_add(1)?,
             None => 1,
         };
         let v = Value { version: next, tombstone: 0 };
@@ -160,7 +160,7 @@ impl Store {
                 && hostname.is_none_or(|h| k.hostname == h)
                 && addr.is_none_or(|a| k.addr == a);
             if matches && !v.is_tombstone() {
-                v.version += 1;
+                v.version = v.version.saturating_add(1);
                 v.tombstone = now_unix.max(1);
                 changed.push((k.clone(), *v));
             }
@@ -185,13 +185,24 @@ impl Store {
         let mut changed = Vec::new();
         for (k, v) in batch {
             if k.origin == self.ourself {
-                // Only we write our entries. One we do not hold, or hold at
-                // an older version, is from a previous life: delete it.
+                // Only we write our entries; a newer copy is from a previous
+                // life of ours. What we hold now is the truth: live entries
+                // are re-asserted above it, anything else is deleted above
+                // it (the container is gone), and an old tombstone is kept so
+                // a later add goes past it.
                 let ours = self.entries.get(&k).copied();
-                if ours.is_none_or(|o| v.rank() > o.rank()) && !v.is_tombstone() {
-                    let t = Value { version: v.version + 1, tombstone: now_unix.max(1) };
-                    self.entries.insert(k.clone(), t);
-                    changed.push((k, t));
+                if ours.is_some_and(|o| v.rank() <= o.rank()) {
+                    continue;
+                }
+                let Some(next) = v.version.checked_add(1) else { continue };
+                let value = match ours {
+                    Some(o) if !o.is_tombstone() => Value { version: next, tombstone: 0 },
+                    _ if v.is_tombstone() => v,
+                    _ => Value { version: next, tombstone: now_unix.max(1) },
+                };
+                self.entries.insert(k.clone(), value);
+                if value != v {
+                    changed.push((k, value));
                 }
                 continue;
             }
@@ -318,6 +329,21 @@ mod tests {
         let changed = s.merge(T, p(2), T, vec![(k.clone(), Value { version: 3, tombstone: 0 })]).unwrap();
         assert_eq!(changed, vec![(k, Value { version: 4, tombstone: T })]);
         assert!(s.lookup("old.weave.local.").is_empty());
+    }
+
+    #[test]
+    fn after_a_router_restart_live_entries_are_reasserted_not_deleted() {
+        let mut s = Store::new(p(1));
+        let a: Ipv4Addr = "10.32.0.9".parse().unwrap();
+        // The restarted router re-adds its running container at version 1.
+        s.add("web.weave.local.", a, "c");
+        let k = Key { hostname: "web.weave.local.".into(), origin: p(1), container: "c".into(), addr: a };
+        let changed = s.merge(T, p(2), T, vec![(k.clone(), Value { version: 3, tombstone: 0 })]).unwrap();
+        assert_eq!(changed, vec![(k.clone(), Value { version: 4, tombstone: 0 })]);
+        assert_eq!(s.lookup("web.weave.local."), vec![a]);
+        // A newer tombstone from a previous life is outbid too.
+        let changed = s.merge(T, p(2), T, vec![(k.clone(), Value { version: 7, tombstone: T })]).unwrap();
+        assert_eq!(changed, vec![(k, Value { version: 8, tombstone: 0 })]);
     }
 
     #[test]

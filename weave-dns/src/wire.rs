@@ -68,13 +68,36 @@ pub fn encode(sender_unix: u64, entries: &[(Key, Value)]) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// Decode and validate entries.
-pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<(Key, Value)>), DecodeError> {
+/// Highest entry version accepted: far beyond real use, far enough below
+/// `u64::MAX` that bumping past it cannot overflow.
+pub const MAX_VERSION: u64 = 1 << 62;
+
+/// Decode a batch. Entries that fail validation are skipped one by one (a
+/// bad entry must not stop the rest, or a peer's whole state, replicating);
+/// the count of skipped entries is returned with the good ones.
+pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<(Key, Value)>, usize), DecodeError> {
     let m = GossipMsg::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
-    let entries = m
+    let sender_unix = m.sender_unix;
+    let total = m.entries.len();
+    let entries: Vec<(Key, Value)> = m
         .entries
         .into_iter()
-        .map(|e| {
+        .filter_map(|e| {
+            // A tombstone from the future (beyond any tolerated skew) would
+            // never be purged.
+            if e.tombstone > sender_unix.saturating_add(2 * crate::store::MAX_CLOCK_SKEW) {
+                return None;
+            }
+            validate(e).ok()
+        })
+        .collect();
+    let skipped = total - entries.len();
+    Ok((sender_unix, entries, skipped))
+}
+
+fn validate(e: EntryMsg) -> Result<(Key, Value), DecodeError> {
+    {
+        {
             let origin = PeerName::from_u64(e.origin).ok_or(DecodeError::Field("origin"))?;
             if normalize(&e.hostname, "")? != e.hostname {
                 return Err(StoreError::InvalidName(e.hostname).into());
@@ -82,12 +105,39 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<(Key, Value)>), DecodeError> {
             if e.container.is_empty() || e.container.len() > MAX_CONTAINER_LEN {
                 return Err(StoreError::InvalidContainer.into());
             }
-            if e.version == 0 {
+            if e.version == 0 || e.version > MAX_VERSION {
                 return Err(DecodeError::Field("version"));
             }
             let key = Key { hostname: e.hostname, origin, container: e.container, addr: Ipv4Addr::from(e.addr) };
             Ok((key, Value { version: e.version, tombstone: e.tombstone }))
-        })
-        .collect::<Result<Vec<_>, DecodeError>>()?;
-    Ok((m.sender_unix, entries))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(version: u64, tombstone: u64) -> EntryMsg {
+        EntryMsg { hostname: "a.weave.local.".into(), origin: 2, container: "c".into(), addr: 1, version, tombstone }
+    }
+
+    #[test]
+    fn bad_entries_are_skipped_one_by_one() {
+        let now = 1_800_000_000;
+        let m = GossipMsg {
+            sender_unix: now,
+            entries: vec![
+                entry(1, 0),
+                entry(u64::MAX, 0),
+                entry(0, 0),
+                entry(2, u64::MAX),
+                EntryMsg { hostname: "Not Valid".into(), ..entry(3, 0) },
+                entry(4, now),
+            ],
+        };
+        let (_, good, skipped) = decode(&m.encode_to_vec()).unwrap();
+        assert_eq!(skipped, 4);
+        assert_eq!(good.iter().map(|(_, v)| v.version).collect::<Vec<_>>(), vec![1, 4]);
+    }
 }
