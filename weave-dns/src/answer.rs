@@ -58,10 +58,7 @@ impl Responder {
 
     /// Answer `query` (received over TCP if `tcp`) from `store`.
     pub fn answer(&self, store: &Store, query: &[u8], tcp: bool, rng: &mut impl RngCore) -> Answer {
-        let req = match Message::from_vec(query) {
-            Ok(m) => m,
-            Err(_) => return format_error(query),
-        };
+        let Ok(req) = Message::from_vec(query) else { return format_error(query) };
         if req.message_type() != MessageType::Query {
             return Answer::Drop;
         }

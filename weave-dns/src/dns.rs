@@ -128,12 +128,12 @@ impl Dns {
 
     /// Merge gossip from `src`; returns what to relay.
     pub fn handle_gossip(&mut self, now: Instant, src: PeerName, bytes: &[u8]) -> Result<Option<Vec<u8>>, DnsError> {
-        let (sender_unix, entries, skipped) = wire::decode(bytes)?;
-        if skipped > 0 {
-            tracing::warn!(%src, skipped, "ignored invalid DNS entries in gossip");
+        let batch = wire::decode(bytes)?;
+        if batch.skipped > 0 {
+            tracing::warn!(%src, skipped = batch.skipped, "ignored invalid DNS entries in gossip");
         }
         let unix = self.clock.unix(now);
-        let changed = self.store.merge(unix, src, sender_unix, entries)?;
+        let changed = self.store.merge(unix, src, batch.sender_unix, batch.entries)?;
         Ok((!changed.is_empty()).then(|| wire::encode(unix, &changed)))
     }
 

@@ -72,10 +72,20 @@ pub fn encode(sender_unix: u64, entries: &[(Key, Value)]) -> Vec<u8> {
 /// `u64::MAX` that bumping past it cannot overflow.
 pub const MAX_VERSION: u64 = 1 << 62;
 
+/// A decoded gossip batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The sender's clock (unix seconds).
+    pub sender_unix: u64,
+    /// The valid entries.
+    pub entries: Vec<(Key, Value)>,
+    /// How many entries failed validation and were skipped.
+    pub skipped: usize,
+}
+
 /// Decode a batch. Entries that fail validation are skipped one by one (a
-/// bad entry must not stop the rest, or a peer's whole state, replicating);
-/// the count of skipped entries is returned with the good ones.
-pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<(Key, Value)>, usize), DecodeError> {
+/// bad entry must not stop the rest, or a peer's whole state, replicating).
+pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
     let m = GossipMsg::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     let sender_unix = m.sender_unix;
     let total = m.entries.len();
@@ -92,7 +102,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<(Key, Value)>, usize), DecodeErr
         })
         .collect();
     let skipped = total - entries.len();
-    Ok((sender_unix, entries, skipped))
+    Ok(Batch { sender_unix, entries, skipped })
 }
 
 fn validate(e: EntryMsg) -> Result<(Key, Value), DecodeError> {
@@ -136,8 +146,8 @@ mod tests {
                 entry(4, now),
             ],
         };
-        let (_, good, skipped) = decode(&m.encode_to_vec()).unwrap();
-        assert_eq!(skipped, 4);
-        assert_eq!(good.iter().map(|(_, v)| v.version).collect::<Vec<_>>(), vec![1, 4]);
+        let b = decode(&m.encode_to_vec()).unwrap();
+        assert_eq!(b.skipped, 4);
+        assert_eq!(b.entries.iter().map(|(_, v)| v.version).collect::<Vec<_>>(), vec![1, 4]);
     }
 }
