@@ -40,8 +40,8 @@ impl Gossiper for DnsChannel {
         Ok(())
     }
 
-    fn full_state(&mut self, now: Instant) -> Option<Vec<u8>> {
-        Some(self.dns().full_state(now))
+    fn full_state(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        self.dns().full_state(now)
     }
 
     fn on_peer_removed(&mut self, peer: PeerName) {

@@ -15,6 +15,9 @@ use weave_core::PeerName;
 use crate::store::{normalize, Store, StoreError};
 use crate::wire::{self, DecodeError};
 
+/// Largest full-state message (well under the mesh's 1 MiB bound).
+pub const STATE_CHUNK: usize = 256 * 1024;
+
 /// How often tombstones are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -137,10 +140,29 @@ impl Dns {
         Ok((!changed.is_empty()).then(|| wire::encode(unix, &changed)))
     }
 
-    /// Every entry, for anti-entropy.
-    pub fn full_state(&self, now: Instant) -> Vec<u8> {
-        let all: Vec<_> = self.store.entries().map(|(k, v)| (k.clone(), *v)).collect();
-        wire::encode(self.clock.unix(now), &all)
+    /// Every entry, for anti-entropy, in messages of at most
+    /// [`STATE_CHUNK`] bytes each (a large store must not exceed the mesh's
+    /// message bound and be dropped whole).
+    pub fn full_state(&self, now: Instant) -> Vec<Vec<u8>> {
+        let unix = self.clock.unix(now);
+        let mut out = Vec::new();
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for (k, v) in self.store.entries() {
+            // Upper bound of one entry's encoding: fields plus tags/lengths.
+            let len = k.hostname.len() + k.container.len() + 48;
+            if !batch.is_empty() && size + len > STATE_CHUNK {
+                out.push(wire::encode(unix, &batch));
+                batch.clear();
+                size = 0;
+            }
+            size += len;
+            batch.push((k.clone(), *v));
+        }
+        if !batch.is_empty() || out.is_empty() {
+            out.push(wire::encode(unix, &batch));
+        }
+        out
     }
 
     /// A peer left the topology: drop its entries.
@@ -177,4 +199,28 @@ fn check_container(c: &str) -> Result<(), StoreError> {
         return Err(StoreError::InvalidContainer);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_full_state_is_split_under_the_bound_and_loses_nothing() {
+        let now = Instant::now();
+        let clock = WallClock::new(now, 1_800_000_000);
+        let mut a = Dns::new(PeerName::from_u64(1).unwrap(), "weave.local.", clock, now);
+        for i in 0..20_000u32 {
+            let name = format!("container-with-a-fairly-long-name-{i}");
+            a.add(now, &name, Ipv4Addr::from(0x0a20_0000 + i), &format!("{i:064}")).unwrap();
+        }
+        let chunks = a.full_state(now);
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|c| c.len() <= STATE_CHUNK), "{:?}", chunks.iter().map(Vec::len).max());
+        let mut b = Dns::new(PeerName::from_u64(2).unwrap(), "weave.local.", clock, now);
+        for c in &chunks {
+            b.handle_gossip(now, PeerName::from_u64(1).unwrap(), c).unwrap();
+        }
+        assert_eq!(b.store().live(), 20_000);
+    }
 }

@@ -126,8 +126,10 @@ impl Shared {
         forwards_to_self(self.listen, up)
     }
 
-    /// Forward to each upstream in turn; SERVFAIL if none answers.
-    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
+    /// Forward to each upstream in turn; SERVFAIL if none answers. For a
+    /// client that came over TCP, a truncated UDP answer is asked again over
+    /// TCP so the client gets all of it.
+    async fn forward(&self, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let ups = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner).current();
         for up in ups {
             if self.is_ourself(up) {
@@ -135,6 +137,12 @@ impl Shared {
                 continue;
             }
             match tokio::time::timeout(self.timeout, ask_udp(up, query)).await {
+                Ok(Ok(reply)) if tcp && reply[2] & 0x02 != 0 => {
+                    match tokio::time::timeout(self.timeout, ask_tcp(up, query)).await {
+                        Ok(Ok(full)) => return Some(full),
+                        _ => return Some(reply),
+                    }
+                }
                 Ok(Ok(reply)) => return Some(reply),
                 Ok(Err(e)) => tracing::debug!(%up, error = %e, "upstream failed"),
                 Err(_) => tracing::debug!(%up, "upstream timed out"),
@@ -147,7 +155,7 @@ impl Shared {
         match self.answer(query, tcp) {
             Answer::Reply(b) => Some(b),
             Answer::Drop => None,
-            Answer::Forward => self.forward(query).await,
+            Answer::Forward => self.forward(query, tcp).await,
         }
     }
 }
@@ -165,6 +173,21 @@ async fn ask_udp(up: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
             return Ok(buf[..n].to_vec());
         }
     }
+}
+
+async fn ask_tcp(up: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(up).await?;
+    let len = u16::try_from(query.len()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    s.write_all(&len.to_be_bytes()).await?;
+    s.write_all(query).await?;
+    let mut n = [0u8; 2];
+    s.read_exact(&mut n).await?;
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(n))];
+    s.read_exact(&mut reply).await?;
+    if reply.len() < 12 || reply[..2] != query[..2] || reply[2] & 0x80 == 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidData));
+    }
+    Ok(reply)
 }
 
 fn servfail(query: &[u8]) -> Option<Vec<u8>> {
@@ -241,7 +264,7 @@ pub async fn serve(cfg: ServerConfig, dns: Arc<Mutex<Dns>>) -> std::io::Result<S
                     };
                     let (s, u) = (s.clone(), u.clone());
                     tokio::spawn(async move {
-                        if let Some(reply) = s.forward(&query).await {
+                        if let Some(reply) = s.forward(&query, false).await {
                             let _ = u.send_to(&reply, from).await;
                         }
                         drop(permit);

@@ -128,3 +128,54 @@ async fn an_empty_resolv_conf_means_servfail_for_other_names() {
     let m = udp(server.local_addr(), &query(13, "db.weave.local.", RecordType::A, None)).await;
     assert_eq!(m.answers().len(), 1, "local names still answered");
 }
+
+/// An upstream that truncates over UDP (TC, no answers) and answers fully
+/// over TCP, on the same port.
+async fn truncating_upstream() -> SocketAddr {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let reply = |q: &Message, full: bool| {
+        let mut r = Message::new();
+        r.set_id(q.id()).set_message_type(MessageType::Response).set_truncated(!full);
+        r.add_queries(q.queries().iter().cloned());
+        if full {
+            for i in 0..60u8 {
+                r.add_answer(Record::from_rdata(q.queries()[0].name().clone(), 60, RData::A(A(Ipv4Addr::new(192, 0, 2, i)))));
+            }
+        }
+        r.to_vec().unwrap()
+    };
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, from) = udp.recv_from(&mut buf).await.unwrap();
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            udp.send_to(&reply(&q, false), from).await.unwrap();
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = tcp.accept().await.unwrap();
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).await.unwrap();
+            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            s.read_exact(&mut q).await.unwrap();
+            let r = reply(&Message::from_vec(&q).unwrap(), true);
+            s.write_all(&(r.len() as u16).to_be_bytes()).await.unwrap();
+            s.write_all(&r).await.unwrap();
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_tcp_client_gets_the_whole_forwarded_answer() {
+    let up = truncating_upstream().await;
+    let server = start(Upstreams::Fixed(vec![up]), Duration::from_secs(2)).await;
+    let m = udp(server.local_addr(), &query(20, "big.example.", RecordType::A, None)).await;
+    assert!(m.truncated(), "a UDP client is told to retry over TCP");
+    let m = tcp(server.local_addr(), &query(21, "big.example.", RecordType::A, None)).await;
+    assert!(!m.truncated());
+    assert_eq!(m.answers().len(), 60);
+}

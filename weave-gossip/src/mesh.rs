@@ -218,8 +218,9 @@ pub trait Gossiper: Send {
     fn on_broadcast(&mut self, now: Instant, src: PeerName, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
     /// A message addressed to us by `src`.
     fn on_unicast(&mut self, now: Instant, src: PeerName, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
-    /// Our full state for periodic anti-entropy, or `None` if there is none.
-    fn full_state(&mut self, now: Instant) -> Option<Vec<u8>>;
+    /// Our full state for periodic anti-entropy, as one or more messages
+    /// (each within the message bound; split large states); empty if none.
+    fn full_state(&mut self, now: Instant) -> Vec<Vec<u8>>;
     /// A peer left the topology: drop what only it owned, if anything.
     fn on_peer_removed(&mut self, _peer: PeerName) {}
     /// A peer joined (or rejoined) the topology.
@@ -399,13 +400,22 @@ impl Mesh {
         self.our_connections_changed(now);
         let (sum, count) = self.topo.digest();
         self.send(conn, Body::Digest(TopologyDigest { sum: sum.to_le_bytes().to_vec(), count }));
-        let states: Vec<(String, Vec<u8>)> =
-            self.channels.iter_mut().filter_map(|(n, g)| g.full_state(now).map(|s| (n.clone(), s))).collect();
-        for (channel, data) in states {
-            self.send(conn, Body::Gossip(ChannelMsg { channel, src: self.cfg.name.as_u64(), dst: 0, data }));
-        }
+        self.send_channel_states(now, conn);
         self.flush();
         Ok(())
+    }
+
+    /// Every channel's full state, as gossip to one connection.
+    fn send_channel_states(&mut self, now: Instant, conn: ConnId) {
+        let me = self.cfg.name.as_u64();
+        let states: Vec<(String, Vec<u8>)> = self
+            .channels
+            .iter_mut()
+            .flat_map(|(n, g)| g.full_state(now).into_iter().map(move |s| (n.clone(), s)))
+            .collect();
+        for (channel, data) in states {
+            self.send(conn, Body::Gossip(ChannelMsg { channel, src: me, dst: 0, data }));
+        }
     }
 
     /// A connection ended (closed by either side, or by a `CloseConnection`
@@ -730,12 +740,7 @@ impl Mesh {
         if now >= self.next_channel_gossip {
             self.next_channel_gossip = now + jittered(&mut self.rng, self.cfg.channel_gossip_interval);
             if let Some(&c) = self.conns.keys().choose(&mut self.rng) {
-                let me = self.cfg.name.as_u64();
-                let states: Vec<(String, Vec<u8>)> =
-                    self.channels.iter_mut().filter_map(|(n, g)| g.full_state(now).map(|s| (n.clone(), s))).collect();
-                for (channel, data) in states {
-                    self.send(c, Body::Gossip(ChannelMsg { channel, src: me, dst: 0, data }));
-                }
+                self.send_channel_states(now, c);
             }
         }
         self.flush();

@@ -220,9 +220,9 @@ impl Gossiper for Shared {
         self.0.lock().unwrap().unicasts.push((src, data.to_vec()));
         Ok(())
     }
-    fn full_state(&mut self, _now: std::time::Instant) -> Option<Vec<u8>> {
+    fn full_state(&mut self, _now: std::time::Instant) -> Vec<Vec<u8>> {
         let s = self.0.lock().unwrap();
-        (!s.items.is_empty()).then(|| encode(s.items.iter().copied()))
+        if s.items.is_empty() { vec![] } else { vec![encode(s.items.iter().copied())] }
     }
 }
 

@@ -45,8 +45,8 @@ impl Gossiper for IpamChannel {
         Ok(self.ipam().handle_unicast(now, src, data)?)
     }
 
-    fn full_state(&mut self, _now: std::time::Instant) -> Option<Vec<u8>> {
-        Some(self.ipam().full_state())
+    fn full_state(&mut self, _now: std::time::Instant) -> Vec<Vec<u8>> {
+        vec![self.ipam().full_state()]
     }
 }
 

@@ -60,9 +60,9 @@ impl Gossiper for Channel {
     fn on_unicast(&mut self, _now: std::time::Instant, _src: PeerName, data: &[u8]) -> Result<(), BoxError> {
         self.0.lock().expect("not poisoned").merge(data).map(|_| ())
     }
-    fn full_state(&mut self, _now: std::time::Instant) -> Option<Vec<u8>> {
+    fn full_state(&mut self, _now: std::time::Instant) -> Vec<Vec<u8>> {
         let c = self.0.lock().expect("not poisoned");
-        Some(GCounter::encode(c.0.iter().map(|(k, v)| (*k, *v))))
+        vec![GCounter::encode(c.0.iter().map(|(k, v)| (*k, *v)))]
     }
 }
 
