@@ -10,54 +10,39 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use weave_core::sim::{LinkConfig, NodeId, Outbox, Sim, SimNode};
+use weave_core::sim::{LinkConfig, NodeId, Sim};
 use weave_core::PeerName;
 use weave_dns::channel::{pump, DnsChannel, CHANNEL};
 use weave_dns::{Dns, WallClock};
 use weave_gossip::connmaker::ConnMakerConfig;
 use weave_gossip::mesh::MeshConfig;
-use weave_gossip::sim::{SimPeer, SimWire};
+use weave_gossip::sim::{SimApp, SimPeer};
 
 const T0: u64 = 1_800_000_000;
 
-struct Host {
-    peer: SimPeer,
-    dns: Arc<Mutex<Dns>>,
-}
+/// weaveDNS as the simulated peer's application.
+struct DnsApp(Arc<Mutex<Dns>>);
 
-impl Host {
-    fn new(id: NodeId, start: Instant, now: Instant, seed: u64) -> Self {
-        let mut peer = SimPeer::new(id, now, seed, quick);
-        let name = PeerName::from_u64(id as u64 + 1).unwrap();
-        let dns = Arc::new(Mutex::new(Dns::new(name, "weave.local.", WallClock::new(start, T0), now)));
-        peer.mesh_mut().register_channel(CHANNEL, Box::new(DnsChannel(dns.clone())));
-        Self { peer, dns }
-    }
-
-    fn settle(&mut self, now: Instant, out: &mut Outbox<SimWire>) {
-        pump(&self.dns, self.peer.mesh_mut());
-        self.peer.flush(now, out);
-    }
-}
-
-impl SimNode for Host {
-    type Msg = SimWire;
-    fn handle_message(&mut self, now: Instant, from: NodeId, msg: SimWire, out: &mut Outbox<SimWire>) {
-        self.peer.handle_message(now, from, msg, out);
-        self.settle(now, out);
-    }
-    fn handle_timeout(&mut self, now: Instant, out: &mut Outbox<SimWire>) {
-        self.dns.lock().unwrap().handle_timeout(now);
-        self.peer.handle_timeout(now, out);
-        self.settle(now, out);
+impl SimApp for DnsApp {
+    fn pump(&mut self, _now: Instant, mesh: &mut weave_gossip::mesh::Mesh) {
+        pump(&self.0, mesh);
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        let d = self.dns.lock().unwrap().poll_timeout();
-        Some(self.peer.poll_timeout().map_or(d, |t| t.min(d)))
+        Some(self.0.lock().unwrap().poll_timeout())
     }
-    fn message_len(m: &SimWire) -> usize {
-        SimPeer::message_len(m)
+    fn handle_timeout(&mut self, now: Instant) {
+        self.0.lock().unwrap().handle_timeout(now);
     }
+}
+
+/// A peer with weaveDNS on its mesh, and the handle to its DNS state.
+fn host(id: NodeId, start: Instant, now: Instant, seed: u64) -> (SimPeer, Arc<Mutex<Dns>>) {
+    let mut peer = SimPeer::new(id, now, seed, quick);
+    let name = PeerName::from_u64(id as u64 + 1).unwrap();
+    let dns = Arc::new(Mutex::new(Dns::new(name, "weave.local.", WallClock::new(start, T0), now)));
+    peer.mesh_mut().register_channel(CHANNEL, Box::new(DnsChannel(dns.clone())));
+    peer.set_app(Box::new(DnsApp(dns.clone())));
+    (peer, dns)
 }
 
 fn quick(m: &mut MeshConfig, c: &mut ConnMakerConfig) {
@@ -70,9 +55,8 @@ fn quick(m: &mut MeshConfig, c: &mut ConnMakerConfig) {
 
 type Live = BTreeSet<(String, Ipv4Addr, PeerName, String)>;
 
-fn live(h: &Host) -> Live {
-    h.dns
-        .lock()
+fn live(dns: &Mutex<Dns>) -> Live {
+    dns.lock()
         .unwrap()
         .store()
         .entries()
@@ -82,38 +66,42 @@ fn live(h: &Host) -> Live {
 }
 
 /// What every peer should see: each origin's own live entries.
-fn truth(sim: &Sim<Host>) -> Live {
-    sim.nodes()
-        .flat_map(|(id, h)| {
+fn truth(dnss: &[Arc<Mutex<Dns>>]) -> Live {
+    dnss.iter()
+        .enumerate()
+        .flat_map(|(id, d)| {
             let me = PeerName::from_u64(id as u64 + 1).unwrap();
-            live(h).into_iter().filter(move |e| e.2 == me)
+            live(d).into_iter().filter(move |e| e.2 == me)
         })
         .collect()
 }
 
 #[test]
 fn thirty_peers_converge_through_loss_partition_and_a_stateless_restart() {
-    let seed = Sim::<Host>::seed_from_env();
+    let seed = Sim::<SimPeer>::seed_from_env();
     let n = 30;
-    let mut sim: Sim<Host> = Sim::new(seed);
+    let mut sim: Sim<SimPeer> = Sim::new(seed);
     sim.set_default_link(LinkConfig { loss: 0.02, ..LinkConfig::default() });
     let start = sim.start();
+    let mut dnss = Vec::new();
     for id in 0..n {
-        sim.add_node(Host::new(id, start, start, seed));
+        let (peer, dns) = host(id, start, start, seed);
+        dnss.push(dns);
+        sim.add_node(peer);
     }
     for id in 1..n {
         let a = sim.rng().random_range(0..id);
         let b = sim.rng().random_range(0..id);
-        sim.with_node(id, |h, now, out| h.peer.connect(now, &[a, b], out));
+        sim.with_node(id, |p, now, out| p.connect(now, &[a, b], out));
     }
     // The five cut off later also link to each other, so they stay a mesh.
     for id in 26..n {
-        sim.with_node(id, |h, now, out| h.peer.connect(now, &[25], out));
+        sim.with_node(id, |p, now, out| p.connect(now, &[25], out));
     }
     sim.run_for(Duration::from_secs(10));
 
     let names = ["Web", "db", "CACHE", "api", "Worker"];
-    let step = |sim: &mut Sim<Host>, ops: usize| {
+    let step = |sim: &mut Sim<SimPeer>, dnss: &[Arc<Mutex<Dns>>], ops: usize| {
         for _ in 0..ops {
             let id = sim.rng().random_range(0..n);
             let name = names[sim.rng().random_range(0..names.len())];
@@ -122,8 +110,9 @@ fn thirty_peers_converge_through_loss_partition_and_a_stateless_restart() {
             let container = format!("c{}", sim.rng().random_range(0..8));
             let addr = Ipv4Addr::new(10, 32, id as u8, sim.rng().random_range(1..20));
             let delete = sim.rng().random_bool(0.3);
-            sim.with_node(id, |h, now, out| {
-                let mut d = h.dns.lock().unwrap();
+            let dns = dnss[id].clone();
+            sim.with_node(id, |p, now, out| {
+                let mut d = dns.lock().unwrap();
                 if delete {
                     d.remove(now, &container, None, None).unwrap();
                 } else {
@@ -131,47 +120,49 @@ fn thirty_peers_converge_through_loss_partition_and_a_stateless_restart() {
                     assert!(d.lookup(&mixed.to_lowercase()).contains(&addr), "own entries resolve at once, any case");
                 }
                 drop(d);
-                h.settle(now, out);
+                p.flush(now, out);
             });
             sim.run_for(Duration::from_millis(20));
         }
     };
-    step(&mut sim, 150);
+    step(&mut sim, &dnss, 150);
 
     // Cut five peers off long enough for both sides to forget each other.
     let cut: Vec<NodeId> = (25..n).collect();
     sim.partition(&cut);
-    step(&mut sim, 100);
+    step(&mut sim, &dnss, 100);
     sim.run_for(Duration::from_secs(15));
     let outsider = PeerName::from_u64(27).unwrap();
     assert!(
-        live(sim.node(0)).iter().all(|e| e.2 != outsider),
+        live(&dnss[0]).iter().all(|e| e.2 != outsider),
         "seed {seed}: entries of a peer that left the topology are dropped"
     );
     sim.heal_all();
-    step(&mut sim, 50);
+    step(&mut sim, &dnss, 50);
 
     // A peer restarts with its state lost: others still hold its entries.
     let victim = 3;
-    let before: usize = live(sim.node(0)).iter().filter(|e| e.2 == PeerName::from_u64(victim as u64 + 1).unwrap()).count();
+    let before: usize = live(&dnss[0]).iter().filter(|e| e.2 == PeerName::from_u64(victim as u64 + 1).unwrap()).count();
     let now = sim.now();
-    sim.restart(victim, Host::new(victim, start, now, seed.wrapping_add(9)));
+    let (peer, dns) = host(victim, start, now, seed.wrapping_add(9));
+    dnss[victim] = dns;
+    sim.restart(victim, peer);
     let targets: Vec<NodeId> = (0..n).filter(|&i| i != victim).take(2).collect();
-    sim.with_node(victim, |h, now, out| h.peer.connect(now, &targets, out));
+    sim.with_node(victim, |p, now, out| p.connect(now, &targets, out));
 
-    let done = sim.run_until_true(Duration::from_secs(120), Duration::from_millis(100), |s| {
-        let t = truth(s);
-        s.nodes().all(|(_, h)| live(h) == t)
+    let done = sim.run_until_true(Duration::from_secs(120), Duration::from_millis(100), |_| {
+        let t = truth(&dnss);
+        dnss.iter().all(|d| live(d) == t)
     });
     assert!(done.is_some(), "seed {seed}: peers did not converge");
     let victim_name = PeerName::from_u64(victim as u64 + 1).unwrap();
     assert!(
-        live(sim.node(0)).iter().all(|e| e.2 != victim_name),
+        live(&dnss[0]).iter().all(|e| e.2 != victim_name),
         "seed {seed}: the restarted peer's stale entries ({before} of them) were deleted"
     );
     // Lookups agree everywhere, case-insensitively.
     for name in names {
-        let answers: BTreeSet<Vec<Ipv4Addr>> = sim.nodes().map(|(_, h)| h.dns.lock().unwrap().lookup(&name.to_uppercase())).collect();
+        let answers: BTreeSet<Vec<Ipv4Addr>> = dnss.iter().map(|d| d.lock().unwrap().lookup(&name.to_uppercase())).collect();
         assert_eq!(answers.len(), 1, "seed {seed}: {name}");
     }
 }

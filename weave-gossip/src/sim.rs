@@ -54,6 +54,17 @@ pub enum SimWire {
     Close(u64),
 }
 
+/// An embedder's state machine riding the peer's mesh (IPAM, DNS, ...):
+/// the simulation gives it time and a chance to send after every event.
+pub trait SimApp {
+    /// Move what the application wants sent into the mesh.
+    fn pump(&mut self, now: Instant, mesh: &mut Mesh);
+    /// When the application next needs [`SimApp::handle_timeout`].
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Its deadline passed.
+    fn handle_timeout(&mut self, now: Instant);
+}
+
 /// A mesh peer in the simulation.
 pub struct SimPeer {
     id: NodeId,
@@ -62,6 +73,7 @@ pub struct SimPeer {
     conns: HashMap<ConnId, NodeId>,
     dials: HashMap<u64, (String, Instant)>,
     rng: SimRng,
+    app: Option<Box<dyn SimApp>>,
 }
 
 impl SimPeer {
@@ -75,7 +87,12 @@ impl SimPeer {
         configure(&mut mcfg, &mut ccfg);
         let mesh = Mesh::new(mcfg, now, seeded(rng.next_u64()));
         let cm = ConnectionMaker::new(ccfg, seeded(rng.next_u64()));
-        Self { id, mesh, cm, conns: HashMap::new(), dials: HashMap::new(), rng }
+        Self { id, mesh, cm, conns: HashMap::new(), dials: HashMap::new(), rng, app: None }
+    }
+
+    /// Attach an application (after registering its channel on the mesh).
+    pub fn set_app(&mut self, app: Box<dyn SimApp>) {
+        self.app = Some(app);
     }
 
     /// The mesh, to inspect or to call (use [`weave_core::sim::Sim::with_node`]
@@ -124,8 +141,12 @@ impl SimPeer {
         self.mesh.remove_connection(now, conn);
     }
 
-    /// Move what the mesh and connection maker want done into the outbox.
+    /// Move what the application, the mesh and the connection maker want
+    /// done into the outbox.
     pub fn flush(&mut self, now: Instant, out: &mut Outbox<SimWire>) {
+        if let Some(app) = &mut self.app {
+            app.pump(now, &mut self.mesh);
+        }
         loop {
             let mut progressed = false;
             while let Some(t) = self.mesh.poll_transmit() {
@@ -219,6 +240,11 @@ impl SimNode for SimPeer {
     }
 
     fn handle_timeout(&mut self, now: Instant, out: &mut Outbox<SimWire>) {
+        if let Some(app) = &mut self.app {
+            if app.poll_timeout().is_some_and(|t| t <= now) {
+                app.handle_timeout(now);
+            }
+        }
         let expired: Vec<u64> = self.dials.iter().filter(|(_, (_, t))| *t <= now).map(|(c, _)| *c).collect();
         for c in expired {
             let (addr, _) = self.dials.remove(&c).expect("listed above");
@@ -231,7 +257,8 @@ impl SimNode for SimPeer {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        [self.mesh.poll_timeout(), self.cm.poll_timeout(), self.dials.values().map(|(_, t)| *t).min()]
+        let app = self.app.as_ref().and_then(|a| a.poll_timeout());
+        [self.mesh.poll_timeout(), self.cm.poll_timeout(), self.dials.values().map(|(_, t)| *t).min(), app]
             .into_iter()
             .flatten()
             .min()
