@@ -39,6 +39,17 @@ pub enum Answer {
     Drop,
 }
 
+/// What to do with a parsed query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Send this reply (already within the size limit).
+    Reply(Message),
+    /// Not ours: forward the query upstream.
+    Forward,
+    /// Do not answer.
+    Drop,
+}
+
 /// Answers for one domain from a store.
 #[derive(Debug, Clone)]
 pub struct Responder {
@@ -59,8 +70,17 @@ impl Responder {
     /// Answer `query` (received over TCP if `tcp`) from `store`.
     pub fn answer(&self, store: &Store, query: &[u8], tcp: bool, rng: &mut impl RngCore) -> Answer {
         let Ok(req) = Message::from_vec(query) else { return format_error(query) };
+        match self.decide(store, &req, tcp, rng) {
+            Decision::Reply(m) => m.to_vec().map_or(Answer::Drop, Answer::Reply),
+            Decision::Forward => Answer::Forward,
+            Decision::Drop => Answer::Drop,
+        }
+    }
+
+    /// Decide on a parsed query (the server's handler seam uses this).
+    pub fn decide(&self, store: &Store, req: &Message, tcp: bool, rng: &mut impl RngCore) -> Decision {
         if req.message_type() != MessageType::Query {
-            return Answer::Drop;
+            return Decision::Drop;
         }
         let mut resp = Message::new();
         resp.set_id(req.id())
@@ -70,7 +90,7 @@ impl Responder {
             .set_recursion_available(true);
         if req.op_code() != OpCode::Query || req.queries().len() != 1 {
             resp.set_response_code(if req.op_code() == OpCode::Query { ResponseCode::FormErr } else { ResponseCode::NotImp });
-            return Answer::Reply(encode(resp, usize::MAX).unwrap_or_default());
+            return Decision::Reply(resp);
         }
         let q = req.queries()[0].clone();
         resp.add_query(q.clone());
@@ -92,13 +112,13 @@ impl Responder {
             // A PTR for a name of ours: it exists, but has no PTR.
             RecordType::PTR if in_domain.is_some() && reverse_addr(&name).is_none() => {
                 resp.set_authoritative(true);
-                return Answer::Reply(encode(resp, limit).unwrap_or_default());
+                return Decision::Reply(resp);
             }
             RecordType::PTR => match reverse_addr(&name) {
                 Some(addr) => {
                     let hosts = store.reverse(addr);
                     if hosts.is_empty() {
-                        return Answer::Forward;
+                        return Decision::Forward;
                     }
                     hosts
                         .iter()
@@ -106,19 +126,19 @@ impl Responder {
                         .map(|h| Record::from_rdata(q.name().clone(), self.ttl, RData::PTR(PTR(h))))
                         .collect::<Vec<_>>()
                 }
-                None => return Answer::Forward,
+                None => return Decision::Forward,
             },
             qtype => {
-                let Some(fqdn) = in_domain else { return Answer::Forward };
+                let Some(fqdn) = in_domain else { return Decision::Forward };
                 let mut addrs = store.lookup(&fqdn);
                 if addrs.is_empty() {
                     resp.set_authoritative(true).set_response_code(ResponseCode::NXDomain);
-                    return Answer::Reply(encode(resp, limit).unwrap_or_default());
+                    return Decision::Reply(resp);
                 }
                 if qtype != RecordType::A && qtype != RecordType::ANY {
                     // The name exists; it has no record of this type.
                     resp.set_authoritative(true);
-                    return Answer::Reply(encode(resp, limit).unwrap_or_default());
+                    return Decision::Reply(resp);
                 }
                 addrs.shuffle(&mut RngAdapter(rng));
                 addrs.into_iter().map(|a| Record::from_rdata(q.name().clone(), self.ttl, RData::A(A(a)))).collect()
@@ -132,9 +152,14 @@ impl Responder {
             let mut r = resp.clone();
             r.add_answers(records[..fit].iter().cloned());
             r.set_truncated(fit < total);
-            match encode(r, limit) {
-                Some(bytes) => return Answer::Reply(bytes),
-                None if fit == 0 => return Answer::Drop,
+            // Only UDP needs measuring; TCP replies are bounded by 64 KiB
+            // frames, which hundreds of A records do not reach.
+            if tcp && fit == total && total < 2000 {
+                return Decision::Reply(r);
+            }
+            match encode(&r, limit) {
+                Some(()) => return Decision::Reply(r),
+                None if fit == 0 => return Decision::Drop,
                 None => fit = fit.saturating_sub((fit / 8).max(1)),
             }
         }
@@ -165,8 +190,9 @@ fn reverse_addr(name: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]))
 }
 
-fn encode(m: Message, limit: usize) -> Option<Vec<u8>> {
-    m.to_vec().ok().filter(|b| b.len() <= limit)
+/// Whether `m` encodes within `limit` bytes.
+fn encode(m: &Message, limit: usize) -> Option<()> {
+    m.to_vec().ok().filter(|b| b.len() <= limit).map(drop)
 }
 
 /// A FORMERR reply if at least the header's id is readable.

@@ -1,5 +1,6 @@
-//! The DNS server: UDP and TCP on one address, answers from the replicated
-//! store, everything else forwarded to upstream resolvers.
+//! The DNS server: hickory-server's `ServerFuture` on one address (UDP and
+//! TCP) with our [`RequestHandler`]: answers from the replicated store by
+//! the sans-IO [`Responder`], everything else forwarded upstream.
 //!
 //! Upstreams come from configuration or from a resolv.conf that is re-read
 //! whenever it changes. Each is tried in turn with a timeout; when all fail
@@ -11,12 +12,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::op::{Header, Message, MessageType, ResponseCode};
+use hickory_proto::serialize::binary::BinEncodable;
+use hickory_proto::xfer::Protocol;
+use hickory_server::authority::MessageResponseBuilder;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::ServerFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
-use crate::answer::{Answer, Responder};
+use crate::answer::{Decision, Responder};
 use crate::dns::Dns;
 
 /// Where upstream resolvers come from.
@@ -96,14 +102,12 @@ impl UpstreamSource {
 
 /// Forwarded queries in flight at most; beyond, SERVFAIL at once.
 const MAX_FORWARDS: usize = 512;
-/// TCP clients served at once.
-const MAX_TCP: usize = 256;
-/// Time for one TCP exchange (query in, reply out).
+/// Idle time after which a TCP client is dropped.
 const TCP_EXCHANGE: Duration = Duration::from_secs(10);
 
 struct Shared {
     dns: Arc<Mutex<Dns>>,
-    forwards: Arc<tokio::sync::Semaphore>,
+    forwards: tokio::sync::Semaphore,
     responder: Responder,
     /// Shuffles answers; seeded once (not per query).
     rng: Mutex<weave_core::rng::SimRng>,
@@ -113,10 +117,10 @@ struct Shared {
 }
 
 impl Shared {
-    fn answer(&self, query: &[u8], tcp: bool) -> Answer {
+    fn decide(&self, req: &Message, tcp: bool) -> Decision {
         let dns = self.dns.lock().unwrap_or_else(PoisonError::into_inner);
         let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        self.responder.answer(dns.store(), query, tcp, &mut *rng)
+        self.responder.decide(dns.store(), req, tcp, &mut *rng)
     }
 
     /// Whether forwarding to `up` would reach this very server: the same
@@ -130,6 +134,9 @@ impl Shared {
     /// client that came over TCP, a truncated UDP answer is asked again over
     /// TCP so the client gets all of it.
     async fn forward(&self, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
+        // Too many in flight (a flood, or a loop between servers): fail fast
+        // instead of piling up sockets.
+        let Ok(_permit) = self.forwards.try_acquire() else { return servfail(query) };
         let ups = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner).current();
         for up in ups {
             if self.is_ourself(up) {
@@ -151,13 +158,6 @@ impl Shared {
         servfail(query)
     }
 
-    async fn respond(&self, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
-        match self.answer(query, tcp) {
-            Answer::Reply(b) => Some(b),
-            Answer::Drop => None,
-            Answer::Forward => self.forward(query, tcp).await,
-        }
-    }
 }
 
 async fn ask_udp(up: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -203,24 +203,58 @@ fn servfail(query: &[u8]) -> Option<Vec<u8>> {
     m.to_vec().ok()
 }
 
-/// A running server; dropping it stops the listeners.
+/// Answers requests hickory-server has parsed: through the sans-IO
+/// responder, or forwarded upstream.
+struct Handler(Arc<Shared>);
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler>(&self, request: &Request, mut response_handle: R) -> ResponseInfo {
+        let mut fail = Header::response_from_request(request.header());
+        fail.set_response_code(ResponseCode::ServFail);
+        let Ok(query) = request.to_bytes() else { return fail.into() };
+        let Ok(req) = Message::from_vec(&query) else { return fail.into() };
+        let tcp = request.protocol() == Protocol::Tcp;
+        let msg = match self.0.decide(&req, tcp) {
+            Decision::Reply(m) => m,
+            Decision::Drop => return fail.into(),
+            Decision::Forward => {
+                let Some(reply) = self.0.forward(&query, tcp).await else { return fail.into() };
+                let Ok(m) = Message::from_vec(&reply) else { return fail.into() };
+                m
+            }
+        };
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = msg.extensions() {
+            builder.edns(edns.clone());
+        }
+        let response = builder.build(*msg.header(), msg.answers(), msg.name_servers(), &[], msg.additionals());
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS reply not sent");
+                fail.into()
+            }
+        }
+    }
+}
+
+/// A running server; dropping it stops it.
 pub struct Server {
-    udp: SocketAddr,
-    tasks: Vec<JoinHandle<()>>,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
 }
 
 impl Server {
     /// The bound address (UDP and TCP).
     pub fn local_addr(&self) -> SocketAddr {
-        self.udp
+        self.addr
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.task.abort();
     }
 }
 
@@ -234,92 +268,20 @@ pub async fn serve(cfg: ServerConfig, dns: Arc<Mutex<Dns>>) -> std::io::Result<S
         dns,
         responder: Responder::new(&domain, 1),
         rng: Mutex::new(weave_core::rng::from_os()),
-        forwards: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS)),
+        forwards: tokio::sync::Semaphore::new(MAX_FORWARDS),
         upstreams: Mutex::new(UpstreamSource { source: cfg.upstreams, cached: Vec::new(), mtime: None }),
         listen: addr,
         timeout: cfg.upstream_timeout,
     });
-    let udp = Arc::new(udp);
-    let s = shared.clone();
-    let u = udp.clone();
-    let udp_task = tokio::spawn(async move {
-        let mut buf = vec![0u8; 65535];
-        loop {
-            let Ok((n, from)) = u.recv_from(&mut buf).await else { continue };
-            // Local names are answered here; only forwarding waits.
-            match s.answer(&buf[..n], false) {
-                Answer::Reply(reply) => {
-                    let _ = u.send_to(&reply, from).await;
-                }
-                Answer::Drop => {}
-                Answer::Forward => {
-                    let query = buf[..n].to_vec();
-                    let Ok(permit) = s.forwards.clone().try_acquire_owned() else {
-                        // Too many in flight (a flood, or a loop between
-                        // servers): fail fast instead of piling up sockets.
-                        if let Some(reply) = servfail(&query) {
-                            let _ = u.send_to(&reply, from).await;
-                        }
-                        continue;
-                    };
-                    let (s, u) = (s.clone(), u.clone());
-                    tokio::spawn(async move {
-                        if let Some(reply) = s.forward(&query, false).await {
-                            let _ = u.send_to(&reply, from).await;
-                        }
-                        drop(permit);
-                    });
-                }
-            }
+    let mut server = ServerFuture::new(Handler(shared));
+    server.register_socket(udp);
+    server.register_listener(tcp, TCP_EXCHANGE);
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.block_until_done().await {
+            tracing::warn!(error = %e, "DNS server stopped");
         }
     });
-    let s = shared.clone();
-    let tcp_task = tokio::spawn(async move {
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP));
-        loop {
-            let stream = match tcp.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of descriptors, say: do not spin.
-                    tracing::warn!(error = %e, "DNS TCP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
-            let s = s.clone();
-            tokio::spawn(async move {
-                serve_tcp(stream, s).await;
-                drop(slot);
-            });
-        }
-    });
-    Ok(Server { udp: addr, tasks: vec![udp_task, tcp_task] })
-}
-
-/// Length-prefixed queries on one TCP connection until it closes or idles.
-async fn serve_tcp(mut stream: TcpStream, s: Arc<Shared>) {
-    loop {
-        // The whole exchange is bounded: a client that stalls mid-query or
-        // never reads its reply does not hold the task.
-        let exchange = async {
-            let mut len = [0u8; 2];
-            stream.read_exact(&mut len).await.ok()?;
-            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            stream.read_exact(&mut query).await.ok()?;
-            let reply = s.respond(&query, true).await;
-            if let Some(reply) = reply {
-                let n = u16::try_from(reply.len()).ok()?;
-                stream.write_all(&n.to_be_bytes()).await.ok()?;
-                stream.write_all(&reply).await.ok()?;
-            }
-            Some(())
-        };
-        match tokio::time::timeout(TCP_EXCHANGE, exchange).await {
-            Ok(Some(())) => {}
-            _ => return,
-        }
-    }
+    Ok(Server { addr, task })
 }
 
 #[cfg(test)]
