@@ -8,10 +8,12 @@
 //! * [`channel`]: weaveDNS riding a weave-gossip channel.
 //! * [`answer`]: the DNS answer core (hickory-proto messages, sans-IO).
 //! * [`server`]: UDP and TCP serving, forwarding, resolv.conf, loop guard.
+//! * [`resolv`]: the resolver file of a container attached by netns name.
 
 pub mod answer;
 pub mod channel;
 pub mod dns;
+pub mod resolv;
 pub mod server;
 pub mod store;
 pub mod wire;
