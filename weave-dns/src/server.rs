@@ -43,12 +43,14 @@ pub struct ServerConfig {
     pub upstreams: Upstreams,
     /// How long to wait for each upstream (default 2 s).
     pub upstream_timeout: Duration,
+    /// TTL of our answers in seconds (`--dns-ttl`, default 1).
+    pub ttl: u32,
 }
 
 impl ServerConfig {
     /// Defaults around a listen address and upstreams.
     pub fn new(listen: SocketAddr, upstreams: Upstreams) -> Self {
-        Self { listen, upstreams, upstream_timeout: Duration::from_secs(2) }
+        Self { listen, upstreams, upstream_timeout: Duration::from_secs(2), ttl: 1 }
     }
 }
 
@@ -266,7 +268,7 @@ pub async fn serve(cfg: ServerConfig, dns: Arc<Mutex<Dns>>) -> std::io::Result<S
     let domain = dns.lock().unwrap_or_else(PoisonError::into_inner).domain().to_owned();
     let shared = Arc::new(Shared {
         dns,
-        responder: Responder::new(&domain, 1),
+        responder: Responder::new(&domain, cfg.ttl),
         rng: Mutex::new(weave_core::rng::from_os()),
         forwards: tokio::sync::Semaphore::new(MAX_FORWARDS),
         upstreams: Mutex::new(UpstreamSource { source: cfg.upstreams, cached: Vec::new(), mtime: None }),
