@@ -408,12 +408,12 @@ impl Ipam {
     fn lowest_free(&self, subnet: Ipv4Net) -> Option<u32> {
         let (lo, hi) = Self::usable(subnet);
         let lo = lo.max(self.hints.get(&subnet).copied().unwrap_or(0));
+        let reserved = self.pending_claims();
         for (a, b) in self.ring.owned_by(self.cfg.ourself) {
             let (s, e) = (a.max(lo), b.min(hi));
             if s >= e {
                 continue;
             }
-            let reserved = self.pending_claims();
             let mut cand = s;
             for (&u, _) in self.used.range(s..e) {
                 while cand < u && reserved.contains(&cand) {
