@@ -262,15 +262,6 @@ impl Store {
             self.entries.iter().filter(|(k, v)| k.addr == addr && !v.is_tombstone()).map(|(k, _)| k.hostname.as_str()).collect();
         set.into_iter().map(str::to_owned).collect()
     }
-
-    /// Our live entries for a container.
-    pub fn container_entries(&self, container: &str) -> Vec<Key> {
-        self.entries
-            .iter()
-            .filter(|(k, v)| k.origin == self.ourself && k.container == container && !v.is_tombstone())
-            .map(|(k, _)| k.clone())
-            .collect()
-    }
 }
 
 fn range_of(hostname: &str) -> std::ops::RangeInclusive<Key> {
