@@ -1,1 +1,42 @@
-//! The Dataplane trait, netlink plumbing, sleeve and VXLAN fast path (issue: data plane). Not implemented yet: this crate only reserves its place in the workspace.
+//! The data plane: how frames get from a container on one host to a
+//! container on another, as if they shared one switch.
+//!
+//! - [`Dataplane`]: the seam the router drives (connections up and down,
+//!   routes); [`MemDataplane`] and [`Faulty`] for tests.
+//! - [`wire`], [`crypto`], [`packet`] and [`sleeve`]: the userspace sleeve's
+//!   sans-IO core (datagram format, per-connection AEAD with a replay window,
+//!   path-MTU handling, MAC learning and forwarding along the mesh's routes).
+//! - With the `linux` feature: [`netlink`] (bridge, veth, VXLAN, FDB and
+//!   address plumbing inside any namespace), [`sleeve_driver`] (TAP + UDP
+//!   worker threads), [`fastpath`] (kernel VXLAN with per-peer fallback to
+//!   the sleeve) and [`follow_mesh`] (wiring a data plane to the mesh).
+pub mod crypto;
+pub mod dataplane;
+pub mod packet;
+pub mod sleeve;
+pub mod wire;
+
+#[cfg(feature = "linux")]
+pub mod netlink;
+#[cfg(feature = "linux")]
+pub mod sleeve_driver;
+#[cfg(feature = "linux")]
+pub mod sys;
+#[cfg(feature = "linux")]
+mod glue;
+
+pub use dataplane::{Dataplane, DataplaneError, Faulty, Faults, MemDataplane, MemNet};
+#[cfg(feature = "linux")]
+pub use glue::follow_mesh;
+pub use sleeve::{DropReason, PeerPath, Sleeve, SleeveConfig};
+
+/// A plumbing failure: what was being done, and the kernel's answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {source}")]
+pub struct PlumbError {
+    /// The operation, e.g. `create bridge weave`.
+    pub op: String,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}

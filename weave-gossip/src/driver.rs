@@ -37,6 +37,7 @@ use crate::crypto::DataKeys;
 use crate::link::{Established, Link, LinkConfig, LinkEvent, LocalFeatures, Role};
 use crate::mesh::{AddConnectionError, ConnId, Gossiper, Mesh, MeshConfig, MeshEvent, MeshStats, RemotePeer, SendError};
 use crate::proto::Envelope;
+use crate::routes::Routes;
 use crate::topology::PeerRecord;
 
 /// Messages queued towards one connection before it counts as stuck.
@@ -118,6 +119,9 @@ pub enum DriverEvent {
     PeerRemoved(PeerName),
     /// Another live router uses our peer name.
     NameCollision(PeerUid),
+    /// The topology changed: the routes now in force (a data plane follows
+    /// these for unicast next hops and broadcast trees).
+    Routes(Routes),
 }
 
 /// State of one connection in status, named as `weave status connections` does.
@@ -204,6 +208,7 @@ enum Cmd {
     Connect { peers: Vec<String>, replace: bool, reply: oneshot::Sender<Result<(), InvalidTarget>> },
     Forget { peers: Vec<String>, reply: oneshot::Sender<Result<(), InvalidTarget>> },
     Status { reply: oneshot::Sender<Status> },
+    Routes { reply: oneshot::Sender<Routes> },
     Channel { op: ChannelOp, reply: oneshot::Sender<Result<(), SendError>> },
     Register { name: String, gossiper: Box<dyn Gossiper> },
     Shutdown { reply: oneshot::Sender<()> },
@@ -336,6 +341,11 @@ impl MeshHandle {
     /// A snapshot of the mesh.
     pub async fn status(&self) -> Result<Status, Stopped> {
         self.call(|reply| Cmd::Status { reply }).await
+    }
+
+    /// The routes now in force; later changes arrive as [`DriverEvent::Routes`].
+    pub async fn routes(&self) -> Result<Routes, Stopped> {
+        self.call(|reply| Cmd::Routes { reply }).await
     }
 
     /// Register (or replace) a gossip channel.
@@ -513,6 +523,9 @@ impl Driver {
             Cmd::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Cmd::Routes { reply } => {
+                let _ = reply.send(self.mesh.routes().clone());
+            }
             Cmd::Channel { op, reply } => {
                 let r = match op {
                     ChannelOp::Gossip(c, d) => self.mesh.gossip(&c, d),
@@ -582,6 +595,7 @@ impl Driver {
         }
         if topo_changed {
             self.cm.set_discovered(now, self.mesh.discovery_candidates());
+            let _ = self.events.send(DriverEvent::Routes(self.mesh.routes().clone()));
         }
         any
     }

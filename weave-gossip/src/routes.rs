@@ -36,11 +36,25 @@ impl Routes {
                 }
             }
         }
+        Self::from_adjacency(topo.ourself(), adjacency)
+    }
+
+    /// Routes for `ourself` over undirected `links` (for embedders with
+    /// their own membership, and tests).
+    pub fn from_links(ourself: PeerName, links: &[(PeerName, PeerName)]) -> Self {
+        let mut adjacency: BTreeMap<PeerName, Vec<PeerName>> = BTreeMap::new();
+        for &(a, b) in links {
+            adjacency.entry(a).or_default().push(b);
+            adjacency.entry(b).or_default().push(a);
+        }
+        Self::from_adjacency(ourself, adjacency)
+    }
+
+    fn from_adjacency(ourself: PeerName, mut adjacency: BTreeMap<PeerName, Vec<PeerName>>) -> Self {
         for v in adjacency.values_mut() {
             v.sort();
             v.dedup();
         }
-        let ourself = topo.ourself();
         let mut next_hop = HashMap::new();
         let mut queue = VecDeque::new();
         for &n in adjacency.get(&ourself).into_iter().flatten() {
@@ -82,6 +96,11 @@ impl Routes {
     /// Our neighbours over symmetric established connections.
     pub fn neighbours(&self) -> &[PeerName] {
         self.adjacency.get(&self.ourself).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// `peer`'s neighbours over symmetric established connections.
+    pub fn neighbours_of(&self, peer: PeerName) -> &[PeerName] {
+        self.adjacency.get(&peer).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Our children in `src`'s broadcast tree: where to relay a broadcast

@@ -1,0 +1,813 @@
+//! The sleeve's core (sans-IO): MAC learning, forwarding along the mesh's
+//! routes, packing frames into datagrams, sealing and opening them,
+//! heartbeats that establish each peer's UDP path and probe its MTU, and the
+//! fast-path handshake that rides on those heartbeats.
+//!
+//! The driver ([`crate::sleeve_driver`]) feeds it frames read from the TAP
+//! device and datagrams read from the UDP socket, in batches, and carries out
+//! what it asks: datagrams to send ([`TxQueue`]) and frames to deliver into
+//! the local bridge. Time is passed in; nothing here blocks or allocates per
+//! frame on the fast paths.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use weave_core::PeerName;
+use weave_gossip::{routes::Routes, DataKeys};
+
+use crate::crypto::{Opener, Sealer};
+use crate::packet::{self, Mac, TooBig};
+use crate::wire::{self, Beat, FrameRecord, Header, Kind, FLAG_BROADCAST, FLAG_NO_LOCAL, FRAME_HEADER_LEN, HEADER_LEN, TAG_LEN};
+
+/// Smallest datagram every IPv4 path carries (576 - IP - UDP headers).
+pub const MIN_DATAGRAM: u16 = 548;
+
+/// Sleeve settings.
+#[derive(Debug, Clone)]
+pub struct SleeveConfig {
+    /// Our peer name.
+    pub ourself: PeerName,
+    /// The UDP port peers listen on when we have not learnt theirs.
+    pub port: u16,
+    /// Largest UDP payload to try (underlay MTU - 28).
+    pub max_datagram: u16,
+    /// Heartbeat interval once a path is up.
+    pub heartbeat: Duration,
+    /// Heartbeat interval while establishing a path or probing its MTU.
+    pub fast_heartbeat: Duration,
+    /// A path is down after this long without a valid datagram.
+    pub timeout: Duration,
+    /// Learnt MAC addresses are forgotten after this long unseen.
+    pub mac_expiry: Duration,
+    /// `--trusted-subnets`: peers here may skip data encryption if they
+    /// trust us too.
+    pub trusted: Vec<IpNet>,
+}
+
+impl SleeveConfig {
+    /// Defaults for a 1500-byte underlay.
+    pub fn new(ourself: PeerName, port: u16) -> Self {
+        Self {
+            ourself,
+            port,
+            max_datagram: 1472,
+            heartbeat: Duration::from_secs(1),
+            fast_heartbeat: Duration::from_millis(100),
+            timeout: Duration::from_secs(6),
+            mac_expiry: Duration::from_secs(600),
+            trusted: Vec::new(),
+        }
+    }
+}
+
+/// Where a MAC address lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacLocation {
+    /// Behind our own bridge.
+    Local,
+    /// Behind this peer's bridge.
+    Peer(PeerName),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MacEntry {
+    at: MacLocation,
+    seen: Instant,
+}
+
+/// Path-MTU search state for one peer (datagram sizes, UDP payload).
+#[derive(Debug, Clone)]
+struct Pmtu {
+    /// Largest size to try.
+    max: u16,
+    /// Largest size acknowledged.
+    ok: u16,
+    /// Smallest size known to fail (max + 1 while none has).
+    bad: u16,
+    /// Size being probed.
+    probe: u16,
+    /// Rounds where the small heartbeat came back but the probe did not.
+    misses: u8,
+    probe_acked: bool,
+    small_acked: bool,
+}
+
+impl Pmtu {
+    fn new(max: u16) -> Self {
+        Self { max, ok: 0, bad: max + 1, probe: max, misses: 0, probe_acked: false, small_acked: false }
+    }
+
+    fn settled(&self) -> bool {
+        self.ok >= self.max || self.bad.saturating_sub(self.ok.max(MIN_DATAGRAM)) <= 16
+    }
+
+    /// The datagram size to use now: optimistic until a probe fails.
+    fn effective(&self) -> u16 {
+        if self.bad > self.max {
+            self.max
+        } else {
+            self.ok.max(MIN_DATAGRAM)
+        }
+    }
+
+    /// A round ended (a new heartbeat is due): judge the last probe.
+    fn end_round(&mut self) {
+        if self.settled() {
+            return;
+        }
+        if self.probe_acked {
+            self.misses = 0;
+        } else if self.small_acked {
+            self.misses += 1;
+            if self.misses >= 3 {
+                self.bad = self.probe;
+                self.misses = 0;
+            }
+        }
+        self.probe = if self.bad > self.max { self.max } else { (self.ok.max(MIN_DATAGRAM) + self.bad) / 2 };
+        self.probe_acked = false;
+        self.small_acked = false;
+    }
+
+    fn acked(&mut self, size: u16, probe_size: bool) {
+        if probe_size {
+            self.probe_acked = true;
+            self.ok = self.ok.max(size);
+            if self.ok >= self.bad {
+                self.bad = self.ok + 1;
+            }
+        } else {
+            self.small_acked = true;
+        }
+    }
+}
+
+/// Traffic counters for one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// Frames sent to this peer (as the next hop).
+    pub tx_frames: u64,
+    /// Bytes of frames sent.
+    pub tx_bytes: u64,
+    /// Frames received from this peer.
+    pub rx_frames: u64,
+    /// Bytes of frames received.
+    pub rx_bytes: u64,
+}
+
+struct Peer {
+    addr: SocketAddr,
+    /// Learnt from a valid datagram (not just guessed).
+    confirmed: bool,
+    crypto: Option<(Sealer, Opener)>,
+    /// The peer said it trusts our address.
+    trusts_us: bool,
+    next_beat: Instant,
+    seq: u32,
+    last_rx: Option<Instant>,
+    last_ack: Option<Instant>,
+    pmtu: Pmtu,
+    fastpath_offer: Option<(Mac, u16)>,
+    /// The peer hears our fast-path heartbeats.
+    fastpath_heard_by_peer: bool,
+    /// When we last heard the peer's fast-path heartbeat.
+    fastpath_heard: Option<Instant>,
+    counters: PeerCounters,
+}
+
+/// Datagrams to send, in reusable buffers (cleared, not freed, between
+/// batches).
+#[derive(Debug, Default)]
+pub struct TxQueue {
+    bufs: Vec<Vec<u8>>,
+    dsts: Vec<SocketAddr>,
+    len: usize,
+    /// Open (still filling) datagrams: (next hop, index, sealed?).
+    open: Vec<(PeerName, usize, bool)>,
+}
+
+impl TxQueue {
+    /// Datagrams ready to send.
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        self.dsts[..self.len].iter().copied().zip(self.bufs[..self.len].iter().map(Vec::as_slice))
+    }
+
+    /// Number of datagrams queued.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether none are queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forget what was sent (keeps the buffers).
+    pub fn clear(&mut self) {
+        debug_assert!(self.open.is_empty(), "flush before clearing");
+        self.len = 0;
+    }
+
+    fn push(&mut self, dst: SocketAddr) -> usize {
+        if self.len == self.bufs.len() {
+            self.bufs.push(Vec::with_capacity(2048));
+            self.dsts.push(dst);
+        }
+        let i = self.len;
+        self.bufs[i].clear();
+        self.dsts[i] = dst;
+        self.len += 1;
+        i
+    }
+}
+
+/// Where a frame from a datagram goes locally: a byte range of the
+/// datagram buffer to write into the bridge.
+pub type Delivery = std::ops::Range<usize>;
+
+/// Why frames or datagrams were dropped (for `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Malformed datagram.
+    Malformed,
+    /// From a peer we have no connection with.
+    UnknownPeer,
+    /// Failed authentication.
+    Auth,
+    /// Replayed.
+    Replay,
+    /// Plaintext from a peer that must encrypt.
+    Plaintext,
+    /// Destination peer unreachable.
+    Unreachable,
+    /// Too big for the path and not fragmentable.
+    TooBig,
+    /// Runt frame.
+    Runt,
+}
+
+impl DropReason {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownPeer => "unknown_peer",
+            Self::Auth => "auth_failed",
+            Self::Replay => "replay",
+            Self::Plaintext => "plaintext_refused",
+            Self::Unreachable => "unreachable",
+            Self::TooBig => "too_big",
+            Self::Runt => "runt",
+        }
+    }
+}
+
+/// A peer's sleeve state, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPath {
+    /// The peer.
+    pub peer: PeerName,
+    /// The UDP address in use.
+    pub addr: SocketAddr,
+    /// Heartbeats come back.
+    pub established: bool,
+    /// Data is encrypted on this hop.
+    pub encrypted: bool,
+    /// Largest datagram in use.
+    pub pmtu: u16,
+    /// The fast path is usable (both ends offer it, both hear each other).
+    pub fastpath: bool,
+    /// Why the fast path is not in use, if it is not.
+    pub fastpath_reason: Option<&'static str>,
+    /// Counters.
+    pub counters: PeerCounters,
+}
+
+/// The sleeve's core.
+pub struct Sleeve {
+    cfg: SleeveConfig,
+    peers: HashMap<PeerName, Peer>,
+    macs: HashMap<Mac, MacEntry>,
+    routes: Routes,
+    fastpath_offer: Option<(Mac, u16)>,
+    /// Peers the fast path currently carries frames to (programmed by the
+    /// fast-path driver).
+    fastpath_on: HashSet<PeerName>,
+    drops: HashMap<DropReason, u64>,
+    mac_moves: u64,
+    next_expiry: Option<Instant>,
+    children: Vec<PeerName>,
+}
+
+impl std::fmt::Debug for Sleeve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sleeve").field("ourself", &self.cfg.ourself).field("peers", &self.peers.len()).finish_non_exhaustive()
+    }
+}
+
+impl Sleeve {
+    /// A sleeve with no peers.
+    pub fn new(cfg: SleeveConfig) -> Self {
+        Self {
+            cfg,
+            peers: HashMap::new(),
+            macs: HashMap::new(),
+            routes: Routes::default(),
+            fastpath_offer: None,
+            fastpath_on: HashSet::new(),
+            drops: HashMap::new(),
+            mac_moves: 0,
+            next_expiry: None,
+            children: Vec::new(),
+        }
+    }
+
+    /// Our name.
+    pub fn ourself(&self) -> PeerName {
+        self.cfg.ourself
+    }
+
+    /// The largest frame (Ethernet header included) every established path
+    /// carries without fragmenting: what the overlay MTU must fit in.
+    pub fn max_frame(&self, encrypted: bool) -> usize {
+        usize::from(self.cfg.max_datagram) - HEADER_LEN - FRAME_HEADER_LEN - if encrypted { TAG_LEN } else { 0 }
+    }
+
+    /// A direct connection came up: start heartbeating to `addr` (the
+    /// peer's address; for inbound connections with our port as a guess,
+    /// corrected when its heartbeats arrive). Replaces any earlier state,
+    /// keys included.
+    pub fn add_peer(&mut self, now: Instant, peer: PeerName, addr: SocketAddr, keys: Option<&DataKeys>) {
+        let crypto = keys.map(|k| (Sealer::new(&k.send), Opener::new(&k.recv)));
+        let p = Peer {
+            addr,
+            confirmed: false,
+            crypto,
+            trusts_us: false,
+            next_beat: now,
+            seq: 0,
+            last_rx: None,
+            last_ack: None,
+            pmtu: Pmtu::new(self.cfg.max_datagram),
+            fastpath_offer: None,
+            fastpath_heard_by_peer: false,
+            fastpath_heard: None,
+            counters: PeerCounters::default(),
+        };
+        self.peers.insert(peer, p);
+    }
+
+    /// The connection went away.
+    pub fn remove_peer(&mut self, peer: PeerName) {
+        self.peers.remove(&peer);
+        self.fastpath_on.remove(&peer);
+    }
+
+    /// The peer's address as guessed for an inbound connection: its IP and
+    /// our port.
+    pub fn guess_addr(&self, remote: SocketAddr) -> SocketAddr {
+        SocketAddr::new(remote.ip(), self.cfg.port)
+    }
+
+    /// New routes from the mesh.
+    pub fn set_routes(&mut self, routes: Routes) {
+        self.routes = routes;
+    }
+
+    /// Offer our fast path (VXLAN endpoint MAC and port) to peers, or stop.
+    pub fn set_fastpath_offer(&mut self, offer: Option<(Mac, u16)>) {
+        self.fastpath_offer = offer;
+    }
+
+    /// A fast-path heartbeat from `peer` arrived.
+    pub fn fastpath_heard(&mut self, now: Instant, peer: PeerName) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.fastpath_heard = Some(now);
+        }
+    }
+
+    /// Whether the fast path to `peer` is proven both ways; `Err` says why not.
+    pub fn fastpath_ready(&self, now: Instant, peer: PeerName) -> Result<(Mac, u16), &'static str> {
+        let p = self.peers.get(&peer).ok_or("not connected")?;
+        if self.fastpath_offer.is_none() {
+            return Err("fast path disabled here");
+        }
+        if p.crypto.is_some() && !self.plain_ok(p) {
+            return Err("encrypted: sleeve carries the data");
+        }
+        let offer = p.fastpath_offer.ok_or("peer does not offer the fast path")?;
+        let heard = p.fastpath_heard.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.timeout);
+        if !heard {
+            return Err("no fast-path heartbeats from peer");
+        }
+        if !p.fastpath_heard_by_peer {
+            return Err("peer does not hear our fast-path heartbeats");
+        }
+        Ok(offer)
+    }
+
+    /// The fast-path driver programmed (or removed) `peer`: broadcasts to it
+    /// now travel by VXLAN, so the sleeve only relays through it.
+    pub fn set_fastpath_active(&mut self, peer: PeerName, on: bool) {
+        if on {
+            self.fastpath_on.insert(peer);
+        } else {
+            self.fastpath_on.remove(&peer);
+        }
+    }
+
+    /// Peers with a fast-path offer (for the fast-path driver to heartbeat).
+    pub fn fastpath_offers(&self) -> Vec<(PeerName, SocketAddr, Mac, u16)> {
+        self.peers.iter().filter_map(|(n, p)| p.fastpath_offer.map(|(m, port)| (*n, p.addr, m, port))).collect()
+    }
+
+    fn plain_ok(&self, p: &Peer) -> bool {
+        p.trusts_us && self.trusts(p.addr.ip())
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.cfg.trusted.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Status of every peer path.
+    pub fn paths(&self, now: Instant) -> Vec<PeerPath> {
+        let mut v: Vec<PeerPath> = self
+            .peers
+            .iter()
+            .map(|(n, p)| {
+                let fp = self.fastpath_ready(now, *n);
+                PeerPath {
+                    peer: *n,
+                    addr: p.addr,
+                    established: self.established(now, p),
+                    encrypted: p.crypto.is_some() && !self.plain_ok(p),
+                    pmtu: p.pmtu.effective(),
+                    fastpath: fp.is_ok() && self.fastpath_on.contains(n),
+                    fastpath_reason: fp.err(),
+                    counters: p.counters,
+                }
+            })
+            .collect();
+        v.sort_by_key(|p| p.peer);
+        v
+    }
+
+    /// Drop counters by reason.
+    pub fn drops(&self) -> Vec<(DropReason, u64)> {
+        let mut v: Vec<_> = self.drops.iter().map(|(r, c)| (*r, *c)).collect();
+        v.sort();
+        v
+    }
+
+    /// How many times a MAC address was seen moving between hosts.
+    pub fn mac_moves(&self) -> u64 {
+        self.mac_moves
+    }
+
+    /// Where `mac` was learnt.
+    pub fn lookup_mac(&self, mac: &Mac) -> Option<MacLocation> {
+        self.macs.get(mac).map(|e| e.at)
+    }
+
+    fn established(&self, now: Instant, p: &Peer) -> bool {
+        p.last_ack.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.timeout)
+    }
+
+    fn drop(&mut self, r: DropReason) {
+        *self.drops.entry(r).or_default() += 1;
+    }
+
+    fn learn(&mut self, now: Instant, mac: Mac, at: MacLocation) {
+        if packet::is_group(&mac) {
+            return;
+        }
+        match self.macs.get_mut(&mac) {
+            Some(e) => {
+                if e.at != at {
+                    tracing::info!(mac = %fmt_mac(&mac), from = ?e.at, to = ?at, "MAC address moved");
+                    self.mac_moves += 1;
+                    e.at = at;
+                }
+                e.seen = now;
+            }
+            None => {
+                self.macs.insert(mac, MacEntry { at, seen: now });
+            }
+        }
+    }
+
+    /// A frame read from our bridge.
+    pub fn handle_frame(&mut self, now: Instant, frame: &[u8], tx: &mut TxQueue, inject: &mut Vec<Vec<u8>>) {
+        let (Some(dst), Some(src)) = (packet::dst_mac(frame), packet::src_mac(frame)) else {
+            self.drop(DropReason::Runt);
+            return;
+        };
+        self.learn(now, src, MacLocation::Local);
+        let ourself = self.cfg.ourself;
+        if !packet::is_group(&dst) {
+            match self.macs.get(&dst).map(|e| e.at) {
+                Some(MacLocation::Peer(p)) => {
+                    let rec = FrameRecord { origin: ourself, dst: p, flags: 0, frame };
+                    self.forward_unicast(rec, tx, Some(inject));
+                    return;
+                }
+                // The bridge floods frames for unknown addresses to us
+                // too; a local one is not ours to carry.
+                Some(MacLocation::Local) => return,
+                None => {}
+            }
+        }
+        let rec = FrameRecord { origin: ourself, dst: ourself, flags: FLAG_BROADCAST, frame };
+        self.forward_broadcast(rec, tx, Some(inject));
+    }
+
+    fn forward_unicast(&mut self, rec: FrameRecord<'_>, tx: &mut TxQueue, inject: Option<&mut Vec<Vec<u8>>>) {
+        let Some(hop) = self.routes.next_hop(rec.dst).filter(|h| self.peers.contains_key(h)) else {
+            self.drop(DropReason::Unreachable);
+            return;
+        };
+        self.send_record(hop, rec, tx, inject);
+    }
+
+    fn forward_broadcast(&mut self, rec: FrameRecord<'_>, tx: &mut TxQueue, mut inject: Option<&mut Vec<Vec<u8>>>) {
+        let mut children = std::mem::take(&mut self.children);
+        children.clear();
+        children.extend_from_slice(self.routes.broadcast_children(rec.origin));
+        for &c in &children {
+            if !self.peers.contains_key(&c) {
+                continue;
+            }
+            let mut r = rec;
+            r.flags = FLAG_BROADCAST;
+            // Only the origin's own children can have had it by VXLAN.
+            if rec.origin == self.cfg.ourself && self.fastpath_on.contains(&c) {
+                // Skip it altogether when it has nobody to relay to.
+                let ours = self.routes.neighbours();
+                if self.routes.neighbours_of(c).iter().all(|n| *n == rec.origin || ours.contains(n)) {
+                    continue;
+                }
+                r.flags |= FLAG_NO_LOCAL;
+            }
+            self.send_record(c, r, tx, inject.as_deref_mut());
+        }
+        self.children = children;
+    }
+
+    /// Append a record to the open datagram for `hop`, sealing and opening
+    /// another when full; frames too big for the hop's path are answered
+    /// with ICMP or fragmented.
+    fn send_record(&mut self, hop: PeerName, rec: FrameRecord<'_>, tx: &mut TxQueue, inject: Option<&mut Vec<Vec<u8>>>) {
+        let max_dgram = usize::from(self.peers[&hop].pmtu.effective());
+        let encrypted = {
+            let p = &self.peers[&hop];
+            p.crypto.is_some() && !self.plain_ok(p)
+        };
+        let overhead = HEADER_LEN + FRAME_HEADER_LEN + if encrypted { TAG_LEN } else { 0 };
+        if rec.frame.len() + overhead > max_dgram {
+            let max_frame = max_dgram - overhead;
+            match packet::too_big(rec.frame, max_frame) {
+                TooBig::Icmp(icmp) => match inject {
+                    Some(inj) if rec.origin == self.cfg.ourself => inj.push(icmp),
+                    _ => self.drop(DropReason::TooBig),
+                },
+                TooBig::Fragments(frags) => {
+                    for f in &frags {
+                        let r = FrameRecord { frame: f, ..rec };
+                        self.send_record(hop, r, tx, None);
+                    }
+                }
+                TooBig::Drop => self.drop(DropReason::TooBig),
+            }
+            return;
+        }
+        let need = rec.encoded_len();
+        let slot = tx.open.iter().position(|(h, _, _)| *h == hop);
+        let idx = match slot {
+            Some(s) if tx.bufs[tx.open[s].1].len() + need + if tx.open[s].2 { TAG_LEN } else { 0 } <= max_dgram => tx.open[s].1,
+            other => {
+                if let Some(s) = other {
+                    let (h, i, sealed) = tx.open.swap_remove(s);
+                    self.close(h, i, sealed, tx);
+                }
+                let i = self.open_datagram(hop, Kind::Frames, encrypted, tx);
+                tx.open.push((hop, i, encrypted));
+                i
+            }
+        };
+        rec.write(&mut tx.bufs[idx]);
+        let p = self.peers.get_mut(&hop).expect("checked");
+        p.counters.tx_frames += 1;
+        p.counters.tx_bytes += rec.frame.len() as u64;
+    }
+
+    fn open_datagram(&mut self, hop: PeerName, kind: Kind, encrypted: bool, tx: &mut TxQueue) -> usize {
+        let p = self.peers.get_mut(&hop).expect("caller checked");
+        let counter = match (&mut p.crypto, encrypted) {
+            (Some((s, _)), true) => s.next_counter(),
+            _ => 0,
+        };
+        let i = tx.push(p.addr);
+        let h = Header { kind, encrypted, sender: self.cfg.ourself, counter };
+        let buf = &mut tx.bufs[i];
+        buf.resize(HEADER_LEN, 0);
+        h.write(buf);
+        i
+    }
+
+    fn close(&mut self, hop: PeerName, i: usize, sealed: bool, tx: &mut TxQueue) {
+        if !sealed {
+            return;
+        }
+        let buf = &mut tx.bufs[i];
+        let counter = u64::from_be_bytes(buf[8..16].try_into().expect("header"));
+        let mut aad = [0u8; HEADER_LEN];
+        aad.copy_from_slice(&buf[..HEADER_LEN]);
+        match self.peers.get(&hop).and_then(|p| p.crypto.as_ref()) {
+            Some((s, _)) => s.seal(counter, &aad, buf, HEADER_LEN),
+            // The peer went away mid-batch: send nothing readable.
+            None => buf.truncate(0),
+        }
+    }
+
+    /// Seal and finish every open datagram; call before sending `tx`.
+    pub fn flush(&mut self, tx: &mut TxQueue) {
+        while let Some((h, i, sealed)) = tx.open.pop() {
+            self.close(h, i, sealed, tx);
+        }
+    }
+
+    /// A datagram from the UDP socket. Frames to deliver locally are
+    /// returned as ranges of `data` (decrypted in place); relayed frames
+    /// and heartbeat answers go into `tx`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8], tx: &mut TxQueue, deliver: &mut Vec<Delivery>) {
+        let h = match Header::parse(data) {
+            Ok(h) => h,
+            Err(_) => return self.drop(DropReason::Malformed),
+        };
+        let trusted_src = self.trusts(from.ip());
+        let Some(p) = self.peers.get_mut(&h.sender) else {
+            return self.drop(DropReason::UnknownPeer);
+        };
+        let body_end = match (&mut p.crypto, h.encrypted) {
+            (Some((_, o)), true) => {
+                let (aad, rest) = data.split_at_mut(HEADER_LEN);
+                match o.open(h.counter, aad, rest) {
+                    Ok(n) => HEADER_LEN + n,
+                    Err(crate::crypto::OpenError::Replay) => return self.drop(DropReason::Replay),
+                    Err(_) => return self.drop(DropReason::Auth),
+                }
+            }
+            (None, false) => data.len(),
+            // Plain data from an encrypting peer only across trusted
+            // subnets, and never heartbeats (they carry the trust itself).
+            (Some(_), false) if h.kind == Kind::Frames && trusted_src && p.trusts_us => data.len(),
+            (Some(_), false) => return self.drop(DropReason::Plaintext),
+            (None, true) => return self.drop(DropReason::Auth),
+        };
+        if p.addr != from {
+            if p.confirmed {
+                tracing::info!(peer = %h.sender, old = %p.addr, new = %from, "peer's UDP address changed");
+            }
+            p.addr = from;
+        }
+        p.confirmed = true;
+        p.last_rx = Some(now);
+        match h.kind {
+            Kind::Heartbeat => {
+                let Ok(beat) = Beat::parse(&data[HEADER_LEN..body_end]) else {
+                    return self.drop(DropReason::Malformed);
+                };
+                p.fastpath_offer = (beat.flags & wire::BEAT_FASTPATH != 0).then_some((beat.fastpath_mac, beat.fastpath_port));
+                p.fastpath_heard_by_peer = beat.flags & wire::BEAT_FASTPATH_HEARD != 0;
+                p.trusts_us = beat.flags & wire::BEAT_TRUSTS_YOU != 0;
+                let size = u16::try_from(data.len()).unwrap_or(u16::MAX);
+                let ack = Beat { seq: beat.seq, size, ..self.our_beat(now, h.sender) };
+                self.send_beat(h.sender, Kind::HeartbeatAck, ack, 0, tx);
+            }
+            Kind::HeartbeatAck => {
+                let Ok(beat) = Beat::parse(&data[HEADER_LEN..body_end]) else {
+                    return self.drop(DropReason::Malformed);
+                };
+                p.last_ack = Some(now);
+                p.fastpath_offer = (beat.flags & wire::BEAT_FASTPATH != 0).then_some((beat.fastpath_mac, beat.fastpath_port));
+                p.fastpath_heard_by_peer = beat.flags & wire::BEAT_FASTPATH_HEARD != 0;
+                p.trusts_us = beat.flags & wire::BEAT_TRUSTS_YOU != 0;
+                let probe = beat.size == p.pmtu.probe && beat.seq == p.seq;
+                p.pmtu.acked(beat.size, probe);
+            }
+            Kind::Frames => {
+                let sender = h.sender;
+                let mut off = HEADER_LEN;
+                for rec in wire::frames(&data[HEADER_LEN..body_end]) {
+                    let Ok(rec) = rec else {
+                        self.drop(DropReason::Malformed);
+                        break;
+                    };
+                    let start = off + FRAME_HEADER_LEN;
+                    off = start + rec.frame.len();
+                    self.receive_record(now, sender, rec, start..off, tx, deliver);
+                }
+            }
+        }
+    }
+
+    fn receive_record(&mut self, now: Instant, sender: PeerName, rec: FrameRecord<'_>, range: Delivery, tx: &mut TxQueue, deliver: &mut Vec<Delivery>) {
+        if let Some(p) = self.peers.get_mut(&sender) {
+            p.counters.rx_frames += 1;
+            p.counters.rx_bytes += rec.frame.len() as u64;
+        }
+        let ourself = self.cfg.ourself;
+        if rec.origin == ourself {
+            // Our own frame came back: a routing loop while routes settle.
+            return;
+        }
+        let Some(src) = packet::src_mac(rec.frame) else {
+            return self.drop(DropReason::Runt);
+        };
+        self.learn(now, src, MacLocation::Peer(rec.origin));
+        if rec.is_broadcast() {
+            if rec.flags & FLAG_NO_LOCAL == 0 {
+                deliver.push(range);
+            }
+            self.forward_broadcast(rec, tx, None);
+        } else if rec.dst == ourself {
+            deliver.push(range);
+        } else {
+            self.forward_unicast(rec, tx, None);
+        }
+    }
+
+    fn our_beat(&self, now: Instant, peer: PeerName) -> Beat {
+        let p = &self.peers[&peer];
+        let mut flags = 0;
+        if self.trusts(p.addr.ip()) {
+            flags |= wire::BEAT_TRUSTS_YOU;
+        }
+        let (mut mac, mut port) = ([0u8; 6], 0);
+        if let Some((m, pt)) = self.fastpath_offer {
+            flags |= wire::BEAT_FASTPATH;
+            mac = m;
+            port = pt;
+            if p.fastpath_heard.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.timeout) {
+                flags |= wire::BEAT_FASTPATH_HEARD;
+            }
+        }
+        Beat { seq: p.seq, size: 0, flags, fastpath_mac: mac, fastpath_port: port }
+    }
+
+    /// Send a heartbeat-kind datagram, padded to `pad_to` bytes.
+    fn send_beat(&mut self, peer: PeerName, kind: Kind, beat: Beat, pad_to: usize, tx: &mut TxQueue) {
+        let encrypted = self.peers[&peer].crypto.is_some();
+        let i = self.open_datagram(peer, kind, encrypted, tx);
+        let buf = &mut tx.bufs[i];
+        beat.write(buf);
+        let target = pad_to.saturating_sub(if encrypted { TAG_LEN } else { 0 });
+        if buf.len() < target {
+            buf.resize(target, 0);
+        }
+        self.close(peer, i, encrypted, tx);
+    }
+
+    /// When [`Self::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers.values().map(|p| p.next_beat).chain(self.next_expiry).min()
+    }
+
+    /// Send due heartbeats and probes; expire MAC addresses.
+    pub fn handle_timeout(&mut self, now: Instant, tx: &mut TxQueue) {
+        let due: Vec<PeerName> = self.peers.iter().filter(|(_, p)| p.next_beat <= now).map(|(n, _)| *n).collect();
+        for n in due {
+            let (fast, probe) = {
+                let est = {
+                    let p = &self.peers[&n];
+                    self.established(now, p)
+                };
+                let p = self.peers.get_mut(&n).expect("listed");
+                p.pmtu.end_round();
+                p.seq = p.seq.wrapping_add(1);
+                let settled = p.pmtu.settled();
+                (!est || !settled, (!settled).then_some(p.pmtu.probe))
+            };
+            let beat = self.our_beat(now, n);
+            self.send_beat(n, Kind::Heartbeat, beat, 0, tx);
+            if let Some(size) = probe {
+                let b = Beat { size, ..beat };
+                self.send_beat(n, Kind::Heartbeat, b, usize::from(size), tx);
+            }
+            let p = self.peers.get_mut(&n).expect("listed");
+            p.next_beat = now + if fast { self.cfg.fast_heartbeat } else { self.cfg.heartbeat };
+        }
+        if self.next_expiry.is_none_or(|t| t <= now) {
+            let expiry = self.cfg.mac_expiry;
+            self.macs.retain(|_, e| now.saturating_duration_since(e.seen) < expiry);
+            self.next_expiry = Some(now + expiry / 10);
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn fmt_mac(m: &Mac) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}

@@ -1,0 +1,294 @@
+//! The sleeve's driver: a TAP device on the bridge and a UDP socket on the
+//! router port, each served by a dedicated thread that moves frames in
+//! batches (non-blocking TAP reads until empty; `recvmmsg`/`sendmmsg`), and
+//! takes the core's lock once per batch.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::netlink::Netns;
+use crate::sleeve::{Delivery, Sleeve, TxQueue};
+use crate::sys;
+
+/// Frames read from the TAP device per batch.
+const TAP_BATCH: usize = 64;
+/// Datagrams per `recvmmsg`.
+const UDP_BATCH: usize = 32;
+/// Largest frame read from the TAP device.
+const FRAME_BUF: usize = 16 * 1024;
+/// Largest datagram received.
+const DGRAM_BUF: usize = 9216;
+
+/// I/O counters kept by the driver's threads.
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    /// Frames read from the TAP device.
+    pub tap_rx: AtomicU64,
+    /// Frames written to the TAP device.
+    pub tap_tx: AtomicU64,
+    /// Datagrams received.
+    pub udp_rx: AtomicU64,
+    /// Datagrams sent.
+    pub udp_tx: AtomicU64,
+    /// TAP writes that failed.
+    pub tap_errors: AtomicU64,
+}
+
+/// A running sleeve: its threads, TAP and socket.
+pub struct SleeveDriver {
+    core: Arc<Mutex<Sleeve>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    local: SocketAddr,
+    counters: Arc<IoCounters>,
+}
+
+impl std::fmt::Debug for SleeveDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SleeveDriver").field("local", &self.local).finish_non_exhaustive()
+    }
+}
+
+impl SleeveDriver {
+    /// Open TAP device `tap` and bind `listen` inside `ns`, and start the
+    /// threads. The caller adds the TAP device to the bridge.
+    pub fn start(core: Sleeve, ns: &Netns, tap: &str, listen: SocketAddr) -> io::Result<Self> {
+        let tap_name = tap.to_owned();
+        let (tap, udp) = ns.run(move || {
+            let tap = sys::open_tap(&tap_name)?;
+            let udp = UdpSocket::bind(listen)?;
+            sys::set_pmtu_probe(udp.as_raw_fd())?;
+            udp.set_read_timeout(Some(Duration::from_millis(50)))?;
+            Ok((tap, udp))
+        })?;
+        let local = udp.local_addr()?;
+        let tap = Arc::new(tap);
+        let udp = Arc::new(udp);
+        let core = Arc::new(Mutex::new(core));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(IoCounters::default());
+        let mut threads = Vec::new();
+        {
+            let (core, stop, tap, udp, c) = (core.clone(), stop.clone(), tap.clone(), udp.clone(), counters.clone());
+            threads.push(std::thread::Builder::new().name("sleeve-tap".into()).spawn(move || tap_loop(&core, &stop, &tap, &udp, &c))?);
+        }
+        {
+            let (core, stop, tap, udp, c) = (core.clone(), stop.clone(), tap.clone(), udp.clone(), counters.clone());
+            threads.push(std::thread::Builder::new().name("sleeve-udp".into()).spawn(move || udp_loop(&core, &stop, &tap, &udp, &c))?);
+        }
+        Ok(Self { core, stop, threads, local, counters })
+    }
+
+    /// The core, for control (peers, routes) and status.
+    pub fn core(&self) -> &Arc<Mutex<Sleeve>> {
+        &self.core
+    }
+
+    /// The UDP address bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// I/O counters.
+    pub fn counters(&self) -> &IoCounters {
+        &self.counters
+    }
+
+    /// Stop the threads (closing the TAP device removes it).
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SleeveDriver {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock(core: &Mutex<Sleeve>) -> std::sync::MutexGuard<'_, Sleeve> {
+    // A panic in the core is a bug; keep carrying traffic with its state.
+    core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn tap_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, c: &IoCounters) {
+    let mut bufs: Vec<Vec<u8>> = (0..TAP_BATCH).map(|_| vec![0u8; FRAME_BUF]).collect();
+    let mut lens = [0usize; TAP_BATCH];
+    let mut tx = TxQueue::default();
+    let mut inject = Vec::new();
+    let fd = tap.as_raw_fd();
+    while !stop.load(Ordering::Relaxed) {
+        match sys::wait_readable(fd, 100) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "polling the TAP device failed; sleeve stopped");
+                return;
+            }
+        }
+        let mut n = 0;
+        while n < TAP_BATCH {
+            match (&*tap).read(&mut bufs[n]) {
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "TAP read failed");
+                    break;
+                }
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        c.tap_rx.fetch_add(n as u64, Ordering::Relaxed);
+        {
+            let now = Instant::now();
+            let mut s = lock(core);
+            for i in 0..n {
+                s.handle_frame(now, &bufs[i][..lens[i]], &mut tx, &mut inject);
+            }
+            s.flush(&mut tx);
+        }
+        let sent = sys::send_batch(udp.as_raw_fd(), tx.iter());
+        c.udp_tx.fetch_add(sent as u64, Ordering::Relaxed);
+        tx.clear();
+        for f in inject.drain(..) {
+            write_frame(tap, &f, c);
+        }
+    }
+}
+
+fn write_frame(tap: &File, f: &[u8], c: &IoCounters) {
+    match (&*tap).write(f) {
+        Ok(_) => {
+            c.tap_tx.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {
+            c.tap_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn udp_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, c: &IoCounters) {
+    let mut batch = sys::RecvBatch::new(UDP_BATCH, DGRAM_BUF);
+    let mut tx = TxQueue::default();
+    let mut deliveries: Vec<(usize, Delivery)> = Vec::new();
+    let mut ranges: Vec<Delivery> = Vec::new();
+    let fd = udp.as_raw_fd();
+    while !stop.load(Ordering::Relaxed) {
+        let n = match batch.recv(fd) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => 0,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here; keep going.
+                tracing::debug!(error = %e, "UDP receive error");
+                0
+            }
+        };
+        c.udp_rx.fetch_add(n as u64, Ordering::Relaxed);
+        {
+            let now = Instant::now();
+            let mut s = lock(core);
+            for i in 0..n {
+                let Some(from) = batch.addrs[i] else { continue };
+                let len = batch.lens[i];
+                ranges.clear();
+                s.handle_datagram(now, from, &mut batch.bufs[i][..len], &mut tx, &mut ranges);
+                deliveries.extend(ranges.drain(..).map(|r| (i, r)));
+            }
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now, &mut tx);
+            }
+            s.flush(&mut tx);
+        }
+        if !tx.is_empty() {
+            let sent = sys::send_batch(fd, tx.iter());
+            c.udp_tx.fetch_add(sent as u64, Ordering::Relaxed);
+            tx.clear();
+        }
+        for (i, r) in deliveries.drain(..) {
+            write_frame(tap, &batch.bufs[i][r], c);
+        }
+    }
+}
+
+/// Name of the sleeve's TAP device on the bridge.
+pub const TAP_NAME: &str = "vethwe-sleeve";
+
+/// The sleeve as a [`crate::Dataplane`]: the bridge, a TAP port on it, and
+/// the UDP socket on the router port.
+#[derive(Debug)]
+pub struct SleeveDataplane {
+    driver: SleeveDriver,
+}
+
+/// Where and how to run a data plane.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// The router's namespace.
+    pub netns: Netns,
+    /// The bridge (`weave`).
+    pub bridge: String,
+    /// Overlay MTU (`ethwe`, bridge ports).
+    pub mtu: u32,
+    /// UDP address for the sleeve (router port, all interfaces).
+    pub listen: SocketAddr,
+    /// Sleeve settings.
+    pub sleeve: crate::SleeveConfig,
+}
+
+impl SleeveDataplane {
+    /// Ensure the bridge, start the sleeve and put its TAP on the bridge.
+    pub async fn start(nl: &crate::netlink::Netlink, cfg: &DataplaneConfig) -> Result<Self, crate::DataplaneError> {
+        let bridge = nl.ensure_bridge(&cfg.bridge, cfg.mtu).await?;
+        let driver = SleeveDriver::start(Sleeve::new(cfg.sleeve.clone()), &cfg.netns, TAP_NAME, cfg.listen)?;
+        let tap = nl.link(TAP_NAME).await?.ok_or_else(|| io::Error::other("TAP device vanished"))?;
+        nl.enslave(tap.index, bridge.index, cfg.mtu, true).await?;
+        Ok(Self { driver })
+    }
+
+    /// The running driver.
+    pub fn driver(&self) -> &SleeveDriver {
+        &self.driver
+    }
+}
+
+impl crate::Dataplane for SleeveDataplane {
+    fn kind(&self) -> &'static str {
+        "sleeve"
+    }
+
+    fn connection_up(&self, peer: weave_core::PeerName, remote: SocketAddr, outbound: bool, keys: Option<&weave_gossip::DataKeys>) -> Result<(), crate::DataplaneError> {
+        crate::dataplane::sleeve_connection_up(self.driver.core(), peer, remote, outbound, keys);
+        Ok(())
+    }
+
+    fn connection_down(&self, peer: weave_core::PeerName) {
+        lock(self.driver.core()).remove_peer(peer);
+    }
+
+    fn set_routes(&self, routes: &weave_gossip::routes::Routes) {
+        lock(self.driver.core()).set_routes(routes.clone());
+    }
+
+    fn paths(&self) -> Vec<crate::PeerPath> {
+        lock(self.driver.core()).paths(Instant::now())
+    }
+
+    fn drops(&self) -> Vec<(crate::DropReason, u64)> {
+        lock(self.driver.core()).drops()
+    }
+}

@@ -1,0 +1,293 @@
+//! The few system calls without a safe wrapper: TAP creation, batched UDP
+//! I/O (recvmmsg/sendmmsg), DF probing, and AF_PACKET sockets for the fast
+//! path's heartbeats. Every `unsafe` block states why it is sound.
+#![allow(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+#[repr(C)]
+struct IfReqFlags {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Create (or attach to) the TAP device `name` in the calling thread's
+/// network namespace, non-blocking, without packet-information headers.
+pub fn open_tap(name: &str) -> io::Result<File> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+    }
+    let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open("/dev/net/tun")?;
+    let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+    for (d, s) in req.name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` has its
+    // layout (name then a short flags field, padded to 40 bytes) and lives
+    // for the call; the fd is open.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReqFlags) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// Set DF on everything sent and ignore the kernel's path-MTU cache (the
+/// sleeve probes the path itself); oversize sends fail instead of fragmenting.
+pub fn set_pmtu_probe(fd: RawFd) -> io::Result<()> {
+    let v: libc::c_int = libc::IP_PMTUDISC_PROBE;
+    // SAFETY: a plain integer option on an open socket.
+    let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &v as *const _ as *const libc::c_void, size_of::<libc::c_int>() as libc::socklen_t) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn to_storage(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger than and suitably aligned
+            // for sockaddr_in.
+            let sin = unsafe { &mut *(out as *mut libc::sockaddr_storage as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(out as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (family says so).
+            let sin = unsafe { &*(s as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()), u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6.
+            let sin6 = unsafe { &*(s as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(sin6.sin6_addr.s6_addr), u16::from_be(sin6.sin6_port), sin6.sin6_flowinfo, sin6.sin6_scope_id)))
+        }
+        _ => None,
+    }
+}
+
+/// Buffers for receiving up to `n` datagrams with one `recvmmsg`.
+pub struct RecvBatch {
+    /// Datagram buffers (each `cap` bytes).
+    pub bufs: Vec<Vec<u8>>,
+    /// Received lengths.
+    pub lens: Vec<usize>,
+    /// Senders.
+    pub addrs: Vec<Option<SocketAddr>>,
+    storage: Vec<libc::sockaddr_storage>,
+}
+
+impl RecvBatch {
+    /// `n` buffers of `cap` bytes.
+    pub fn new(n: usize, cap: usize) -> Self {
+        // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+        let storage = (0..n).map(|_| unsafe { zeroed::<libc::sockaddr_storage>() }).collect();
+        Self { bufs: vec![vec![0u8; cap]; n], lens: vec![0; n], addrs: vec![None; n], storage }
+    }
+
+    /// Receive up to `bufs.len()` datagrams; blocks per the socket's mode
+    /// and timeout. Returns how many arrived.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.bufs.len();
+        let mut iovs: Vec<libc::iovec> = self.bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
+        let mut hdrs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed::<libc::mmsghdr>() }).collect();
+        for (i, h) in hdrs.iter_mut().enumerate() {
+            h.msg_hdr.msg_name = (&mut self.storage[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at a live iovec over a live buffer of
+        // the stated length and at live address storage; the vectors are not
+        // touched until the call returns. MSG_WAITFORONE returns once at
+        // least one datagram is in.
+        let r = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let got = r as usize;
+        for i in 0..got {
+            self.lens[i] = hdrs[i].msg_len as usize;
+            self.addrs[i] = from_storage(&self.storage[i]);
+        }
+        Ok(got)
+    }
+}
+
+/// Send datagrams with `sendmmsg`, in chunks of up to 64; errors on
+/// individual datagrams (unreachable, too big) are skipped and counted.
+/// Returns how many were sent.
+pub fn send_batch<'a>(fd: RawFd, items: impl Iterator<Item = (SocketAddr, &'a [u8])>) -> usize {
+    const CHUNK: usize = 64;
+    let items: Vec<(SocketAddr, &[u8])> = items.filter(|(_, d)| !d.is_empty()).collect();
+    let mut sent = 0;
+    for chunk in items.chunks(CHUNK) {
+        // SAFETY: plain data, zero is valid.
+        let mut storage: Vec<libc::sockaddr_storage> = chunk.iter().map(|_| unsafe { zeroed() }).collect();
+        let mut iovs: Vec<libc::iovec> = chunk.iter().map(|(_, d)| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() }).collect();
+        // SAFETY: as above.
+        let mut hdrs: Vec<libc::mmsghdr> = chunk.iter().map(|_| unsafe { zeroed() }).collect();
+        for (i, (addr, _)) in chunk.iter().enumerate() {
+            let len = to_storage(addr, &mut storage[i]);
+            hdrs[i].msg_hdr.msg_name = (&mut storage[i] as *mut libc::sockaddr_storage).cast();
+            hdrs[i].msg_hdr.msg_namelen = len;
+            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        let mut start = 0;
+        while start < hdrs.len() {
+            // SAFETY: headers point at live addresses, iovecs and the
+            // caller's buffers, all outliving the call; the kernel only
+            // reads the data.
+            let r = unsafe { libc::sendmmsg(fd, hdrs[start..].as_mut_ptr(), (hdrs.len() - start) as libc::c_uint, 0) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    // Socket buffer full: wait for room rather than drop.
+                    let _ = wait_writable(fd, 100);
+                    continue;
+                }
+                // This datagram failed (e.g. EMSGSIZE on a probe): skip it.
+                start += 1;
+                continue;
+            }
+            sent += r as usize;
+            start += r as usize;
+        }
+    }
+    sent
+}
+
+fn wait_writable(fd: RawFd, ms: i32) -> io::Result<()> {
+    let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one live pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Wait until `fd` is readable or `ms` pass (`Ok(false)` on timeout).
+pub fn wait_readable(fd: RawFd, ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one live pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(r > 0)
+}
+
+/// An AF_PACKET datagram socket bound to one interface and EtherType:
+/// the fast path's heartbeats leave through the VXLAN device and arrive
+/// on the bridge as frames of our own EtherType.
+pub struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: i32,
+    proto: u16,
+}
+
+impl PacketSocket {
+    /// Open and bind to `ifindex` for EtherType `proto`.
+    pub fn open(ifindex: u32, proto: u16) -> io::Result<Self> {
+        // SAFETY: plain socket creation; the fd is owned right after.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, i32::from(proto.to_be())) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let ifindex = i32::try_from(ifindex).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex"))?;
+        let s = Self { fd, ifindex, proto };
+        let sll = s.sockaddr(None);
+        // SAFETY: binding a valid sockaddr_ll of the stated size.
+        let r = unsafe { libc::bind(s.fd.as_raw_fd(), &sll as *const libc::sockaddr_ll as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as libc::socklen_t) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(s)
+    }
+
+    fn sockaddr(&self, dst: Option<[u8; 6]>) -> libc::sockaddr_ll {
+        // SAFETY: plain data; zero is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = self.proto.to_be();
+        sll.sll_ifindex = self.ifindex;
+        if let Some(mac) = dst {
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(&mac);
+        }
+        sll
+    }
+
+    /// The raw descriptor (for polling).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Send `payload` to `dst` (the kernel adds the Ethernet header).
+    pub fn send_to(&self, dst: [u8; 6], payload: &[u8]) -> io::Result<()> {
+        let sll = self.sockaddr(Some(dst));
+        // SAFETY: valid buffer and sockaddr_ll for the duration of the call.
+        let r = unsafe {
+            libc::sendto(self.fd.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 0, &sll as *const libc::sockaddr_ll as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as libc::socklen_t)
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Receive one payload; returns its length and the source MAC.
+    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, [u8; 6])> {
+        // SAFETY: plain data.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: valid buffer, address storage and length pointer.
+        let r = unsafe { libc::recvfrom(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, &mut sll as *mut libc::sockaddr_ll as *mut libc::sockaddr, &mut len) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&sll.sll_addr[..6]);
+        Ok((r as usize, mac))
+    }
+}
