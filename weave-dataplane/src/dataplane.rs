@@ -182,7 +182,7 @@ impl MemDataplane {
         let mut inject = Vec::new();
         {
             let mut s = lock(&self.core);
-            s.handle_frame(now, frame, &mut tx, &mut inject);
+            s.handle_frame(now, None, frame, &mut tx, &mut inject);
             s.flush(&mut tx);
         }
         self.send_all(&mut tx);
@@ -201,7 +201,12 @@ impl MemDataplane {
             for (from, mut d) in arrived {
                 ranges.clear();
                 s.handle_datagram(now, from, &mut d, &mut tx, &mut ranges);
-                out.extend(ranges.iter().map(|r| d[r.clone()].to_vec()));
+                for r in ranges.drain(..) {
+                    match r {
+                        crate::sleeve::Delivery::Range { range, .. } => out.push(d[range].to_vec()),
+                        crate::sleeve::Delivery::Owned { frame, .. } => out.push(frame),
+                    }
+                }
             }
             if s.poll_timeout().is_some_and(|t| t <= now) {
                 s.handle_timeout(now, &mut tx);

@@ -11,9 +11,16 @@ use crate::Dataplane;
 /// until the mesh stops. Start it before connecting to any peer: a
 /// connection's data keys are only ever handed out in its event. A failed `connection_up` is logged and retried
 /// when routes next change (the peer stays on whatever path it had).
-pub async fn follow_mesh(mesh: MeshHandle, dp: Arc<dyn Dataplane>) {
-    let mut events = mesh.subscribe();
-    // Subscribe first, then read current state, so nothing is missed.
+///
+/// Events are subscribed to when this is called (not when the future is
+/// first polled), so spawning it right before connecting loses nothing.
+pub fn follow_mesh(mesh: MeshHandle, dp: Arc<dyn Dataplane>) -> impl std::future::Future<Output = ()> + Send {
+    let events = mesh.subscribe();
+    run(mesh, events, dp)
+}
+
+async fn run(mesh: MeshHandle, mut events: tokio::sync::broadcast::Receiver<DriverEvent>, dp: Arc<dyn Dataplane>) {
+    // Subscribed first, then read current state, so nothing is missed.
     if let Ok(routes) = mesh.routes().await {
         dp.set_routes(&routes);
     }

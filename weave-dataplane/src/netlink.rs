@@ -165,7 +165,14 @@ pub fn valid_ifname(name: &str) -> bool {
 impl Netlink {
     /// Connect inside `ns`; the connection runs on the current tokio runtime.
     pub async fn connect(ns: &Netns) -> Result<Self, PlumbError> {
-        let (conn, handle, _) = ns.run(rtnetlink::new_connection).map_err(ioerr(format!("netlink socket in {:?}", ns.path)))?;
+        // The socket registers with the runtime's reactor as it is made.
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _) = ns
+            .run(move || {
+                let _guard = rt.enter();
+                rtnetlink::new_connection()
+            })
+            .map_err(ioerr(format!("netlink socket in {:?}", ns.path)))?;
         tokio::spawn(conn);
         Ok(Self { handle, ns: ns.clone() })
     }

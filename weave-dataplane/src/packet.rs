@@ -43,6 +43,18 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// Complete a partial (offloaded) checksum: the one's-complement sum of
+/// everything from `start` goes at `start + offset`. Out-of-range values
+/// leave the frame alone.
+pub fn finish_checksum(frame: &mut [u8], start: usize, offset: usize) {
+    if start >= frame.len() || start + offset + 2 > frame.len() {
+        return;
+    }
+    // The field holds the pseudo-header sum already; fold it in.
+    let c = checksum(&frame[start..]);
+    frame[start + offset..start + offset + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 /// What to do with a frame larger than the path allows.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TooBig {

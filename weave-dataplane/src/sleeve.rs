@@ -19,7 +19,7 @@ use weave_gossip::{routes::Routes, DataKeys};
 
 use crate::crypto::{Opener, Sealer};
 use crate::packet::{self, Mac, TooBig};
-use crate::wire::{self, Beat, FrameRecord, Header, Kind, FLAG_BROADCAST, FLAG_NO_LOCAL, FRAME_HEADER_LEN, HEADER_LEN, TAG_LEN};
+use crate::wire::{self, Beat, FrameRecord, Header, Kind, Piece, FLAG_BROADCAST, FLAG_NO_LOCAL, FRAME_HEADER_LEN, HEADER_LEN, PIECE_LEN, TAG_LEN, VNET_LEN};
 
 /// Smallest datagram every IPv4 path carries (576 - IP - UDP headers).
 pub const MIN_DATAGRAM: u16 = 548;
@@ -223,9 +223,25 @@ impl TxQueue {
     }
 }
 
-/// Where a frame from a datagram goes locally: a byte range of the
-/// datagram buffer to write into the bridge.
-pub type Delivery = std::ops::Range<usize>;
+/// A frame from a datagram to write into the local bridge.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Bytes of the datagram buffer (decrypted in place).
+    Range {
+        /// Where.
+        range: std::ops::Range<usize>,
+        /// Offload metadata to write with it.
+        vnet: Option<[u8; VNET_LEN]>,
+    },
+    /// A frame reassembled from pieces; hand the buffer back with
+    /// [`Sleeve::recycle`] once written.
+    Owned {
+        /// The frame.
+        frame: Vec<u8>,
+        /// Offload metadata to write with it.
+        vnet: Option<[u8; VNET_LEN]>,
+    },
+}
 
 /// Why frames or datagrams were dropped (for `/metrics`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -246,6 +262,8 @@ pub enum DropReason {
     TooBig,
     /// Runt frame.
     Runt,
+    /// A frame's pieces arrived out of order or incomplete.
+    Reassembly,
 }
 
 impl DropReason {
@@ -260,6 +278,7 @@ impl DropReason {
             Self::Unreachable => "unreachable",
             Self::TooBig => "too_big",
             Self::Runt => "runt",
+            Self::Reassembly => "reassembly",
         }
     }
 }
@@ -299,7 +318,25 @@ pub struct Sleeve {
     mac_moves: u64,
     next_expiry: Option<Instant>,
     children: Vec<PeerName>,
+    next_piece_id: u32,
+    /// Frames arriving in pieces, by (origin, id).
+    partial: HashMap<(PeerName, u32), Partial>,
+    /// Spare reassembly buffers.
+    pool: Vec<Vec<u8>>,
 }
+
+struct Partial {
+    buf: Vec<u8>,
+    total: usize,
+    vnet: Option<[u8; VNET_LEN]>,
+    started: Instant,
+}
+
+/// Largest frame accepted in pieces (a TSO super-frame is at most 64 KiB
+/// plus headers).
+pub const MAX_PIECED_FRAME: usize = 256 * 1024;
+/// Frames being reassembled at once, per sleeve.
+const MAX_PARTIAL: usize = 64;
 
 impl std::fmt::Debug for Sleeve {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -321,6 +358,9 @@ impl Sleeve {
             mac_moves: 0,
             next_expiry: None,
             children: Vec::new(),
+            next_piece_id: 0,
+            partial: HashMap::new(),
+            pool: Vec::new(),
         }
     }
 
@@ -498,8 +538,9 @@ impl Sleeve {
         }
     }
 
-    /// A frame read from our bridge.
-    pub fn handle_frame(&mut self, now: Instant, frame: &[u8], tx: &mut TxQueue, inject: &mut Vec<Vec<u8>>) {
+    /// A frame read from our bridge, with the virtio-net header it was
+    /// read with when the TAP device has offloads on.
+    pub fn handle_frame(&mut self, now: Instant, vnet: Option<[u8; VNET_LEN]>, frame: &[u8], tx: &mut TxQueue, inject: &mut Vec<Vec<u8>>) {
         let (Some(dst), Some(src)) = (packet::dst_mac(frame), packet::src_mac(frame)) else {
             self.drop(DropReason::Runt);
             return;
@@ -509,7 +550,7 @@ impl Sleeve {
         if !packet::is_group(&dst) {
             match self.macs.get(&dst).map(|e| e.at) {
                 Some(MacLocation::Peer(p)) => {
-                    let rec = FrameRecord { origin: ourself, dst: p, flags: 0, frame };
+                    let rec = FrameRecord { origin: ourself, dst: p, flags: 0, vnet, piece: None, frame };
                     self.forward_unicast(rec, tx, Some(inject));
                     return;
                 }
@@ -519,7 +560,7 @@ impl Sleeve {
                 None => {}
             }
         }
-        let rec = FrameRecord { origin: ourself, dst: ourself, flags: FLAG_BROADCAST, frame };
+        let rec = FrameRecord { origin: ourself, dst: ourself, flags: FLAG_BROADCAST, vnet, piece: None, frame };
         self.forward_broadcast(rec, tx, Some(inject));
     }
 
@@ -556,25 +597,40 @@ impl Sleeve {
     }
 
     /// Append a record to the open datagram for `hop`, sealing and opening
-    /// another when full; frames too big for the hop's path are answered
-    /// with ICMP or fragmented.
+    /// another when full. Frames too big for the hop's path: offloaded
+    /// super-frames (and pieces of them) travel in pieces; others are
+    /// answered with ICMP or fragmented, as a router would.
     fn send_record(&mut self, hop: PeerName, rec: FrameRecord<'_>, tx: &mut TxQueue, inject: Option<&mut Vec<Vec<u8>>>) {
         let max_dgram = usize::from(self.peers[&hop].pmtu.effective());
         let encrypted = {
             let p = &self.peers[&hop];
             p.crypto.is_some() && !self.plain_ok(p)
         };
-        let overhead = HEADER_LEN + FRAME_HEADER_LEN + if encrypted { TAG_LEN } else { 0 };
-        if rec.frame.len() + overhead > max_dgram {
-            let max_frame = max_dgram - overhead;
-            match packet::too_big(rec.frame, max_frame) {
+        let overhead = HEADER_LEN + if encrypted { TAG_LEN } else { 0 };
+        if rec.encoded_len() + overhead > max_dgram {
+            let gso = rec.vnet.is_some_and(|v| v[1] != 0);
+            if gso || rec.piece.is_some() {
+                self.send_pieces(hop, rec, max_dgram - overhead, tx);
+                return;
+            }
+            let owned: Vec<u8>;
+            let mut frame = rec.frame;
+            if let Some(v) = rec.vnet.filter(|v| v[0] & 1 != 0) {
+                // A partial checksum must be complete before fragmenting.
+                let mut o = frame.to_vec();
+                packet::finish_checksum(&mut o, u16::from_le_bytes([v[6], v[7]]).into(), u16::from_le_bytes([v[8], v[9]]).into());
+                owned = o;
+                frame = &owned;
+            }
+            let max_frame = max_dgram - overhead - FRAME_HEADER_LEN;
+            match packet::too_big(frame, max_frame) {
                 TooBig::Icmp(icmp) => match inject {
                     Some(inj) if rec.origin == self.cfg.ourself => inj.push(icmp),
                     _ => self.drop(DropReason::TooBig),
                 },
                 TooBig::Fragments(frags) => {
                     for f in &frags {
-                        let r = FrameRecord { frame: f, ..rec };
+                        let r = FrameRecord { frame: f, vnet: None, ..rec };
                         self.send_record(hop, r, tx, None);
                     }
                 }
@@ -600,6 +656,28 @@ impl Sleeve {
         let p = self.peers.get_mut(&hop).expect("checked");
         p.counters.tx_frames += 1;
         p.counters.tx_bytes += rec.frame.len() as u64;
+    }
+
+    /// Split a record into pieces that each fit in `room` bytes of datagram
+    /// body; a piece of a piece keeps the outer frame's id and offsets.
+    fn send_pieces(&mut self, hop: PeerName, rec: FrameRecord<'_>, room: usize, tx: &mut TxQueue) {
+        let (id, base, total) = match rec.piece {
+            Some(p) => (p.id, p.offset, p.total),
+            None => {
+                let id = self.next_piece_id;
+                self.next_piece_id = self.next_piece_id.wrapping_add(1);
+                (id, 0, u32::try_from(rec.frame.len()).unwrap_or(u32::MAX))
+            }
+        };
+        let hdr = FRAME_HEADER_LEN + if rec.vnet.is_some() { VNET_LEN } else { 0 } + PIECE_LEN;
+        let Some(per) = room.checked_sub(hdr).filter(|p| *p >= 64) else {
+            return self.drop(DropReason::TooBig);
+        };
+        for (i, chunk) in rec.frame.chunks(per).enumerate() {
+            let piece = Piece { id, offset: base + (i * per) as u32, total };
+            let r = FrameRecord { piece: Some(piece), frame: chunk, ..rec };
+            self.send_record(hop, r, tx, None);
+        }
     }
 
     fn open_datagram(&mut self, hop: PeerName, kind: Kind, encrypted: bool, tx: &mut TxQueue) -> usize {
@@ -705,7 +783,7 @@ impl Sleeve {
                         self.drop(DropReason::Malformed);
                         break;
                     };
-                    let start = off + FRAME_HEADER_LEN;
+                    let start = off + rec.header_len();
                     off = start + rec.frame.len();
                     self.receive_record(now, sender, rec, start..off, tx, deliver);
                 }
@@ -713,7 +791,7 @@ impl Sleeve {
         }
     }
 
-    fn receive_record(&mut self, now: Instant, sender: PeerName, rec: FrameRecord<'_>, range: Delivery, tx: &mut TxQueue, deliver: &mut Vec<Delivery>) {
+    fn receive_record(&mut self, now: Instant, sender: PeerName, rec: FrameRecord<'_>, range: std::ops::Range<usize>, tx: &mut TxQueue, deliver: &mut Vec<Delivery>) {
         if let Some(p) = self.peers.get_mut(&sender) {
             p.counters.rx_frames += 1;
             p.counters.rx_bytes += rec.frame.len() as u64;
@@ -723,19 +801,69 @@ impl Sleeve {
             // Our own frame came back: a routing loop while routes settle.
             return;
         }
-        let Some(src) = packet::src_mac(rec.frame) else {
-            return self.drop(DropReason::Runt);
-        };
-        self.learn(now, src, MacLocation::Peer(rec.origin));
-        if rec.is_broadcast() {
-            if rec.flags & FLAG_NO_LOCAL == 0 {
-                deliver.push(range);
+        if rec.piece.is_none_or(|p| p.offset == 0) {
+            let Some(src) = packet::src_mac(rec.frame) else {
+                return self.drop(DropReason::Runt);
+            };
+            self.learn(now, src, MacLocation::Peer(rec.origin));
+        }
+        let local = if rec.is_broadcast() { rec.flags & FLAG_NO_LOCAL == 0 } else { rec.dst == ourself };
+        if local {
+            match rec.piece {
+                None => deliver.push(Delivery::Range { range, vnet: rec.vnet }),
+                Some(p) => self.reassemble(now, &rec, p, deliver),
             }
+        }
+        if rec.is_broadcast() {
             self.forward_broadcast(rec, tx, None);
-        } else if rec.dst == ourself {
-            deliver.push(range);
-        } else {
+        } else if rec.dst != ourself {
             self.forward_unicast(rec, tx, None);
+        }
+    }
+
+    fn reassemble(&mut self, now: Instant, rec: &FrameRecord<'_>, p: Piece, deliver: &mut Vec<Delivery>) {
+        let total = p.total as usize;
+        if total > MAX_PIECED_FRAME {
+            return self.drop(DropReason::Malformed);
+        }
+        let key = (rec.origin, p.id);
+        if p.offset == 0 {
+            if self.partial.len() >= MAX_PARTIAL {
+                // Evict the oldest: its remaining pieces were lost.
+                if let Some(k) = self.partial.iter().min_by_key(|(_, v)| v.started).map(|(k, _)| *k) {
+                    let old = self.partial.remove(&k).expect("listed");
+                    self.pool.push(old.buf);
+                    self.drop(DropReason::Reassembly);
+                }
+            }
+            let mut buf = self.pool.pop().unwrap_or_default();
+            buf.clear();
+            buf.reserve(total);
+            if let Some(old) = self.partial.insert(key, Partial { buf, total, vnet: rec.vnet, started: now }) {
+                self.pool.push(old.buf);
+                self.drop(DropReason::Reassembly);
+            }
+        }
+        let Some(part) = self.partial.get_mut(&key) else {
+            // Its first piece was lost.
+            return self.drop(DropReason::Reassembly);
+        };
+        if part.total != total || part.buf.len() != p.offset as usize || part.buf.len() + rec.frame.len() > total {
+            let old = self.partial.remove(&key).expect("present");
+            self.pool.push(old.buf);
+            return self.drop(DropReason::Reassembly);
+        }
+        part.buf.extend_from_slice(rec.frame);
+        if part.buf.len() == total {
+            let done = self.partial.remove(&key).expect("present");
+            deliver.push(Delivery::Owned { frame: done.buf, vnet: done.vnet });
+        }
+    }
+
+    /// Return a delivered frame's buffer for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.pool.len() < MAX_PARTIAL {
+            self.pool.push(buf);
         }
     }
 
@@ -798,6 +926,12 @@ impl Sleeve {
             }
             let p = self.peers.get_mut(&n).expect("listed");
             p.next_beat = now + if fast { self.cfg.fast_heartbeat } else { self.cfg.heartbeat };
+        }
+        let stale: Vec<_> = self.partial.iter().filter(|(_, p)| now.saturating_duration_since(p.started) > Duration::from_secs(1)).map(|(k, _)| *k).collect();
+        for k in stale {
+            let old = self.partial.remove(&k).expect("listed");
+            self.pool.push(old.buf);
+            self.drop(DropReason::Reassembly);
         }
         if self.next_expiry.is_none_or(|t| t <= now) {
             let expiry = self.cfg.mac_expiry;

@@ -4,7 +4,7 @@
 //! takes the core's lock once per batch.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,15 +15,21 @@ use std::time::{Duration, Instant};
 use crate::netlink::Netns;
 use crate::sleeve::{Delivery, Sleeve, TxQueue};
 use crate::sys;
+use crate::wire::VNET_LEN;
 
 /// Frames read from the TAP device per batch.
 const TAP_BATCH: usize = 64;
 /// Datagrams per `recvmmsg`.
 const UDP_BATCH: usize = 32;
-/// Largest frame read from the TAP device.
-const FRAME_BUF: usize = 16 * 1024;
+/// Largest frame read from the TAP device (a TSO super-frame, its
+/// virtio-net header and Ethernet header).
+const FRAME_BUF: usize = 65536 + 1024;
 /// Largest datagram received.
 const DGRAM_BUF: usize = 9216;
+
+/// UDP socket buffers: room for bursts while a thread is busy writing
+/// frames into the bridge.
+const SOCKET_BUFFER: usize = 8 << 20;
 
 /// I/O counters kept by the driver's threads.
 #[derive(Debug, Default)]
@@ -61,9 +67,10 @@ impl SleeveDriver {
     pub fn start(core: Sleeve, ns: &Netns, tap: &str, listen: SocketAddr) -> io::Result<Self> {
         let tap_name = tap.to_owned();
         let (tap, udp) = ns.run(move || {
-            let tap = sys::open_tap(&tap_name)?;
+            let tap = sys::open_tap(&tap_name, true)?;
             let udp = UdpSocket::bind(listen)?;
             sys::set_pmtu_probe(udp.as_raw_fd())?;
+            sys::set_buffers(udp.as_raw_fd(), SOCKET_BUFFER);
             udp.set_read_timeout(Some(Duration::from_millis(50)))?;
             Ok((tap, udp))
         })?;
@@ -158,7 +165,10 @@ fn tap_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket
             let now = Instant::now();
             let mut s = lock(core);
             for i in 0..n {
-                s.handle_frame(now, &bufs[i][..lens[i]], &mut tx, &mut inject);
+                let Some((hdr, frame)) = bufs[i][..lens[i]].split_first_chunk::<VNET_LEN>() else { continue };
+                // Only carry the header when it says something.
+                let vnet = (hdr[0] != 0 || hdr[1] != 0).then_some(*hdr);
+                s.handle_frame(now, vnet, frame, &mut tx, &mut inject);
             }
             s.flush(&mut tx);
         }
@@ -166,13 +176,14 @@ fn tap_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket
         c.udp_tx.fetch_add(sent as u64, Ordering::Relaxed);
         tx.clear();
         for f in inject.drain(..) {
-            write_frame(tap, &f, c);
+            write_frame(tap, None, &f, c);
         }
     }
 }
 
-fn write_frame(tap: &File, f: &[u8], c: &IoCounters) {
-    match (&*tap).write(f) {
+fn write_frame(tap: &File, vnet: Option<[u8; VNET_LEN]>, f: &[u8], c: &IoCounters) {
+    let hdr = vnet.unwrap_or([0; VNET_LEN]);
+    match (&*tap).write_vectored(&[IoSlice::new(&hdr), IoSlice::new(f)]) {
         Ok(_) => {
             c.tap_tx.fetch_add(1, Ordering::Relaxed);
         }
@@ -187,6 +198,7 @@ fn udp_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket
     let mut tx = TxQueue::default();
     let mut deliveries: Vec<(usize, Delivery)> = Vec::new();
     let mut ranges: Vec<Delivery> = Vec::new();
+    let mut spent: Vec<Vec<u8>> = Vec::new();
     let fd = udp.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
         let n = match batch.recv(fd) {
@@ -202,6 +214,9 @@ fn udp_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket
         {
             let now = Instant::now();
             let mut s = lock(core);
+            for b in spent.drain(..) {
+                s.recycle(b);
+            }
             for i in 0..n {
                 let Some(from) = batch.addrs[i] else { continue };
                 let len = batch.lens[i];
@@ -219,8 +234,14 @@ fn udp_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket
             c.udp_tx.fetch_add(sent as u64, Ordering::Relaxed);
             tx.clear();
         }
-        for (i, r) in deliveries.drain(..) {
-            write_frame(tap, &batch.bufs[i][r], c);
+        for (i, d) in deliveries.drain(..) {
+            match d {
+                Delivery::Range { range, vnet } => write_frame(tap, vnet, &batch.bufs[i][range], c),
+                Delivery::Owned { frame, vnet } => {
+                    write_frame(tap, vnet, &frame, c);
+                    spent.push(frame);
+                }
+            }
         }
     }
 }

@@ -13,6 +13,12 @@ use std::os::unix::fs::OpenOptionsExt;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
 
 #[repr(C)]
 struct IfReqFlags {
@@ -23,12 +29,16 @@ struct IfReqFlags {
 
 /// Create (or attach to) the TAP device `name` in the calling thread's
 /// network namespace, non-blocking, without packet-information headers.
-pub fn open_tap(name: &str) -> io::Result<File> {
+/// With `offload`, every read and write carries a 10-byte virtio-net
+/// header, and the kernel may hand over TSO super-frames (up to 64 KiB)
+/// and frames with partial checksums.
+pub fn open_tap(name: &str, offload: bool) -> io::Result<File> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
     }
     let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open("/dev/net/tun")?;
-    let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+    let flags = IFF_TAP | IFF_NO_PI | if offload { IFF_VNET_HDR } else { 0 };
+    let mut req = IfReqFlags { name: [0; libc::IFNAMSIZ], flags, _pad: [0; 22] };
     for (d, s) in req.name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
@@ -38,6 +48,14 @@ pub fn open_tap(name: &str) -> io::Result<File> {
     let r = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReqFlags) };
     if r < 0 {
         return Err(io::Error::last_os_error());
+    }
+    if offload {
+        let features: libc::c_uint = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+        // SAFETY: TUNSETOFFLOAD takes the feature bits by value.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETOFFLOAD as _, features as libc::c_ulong) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(f)
 }
@@ -52,6 +70,20 @@ pub fn set_pmtu_probe(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Set the socket's receive and send buffers to `bytes`, above the
+/// system limit when privileged (SO_*BUFFORCE), else as far as allowed.
+pub fn set_buffers(fd: RawFd, bytes: usize) {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        // SAFETY: integer options on an open socket.
+        let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, force, &v as *const _ as *const libc::c_void, size_of::<libc::c_int>() as libc::socklen_t) };
+        if r < 0 {
+            // SAFETY: as above.
+            unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, plain, &v as *const _ as *const libc::c_void, size_of::<libc::c_int>() as libc::socklen_t) };
+        }
+    }
 }
 
 fn to_storage(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {

@@ -17,9 +17,15 @@
 //!  0..6   origin peer (where the frame entered the overlay)
 //!  6..12  destination peer (ignored for broadcasts)
 //!  12     flags: broadcast (bit 0), already delivered to this hop by the
-//!         fast path (bit 1)
-//!  13..15 frame length, big-endian
-//!  15..   the Ethernet frame
+//!         fast path (bit 1), offload metadata follows (bit 2), a piece of
+//!         a larger frame follows (bit 3)
+//!  13..15 length of the frame bytes in this record, big-endian
+//!  [10]   with bit 2: the virtio-net header (little-endian) the frame was
+//!         read with, so a TSO super-frame or a frame with a partial
+//!         checksum is written out as it came in
+//!  [12]   with bit 3: frame id, offset and total length (u32 each,
+//!         big-endian); the pieces of one frame travel in order
+//!  ..     the Ethernet frame (or piece)
 //! ```
 //!
 //! A heartbeat (and its ack) carries a sequence number, the datagram size it
@@ -46,6 +52,26 @@ pub const FLAG_BROADCAST: u8 = 1;
 /// Frame flag: this hop already got the frame over the fast path; relay it
 /// to the hop's children but do not deliver it locally again.
 pub const FLAG_NO_LOCAL: u8 = 2;
+
+/// Frame flag: a virtio-net header follows the record header.
+pub const FLAG_VNET: u8 = 4;
+/// Frame flag: the record carries a piece of a larger frame.
+pub const FLAG_PIECE: u8 = 8;
+/// Length of the virtio-net header carried with [`FLAG_VNET`].
+pub const VNET_LEN: usize = 10;
+/// Length of the piece header carried with [`FLAG_PIECE`].
+pub const PIECE_LEN: usize = 12;
+
+/// Where a piece sits in its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// Frame id (per origin).
+    pub id: u32,
+    /// Offset of this piece.
+    pub offset: u32,
+    /// Length of the whole frame.
+    pub total: u32,
+}
 
 /// Heartbeat flag: the sender trusts our address (`--trusted-subnets`).
 pub const BEAT_TRUSTS_YOU: u8 = 1;
@@ -151,9 +177,14 @@ pub struct FrameRecord<'a> {
     pub origin: PeerName,
     /// Its destination peer (meaningless for broadcasts).
     pub dst: PeerName,
-    /// [`FLAG_BROADCAST`], [`FLAG_NO_LOCAL`].
+    /// [`FLAG_BROADCAST`], [`FLAG_NO_LOCAL`] ([`FLAG_VNET`] and
+    /// [`FLAG_PIECE`] follow from the fields below when writing).
     pub flags: u8,
-    /// The Ethernet frame.
+    /// Offload metadata (virtio-net header).
+    pub vnet: Option<[u8; VNET_LEN]>,
+    /// Which piece of a larger frame this is.
+    pub piece: Option<Piece>,
+    /// The Ethernet frame (or piece).
     pub frame: &'a [u8],
 }
 
@@ -163,18 +194,38 @@ impl FrameRecord<'_> {
         self.flags & FLAG_BROADCAST != 0
     }
 
+    /// Record header length (with metadata).
+    pub fn header_len(&self) -> usize {
+        FRAME_HEADER_LEN + if self.vnet.is_some() { VNET_LEN } else { 0 } + if self.piece.is_some() { PIECE_LEN } else { 0 }
+    }
+
     /// Encoded length.
     pub fn encoded_len(&self) -> usize {
-        FRAME_HEADER_LEN + self.frame.len()
+        self.header_len() + self.frame.len()
     }
 
     /// Append the record to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.origin.octets());
         out.extend_from_slice(&self.dst.octets());
-        out.push(self.flags);
-        let len = u16::try_from(self.frame.len()).expect("frames are shorter than 64 KiB");
+        let mut flags = self.flags & !(FLAG_VNET | FLAG_PIECE);
+        if self.vnet.is_some() {
+            flags |= FLAG_VNET;
+        }
+        if self.piece.is_some() {
+            flags |= FLAG_PIECE;
+        }
+        out.push(flags);
+        let len = u16::try_from(self.frame.len()).expect("records are shorter than 64 KiB");
         out.extend_from_slice(&len.to_be_bytes());
+        if let Some(v) = &self.vnet {
+            out.extend_from_slice(v);
+        }
+        if let Some(p) = &self.piece {
+            out.extend_from_slice(&p.id.to_be_bytes());
+            out.extend_from_slice(&p.offset.to_be_bytes());
+            out.extend_from_slice(&p.total.to_be_bytes());
+        }
         out.extend_from_slice(self.frame);
     }
 }
@@ -202,7 +253,28 @@ impl<'a> Iterator for FrameIter<'a> {
             return Some(Err(WireError::Truncated));
         };
         let len = usize::from(u16::from_be_bytes([h[13], h[14]]));
-        let Some(frame) = self.rest.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
+        let flags = h[12];
+        let mut at = FRAME_HEADER_LEN;
+        let mut vnet = None;
+        if flags & FLAG_VNET != 0 {
+            let Some(v) = self.rest.get(at..at + VNET_LEN) else {
+                self.rest = &[];
+                return Some(Err(WireError::Truncated));
+            };
+            vnet = Some(<[u8; VNET_LEN]>::try_from(v).expect("sliced to length"));
+            at += VNET_LEN;
+        }
+        let mut piece = None;
+        if flags & FLAG_PIECE != 0 {
+            let Some(p) = self.rest.get(at..at + PIECE_LEN) else {
+                self.rest = &[];
+                return Some(Err(WireError::Truncated));
+            };
+            let word = |i: usize| u32::from_be_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+            piece = Some(Piece { id: word(0), offset: word(4), total: word(8) });
+            at += PIECE_LEN;
+        }
+        let Some(frame) = self.rest.get(at..at + len) else {
             self.rest = &[];
             return Some(Err(WireError::Truncated));
         };
@@ -210,8 +282,8 @@ impl<'a> Iterator for FrameIter<'a> {
         o.copy_from_slice(&h[0..6]);
         let mut d = [0u8; 6];
         d.copy_from_slice(&h[6..12]);
-        let rec = FrameRecord { origin: PeerName::from_octets(o), dst: PeerName::from_octets(d), flags: h[12], frame };
-        self.rest = &self.rest[FRAME_HEADER_LEN + len..];
+        let rec = FrameRecord { origin: PeerName::from_octets(o), dst: PeerName::from_octets(d), flags, vnet, piece, frame };
+        self.rest = &self.rest[at + len..];
         Some(Ok(rec))
     }
 }
@@ -287,15 +359,17 @@ mod tests {
     #[test]
     fn frames_round_trip_and_truncation() {
         let mut body = Vec::new();
-        let a = FrameRecord { origin: n(1), dst: n(2), flags: 0, frame: &[1, 2, 3] };
-        let b = FrameRecord { origin: n(3), dst: n(0), flags: FLAG_BROADCAST, frame: &[9; 60] };
+        let a = FrameRecord { origin: n(1), dst: n(2), flags: 0, vnet: None, piece: None, frame: &[1, 2, 3] };
+        let b = FrameRecord { origin: n(3), dst: n(0), flags: FLAG_BROADCAST | FLAG_VNET, vnet: Some([1; VNET_LEN]), piece: None, frame: &[9; 60] };
+        let c = FrameRecord { origin: n(3), dst: n(4), flags: FLAG_VNET | FLAG_PIECE, vnet: Some([2; VNET_LEN]), piece: Some(Piece { id: 9, offset: 1400, total: 65000 }), frame: &[7; 100] };
         a.write(&mut body);
         b.write(&mut body);
+        c.write(&mut body);
         let got: Vec<_> = frames(&body).collect();
-        assert_eq!(got, vec![Ok(a), Ok(b)]);
+        assert_eq!(got, vec![Ok(a), Ok(b), Ok(c)]);
         for cut in 1..body.len() {
             let got: Vec<_> = frames(&body[..cut]).collect();
-            if cut != a.encoded_len() {
+            if cut != a.encoded_len() && cut != a.encoded_len() + b.encoded_len() {
                 assert_eq!(got.last(), Some(&Err(WireError::Truncated)), "cut at {cut}");
             }
         }
