@@ -17,6 +17,8 @@ pub mod sleeve;
 pub mod wire;
 
 #[cfg(feature = "linux")]
+pub mod fastpath;
+#[cfg(feature = "linux")]
 pub mod netlink;
 #[cfg(feature = "linux")]
 pub mod sleeve_driver;

@@ -508,10 +508,22 @@ pub async fn attach(host: &Netlink, container: &Netns, id: &str, addrs: &[IpNet]
     if cfg.multicast_route {
         c.add_route(link.index, "224.0.0.0/4".parse().expect("valid")).await?;
     }
-    if !fresh {
-        // Addresses added to a running interface: announce them.
-        let new: Vec<IpNet> = addrs.iter().filter(|a| !before.contains(a)).copied().collect();
-        announce(container, link.index, link.mac, &new).map_err(ioerr("gratuitous ARP"))?;
+    // Announce new addresses so neighbours holding an old MAC for a
+    // reused address update at once. The kernel's own announcement
+    // (arp_notify) can go out before the bridge port forwards, so repeat
+    // it a few times over the next second.
+    let new: Vec<IpNet> = if fresh { addrs.to_vec() } else { addrs.iter().filter(|a| !before.contains(a)).copied().collect() };
+    announce(container, link.index, link.mac, &new).map_err(ioerr("gratuitous ARP"))?;
+    if !new.is_empty() {
+        let (ns, index, mac) = (container.clone(), link.index, link.mac);
+        tokio::spawn(async move {
+            for ms in [100, 300, 600] {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                let (ns, new) = (ns.clone(), new.clone());
+                // The interface may be gone again: nothing to announce then.
+                let _ = tokio::task::spawn_blocking(move || announce(&ns, index, mac, &new)).await;
+            }
+        });
     }
     Ok(Attached { mac: link.mac, host_ifname: host_name, addresses: c.addresses(link.index).await? })
 }

@@ -485,7 +485,11 @@ impl Sleeve {
                     encrypted: p.crypto.is_some() && !self.plain_ok(p),
                     pmtu: p.pmtu.effective(),
                     fastpath: fp.is_ok() && self.fastpath_on.contains(n),
-                    fastpath_reason: fp.err(),
+                    fastpath_reason: match fp {
+                        Err(why) => Some(why),
+                        Ok(_) if !self.fastpath_on.contains(n) => Some("activating"),
+                        Ok(_) => None,
+                    },
                     counters: p.counters,
                 }
             })
@@ -549,6 +553,8 @@ impl Sleeve {
         let ourself = self.cfg.ourself;
         if !packet::is_group(&dst) {
             match self.macs.get(&dst).map(|e| e.at) {
+                // The VXLAN device has (or floods) it to that peer.
+                Some(MacLocation::Peer(p)) if self.fastpath_on.contains(&p) => return,
                 Some(MacLocation::Peer(p)) => {
                     let rec = FrameRecord { origin: ourself, dst: p, flags: 0, vnet, piece: None, frame };
                     self.forward_unicast(rec, tx, Some(inject));

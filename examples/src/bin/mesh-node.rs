@@ -120,6 +120,7 @@ async fn start_dataplane(args: &Args, name: PeerName) -> Result<Arc<dyn Dataplan
     let cfg = DataplaneConfig { netns, bridge: args.bridge.clone(), mtu: args.mtu, listen: SocketAddr::new(args.listen.ip(), args.listen.port()), sleeve };
     let dp: Arc<dyn Dataplane> = match args.dataplane.as_str() {
         "sleeve" => Arc::new(SleeveDataplane::start(&nl, &cfg).await?),
+        "fastdp" => Arc::new(weave_dataplane::fastpath::FastDataplane::start(&nl, &cfg).await?),
         other => return Err(format!("unknown data plane {other:?} (none, sleeve, fastdp)").into()),
     };
     let attach = AttachConfig { bridge: args.bridge.clone(), ifname: "ethwe".into(), mtu: args.mtu, multicast_route: true };
