@@ -78,6 +78,22 @@ fn golden_inputs_pass_every_target() {
             weave_fuzz::dns_messages(&q[..i]);
         }
     }
+    // Real sleeve traffic: two encoded records and a heartbeat body.
+    let mut body = vec![0u8];
+    let f = [0x02u8, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 8, 0, 0x45, 0, 0, 20];
+    weave_dataplane::wire::FrameRecord { origin: PeerName::from_u64(2).unwrap(), dst: PeerName::from_u64(1).unwrap(), flags: 0, vnet: None, piece: None, frame: &f }.write(&mut body);
+    let piece = weave_dataplane::wire::Piece { id: 1, offset: 0, total: 40 };
+    weave_dataplane::wire::FrameRecord { origin: PeerName::from_u64(3).unwrap(), dst: PeerName::from_u64(1).unwrap(), flags: 0, vnet: Some([1, 1, 0, 0, 0, 0, 0, 0, 0, 0]), piece: Some(piece), frame: &f }.write(&mut body);
+    weave_fuzz::sleeve_datagrams(&body);
+    for i in 0..body.len() {
+        let mut bad = body.clone();
+        bad[i] ^= 0x5a;
+        weave_fuzz::sleeve_datagrams(&bad);
+        weave_fuzz::sleeve_datagrams(&body[..i]);
+    }
+    let mut beat = vec![1u8];
+    weave_dataplane::wire::Beat { seq: 1, size: 0, flags: 7, fastpath_mac: [2; 6], fastpath_port: 6784 }.write(&mut beat);
+    weave_fuzz::sleeve_datagrams(&beat);
     let state = ipam.full_state();
     weave_fuzz::ipam_messages(&state);
     for i in 0..state.len() {
@@ -97,6 +113,7 @@ proptest! {
         weave_fuzz::handshake(&data, None);
         weave_fuzz::ipam_messages(&data);
         weave_fuzz::dns_messages(&data);
+        weave_fuzz::sleeve_datagrams(&data);
     }
 
     #[test]
