@@ -19,13 +19,13 @@ use crate::wire::VNET_LEN;
 
 /// Frames read from the TAP device per batch.
 const TAP_BATCH: usize = 64;
-/// Datagrams per `recvmmsg`.
-const UDP_BATCH: usize = 32;
+/// Receives per `recvmmsg` (each a datagram or a GRO train of them).
+const UDP_BATCH: usize = 16;
 /// Largest frame read from the TAP device (a TSO super-frame, its
 /// virtio-net header and Ethernet header).
 const FRAME_BUF: usize = 65536 + 1024;
-/// Largest datagram received.
-const DGRAM_BUF: usize = 9216;
+/// Largest receive: a GRO train of datagrams.
+const DGRAM_BUF: usize = 65536;
 
 /// UDP socket buffers: room for bursts while a thread is busy writing
 /// frames into the bridge.
@@ -71,6 +71,9 @@ impl SleeveDriver {
             let udp = UdpSocket::bind(listen)?;
             sys::set_pmtu_probe(udp.as_raw_fd())?;
             sys::set_buffers(udp.as_raw_fd(), SOCKET_BUFFER);
+            if !sys::enable_udp_gro(udp.as_raw_fd()) {
+                tracing::info!("UDP GRO unavailable; receiving datagrams one by one");
+            }
             udp.set_read_timeout(Some(Duration::from_millis(50)))?;
             Ok((tap, udp))
         })?;
@@ -219,10 +222,16 @@ fn udp_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket
             }
             for i in 0..n {
                 let Some(from) = batch.addrs[i] else { continue };
-                let len = batch.lens[i];
-                ranges.clear();
-                s.handle_datagram(now, from, &mut batch.bufs[i][..len], &mut tx, &mut ranges);
-                deliveries.extend(ranges.drain(..).map(|r| (i, r)));
+                let segments: Vec<std::ops::Range<usize>> = batch.datagrams(i).collect();
+                for seg in segments {
+                    ranges.clear();
+                    let base = seg.start;
+                    s.handle_datagram(now, from, &mut batch.bufs[i][seg], &mut tx, &mut ranges);
+                    deliveries.extend(ranges.drain(..).map(|d| match d {
+                        Delivery::Range { range, vnet } => (i, Delivery::Range { range: range.start + base..range.end + base, vnet }),
+                        owned => (i, owned),
+                    }));
+                }
             }
             if s.poll_timeout().is_some_and(|t| t <= now) {
                 s.handle_timeout(now, &mut tx);

@@ -126,7 +126,23 @@ fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Buffers for receiving up to `n` datagrams with one `recvmmsg`.
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Room for one cmsg carrying an int (UDP_SEGMENT / UDP_GRO).
+const CMSG_INT_SPACE: usize = 24;
+
+/// Ask the kernel to coalesce datagrams of one flow into one receive
+/// (UDP GRO); [`RecvBatch::segs`] then says where each datagram starts.
+/// Returns whether the kernel agreed.
+pub fn enable_udp_gro(fd: RawFd) -> bool {
+    let v: libc::c_int = 1;
+    // SAFETY: an integer option on an open socket.
+    unsafe { libc::setsockopt(fd, SOL_UDP, UDP_GRO, &v as *const _ as *const libc::c_void, size_of::<libc::c_int>() as libc::socklen_t) == 0 }
+}
+
+/// Buffers for receiving up to `n` datagrams (or GRO trains of them) with
+/// one `recvmmsg`.
 pub struct RecvBatch {
     /// Datagram buffers (each `cap` bytes).
     pub bufs: Vec<Vec<u8>>,
@@ -134,7 +150,11 @@ pub struct RecvBatch {
     pub lens: Vec<usize>,
     /// Senders.
     pub addrs: Vec<Option<SocketAddr>>,
+    /// Segment size when the kernel coalesced several datagrams (GRO): the
+    /// buffer holds datagrams of this size, the last possibly shorter.
+    pub segs: Vec<usize>,
     storage: Vec<libc::sockaddr_storage>,
+    control: Vec<[u64; CMSG_INT_SPACE / 8]>,
 }
 
 impl RecvBatch {
@@ -142,7 +162,14 @@ impl RecvBatch {
     pub fn new(n: usize, cap: usize) -> Self {
         // SAFETY: sockaddr_storage is plain data; all-zero is valid.
         let storage = (0..n).map(|_| unsafe { zeroed::<libc::sockaddr_storage>() }).collect();
-        Self { bufs: vec![vec![0u8; cap]; n], lens: vec![0; n], addrs: vec![None; n], storage }
+        Self { bufs: vec![vec![0u8; cap]; n], lens: vec![0; n], addrs: vec![None; n], segs: vec![0; n], storage, control: vec![[0; CMSG_INT_SPACE / 8]; n] }
+    }
+
+    /// The datagrams in buffer `i`, as ranges.
+    pub fn datagrams(&self, i: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let len = self.lens[i];
+        let seg = if self.segs[i] == 0 { len.max(1) } else { self.segs[i] };
+        (0..len).step_by(seg).map(move |s| s..(s + seg).min(len))
     }
 
     /// Receive up to `bufs.len()` datagrams; blocks per the socket's mode
@@ -157,6 +184,8 @@ impl RecvBatch {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_iov = &mut iovs[i];
             h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = self.control[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = CMSG_INT_SPACE as _;
         }
         // SAFETY: every header points at a live iovec over a live buffer of
         // the stated length and at live address storage; the vectors are not
@@ -170,17 +199,118 @@ impl RecvBatch {
         for i in 0..got {
             self.lens[i] = hdrs[i].msg_len as usize;
             self.addrs[i] = from_storage(&self.storage[i]);
+            self.segs[i] = 0;
+            // SAFETY: the kernel filled msg_control/msg_controllen of this
+            // header; CMSG_* walk only within them.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&hdrs[i].msg_hdr);
+                while !c.is_null() {
+                    if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                        let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                        self.segs[i] = usize::try_from(v).unwrap_or(0);
+                    }
+                    c = libc::CMSG_NXTHDR(&hdrs[i].msg_hdr, c);
+                }
+            }
         }
         Ok(got)
     }
 }
 
-/// Send datagrams with `sendmmsg`, in chunks of up to 64; errors on
-/// individual datagrams (unreachable, too big) are skipped and counted.
-/// Returns how many were sent.
+static GSO_BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Most datagrams in one GSO send (the kernel allows 64, and 64 KiB in all).
+const GSO_MAX_SEGS: usize = 64;
+const GSO_MAX_BYTES: usize = 65000;
+
+/// Send datagrams. Runs of equal-sized datagrams to one destination (the
+/// pieces of a TSO super-frame; the last may be shorter) go down as one
+/// UDP GSO send; the rest with `sendmmsg`, in chunks of up to 64. Errors on
+/// individual datagrams (unreachable, too big) are skipped. Returns how
+/// many datagrams were sent.
 pub fn send_batch<'a>(fd: RawFd, items: impl Iterator<Item = (SocketAddr, &'a [u8])>) -> usize {
-    const CHUNK: usize = 64;
     let items: Vec<(SocketAddr, &[u8])> = items.filter(|(_, d)| !d.is_empty()).collect();
+    if GSO_BROKEN.load(std::sync::atomic::Ordering::Relaxed) {
+        return send_plain(fd, &items);
+    }
+    let mut sent = 0;
+    let mut i = 0;
+    let mut singles: Vec<(SocketAddr, &[u8])> = Vec::new();
+    while i < items.len() {
+        let (dst, first) = items[i];
+        let seg = first.len();
+        let mut j = i + 1;
+        let mut total = seg;
+        while j < items.len() && j - i < GSO_MAX_SEGS && items[j].0 == dst && items[j].1.len() <= seg && total + items[j].1.len() <= GSO_MAX_BYTES {
+            total += items[j].1.len();
+            j += 1;
+            if items[j - 1].1.len() < seg {
+                break;
+            }
+        }
+        if j - i >= 2 {
+            sent += send_plain(fd, &singles);
+            singles.clear();
+            match send_gso(fd, dst, seg, &items[i..j]) {
+                Ok(()) => sent += j - i,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)) => {
+                    tracing::info!(error = %e, "UDP GSO unavailable; sending datagrams one by one");
+                    GSO_BROKEN.store(true, std::sync::atomic::Ordering::Relaxed);
+                    sent += send_plain(fd, &items[i..j]);
+                }
+                Err(_) => {}
+            }
+        } else {
+            singles.push(items[i]);
+        }
+        i = j;
+    }
+    sent + send_plain(fd, &singles)
+}
+
+fn send_gso(fd: RawFd, dst: SocketAddr, seg: usize, run: &[(SocketAddr, &[u8])]) -> io::Result<()> {
+    // SAFETY: plain data, zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let namelen = to_storage(&dst, &mut storage);
+    let mut iovs: Vec<libc::iovec> = run.iter().map(|(_, d)| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() }).collect();
+    let mut control = [0u64; CMSG_INT_SPACE / 8];
+    // SAFETY: plain data, zero is valid.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = namelen;
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = iovs.len() as _;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = CMSG_INT_SPACE as _;
+    // SAFETY: msg_control points at CMSG_INT_SPACE bytes, enough for one
+    // cmsghdr carrying a u16; CMSG_FIRSTHDR/CMSG_DATA stay inside it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = SOL_UDP;
+        (*c).cmsg_type = UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg as u16);
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+    }
+    loop {
+        // SAFETY: every pointer in `msg` refers to live locals or to the
+        // caller's buffers, which outlive the call; the kernel only reads.
+        let r = unsafe { libc::sendmsg(fd, &msg, 0) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => {
+                let _ = wait_writable(fd, 100);
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+fn send_plain(fd: RawFd, items: &[(SocketAddr, &[u8])]) -> usize {
+    const CHUNK: usize = 64;
     let mut sent = 0;
     for chunk in items.chunks(CHUNK) {
         // SAFETY: plain data, zero is valid.

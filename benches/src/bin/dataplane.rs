@@ -194,10 +194,10 @@ fn real_main() -> Result<(), String> {
     if !node.exists() {
         return Err(format!("{} not found: cargo build --release -p weave-examples (or set WEAVE_MESH_NODE)", node.display()));
     }
-    let secs: u32 = std::env::var("WEAVE_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let secs: u32 = std::env::var("WEAVE_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let rounds: usize = std::env::var("WEAVE_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
     let p = format!("wvb{}", std::process::id());
-    println!("two hosts, one container each; single TCP stream for {secs} s, 200 pings; overlay MTU 1376");
-    let mut results = Vec::new();
+    println!("two hosts, one container each; single TCP stream for {secs} s and 200 pings per path, {rounds} interleaved rounds (medians); overlay MTU 1376");
     let runs: Vec<(&str, Box<dyn Fn() -> Result<Result_, String>>)> = vec![
         ("native", Box::new(|| native(&format!("{p}a"), secs))),
         ("vxlan", Box::new(|| hand_vxlan(&format!("{p}b"), secs, "1376"))),
@@ -205,13 +205,23 @@ fn real_main() -> Result<(), String> {
         ("encrypted", Box::new(|| weave(&format!("{p}d"), secs, "encrypted sleeve", &node, &["--dataplane", "sleeve", "--password", "bench"]))),
         ("fastdp", Box::new(|| weave(&format!("{p}e"), secs, "fast path", &node, &["--dataplane", "fastdp"]))),
     ];
-    for (_, run) in &runs {
-        let r = run()?;
-        print!(".");
-        let _ = std::io::stdout().flush();
-        results.push(r);
+    let mut all: Vec<Vec<Result_>> = runs.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, (_, run)) in runs.iter().enumerate() {
+            all[i].push(run()?);
+            print!(".");
+            let _ = std::io::stdout().flush();
+        }
     }
     println!();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let results: Vec<Result_> = all
+        .into_iter()
+        .map(|rs| Result_ { name: rs[0].name, gbps: median(rs.iter().map(|r| r.gbps).collect()), rtt_ms: median(rs.iter().map(|r| r.rtt_ms).collect()) })
+        .collect();
     let native = &results[0];
     let vxlan = &results[1];
     println!("{:<18} {:>9} {:>10} {:>10} {:>11} {:>10}", "path", "Gbit/s", "÷ native", "÷ VXLAN", "RTT ms", "+RTT ms");
