@@ -1,7 +1,8 @@
-//! The sleeve's driver: a TAP device on the bridge and a UDP socket on the
-//! router port, each served by a dedicated thread that moves frames in
-//! batches (non-blocking TAP reads until empty; `recvmmsg`/`sendmmsg`), and
-//! takes the core's lock once per batch.
+//! The sleeve's driver: a TAP device on the bridge (with offloads: TSO
+//! super-frames and partial checksums pass through whole) and a UDP socket
+//! on the router port, served by a dedicated worker thread that moves frames
+//! in batches — non-blocking TAP reads until empty, `recvmmsg` with UDP GRO,
+//! UDP GSO or `sendmmsg` — and takes the core's lock once per batch.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
@@ -74,7 +75,7 @@ impl SleeveDriver {
             if !sys::enable_udp_gro(udp.as_raw_fd()) {
                 tracing::info!("UDP GRO unavailable; receiving datagrams one by one");
             }
-            udp.set_read_timeout(Some(Duration::from_millis(50)))?;
+            udp.set_nonblocking(true)?;
             Ok((tap, udp))
         })?;
         let local = udp.local_addr()?;
@@ -86,11 +87,7 @@ impl SleeveDriver {
         let mut threads = Vec::new();
         {
             let (core, stop, tap, udp, c) = (core.clone(), stop.clone(), tap.clone(), udp.clone(), counters.clone());
-            threads.push(std::thread::Builder::new().name("sleeve-tap".into()).spawn(move || tap_loop(&core, &stop, &tap, &udp, &c))?);
-        }
-        {
-            let (core, stop, tap, udp, c) = (core.clone(), stop.clone(), tap.clone(), udp.clone(), counters.clone());
-            threads.push(std::thread::Builder::new().name("sleeve-udp".into()).spawn(move || udp_loop(&core, &stop, &tap, &udp, &c))?);
+            threads.push(std::thread::Builder::new().name("sleeve".into()).spawn(move || worker(&core, &stop, &tap, &udp, &c))?);
         }
         Ok(Self { core, stop, threads, local, counters })
     }
@@ -130,97 +127,69 @@ fn lock(core: &Mutex<Sleeve>) -> std::sync::MutexGuard<'_, Sleeve> {
     core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn tap_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, c: &IoCounters) {
-    let mut bufs: Vec<Vec<u8>> = (0..TAP_BATCH).map(|_| vec![0u8; FRAME_BUF]).collect();
+/// How long the worker keeps checking for work after its last batch before
+/// it sleeps: replies that come back within this window (a ping's echo, a
+/// TCP ACK) are picked up without a wake-up, which costs tens of
+/// microseconds on a virtual machine.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// The worker: one thread serving both the TAP device and the socket.
+/// Frames a TAP write provokes (the answer of a local container) are often
+/// queued before the write returns, and are read in the same pass.
+fn worker(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, c: &IoCounters) {
+    let mut frames: Vec<Vec<u8>> = (0..TAP_BATCH).map(|_| vec![0u8; FRAME_BUF]).collect();
     let mut lens = [0usize; TAP_BATCH];
-    let mut tx = TxQueue::default();
-    let mut inject = Vec::new();
-    let fd = tap.as_raw_fd();
-    while !stop.load(Ordering::Relaxed) {
-        match sys::wait_readable(fd, 100) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "polling the TAP device failed; sleeve stopped");
-                return;
-            }
-        }
-        let mut n = 0;
-        while n < TAP_BATCH {
-            match (&*tap).read(&mut bufs[n]) {
-                Ok(len) => {
-                    lens[n] = len;
-                    n += 1;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "TAP read failed");
-                    break;
-                }
-            }
-        }
-        if n == 0 {
-            continue;
-        }
-        c.tap_rx.fetch_add(n as u64, Ordering::Relaxed);
-        {
-            let now = Instant::now();
-            let mut s = lock(core);
-            for i in 0..n {
-                let Some((hdr, frame)) = bufs[i][..lens[i]].split_first_chunk::<VNET_LEN>() else { continue };
-                // Only carry the header when it says something.
-                let vnet = (hdr[0] != 0 || hdr[1] != 0).then_some(*hdr);
-                s.handle_frame(now, vnet, frame, &mut tx, &mut inject);
-            }
-            s.flush(&mut tx);
-        }
-        let sent = sys::send_batch(udp.as_raw_fd(), tx.iter());
-        c.udp_tx.fetch_add(sent as u64, Ordering::Relaxed);
-        tx.clear();
-        for f in inject.drain(..) {
-            write_frame(tap, None, &f, c);
-        }
-    }
-}
-
-fn write_frame(tap: &File, vnet: Option<[u8; VNET_LEN]>, f: &[u8], c: &IoCounters) {
-    let hdr = vnet.unwrap_or([0; VNET_LEN]);
-    match (&*tap).write_vectored(&[IoSlice::new(&hdr), IoSlice::new(f)]) {
-        Ok(_) => {
-            c.tap_tx.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(_) => {
-            c.tap_errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-fn udp_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, c: &IoCounters) {
     let mut batch = sys::RecvBatch::new(UDP_BATCH, DGRAM_BUF);
     let mut tx = TxQueue::default();
+    let mut inject = Vec::new();
     let mut deliveries: Vec<(usize, Delivery)> = Vec::new();
     let mut ranges: Vec<Delivery> = Vec::new();
     let mut spent: Vec<Vec<u8>> = Vec::new();
-    let fd = udp.as_raw_fd();
+    let (tap_fd, udp_fd) = (tap.as_raw_fd(), udp.as_raw_fd());
+    let mut last_work = Instant::now();
+    let mut next_timer = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let n = match batch.recv(fd) {
+        let n_tap = read_frames(tap, &mut frames, &mut lens);
+        let n_udp = match batch.recv(udp_fd) {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => 0,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
             Err(e) => {
                 // ICMP errors from earlier sends surface here; keep going.
                 tracing::debug!(error = %e, "UDP receive error");
                 0
             }
         };
-        c.udp_rx.fetch_add(n as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        if n_tap == 0 && n_udp == 0 && now < next_timer {
+            if now.saturating_duration_since(last_work) < SPIN {
+                std::hint::spin_loop();
+                std::thread::yield_now();
+                continue;
+            }
+            let ms = next_timer.saturating_duration_since(now).as_millis().clamp(1, 100) as i32;
+            if let Err(e) = sys::wait_either(tap_fd, udp_fd, ms) {
+                tracing::error!(error = %e, "polling failed; sleeve stopped");
+                return;
+            }
+            continue;
+        }
+        if n_tap + n_udp > 0 {
+            last_work = now;
+        }
+        c.tap_rx.fetch_add(n_tap as u64, Ordering::Relaxed);
+        c.udp_rx.fetch_add(n_udp as u64, Ordering::Relaxed);
         {
-            let now = Instant::now();
             let mut s = lock(core);
             for b in spent.drain(..) {
                 s.recycle(b);
             }
-            for i in 0..n {
+            for i in 0..n_tap {
+                let Some((hdr, frame)) = frames[i][..lens[i]].split_first_chunk::<VNET_LEN>() else { continue };
+                // Only carry the header when it says something.
+                let vnet = (hdr[0] != 0 || hdr[1] != 0).then_some(*hdr);
+                s.handle_frame(now, vnet, frame, &mut tx, &mut inject);
+            }
+            for i in 0..n_udp {
                 let Some(from) = batch.addrs[i] else { continue };
                 let segments: Vec<std::ops::Range<usize>> = batch.datagrams(i).collect();
                 for seg in segments {
@@ -236,12 +205,16 @@ fn udp_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket
             if s.poll_timeout().is_some_and(|t| t <= now) {
                 s.handle_timeout(now, &mut tx);
             }
+            next_timer = s.poll_timeout().unwrap_or(now + Duration::from_millis(100)).min(now + Duration::from_millis(100));
             s.flush(&mut tx);
         }
         if !tx.is_empty() {
-            let sent = sys::send_batch(fd, tx.iter());
+            let sent = sys::send_batch(udp_fd, tx.iter());
             c.udp_tx.fetch_add(sent as u64, Ordering::Relaxed);
             tx.clear();
+        }
+        for f in inject.drain(..) {
+            write_frame(tap, None, &f, c);
         }
         for (i, d) in deliveries.drain(..) {
             match d {
@@ -251,6 +224,40 @@ fn udp_loop(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket
                     spent.push(frame);
                 }
             }
+        }
+    }
+}
+
+/// Non-blocking reads from the TAP device until it is empty or the batch
+/// is full.
+fn read_frames(tap: &File, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> usize {
+    let mut n = 0;
+    while n < bufs.len() {
+        match (&*tap).read(&mut bufs[n]) {
+            Ok(len) => {
+                lens[n] = len;
+                n += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    tracing::warn!(error = %e, "TAP read failed");
+                }
+                break;
+            }
+        }
+    }
+    n
+}
+
+fn write_frame(tap: &File, vnet: Option<[u8; VNET_LEN]>, f: &[u8], c: &IoCounters) {
+    let hdr = vnet.unwrap_or([0; VNET_LEN]);
+    match (&*tap).write_vectored(&[IoSlice::new(&hdr), IoSlice::new(f)]) {
+        Ok(_) => {
+            c.tap_tx.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {
+            c.tap_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

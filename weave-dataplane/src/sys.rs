@@ -172,8 +172,8 @@ impl RecvBatch {
         (0..len).step_by(seg).map(move |s| s..(s + seg).min(len))
     }
 
-    /// Receive up to `bufs.len()` datagrams; blocks per the socket's mode
-    /// and timeout. Returns how many arrived.
+    /// Receive up to `bufs.len()` datagrams without blocking; returns how
+    /// many arrived (`WouldBlock` when none).
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let n = self.bufs.len();
         let mut iovs: Vec<libc::iovec> = self.bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
@@ -189,9 +189,8 @@ impl RecvBatch {
         }
         // SAFETY: every header points at a live iovec over a live buffer of
         // the stated length and at live address storage; the vectors are not
-        // touched until the call returns. MSG_WAITFORONE returns once at
-        // least one datagram is in.
-        let r = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
+        // touched until the call returns. MSG_DONTWAIT: the caller polls.
+        let r = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -358,6 +357,20 @@ fn wait_writable(fd: RawFd, ms: i32) -> io::Result<()> {
     let r = unsafe { libc::poll(&mut p, 1, ms) };
     if r < 0 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Wait until either descriptor is readable or `ms` pass.
+pub fn wait_either(a: RawFd, b: RawFd, ms: i32) -> io::Result<()> {
+    let mut p = [libc::pollfd { fd: a, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: b, events: libc::POLLIN, revents: 0 }];
+    // SAFETY: two live pollfds.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
     Ok(())
 }
