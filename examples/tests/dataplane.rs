@@ -135,6 +135,13 @@ impl Lab {
         assert!(i <= self.hosts);
     }
 
+    /// Stop host `i`'s router (by its PID).
+    fn stop(&mut self, i: usize) {
+        let (c, _) = self.nodes.iter_mut().find(|(_, p)| p.ends_with(format!("h{i}.out"))).expect("node");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     /// The last status block host `i` printed.
     fn status(&self, i: usize) -> String {
         let (_, out) = &self.nodes.iter().find(|(_, p)| p.ends_with(format!("h{i}.out"))).expect("node");
@@ -478,4 +485,61 @@ fn fastdp_falls_back_to_sleeve_and_recovers() {
     tcp_transfer(&lab, "c1", "c2", "10.32.0.2", 2 << 20);
     let err = fs::read_to_string(lab.dir.join("h1.err")).unwrap();
     assert!(err.contains("fast path down") && err.matches("fast path up").count() >= 2, "{err}");
+}
+
+#[test]
+fn expose_hide_bridge_recreation_and_reset() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    lab.ns("c1");
+    lab.ns("c2");
+    lab.node(1, "sleeve", &[], &[("c1", "10.32.0.1/12")]);
+    lab.node(2, "sleeve", &[], &[("c2", "10.32.0.2/12")]);
+    lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
+    let h1 = Netns::named(&lab.name("h1"));
+    let host_addr: ipnet::IpNet = "10.32.0.100/12".parse().unwrap();
+    // Before expose the host cannot reach the overlay.
+    assert!(!lab.exec("h1", &["ping", "-c", "1", "-W", "1", "10.32.0.2"]).status.success());
+    rt().block_on(async {
+        let nl = Netlink::connect(&h1).await.unwrap();
+        weave_dataplane::expose::expose(&nl, "weave", host_addr, true).await.unwrap();
+        // Idempotent.
+        weave_dataplane::expose::expose(&nl, "weave", host_addr, true).await.unwrap();
+        assert_eq!(weave_dataplane::expose::exposed(&nl, "weave").await.unwrap(), vec![host_addr]);
+    });
+    // The host reaches a container on the other host through the overlay.
+    lab.wait_ping("h1", "10.32.0.2", Duration::from_secs(5));
+    let rules = String::from_utf8_lossy(&lab.exec("h1", &["nft", "list", "table", "ip", "weave"]).stdout).into_owned();
+    assert_eq!(rules.matches("masquerade").count(), 2, "{rules}");
+    assert!(rules.contains("weave-expose 10.32.0.0/12"), "{rules}");
+    rt().block_on(async {
+        let nl = Netlink::connect(&h1).await.unwrap();
+        weave_dataplane::expose::hide(&nl, "weave", host_addr).await.unwrap();
+        weave_dataplane::expose::hide(&nl, "weave", host_addr).await.unwrap();
+        assert!(weave_dataplane::expose::exposed(&nl, "weave").await.unwrap().is_empty());
+    });
+    assert!(!lab.exec("h1", &["ping", "-c", "1", "-W", "1", "10.32.0.2"]).status.success());
+    let rules = String::from_utf8_lossy(&lab.exec("h1", &["nft", "list", "table", "ip", "weave"]).stdout).into_owned();
+    assert!(!rules.contains("masquerade"), "{rules}");
+
+    // Someone deletes the bridge: the router recreates it, ports and all.
+    ip(&["-n", &lab.name("h1"), "link", "del", "weave"]);
+    lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(10));
+
+    // Reset (of a stopped router) removes the container link, the bridge
+    // and the table.
+    lab.stop(1);
+    rt().block_on(async {
+        let nl = Netlink::connect(&h1).await.unwrap();
+        weave_dataplane::expose::expose(&nl, "weave", host_addr, true).await.unwrap();
+        let removed = weave_dataplane::expose::reset(&nl, "weave").await.unwrap();
+        assert!(removed.iter().any(|r| r == "weave") && removed.iter().any(|r| r.starts_with("nftables")), "{removed:?}");
+        assert!(removed.iter().any(|r| r.starts_with("vethwe") && r != "vethwe-sleeve"), "{removed:?}");
+        assert!(nl.link("weave").await.unwrap().is_none());
+    });
+    let c1_links = String::from_utf8_lossy(&lab.exec("c1", &["ip", "-o", "link"]).stdout).into_owned();
+    assert!(!c1_links.contains("ethwe"), "container end went with the host end: {c1_links}");
+    assert!(!lab.exec("h1", &["nft", "list", "table", "ip", "weave"]).status.success());
 }

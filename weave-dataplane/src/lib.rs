@@ -7,7 +7,8 @@
 //!   sans-IO core (datagram format, per-connection AEAD with a replay window,
 //!   path-MTU handling, MAC learning and forwarding along the mesh's routes).
 //! - With the `linux` feature: [`netlink`] (bridge, veth, VXLAN, FDB and
-//!   address plumbing inside any namespace), [`sleeve_driver`] (TAP + UDP
+//!   address plumbing inside any namespace), [`expose`] (host access with
+//!   masquerading, and reset), [`sleeve_driver`] (TAP + UDP
 //!   worker threads), [`fastpath`] (kernel VXLAN with per-peer fallback to
 //!   the sleeve) and [`follow_mesh`] (wiring a data plane to the mesh).
 pub mod crypto;
@@ -16,6 +17,8 @@ pub mod packet;
 pub mod sleeve;
 pub mod wire;
 
+#[cfg(feature = "linux")]
+pub mod expose;
 #[cfg(feature = "linux")]
 pub mod fastpath;
 #[cfg(feature = "linux")]

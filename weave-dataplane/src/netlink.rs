@@ -201,18 +201,20 @@ impl Netlink {
         self.link(name).await?.ok_or_else(|| PlumbError { op: format!("link {name}"), source: io::Error::from_raw_os_error(libc::ENODEV) })
     }
 
-    /// Every port of a bridge.
-    pub async fn ports(&self, bridge: u32) -> Result<Vec<(String, LinkId)>, PlumbError> {
+    /// Every link in the namespace, by name.
+    pub async fn links(&self) -> Result<Vec<(String, LinkId)>, PlumbError> {
         let mut out = Vec::new();
         let mut s = self.handle.link().get().execute();
         while let Some(m) = s.try_next().await.map_err(err("list links"))? {
-            let id = link_id(&m);
-            if id.controller == Some(bridge) {
-                let name = m.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None }).unwrap_or_default();
-                out.push((name, id));
-            }
+            let name = m.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None }).unwrap_or_default();
+            out.push((name, link_id(&m)));
         }
         Ok(out)
+    }
+
+    /// Every port of a bridge.
+    pub async fn ports(&self, bridge: u32) -> Result<Vec<(String, LinkId)>, PlumbError> {
+        Ok(self.links().await?.into_iter().filter(|(_, id)| id.controller == Some(bridge)).collect())
     }
 
     /// Create the bridge if missing (idempotent), set its MTU, bring it up.

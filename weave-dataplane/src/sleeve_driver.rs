@@ -266,10 +266,50 @@ fn write_frame(tap: &File, vnet: Option<[u8; VNET_LEN]>, f: &[u8], c: &IoCounter
 pub const TAP_NAME: &str = "vethwe-sleeve";
 
 /// The sleeve as a [`crate::Dataplane`]: the bridge, a TAP port on it, and
-/// the UDP socket on the router port.
+/// the UDP socket on the router port. A watchdog recreates the bridge (and
+/// puts every port back) if someone deletes it.
 #[derive(Debug)]
 pub struct SleeveDataplane {
     driver: SleeveDriver,
+    watchdog: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SleeveDataplane {
+    fn drop(&mut self) {
+        self.watchdog.abort();
+    }
+}
+
+/// Put back what belongs on the bridge: the TAP and VXLAN devices
+/// (isolated) and container links (`vethwe*`).
+pub async fn restore_bridge(nl: &crate::netlink::Netlink, bridge: &str, mtu: u32) -> Result<(), crate::PlumbError> {
+    let b = nl.ensure_bridge(bridge, mtu).await?;
+    for (name, id) in nl.links().await? {
+        if id.controller == Some(b.index) {
+            continue;
+        }
+        let isolated = name == TAP_NAME || name == crate::fastpath::VXLAN_NAME;
+        if isolated || name.starts_with("vethwe") {
+            nl.enslave(id.index, b.index, mtu, isolated).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn watchdog(nl: crate::netlink::Netlink, bridge: String, mtu: u32) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match nl.link(&bridge).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::warn!(%bridge, "bridge deleted; recreating it");
+                if let Err(e) = restore_bridge(&nl, &bridge, mtu).await {
+                    tracing::error!(%bridge, error = %e, "cannot recreate the bridge");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "bridge check failed"),
+        }
+    }
 }
 
 /// Where and how to run a data plane.
@@ -290,11 +330,11 @@ pub struct DataplaneConfig {
 impl SleeveDataplane {
     /// Ensure the bridge, start the sleeve and put its TAP on the bridge.
     pub async fn start(nl: &crate::netlink::Netlink, cfg: &DataplaneConfig) -> Result<Self, crate::DataplaneError> {
-        let bridge = nl.ensure_bridge(&cfg.bridge, cfg.mtu).await?;
+        nl.ensure_bridge(&cfg.bridge, cfg.mtu).await?;
         let driver = SleeveDriver::start(Sleeve::new(cfg.sleeve.clone()), &cfg.netns, TAP_NAME, cfg.listen)?;
-        let tap = nl.link(TAP_NAME).await?.ok_or_else(|| io::Error::other("TAP device vanished"))?;
-        nl.enslave(tap.index, bridge.index, cfg.mtu, true).await?;
-        Ok(Self { driver })
+        restore_bridge(nl, &cfg.bridge, cfg.mtu).await?;
+        let watchdog = tokio::spawn(watchdog(nl.clone(), cfg.bridge.clone(), cfg.mtu));
+        Ok(Self { driver, watchdog })
     }
 
     /// The running driver.
