@@ -57,6 +57,20 @@ fn demo_routes_h1_to_h3_through_h2_and_cleans_up() {
         .filter(|w| w.starts_with("wvdemo"))
         .collect();
     assert_eq!(created.len(), 4, "three hosts and the lan: {created:?}");
+    let containers: Vec<&str> = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("== creating containers "))
+        .expect("container names printed")
+        .split_whitespace()
+        .collect();
+    assert_eq!(containers.len(), 3, "{containers:?}");
+    // Containers talk across hosts, c1 <-> c3 through h2.
+    for (who, dst) in [("c1", "10.32.0.3"), ("c3", "10.32.0.1"), ("c1", "10.32.0.2")] {
+        let at = stdout.find(&format!("== {who} pings {dst}")).unwrap_or_else(|| panic!("no ping {who} -> {dst}:\n{stdout}"));
+        assert!(stdout[at..].contains("3 packets transmitted, 3 received"), "{who} -> {dst}:\n{}", &stdout[at..]);
+    }
+    assert!(h1.contains("Data plane (sleeve):") && h1.contains("established encrypted"), "{h1}");
+    let created: Vec<&str> = created.into_iter().chain(containers).collect();
     let list = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     let list = String::from_utf8_lossy(&list.stdout);
     for ns in created {
