@@ -47,6 +47,10 @@ pub trait Dataplane: Send + Sync {
     fn paths(&self) -> Vec<PeerPath>;
     /// Frames and datagrams dropped, by reason.
     fn drops(&self) -> Vec<(DropReason, u64)>;
+    /// Times a connection fell back from a faster path, by reason.
+    fn fallbacks(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 pub(crate) fn lock(core: &Mutex<Sleeve>) -> MutexGuard<'_, Sleeve> {
@@ -322,5 +326,9 @@ impl<D: Dataplane> Dataplane for Faulty<D> {
 
     fn drops(&self) -> Vec<(DropReason, u64)> {
         self.inner.drops()
+    }
+
+    fn fallbacks(&self) -> Vec<(&'static str, u64)> {
+        self.inner.fallbacks()
     }
 }

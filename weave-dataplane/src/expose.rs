@@ -60,10 +60,9 @@ fn rule(subnet: IpNet, src_in: bool) -> Rule<'static> {
 
 /// Rules in our table made for `subnet` (their handles).
 fn rules_for(subnet: IpNet) -> Result<Vec<u32>, PlumbError> {
-    let current = match nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "table", "ip", TABLE]) {
-        Ok(r) => r,
-        // No table: no rules.
-        Err(_) => return Ok(Vec::new()),
+    // No table: no rules.
+    let Ok(current) = nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "table", "ip", TABLE]) else {
+        return Ok(Vec::new());
     };
     let want = tag(subnet);
     Ok(current

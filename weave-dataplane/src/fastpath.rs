@@ -278,4 +278,8 @@ impl Dataplane for FastDataplane {
     fn drops(&self) -> Vec<(DropReason, u64)> {
         self.sleeve.drops()
     }
+
+    fn fallbacks(&self) -> Vec<(&'static str, u64)> {
+        self.stats().fallbacks.into_iter().collect()
+    }
 }

@@ -726,9 +726,8 @@ impl Sleeve {
     /// returned as ranges of `data` (decrypted in place); relayed frames
     /// and heartbeat answers go into `tx`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8], tx: &mut TxQueue, deliver: &mut Vec<Delivery>) {
-        let h = match Header::parse(data) {
-            Ok(h) => h,
-            Err(_) => return self.drop(DropReason::Malformed),
+        let Ok(h) = Header::parse(data) else {
+            return self.drop(DropReason::Malformed);
         };
         let trusted_src = self.trusts(from.ip());
         let Some(p) = self.peers.get_mut(&h.sender) else {

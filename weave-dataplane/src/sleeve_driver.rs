@@ -252,11 +252,12 @@ fn read_frames(tap: &File, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> usize {
 
 fn write_frame(tap: &File, vnet: Option<[u8; VNET_LEN]>, f: &[u8], c: &IoCounters) {
     let hdr = vnet.unwrap_or([0; VNET_LEN]);
+    // A TAP write takes the whole frame or fails; it is never partial.
     match (&*tap).write_vectored(&[IoSlice::new(&hdr), IoSlice::new(f)]) {
-        Ok(_) => {
+        Ok(n) if n == VNET_LEN + f.len() => {
             c.tap_tx.fetch_add(1, Ordering::Relaxed);
         }
-        Err(_) => {
+        Ok(_) | Err(_) => {
             c.tap_errors.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -195,20 +195,20 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         let got = r as usize;
-        for i in 0..got {
-            self.lens[i] = hdrs[i].msg_len as usize;
+        for (i, hdr) in hdrs.iter().enumerate().take(got) {
+            self.lens[i] = hdr.msg_len as usize;
             self.addrs[i] = from_storage(&self.storage[i]);
             self.segs[i] = 0;
             // SAFETY: the kernel filled msg_control/msg_controllen of this
             // header; CMSG_* walk only within them.
             unsafe {
-                let mut c = libc::CMSG_FIRSTHDR(&hdrs[i].msg_hdr);
+                let mut c = libc::CMSG_FIRSTHDR(&hdr.msg_hdr);
                 while !c.is_null() {
                     if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
                         let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
                         self.segs[i] = usize::try_from(v).unwrap_or(0);
                     }
-                    c = libc::CMSG_NXTHDR(&hdrs[i].msg_hdr, c);
+                    c = libc::CMSG_NXTHDR(&hdr.msg_hdr, c);
                 }
             }
         }

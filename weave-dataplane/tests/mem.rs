@@ -257,3 +257,63 @@ fn faulty_wrapper_injects_failures() {
     f.connection_down(n(2));
     assert!(f.paths().is_empty());
 }
+
+#[test]
+fn trusted_subnets_skip_encryption_only_when_both_ends_trust() {
+    for (trust1, trust2, plain) in [(true, true, true), (true, false, false), (false, true, false)] {
+        let net = MemNet::new(3);
+        let mut cfg1 = SleeveConfig::new(n(1), 6783);
+        let mut cfg2 = SleeveConfig::new(n(2), 6783);
+        if trust1 {
+            cfg1.trusted = vec!["10.0.0.0/24".parse().unwrap()];
+        }
+        if trust2 {
+            cfg2.trusted = vec!["10.0.0.0/24".parse().unwrap()];
+        }
+        let h1 = MemDataplane::new(net.clone(), addr(1), cfg1);
+        let h2 = MemDataplane::new(net.clone(), addr(2), cfg2);
+        let routes = [(n(1), n(2))];
+        h1.set_routes(&Routes::from_links(n(1), &routes));
+        h2.set_routes(&Routes::from_links(n(2), &routes));
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        h1.connection_up(n(2), addr(2), true, Some(&DataKeys { send: k1, recv: k2 })).unwrap();
+        h2.connection_up(n(1), addr(1), false, Some(&DataKeys { send: k2, recv: k1 })).unwrap();
+        let mut now = Instant::now();
+        for _ in 0..30 {
+            now += Duration::from_millis(10);
+            h1.poll(now);
+            h2.poll(now);
+        }
+        assert_eq!(h1.paths()[0].encrypted, !plain, "trust {trust1}/{trust2}");
+        assert_eq!(h2.paths()[0].encrypted, !plain, "trust {trust1}/{trust2}");
+        net.capture();
+        let secret = b"trusted-or-not-payload";
+        h1.send_frame(now, &frame([0xff; 6], mac(1), secret));
+        let seen = net.captured().iter().any(|d| d.windows(secret.len()).any(|w| w == secret));
+        assert_eq!(seen, plain, "trust {trust1}/{trust2}");
+        h2.poll(now);
+        assert_eq!(h2.take_delivered().len(), 1, "delivered either way");
+    }
+}
+
+#[test]
+fn a_wrong_address_guess_is_corrected_by_the_peers_heartbeats() {
+    // Host 2 was dialled, and guesses host 1's UDP address wrongly (as
+    // behind NAT); host 1's heartbeats teach it the right one.
+    let net = MemNet::new(5);
+    let h1 = MemDataplane::new(net.clone(), addr(1), SleeveConfig::new(n(1), 6783));
+    let h2 = MemDataplane::new(net.clone(), addr(2), SleeveConfig::new(n(2), 6783));
+    let routes = [(n(1), n(2))];
+    h1.set_routes(&Routes::from_links(n(1), &routes));
+    h2.set_routes(&Routes::from_links(n(2), &routes));
+    h1.connection_up(n(2), addr(2), true, None).unwrap();
+    h2.connection_up(n(1), "10.9.9.9:40000".parse().unwrap(), true, None).unwrap();
+    let mut now = Instant::now();
+    for _ in 0..30 {
+        now += Duration::from_millis(10);
+        h1.poll(now);
+        h2.poll(now);
+    }
+    assert_eq!(h2.paths()[0].addr, addr(1));
+    assert!(h1.paths()[0].established && h2.paths()[0].established);
+}

@@ -198,7 +198,8 @@ fn real_main() -> Result<(), String> {
     let rounds: usize = std::env::var("WEAVE_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
     let p = format!("wvb{}", std::process::id());
     println!("two hosts, one container each; single TCP stream for {secs} s and 200 pings per path, {rounds} interleaved rounds (medians); overlay MTU 1376");
-    let runs: Vec<(&str, Box<dyn Fn() -> Result<Result_, String>>)> = vec![
+    type Run<'a> = Box<dyn Fn() -> Result<Result_, String> + 'a>;
+    let runs: Vec<(&str, Run<'_>)> = vec![
         ("native", Box::new(|| native(&format!("{p}a"), secs))),
         ("vxlan", Box::new(|| hand_vxlan(&format!("{p}b"), secs, "1376"))),
         ("sleeve", Box::new(|| weave(&format!("{p}c"), secs, "sleeve", &node, &["--dataplane", "sleeve"]))),

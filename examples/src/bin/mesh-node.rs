@@ -110,6 +110,9 @@ fn print_paths(dp: &dyn Dataplane) {
     for (r, n) in dp.drops() {
         println!("  dropped {} {n}", r.as_str());
     }
+    for (r, n) in dp.fallbacks() {
+        println!("  fell back to sleeve ({r}) {n}");
+    }
 }
 
 async fn start_dataplane(args: &Args, name: PeerName) -> Result<Arc<dyn Dataplane>, Box<dyn Error>> {
