@@ -524,6 +524,19 @@ fn expose_hide_bridge_recreation_and_reset() {
     let rules = String::from_utf8_lossy(&lab.exec("h1", &["nft", "list", "table", "ip", "weave"]).stdout).into_owned();
     assert!(!rules.contains("masquerade"), "{rules}");
 
+    // Several addresses per container: a second subnet on c1 and c2.
+    let (h2, c1, c2) = (lab.name("h2"), lab.name("c1"), lab.name("c2"));
+    rt().block_on(async {
+        let cfg = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true };
+        let nl1 = Netlink::connect(&h1).await.unwrap();
+        let nl2 = Netlink::connect(&Netns::named(&h2)).await.unwrap();
+        let a = netlink::attach(&nl1, &Netns::named(&c1), "c1", &["10.48.0.1/12".parse().unwrap()], &cfg).await.unwrap();
+        assert!(a.addresses.contains(&"10.32.0.1/12".parse().unwrap()) && a.addresses.contains(&"10.48.0.1/12".parse().unwrap()), "{a:?}");
+        netlink::attach(&nl2, &Netns::named(&c2), "c2", &["10.48.0.2/12".parse().unwrap()], &cfg).await.unwrap();
+    });
+    lab.wait_ping("c1", "10.48.0.2", Duration::from_secs(5));
+    lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(5));
+
     // Someone deletes the bridge: the router recreates it, ports and all.
     ip(&["-n", &lab.name("h1"), "link", "del", "weave"]);
     lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(10));

@@ -130,8 +130,12 @@ impl ReplayWindow {
         ((bit / 64) as usize, 1u64 << (bit % 64))
     }
 
-    /// Whether `c` would be accepted (not seen, not too old).
+    /// Whether `c` would be accepted (not seen, not too old). The last
+    /// counter value is never valid (no sealer reaches it).
     pub fn check(&self, c: u64) -> bool {
+        if c == u64::MAX {
+            return false;
+        }
         if c >= self.top {
             return true;
         }
@@ -219,6 +223,9 @@ mod tests {
         assert!(w.update(10_000 - 100));
         assert!(w.update(u64::MAX - 1));
         assert!(!w.update(u64::MAX - 1));
+        // Found by the fuzzer: the top counter must not overflow the window.
+        assert!(!w.update(u64::MAX));
+        assert!(!ReplayWindow::default().update(u64::MAX));
     }
 
     proptest! {
