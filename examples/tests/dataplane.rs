@@ -329,6 +329,9 @@ fn fastdp_with_password_keeps_data_in_the_encrypted_sleeve() {
     lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
     let s = lab.wait_status(1, "sleeve (encrypted: sleeve carries the data)", Duration::from_secs(5));
     assert!(s.contains("established encrypted"), "{s}");
+    // No VXLAN device at all: nothing on the underlay can inject frames.
+    let links = String::from_utf8_lossy(&lab.exec("h1", &["ip", "-o", "link"]).stdout).into_owned();
+    assert!(!links.contains("vxlan"), "{links}");
 }
 
 /// h1 - h2 - h3 with h1 <-> h3 cut: c1 and c3 talk through h2, and a
@@ -444,16 +447,16 @@ fn encryption_hides_payload_on_the_underlay() {
         return;
     }
     const PAYLOAD: &[u8] = b"weave-known-plaintext-marker-7f3a9c";
-    for (password, expect_seen) in [(None, true), (Some("pw"), false)] {
+    for (dataplane, password, expect_seen) in [("sleeve", None, true), ("sleeve", Some("pw"), false), ("fastdp", Some("pw"), false)] {
         let mut lab = Lab::new(2);
         lab.ns("c1");
         lab.ns("c2");
         let extra: Vec<&str> = password.map(|p| vec!["--password", p]).unwrap_or_default();
-        lab.node(1, "sleeve", &extra, &[("c1", "10.32.0.1/12")]);
-        lab.node(2, "sleeve", &extra, &[("c2", "10.32.0.2/12")]);
+        lab.node(1, dataplane, &extra, &[("c1", "10.32.0.1/12")]);
+        lab.node(2, dataplane, &extra, &[("c2", "10.32.0.2/12")]);
         lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
         // Without a password the capture does see it: the check can fail.
-        assert_eq!(payload_seen_on_underlay(&lab, PAYLOAD), expect_seen, "password {password:?}");
+        assert_eq!(payload_seen_on_underlay(&lab, PAYLOAD), expect_seen, "{dataplane} with password {password:?}");
     }
 }
 
@@ -555,4 +558,29 @@ fn expose_hide_bridge_recreation_and_reset() {
     let c1_links = String::from_utf8_lossy(&lab.exec("c1", &["ip", "-o", "link"]).stdout).into_owned();
     assert!(!c1_links.contains("ethwe"), "container end went with the host end: {c1_links}");
     assert!(!lab.exec("h1", &["nft", "list", "table", "ip", "weave"]).status.success());
+}
+
+#[test]
+fn fastdp_survives_bridge_recreation() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    lab.ns("c1");
+    lab.ns("c2");
+    lab.node(1, "fastdp", &[], &[("c1", "10.32.0.1/12")]);
+    lab.node(2, "fastdp", &[], &[("c2", "10.32.0.2/12")]);
+    lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
+    lab.wait_status(1, " fastdp ", Duration::from_secs(10));
+    ip(&["-n", &lab.name("h1"), "link", "del", "weave"]);
+    // The watchdog rebuilds the bridge with its ports; the fast path listens
+    // on the new bridge and comes back.
+    lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(15));
+    // Longer than the fast-path timeout: heartbeats still arrive on the
+    // new bridge, so both ends stay (or are back) on the fast path.
+    std::thread::sleep(Duration::from_secs(8));
+    lab.wait_status(1, " fastdp ", Duration::from_secs(10));
+    lab.wait_status(2, " fastdp ", Duration::from_secs(10));
+    lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(10));
+    tcp_transfer(&lab, "c1", "c2", "10.32.0.2", 1 << 20);
 }

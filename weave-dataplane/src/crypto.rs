@@ -152,16 +152,18 @@ impl ReplayWindow {
             return false;
         }
         if c >= self.top {
-            // Clear the words between the old top and the new one.
-            let old_word = self.top / 64;
-            let new_word = c / 64;
-            let clear = (new_word - old_word).min(WORDS as u64);
-            for i in 1..=clear {
-                let idx = ((old_word + i) % WORDS as u64) as usize;
-                self.bits[idx] = 0;
-            }
             if self.top == 0 {
                 self.bits = [0; WORDS];
+            } else {
+                // Clear the words after the highest counter seen, up to and
+                // including the new counter's (they hold bits from a lap ago).
+                let old_word = (self.top - 1) / 64;
+                let new_word = c / 64;
+                let clear = (new_word - old_word).min(WORDS as u64);
+                for i in 1..=clear {
+                    let idx = ((old_word + i) % WORDS as u64) as usize;
+                    self.bits[idx] = 0;
+                }
             }
             self.top = c + 1;
         }
@@ -228,7 +230,42 @@ mod tests {
         assert!(!ReplayWindow::default().update(u64::MAX));
     }
 
+    #[test]
+    fn reordering_after_many_laps_is_accepted() {
+        // Found in review: with the top at a multiple of 64, the new word
+        // kept bits from 4096 counters earlier.
+        let mut w = ReplayWindow::default();
+        for c in 0..10_000 {
+            assert!(w.update(c), "in order {c}");
+        }
+        assert!(w.update(10_001));
+        assert!(w.update(10_000), "a swapped pair is fine");
+        for c in (10_002..20_000).step_by(2) {
+            assert!(w.update(c + 1));
+            assert!(w.update(c), "swapped pair at {c}");
+        }
+    }
+
     proptest! {
+        /// Dense, mostly in-order streams with local swaps: every counter
+        /// is accepted exactly once.
+        #[test]
+        fn dense_reordered_streams_are_accepted(n in 100u64..20_000, swaps in proptest::collection::vec((0u64..20_000, 1u64..64), 0..200)) {
+            let mut order: Vec<u64> = (0..n).collect();
+            for (at, d) in swaps {
+                let (a, b) = ((at % n) as usize, ((at + d) % n) as usize);
+                order.swap(a, b.min(a + 63).min(n as usize - 1));
+            }
+            let mut w = ReplayWindow::default();
+            let mut top = 0u64;
+            for c in order {
+                let in_window = c >= top || top - c <= WINDOW_BITS - 64;
+                prop_assert_eq!(w.update(c), in_window, "counter {} (top {})", c, top);
+                top = top.max(c + 1);
+                prop_assert!(!w.update(c));
+            }
+        }
+
         /// Against a set model: a counter is accepted at most once, and
         /// always when new and within the window.
         #[test]

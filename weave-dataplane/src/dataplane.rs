@@ -182,11 +182,31 @@ impl MemDataplane {
 
     /// A frame from a local container.
     pub fn send_frame(&self, now: Instant, frame: &[u8]) {
+        self.send_frame_vnet(now, None, frame);
+    }
+
+    /// Several frames read in one batch (packed together where they fit).
+    pub fn send_frames(&self, now: Instant, frames: &[Vec<u8>]) {
         let mut tx = TxQueue::default();
         let mut inject = Vec::new();
         {
             let mut s = lock(&self.core);
-            s.handle_frame(now, None, frame, &mut tx, &mut inject);
+            for f in frames {
+                s.handle_frame(now, None, f, &mut tx, &mut inject);
+            }
+            s.flush(&mut tx);
+        }
+        self.send_all(&mut tx);
+        self.delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(inject);
+    }
+
+    /// A frame with offload metadata (a TAP device's virtio-net header).
+    pub fn send_frame_vnet(&self, now: Instant, vnet: Option<[u8; crate::wire::VNET_LEN]>, frame: &[u8]) {
+        let mut tx = TxQueue::default();
+        let mut inject = Vec::new();
+        {
+            let mut s = lock(&self.core);
+            s.handle_frame(now, vnet, frame, &mut tx, &mut inject);
             s.flush(&mut tx);
         }
         self.send_all(&mut tx);

@@ -126,6 +126,10 @@ pub async fn hide(nl: &Netlink, bridge: &str, addr: IpNet) -> Result<(), PlumbEr
         nl.del_address(b.index, addr).await?;
     }
     let subnet = addr.trunc();
+    if exposed(nl, bridge).await?.iter().any(|a| a.trunc() == subnet) {
+        // Another exposed address still needs the subnet's rules.
+        return Ok(());
+    }
     nl.netns().run(move || remove_masquerade(subnet).map_err(|e| std::io::Error::other(e.to_string()))).map_err(|source| PlumbError { op: format!("unmasquerade {subnet}"), source })
 }
 

@@ -69,7 +69,7 @@ struct Shared {
 pub struct FastDataplane {
     sleeve: SleeveDataplane,
     shared: Arc<Mutex<Shared>>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for FastDataplane {
@@ -80,7 +80,9 @@ impl std::fmt::Debug for FastDataplane {
 
 impl Drop for FastDataplane {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -95,6 +97,7 @@ struct Control {
     mtu: usize,
     tx: PacketSocket,
     rx: PacketSocket,
+    bridge_index: u32,
 }
 
 impl FastDataplane {
@@ -102,6 +105,14 @@ impl FastDataplane {
     /// control task that heartbeats and programs peers.
     pub async fn start(nl: &Netlink, cfg: &DataplaneConfig) -> Result<Self, DataplaneError> {
         let sleeve = SleeveDataplane::start(nl, cfg).await?;
+        let shared = Arc::new(Mutex::new(Shared { programmed: HashMap::new(), stats: FastpathStats::default() }));
+        if cfg.encrypted && cfg.sleeve.trusted.is_empty() {
+            // Every peer must encrypt, and VXLAN cannot: no device at all,
+            // so nothing on the underlay can inject into the bridge, and
+            // no frame can leave in clear.
+            nl.delete(VXLAN_NAME).await?;
+            return Ok(Self { sleeve, shared, task: None });
+        }
         let port = cfg.listen.port().checked_add(1).ok_or_else(|| std::io::Error::other("router port 65535 leaves no room for VXLAN"))?;
         let bridge = nl.link(&cfg.bridge).await?.ok_or_else(|| std::io::Error::other("bridge vanished"))?;
         let vxlan = nl.ensure_vxlan(VXLAN_NAME, VNI, port, cfg.mtu, bridge.index).await?;
@@ -110,10 +121,9 @@ impl FastDataplane {
         let (tx, rx) = cfg.netns.run(move || Ok((PacketSocket::open(vi, HEARTBEAT_ETHERTYPE)?, PacketSocket::open(bi, HEARTBEAT_ETHERTYPE)?)))?;
         let core = sleeve.driver().core().clone();
         lock(&core).set_fastpath_offer(Some((bridge.mac, port)));
-        let shared = Arc::new(Mutex::new(Shared { programmed: HashMap::new(), stats: FastpathStats::default() }));
-        let control = Control { nl: nl.clone(), core, shared: shared.clone(), bridge_name: cfg.bridge.clone(), vxlan, tap, port, mtu: cfg.mtu as usize, tx, rx };
+        let control = Control { nl: nl.clone(), core, shared: shared.clone(), bridge_name: cfg.bridge.clone(), vxlan, tap, port, mtu: cfg.mtu as usize, tx, rx, bridge_index: bridge.index };
         let task = tokio::spawn(control.run());
-        Ok(Self { sleeve, shared, task })
+        Ok(Self { sleeve, shared, task: Some(task) })
     }
 
     /// Fallback and activation counters.
@@ -141,39 +151,58 @@ impl Control {
 
     async fn step(&mut self) -> Result<(), crate::PlumbError> {
         let now = Instant::now();
-        // Our bridge MAC can change as ports come and go: keep the offer true.
+        // Our bridge MAC can change as ports come and go: keep the offer
+        // true. A recreated bridge has a new index: listen there.
         if let Some(b) = self.nl.link(&self.bridge_name).await? {
             lock(&self.core).set_fastpath_offer(Some((b.mac, self.port)));
+            if b.index != self.bridge_index {
+                let idx = b.index;
+                match self.nl.netns().run(move || PacketSocket::open(idx, HEARTBEAT_ETHERTYPE)) {
+                    Ok(rx) => {
+                        self.rx = rx;
+                        self.bridge_index = idx;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot listen for fast-path heartbeats on the new bridge"),
+                }
+            }
         }
         self.receive(now);
         let offers = lock(&self.core).fastpath_offers();
         let mut seen = Vec::new();
         for (peer, addr, mac, port) in offers {
             seen.push(peer);
-            let ip = addr.ip();
-            self.program_heartbeat_entry(peer, ip, mac).await?;
-            if port == self.port {
-                let mut payload = vec![0u8; self.mtu];
-                payload[..4].copy_from_slice(MAGIC);
-                payload[4..10].copy_from_slice(&lock(&self.core).ourself().octets());
-                if let Err(e) = self.tx.send_to(mac, &payload) {
-                    tracing::debug!(%peer, error = %e, "fast-path heartbeat not sent");
-                }
-            }
-            let ready = lock(&self.core).fastpath_ready(now, peer);
-            let active = self.shared().programmed.get(&peer).is_some_and(|p| p.active);
-            match (ready, active) {
-                (Ok(_), false) => self.activate(peer).await?,
-                (Err(why), true) => self.deactivate(peer, why).await?,
-                _ => {}
+            // One peer's trouble must not hold the others back.
+            if let Err(e) = self.step_peer(now, peer, addr.ip(), mac, port).await {
+                tracing::warn!(%peer, error = %e, "fast-path programming failed");
             }
         }
         // Peers that went away (or stopped offering).
         let gone: Vec<PeerName> = self.shared().programmed.keys().filter(|p| !seen.contains(p)).copied().collect();
         for peer in gone {
-            self.remove(peer).await?;
+            if let Err(e) = self.remove(peer).await {
+                tracing::warn!(%peer, error = %e, "fast-path cleanup failed");
+            }
         }
         Ok(())
+    }
+
+    async fn step_peer(&mut self, now: Instant, peer: PeerName, ip: IpAddr, mac: Mac, port: u16) -> Result<(), crate::PlumbError> {
+        self.program_heartbeat_entry(peer, ip, mac).await?;
+        if port == self.port {
+            let mut payload = vec![0u8; self.mtu];
+            payload[..4].copy_from_slice(MAGIC);
+            payload[4..10].copy_from_slice(&lock(&self.core).ourself().octets());
+            if let Err(e) = self.tx.send_to(mac, &payload) {
+                tracing::debug!(%peer, error = %e, "fast-path heartbeat not sent");
+            }
+        }
+        let ready = lock(&self.core).fastpath_ready(now, peer);
+        let active = self.shared().programmed.get(&peer).is_some_and(|p| p.active);
+        match (ready, active) {
+            (Ok(_), false) => self.activate(peer).await,
+            (Err(why), true) => self.deactivate(peer, why).await,
+            _ => Ok(()),
+        }
     }
 
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -212,11 +241,16 @@ impl Control {
 
     async fn activate(&mut self, peer: PeerName) -> Result<(), crate::PlumbError> {
         let Some(p) = self.shared().programmed.get(&peer).cloned() else { return Ok(()) };
-        self.nl.fdb_add(self.vxlan.index, [0; 6], p.ip).await?;
+        // The sleeve stops carrying the peer's frames first, then VXLAN
+        // starts: in between a frame may be lost, never delivered twice.
+        lock(&self.core).set_fastpath_active(peer, true);
+        if let Err(e) = self.nl.fdb_add(self.vxlan.index, [0; 6], p.ip).await {
+            lock(&self.core).set_fastpath_active(peer, false);
+            return Err(e);
+        }
         // What the bridge learnt through the sleeve for this peer's
         // containers now belongs to VXLAN.
         self.nl.flush_port(self.tap.index).await?;
-        lock(&self.core).set_fastpath_active(peer, true);
         let mut s = self.shared();
         if let Some(e) = s.programmed.get_mut(&peer) {
             e.active = true;
@@ -228,8 +262,10 @@ impl Control {
 
     async fn deactivate(&mut self, peer: PeerName, why: &'static str) -> Result<(), crate::PlumbError> {
         let Some(p) = self.shared().programmed.get(&peer).cloned() else { return Ok(()) };
+        // VXLAN stops first, then the sleeve takes over (no duplicates).
+        let removed = self.nl.fdb_del(self.vxlan.index, [0; 6], p.ip).await;
         lock(&self.core).set_fastpath_active(peer, false);
-        self.nl.fdb_del(self.vxlan.index, [0; 6], p.ip).await?;
+        removed?;
         // Forget learnt entries for the peer except the heartbeat's.
         self.nl.fdb_del_dst(self.vxlan.index, p.ip).await?;
         self.nl.fdb_add(self.vxlan.index, p.mac, p.ip).await?;

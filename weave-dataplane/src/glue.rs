@@ -43,7 +43,9 @@ async fn run(mesh: MeshHandle, mut events: tokio::sync::broadcast::Receiver<Driv
             }
             Ok(_) => {}
             Err(RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "data plane fell behind the mesh's events; resyncing routes");
+                // Routes can be re-read; a missed connection's keys cannot
+                // (the peer stays on its old path until it reconnects).
+                tracing::error!(missed = n, "data plane fell behind the mesh's events; resyncing routes");
                 if let Ok(routes) = mesh.routes().await {
                     dp.set_routes(&routes);
                 }

@@ -96,6 +96,7 @@ struct Pmtu {
 
 impl Pmtu {
     fn new(max: u16) -> Self {
+        let max = max.min(u16::MAX - 1);
         Self { max, ok: 0, bad: max + 1, probe: max, misses: 0, probe_acked: false, small_acked: false }
     }
 
@@ -126,7 +127,7 @@ impl Pmtu {
                 self.misses = 0;
             }
         }
-        self.probe = if self.bad > self.max { self.max } else { (self.ok.max(MIN_DATAGRAM) + self.bad) / 2 };
+        self.probe = if self.bad > self.max { self.max } else { ((u32::from(self.ok.max(MIN_DATAGRAM)) + u32::from(self.bad)) / 2) as u16 };
         self.probe_acked = false;
         self.small_acked = false;
     }
@@ -158,6 +159,12 @@ pub struct PeerCounters {
 }
 
 struct Peer {
+    /// Which `add_peer` made this state (datagrams opened under another
+    /// are dropped, never sealed with the wrong key or counter).
+    epoch: u64,
+    /// The keys, to keep the crypto state when the same connection is
+    /// announced twice (restarting a counter would reuse nonces).
+    keys: Option<([u8; 32], [u8; 32])>,
     addr: SocketAddr,
     /// Learnt from a valid datagram (not just guessed).
     confirmed: bool,
@@ -184,8 +191,8 @@ pub struct TxQueue {
     bufs: Vec<Vec<u8>>,
     dsts: Vec<SocketAddr>,
     len: usize,
-    /// Open (still filling) datagrams: (next hop, index, sealed?).
-    open: Vec<(PeerName, usize, bool)>,
+    /// Open (still filling) datagrams: (next hop, index, sealed?, peer epoch).
+    open: Vec<(PeerName, usize, bool, u64)>,
 }
 
 impl TxQueue {
@@ -264,6 +271,8 @@ pub enum DropReason {
     Runt,
     /// A frame's pieces arrived out of order or incomplete.
     Reassembly,
+    /// A source address not learnt: the MAC table is full.
+    MacTableFull,
 }
 
 impl DropReason {
@@ -279,6 +288,7 @@ impl DropReason {
             Self::TooBig => "too_big",
             Self::Runt => "runt",
             Self::Reassembly => "reassembly",
+            Self::MacTableFull => "mac_table_full",
         }
     }
 }
@@ -319,6 +329,7 @@ pub struct Sleeve {
     next_expiry: Option<Instant>,
     children: Vec<PeerName>,
     next_piece_id: u32,
+    next_epoch: u64,
     /// Frames arriving in pieces, by (origin, id).
     partial: HashMap<(PeerName, u32), Partial>,
     /// Spare reassembly buffers.
@@ -335,6 +346,8 @@ struct Partial {
 /// Largest frame accepted in pieces (a TSO super-frame is at most 64 KiB
 /// plus headers).
 pub const MAX_PIECED_FRAME: usize = 256 * 1024;
+/// Most MAC addresses learnt at once.
+pub const MAX_MACS: usize = 65536;
 /// Frames being reassembled at once, per sleeve.
 const MAX_PARTIAL: usize = 64;
 
@@ -359,6 +372,7 @@ impl Sleeve {
             next_expiry: None,
             children: Vec::new(),
             next_piece_id: 0,
+            next_epoch: 1,
             partial: HashMap::new(),
             pool: Vec::new(),
         }
@@ -380,8 +394,22 @@ impl Sleeve {
     /// corrected when its heartbeats arrive). Replaces any earlier state,
     /// keys included.
     pub fn add_peer(&mut self, now: Instant, peer: PeerName, addr: SocketAddr, keys: Option<&DataKeys>) {
+        let raw = keys.map(|k| (k.send, k.recv));
+        self.fastpath_on.remove(&peer);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.keys == raw {
+                // The same connection again: keep counters and replay
+                // window (a fresh sealer would reuse nonces).
+                p.addr = addr;
+                return;
+            }
+        }
         let crypto = keys.map(|k| (Sealer::new(&k.send), Opener::new(&k.recv)));
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
         let p = Peer {
+            epoch,
+            keys: raw,
             addr,
             confirmed: false,
             crypto,
@@ -431,11 +459,11 @@ impl Sleeve {
     /// Whether the fast path to `peer` is proven both ways; `Err` says why not.
     pub fn fastpath_ready(&self, now: Instant, peer: PeerName) -> Result<(Mac, u16), &'static str> {
         let p = self.peers.get(&peer).ok_or("not connected")?;
-        if self.fastpath_offer.is_none() {
-            return Err("fast path disabled here");
-        }
         if p.crypto.is_some() && !self.plain_ok(p) {
             return Err("encrypted: sleeve carries the data");
+        }
+        if self.fastpath_offer.is_none() {
+            return Err("fast path disabled here");
         }
         let offer = p.fastpath_offer.ok_or("peer does not offer the fast path")?;
         let heard = p.fastpath_heard.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.timeout);
@@ -527,6 +555,7 @@ impl Sleeve {
         if packet::is_group(&mac) {
             return;
         }
+        let full = self.macs.len() >= MAX_MACS;
         match self.macs.get_mut(&mac) {
             Some(e) => {
                 if e.at != at {
@@ -536,6 +565,10 @@ impl Sleeve {
                 }
                 e.seen = now;
             }
+            // A full table learns nothing new: unknown addresses are
+            // flooded, which still delivers (a flood of random source
+            // addresses cannot exhaust memory).
+            None if full => self.drop(DropReason::MacTableFull),
             None => {
                 self.macs.insert(mac, MacEntry { at, seen: now });
             }
@@ -578,12 +611,20 @@ impl Sleeve {
         self.send_record(hop, rec, tx, inject);
     }
 
-    fn forward_broadcast(&mut self, rec: FrameRecord<'_>, tx: &mut TxQueue, mut inject: Option<&mut Vec<Vec<u8>>>) {
+    fn forward_broadcast(&mut self, rec: FrameRecord<'_>, tx: &mut TxQueue, inject: Option<&mut Vec<Vec<u8>>>) {
+        self.forward_broadcast_inner(rec, None, tx, inject);
+    }
+
+    fn forward_broadcast_from(&mut self, rec: FrameRecord<'_>, sender: Option<PeerName>, tx: &mut TxQueue) {
+        self.forward_broadcast_inner(rec, sender, tx, None);
+    }
+
+    fn forward_broadcast_inner(&mut self, rec: FrameRecord<'_>, sender: Option<PeerName>, tx: &mut TxQueue, mut inject: Option<&mut Vec<Vec<u8>>>) {
         let mut children = std::mem::take(&mut self.children);
         children.clear();
         children.extend_from_slice(self.routes.broadcast_children(rec.origin));
         for &c in &children {
-            if !self.peers.contains_key(&c) {
+            if !self.peers.contains_key(&c) || Some(c) == sender || c == rec.origin {
                 continue;
             }
             let mut r = rec;
@@ -645,16 +686,19 @@ impl Sleeve {
             return;
         }
         let need = rec.encoded_len();
-        let slot = tx.open.iter().position(|(h, _, _)| *h == hop);
+        let epoch = self.peers[&hop].epoch;
+        let slot = tx.open.iter().position(|o| o.0 == hop);
         let idx = match slot {
-            Some(s) if tx.bufs[tx.open[s].1].len() + need + if tx.open[s].2 { TAG_LEN } else { 0 } <= max_dgram => tx.open[s].1,
+            // Reuse only a datagram opened under the same keys and sealing
+            // decision (trust can change mid-batch).
+            Some(s) if tx.open[s].2 == encrypted && tx.open[s].3 == epoch && tx.bufs[tx.open[s].1].len() + need + if encrypted { TAG_LEN } else { 0 } <= max_dgram => tx.open[s].1,
             other => {
                 if let Some(s) = other {
-                    let (h, i, sealed) = tx.open.swap_remove(s);
-                    self.close(h, i, sealed, tx);
+                    let (h, i, sealed, ep) = tx.open.swap_remove(s);
+                    self.close(h, i, sealed, ep, tx);
                 }
                 let i = self.open_datagram(hop, Kind::Frames, encrypted, tx);
-                tx.open.push((hop, i, encrypted));
+                tx.open.push((hop, i, encrypted, epoch));
                 i
             }
         };
@@ -670,7 +714,10 @@ impl Sleeve {
         let (id, base, total) = match rec.piece {
             Some(p) => (p.id, p.offset, p.total),
             None => {
-                let id = self.next_piece_id;
+                // Our own frames use ids below 2^31; frames we relay and
+                // must split get ids above, so they never collide with the
+                // origin's own.
+                let id = self.next_piece_id & 0x7fff_ffff | if rec.origin == self.cfg.ourself { 0 } else { 0x8000_0000 };
                 self.next_piece_id = self.next_piece_id.wrapping_add(1);
                 (id, 0, u32::try_from(rec.frame.len()).unwrap_or(u32::MAX))
             }
@@ -680,7 +727,10 @@ impl Sleeve {
             return self.drop(DropReason::TooBig);
         };
         for (i, chunk) in rec.frame.chunks(per).enumerate() {
-            let piece = Piece { id, offset: base + (i * per) as u32, total };
+            let Some(offset) = u32::try_from(i * per).ok().and_then(|o| base.checked_add(o)) else {
+                return self.drop(DropReason::Malformed);
+            };
+            let piece = Piece { id, offset, total };
             let r = FrameRecord { piece: Some(piece), frame: chunk, ..rec };
             self.send_record(hop, r, tx, None);
         }
@@ -700,25 +750,30 @@ impl Sleeve {
         i
     }
 
-    fn close(&mut self, hop: PeerName, i: usize, sealed: bool, tx: &mut TxQueue) {
+    fn close(&mut self, hop: PeerName, i: usize, sealed: bool, epoch: u64, tx: &mut TxQueue) {
+        let buf = &mut tx.bufs[i];
+        let Some(p) = self.peers.get(&hop).filter(|p| p.epoch == epoch) else {
+            // The peer went away (or came back with new keys) mid-batch:
+            // send nothing (an empty datagram is skipped).
+            buf.truncate(0);
+            return;
+        };
         if !sealed {
             return;
         }
-        let buf = &mut tx.bufs[i];
         let counter = u64::from_be_bytes(buf[8..16].try_into().expect("header"));
         let mut aad = [0u8; HEADER_LEN];
         aad.copy_from_slice(&buf[..HEADER_LEN]);
-        match self.peers.get(&hop).and_then(|p| p.crypto.as_ref()) {
+        match p.crypto.as_ref() {
             Some((s, _)) => s.seal(counter, &aad, buf, HEADER_LEN),
-            // The peer went away mid-batch: send nothing readable.
             None => buf.truncate(0),
         }
     }
 
     /// Seal and finish every open datagram; call before sending `tx`.
     pub fn flush(&mut self, tx: &mut TxQueue) {
-        while let Some((h, i, sealed)) = tx.open.pop() {
-            self.close(h, i, sealed, tx);
+        while let Some((h, i, sealed, epoch)) = tx.open.pop() {
+            self.close(h, i, sealed, epoch, tx);
         }
     }
 
@@ -806,6 +861,12 @@ impl Sleeve {
             // Our own frame came back: a routing loop while routes settle.
             return;
         }
+        if let Some(p) = rec.piece {
+            let end = u64::from(p.offset) + rec.frame.len() as u64;
+            if end > u64::from(p.total) || p.total as usize > MAX_PIECED_FRAME {
+                return self.drop(DropReason::Malformed);
+            }
+        }
         if rec.piece.is_none_or(|p| p.offset == 0) {
             let Some(src) = packet::src_mac(rec.frame) else {
                 return self.drop(DropReason::Runt);
@@ -820,8 +881,12 @@ impl Sleeve {
             }
         }
         if rec.is_broadcast() {
-            self.forward_broadcast(rec, tx, None);
+            self.forward_broadcast_from(rec, Some(sender), tx);
         } else if rec.dst != ourself {
+            if self.routes.next_hop(rec.dst) == Some(sender) {
+                // Routes disagree for now: never bounce a frame back.
+                return self.drop(DropReason::Unreachable);
+            }
             self.forward_unicast(rec, tx, None);
         }
     }
@@ -893,6 +958,7 @@ impl Sleeve {
     /// Send a heartbeat-kind datagram, padded to `pad_to` bytes.
     fn send_beat(&mut self, peer: PeerName, kind: Kind, beat: Beat, pad_to: usize, tx: &mut TxQueue) {
         let encrypted = self.peers[&peer].crypto.is_some();
+        let epoch = self.peers[&peer].epoch;
         let i = self.open_datagram(peer, kind, encrypted, tx);
         let buf = &mut tx.bufs[i];
         beat.write(buf);
@@ -900,7 +966,7 @@ impl Sleeve {
         if buf.len() < target {
             buf.resize(target, 0);
         }
-        self.close(peer, i, encrypted, tx);
+        self.close(peer, i, encrypted, epoch, tx);
     }
 
     /// When [`Self::handle_timeout`] next has work.

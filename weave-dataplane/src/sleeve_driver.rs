@@ -326,6 +326,9 @@ pub struct DataplaneConfig {
     pub listen: SocketAddr,
     /// Sleeve settings.
     pub sleeve: crate::SleeveConfig,
+    /// A password is set: data between peers must be encrypted (the fast
+    /// path then serves only peers in trusted subnets, if any).
+    pub encrypted: bool,
 }
 
 impl SleeveDataplane {

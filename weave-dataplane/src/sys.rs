@@ -217,6 +217,7 @@ impl RecvBatch {
 }
 
 static GSO_BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static GSO_FAILURES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 /// Most datagrams in one GSO send (the kernel allows 64, and 64 KiB in all).
 const GSO_MAX_SEGS: usize = 64;
 const GSO_MAX_BYTES: usize = 65000;
@@ -250,10 +251,18 @@ pub fn send_batch<'a>(fd: RawFd, items: impl Iterator<Item = (SocketAddr, &'a [u
             sent += send_plain(fd, &singles);
             singles.clear();
             match send_gso(fd, dst, seg, &items[i..j]) {
-                Ok(()) => sent += j - i,
+                Ok(()) => {
+                    GSO_FAILURES.store(0, std::sync::atomic::Ordering::Relaxed);
+                    sent += j - i;
+                }
+                // EINVAL also means "segment larger than the device MTU":
+                // send this run one by one, and give up on GSO only if it
+                // keeps failing.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)) => {
-                    tracing::info!(error = %e, "UDP GSO unavailable; sending datagrams one by one");
-                    GSO_BROKEN.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if GSO_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= 8 {
+                        tracing::info!(error = %e, "UDP GSO unavailable; sending datagrams one by one");
+                        GSO_BROKEN.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     sent += send_plain(fd, &items[i..j]);
                 }
                 Err(_) => {}

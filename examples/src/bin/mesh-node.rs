@@ -120,7 +120,7 @@ async fn start_dataplane(args: &Args, name: PeerName) -> Result<Arc<dyn Dataplan
     let nl = Netlink::connect(&netns).await?;
     let mut sleeve = SleeveConfig::new(name, args.listen.port());
     sleeve.trusted = args.trusted_subnets.clone();
-    let cfg = DataplaneConfig { netns, bridge: args.bridge.clone(), mtu: args.mtu, listen: SocketAddr::new(args.listen.ip(), args.listen.port()), sleeve };
+    let cfg = DataplaneConfig { netns, bridge: args.bridge.clone(), mtu: args.mtu, listen: SocketAddr::new(args.listen.ip(), args.listen.port()), sleeve, encrypted: args.password.is_some() };
     let dp: Arc<dyn Dataplane> = match args.dataplane.as_str() {
         "sleeve" => Arc::new(SleeveDataplane::start(&nl, &cfg).await?),
         "fastdp" => Arc::new(weave_dataplane::fastpath::FastDataplane::start(&nl, &cfg).await?),
