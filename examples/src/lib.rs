@@ -2,3 +2,6 @@
 //!
 //! * `src/bin/mesh-crdt.rs`: three mesh peers on loopback gossiping a
 //!   grow-only counter over a custom channel.
+
+pub mod control;
+pub mod router;

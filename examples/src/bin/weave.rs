@@ -1,0 +1,461 @@
+//! The `weave` command: the CLI and the router daemon in one binary.
+//!
+//! Every command but `router`/`launch`/`version` talks to the router of
+//! this network namespace over its control socket
+//! (`$WEAVE_STATE_DIR/weave.sock`). Exit status: 0 success, 1 error (one
+//! line on stderr saying what to do), 2 usage.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use weave_core::PeerName;
+use weave_examples::control::{self, pb, VERSION};
+use weave_examples::router::{default_peer_name, Router, RouterConfig};
+use weave_ipam::ipam::InitMode;
+
+#[derive(Parser, Debug)]
+#[command(name = "weave", version, about = "Weave overlay network: router and control", disable_version_flag = true)]
+struct Cli {
+    /// State directory (control socket, IPAM state, log).
+    #[arg(long, env = "WEAVE_STATE_DIR", default_value = "/var/lib/weave", global = true)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start the router for this network namespace in the background.
+    Launch(RouterArgs),
+    /// Run the router in the foreground (SIGTERM stops it).
+    Router(RouterArgs),
+    /// Stop the router (containers keep their interfaces).
+    Stop,
+    /// Add direct targets.
+    Connect {
+        /// Replace the targets with these.
+        #[arg(long)]
+        replace: bool,
+        /// host[:port]
+        peers: Vec<String>,
+    },
+    /// Remove direct targets.
+    Forget {
+        /// host[:port]
+        #[arg(required = true)]
+        peers: Vec<String>,
+    },
+    /// Connect a container to the overlay: [ADDR...] CONTAINER.
+    #[command(disable_help_flag = true)]
+    Attach {
+        /// Print help (-h is the DNS name, as in Weave).
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// Do not register a DNS name.
+        #[arg(long)]
+        without_dns: bool,
+        /// DNS name.
+        #[arg(short = 'h', long = "hostname")]
+        hostname: Option<String>,
+        /// Do not route 224.0.0.0/4 through the overlay.
+        #[arg(long)]
+        no_multicast_route: bool,
+        /// [ip:]CIDR, net:CIDR or net:default..., then the container.
+        #[arg(required = true, num_args = 1..)]
+        args: Vec<String>,
+    },
+    /// Remove a container's overlay addresses: [ADDR...] CONTAINER.
+    Detach {
+        /// Addresses, then the container.
+        #[arg(required = true, num_args = 1..)]
+        args: Vec<String>,
+    },
+    /// Attached containers: ID MAC CIDR...
+    Ps {
+        /// Only these.
+        containers: Vec<String>,
+    },
+    /// Status (targets, connections, peers).
+    Status {
+        /// Section.
+        #[arg(value_parser = ["targets", "connections", "peers", "ipam"])]
+        section: Option<String>,
+    },
+    /// Full state as JSON.
+    Report {
+        /// Format (json).
+        #[arg(short = 'f', long, default_value = "json")]
+        format: String,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RouterArgs {
+    /// Peer name (MAC form); default: stable per host and namespace.
+    #[arg(long)]
+    name: Option<PeerName>,
+    /// Nickname (default: hostname).
+    #[arg(long)]
+    nickname: Option<String>,
+    /// Password: encrypts control and data traffic.
+    #[arg(long, env = "WEAVE_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Subnets whose peers may skip data encryption.
+    #[arg(long, value_delimiter = ',')]
+    trusted_subnets: Vec<ipnet::IpNet>,
+    /// Router port.
+    #[arg(long, default_value_t = 6783)]
+    port: u16,
+    /// Bind address.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: IpAddr,
+    /// Do not dial peers learnt through gossip.
+    #[arg(long)]
+    no_discovery: bool,
+    /// Connection limit.
+    #[arg(long, default_value_t = 200)]
+    conn_limit: usize,
+    /// IPAM range (empty: no IPAM).
+    #[arg(long, default_value = "10.32.0.0/12")]
+    ipalloc_range: String,
+    /// Subnet for net:default.
+    #[arg(long)]
+    ipalloc_default_subnet: Option<ipnet::Ipv4Net>,
+    /// consensus[=N] | seed=NAME,... | observer
+    #[arg(long)]
+    ipalloc_init: Option<String>,
+    /// Use only the sleeve.
+    #[arg(long, env = "WEAVE_NO_FASTDP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    no_fastdp: bool,
+    /// Overlay MTU.
+    #[arg(long, env = "WEAVE_MTU", default_value_t = 1376)]
+    mtu: u32,
+    /// Log level.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Initial peers (host[:port]).
+    peers: Vec<String>,
+}
+
+/// A one-line error and exit status 1.
+struct Fail(String);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Self(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weave: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(m)) => {
+            eprintln!("weave: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_mode(spec: Option<&str>, peers: usize) -> Result<InitMode, Fail> {
+    match spec {
+        None | Some("consensus") => Ok(InitMode::Consensus { quorum: peers / 2 + 1 }),
+        Some(s) if s.starts_with("consensus=") => {
+            let n: usize = s["consensus=".len()..].parse().map_err(|_| Fail(format!("invalid --ipalloc-init {s}: consensus=N needs a number")))?;
+            Ok(InitMode::Consensus { quorum: n / 2 + 1 })
+        }
+        Some(s) if s.starts_with("seed=") => {
+            let names = s["seed=".len()..].split(',').map(str::parse).collect::<Result<Vec<PeerName>, _>>().map_err(|e| Fail(format!("invalid --ipalloc-init {s}: {e}")))?;
+            Ok(InitMode::Seeds(names))
+        }
+        Some("observer") => Ok(InitMode::Observer),
+        Some(s) => Err(Fail(format!("invalid --ipalloc-init {s}: use consensus[=N], seed=NAME,... or observer"))),
+    }
+}
+
+fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail> {
+    let range = if a.ipalloc_range.is_empty() { None } else { Some(a.ipalloc_range.parse().map_err(|_| Fail(format!("invalid --ipalloc-range {}", a.ipalloc_range)))?) };
+    let nickname = a.nickname.clone().unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "weave".into()));
+    Ok(RouterConfig {
+        state_dir: state_dir.to_owned(),
+        name: a.name.unwrap_or_else(default_peer_name),
+        nickname,
+        password: a.password.clone().filter(|p| !p.is_empty()),
+        port: a.port,
+        host: a.host,
+        discovery: !a.no_discovery,
+        conn_limit: a.conn_limit,
+        peers: a.peers.clone(),
+        ipalloc_range: range,
+        ipalloc_default_subnet: a.ipalloc_default_subnet,
+        ipalloc_init: init_mode(a.ipalloc_init.as_deref(), a.peers.len() + 1)?,
+        fastdp: !a.no_fastdp,
+        mtu: a.mtu,
+        trusted_subnets: a.trusted_subnets.clone(),
+        bridge: "weave".into(),
+    })
+}
+
+async fn client(state_dir: &Path) -> Result<control::ControlClient<tonic::transport::Channel>, Fail> {
+    let sock = control::socket_path(state_dir);
+    control::connect(&sock).await.map_err(|_| Fail(format!("no router is running here ({} does not answer); start one with 'weave launch'", sock.display())))
+}
+
+fn rpc_err(s: tonic::Status) -> Fail {
+    Fail(s.message().to_owned())
+}
+
+fn need_root() -> Result<(), Fail> {
+    if nix_is_root() {
+        Ok(())
+    } else {
+        Err(Fail("needs root (CAP_NET_ADMIN) to manage network devices; run it as root".into()))
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))).unwrap_or(false)
+}
+
+async fn run(cli: Cli) -> Result<(), Fail> {
+    let state = cli.state_dir.clone();
+    match cli.cmd {
+        Cmd::Version => {
+            println!("weave {VERSION}");
+            Ok(())
+        }
+        Cmd::Router(a) => {
+            need_root()?;
+            let cfg = router_config(&state, &a)?;
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_env_filter(tracing_subscriber::EnvFilter::try_new(&a.log_level).map_err(|e| Fail(format!("invalid --log-level: {e}")))?)
+                .init();
+            if client(&state).await.is_ok_and(|_| true) && control::socket_path(&state).exists() {
+                if let Ok(mut c) = client(&state).await {
+                    if c.ping(pb::Empty {}).await.is_ok() {
+                        return Err(Fail(format!("a router is already running with state in {}; 'weave stop' it first", state.display())));
+                    }
+                }
+            }
+            let router = Router::start(cfg).await.map_err(|e| Fail(format!("cannot start the router: {e}")))?;
+            std::fs::write(state.join("weave.pid"), std::process::id().to_string())?;
+            let r2 = router.clone();
+            let stop = async move {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+                tokio::select! {
+                    _ = r2.stopped() => {}
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            };
+            control::serve(router.clone(), &control::socket_path(&state), stop).await?;
+            router.shutdown().await;
+            drop(router);
+            let _ = std::fs::remove_file(state.join("weave.pid"));
+            Ok(())
+        }
+        Cmd::Launch(a) => {
+            need_root()?;
+            router_config(&state, &a)?;
+            if let Ok(mut c) = client(&state).await {
+                if c.ping(pb::Empty {}).await.is_ok() {
+                    return Err(Fail("a router is already running in this network namespace; 'weave stop' it first".into()));
+                }
+            }
+            std::fs::create_dir_all(&state)?;
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(state.join("weave.log"))?;
+            let exe = std::env::current_exe()?;
+            let mut cmd = std::process::Command::new(exe);
+            cmd.arg("--state-dir").arg(&state).arg("router");
+            cmd.args(std::env::args().skip_while(|x| x != "launch").skip(1));
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+            let mut child = cmd.spawn()?;
+            let end = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(Fail(format!("the router exited ({status}); see {}", state.join("weave.log").display())));
+                }
+                if let Ok(mut c) = client(&state).await {
+                    if let Ok(p) = c.ping(pb::Empty {}).await {
+                        println!("{}", p.into_inner().name);
+                        return Ok(());
+                    }
+                }
+                if Instant::now() > end {
+                    return Err(Fail(format!("the router did not become ready in 30 s; see {}", state.join("weave.log").display())));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Cmd::Stop => {
+            let mut c = client(&state).await?;
+            let pid = std::fs::read_to_string(state.join("weave.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
+            c.stop(pb::Empty {}).await.map_err(rpc_err)?;
+            // Return once the process is gone (its ports are free again).
+            let end = Instant::now() + Duration::from_secs(20);
+            let alive = || match pid {
+                Some(p) => Path::new(&format!("/proc/{p}")).exists() && !std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z ")),
+                None => control::socket_path(&state).exists(),
+            };
+            while alive() {
+                if Instant::now() > end {
+                    return Err(Fail("the router did not stop within 20 s".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        }
+        Cmd::Connect { replace, peers } => {
+            client(&state).await?.connect(pb::ConnectRequest { peers, replace }).await.map_err(rpc_err)?;
+            Ok(())
+        }
+        Cmd::Forget { peers } => {
+            client(&state).await?.forget(pb::ForgetRequest { peers }).await.map_err(rpc_err)?;
+            Ok(())
+        }
+        Cmd::Attach { without_dns, hostname, no_multicast_route, mut args, .. } => {
+            let container = args.pop().expect("required");
+            let r = client(&state)
+                .await?
+                .attach(pb::AttachRequest { container, addrs: args, without_dns, hostname: hostname.unwrap_or_default(), no_multicast_route })
+                .await
+                .map_err(rpc_err)?;
+            println!("{}", r.into_inner().cidrs.join(" "));
+            Ok(())
+        }
+        Cmd::Detach { mut args } => {
+            let container = args.pop().expect("required");
+            let r = client(&state).await?.detach(pb::DetachRequest { container, addrs: args }).await.map_err(rpc_err)?;
+            println!("{}", r.into_inner().cidrs.join(" "));
+            Ok(())
+        }
+        Cmd::Ps { containers } => {
+            let r = client(&state).await?.ps(pb::PsRequest { containers }).await.map_err(rpc_err)?;
+            for e in r.into_inner().entries {
+                println!("{} {} {}", e.id, e.mac, e.cidrs.join(" "));
+            }
+            Ok(())
+        }
+        Cmd::Report { format } => {
+            if format != "json" {
+                return Err(Fail(format!("unknown report format {format:?} (json)")));
+            }
+            let r = client(&state).await?.report(pb::Empty {}).await.map_err(rpc_err)?;
+            println!("{}", r.into_inner().json);
+            Ok(())
+        }
+        Cmd::Status { section } => {
+            let mut c = client(&state).await?;
+            let s = c.status(pb::Empty {}).await.map_err(rpc_err)?.into_inner();
+            match section.as_deref() {
+                None => {
+                    let report: serde_json::Value = serde_json::from_str(&c.report(pb::Empty {}).await.map_err(rpc_err)?.into_inner().json).unwrap_or_default();
+                    print_status(&s, &report);
+                }
+                Some("connections") => {
+                    for c in &s.connections {
+                        let dir = if c.outbound { "->" } else { "<-" };
+                        let enc = if c.encrypted { "encrypted" } else { "unencrypted" };
+                        let peer = if c.peer_name.is_empty() { String::new() } else { format!("{}({})", c.peer_name, c.peer_nickname) };
+                        let mut line = format!("{dir} {:<21} {:<11} {enc:<11} {:<6} {peer}", c.address, c.state, c.path);
+                        if c.state == "established" {
+                            line.push_str(&format!(" mtu={}", c.mtu));
+                            if c.path == "sleeve" && !c.path_reason.is_empty() {
+                                line.push_str(&format!(" fastdp=\"{}\"", c.path_reason));
+                            }
+                        }
+                        if !c.info.is_empty() {
+                            line.push_str(&format!(" {}", c.info));
+                        }
+                        println!("{}", line.trim_end());
+                    }
+                }
+                Some("targets") => {
+                    for t in &s.targets {
+                        println!("{t}");
+                    }
+                }
+                Some("peers") => {
+                    for p in &s.peers {
+                        println!("{}({})", p.name, p.nickname);
+                        for c in &p.connections {
+                            let state = if c.established { "established" } else { "pending" };
+                            let dir = if c.outbound { "->" } else { "<-" };
+                            println!("   {dir} {:<21} {}({}) {state}", c.address, c.name, c.nickname);
+                        }
+                    }
+                }
+                Some(other) => return Err(Fail(format!("status {other}: not available yet"))),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_status(s: &pb::StatusReply, report: &serde_json::Value) {
+    let kv = |k: &str, v: &str| println!("{k:>15}: {v}");
+    kv("Version", &s.version);
+    println!();
+    kv("Service", "router");
+    kv("Protocol", &format!("weave {}..{}", weave_gossip::link::PROTOCOL_MIN, weave_gossip::link::PROTOCOL_MAX));
+    kv("Name", &format!("{}({})", s.name, s.nickname));
+    kv("Encryption", if s.encryption { "enabled" } else { "disabled" });
+    kv("PeerDiscovery", if s.peer_discovery { "enabled" } else { "disabled" });
+    kv("Targets", &s.targets.len().to_string());
+    let count = |st: &str| s.connections.iter().filter(|c| c.state == st).count();
+    let mut parts = vec![format!("{} established", count("established"))];
+    for st in ["pending", "retrying", "failed", "connecting"] {
+        let n = count(st);
+        if n > 0 {
+            parts.push(format!("{n} {st}"));
+        }
+    }
+    kv("Connections", &format!("{} ({})", s.connections.len(), parts.join(", ")));
+    // As Weave counts: every established connection every peer reports.
+    let est: usize = s.peers.iter().map(|p| p.connections.iter().filter(|c| c.established).count()).sum();
+    kv("Peers", &format!("{} (with {est} established connections)", s.peers.len()));
+    kv("TrustedSubnets", &if s.trusted_subnets.is_empty() { "none".to_owned() } else { s.trusted_subnets.join(", ") });
+    if let Some(ipam) = report.get("IPAM") {
+        println!();
+        kv("Service", "ipam");
+        kv("Status", ipam["Status"].as_str().unwrap_or(""));
+        kv("Range", ipam["Range"].as_str().unwrap_or(""));
+        kv("DefaultSubnet", ipam["DefaultSubnet"].as_str().unwrap_or(""));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ipalloc_init_forms() {
+        assert!(matches!(init_mode(None, 3), Ok(InitMode::Consensus { quorum: 2 })));
+        assert!(matches!(init_mode(Some("consensus=5"), 1), Ok(InitMode::Consensus { quorum: 3 })));
+        assert!(matches!(init_mode(Some("observer"), 1), Ok(InitMode::Observer)));
+        assert!(matches!(init_mode(Some("seed=::1,::2"), 1), Ok(InitMode::Seeds(v)) if v.len() == 2));
+        assert!(init_mode(Some("seed=nope"), 1).is_err());
+        assert!(init_mode(Some("bogus"), 1).is_err());
+    }
+}

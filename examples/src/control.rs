@@ -1,0 +1,251 @@
+//! The control API (gRPC over the router's unix socket): the generated
+//! client and server, the server's implementation on a [`Router`], and a
+//! helper to connect a client to a socket path.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::router::{AddrSpec, Router, RouterError};
+
+/// Generated from `proto/control.proto`.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("weave.control.v1");
+}
+
+pub use pb::control_client::ControlClient;
+pub use pb::control_server::ControlServer;
+
+/// The crate version, as `weave version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The control socket in a state directory.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("weave.sock")
+}
+
+fn to_status(e: RouterError) -> Status {
+    match e {
+        RouterError::Invalid(m) => Status::invalid_argument(m),
+        RouterError::NotFound(m) => Status::not_found(m),
+        RouterError::Stopped => Status::unavailable("the router is stopping"),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// The server side, on a running router.
+#[derive(Debug, Clone)]
+pub struct Service {
+    router: Arc<Router>,
+}
+
+impl Service {
+    /// Serve `router`.
+    pub fn new(router: Arc<Router>) -> Self {
+        Self { router }
+    }
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    weave_dataplane::sleeve::fmt_mac(m)
+}
+
+/// Everything `weave status` shows about the mesh, assembled from the mesh
+/// and data plane.
+pub async fn status(router: &Router) -> Result<pb::StatusReply, Status> {
+    let s = router.mesh().status().await.map_err(|_| Status::unavailable("the router is stopping"))?;
+    let paths = router.dataplane().paths();
+    let nick = |n: weave_core::PeerName| s.peers.iter().find(|p| p.name == n).map(|p| p.nickname.clone()).unwrap_or_default();
+    let connections = s
+        .connections
+        .iter()
+        .map(|c| {
+            let path = c.peer.as_ref().and_then(|(n, _)| paths.iter().find(|p| p.peer == *n));
+            pb::Connection {
+                address: c.address.clone(),
+                outbound: c.outbound,
+                state: c.state.as_str().to_owned(),
+                info: c.info.clone(),
+                peer_name: c.peer.as_ref().map(|(n, _)| n.to_string()).unwrap_or_default(),
+                peer_nickname: c.peer.as_ref().map(|(_, k)| k.clone()).unwrap_or_default(),
+                encrypted: c.encrypted,
+                path: match path {
+                    Some(p) if p.fastpath => "fastdp".into(),
+                    _ => "sleeve".into(),
+                },
+                path_reason: path.and_then(|p| p.fastpath_reason).unwrap_or("").to_owned(),
+                mtu: router.config().mtu,
+            }
+        })
+        .collect();
+    let peers = s
+        .peers
+        .iter()
+        .map(|p| pb::Peer {
+            name: p.name.to_string(),
+            nickname: p.nickname.clone(),
+            uid: p.uid.as_u64(),
+            version: p.version,
+            reachable: p.name == s.name || s.next_hops.contains_key(&p.name),
+            connections: p
+                .connections
+                .iter()
+                .map(|c| pb::PeerConnection { name: c.peer.to_string(), nickname: nick(c.peer), address: c.address.clone(), outbound: c.outbound, established: c.established })
+                .collect(),
+        })
+        .collect();
+    Ok(pb::StatusReply {
+        version: VERSION.into(),
+        name: s.name.to_string(),
+        nickname: s.nickname.clone(),
+        port: u32::from(s.listen.port()),
+        encryption: s.encryption,
+        peer_discovery: s.discovery,
+        targets: s.targets.iter().map(|t| t.address.clone()).collect(),
+        connections,
+        peers,
+        trusted_subnets: router.config().trusted_subnets.iter().map(ToString::to_string).collect(),
+        dataplane: router.dataplane().kind().to_owned(),
+    })
+}
+
+/// The `weave report` JSON.
+pub async fn report(router: &Router) -> Result<serde_json::Value, Status> {
+    let st = status(router).await?;
+    let s = router.mesh().status().await.map_err(|_| Status::unavailable("the router is stopping"))?;
+    let mut v = serde_json::json!({
+        "Ready": true,
+        "Version": VERSION,
+        "Router": {
+            "Name": st.name, "NickName": st.nickname, "Port": st.port,
+            "Encryption": st.encryption, "PeerDiscovery": st.peer_discovery,
+            "Dataplane": st.dataplane,
+            "Peers": st.peers.iter().map(|p| serde_json::json!({
+                "Name": p.name, "NickName": p.nickname, "UID": p.uid, "Version": p.version,
+                "Connections": p.connections.iter().map(|c| serde_json::json!({
+                    "Name": c.name, "NickName": c.nickname, "Address": c.address, "Outbound": c.outbound, "Established": c.established,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "Connections": st.connections.iter().map(|c| serde_json::json!({
+                "Address": c.address, "Outbound": c.outbound, "State": c.state, "Info": c.info,
+                "Attrs": { "name": c.path, "encrypted": c.encrypted, "mtu": c.mtu },
+            })).collect::<Vec<_>>(),
+            "Targets": st.targets,
+            "TrustedSubnets": st.trusted_subnets,
+        },
+    });
+    let _ = s;
+    if let Some(ipam) = router.ipam() {
+        let i = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status();
+        v["IPAM"] = serde_json::json!({
+            "Status": i.status, "Range": i.range.to_string(), "DefaultSubnet": i.default_subnet.to_string(),
+            "RangeNumIPs": i.range_num_ips, "ActiveIPs": i.active_ips,
+            "Owned": i.owned.iter().map(|(k, v)| (k.clone(), v.iter().map(ToString::to_string).collect::<Vec<_>>())).collect::<std::collections::BTreeMap<_, _>>(),
+            "PendingClaims": i.pending_claims, "PendingAllocates": i.pending_allocates,
+        });
+    }
+    Ok(v)
+}
+
+#[tonic::async_trait]
+impl pb::control_server::Control for Service {
+    async fn ping(&self, _: Request<pb::Empty>) -> Result<Response<pb::PingReply>, Status> {
+        let c = self.router.config();
+        Ok(Response::new(pb::PingReply { name: c.name.to_string(), nickname: c.nickname.clone(), version: VERSION.into() }))
+    }
+
+    async fn status(&self, _: Request<pb::Empty>) -> Result<Response<pb::StatusReply>, Status> {
+        Ok(Response::new(status(&self.router).await?))
+    }
+
+    async fn report(&self, _: Request<pb::Empty>) -> Result<Response<pb::ReportReply>, Status> {
+        let v = report(&self.router).await?;
+        Ok(Response::new(pb::ReportReply { json: serde_json::to_string_pretty(&v).unwrap_or_default() }))
+    }
+
+    async fn connect(&self, r: Request<pb::ConnectRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = r.into_inner();
+        match self.router.mesh().connect(r.peers, r.replace).await {
+            Ok(Ok(())) => Ok(Response::new(pb::Empty {})),
+            Ok(Err(e)) => Err(Status::invalid_argument(e.to_string())),
+            Err(_) => Err(Status::unavailable("the router is stopping")),
+        }
+    }
+
+    async fn forget(&self, r: Request<pb::ForgetRequest>) -> Result<Response<pb::Empty>, Status> {
+        match self.router.mesh().forget(r.into_inner().peers).await {
+            Ok(Ok(())) => Ok(Response::new(pb::Empty {})),
+            Ok(Err(e)) => Err(Status::invalid_argument(e.to_string())),
+            Err(_) => Err(Status::unavailable("the router is stopping")),
+        }
+    }
+
+    async fn attach(&self, r: Request<pb::AttachRequest>) -> Result<Response<pb::AttachReply>, Status> {
+        let r = r.into_inner();
+        let specs = r.addrs.iter().map(|a| a.parse::<AddrSpec>()).collect::<Result<Vec<_>, _>>().map_err(Status::invalid_argument)?;
+        let cidrs = self.router.attach(&r.container, &specs, !r.no_multicast_route).await.map_err(to_status)?;
+        Ok(Response::new(pb::AttachReply { cidrs: cidrs.iter().map(ToString::to_string).collect() }))
+    }
+
+    async fn detach(&self, r: Request<pb::DetachRequest>) -> Result<Response<pb::DetachReply>, Status> {
+        let r = r.into_inner();
+        let addrs = r
+            .addrs
+            .iter()
+            .map(|a| match a.parse::<AddrSpec>() {
+                Ok(AddrSpec::Exact(n)) => Ok(n),
+                _ => a.parse::<std::net::Ipv4Addr>().map(|ip| ipnet::Ipv4Net::new(ip, 32).expect("/32")).map_err(|_| format!("invalid address {a:?}")),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
+        let cidrs = self.router.detach(&r.container, &addrs).await.map_err(to_status)?;
+        Ok(Response::new(pb::DetachReply { cidrs: cidrs.iter().map(ToString::to_string).collect() }))
+    }
+
+    async fn ps(&self, r: Request<pb::PsRequest>) -> Result<Response<pb::PsReply>, Status> {
+        let entries = self
+            .router
+            .ps(&r.into_inner().containers)
+            .await
+            .into_iter()
+            .map(|c| pb::PsEntry { id: c.id, mac: mac(&c.mac), cidrs: c.cidrs.iter().map(ToString::to_string).collect() })
+            .collect();
+        Ok(Response::new(pb::PsReply { entries }))
+    }
+
+    async fn stop(&self, _: Request<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
+        self.router.stop();
+        Ok(Response::new(pb::Empty {}))
+    }
+}
+
+/// Serve the control API on `socket` (mode 0600) until `shutdown` resolves.
+pub async fn serve(router: Arc<Router>, socket: &Path, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let r = tonic::transport::Server::builder()
+        .add_service(ControlServer::new(Service::new(router)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(std::io::Error::other);
+    let _ = std::fs::remove_file(socket);
+    r
+}
+
+/// Connect a client to the control socket at `socket`.
+pub async fn connect(socket: &Path) -> Result<ControlClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let path = socket.to_owned();
+    // The URI is required by the API and unused: the connector dials the socket.
+    let channel = tonic::transport::Endpoint::from_static("http://weave.sock")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await?;
+    Ok(ControlClient::new(channel))
+}

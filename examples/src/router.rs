@@ -1,0 +1,494 @@
+//! The reference router: the mesh, the data plane and IPAM wired together
+//! in one network namespace, driven through the control API.
+//!
+//! One router per namespace; its state lives in its state directory (IPAM
+//! snapshot, control socket), so several routers run side by side on one
+//! machine, one per simulated host.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::{IpNet, Ipv4Net};
+use tokio::sync::{oneshot, Notify};
+use weave_core::{PeerName, PeerUid};
+use weave_dataplane::netlink::{self, AttachConfig, Netlink, Netns};
+use weave_dataplane::sleeve_driver::{DataplaneConfig, SleeveDataplane};
+use weave_dataplane::{follow_mesh, Dataplane, SleeveConfig};
+use weave_gossip::driver::{DriverConfig, DriverEvent, MeshBuilder, MeshHandle};
+use weave_gossip::mesh::MeshConfig;
+use weave_gossip::{LinkConfig, Psk};
+use weave_ipam::channel::{IpamChannel, CHANNEL as IPAM_CHANNEL};
+use weave_ipam::ipam::{Completion, InitMode, Ipam, IpamConfig, Outcome, Output};
+
+/// Everything `weave launch` / `weave router` accept that the router uses.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// State directory (control socket, IPAM database).
+    pub state_dir: PathBuf,
+    /// Peer name.
+    pub name: PeerName,
+    /// Nickname.
+    pub nickname: String,
+    /// Mesh password.
+    pub password: Option<String>,
+    /// Router port (TCP and UDP; VXLAN on port + 1).
+    pub port: u16,
+    /// Bind address.
+    pub host: IpAddr,
+    /// Dial peers learnt through gossip.
+    pub discovery: bool,
+    /// Connection limit.
+    pub conn_limit: usize,
+    /// Initial targets.
+    pub peers: Vec<String>,
+    /// IPAM range (None: IPAM disabled).
+    pub ipalloc_range: Option<Ipv4Net>,
+    /// Subnet for `net:default`.
+    pub ipalloc_default_subnet: Option<Ipv4Net>,
+    /// IPAM initialisation.
+    pub ipalloc_init: InitMode,
+    /// Use the VXLAN fast path where possible.
+    pub fastdp: bool,
+    /// Overlay MTU.
+    pub mtu: u32,
+    /// Subnets whose peers may skip data encryption.
+    pub trusted_subnets: Vec<IpNet>,
+    /// Bridge name.
+    pub bridge: String,
+}
+
+/// A container attached to the overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// Its id (the netns name, path or pid:N as given).
+    pub id: String,
+    /// Its namespace.
+    pub netns: Netns,
+    /// Its `ethwe` MAC.
+    pub mac: [u8; 6],
+    /// Its overlay addresses.
+    pub cidrs: Vec<Ipv4Net>,
+}
+
+/// A router failure, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// Bad input (exit status 1 at the CLI).
+    #[error("{0}")]
+    Invalid(String),
+    /// Not found.
+    #[error("{0}")]
+    NotFound(String),
+    /// Plumbing.
+    #[error(transparent)]
+    Plumb(#[from] weave_dataplane::PlumbError),
+    /// Data plane.
+    #[error(transparent)]
+    Dataplane(#[from] weave_dataplane::DataplaneError),
+    /// IPAM.
+    #[error("IPAM: {0}")]
+    Ipam(#[from] weave_ipam::ipam::IpamError),
+    /// The mesh stopped.
+    #[error("the router is stopping")]
+    Stopped,
+}
+
+/// What an attach request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddrSpec {
+    /// Exactly this address (`ip:CIDR` or a bare CIDR).
+    Exact(Ipv4Net),
+    /// Allocate inside this subnet (`net:CIDR`).
+    Subnet(Ipv4Net),
+    /// Allocate in the default subnet (`net:default`, or nothing).
+    Default,
+}
+
+impl std::str::FromStr for AddrSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parse = |c: &str| c.parse::<Ipv4Net>().map_err(|_| format!("invalid address {s:?}: expected [ip:]CIDR, net:CIDR or net:default"));
+        if s == "net:default" {
+            Ok(Self::Default)
+        } else if let Some(c) = s.strip_prefix("net:") {
+            Ok(Self::Subnet(parse(c)?.trunc()))
+        } else {
+            Ok(Self::Exact(parse(s.strip_prefix("ip:").unwrap_or(s))?))
+        }
+    }
+}
+
+/// Resolve a CONTAINER argument to a namespace.
+pub fn container_netns(spec: &str) -> Result<Netns, RouterError> {
+    let ns = if let Some(pid) = spec.strip_prefix("pid:") {
+        let pid: u32 = pid.parse().map_err(|_| RouterError::Invalid(format!("invalid pid in {spec:?}")))?;
+        Netns::of_pid(pid)
+    } else if spec.starts_with('/') {
+        Netns::at(spec)
+    } else if netlink::valid_ifname(spec) || (!spec.is_empty() && !spec.contains('/')) {
+        Netns::named(spec)
+    } else {
+        return Err(RouterError::Invalid(format!("invalid container {spec:?}")));
+    };
+    match ns.path() {
+        Some(p) if !p.exists() => Err(RouterError::NotFound(format!("container {spec} not found (no network namespace at {})", p.display()))),
+        _ => Ok(ns),
+    }
+}
+
+struct Pending {
+    waiters: BTreeMap<u64, oneshot::Sender<Result<Ipv4Net, weave_ipam::ipam::IpamError>>>,
+}
+
+/// A running router.
+pub struct Router {
+    cfg: RouterConfig,
+    mesh: MeshHandle,
+    dp: Arc<dyn Dataplane>,
+    nl: Netlink,
+    ipam: Option<Arc<Mutex<Ipam>>>,
+    pending: Arc<Mutex<Pending>>,
+    poke: Arc<Notify>,
+    containers: tokio::sync::Mutex<BTreeMap<String, Container>>,
+    stopping: Notify,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("name", &self.cfg.name).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Router {
+    /// Start everything: data plane, IPAM (restored from the state
+    /// directory), mesh; then dial the initial peers.
+    pub async fn start(cfg: RouterConfig) -> Result<Arc<Self>, Box<dyn std::error::Error + Send + Sync>> {
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        let netns = Netns::current();
+        let nl = Netlink::connect(&netns).await?;
+        let mut sleeve = SleeveConfig::new(cfg.name, cfg.port);
+        sleeve.trusted = cfg.trusted_subnets.clone();
+        let dcfg = DataplaneConfig { netns, bridge: cfg.bridge.clone(), mtu: cfg.mtu, listen: SocketAddr::new(cfg.host, cfg.port), sleeve, encrypted: cfg.password.is_some() };
+        let dp: Arc<dyn Dataplane> = if cfg.fastdp {
+            Arc::new(weave_dataplane::fastpath::FastDataplane::start(&nl, &dcfg).await?)
+        } else {
+            Arc::new(SleeveDataplane::start(&nl, &dcfg).await?)
+        };
+
+        let ipam = match cfg.ipalloc_range {
+            Some(range) => {
+                let mut icfg = IpamConfig::new(cfg.name, range, cfg.ipalloc_init.clone());
+                if let Some(d) = cfg.ipalloc_default_subnet {
+                    icfg.default_subnet = d;
+                }
+                let store = weave_ipam::persist::Store::open(&cfg.state_dir.join("ipam.db"))?;
+                let ipam = match store.load(cfg.name, range)? {
+                    weave_ipam::persist::Loaded::State(snap) => Ipam::restore(icfg, &snap)?,
+                    weave_ipam::persist::Loaded::Discarded(why) => {
+                        tracing::warn!(reason = %why, "saved IPAM state discarded");
+                        Ipam::new(icfg)?
+                    }
+                    weave_ipam::persist::Loaded::Empty => Ipam::new(icfg)?,
+                };
+                Some((Arc::new(Mutex::new(ipam)), store))
+            }
+            None => None,
+        };
+
+        let mut rng = weave_core::rng::from_os();
+        let mut dc = DriverConfig::new(MeshConfig::new(cfg.name, cfg.nickname.clone(), PeerUid::random(&mut rng)), SocketAddr::new(cfg.host, cfg.port));
+        dc.conn_maker.discovery = cfg.discovery;
+        dc.conn_maker.default_port = cfg.port;
+        dc.conn_maker.conn_limit = cfg.conn_limit;
+        dc.link = LinkConfig { psk: cfg.password.as_ref().map(|p| Psk::from_password(p.as_bytes())), ..LinkConfig::default() };
+        let mut builder = MeshBuilder::new(dc);
+        if let Some((ipam, _)) = &ipam {
+            builder = builder.channel(IPAM_CHANNEL, Box::new(IpamChannel(ipam.clone())));
+        }
+        let mesh = builder.start().await?;
+        tokio::spawn(follow_mesh(mesh.clone(), dp.clone()));
+
+        let pending = Arc::new(Mutex::new(Pending { waiters: BTreeMap::new() }));
+        let poke = Arc::new(Notify::new());
+        let router = Arc::new(Self {
+            cfg: cfg.clone(),
+            mesh: mesh.clone(),
+            dp,
+            nl,
+            ipam: ipam.as_ref().map(|(i, _)| i.clone()),
+            pending: pending.clone(),
+            poke: poke.clone(),
+            containers: tokio::sync::Mutex::new(BTreeMap::new()),
+            stopping: Notify::new(),
+        });
+        if let Some((ipam, store)) = ipam {
+            tokio::spawn(ipam_pump(mesh.clone(), ipam, store, pending, poke));
+        }
+        router.adopt_existing().await;
+        mesh.connect(cfg.peers.clone(), false).await.map_err(|_| "mesh stopped")?.map_err(|e| e.to_string())?;
+        Ok(router)
+    }
+
+    /// Containers attached before a restart still have their `ethwe`
+    /// (their host ends are back on the bridge); re-register those whose
+    /// addresses IPAM holds for them.
+    async fn adopt_existing(&self) {
+        let Some(ipam) = &self.ipam else { return };
+        let owned = lock(ipam).status().owned;
+        let mut cs = self.containers.lock().await;
+        for (id, cidrs) in owned {
+            let Ok(ns) = container_netns(&id) else { continue };
+            let Ok(c) = Netlink::connect(&ns).await else { continue };
+            if let Ok(Some(link)) = c.link("ethwe").await {
+                cs.insert(id.clone(), Container { id, netns: ns, mac: link.mac, cidrs });
+            }
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RouterConfig {
+        &self.cfg
+    }
+
+    /// The mesh.
+    pub fn mesh(&self) -> &MeshHandle {
+        &self.mesh
+    }
+
+    /// The data plane.
+    pub fn dataplane(&self) -> &Arc<dyn Dataplane> {
+        &self.dp
+    }
+
+    /// The IPAM, when enabled.
+    pub fn ipam(&self) -> Option<&Arc<Mutex<Ipam>>> {
+        self.ipam.as_ref()
+    }
+
+    async fn allocate(&self, id: &str, spec: &AddrSpec) -> Result<Ipv4Net, RouterError> {
+        let Some(ipam) = &self.ipam else {
+            return match spec {
+                AddrSpec::Exact(n) => Ok(*n),
+                _ => Err(RouterError::Invalid("IPAM is disabled (--ipalloc-range=): give addresses as ip:CIDR".into())),
+            };
+        };
+        let now = Instant::now();
+        let outcome = {
+            let mut i = lock(ipam);
+            match spec {
+                AddrSpec::Exact(n) => i.claim(now, id, *n)?,
+                AddrSpec::Subnet(s) => i.allocate(now, id, Some(*s))?,
+                AddrSpec::Default => i.allocate(now, id, None)?,
+            }
+        };
+        self.poke.notify_one();
+        match outcome {
+            Outcome::Done(n) => Ok(n),
+            Outcome::Pending(req) => {
+                let (tx, rx) = oneshot::channel();
+                lock(&self.pending).waiters.insert(req, tx);
+                self.poke.notify_one();
+                match rx.await {
+                    Ok(r) => Ok(r?),
+                    Err(_) => Err(RouterError::Stopped),
+                }
+            }
+        }
+    }
+
+    /// `weave attach`: addresses (from IPAM unless exact) on `ethwe` in
+    /// the container's namespace. Returns the CIDRs configured.
+    pub async fn attach(&self, container: &str, specs: &[AddrSpec], multicast_route: bool) -> Result<Vec<Ipv4Net>, RouterError> {
+        let ns = container_netns(container)?;
+        let specs: Vec<AddrSpec> = if specs.is_empty() { vec![AddrSpec::Default] } else { specs.to_vec() };
+        let mut cidrs = Vec::new();
+        for s in &specs {
+            cidrs.push(self.allocate(container, s).await?);
+        }
+        let cfg = AttachConfig { bridge: self.cfg.bridge.clone(), ifname: "ethwe".into(), mtu: self.cfg.mtu, multicast_route };
+        let addrs: Vec<IpNet> = cidrs.iter().map(|c| IpNet::V4(*c)).collect();
+        let attached = match netlink::attach(&self.nl, &ns, container, &addrs, &cfg).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Give back what we took for it.
+                if let Some(ipam) = &self.ipam {
+                    let mut i = lock(ipam);
+                    for c in &cidrs {
+                        i.free(Instant::now(), container, c.addr());
+                    }
+                }
+                self.poke.notify_one();
+                return Err(e.into());
+            }
+        };
+        let mut cs = self.containers.lock().await;
+        let entry = cs.entry(container.to_owned()).or_insert_with(|| Container { id: container.to_owned(), netns: ns, mac: attached.mac, cidrs: Vec::new() });
+        entry.mac = attached.mac;
+        for c in &cidrs {
+            if !entry.cidrs.contains(c) {
+                entry.cidrs.push(*c);
+            }
+        }
+        Ok(cidrs)
+    }
+
+    /// `weave detach`: remove these addresses (all when empty); free them.
+    pub async fn detach(&self, container: &str, addrs: &[Ipv4Net]) -> Result<Vec<Ipv4Net>, RouterError> {
+        let ns = container_netns(container)?;
+        let mut cs = self.containers.lock().await;
+        let known = cs.get(container).map(|c| c.cidrs.clone()).unwrap_or_default();
+        let owned: Vec<Ipv4Net> = match &self.ipam {
+            Some(ipam) => lock(ipam).status().owned.get(container).cloned().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut all = known;
+        for o in owned {
+            if !all.contains(&o) {
+                all.push(o);
+            }
+        }
+        let victims: Vec<Ipv4Net> = if addrs.is_empty() { all.clone() } else { all.iter().filter(|c| addrs.iter().any(|a| a.addr() == c.addr())).copied().collect() };
+        if victims.is_empty() && !addrs.is_empty() {
+            return Err(RouterError::NotFound(format!("{container} does not have {}", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "))));
+        }
+        let v: Vec<IpNet> = victims.iter().map(|c| IpNet::V4(*c)).collect();
+        netlink::detach(&ns, "ethwe", if addrs.is_empty() { None } else { Some(&v) }).await?;
+        if let Some(ipam) = &self.ipam {
+            let mut i = lock(ipam);
+            for c in &victims {
+                i.free(Instant::now(), container, c.addr());
+            }
+        }
+        self.poke.notify_one();
+        if let Some(c) = cs.get_mut(container) {
+            c.cidrs.retain(|x| !victims.contains(x));
+            if c.cidrs.is_empty() || addrs.is_empty() {
+                cs.remove(container);
+            }
+        }
+        Ok(victims)
+    }
+
+    /// Attached containers (all, or those named).
+    pub async fn ps(&self, only: &[String]) -> Vec<Container> {
+        self.containers.lock().await.values().filter(|c| only.is_empty() || only.contains(&c.id)).cloned().collect()
+    }
+
+    /// Ask the router to stop; [`Self::stopped`] returns once asked.
+    pub fn stop(&self) {
+        self.stopping.notify_waiters();
+        self.stopping.notify_one();
+    }
+
+    /// Wait for [`Self::stop`].
+    pub async fn stopped(&self) {
+        self.stopping.notified().await;
+    }
+
+    /// Close the mesh (the data plane stops with the process).
+    pub async fn shutdown(&self) {
+        self.mesh.shutdown().await;
+    }
+}
+
+/// Move IPAM output into the mesh, keep its view of reachable peers, run
+/// its timers, save its state before anything it says leaves, and wake
+/// callers whose requests completed.
+async fn ipam_pump(mesh: MeshHandle, ipam: Arc<Mutex<Ipam>>, store: weave_ipam::persist::Store, pending: Arc<Mutex<Pending>>, poke: Arc<Notify>) {
+    let mut events = mesh.subscribe();
+    if let Ok(r) = mesh.routes().await {
+        set_reachable(&mesh, &ipam, &r).await;
+    }
+    let mut saved = u64::MAX;
+    loop {
+        let now = Instant::now();
+        let (outputs, completions, snapshot) = {
+            let mut i = lock(&ipam);
+            if i.poll_timeout().is_some_and(|t| t <= now) {
+                i.handle_timeout(now);
+            }
+            let mut outs = Vec::new();
+            while let Some(o) = i.poll_output() {
+                outs.push(o);
+            }
+            let mut done = Vec::new();
+            while let Some(c) = i.poll_completion() {
+                done.push(c);
+            }
+            let snap = (i.generation() != saved).then(|| (i.generation(), i.snapshot()));
+            (outs, done, snap)
+        };
+        if let Some((generation, snap)) = snapshot {
+            match store.save(&snap) {
+                Ok(()) => saved = generation,
+                Err(e) => tracing::error!(error = %e, "cannot save IPAM state"),
+            }
+        }
+        for o in outputs {
+            let _ = match o {
+                Output::Gossip(b) => mesh.gossip(IPAM_CHANNEL, b).await,
+                Output::Unicast(p, b) => mesh.unicast(IPAM_CHANNEL, p, b).await,
+            };
+        }
+        for c in completions {
+            let (id, r) = match c {
+                Completion::Done(id, n) => (id, Ok(n)),
+                Completion::Failed(id, e) => (id, Err(e)),
+                Completion::HandedOff(_) => continue,
+            };
+            if let Some(w) = lock(&pending).waiters.remove(&id) {
+                let _ = w.send(r);
+            }
+        }
+        tokio::select! {
+            _ = poke.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            ev = events.recv() => match ev {
+                Ok(DriverEvent::Routes(r)) => set_reachable(&mesh, &ipam, &r).await,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if let Ok(r) = mesh.routes().await {
+                        set_reachable(&mesh, &ipam, &r).await;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+async fn set_reachable(mesh: &MeshHandle, ipam: &Mutex<Ipam>, routes: &weave_gossip::routes::Routes) {
+    let Ok(status) = mesh.status().await else { return };
+    let peers = status.peers.iter().map(|p| p.name).filter(|&p| p != status.name && routes.reachable(p)).collect();
+    lock(ipam).set_reachable(peers);
+}
+
+/// A peer name stable per host and namespace: from the machine id and the
+/// namespace's inode, as Weave derives it from the machine id.
+pub fn default_peer_name() -> PeerName {
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/net").map(|p| p.display().to_string()).unwrap_or_default();
+    // FNV-1a: the same name for the same host and namespace, whatever the
+    // build.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in machine.trim().bytes().chain([0]).chain(ns.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Locally administered unicast, like Weave's.
+    let v = (h & 0x0000_feff_ffff_ffff) | 0x0000_0200_0000_0000;
+    PeerName::from_u64(v).expect("48 bits")
+}
+
+/// The address part of an IPv4 CIDR.
+pub fn addr_of(n: &Ipv4Net) -> Ipv4Addr {
+    n.addr()
+}

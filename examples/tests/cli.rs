@@ -1,0 +1,184 @@
+//! The `weave` command end to end on network namespaces, as its users drive
+//! it: launch on two hosts, attach containers (IPAM, net:CIDR, ip:CIDR),
+//! cross-host ping, ps/status/report, bad input, stop, and a restart that
+//! keeps container addresses. Needs root; in CI its absence is a failure.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+fn require_root() -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "netns tests need root and must run in CI: run .ci/run as root");
+    eprintln!("skipped: needs root for network namespaces");
+    false
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+struct Hosts {
+    prefix: String,
+    namespaces: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for i in 1..=2 {
+            let _ = self.weave(i, &["stop"]);
+        }
+        if std::thread::panicking() {
+            for i in 1..=2 {
+                let log = self.state(i).join("weave.log");
+                eprintln!("--- {}:\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+            }
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Hosts {
+    fn new() -> Self {
+        let prefix = format!("wvcli{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut h = Self { prefix, namespaces: Vec::new(), dir };
+        let (h1, h2) = (h.ns("h1"), h.ns("h2"));
+        ok(Command::new("ip").args(["link", "add", "u1", "netns", &h1, "type", "veth", "peer", "name", "u2", "netns", &h2]).output().unwrap());
+        for (ns, dev, addr) in [(&h1, "u1", "10.99.0.1/24"), (&h2, "u2", "10.99.0.2/24")] {
+            ok(Command::new("ip").args(["-n", ns, "addr", "add", addr, "dev", dev]).output().unwrap());
+            ok(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]).output().unwrap());
+            ok(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]).output().unwrap());
+        }
+        h
+    }
+
+    fn ns(&mut self, name: &str) -> String {
+        let full = format!("{}-{name}", self.prefix);
+        ok(Command::new("ip").args(["netns", "add", &full]).output().unwrap());
+        self.namespaces.push(full.clone());
+        full
+    }
+
+    fn name(&self, n: &str) -> String {
+        format!("{}-{n}", self.prefix)
+    }
+
+    fn state(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}"))
+    }
+
+    fn weave(&self, i: usize, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name(&format!("h{i}")), env!("CARGO_BIN_EXE_weave"), "--state-dir"])
+            .arg(self.state(i))
+            .args(args)
+            .env_remove("WEAVE_PASSWORD")
+            .output()
+            .expect("run weave")
+    }
+
+    fn ping(&self, from: &str, to: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if Command::new("ip").args(["netns", "exec", &self.name(from), "ping", "-c", "1", "-W", "1", to]).output().unwrap().status.success() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[test]
+fn launch_attach_ping_status_restart_stop() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Hosts::new();
+    let (c1, c2, c3) = (h.ns("c1"), h.ns("c2"), h.ns("c3"));
+    // Launch prints the peer name once the router is ready.
+    assert_eq!(ok(h.weave(1, &["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2"])).trim(), "00:00:00:00:00:01");
+    assert_eq!(ok(h.weave(2, &["launch", "--name", "::2", "--nickname", "h2", "--ipalloc-init", "consensus=2", "10.99.0.1"])).trim(), "00:00:00:00:00:02");
+    // A second launch is refused.
+    let again = h.weave(1, &["launch"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+
+    // Addresses from IPAM (default and net:default), from a subnet, and exact.
+    let c5 = h.ns("c5");
+    let a1 = ok(h.weave(1, &["attach", &c1])).trim().to_owned();
+    assert!(a1.ends_with("/12"), "{a1}");
+    let a2 = ok(h.weave(2, &["attach", "net:default", &c2])).trim().to_owned();
+    assert!(a2.ends_with("/12") && a2 != a1, "{a2}");
+    assert_eq!(ok(h.weave(2, &["attach", "ip:10.32.9.9/24", &c3])).trim(), "10.32.9.9/24");
+    let a5 = ok(h.weave(1, &["attach", "net:10.32.8.0/24", &c5])).trim().to_owned();
+    assert!(a5.starts_with("10.32.8.") && a5.ends_with("/24"), "{a5}");
+    let ip1 = a1.split('/').next().unwrap().to_owned();
+    let ip2 = a2.split('/').next().unwrap().to_owned();
+    let ip5 = a5.split('/').next().unwrap().to_owned();
+    assert!(h.ping("c1", &ip2), "c1 -> c2 across hosts");
+    assert!(h.ping("c2", &ip1), "c2 -> c1");
+    // Isolation: c3 (10.32.9.0/24) has no way to c5 (10.32.8.0/24).
+    assert!(!Command::new("ip").args(["netns", "exec", &c3, "ping", "-c", "1", "-W", "1", &ip5]).output().unwrap().status.success());
+
+    // ps, status, report.
+    let ps = ok(h.weave(2, &["ps"]));
+    assert!(ps.lines().any(|l| l.starts_with(&format!("{c2} ")) && l.ends_with(&a2)), "{ps}");
+    assert!(ps.lines().any(|l| l.starts_with(&format!("{c3} ")) && l.ends_with("10.32.9.9/24")), "{ps}");
+    let st = ok(h.weave(1, &["status"]));
+    for want in ["        Service: router", "           Name: 00:00:00:00:00:01(h1)", "     Encryption: disabled", "    Connections: 1 (1 established)", "        Service: ipam", "         Status: ready", "          Range: 10.32.0.0/12"] {
+        assert!(st.contains(want), "{want:?} in\n{st}");
+    }
+    let conns = ok(h.weave(1, &["status", "connections"]));
+    assert!(conns.contains("established") && conns.contains("00:00:00:00:00:02(h2)") && (conns.contains("fastdp") || conns.contains("sleeve")), "{conns}");
+    let peers = ok(h.weave(2, &["status", "peers"]));
+    assert!(peers.contains("00:00:00:00:00:01(h1)") && peers.contains("-> 10.99.0.1:6783"), "{peers}");
+    let report: serde_json::Value = serde_json::from_str(&ok(h.weave(1, &["report"]))).unwrap();
+    assert_eq!(report["Ready"], true);
+    assert_eq!(report["Router"]["Name"], "00:00:00:00:00:01");
+    assert_eq!(report["IPAM"]["Owned"][&c1][0], a1.as_str());
+    assert_eq!(report["Router"]["Connections"][0]["State"], "established");
+
+    // Bad input: usage errors exit 2, unknown containers exit 1.
+    assert_eq!(h.weave(1, &["attach"]).status.code(), Some(2));
+    assert_eq!(h.weave(1, &["frobnicate"]).status.code(), Some(2));
+    let bad = h.weave(1, &["attach", "net:nonsense", &c1]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&bad.stderr).lines().count(), 1);
+    assert_eq!(h.weave(1, &["attach", "no-such-container"]).status.code(), Some(1));
+
+    // Restart host 1's router: c1 keeps its address and its traffic.
+    ok(h.weave(1, &["stop"]));
+    let down = h.weave(1, &["status"]);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("weave launch"), "says how to start one");
+    ok(h.weave(1, &["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "10.99.0.2"]));
+    let ps = ok(h.weave(1, &["ps"]));
+    assert!(ps.contains(&a1), "c1 still listed with {a1}: {ps}");
+    assert!(h.ping("c2", &ip1), "c2 -> c1 after the restart");
+    // A new container does not get c1's address.
+    let c4 = h.ns("c4");
+    let a4 = ok(h.weave(1, &["attach", &c4])).trim().to_owned();
+    assert_ne!(a4, a1);
+
+    // Detach frees; ethwe goes.
+    assert!(ok(h.weave(2, &["detach", &c3])).contains("10.32.9.9/24"));
+    let links = String::from_utf8_lossy(&Command::new("ip").args(["-n", &c3, "-o", "link"]).output().unwrap().stdout).into_owned();
+    assert!(!links.contains("ethwe"), "{links}");
+    assert!(!ok(h.weave(2, &["ps"])).contains(&c3));
+}
