@@ -212,12 +212,39 @@ impl pb::control_server::Control for Service {
             .into_iter()
             .map(|c| pb::PsEntry { id: c.id, mac: mac(&c.mac), cidrs: c.cidrs.iter().map(ToString::to_string).collect() })
             .collect();
-        Ok(Response::new(pb::PsReply { entries }))
+        let (exposed, bmac) = self.router.exposed().await.map_err(to_status)?;
+        Ok(Response::new(pb::PsReply { entries, expose_mac: mac(&bmac), exposed: exposed.iter().map(ToString::to_string).collect() }))
     }
 
     async fn stop(&self, _: Request<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
         self.router.stop();
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn expose(&self, r: Request<pb::ExposeRequest>) -> Result<Response<pb::ExposeReply>, Status> {
+        let r = r.into_inner();
+        let specs = r.addrs.iter().map(|a| a.parse::<AddrSpec>()).collect::<Result<Vec<_>, _>>().map_err(Status::invalid_argument)?;
+        let cidrs = self.router.expose(&specs, !r.without_masquerade).await.map_err(to_status)?;
+        Ok(Response::new(pb::ExposeReply { cidrs: cidrs.iter().map(ToString::to_string).collect() }))
+    }
+
+    async fn hide(&self, r: Request<pb::HideRequest>) -> Result<Response<pb::ExposeReply>, Status> {
+        let addrs = r
+            .into_inner()
+            .addrs
+            .iter()
+            .map(|a| {
+                let ip = a.strip_prefix("ip:").unwrap_or(a);
+                ip.split('/').next().unwrap_or(ip).parse::<std::net::Ipv4Addr>().map_err(|_| Status::invalid_argument(format!("invalid address {a:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cidrs = self.router.hide(&addrs).await.map_err(to_status)?;
+        Ok(Response::new(pb::ExposeReply { cidrs: cidrs.iter().map(ToString::to_string).collect() }))
+    }
+
+    async fn reset(&self, r: Request<pb::ResetRequest>) -> Result<Response<pb::ResetReply>, Status> {
+        let (removed, heir) = self.router.reset(r.into_inner().force).await.map_err(to_status)?;
+        Ok(Response::new(pb::ResetReply { removed, heir: heir.map(|h| h.to_string()).unwrap_or_default() }))
     }
 }
 

@@ -155,6 +155,7 @@ pub struct Router {
     poke: Arc<Notify>,
     containers: tokio::sync::Mutex<BTreeMap<String, Container>>,
     stopping: Notify,
+    handed_off: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Router {
@@ -228,9 +229,10 @@ impl Router {
             poke: poke.clone(),
             containers: tokio::sync::Mutex::new(BTreeMap::new()),
             stopping: Notify::new(),
+            handed_off: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
         if let Some((ipam, store)) = ipam {
-            tokio::spawn(ipam_pump(mesh.clone(), ipam, store, pending, poke));
+            tokio::spawn(ipam_pump(mesh.clone(), ipam, store, pending, poke, router.handed_off.clone()));
         }
         router.adopt_existing().await;
         mesh.connect(cfg.peers.clone(), false).await.map_err(|_| "mesh stopped")?.map_err(|e| e.to_string())?;
@@ -382,6 +384,70 @@ impl Router {
         self.containers.lock().await.values().filter(|c| only.is_empty() || only.contains(&c.id)).cloned().collect()
     }
 
+    /// The id IPAM holds exposed addresses under.
+    pub const EXPOSE_ID: &'static str = "weave:expose";
+
+    /// `weave expose`: host addresses on the bridge (from IPAM unless
+    /// exact), masqueraded unless told otherwise. Idempotent: an exposed
+    /// address in the requested subnet is returned again.
+    pub async fn expose(&self, specs: &[AddrSpec], masquerade: bool) -> Result<Vec<Ipv4Net>, RouterError> {
+        let specs: Vec<AddrSpec> = if specs.is_empty() { vec![AddrSpec::Default] } else { specs.to_vec() };
+        let mut out = Vec::new();
+        for s in &specs {
+            let n = self.allocate(Self::EXPOSE_ID, s).await?;
+            weave_dataplane::expose::expose(&self.nl, &self.cfg.bridge, IpNet::V4(n), masquerade).await?;
+            out.push(n);
+        }
+        Ok(out)
+    }
+
+    /// Addresses exposed on the bridge, and the bridge's MAC.
+    pub async fn exposed(&self) -> Result<(Vec<Ipv4Net>, [u8; 6]), RouterError> {
+        let addrs = weave_dataplane::expose::exposed(&self.nl, &self.cfg.bridge).await?;
+        let mac = self.nl.link(&self.cfg.bridge).await?.map(|l| l.mac).unwrap_or_default();
+        Ok((addrs.into_iter().filter_map(|a| if let IpNet::V4(v) = a { Some(v) } else { None }).collect(), mac))
+    }
+
+    /// `weave hide`: remove these exposed addresses (all when empty).
+    pub async fn hide(&self, addrs: &[Ipv4Addr]) -> Result<Vec<Ipv4Net>, RouterError> {
+        let (exposed, _) = self.exposed().await?;
+        let victims: Vec<Ipv4Net> = exposed.into_iter().filter(|n| addrs.is_empty() || addrs.contains(&n.addr())).collect();
+        for n in &victims {
+            weave_dataplane::expose::hide(&self.nl, &self.cfg.bridge, IpNet::V4(*n)).await?;
+            if let Some(ipam) = &self.ipam {
+                lock(ipam).free(Instant::now(), Self::EXPOSE_ID, n.addr());
+            }
+        }
+        self.poke.notify_one();
+        Ok(victims)
+    }
+
+    /// `weave reset`: hand our address space to a live peer (waiting up to
+    /// 10 s for it to take it, unless `force`), remove what the router made
+    /// in this namespace and its persisted state, then stop.
+    pub async fn reset(&self, force: bool) -> Result<(Vec<String>, Option<PeerName>), RouterError> {
+        let mut heir = None;
+        if let Some(ipam) = &self.ipam {
+            heir = lock(ipam).leave(Instant::now());
+            self.poke.notify_one();
+            if heir.is_some() && !force {
+                let end = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < end && !self.handed_off.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
+        for f in ["ipam.db"] {
+            let p = self.cfg.state_dir.join(f);
+            if std::fs::remove_file(&p).is_ok() {
+                removed.push(p.display().to_string());
+            }
+        }
+        self.stop();
+        Ok((removed, heir))
+    }
+
     /// Ask the router to stop; [`Self::stopped`] returns once asked.
     pub fn stop(&self) {
         self.stopping.notify_waiters();
@@ -402,7 +468,7 @@ impl Router {
 /// Move IPAM output into the mesh, keep its view of reachable peers, run
 /// its timers, save its state before anything it says leaves, and wake
 /// callers whose requests completed.
-async fn ipam_pump(mesh: MeshHandle, ipam: Arc<Mutex<Ipam>>, store: weave_ipam::persist::Store, pending: Arc<Mutex<Pending>>, poke: Arc<Notify>) {
+async fn ipam_pump(mesh: MeshHandle, ipam: Arc<Mutex<Ipam>>, store: weave_ipam::persist::Store, pending: Arc<Mutex<Pending>>, poke: Arc<Notify>, handed_off: Arc<std::sync::atomic::AtomicBool>) {
     let mut events = mesh.subscribe();
     if let Ok(r) = mesh.routes().await {
         set_reachable(&mesh, &ipam, &r).await;
@@ -442,7 +508,10 @@ async fn ipam_pump(mesh: MeshHandle, ipam: Arc<Mutex<Ipam>>, store: weave_ipam::
             let (id, r) = match c {
                 Completion::Done(id, n) => (id, Ok(n)),
                 Completion::Failed(id, e) => (id, Err(e)),
-                Completion::HandedOff(_) => continue,
+                Completion::HandedOff(_) => {
+                    handed_off.store(true, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
             };
             if let Some(w) = lock(&pending).waiters.remove(&id) {
                 let _ = w.send(r);

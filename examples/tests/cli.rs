@@ -176,9 +176,34 @@ fn launch_attach_ping_status_restart_stop() {
     let a4 = ok(h.weave(1, &["attach", &c4])).trim().to_owned();
     assert_ne!(a4, a1);
 
+    // Expose: host 1 reaches c2 on host 2 through the overlay.
+    let e = ok(h.weave(1, &["expose"])).trim().to_owned();
+    assert!(e.ends_with("/12"), "{e}");
+    assert_eq!(ok(h.weave(1, &["expose"])).trim(), e, "idempotent");
+    assert!(h.ping("h1", &ip2), "host 1 -> c2");
+    let ps = ok(h.weave(1, &["ps"]));
+    assert!(ps.lines().next().unwrap().starts_with("weave:expose ") && ps.contains(&e), "{ps}");
+    assert_eq!(ok(h.weave(1, &["hide"])).trim(), e);
+    assert!(!ok(h.weave(1, &["ps"])).contains("weave:expose"));
+
     // Detach frees; ethwe goes.
     assert!(ok(h.weave(2, &["detach", &c3])).contains("10.32.9.9/24"));
     let links = String::from_utf8_lossy(&Command::new("ip").args(["-n", &c3, "-o", "link"]).output().unwrap().stdout).into_owned();
     assert!(!links.contains("ethwe"), "{links}");
     assert!(!ok(h.weave(2, &["ps"])).contains(&c3));
+
+    // Reset leaves nothing behind: no process, device, rule or state.
+    for i in 1..=2 {
+        ok(h.weave(i, &["reset"]));
+        let ns = h.name(&format!("h{i}"));
+        let links = String::from_utf8_lossy(&Command::new("ip").args(["-n", &ns, "-o", "link"]).output().unwrap().stdout).into_owned();
+        assert!(!links.contains("weave") && !links.contains("vethwe") && !links.contains("vxlan"), "host {i}: {links}");
+        let nft = Command::new("ip").args(["netns", "exec", &ns, "nft", "list", "table", "ip", "weave"]).output().unwrap();
+        assert!(!nft.status.success(), "nftables table left on host {i}");
+        let left: Vec<_> = std::fs::read_dir(h.state(i)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|f| f != "weave.log").collect();
+        assert!(left.is_empty(), "state left on host {i}: {left:?}");
+        assert_eq!(h.weave(i, &["status"]).status.code(), Some(1), "router gone on host {i}");
+    }
+    let links = String::from_utf8_lossy(&Command::new("ip").args(["-n", &c1, "-o", "link"]).output().unwrap().stdout).into_owned();
+    assert!(!links.contains("ethwe"), "container links removed: {links}");
 }

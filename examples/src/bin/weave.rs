@@ -73,6 +73,33 @@ enum Cmd {
         #[arg(required = true, num_args = 1..)]
         args: Vec<String>,
     },
+    /// Give the host addresses on the bridge (from IPAM unless given).
+    #[command(disable_help_flag = true)]
+    Expose {
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// DNS name for the host (accepted; DNS comes with weaveDNS wiring).
+        #[arg(short = 'h', long = "hostname")]
+        hostname: Option<String>,
+        /// Do not masquerade.
+        #[arg(long)]
+        without_masquerade: bool,
+        /// [ip:]CIDR, net:CIDR or net:default.
+        addrs: Vec<String>,
+    },
+    /// Remove the host's overlay addresses.
+    Hide {
+        /// Addresses (all when none).
+        addrs: Vec<String>,
+    },
+    /// Stop, hand IPAM space to a live peer, remove bridge, devices, rules
+    /// and state.
+    Reset {
+        /// Do not wait for a peer to take the address space.
+        #[arg(long)]
+        force: bool,
+    },
     /// Attached containers: ID MAC CIDR...
     Ps {
         /// Only these.
@@ -345,9 +372,57 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             Ok(())
         }
         Cmd::Ps { containers } => {
-            let r = client(&state).await?.ps(pb::PsRequest { containers }).await.map_err(rpc_err)?;
-            for e in r.into_inner().entries {
+            let only = !containers.is_empty();
+            let r = client(&state).await?.ps(pb::PsRequest { containers }).await.map_err(rpc_err)?.into_inner();
+            if !only && !r.exposed.is_empty() {
+                println!("weave:expose {} {}", r.expose_mac, r.exposed.join(" "));
+            }
+            for e in r.entries {
                 println!("{} {} {}", e.id, e.mac, e.cidrs.join(" "));
+            }
+            Ok(())
+        }
+        Cmd::Expose { without_masquerade, addrs, .. } => {
+            let r = client(&state).await?.expose(pb::ExposeRequest { addrs, without_masquerade }).await.map_err(rpc_err)?;
+            println!("{}", r.into_inner().cidrs.join(" "));
+            Ok(())
+        }
+        Cmd::Hide { addrs } => {
+            let r = client(&state).await?.hide(pb::HideRequest { addrs }).await.map_err(rpc_err)?;
+            println!("{}", r.into_inner().cidrs.join(" "));
+            Ok(())
+        }
+        Cmd::Reset { force } => {
+            need_root()?;
+            let mut running = None;
+            if let Ok(mut c) = client(&state).await {
+                if c.ping(pb::Empty {}).await.is_ok() {
+                    running = Some(c);
+                }
+            }
+            match running {
+                Some(mut c) => {
+                    let pid = std::fs::read_to_string(state.join("weave.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
+                    let r = c.reset(pb::ResetRequest { force }).await.map_err(rpc_err)?.into_inner();
+                    if let Some(p) = pid {
+                        let end = Instant::now() + Duration::from_secs(20);
+                        while Path::new(&format!("/proc/{p}")).exists() && !std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z ")) && Instant::now() < end {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    if !r.heir.is_empty() {
+                        eprintln!("address space handed to {}", r.heir);
+                    }
+                }
+                None => {
+                    // No router: remove what a stopped or killed one left.
+                    let nl = weave_dataplane::netlink::Netlink::connect(&weave_dataplane::netlink::Netns::current()).await?;
+                    weave_dataplane::expose::reset(&nl, "weave").await?;
+                    let _ = std::fs::remove_file(state.join("ipam.db"));
+                }
+            }
+            for f in ["weave.pid", "weave.sock"] {
+                let _ = std::fs::remove_file(state.join(f));
             }
             Ok(())
         }
