@@ -146,6 +146,20 @@ pub async fn report(router: &Router) -> Result<serde_json::Value, Status> {
             "PendingClaims": i.pending_claims, "PendingAllocates": i.pending_allocates,
         });
     }
+    if let (Some(dns), Some(settings)) = (router.dns(), router.config().dns.as_ref()) {
+        let d = dns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let upstream: Vec<String> = match &settings.upstreams {
+            weave_dns::server::Upstreams::Fixed(v) => v.iter().map(ToString::to_string).collect(),
+            weave_dns::server::Upstreams::ResolvConf(p) => std::fs::read_to_string(p).map(|t| weave_dns::server::parse_resolv_conf(&t).iter().map(ToString::to_string).collect()).unwrap_or_default(),
+        };
+        v["DNS"] = serde_json::json!({
+            "Domain": d.domain(), "Upstream": upstream, "Address": settings.listen_for(router.config().name).to_string(), "TTL": settings.ttl,
+            "Entries": d.store().entries().map(|(k, val)| serde_json::json!({
+                "Hostname": k.hostname, "Origin": k.origin.to_string(), "ContainerID": k.container,
+                "Address": k.addr.to_string(), "Version": val.version, "Tombstone": val.tombstone,
+            })).collect::<Vec<_>>(),
+        });
+    }
     Ok(v)
 }
 
@@ -185,7 +199,8 @@ impl pb::control_server::Control for Service {
     async fn attach(&self, r: Request<pb::AttachRequest>) -> Result<Response<pb::AttachReply>, Status> {
         let r = r.into_inner();
         let specs = r.addrs.iter().map(|a| a.parse::<AddrSpec>()).collect::<Result<Vec<_>, _>>().map_err(Status::invalid_argument)?;
-        let cidrs = self.router.attach(&r.container, &specs, !r.no_multicast_route).await.map_err(to_status)?;
+        let hostname = (!r.hostname.is_empty()).then_some(r.hostname.as_str());
+        let cidrs = self.router.attach_with_dns(&r.container, &specs, !r.no_multicast_route, !r.without_dns, hostname).await.map_err(to_status)?;
         Ok(Response::new(pb::AttachReply { cidrs: cidrs.iter().map(ToString::to_string).collect() }))
     }
 
@@ -242,10 +257,76 @@ impl pb::control_server::Control for Service {
         Ok(Response::new(pb::ExposeReply { cidrs: cidrs.iter().map(ToString::to_string).collect() }))
     }
 
+    async fn dns_add(&self, r: Request<pb::DnsRequest>) -> Result<Response<pb::Empty>, Status> {
+        let mut r = r.into_inner();
+        let ips = parse_ips(&r.ips)?;
+        let name = self.router.dns_name(&r.container, Some(&r.hostname)).ok_or_else(|| Status::failed_precondition("weaveDNS is disabled (--no-dns)"))?;
+        if r.container.is_empty() && r.hostname.is_empty() {
+            return Err(Status::invalid_argument("dns-add needs a container or -h FQDN"));
+        }
+        let ips = if ips.is_empty() {
+            // The container's own addresses.
+            self.router.ps(std::slice::from_ref(&r.container)).await.into_iter().flat_map(|c| c.cidrs).map(|c| c.addr()).collect()
+        } else {
+            ips
+        };
+        if ips.is_empty() {
+            return Err(Status::invalid_argument(format!("no addresses for {}: give IPs or attach it first", r.container)));
+        }
+        if r.container.is_empty() {
+            // A name for addresses outside any container, as Weave does.
+            r.container = EXTERN.into();
+        }
+        self.router.dns_add(&r.container, &name, &ips).map_err(to_status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn dns_remove(&self, r: Request<pb::DnsRequest>) -> Result<Response<pb::DnsRemoveReply>, Status> {
+        let mut r = r.into_inner();
+        if r.container.is_empty() {
+            r.container = EXTERN.into();
+        }
+        let ips = parse_ips(&r.ips)?;
+        let name = (!r.hostname.is_empty()).then_some(r.hostname.as_str());
+        let n = self.router.dns_remove(&r.container, name, &ips).map_err(to_status)?;
+        Ok(Response::new(pb::DnsRemoveReply { removed: u32::try_from(n).unwrap_or(u32::MAX) }))
+    }
+
+    async fn dns_lookup(&self, r: Request<pb::DnsLookupRequest>) -> Result<Response<pb::DnsLookupReply>, Status> {
+        let dns = self.router.dns().ok_or_else(|| Status::failed_precondition("weaveDNS is disabled (--no-dns)"))?;
+        let addrs = dns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).lookup(&r.into_inner().name);
+        Ok(Response::new(pb::DnsLookupReply { addrs: addrs.iter().map(ToString::to_string).collect() }))
+    }
+
+    async fn dns_entries(&self, _: Request<pb::Empty>) -> Result<Response<pb::DnsEntriesReply>, Status> {
+        let dns = self.router.dns().ok_or_else(|| Status::failed_precondition("weaveDNS is disabled (--no-dns)"))?;
+        let d = dns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entries = d
+            .store()
+            .entries()
+            .filter(|(_, v)| !v.is_tombstone())
+            .map(|(k, _)| pb::DnsEntry { hostname: k.hostname.clone(), addr: k.addr.to_string(), container: k.container.clone(), origin: k.origin.to_string() })
+            .collect();
+        let address = self.router.config().dns.as_ref().map(|s| s.listen_for(self.router.config().name).to_string()).unwrap_or_default();
+        Ok(Response::new(pb::DnsEntriesReply { entries, domain: d.domain().to_owned(), address }))
+    }
+
     async fn reset(&self, r: Request<pb::ResetRequest>) -> Result<Response<pb::ResetReply>, Status> {
         let (removed, heir) = self.router.reset(r.into_inner().force).await.map_err(to_status)?;
         Ok(Response::new(pb::ResetReply { removed, heir: heir.map(|h| h.to_string()).unwrap_or_default() }))
     }
+}
+
+/// The container id of DNS entries added with `-h` and no container.
+const EXTERN: &str = "weave:extern";
+
+fn parse_ips(ips: &[String]) -> Result<Vec<std::net::Ipv4Addr>, Status> {
+    ips.iter()
+        .map(|a| {
+            let a = a.strip_prefix("ip:").unwrap_or(a);
+            a.split('/').next().unwrap_or(a).parse().map_err(|_| Status::invalid_argument(format!("invalid address {a:?}")))
+        })
+        .collect()
 }
 
 /// Serve the control API on `socket` (mode 0600) until `shutdown` resolves.

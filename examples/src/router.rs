@@ -58,6 +58,37 @@ pub struct RouterConfig {
     pub trusted_subnets: Vec<IpNet>,
     /// Bridge name.
     pub bridge: String,
+    /// weaveDNS (None: `--no-dns`).
+    pub dns: Option<DnsSettings>,
+}
+
+/// weaveDNS settings.
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    /// Domain (`weave.local.`).
+    pub domain: String,
+    /// Where the server listens; by default an address of this host's own
+    /// (link-local, derived from the peer name, see [`dns_addr`]) that the
+    /// router puts on the bridge, so containers reach their host's server
+    /// over `ethwe` and no other host answers for it.
+    pub listen: Option<SocketAddr>,
+    /// TTL of answers.
+    pub ttl: u32,
+    /// Where other names are forwarded.
+    pub upstreams: weave_dns::server::Upstreams,
+}
+
+/// This host's weaveDNS address: 169.254.A.B, from the peer name.
+pub fn dns_addr(name: PeerName) -> Ipv4Addr {
+    let h = name.as_u64().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    Ipv4Addr::new(169, 254, 1 + (h % 254) as u8, 1 + ((h >> 8) % 254) as u8)
+}
+
+impl DnsSettings {
+    /// The address the server listens on for router `name`.
+    pub fn listen_for(&self, name: PeerName) -> SocketAddr {
+        self.listen.unwrap_or_else(|| SocketAddr::new(IpAddr::V4(dns_addr(name)), 53))
+    }
 }
 
 /// A container attached to the overlay.
@@ -156,6 +187,9 @@ pub struct Router {
     containers: tokio::sync::Mutex<BTreeMap<String, Container>>,
     stopping: Notify,
     handed_off: Arc<std::sync::atomic::AtomicBool>,
+    dns: Option<Arc<Mutex<weave_dns::dns::Dns>>>,
+    dns_poke: Arc<Notify>,
+    _dns_server: Option<weave_dns::server::Server>,
 }
 
 impl std::fmt::Debug for Router {
@@ -214,6 +248,25 @@ impl Router {
         if let Some((ipam, _)) = &ipam {
             builder = builder.channel(IPAM_CHANNEL, Box::new(IpamChannel(ipam.clone())));
         }
+        let dns = cfg.dns.as_ref().map(|d| Arc::new(Mutex::new(weave_dns::dns::Dns::new(cfg.name, &d.domain, weave_dns::dns::WallClock::system(), Instant::now()))));
+        if let Some(d) = &dns {
+            builder = builder.channel(weave_dns::channel::CHANNEL, Box::new(weave_dns::channel::DnsChannel(d.clone())));
+        }
+        let dns_server = match (&cfg.dns, &dns) {
+            (Some(settings), Some(d)) => {
+                // The listen address lives on the bridge (link-local).
+                let listen = settings.listen_for(cfg.name);
+                if let (IpAddr::V4(v4), Some(b)) = (listen.ip(), nl.link(&cfg.bridge).await?) {
+                    if !v4.is_unspecified() && !v4.is_loopback() {
+                        nl.add_address(b.index, IpNet::V4(Ipv4Net::new(v4, 32).expect("/32"))).await?;
+                    }
+                }
+                let mut sc = weave_dns::server::ServerConfig::new(listen, settings.upstreams.clone());
+                sc.ttl = settings.ttl;
+                Some(weave_dns::server::serve(sc, d.clone()).await?)
+            }
+            _ => None,
+        };
         let mesh = builder.start().await?;
         tokio::spawn(follow_mesh(mesh.clone(), dp.clone()));
 
@@ -230,7 +283,13 @@ impl Router {
             containers: tokio::sync::Mutex::new(BTreeMap::new()),
             stopping: Notify::new(),
             handed_off: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            dns: dns.clone(),
+            dns_poke: Arc::new(Notify::new()),
+            _dns_server: dns_server,
         });
+        if let Some(d) = dns {
+            tokio::spawn(dns_pump(mesh.clone(), d, router.dns_poke.clone()));
+        }
         if let Some((ipam, store)) = ipam {
             tokio::spawn(ipam_pump(mesh.clone(), ipam, store, pending, poke, router.handed_off.clone()));
         }
@@ -306,6 +365,78 @@ impl Router {
         }
     }
 
+    /// weaveDNS, when enabled.
+    pub fn dns(&self) -> Option<&Arc<Mutex<weave_dns::dns::Dns>>> {
+        self.dns.as_ref()
+    }
+
+    /// The DNS name a container gets: `-h FQDN`, or its name in the domain.
+    pub fn dns_name(&self, container: &str, hostname: Option<&str>) -> Option<String> {
+        let d = self.cfg.dns.as_ref()?;
+        let base = container.rsplit('/').next().unwrap_or(container).trim_start_matches("pid:");
+        Some(match hostname {
+            Some(h) if !h.is_empty() => h.to_owned(),
+            _ => format!("{base}.{}", d.domain.trim_start_matches('.')),
+        })
+    }
+
+    /// Add DNS entries for `container` (after an attach, or `dns-add`).
+    pub fn dns_add(&self, container: &str, name: &str, addrs: &[Ipv4Addr]) -> Result<(), RouterError> {
+        let Some(dns) = &self.dns else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
+        let mut d = lock(dns);
+        for a in addrs {
+            d.add(Instant::now(), name, *a, container).map_err(|e| RouterError::Invalid(e.to_string()))?;
+        }
+        drop(d);
+        self.dns_poke.notify_one();
+        Ok(())
+    }
+
+    /// Remove DNS entries of `container` (for `name`/`addrs` if given).
+    pub fn dns_remove(&self, container: &str, name: Option<&str>, addrs: &[Ipv4Addr]) -> Result<usize, RouterError> {
+        let Some(dns) = &self.dns else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
+        let mut d = lock(dns);
+        let mut n = 0;
+        if addrs.is_empty() {
+            n += d.remove(Instant::now(), container, name, None).map_err(|e| RouterError::Invalid(e.to_string()))?;
+        }
+        for a in addrs {
+            n += d.remove(Instant::now(), container, name, Some(*a)).map_err(|e| RouterError::Invalid(e.to_string()))?;
+        }
+        drop(d);
+        self.dns_poke.notify_one();
+        Ok(n)
+    }
+
+    /// `weave attach` with DNS: the addresses, then a name for each and a
+    /// resolver for the container (named namespaces get
+    /// `/etc/netns/NAME/resolv.conf`, which `ip netns exec` mounts).
+    pub async fn attach_with_dns(&self, container: &str, specs: &[AddrSpec], multicast_route: bool, dns: bool, hostname: Option<&str>) -> Result<Vec<Ipv4Net>, RouterError> {
+        let cidrs = self.attach(container, specs, multicast_route).await?;
+        if let (true, Some(name), Some(settings)) = (dns, self.dns_name(container, hostname), self.cfg.dns.as_ref()) {
+            let addrs: Vec<Ipv4Addr> = cidrs.iter().map(Ipv4Net::addr).collect();
+            self.dns_add(container, &name, &addrs)?;
+            if let IpAddr::V4(dns_ip) = settings.listen_for(self.cfg.name).ip() {
+                let ns = container_netns(container)?;
+                let c = Netlink::connect(&ns).await?;
+                if let Some(link) = c.link("ethwe").await? {
+                    c.add_route(link.index, Ipv4Net::new(dns_ip, 32).expect("/32")).await?;
+                }
+                // And the way back: the server answers from the bridge.
+                if let Some(b) = self.nl.link(&self.cfg.bridge).await? {
+                    for a in &addrs {
+                        self.nl.add_route(b.index, Ipv4Net::new(*a, 32).expect("/32")).await?;
+                    }
+                }
+                if !container.starts_with('/') && !container.starts_with("pid:") {
+                    weave_dns::resolv::write_netns_resolv_conf(std::path::Path::new("/etc/netns"), container, IpAddr::V4(dns_ip), &settings.domain)
+                        .map_err(|e| RouterError::Invalid(format!("cannot write the container's resolv.conf: {e}")))?;
+                }
+            }
+        }
+        Ok(cidrs)
+    }
+
     /// `weave attach`: addresses (from IPAM unless exact) on `ethwe` in
     /// the container's namespace. Returns the CIDRs configured.
     pub async fn attach(&self, container: &str, specs: &[AddrSpec], multicast_route: bool) -> Result<Vec<Ipv4Net>, RouterError> {
@@ -370,10 +501,19 @@ impl Router {
             }
         }
         self.poke.notify_one();
+        if self.dns.is_some() {
+            let ips: Vec<Ipv4Addr> = victims.iter().map(Ipv4Net::addr).collect();
+            let _ = self.dns_remove(container, None, &ips);
+        }
+        let mut gone = addrs.is_empty();
         if let Some(c) = cs.get_mut(container) {
             c.cidrs.retain(|x| !victims.contains(x));
-            if c.cidrs.is_empty() || addrs.is_empty() {
-                cs.remove(container);
+            gone |= c.cidrs.is_empty();
+        }
+        if gone {
+            cs.remove(container);
+            if !container.starts_with('/') && !container.starts_with("pid:") {
+                let _ = weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), container);
             }
         }
         Ok(victims)
@@ -427,6 +567,7 @@ impl Router {
     /// in this namespace and its persisted state, then stop.
     pub async fn reset(&self, force: bool) -> Result<(Vec<String>, Option<PeerName>), RouterError> {
         let mut heir = None;
+        let mut removed_files = Vec::new();
         if let Some(ipam) = &self.ipam {
             heir = lock(ipam).leave(Instant::now());
             self.poke.notify_one();
@@ -437,7 +578,13 @@ impl Router {
                 }
             }
         }
+        for id in self.containers.lock().await.keys() {
+            if !id.starts_with('/') && !id.starts_with("pid:") && weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), id).is_ok() {
+                removed_files.push(format!("/etc/netns/{id}/resolv.conf"));
+            }
+        }
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
+        removed.append(&mut removed_files);
         for f in ["ipam.db"] {
             let p = self.cfg.state_dir.join(f);
             if std::fs::remove_file(&p).is_ok() {
@@ -530,6 +677,33 @@ async fn ipam_pump(mesh: MeshHandle, ipam: Arc<Mutex<Ipam>>, store: weave_ipam::
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
+        }
+    }
+}
+
+/// Gossip weaveDNS's local changes and run its timers.
+async fn dns_pump(mesh: MeshHandle, dns: Arc<Mutex<weave_dns::dns::Dns>>, poke: Arc<Notify>) {
+    loop {
+        let deltas = {
+            let mut d = lock(&dns);
+            let now = Instant::now();
+            if d.poll_timeout() <= now {
+                d.handle_timeout(now);
+            }
+            let mut v = Vec::new();
+            while let Some(delta) = d.poll_gossip() {
+                v.push(delta);
+            }
+            v
+        };
+        for delta in deltas {
+            if mesh.gossip(weave_dns::channel::CHANNEL, delta).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = poke.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
 }

@@ -133,6 +133,21 @@ fn launch_attach_ping_status_restart_stop() {
     let ip5 = a5.split('/').next().unwrap().to_owned();
     assert!(h.ping("c1", &ip2), "c1 -> c2 across hosts");
     assert!(h.ping("c2", &ip1), "c2 -> c1");
+    // weaveDNS: containers are named after their namespace, resolvable
+    // from other containers on other hosts.
+    assert_eq!(ok(h.weave(1, &["dns-lookup", &c2])).trim(), ip2);
+    let by_name = Command::new("ip").args(["netns", "exec", &c1, "ping", "-c", "1", "-W", "2", &c2]).output().unwrap();
+    assert!(by_name.status.success(), "ping by name: {}{}", String::from_utf8_lossy(&by_name.stdout), String::from_utf8_lossy(&by_name.stderr));
+    ok(h.weave(2, &["dns-add", "10.32.7.7", "-h", "web.weave.local"]));
+    let end = Instant::now() + Duration::from_secs(5);
+    while ok(h.weave(1, &["dns-lookup", "web"])).trim() != "10.32.7.7" {
+        assert!(Instant::now() < end, "dns-add on host 2 reaches host 1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dns = ok(h.weave(1, &["status", "dns"]));
+    assert!(dns.contains(&format!("{c1}.weave.local")) && dns.contains("web.weave.local"), "{dns}");
+    ok(h.weave(2, &["dns-remove", "10.32.7.7", "-h", "web.weave.local"]));
+
     // Isolation: c3 (10.32.9.0/24) has no way to c5 (10.32.8.0/24).
     assert!(!Command::new("ip").args(["netns", "exec", &c3, "ping", "-c", "1", "-W", "1", &ip5]).output().unwrap().status.success());
 
@@ -206,4 +221,7 @@ fn launch_attach_ping_status_restart_stop() {
     }
     let links = String::from_utf8_lossy(&Command::new("ip").args(["-n", &c1, "-o", "link"]).output().unwrap().stdout).into_owned();
     assert!(!links.contains("ethwe"), "container links removed: {links}");
+    for c in [&c1, &c2, &c4, &c5] {
+        assert!(!std::path::Path::new(&format!("/etc/netns/{c}/resolv.conf")).exists(), "resolv.conf of {c} left");
+    }
 }

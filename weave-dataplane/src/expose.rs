@@ -133,10 +133,19 @@ pub async fn hide(nl: &Netlink, bridge: &str, addr: IpNet) -> Result<(), PlumbEr
     nl.netns().run(move || remove_masquerade(subnet).map_err(|e| std::io::Error::other(e.to_string()))).map_err(|source| PlumbError { op: format!("unmasquerade {subnet}"), source })
 }
 
-/// Addresses exposed on the bridge.
+/// Addresses exposed on the bridge (link-local ones, such as the kernel's
+/// IPv6 address or a DNS server's, are not exposure).
 pub async fn exposed(nl: &Netlink, bridge: &str) -> Result<Vec<IpNet>, PlumbError> {
     match nl.link(bridge).await? {
-        Some(b) => Ok(nl.addresses(b.index).await?.into_iter().filter(|a| !matches!(a, IpNet::V6(v) if v.addr().segments()[0] == 0xfe80)).collect()),
+        Some(b) => Ok(nl
+            .addresses(b.index)
+            .await?
+            .into_iter()
+            .filter(|a| match a {
+                IpNet::V6(v) => v.addr().segments()[0] & 0xffc0 != 0xfe80,
+                IpNet::V4(v) => !v.addr().is_link_local(),
+            })
+            .collect()),
         None => Ok(Vec::new()),
     }
 }

@@ -100,6 +100,36 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Add DNS entries: [IP...] CONTAINER [-h FQDN], or IP... -h FQDN.
+    #[command(name = "dns-add", disable_help_flag = true)]
+    DnsAdd {
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// The name.
+        #[arg(short = 'h', long = "hostname")]
+        hostname: Option<String>,
+        /// IPs, then the container (optional with -h).
+        args: Vec<String>,
+    },
+    /// Remove DNS entries: [IP...] CONTAINER [-h FQDN], or IP... -h FQDN.
+    #[command(name = "dns-remove", disable_help_flag = true)]
+    DnsRemove {
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// The name.
+        #[arg(short = 'h', long = "hostname")]
+        hostname: Option<String>,
+        /// IPs, then the container (optional with -h).
+        args: Vec<String>,
+    },
+    /// The addresses weaveDNS answers for NAME.
+    #[command(name = "dns-lookup")]
+    DnsLookup {
+        /// The name.
+        name: String,
+    },
     /// Attached containers: ID MAC CIDR...
     Ps {
         /// Only these.
@@ -108,7 +138,7 @@ enum Cmd {
     /// Status (targets, connections, peers).
     Status {
         /// Section.
-        #[arg(value_parser = ["targets", "connections", "peers", "ipam"])]
+        #[arg(value_parser = ["targets", "connections", "peers", "ipam", "dns"])]
         section: Option<String>,
     },
     /// Full state as JSON.
@@ -165,6 +195,25 @@ struct RouterArgs {
     /// Log level.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// No weaveDNS.
+    #[arg(long)]
+    no_dns: bool,
+    /// DNS domain.
+    #[arg(long, default_value = "weave.local.")]
+    dns_domain: String,
+    /// Where weaveDNS listens (the address goes on the bridge; default: a
+    /// link-local address of this host's own, port 53).
+    #[arg(long)]
+    dns_listen_address: Option<std::net::SocketAddr>,
+    /// TTL of weaveDNS answers.
+    #[arg(long, default_value_t = 1)]
+    dns_ttl: u32,
+    /// Upstream resolvers (default: from --resolv-conf).
+    #[arg(long, value_delimiter = ',')]
+    dns_upstream: Vec<std::net::SocketAddr>,
+    /// resolv.conf to take upstream resolvers from.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
     /// Initial peers (host[:port]).
     peers: Vec<String>,
 }
@@ -232,6 +281,16 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
         mtu: a.mtu,
         trusted_subnets: a.trusted_subnets.clone(),
         bridge: "weave".into(),
+        dns: (!a.no_dns).then(|| weave_examples::router::DnsSettings {
+            domain: a.dns_domain.clone(),
+            listen: a.dns_listen_address,
+            ttl: a.dns_ttl,
+            upstreams: if a.dns_upstream.is_empty() {
+                weave_dns::server::Upstreams::ResolvConf(a.resolv_conf.clone())
+            } else {
+                weave_dns::server::Upstreams::Fixed(a.dns_upstream.clone())
+            },
+        }),
     })
 }
 
@@ -269,7 +328,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .with_ansi(false)
-                .with_env_filter(tracing_subscriber::EnvFilter::try_new(&a.log_level).map_err(|e| Fail(format!("invalid --log-level: {e}")))?)
+                // hickory-server logs every query at info: keep it to warnings.
+                .with_env_filter(tracing_subscriber::EnvFilter::try_new(format!("{},hickory_server=warn", a.log_level)).map_err(|e| Fail(format!("invalid --log-level: {e}")))?)
                 .init();
             if client(&state).await.is_ok_and(|_| true) && control::socket_path(&state).exists() {
                 if let Ok(mut c) = client(&state).await {
@@ -369,6 +429,25 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             let container = args.pop().expect("required");
             let r = client(&state).await?.detach(pb::DetachRequest { container, addrs: args }).await.map_err(rpc_err)?;
             println!("{}", r.into_inner().cidrs.join(" "));
+            Ok(())
+        }
+        Cmd::DnsAdd { hostname, args, .. } | Cmd::DnsRemove { hostname, args, .. } if args.is_empty() && hostname.is_none() => {
+            Err(Fail("give a container, or IPs with -h FQDN".into()))
+        }
+        Cmd::DnsAdd { hostname, mut args, .. } => {
+            let container = split_container(&mut args, hostname.is_some());
+            client(&state).await?.dns_add(pb::DnsRequest { container, ips: args, hostname: hostname.unwrap_or_default() }).await.map_err(rpc_err)?;
+            Ok(())
+        }
+        Cmd::DnsRemove { hostname, mut args, .. } => {
+            let container = split_container(&mut args, hostname.is_some());
+            client(&state).await?.dns_remove(pb::DnsRequest { container, ips: args, hostname: hostname.unwrap_or_default() }).await.map_err(rpc_err)?;
+            Ok(())
+        }
+        Cmd::DnsLookup { name } => {
+            for a in client(&state).await?.dns_lookup(pb::DnsLookupRequest { name }).await.map_err(rpc_err)?.into_inner().addrs {
+                println!("{a}");
+            }
             Ok(())
         }
         Cmd::Ps { containers } => {
@@ -475,10 +554,25 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                         }
                     }
                 }
+                Some("dns") => {
+                    let r = c.dns_entries(pb::Empty {}).await.map_err(rpc_err)?.into_inner();
+                    for e in r.entries {
+                        println!("{:<24} {:<15} {:<20} {}", e.hostname.trim_end_matches('.'), e.addr, e.container, e.origin);
+                    }
+                }
                 Some(other) => return Err(Fail(format!("status {other}: not available yet"))),
             }
             Ok(())
         }
+    }
+}
+
+/// The last argument is the container unless the arguments are all IPs
+/// and a hostname was given.
+fn split_container(args: &mut Vec<String>, have_hostname: bool) -> String {
+    match args.last() {
+        Some(last) if !(have_hostname && last.split('/').next().unwrap_or(last).parse::<std::net::Ipv4Addr>().is_ok()) => args.pop().unwrap_or_default(),
+        _ => String::new(),
     }
 }
 
@@ -511,6 +605,16 @@ fn print_status(s: &pb::StatusReply, report: &serde_json::Value) {
         kv("Status", ipam["Status"].as_str().unwrap_or(""));
         kv("Range", ipam["Range"].as_str().unwrap_or(""));
         kv("DefaultSubnet", ipam["DefaultSubnet"].as_str().unwrap_or(""));
+    }
+    if let Some(dns) = report.get("DNS") {
+        println!();
+        kv("Service", "dns");
+        kv("Domain", dns["Domain"].as_str().unwrap_or(""));
+        let up: Vec<&str> = dns["Upstream"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+        kv("Upstream", &up.join(", "));
+        kv("TTL", &dns["TTL"].to_string());
+        let live = dns["Entries"].as_array().map_or(0, |a| a.iter().filter(|e| e["Tombstone"].as_u64() == Some(0)).count());
+        kv("Entries", &live.to_string());
     }
 }
 
