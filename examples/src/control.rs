@@ -329,6 +329,55 @@ fn parse_ips(ips: &[String]) -> Result<Vec<std::net::Ipv4Addr>, Status> {
         .collect()
 }
 
+/// `weave status` (and HTTP `/status`): Weave 2.8's layout, right-aligned keys.
+pub fn render_status(s: &pb::StatusReply, report: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    // An empty key is a blank line between services.
+    let mut kv = |k: &str, v: &str| {
+        let _ = if k.is_empty() { writeln!(out) } else { writeln!(out, "{k:>15}: {v}") };
+    };
+    kv("Version", &s.version);
+    kv("", "");
+    kv("Service", "router");
+    kv("Protocol", &format!("weave {}..{}", weave_gossip::link::PROTOCOL_MIN, weave_gossip::link::PROTOCOL_MAX));
+    kv("Name", &format!("{}({})", s.name, s.nickname));
+    kv("Encryption", if s.encryption { "enabled" } else { "disabled" });
+    kv("PeerDiscovery", if s.peer_discovery { "enabled" } else { "disabled" });
+    kv("Targets", &s.targets.len().to_string());
+    let count = |st: &str| s.connections.iter().filter(|c| c.state == st).count();
+    let mut parts = vec![format!("{} established", count("established"))];
+    for st in ["pending", "retrying", "failed", "connecting"] {
+        let n = count(st);
+        if n > 0 {
+            parts.push(format!("{n} {st}"));
+        }
+    }
+    kv("Connections", &format!("{} ({})", s.connections.len(), parts.join(", ")));
+    // As Weave counts: every established connection every peer reports.
+    let est: usize = s.peers.iter().map(|p| p.connections.iter().filter(|c| c.established).count()).sum();
+    kv("Peers", &format!("{} (with {est} established connections)", s.peers.len()));
+    kv("TrustedSubnets", &if s.trusted_subnets.is_empty() { "none".to_owned() } else { s.trusted_subnets.join(", ") });
+    if let Some(ipam) = report.get("IPAM") {
+        kv("", "");
+        kv("Service", "ipam");
+        kv("Status", ipam["Status"].as_str().unwrap_or(""));
+        kv("Range", ipam["Range"].as_str().unwrap_or(""));
+        kv("DefaultSubnet", ipam["DefaultSubnet"].as_str().unwrap_or(""));
+    }
+    if let Some(dns) = report.get("DNS") {
+        kv("", "");
+        kv("Service", "dns");
+        kv("Domain", dns["Domain"].as_str().unwrap_or(""));
+        let up: Vec<&str> = dns["Upstream"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+        kv("Upstream", &up.join(", "));
+        kv("TTL", &dns["TTL"].to_string());
+        let live = dns["Entries"].as_array().map_or(0, |a| a.iter().filter(|e| e["Tombstone"].as_u64() == Some(0)).count());
+        kv("Entries", &live.to_string());
+    }
+    out
+}
+
 /// Serve the control API on `socket` (mode 0600) until `shutdown` resolves.
 pub async fn serve(router: Arc<Router>, socket: &Path, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;

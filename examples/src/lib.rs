@@ -5,3 +5,4 @@
 
 pub mod control;
 pub mod router;
+pub mod http;

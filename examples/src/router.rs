@@ -190,6 +190,7 @@ pub struct Router {
     dns: Option<Arc<Mutex<weave_dns::dns::Dns>>>,
     dns_poke: Arc<Notify>,
     _dns_server: Option<weave_dns::server::Server>,
+    terminations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Router {
@@ -286,7 +287,23 @@ impl Router {
             dns: dns.clone(),
             dns_poke: Arc::new(Notify::new()),
             _dns_server: dns_server,
+            terminations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         });
+        {
+            let mut events = mesh.subscribe();
+            let count = router.terminations.clone();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(DriverEvent::Disconnected { .. }) => {
+                            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
         if let Some(d) = dns {
             tokio::spawn(dns_pump(mesh.clone(), d, router.dns_poke.clone()));
         }
@@ -322,6 +339,11 @@ impl Router {
     /// The mesh.
     pub fn mesh(&self) -> &MeshHandle {
         &self.mesh
+    }
+
+    /// Connections that have ended since the router started.
+    pub fn terminations(&self) -> u64 {
+        self.terminations.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The data plane.

@@ -104,6 +104,21 @@ impl Hosts {
     }
 }
 
+/// GET `path` from the router's HTTP port inside host `i`'s namespace.
+fn http_get(h: &Hosts, i: usize, path: &str) -> String {
+    let ns = weave_dataplane::netlink::Netns::named(&h.name(&format!("h{i}")));
+    let path = path.to_owned();
+    ns.run(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:6784")?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: weave\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .expect("HTTP GET")
+}
+
 #[test]
 fn launch_attach_ping_status_restart_stop() {
     if !require_root() {
@@ -168,6 +183,17 @@ fn launch_attach_ping_status_restart_stop() {
     assert_eq!(report["Router"]["Name"], "00:00:00:00:00:01");
     assert_eq!(report["IPAM"]["Owned"][&c1][0], a1.as_str());
     assert_eq!(report["Router"]["Connections"][0]["State"], "established");
+
+    // Read-only HTTP: /status, /report, /metrics.
+    let page = http_get(&h, 1, "/status");
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("        Service: router"), "{page}");
+    let page = http_get(&h, 1, "/report");
+    assert!(page.contains("\"Ready\": true"), "{page}");
+    let page = http_get(&h, 1, "/metrics");
+    for m in ["weave_connections{", "weave_max_ips 1048576", "weave_ips{state=\"local-used\"}", "weave_dns_entries", "weave_ipam_pending_allocates 0", "weave_data_bytes_tx_total{"] {
+        assert!(page.contains(m), "{m} in\n{page}");
+    }
+    assert!(http_get(&h, 1, "/nope").starts_with("HTTP/1.1 404"));
 
     // Bad input: usage errors exit 2, unknown containers exit 1.
     assert_eq!(h.weave(1, &["attach"]).status.code(), Some(2));

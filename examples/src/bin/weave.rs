@@ -211,6 +211,12 @@ struct RouterArgs {
     /// Upstream resolvers (default: from --resolv-conf).
     #[arg(long, value_delimiter = ',')]
     dns_upstream: Vec<std::net::SocketAddr>,
+    /// Read-only HTTP (/status, /report, /metrics); empty disables it.
+    #[arg(long, default_value = "127.0.0.1:6784")]
+    http_addr: String,
+    /// Also serve /metrics here (default: off).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// resolv.conf to take upstream resolvers from.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
@@ -338,7 +344,17 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     }
                 }
             }
+            let http: Option<std::net::SocketAddr> = if a.http_addr.is_empty() { None } else { Some(a.http_addr.parse().map_err(|_| Fail(format!("invalid --http-addr {}", a.http_addr)))?) };
             let router = Router::start(cfg).await.map_err(|e| Fail(format!("cannot start the router: {e}")))?;
+            for addr in http.into_iter().chain(a.metrics_addr) {
+                let r = router.clone();
+                let listener = tokio::spawn(async move {
+                    if let Err(e) = weave_examples::http::serve(r, addr).await {
+                        tracing::error!(%addr, error = %e, "HTTP server stopped");
+                    }
+                });
+                drop(listener);
+            }
             std::fs::write(state.join("weave.pid"), std::process::id().to_string())?;
             let r2 = router.clone();
             let stop = async move {
@@ -519,7 +535,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             match section.as_deref() {
                 None => {
                     let report: serde_json::Value = serde_json::from_str(&c.report(pb::Empty {}).await.map_err(rpc_err)?.into_inner().json).unwrap_or_default();
-                    print_status(&s, &report);
+                    print!("{}", control::render_status(&s, &report));
                 }
                 Some("connections") => {
                     for c in &s.connections {
@@ -573,48 +589,6 @@ fn split_container(args: &mut Vec<String>, have_hostname: bool) -> String {
     match args.last() {
         Some(last) if !(have_hostname && last.split('/').next().unwrap_or(last).parse::<std::net::Ipv4Addr>().is_ok()) => args.pop().unwrap_or_default(),
         _ => String::new(),
-    }
-}
-
-fn print_status(s: &pb::StatusReply, report: &serde_json::Value) {
-    let kv = |k: &str, v: &str| println!("{k:>15}: {v}");
-    kv("Version", &s.version);
-    println!();
-    kv("Service", "router");
-    kv("Protocol", &format!("weave {}..{}", weave_gossip::link::PROTOCOL_MIN, weave_gossip::link::PROTOCOL_MAX));
-    kv("Name", &format!("{}({})", s.name, s.nickname));
-    kv("Encryption", if s.encryption { "enabled" } else { "disabled" });
-    kv("PeerDiscovery", if s.peer_discovery { "enabled" } else { "disabled" });
-    kv("Targets", &s.targets.len().to_string());
-    let count = |st: &str| s.connections.iter().filter(|c| c.state == st).count();
-    let mut parts = vec![format!("{} established", count("established"))];
-    for st in ["pending", "retrying", "failed", "connecting"] {
-        let n = count(st);
-        if n > 0 {
-            parts.push(format!("{n} {st}"));
-        }
-    }
-    kv("Connections", &format!("{} ({})", s.connections.len(), parts.join(", ")));
-    // As Weave counts: every established connection every peer reports.
-    let est: usize = s.peers.iter().map(|p| p.connections.iter().filter(|c| c.established).count()).sum();
-    kv("Peers", &format!("{} (with {est} established connections)", s.peers.len()));
-    kv("TrustedSubnets", &if s.trusted_subnets.is_empty() { "none".to_owned() } else { s.trusted_subnets.join(", ") });
-    if let Some(ipam) = report.get("IPAM") {
-        println!();
-        kv("Service", "ipam");
-        kv("Status", ipam["Status"].as_str().unwrap_or(""));
-        kv("Range", ipam["Range"].as_str().unwrap_or(""));
-        kv("DefaultSubnet", ipam["DefaultSubnet"].as_str().unwrap_or(""));
-    }
-    if let Some(dns) = report.get("DNS") {
-        println!();
-        kv("Service", "dns");
-        kv("Domain", dns["Domain"].as_str().unwrap_or(""));
-        let up: Vec<&str> = dns["Upstream"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-        kv("Upstream", &up.join(", "));
-        kv("TTL", &dns["TTL"].to_string());
-        let live = dns["Entries"].as_array().map_or(0, |a| a.iter().filter(|e| e["Tombstone"].as_u64() == Some(0)).count());
-        kv("Entries", &live.to_string());
     }
 }
 

@@ -1,0 +1,147 @@
+//! Read-only HTTP in the router's namespace (default 127.0.0.1:6784):
+//! `/status` (text, as `weave status`), `/report` (JSON, as `weave
+//! report`) and `/metrics` (Prometheus, Weave's metric names plus
+//! per-connection traffic, drops and fast-path fallbacks with reasons).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::control;
+use crate::router::Router;
+
+type Labels = Vec<(String, String)>;
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, values: Vec<(Labels, i64)>) {
+    if let [(labels, v)] = values.as_slice() {
+        if labels.is_empty() {
+            // No labels: a plain metric (a family would print `{}`).
+            let g = Gauge::<i64>::default();
+            g.set(*v);
+            reg.register(name, help, g);
+            return;
+        }
+    }
+    let fam = Family::<Labels, Gauge>::default();
+    for (l, v) in values {
+        fam.get_or_create(&l).set(v);
+    }
+    reg.register(name, help, fam);
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str, values: Vec<(Labels, u64)>) {
+    if let [(labels, v)] = values.as_slice() {
+        if labels.is_empty() {
+            let c = Counter::<u64>::default();
+            c.inc_by(*v);
+            reg.register(name, help, c);
+            return;
+        }
+    }
+    let fam = Family::<Labels, Counter>::default();
+    for (l, v) in values {
+        fam.get_or_create(&l).inc_by(v);
+    }
+    reg.register(name, help, fam);
+}
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// The metrics, read at scrape time.
+pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
+    let st = control::status(router).await?;
+    let mut reg = Registry::default();
+    // weave_connections{state,type,encryption}
+    let mut conns: std::collections::BTreeMap<(String, String, String), i64> = Default::default();
+    for c in &st.connections {
+        let enc = if c.encrypted { "yes" } else { "no" };
+        *conns.entry((c.state.clone(), c.path.clone(), enc.to_owned())).or_default() += 1;
+    }
+    gauge(&mut reg, "weave_connections", "Connections by state, data path and encryption", conns.into_iter().map(|((s, t, e), n)| (l(&[("state", &s), ("type", &t), ("encryption", &e)]), n)).collect());
+    let ms = router.mesh().status().await.map_err(|_| tonic::Status::unavailable("stopping"))?;
+    counter(&mut reg, "weave_connection_terminations", "Connections that ended", vec![(vec![], router.terminations())]);
+    let dp = router.dataplane();
+    let paths = dp.paths();
+    counter(&mut reg, "weave_data_frames_tx", "Frames sent over the data plane, per peer", paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.tx_frames)).collect());
+    counter(&mut reg, "weave_data_bytes_tx", "Bytes sent over the data plane, per peer", paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.tx_bytes)).collect());
+    counter(&mut reg, "weave_data_frames_rx", "Frames received over the data plane, per peer", paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.rx_frames)).collect());
+    counter(&mut reg, "weave_data_bytes_rx", "Bytes received over the data plane, per peer", paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.rx_bytes)).collect());
+    counter(&mut reg, "weave_dropped_frames", "Frames and datagrams dropped, by reason", dp.drops().into_iter().map(|(r, n)| (l(&[("reason", r.as_str())]), n)).collect());
+    counter(&mut reg, "weave_fastdp_fallbacks", "Fast-path fallbacks to the sleeve, by reason", dp.fallbacks().into_iter().map(|(r, n)| (l(&[("reason", r)]), n)).collect());
+    if let Some(ipam) = router.ipam() {
+        let s = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status();
+        gauge(&mut reg, "weave_ips", "Addresses by state", vec![(l(&[("state", "local-used")]), s.active_ips as i64)]);
+        gauge(&mut reg, "weave_max_ips", "Size of the allocation range", vec![(vec![], s.range_num_ips as i64)]);
+        // Each entry owns the addresses up to the next token.
+        let start = u64::from(u32::from(s.range.network()));
+        let end = start + s.range_num_ips;
+        let mut tokens: Vec<(u64, weave_core::PeerName)> = s.entries.iter().map(|e| (u64::from(e.token), e.peer)).collect();
+        tokens.sort();
+        let reachable = |p: weave_core::PeerName| p == ms.name || ms.next_hops.contains_key(&p);
+        let (mut unreachable_count, mut unreachable_ips) = (0i64, 0u64);
+        for (i, (t, p)) in tokens.iter().enumerate() {
+            if !reachable(*p) {
+                unreachable_count += 1;
+                unreachable_ips += tokens.get(i + 1).map_or(end, |n| n.0) - t;
+            }
+        }
+        gauge(&mut reg, "weave_ipam_unreachable_count", "Ring entries owned by unreachable peers", vec![(vec![], unreachable_count)]);
+        let pct = if s.range_num_ips > 0 { (unreachable_ips * 100 / s.range_num_ips) as i64 } else { 0 };
+        gauge(&mut reg, "weave_ipam_unreachable_percentage", "Share of the range owned by unreachable peers", vec![(vec![], pct)]);
+        gauge(&mut reg, "weave_ipam_pending_allocates", "Allocations waiting", vec![(vec![], s.pending_allocates as i64)]);
+        gauge(&mut reg, "weave_ipam_pending_claims", "Claims waiting", vec![(vec![], s.pending_claims as i64)]);
+    }
+    if let Some(dns) = router.dns() {
+        let n = dns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).store().live();
+        gauge(&mut reg, "weave_dns_entries", "Live weaveDNS entries", vec![(vec![], n as i64)]);
+    }
+    let mut out = String::new();
+    encode(&mut out, &reg).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok(out)
+}
+
+async fn handle(router: Arc<Router>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |code: StatusCode, ctype: &str, body: String| {
+        Response::builder().status(code).header("content-type", ctype).body(Full::new(Bytes::from(body))).expect("valid response")
+    };
+    if req.method() != hyper::Method::GET {
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "read-only\n".into()));
+    }
+    let r = match req.uri().path() {
+        "/status" => match (control::status(&router).await, control::report(&router).await) {
+            (Ok(s), Ok(rep)) => Ok(("text/plain; charset=utf-8", control::render_status(&s, &rep))),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        "/report" => control::report(&router).await.map(|v| ("application/json", serde_json::to_string_pretty(&v).unwrap_or_default())),
+        "/metrics" => metrics(&router).await.map(|m| ("text/plain; version=0.0.4", m)),
+        _ => return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "not found: /status, /report, /metrics\n".into())),
+    };
+    Ok(match r {
+        Ok((ctype, body)) => reply(StatusCode::OK, ctype, body),
+        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{}\n", e.message())),
+    })
+}
+
+/// Serve until the task is dropped.
+pub async fn serve(router: Arc<Router>, addr: SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let router = router.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(router.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+        });
+    }
+}
