@@ -97,7 +97,7 @@ pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
             }
         }
         gauge(&mut reg, "weave_ipam_unreachable_count", "Ring entries owned by unreachable peers", vec![(vec![], unreachable_count)]);
-        let pct = if s.range_num_ips > 0 { (unreachable_ips * 100 / s.range_num_ips) as i64 } else { 0 };
+        let pct = (unreachable_ips * 100).checked_div(s.range_num_ips).unwrap_or(0) as i64;
         gauge(&mut reg, "weave_ipam_unreachable_percentage", "Share of the range owned by unreachable peers", vec![(vec![], pct)]);
         gauge(&mut reg, "weave_ipam_pending_allocates", "Allocations waiting", vec![(vec![], s.pending_allocates as i64)]);
         gauge(&mut reg, "weave_ipam_pending_claims", "Claims waiting", vec![(vec![], s.pending_claims as i64)]);

@@ -607,11 +607,9 @@ impl Router {
         }
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
         removed.append(&mut removed_files);
-        for f in ["ipam.db"] {
-            let p = self.cfg.state_dir.join(f);
-            if std::fs::remove_file(&p).is_ok() {
-                removed.push(p.display().to_string());
-            }
+        let db = self.cfg.state_dir.join("ipam.db");
+        if std::fs::remove_file(&db).is_ok() {
+            removed.push(db.display().to_string());
         }
         self.stop();
         Ok((removed, heir))
