@@ -311,6 +311,62 @@ impl pb::control_server::Control for Service {
         Ok(Response::new(pb::DnsEntriesReply { entries, domain: d.domain().to_owned(), address }))
     }
 
+    async fn rmpeer(&self, r: Request<pb::RmpeerRequest>) -> Result<Response<pb::RmpeerReply>, Status> {
+        let ipam = self.router.ipam().ok_or_else(|| Status::failed_precondition("IPAM is disabled (--ipalloc-range=)"))?;
+        let st = self.router.mesh().status().await.map_err(|_| Status::unavailable("the router is stopping"))?;
+        let mut dead = Vec::new();
+        for want in r.into_inner().peers {
+            let by_name = want.parse::<weave_core::PeerName>().ok();
+            let found = st.peers.iter().find(|p| Some(p.name) == by_name || p.nickname == want).map(|p| p.name).or(by_name);
+            dead.push(found.ok_or_else(|| Status::not_found(format!("unknown peer {want}")))?);
+        }
+        // Judge reachability as of now, not as of the last route event.
+        let reachable = st.peers.iter().map(|p| p.name).filter(|p| *p != st.name && st.next_hops.contains_key(p)).collect();
+        let mut i = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        i.set_reachable(reachable);
+        let n = i.rmpeer(std::time::Instant::now(), &dead).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        drop(i);
+        Ok(Response::new(pb::RmpeerReply { reclaimed: n }))
+    }
+
+    async fn prime(&self, _: Request<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
+        let ipam = self.router.ipam().ok_or_else(|| Status::failed_precondition("IPAM is disabled (--ipalloc-range=)"))?;
+        ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).prime(std::time::Instant::now());
+        loop {
+            let st = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status().status;
+            if st == "ready" || st == "idle" && !ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status().entries.is_empty() {
+                return Ok(Response::new(pb::Empty {}));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn ipam_status(&self, _: Request<pb::Empty>) -> Result<Response<pb::IpamStatusReply>, Status> {
+        let ipam = self.router.ipam().ok_or_else(|| Status::failed_precondition("IPAM is disabled (--ipalloc-range=)"))?;
+        let ms = self.router.mesh().status().await.map_err(|_| Status::unavailable("the router is stopping"))?;
+        let s = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status();
+        let start = u64::from(u32::from(s.range.network()));
+        let end = start + s.range_num_ips;
+        let mut tokens: Vec<(u64, weave_core::PeerName)> = s.entries.iter().map(|e| (u64::from(e.token), e.peer)).collect();
+        tokens.sort();
+        let mut per: std::collections::BTreeMap<weave_core::PeerName, u64> = Default::default();
+        for (i, (t, p)) in tokens.iter().enumerate() {
+            *per.entry(*p).or_default() += tokens.get(i + 1).map_or(end, |n| n.0) - t;
+        }
+        let nick = |n: weave_core::PeerName| ms.peers.iter().find(|p| p.name == n).map(|p| p.nickname.clone()).unwrap_or_default();
+        let peers = per
+            .into_iter()
+            .map(|(p, ips)| pb::IpamPeer {
+                name: p.to_string(),
+                nickname: nick(p),
+                ips,
+                reachable: p == ms.name || ms.next_hops.contains_key(&p),
+                active: if p == ms.name { s.active_ips as u64 } else { 0 },
+            })
+            .collect();
+        Ok(Response::new(pb::IpamStatusReply { peers, total: s.range_num_ips }))
+    }
+
     async fn reset(&self, r: Request<pb::ResetRequest>) -> Result<Response<pb::ResetReply>, Status> {
         let (removed, heir) = self.router.reset(r.into_inner().force).await.map_err(to_status)?;
         Ok(Response::new(pb::ResetReply { removed, heir: heir.map(|h| h.to_string()).unwrap_or_default() }))

@@ -251,3 +251,50 @@ fn launch_attach_ping_status_restart_stop() {
         assert!(!std::path::Path::new(&format!("/etc/netns/{c}/resolv.conf")).exists(), "resolv.conf of {c} left");
     }
 }
+
+#[test]
+fn password_kill_dash_nine_and_rmpeer() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Hosts::new();
+    let (c1, c2) = (h.ns("c1"), h.ns("c2"));
+    ok(h.weave(1, &["launch", "--name", "::1", "--nickname", "h1", "--password", "s3cret", "--ipalloc-init", "consensus=2"]));
+    ok(h.weave(2, &["launch", "--name", "::2", "--nickname", "h2", "--password", "s3cret", "--ipalloc-init", "consensus=2", "10.99.0.1"]));
+    let a1 = ok(h.weave(1, &["attach", &c1])).trim().to_owned();
+    let a2 = ok(h.weave(2, &["attach", &c2])).trim().to_owned();
+    assert!(h.ping("c1", a2.split('/').next().unwrap()), "encrypted overlay carries traffic");
+    let st = ok(h.weave(1, &["status"]));
+    assert!(st.contains("     Encryption: enabled"), "{st}");
+    let conns = ok(h.weave(1, &["status", "connections"]));
+    assert!(conns.contains(" encrypted ") && conns.contains("sleeve"), "{conns}");
+    ok(h.weave(1, &["prime"]));
+    let ipam = ok(h.weave(1, &["status", "ipam"]));
+    assert!(ipam.contains("00:00:00:00:00:01(h1)") && ipam.contains("00:00:00:00:00:02(h2)"), "{ipam}");
+
+    // kill -9 host 2's router (by its PID).
+    let pid: i32 = std::fs::read_to_string(h.state(2).join("weave.pid")).unwrap().trim().parse().unwrap();
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ipam = ok(h.weave(1, &["status", "ipam"]));
+        if ipam.lines().any(|l| l.contains("(h2)") && l.ends_with("- unreachable!")) {
+            break;
+        }
+        assert!(Instant::now() < end, "h2 never became unreachable:\n{ipam}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = ok(h.weave(1, &["rmpeer", "h2"]));
+    let n: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(n > 0, "{out}");
+    let ipam = ok(h.weave(1, &["status", "ipam"]));
+    assert!(ipam.contains("00:00:00:00:00:01(h1)  1048576 IPs (100.0% of total)"), "{ipam}");
+    // Allocation continues, without reusing c1's address.
+    let c3 = h.ns("c3");
+    let a3 = ok(h.weave(1, &["attach", &c3])).trim().to_owned();
+    assert_ne!(a3, a1);
+    // The killed router left its devices; reset cleans them up.
+    ok(h.weave(2, &["reset"]));
+    let links = String::from_utf8_lossy(&Command::new("ip").args(["-n", &h.name("h2"), "-o", "link"]).output().unwrap().stdout).into_owned();
+    assert!(!links.contains("weave"), "{links}");
+}

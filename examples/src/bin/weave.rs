@@ -130,6 +130,14 @@ enum Cmd {
         /// The name.
         name: String,
     },
+    /// Reclaim the address space of dead peers (names or nicknames).
+    Rmpeer {
+        /// The dead peers.
+        #[arg(required = true)]
+        peers: Vec<String>,
+    },
+    /// Wait until IPAM is initialised.
+    Prime,
     /// Attached containers: ID MAC CIDR...
     Ps {
         /// Only these.
@@ -460,6 +468,15 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             client(&state).await?.dns_remove(pb::DnsRequest { container, ips: args, hostname: hostname.unwrap_or_default() }).await.map_err(rpc_err)?;
             Ok(())
         }
+        Cmd::Rmpeer { peers } => {
+            let r = client(&state).await?.rmpeer(pb::RmpeerRequest { peers }).await.map_err(rpc_err)?;
+            println!("{} IPs taken over", r.into_inner().reclaimed);
+            Ok(())
+        }
+        Cmd::Prime => {
+            client(&state).await?.prime(pb::Empty {}).await.map_err(rpc_err)?;
+            Ok(())
+        }
         Cmd::DnsLookup { name } => {
             for a in client(&state).await?.dns_lookup(pb::DnsLookupRequest { name }).await.map_err(rpc_err)?.into_inner().addrs {
                 println!("{a}");
@@ -574,6 +591,20 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     let r = c.dns_entries(pb::Empty {}).await.map_err(rpc_err)?.into_inner();
                     for e in r.entries {
                         println!("{:<24} {:<15} {:<20} {}", e.hostname.trim_end_matches('.'), e.addr, e.container, e.origin);
+                    }
+                }
+                Some("ipam") => {
+                    let r = c.ipam_status(pb::Empty {}).await.map_err(rpc_err)?.into_inner();
+                    for p in r.peers {
+                        let pct = (p.ips as f64) * 100.0 / (r.total.max(1) as f64);
+                        let mut line = format!("{}({})  {} IPs ({pct:.1}% of total)", p.name, p.nickname, p.ips);
+                        if p.active > 0 {
+                            line.push_str(&format!(" ({} active)", p.active));
+                        }
+                        if !p.reachable {
+                            line.push_str(" - unreachable!");
+                        }
+                        println!("{line}");
                     }
                 }
                 Some(other) => return Err(Fail(format!("status {other}: not available yet"))),
