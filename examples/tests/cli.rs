@@ -184,6 +184,16 @@ fn launch_attach_ping_status_restart_stop() {
     assert_eq!(report["IPAM"]["Owned"][&c1][0], a1.as_str());
     assert_eq!(report["Router"]["Connections"][0]["State"], "established");
 
+    // An alternative CLI over the same gRPC API.
+    let alt = Command::new("ip")
+        .args(["netns", "exec", &h.name("h1"), env!("CARGO_BIN_EXE_weave-peers"), "--state-dir"])
+        .arg(h.state(1))
+        .output()
+        .unwrap();
+    let alt = ok(alt);
+    assert!(alt.lines().any(|l| l.starts_with("00:00:00:00:00:02") && l.contains("h2") && l.contains("yes")), "{alt}");
+    assert!(alt.lines().any(|l| l.contains("established") && l.ends_with("h2")), "{alt}");
+
     // Read-only HTTP: /status, /report, /metrics.
     let page = http_get(&h, 1, "/status");
     assert!(page.starts_with("HTTP/1.1 200") && page.contains("        Service: router"), "{page}");
@@ -297,4 +307,30 @@ fn password_kill_dash_nine_and_rmpeer() {
     ok(h.weave(2, &["reset"]));
     let links = String::from_utf8_lossy(&Command::new("ip").args(["-n", &h.name("h2"), "-o", "link"]).output().unwrap().stdout).into_owned();
     assert!(!links.contains("weave"), "{links}");
+}
+
+#[test]
+fn the_orchestrator_example_carries_traffic() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Hosts::new();
+    let (c1, c2) = (h.ns("c1"), h.ns("c2"));
+    let spawn = |i: usize, container: &str, cidr: &str, peers: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &h.name(&format!("h{i}")), env!("CARGO_BIN_EXE_orchestrator"), &format!("::{i}"), &format!("10.99.0.{i}:6783"), &format!("{container}={cidr}")])
+            .args(peers)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start orchestrator")
+    };
+    let mut o1 = spawn(1, &c1, "10.32.0.1/12", &[]);
+    let mut o2 = spawn(2, &c2, "10.32.0.2/12", &["10.99.0.1"]);
+    let reached = h.ping("c1", "10.32.0.2");
+    for o in [&mut o1, &mut o2] {
+        let _ = o.kill();
+        let _ = o.wait();
+    }
+    assert!(reached, "c1 -> c2 through the orchestrator's overlay");
 }
