@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
-# Local demo of the weave mesh on simulated hosts.
+# Local demo of weave on simulated hosts, driven only through the `weave`
+# command, as a user would.
 #
-# Three hosts are network namespaces on one bridge (10.40.0.1-3). nftables
+# Three hosts are network namespaces on one LAN (10.99.0.1-3). nftables
 # drops all traffic between h1 and h3, so they can only reach each other
-# through h2. Each host runs a router (mesh + encrypted sleeve data plane)
-# with a shared password and one container (a namespace attached to the
-# host's `weave` bridge as 10.32.0.N/12). The containers ping each other
-# across hosts (c1 <-> c3 relayed by h2), then every host prints its view:
-# peers, connections (with the reason the h1-h3 dial fails), routes (h1
-# reaches h3 via h2) and data-plane paths. Everything is torn down at the
-# end, even on error or Ctrl-C.
+# through h2. Each host launches a router (shared password: encrypted
+# control and data), and attaches two containers (namespaces) with
+# addresses from IPAM and DNS names. Containers ping each other by name
+# across hosts (h1's and h3's through h2); then every host prints
+# `weave status` and `weave status connections`, and everything is reset
+# and removed, even on error or Ctrl-C.
 #
-# DNS across hosts joins this demo with the router issue.
-#
-# Needs root. Set WEAVE_DEMO_BIN to a built mesh-node to skip the build.
+# Needs root. Set WEAVE_DEMO_BIN to a built `weave` to skip the build.
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -24,23 +22,27 @@ cd "$(dirname "$0")/.."
 
 BIN=${WEAVE_DEMO_BIN:-}
 if [ -z "$BIN" ]; then
-    cargo build --release -q -p weave-examples --bin mesh-node
-    BIN=$PWD/target/release/mesh-node
+    cargo build --release -q -p weave-examples --bin weave
+    BIN=$PWD/target/release/weave
 fi
 
 P="wvdemo$$"
 LAN="$P-lan"
 HOSTS=("$P-h1" "$P-h2" "$P-h3")
-CONTAINERS=("$P-c1" "$P-c2" "$P-c3")
-PIDS=()
-OUT=$(mktemp -d)
+CONTAINERS=("$P-c1" "$P-c2" "$P-c3" "$P-c4" "$P-c5" "$P-c6")
+STATE=$(mktemp -d)
+
+weave() { # host-index args...
+    local i=$1
+    shift
+    ip netns exec "${HOSTS[$((i - 1))]}" "$BIN" --state-dir "$STATE/h$i" "$@"
+}
 
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for i in 1 2 3; do weave "$i" reset --force >/dev/null 2>&1 || true; done
     for ns in "${CONTAINERS[@]}" "${HOSTS[@]}" "$LAN"; do ip netns del "$ns" 2>/dev/null || true; done
-    if [ -n "${WEAVE_DEMO_KEEP_LOGS:-}" ]; then cp -r "$OUT" "$WEAVE_DEMO_KEEP_LOGS"; fi
-    rm -rf "$OUT"
+    if [ -n "${WEAVE_DEMO_KEEP_LOGS:-}" ]; then cp -r "$STATE" "$WEAVE_DEMO_KEEP_LOGS"; fi
+    rm -rf "$STATE"
 }
 trap cleanup EXIT INT TERM
 
@@ -53,7 +55,7 @@ for i in 1 2 3; do
     ip netns add "$ns"
     ip -n "$LAN" link add "h$i" type veth peer name eth0 netns "$ns"
     ip -n "$LAN" link set "h$i" master br0 up
-    ip -n "$ns" addr add "10.40.0.$i/24" dev eth0
+    ip -n "$ns" addr add "10.99.0.$i/24" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
 done
@@ -66,45 +68,52 @@ for pair in "1 3" "3 1"; do
     set -- $pair
     ip netns exec "${HOSTS[$(($1 - 1))]}" nft -f - <<NFT
 table inet wvdemo {
-    chain in  { type filter hook input priority 0; ip saddr 10.40.0.$2 drop; }
-    chain out { type filter hook output priority 0; ip daddr 10.40.0.$2 drop; }
+    chain in  { type filter hook input priority 0; ip saddr 10.99.0.$2 drop; }
+    chain out { type filter hook output priority 0; ip daddr 10.99.0.$2 drop; }
 }
 NFT
 done
 
-echo "== starting a router on each host, attaching c1-c3 (h1 and h3 both dial h2, and each other)"
+echo "== weave launch on each host (h1 and h3 both dial h2, and each other)"
 export WEAVE_PASSWORD=demo-password
-ROUTER=(--dataplane sleeve --status-after 7 --linger 2)
-ip netns exec "${HOSTS[0]}" "$BIN" --name ::1 --nickname h1 --listen 10.40.0.1:6783 "${ROUTER[@]}" --attach "${CONTAINERS[0]}=10.32.0.1/12" 10.40.0.2 10.40.0.3 >"$OUT/h1" 2>"$OUT/h1.err" &
-PIDS+=($!)
-ip netns exec "${HOSTS[1]}" "$BIN" --name ::2 --nickname h2 --listen 10.40.0.2:6783 "${ROUTER[@]}" --attach "${CONTAINERS[1]}=10.32.0.2/12" >"$OUT/h2" 2>"$OUT/h2.err" &
-PIDS+=($!)
-ip netns exec "${HOSTS[2]}" "$BIN" --name ::3 --nickname h3 --listen 10.40.0.3:6783 "${ROUTER[@]}" --attach "${CONTAINERS[2]}=10.32.0.3/12" 10.40.0.2 10.40.0.1 >"$OUT/h3" 2>"$OUT/h3.err" &
-PIDS+=($!)
+OPTS=(--ipalloc-init consensus=3 --dns-upstream 127.0.0.1:53)
+echo "h1: $(weave 1 launch --name ::1 --nickname h1 "${OPTS[@]}" 10.99.0.2 10.99.0.3)"
+echo "h2: $(weave 2 launch --name ::2 --nickname h2 "${OPTS[@]}")"
+echo "h3: $(weave 3 launch --name ::3 --nickname h3 "${OPTS[@]}" 10.99.0.2 10.99.0.1)"
 
-sleep 3
-ping_from() { # container-index destination
+echo "== weave attach: two containers per host, addresses from IPAM, names in weave.local"
+for n in 1 2 3 4 5 6; do
+    host=$(((n + 1) / 2))
+    echo "c$n on h$host: $(weave "$host" attach -h "c$n.weave.local" "${CONTAINERS[$((n - 1))]}")"
+done
+
+status=0
+ping_by_name() { # from-index to-name
     local c=${CONTAINERS[$(($1 - 1))]} i
-    for i in $(seq 20); do
+    # Names and routes take a moment to spread through the mesh.
+    for i in $(seq 50); do
         ip netns exec "$c" ping -c 1 -W 1 "$2" >/dev/null 2>&1 && break
+        sleep 0.2
     done
     echo "== c$1 pings $2"
     ip netns exec "$c" ping -c 3 -i 0.2 "$2" || status=1
 }
-status=0
-ping_from 1 10.32.0.3   # relayed by h2: h1 and h3 cannot reach each other
-ping_from 3 10.32.0.1
-ping_from 1 10.32.0.2
+ping_by_name 1 c5   # h1 -> h3, relayed by h2
+ping_by_name 6 c2   # h3 -> h1, relayed by h2
+ping_by_name 3 c1   # h2 -> h1
+ping_by_name 2 c1   # same host
 
-for i in 1 2 3; do
-    wait "${PIDS[$((i - 1))]}" || { status=1; echo "h$i failed:"; cat "$OUT/h$i.err"; }
-done
-PIDS=()
 for i in 1 2 3; do
     echo
     echo "== status of h$i"
-    cat "$OUT/h$i"
+    weave "$i" status || status=1
+    echo
+    echo "== status connections of h$i"
+    weave "$i" status connections || status=1
 done
 echo
-echo "== tearing down"
+echo "== ps on h1"
+weave 1 ps || status=1
+echo
+echo "== tearing down (weave reset on every host)"
 exit $status

@@ -219,6 +219,22 @@ impl Router {
             Arc::new(SleeveDataplane::start(&nl, &dcfg).await?)
         };
 
+        if let Some(range) = cfg.ipalloc_range {
+            // As Weave does: an allocation range over the host's own
+            // networks would route the host's traffic into the overlay.
+            for (name, link) in nl.links().await? {
+                if name == cfg.bridge || name.starts_with("vethwe") || name == "lo" {
+                    continue;
+                }
+                for a in nl.addresses(link.index).await? {
+                    if let IpNet::V4(v) = a {
+                        if range.contains(&v.network()) || v.contains(&range.network()) {
+                            return Err(format!("the IP allocation range {range} overlaps {v} on {name}; choose another --ipalloc-range").into());
+                        }
+                    }
+                }
+            }
+        }
         let ipam = match cfg.ipalloc_range {
             Some(range) => {
                 let mut icfg = IpamConfig::new(cfg.name, range, cfg.ipalloc_init.clone());
@@ -244,6 +260,9 @@ impl Router {
         dc.conn_maker.discovery = cfg.discovery;
         dc.conn_maker.default_port = cfg.port;
         dc.conn_maker.conn_limit = cfg.conn_limit;
+        // Channel anti-entropy every few seconds: IPAM and DNS state is
+        // small, and it heals what topology churn made a channel refuse.
+        dc.mesh.channel_gossip_interval = Duration::from_secs(5);
         dc.link = LinkConfig { psk: cfg.password.as_ref().map(|p| Psk::from_password(p.as_bytes())), ..LinkConfig::default() };
         let mut builder = MeshBuilder::new(dc);
         if let Some((ipam, _)) = &ipam {

@@ -126,6 +126,10 @@ fn launch_attach_ping_status_restart_stop() {
     }
     let mut h = Hosts::new();
     let (c1, c2, c3) = (h.ns("c1"), h.ns("c2"), h.ns("c3"));
+    // An allocation range over the host's own network is refused, saying why.
+    let bad = h.weave(1, &["launch", "--ipalloc-range", "10.99.0.0/16"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("overlaps 10.99.0.1/24"), "{}", String::from_utf8_lossy(&bad.stderr));
     // Launch prints the peer name once the router is ready.
     assert_eq!(ok(h.weave(1, &["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2"])).trim(), "00:00:00:00:00:01");
     assert_eq!(ok(h.weave(2, &["launch", "--name", "::2", "--nickname", "h2", "--ipalloc-init", "consensus=2", "10.99.0.1"])).trim(), "00:00:00:00:00:02");

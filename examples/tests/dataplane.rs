@@ -327,8 +327,8 @@ fn fastdp_with_password_keeps_data_in_the_encrypted_sleeve() {
     lab.node(1, "fastdp", &["--password", "pw"], &[("c1", "10.32.0.1/12")]);
     lab.node(2, "fastdp", &["--password", "pw"], &[("c2", "10.32.0.2/12")]);
     lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
-    let s = lab.wait_status(1, "sleeve (encrypted: sleeve carries the data)", Duration::from_secs(5));
-    assert!(s.contains("established encrypted"), "{s}");
+    let s = lab.wait_status(1, "established encrypted pmtu", Duration::from_secs(5));
+    assert!(s.contains("sleeve (encrypted: sleeve carries the data)"), "{s}");
     // No VXLAN device at all: nothing on the underlay can inject frames.
     let links = String::from_utf8_lossy(&lab.exec("h1", &["ip", "-o", "link"]).stdout).into_owned();
     assert!(!links.contains("vxlan"), "{links}");

@@ -149,7 +149,15 @@ fn worker(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, 
     let mut last_work = Instant::now();
     let mut next_timer = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let n_tap = read_frames(tap, &mut frames, &mut lens);
+        let n_tap = match read_frames(tap, &mut frames, &mut lens) {
+            Ok(n) => n,
+            Err(e) => {
+                // The TAP device was deleted under us (reset, or by hand):
+                // nothing more can be carried.
+                tracing::error!(error = %e, "the sleeve's TAP device is gone; sleeve stopped");
+                return;
+            }
+        };
         let n_udp = match batch.recv(udp_fd) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
@@ -229,8 +237,8 @@ fn worker(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, 
 }
 
 /// Non-blocking reads from the TAP device until it is empty or the batch
-/// is full.
-fn read_frames(tap: &File, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> usize {
+/// is full. An error that will not go away (the device is gone) is returned.
+fn read_frames(tap: &File, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> io::Result<usize> {
     let mut n = 0;
     while n < bufs.len() {
         match (&*tap).read(&mut bufs[n]) {
@@ -239,15 +247,15 @@ fn read_frames(tap: &File, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> usize {
                 n += 1;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADFD | libc::ENODEV | libc::EBADF | libc::EIO)) => return Err(e),
             Err(e) => {
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    tracing::warn!(error = %e, "TAP read failed");
-                }
+                tracing::warn!(error = %e, "TAP read failed");
                 break;
             }
         }
     }
-    n
+    Ok(n)
 }
 
 fn write_frame(tap: &File, vnet: Option<[u8; VNET_LEN]>, f: &[u8], c: &IoCounters) {

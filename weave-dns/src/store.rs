@@ -207,7 +207,13 @@ impl Store {
                 continue;
             }
             if self.departed.contains(&k.origin) {
-                continue;
+                // The origin itself speaking is proof it is back (the
+                // topology may not have said so yet); anyone else relaying
+                // its entries may be lagging.
+                if k.origin != sender {
+                    continue;
+                }
+                self.departed.remove(&k.origin);
             }
             if self.entries.get(&k).is_none_or(|cur| v.rank() > cur.rank()) {
                 self.entries.insert(k.clone(), v);

@@ -281,6 +281,10 @@ pub struct Mesh {
     rng: SimRng,
     next_anti_entropy: Instant,
     next_channel_gossip: Instant,
+    /// A peer (re)joined the topology: every neighbour gets every channel's
+    /// state again (channels may have dropped that peer's data while it was
+    /// gone, and its deltas may have passed by meanwhile).
+    channel_resync: bool,
     announce: bool,
     stats: MeshStats,
 }
@@ -307,6 +311,7 @@ impl Mesh {
             rng,
             next_anti_entropy,
             next_channel_gossip,
+            channel_resync: false,
             announce: false,
             stats: MeshStats::default(),
         }
@@ -730,6 +735,12 @@ impl Mesh {
         if self.recalc_at.is_some_and(|t| now >= t) {
             self.recalculate();
         }
+        if std::mem::take(&mut self.channel_resync) {
+            let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+            for c in conns {
+                self.send_channel_states(now, c);
+            }
+        }
         if now >= self.next_anti_entropy {
             self.next_anti_entropy = now + jittered(&mut self.rng, self.cfg.anti_entropy_interval);
             if let Some(&c) = self.conns.keys().choose(&mut self.rng) {
@@ -753,6 +764,7 @@ impl Mesh {
         let _ = self.routes();
         let now_known: BTreeSet<PeerName> = self.topo.records().map(|r| r.name).collect();
         for &p in now_known.difference(&self.known) {
+            self.channel_resync = true;
             self.events.push_back(MeshEvent::PeerAdded(p));
             for g in self.channels.values_mut() {
                 g.on_peer_added(p);

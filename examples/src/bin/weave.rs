@@ -399,7 +399,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             let end = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(Fail(format!("the router exited ({status}); see {}", state.join("weave.log").display())));
+                    // Its last words say why (e.g. an overlapping range).
+                    let log = std::fs::read_to_string(state.join("weave.log")).unwrap_or_default();
+                    let why = log.lines().rev().find(|l| l.starts_with("weave: ")).map(|l| l.trim_start_matches("weave: ").to_owned());
+                    return Err(Fail(why.unwrap_or_else(|| format!("the router exited ({status}); see {}", state.join("weave.log").display()))));
                 }
                 if let Ok(mut c) = client(&state).await {
                     if let Ok(p) = c.ping(pb::Empty {}).await {
