@@ -134,14 +134,34 @@ pub async fn report(router: &Router) -> Result<serde_json::Value, Status> {
             })).collect::<Vec<_>>(),
             "Targets": st.targets,
             "TrustedSubnets": st.trusted_subnets,
+            "MACs": router.dataplane().macs().iter().map(|(m, p, seen)| {
+                let nick = s.peers.iter().find(|r| r.name == *p).map(|r| r.nickname.clone()).unwrap_or_default();
+                let age = std::time::Instant::now().saturating_duration_since(*seen).as_secs();
+                serde_json::json!({ "Mac": mac(m), "Name": p.to_string(), "NickName": nick, "LastSeen": format!("{age}s ago") })
+            }).collect::<Vec<_>>(),
         },
     });
-    let _ = s;
     if let Some(ipam) = router.ipam() {
         let i = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status();
+        let start = u64::from(u32::from(i.range.network()));
+        let end = start + i.range_num_ips;
+        let mut sorted = i.entries.clone();
+        sorted.sort_by_key(|e| e.token);
+        let entries: Vec<serde_json::Value> = sorted
+            .iter()
+            .enumerate()
+            .map(|(n, e)| {
+                let size = sorted.get(n + 1).map_or(end, |x| u64::from(x.token)) - u64::from(e.token);
+                let known = s.peers.iter().find(|p| p.name == e.peer);
+                serde_json::json!({
+                    "Token": std::net::Ipv4Addr::from(e.token).to_string(), "Size": size, "Peer": e.peer.to_string(),
+                    "Nickname": known.map(|p| p.nickname.clone()).unwrap_or_default(), "IsKnownPeer": known.is_some(), "Version": e.version,
+                })
+            })
+            .collect();
         v["IPAM"] = serde_json::json!({
             "Status": i.status, "Range": i.range.to_string(), "DefaultSubnet": i.default_subnet.to_string(),
-            "RangeNumIPs": i.range_num_ips, "ActiveIPs": i.active_ips,
+            "RangeNumIPs": i.range_num_ips, "ActiveIPs": i.active_ips, "Entries": entries,
             "Owned": i.owned.iter().map(|(k, v)| (k.clone(), v.iter().map(ToString::to_string).collect::<Vec<_>>())).collect::<std::collections::BTreeMap<_, _>>(),
             "PendingClaims": i.pending_claims, "PendingAllocates": i.pending_allocates,
         });
@@ -181,19 +201,13 @@ impl pb::control_server::Control for Service {
 
     async fn connect(&self, r: Request<pb::ConnectRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = r.into_inner();
-        match self.router.mesh().connect(r.peers, r.replace).await {
-            Ok(Ok(())) => Ok(Response::new(pb::Empty {})),
-            Ok(Err(e)) => Err(Status::invalid_argument(e.to_string())),
-            Err(_) => Err(Status::unavailable("the router is stopping")),
-        }
+        self.router.connect(r.peers, r.replace).await.map_err(to_status)?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn forget(&self, r: Request<pb::ForgetRequest>) -> Result<Response<pb::Empty>, Status> {
-        match self.router.mesh().forget(r.into_inner().peers).await {
-            Ok(Ok(())) => Ok(Response::new(pb::Empty {})),
-            Ok(Err(e)) => Err(Status::invalid_argument(e.to_string())),
-            Err(_) => Err(Status::unavailable("the router is stopping")),
-        }
+        self.router.forget(r.into_inner().peers).await.map_err(to_status)?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn attach(&self, r: Request<pb::AttachRequest>) -> Result<Response<pb::AttachReply>, Status> {
@@ -317,7 +331,7 @@ impl pb::control_server::Control for Service {
         let mut dead = Vec::new();
         for want in r.into_inner().peers {
             let by_name = want.parse::<weave_core::PeerName>().ok();
-            let found = st.peers.iter().find(|p| Some(p.name) == by_name || p.nickname == want).map(|p| p.name).or(by_name);
+            let found = st.peers.iter().find(|p| Some(p.name) == by_name || p.nickname == want).map(|p| p.name).or_else(|| self.router.peer_named(&want));
             dead.push(found.ok_or_else(|| Status::not_found(format!("unknown peer {want}")))?);
         }
         // Judge reachability as of now, not as of the last route event.
@@ -353,7 +367,7 @@ impl pb::control_server::Control for Service {
         for (i, (t, p)) in tokens.iter().enumerate() {
             *per.entry(*p).or_default() += tokens.get(i + 1).map_or(end, |n| n.0) - t;
         }
-        let nick = |n: weave_core::PeerName| ms.peers.iter().find(|p| p.name == n).map(|p| p.nickname.clone()).unwrap_or_default();
+        let nick = |n: weave_core::PeerName| ms.peers.iter().find(|p| p.name == n).map(|p| p.nickname.clone()).or_else(|| self.router.nickname(n)).unwrap_or_default();
         let peers = per
             .into_iter()
             .map(|(p, ips)| pb::IpamPeer {

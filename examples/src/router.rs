@@ -191,6 +191,10 @@ pub struct Router {
     dns_poke: Arc<Notify>,
     _dns_server: Option<weave_dns::server::Server>,
     terminations: Arc<std::sync::atomic::AtomicU64>,
+    targets: Mutex<std::collections::BTreeSet<String>>,
+    /// Every peer's nickname ever seen: `rmpeer NICKNAME` must work after
+    /// a dead peer has left the topology.
+    nicknames: Arc<Mutex<BTreeMap<PeerName, String>>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -307,15 +311,27 @@ impl Router {
             dns_poke: Arc::new(Notify::new()),
             _dns_server: dns_server,
             terminations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            targets: Mutex::new(cfg.peers.iter().cloned().collect()),
+            nicknames: Arc::new(Mutex::new(BTreeMap::new())),
         });
+        router.save_targets(&lock(&router.targets));
         {
             let mut events = mesh.subscribe();
             let count = router.terminations.clone();
+            let (nicks, m) = (router.nicknames.clone(), mesh.clone());
             tokio::spawn(async move {
                 loop {
                     match events.recv().await {
                         Ok(DriverEvent::Disconnected { .. }) => {
                             count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Ok(DriverEvent::Routes(_)) => {
+                            if let Ok(st) = m.status().await {
+                                let mut n = lock(&nicks);
+                                for p in st.peers {
+                                    n.insert(p.name, p.nickname);
+                                }
+                            }
                         }
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -358,6 +374,62 @@ impl Router {
     /// The mesh.
     pub fn mesh(&self) -> &MeshHandle {
         &self.mesh
+    }
+
+    /// The file direct targets are kept in, for `--resume`.
+    pub fn targets_file(state_dir: &std::path::Path) -> PathBuf {
+        state_dir.join("targets")
+    }
+
+    fn save_targets(&self, targets: &std::collections::BTreeSet<String>) {
+        let text: String = targets.iter().map(|t| format!("{t}\n")).collect();
+        if let Err(e) = std::fs::write(Self::targets_file(&self.cfg.state_dir), text) {
+            tracing::warn!(error = %e, "cannot save targets for --resume");
+        }
+    }
+
+    /// `weave connect`: add direct targets (replace them with `replace`),
+    /// remembered for `--resume`.
+    pub async fn connect(&self, peers: Vec<String>, replace: bool) -> Result<(), RouterError> {
+        match self.mesh.connect(peers.clone(), replace).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(RouterError::Invalid(e.to_string())),
+            Err(_) => return Err(RouterError::Stopped),
+        }
+        let mut t = lock(&self.targets);
+        if replace {
+            t.clear();
+        }
+        t.extend(peers);
+        self.save_targets(&t);
+        Ok(())
+    }
+
+    /// `weave forget`: drop direct targets.
+    pub async fn forget(&self, peers: Vec<String>) -> Result<(), RouterError> {
+        match self.mesh.forget(peers.clone()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(RouterError::Invalid(e.to_string())),
+            Err(_) => return Err(RouterError::Stopped),
+        }
+        let mut t = lock(&self.targets);
+        for p in &peers {
+            t.remove(p);
+        }
+        self.save_targets(&t);
+        Ok(())
+    }
+
+    /// A peer's nickname, including peers no longer in the topology.
+    pub fn nickname(&self, peer: PeerName) -> Option<String> {
+        lock(&self.nicknames).get(&peer).cloned()
+    }
+
+    /// A peer by name or nickname, including peers no longer in the
+    /// topology.
+    pub fn peer_named(&self, want: &str) -> Option<PeerName> {
+        let n = lock(&self.nicknames);
+        want.parse::<PeerName>().ok().or_else(|| n.iter().find(|(_, nick)| nick.as_str() == want).map(|(p, _)| *p))
     }
 
     /// Connections that have ended since the router started.
@@ -626,9 +698,10 @@ impl Router {
         }
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
         removed.append(&mut removed_files);
-        let db = self.cfg.state_dir.join("ipam.db");
-        if std::fs::remove_file(&db).is_ok() {
-            removed.push(db.display().to_string());
+        for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir)] {
+            if std::fs::remove_file(&f).is_ok() {
+                removed.push(f.display().to_string());
+            }
         }
         self.stop();
         Ok((removed, heir))

@@ -187,6 +187,8 @@ fn launch_attach_ping_status_restart_stop() {
     assert_eq!(report["Router"]["Name"], "00:00:00:00:00:01");
     assert_eq!(report["IPAM"]["Owned"][&c1][0], a1.as_str());
     assert_eq!(report["Router"]["Connections"][0]["State"], "established");
+    assert!(report["IPAM"]["Entries"].as_array().is_some_and(|e| !e.is_empty() && e[0]["Size"].as_u64().is_some()), "{}", report["IPAM"]);
+    assert!(report["Router"]["MACs"].as_array().is_some_and(|m| m.iter().any(|e| e["NickName"] == "h2")), "{}", report["Router"]);
 
     // An alternative CLI over the same gRPC API.
     let alt = Command::new("ip")
@@ -217,12 +219,22 @@ fn launch_attach_ping_status_restart_stop() {
     assert_eq!(String::from_utf8_lossy(&bad.stderr).lines().count(), 1);
     assert_eq!(h.weave(1, &["attach", "no-such-container"]).status.code(), Some(1));
 
-    // Restart host 1's router: c1 keeps its address and its traffic.
+    // Targets: connect and forget, remembered for --resume.
+    ok(h.weave(1, &["connect", "10.99.0.2", "10.99.0.77"]));
+    let t = ok(h.weave(1, &["status", "targets"]));
+    assert!(t.contains("10.99.0.2") && t.contains("10.99.0.77"), "{t}");
+    ok(h.weave(1, &["forget", "10.99.0.77"]));
+    assert!(!ok(h.weave(1, &["status", "targets"])).contains("10.99.0.77"));
+    assert_eq!(h.weave(1, &["connect", "bad host name!"]).status.code(), Some(1));
+
+    // Restart host 1's router (--resume: its targets come back): c1 keeps
+    // its address and its traffic.
     ok(h.weave(1, &["stop"]));
     let down = h.weave(1, &["status"]);
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("weave launch"), "says how to start one");
-    ok(h.weave(1, &["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "10.99.0.2"]));
+    ok(h.weave(1, &["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "--resume"]));
+    assert!(ok(h.weave(1, &["status", "targets"])).contains("10.99.0.2"), "targets resumed");
     let ps = ok(h.weave(1, &["ps"]));
     assert!(ps.contains(&a1), "c1 still listed with {a1}: {ps}");
     assert!(h.ping("c2", &ip1), "c2 -> c1 after the restart");

@@ -51,6 +51,11 @@ pub trait Dataplane: Send + Sync {
     fn fallbacks(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// MAC addresses learnt behind other peers, with when they were last
+    /// seen (for `weave report`).
+    fn macs(&self) -> Vec<(crate::packet::Mac, PeerName, Instant)> {
+        Vec::new()
+    }
 }
 
 pub(crate) fn lock(core: &Mutex<Sleeve>) -> MutexGuard<'_, Sleeve> {
@@ -350,5 +355,9 @@ impl<D: Dataplane> Dataplane for Faulty<D> {
 
     fn fallbacks(&self) -> Vec<(&'static str, u64)> {
         self.inner.fallbacks()
+    }
+
+    fn macs(&self) -> Vec<(crate::packet::Mac, PeerName, Instant)> {
+        self.inner.macs()
     }
 }

@@ -318,4 +318,8 @@ impl Dataplane for FastDataplane {
     fn fallbacks(&self) -> Vec<(&'static str, u64)> {
         self.stats().fallbacks.into_iter().collect()
     }
+
+    fn macs(&self) -> Vec<(crate::packet::Mac, PeerName, Instant)> {
+        self.sleeve.macs()
+    }
 }

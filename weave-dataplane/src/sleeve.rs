@@ -538,6 +538,13 @@ impl Sleeve {
         self.mac_moves
     }
 
+    /// Every MAC address learnt from peers: (MAC, peer, when last seen).
+    pub fn remote_macs(&self) -> Vec<(Mac, PeerName, Instant)> {
+        let mut v: Vec<_> = self.macs.iter().filter_map(|(m, e)| if let MacLocation::Peer(p) = e.at { Some((*m, p, e.seen)) } else { None }).collect();
+        v.sort();
+        v
+    }
+
     /// Where `mac` was learnt.
     pub fn lookup_mac(&self, mac: &Mac) -> Option<MacLocation> {
         self.macs.get(mac).map(|e| e.at)

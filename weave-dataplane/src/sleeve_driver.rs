@@ -380,4 +380,8 @@ impl crate::Dataplane for SleeveDataplane {
     fn drops(&self) -> Vec<(crate::DropReason, u64)> {
         lock(self.driver.core()).drops()
     }
+
+    fn macs(&self) -> Vec<(crate::packet::Mac, weave_core::PeerName, Instant)> {
+        lock(self.driver.core()).remote_macs()
+    }
 }

@@ -203,6 +203,9 @@ struct RouterArgs {
     /// Log level.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Connect to the targets of the last run (kept in the state directory).
+    #[arg(long)]
+    resume: bool,
     /// No weaveDNS.
     #[arg(long)]
     no_dns: bool,
@@ -276,6 +279,15 @@ fn init_mode(spec: Option<&str>, peers: usize) -> Result<InitMode, Fail> {
 }
 
 fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail> {
+    let mut peers = a.peers.clone();
+    if a.resume {
+        let saved = std::fs::read_to_string(Router::targets_file(state_dir)).unwrap_or_default();
+        for t in saved.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if !peers.iter().any(|p| p == t) {
+                peers.push(t.to_owned());
+            }
+        }
+    }
     let range = if a.ipalloc_range.is_empty() { None } else { Some(a.ipalloc_range.parse().map_err(|_| Fail(format!("invalid --ipalloc-range {}", a.ipalloc_range)))?) };
     let nickname = a.nickname.clone().unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "weave".into()));
     Ok(RouterConfig {
@@ -287,10 +299,10 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
         host: a.host,
         discovery: !a.no_discovery,
         conn_limit: a.conn_limit,
-        peers: a.peers.clone(),
+        peers: peers.clone(),
         ipalloc_range: range,
         ipalloc_default_subnet: a.ipalloc_default_subnet,
-        ipalloc_init: init_mode(a.ipalloc_init.as_deref(), a.peers.len() + 1)?,
+        ipalloc_init: init_mode(a.ipalloc_init.as_deref(), peers.len() + 1)?,
         fastdp: !a.no_fastdp,
         mtu: a.mtu,
         trusted_subnets: a.trusted_subnets.clone(),
