@@ -593,8 +593,12 @@ impl Sleeve {
         let ourself = self.cfg.ourself;
         if !packet::is_group(&dst) {
             match self.macs.get(&dst).map(|e| e.at) {
-                // The VXLAN device has (or floods) it to that peer.
-                Some(MacLocation::Peer(p)) if self.fastpath_on.contains(&p) => return,
+                // Carried even to a fast-path peer: the bridge sends a
+                // known address here only when it learnt it through the
+                // sleeve (the peer's frames still came that way), and
+                // dropping it would stall that flow until the bridge
+                // relearns. An unknown address is flooded to both ports,
+                // so such a frame may arrive twice while tables settle.
                 Some(MacLocation::Peer(p)) => {
                     let rec = FrameRecord { origin: ourself, dst: p, flags: 0, vnet, piece: None, frame };
                     self.forward_unicast(rec, tx, Some(inject));
