@@ -76,7 +76,15 @@ pub async fn status(router: &Router) -> Result<pb::StatusReply, Status> {
                     _ => "sleeve".into(),
                 },
                 path_reason: path.and_then(|p| p.fastpath_reason).unwrap_or("").to_owned(),
-                mtu: router.config().mtu,
+                // The largest IP packet the connection's path carries: the
+                // overlay MTU, or less when the sleeve found a smaller path.
+                mtu: match path {
+                    Some(p) if !p.fastpath => {
+                        let frame = usize::from(p.pmtu).saturating_sub(weave_dataplane::wire::HEADER_LEN + weave_dataplane::wire::FRAME_HEADER_LEN + if p.encrypted { weave_dataplane::wire::TAG_LEN } else { 0 });
+                        router.config().mtu.min(u32::try_from(frame.saturating_sub(weave_dataplane::packet::ETH_HLEN)).unwrap_or(u32::MAX))
+                    }
+                    _ => router.config().mtu,
+                },
             }
         })
         .collect();

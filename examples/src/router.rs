@@ -691,9 +691,21 @@ impl Router {
                 }
             }
         }
-        for id in self.containers.lock().await.keys() {
-            if !id.starts_with('/') && !id.starts_with("pid:") && weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), id).is_ok() {
-                removed_files.push(format!("/etc/netns/{id}/resolv.conf"));
+        // Every resolv.conf that points at this router's DNS server (the
+        // address is this host's own), whether or not the container is
+        // still in our books.
+        if let Some(settings) = &self.cfg.dns {
+            let ns_line = format!("nameserver {}", settings.listen_for(self.cfg.name).ip());
+            if let Ok(dir) = std::fs::read_dir("/etc/netns") {
+                for e in dir.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let text = std::fs::read_to_string(e.path().join("resolv.conf")).unwrap_or_default();
+                    if text.starts_with("# written by weave") && text.lines().any(|l| l.trim() == ns_line)
+                        && weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), &name).is_ok()
+                    {
+                        removed_files.push(format!("/etc/netns/{name}/resolv.conf"));
+                    }
+                }
             }
         }
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;

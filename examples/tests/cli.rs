@@ -350,3 +350,21 @@ fn the_orchestrator_example_carries_traffic() {
     }
     assert!(reached, "c1 -> c2 through the orchestrator's overlay");
 }
+
+#[test]
+fn the_default_peer_name_is_stable_per_host() {
+    if !require_root() {
+        return;
+    }
+    let h = Hosts::new();
+    // Without --name, the same name on every launch in this namespace, and
+    // a different one in another.
+    let n1 = ok(h.weave(1, &["launch", "--ipalloc-range", "", "--no-dns"])).trim().to_owned();
+    ok(h.weave(1, &["stop"]));
+    assert_eq!(ok(h.weave(1, &["launch", "--ipalloc-range", "", "--no-dns"])).trim(), n1);
+    let n2 = ok(h.weave(2, &["launch", "--ipalloc-range", "", "--no-dns"])).trim().to_owned();
+    assert_ne!(n1, n2);
+    for i in 1..=2 {
+        ok(h.weave(i, &["reset"]));
+    }
+}
