@@ -78,6 +78,30 @@ pub struct DnsSettings {
     pub upstreams: weave_dns::server::Upstreams,
 }
 
+/// The file in the state directory naming the router's peer (so `weave
+/// reset` can clean up after a router that was killed).
+pub const NAME_FILE: &str = "peer-name";
+
+/// Remove every container `resolv.conf` weave wrote that points at `dns`
+/// (each router's DNS address is its own). Returns the files removed.
+pub fn remove_resolv_confs(dns: Ipv4Addr) -> Vec<String> {
+    let ns_line = format!("nameserver {dns}");
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/etc/netns") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(e.path().join("resolv.conf")).unwrap_or_default();
+            if text.starts_with("# written by weave")
+                && text.lines().any(|l| l.trim() == ns_line)
+                && weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), &name).is_ok()
+            {
+                out.push(format!("/etc/netns/{name}/resolv.conf"));
+            }
+        }
+    }
+    out
+}
+
 /// This host's weaveDNS address: 169.254.A.B, from the peer name.
 pub fn dns_addr(name: PeerName) -> Ipv4Addr {
     let h = name.as_u64().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
@@ -212,6 +236,7 @@ impl Router {
     /// directory), mesh; then dial the initial peers.
     pub async fn start(cfg: RouterConfig) -> Result<Arc<Self>, Box<dyn std::error::Error + Send + Sync>> {
         std::fs::create_dir_all(&cfg.state_dir)?;
+        std::fs::write(cfg.state_dir.join(NAME_FILE), cfg.name.to_string())?;
         let netns = Netns::current();
         let nl = Netlink::connect(&netns).await?;
         let mut sleeve = SleeveConfig::new(cfg.name, cfg.port);
@@ -691,26 +716,14 @@ impl Router {
                 }
             }
         }
-        // Every resolv.conf that points at this router's DNS server (the
-        // address is this host's own), whether or not the container is
-        // still in our books.
         if let Some(settings) = &self.cfg.dns {
-            let ns_line = format!("nameserver {}", settings.listen_for(self.cfg.name).ip());
-            if let Ok(dir) = std::fs::read_dir("/etc/netns") {
-                for e in dir.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let text = std::fs::read_to_string(e.path().join("resolv.conf")).unwrap_or_default();
-                    if text.starts_with("# written by weave") && text.lines().any(|l| l.trim() == ns_line)
-                        && weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), &name).is_ok()
-                    {
-                        removed_files.push(format!("/etc/netns/{name}/resolv.conf"));
-                    }
-                }
+            if let IpAddr::V4(ip) = settings.listen_for(self.cfg.name).ip() {
+                removed_files.extend(remove_resolv_confs(ip));
             }
         }
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
         removed.append(&mut removed_files);
-        for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir)] {
+        for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir), self.cfg.state_dir.join(NAME_FILE)] {
             if std::fs::remove_file(&f).is_ok() {
                 removed.push(f.display().to_string());
             }

@@ -319,8 +319,11 @@ fn password_kill_dash_nine_and_rmpeer() {
     let c3 = h.ns("c3");
     let a3 = ok(h.weave(1, &["attach", &c3])).trim().to_owned();
     assert_ne!(a3, a1);
-    // The killed router left its devices; reset cleans them up.
+    // The killed router left its devices and c2's resolv.conf; reset
+    // cleans them up.
+    assert!(std::path::Path::new(&format!("/etc/netns/{c2}/resolv.conf")).exists());
     ok(h.weave(2, &["reset"]));
+    assert!(!std::path::Path::new(&format!("/etc/netns/{c2}/resolv.conf")).exists(), "resolv.conf left by the killed router");
     let links = String::from_utf8_lossy(&Command::new("ip").args(["-n", &h.name("h2"), "-o", "link"]).output().unwrap().stdout).into_owned();
     assert!(!links.contains("weave"), "{links}");
 }

@@ -545,7 +545,14 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     // No router: remove what a stopped or killed one left.
                     let nl = weave_dataplane::netlink::Netlink::connect(&weave_dataplane::netlink::Netns::current()).await?;
                     weave_dataplane::expose::reset(&nl, "weave").await?;
-                    let _ = std::fs::remove_file(state.join("ipam.db"));
+                    // Its containers' resolv.conf point at its DNS address,
+                    // which follows from its name.
+                    if let Some(name) = std::fs::read_to_string(state.join(weave_examples::router::NAME_FILE)).ok().and_then(|n| n.trim().parse::<PeerName>().ok()) {
+                        weave_examples::router::remove_resolv_confs(weave_examples::router::dns_addr(name));
+                    }
+                    for f in ["ipam.db", "targets", weave_examples::router::NAME_FILE] {
+                        let _ = std::fs::remove_file(state.join(f));
+                    }
                 }
             }
             for f in ["weave.pid", "weave.sock"] {
