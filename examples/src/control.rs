@@ -150,7 +150,10 @@ pub async fn report(router: &Router) -> Result<serde_json::Value, Status> {
         },
     });
     if let Some(ipam) = router.ipam() {
-        let i = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status();
+        let (i, (claims, allocs)) = {
+            let g = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (g.status(), g.pending_requests())
+        };
         let start = u64::from(u32::from(i.range.network()));
         let end = start + i.range_num_ips;
         let mut sorted = i.entries.clone();
@@ -171,7 +174,8 @@ pub async fn report(router: &Router) -> Result<serde_json::Value, Status> {
             "Status": i.status, "Range": i.range.to_string(), "DefaultSubnet": i.default_subnet.to_string(),
             "RangeNumIPs": i.range_num_ips, "ActiveIPs": i.active_ips, "Entries": entries,
             "Owned": i.owned.iter().map(|(k, v)| (k.clone(), v.iter().map(ToString::to_string).collect::<Vec<_>>())).collect::<std::collections::BTreeMap<_, _>>(),
-            "PendingClaims": i.pending_claims, "PendingAllocates": i.pending_allocates,
+            "PendingClaims": claims.iter().map(|c| serde_json::json!({ "Ident": c.container, "Address": c.addr.map(|a| a.to_string()), "Subnet": c.subnet.to_string() })).collect::<Vec<_>>(),
+            "PendingAllocates": allocs.iter().map(|c| serde_json::json!({ "Ident": c.container, "Subnet": c.subnet.to_string() })).collect::<Vec<_>>(),
         });
     }
     if let (Some(dns), Some(settings)) = (router.dns(), router.config().dns.as_ref()) {

@@ -187,6 +187,8 @@ fn launch_attach_ping_status_restart_stop() {
     assert_eq!(report["Router"]["Name"], "00:00:00:00:00:01");
     assert_eq!(report["IPAM"]["Owned"][&c1][0], a1.as_str());
     assert_eq!(report["Router"]["Connections"][0]["State"], "established");
+    assert_eq!(report["IPAM"]["PendingAllocates"], serde_json::json!([]));
+    assert_eq!(report["IPAM"]["PendingClaims"], serde_json::json!([]));
     assert!(report["IPAM"]["Entries"].as_array().is_some_and(|e| !e.is_empty() && e[0]["Size"].as_u64().is_some()), "{}", report["IPAM"]);
     assert!(report["Router"]["MACs"].as_array().is_some_and(|m| m.iter().any(|e| e["NickName"] == "h2")), "{}", report["Router"]);
 

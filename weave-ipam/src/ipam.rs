@@ -162,6 +162,19 @@ struct Pending {
     asked: Option<PeerName>,
 }
 
+/// A request waiting for address space (for `weave report`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// The request.
+    pub id: RequestId,
+    /// Whose.
+    pub container: String,
+    /// The subnet asked in.
+    pub subnet: Ipv4Net,
+    /// The exact address, for a claim.
+    pub addr: Option<Ipv4Addr>,
+}
+
 /// Status, with the strings `weave status ipam` prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpamStatus {
@@ -990,6 +1003,18 @@ impl Ipam {
         }
     }
 
+    /// Requests waiting for space: claims first, then allocations.
+    pub fn pending_requests(&self) -> (Vec<PendingRequest>, Vec<PendingRequest>) {
+        let (mut claims, mut allocs) = (Vec::new(), Vec::new());
+        for (id, p) in &self.pending {
+            match &p.op {
+                Op::Claim { container, addr, subnet } => claims.push(PendingRequest { id: *id, container: container.clone(), subnet: *subnet, addr: Some(Ipv4Addr::from(*addr)) }),
+                Op::Allocate { container, subnet } => allocs.push(PendingRequest { id: *id, container: container.clone(), subnet: *subnet, addr: None }),
+            }
+        }
+        (claims, allocs)
+    }
+
     /// Status for `weave status ipam` and `weave report`.
     pub fn status(&self) -> IpamStatus {
         let pending_claims = self.pending.values().filter(|p| matches!(p.op, Op::Claim { .. })).count();
@@ -1053,6 +1078,24 @@ mod tests {
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn pending_requests_are_listed_until_they_complete() {
+        let now = Instant::now();
+        // Peer 2 of two seeds cannot divide the ring alone: requests wait.
+        let mut b = seeded(2, &[1, 2]);
+        b.set_reachable([p(1)].into_iter().collect());
+        let Outcome::Pending(a) = b.allocate(now, "web", None).unwrap() else { panic!("must wait for the ring") };
+        let Outcome::Pending(c) = b.claim(now, "db", net("10.32.0.9/12")).unwrap() else { panic!("must wait for the ring") };
+        let (claims, allocs) = b.pending_requests();
+        assert_eq!(allocs.len(), 1);
+        assert_eq!((allocs[0].id, allocs[0].container.as_str(), allocs[0].addr), (a, "web", None));
+        assert_eq!(claims.len(), 1);
+        assert_eq!((claims[0].id, claims[0].container.as_str(), claims[0].addr), (c, "db", Some("10.32.0.9".parse().unwrap())));
+        b.cancel(a);
+        b.cancel(c);
+        assert_eq!(b.pending_requests(), (vec![], vec![]));
     }
 
     #[test]
