@@ -8,18 +8,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
-}
-
-fn require_root() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "netns tests need root and must run in CI: run .ci/run as root");
-    eprintln!("skipped: needs root for network namespaces");
-    false
-}
+mod common;
+use common::require_root;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 

@@ -17,18 +17,8 @@ use std::time::{Duration, Instant};
 use blake2::{Blake2s256, Digest};
 use weave_dataplane::netlink::{self, AttachConfig, Netlink, Netns};
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
-}
-
-fn require_root() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "netns tests need root and must run in CI: run .ci/run as root");
-    eprintln!("skipped: needs root for network namespaces");
-    false
-}
+mod common;
+use common::require_root;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -89,6 +79,19 @@ impl Lab {
             ip(&["-n", &h, "link", "set", "eth0", "up"]);
             ip(&["-n", &h, "link", "set", "lo", "up"]);
         }
+        lab
+    }
+
+    /// Two hosts running `dataplane` (with `extra` router flags), container
+    /// c1 (10.32.0.1) on host 1 and c2 (10.32.0.2) on host 2, once c1
+    /// reaches c2.
+    fn pair(dataplane: &str, extra: &[&str]) -> Self {
+        let mut lab = Self::new(2);
+        lab.ns("c1");
+        lab.ns("c2");
+        lab.node(1, dataplane, extra, &[("c1", "10.32.0.1/12")]);
+        lab.node(2, dataplane, extra, &[("c2", "10.32.0.2/12")]);
+        lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
         lab
     }
 
@@ -243,13 +246,8 @@ fn rt() -> tokio::runtime::Runtime {
 /// digests compared, and an address reused by a new container after the
 /// old one is detached.
 fn two_hosts(dataplane: &str, password: Option<&str>) -> Lab {
-    let mut lab = Lab::new(2);
-    lab.ns("c1");
-    lab.ns("c2");
     let extra: Vec<&str> = password.map(|p| vec!["--password", p]).unwrap_or_default();
-    lab.node(1, dataplane, &extra, &[("c1", "10.32.0.1/12")]);
-    lab.node(2, dataplane, &extra, &[("c2", "10.32.0.2/12")]);
-    lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
+    let mut lab = Lab::pair(dataplane, &extra);
     if dataplane == "fastdp" && password.is_none() {
         // Measure on the path under test, not during the switch to it.
         lab.wait_status(1, " fastdp ", Duration::from_secs(10));
@@ -321,12 +319,7 @@ fn fastdp_with_password_keeps_data_in_the_encrypted_sleeve() {
     if !require_root() {
         return;
     }
-    let mut lab = Lab::new(2);
-    lab.ns("c1");
-    lab.ns("c2");
-    lab.node(1, "fastdp", &["--password", "pw"], &[("c1", "10.32.0.1/12")]);
-    lab.node(2, "fastdp", &["--password", "pw"], &[("c2", "10.32.0.2/12")]);
-    lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
+    let lab = Lab::pair("fastdp", &["--password", "pw"]);
     let s = lab.wait_status(1, "established encrypted pmtu", Duration::from_secs(5));
     assert!(s.contains("sleeve (encrypted: sleeve carries the data)"), "{s}");
     // No VXLAN device at all: nothing on the underlay can inject frames.
@@ -448,13 +441,8 @@ fn encryption_hides_payload_on_the_underlay() {
     }
     const PAYLOAD: &[u8] = b"weave-known-plaintext-marker-7f3a9c";
     for (dataplane, password, expect_seen) in [("sleeve", None, true), ("sleeve", Some("pw"), false), ("fastdp", Some("pw"), false)] {
-        let mut lab = Lab::new(2);
-        lab.ns("c1");
-        lab.ns("c2");
         let extra: Vec<&str> = password.map(|p| vec!["--password", p]).unwrap_or_default();
-        lab.node(1, dataplane, &extra, &[("c1", "10.32.0.1/12")]);
-        lab.node(2, dataplane, &extra, &[("c2", "10.32.0.2/12")]);
-        lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
+        let lab = Lab::pair(dataplane, &extra);
         // Without a password the capture does see it: the check can fail.
         assert_eq!(payload_seen_on_underlay(&lab, PAYLOAD), expect_seen, "{dataplane} with password {password:?}");
     }
@@ -465,12 +453,7 @@ fn fastdp_falls_back_to_sleeve_and_recovers() {
     if !require_root() {
         return;
     }
-    let mut lab = Lab::new(2);
-    lab.ns("c1");
-    lab.ns("c2");
-    lab.node(1, "fastdp", &[], &[("c1", "10.32.0.1/12")]);
-    lab.node(2, "fastdp", &[], &[("c2", "10.32.0.2/12")]);
-    lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
+    let lab = Lab::pair("fastdp", &[]);
     lab.wait_status(1, " fastdp ", Duration::from_secs(10));
     // Drop VXLAN (router port + 1) into host 2.
     nft(&lab.name("h2"), "table inet wvvx {\n chain in { type filter hook input priority 0; udp dport 6784 drop; }\n}\n");
@@ -495,12 +478,7 @@ fn expose_hide_bridge_recreation_and_reset() {
     if !require_root() {
         return;
     }
-    let mut lab = Lab::new(2);
-    lab.ns("c1");
-    lab.ns("c2");
-    lab.node(1, "sleeve", &[], &[("c1", "10.32.0.1/12")]);
-    lab.node(2, "sleeve", &[], &[("c2", "10.32.0.2/12")]);
-    lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
+    let mut lab = Lab::pair("sleeve", &[]);
     let h1 = Netns::named(&lab.name("h1"));
     let host_addr: ipnet::IpNet = "10.32.0.100/12".parse().unwrap();
     // Before expose the host cannot reach the overlay.
@@ -565,12 +543,7 @@ fn fastdp_survives_bridge_recreation() {
     if !require_root() {
         return;
     }
-    let mut lab = Lab::new(2);
-    lab.ns("c1");
-    lab.ns("c2");
-    lab.node(1, "fastdp", &[], &[("c1", "10.32.0.1/12")]);
-    lab.node(2, "fastdp", &[], &[("c2", "10.32.0.2/12")]);
-    lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(20));
+    let lab = Lab::pair("fastdp", &[]);
     lab.wait_status(1, " fastdp ", Duration::from_secs(10));
     ip(&["-n", &lab.name("h1"), "link", "del", "weave"]);
     // The watchdog rebuilds the bridge with its ports; the fast path listens

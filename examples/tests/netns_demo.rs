@@ -6,18 +6,8 @@
 
 use std::process::Command;
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
-}
-
-fn require_root() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "netns tests need root and must run in CI: run .ci/run as root");
-    eprintln!("skipped: needs root for network namespaces");
-    false
-}
+mod common;
+use common::require_root;
 
 fn section<'a>(out: &'a str, what: &str) -> &'a str {
     let head = match what.split_once(' ') {
