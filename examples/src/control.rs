@@ -26,6 +26,24 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("weave.sock")
 }
 
+/// The ring's entries in token order, each with how many addresses it
+/// owns: from its token up to the next one (the last up to the range's
+/// end).
+pub fn sized_entries(s: &weave_ipam::ipam::IpamStatus) -> Vec<(weave_ipam::ring::Entry, u64)> {
+    let end = u64::from(u32::from(s.range.network())) + s.range_num_ips;
+    let mut sorted = s.entries.clone();
+    sorted.sort_by_key(|e| e.token);
+    let next: Vec<u64> = sorted.iter().skip(1).map(|e| u64::from(e.token)).chain([end]).collect();
+    sorted
+        .into_iter()
+        .zip(next)
+        .map(|(e, next)| {
+            let size = next - u64::from(e.token);
+            (e, size)
+        })
+        .collect()
+}
+
 fn to_status(e: RouterError) -> Status {
     match e {
         RouterError::Invalid(m) => Status::invalid_argument(m),
@@ -52,10 +70,17 @@ fn mac(m: &[u8; 6]) -> String {
     weave_dataplane::sleeve::fmt_mac(m)
 }
 
+pub(crate) async fn mesh_status(router: &Router) -> Result<weave_gossip::driver::Status, Status> {
+    router.mesh().status().await.map_err(|_| Status::unavailable("the router is stopping"))
+}
+
 /// Everything `weave status` shows about the mesh, assembled from the mesh
 /// and data plane.
 pub async fn status(router: &Router) -> Result<pb::StatusReply, Status> {
-    let s = router.mesh().status().await.map_err(|_| Status::unavailable("the router is stopping"))?;
+    Ok(status_of(router, &mesh_status(router).await?))
+}
+
+pub(crate) fn status_of(router: &Router, s: &weave_gossip::driver::Status) -> pb::StatusReply {
     let paths = router.dataplane().paths();
     let nick = |n: weave_core::PeerName| s.peers.iter().find(|p| p.name == n).map(|p| p.nickname.clone()).unwrap_or_default();
     let connections = s
@@ -104,7 +129,7 @@ pub async fn status(router: &Router) -> Result<pb::StatusReply, Status> {
                 .collect(),
         })
         .collect();
-    Ok(pb::StatusReply {
+    pb::StatusReply {
         version: VERSION.into(),
         name: s.name.to_string(),
         nickname: s.nickname.clone(),
@@ -116,13 +141,18 @@ pub async fn status(router: &Router) -> Result<pb::StatusReply, Status> {
         peers,
         trusted_subnets: router.config().trusted_subnets.iter().map(ToString::to_string).collect(),
         dataplane: router.dataplane().kind().to_owned(),
-    })
+    }
 }
 
 /// The `weave report` JSON.
 pub async fn report(router: &Router) -> Result<serde_json::Value, Status> {
-    let st = status(router).await?;
-    let s = router.mesh().status().await.map_err(|_| Status::unavailable("the router is stopping"))?;
+    Ok(status_and_report(router).await?.1)
+}
+
+/// `weave status` and `weave report` from one look at the mesh.
+pub async fn status_and_report(router: &Router) -> Result<(pb::StatusReply, serde_json::Value), Status> {
+    let s = mesh_status(router).await?;
+    let st = status_of(router, &s);
     let mut v = serde_json::json!({
         "Ready": true,
         "Version": VERSION,
@@ -154,15 +184,9 @@ pub async fn report(router: &Router) -> Result<serde_json::Value, Status> {
             let g = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             (g.status(), g.pending_requests())
         };
-        let start = u64::from(u32::from(i.range.network()));
-        let end = start + i.range_num_ips;
-        let mut sorted = i.entries.clone();
-        sorted.sort_by_key(|e| e.token);
-        let entries: Vec<serde_json::Value> = sorted
+        let entries: Vec<serde_json::Value> = sized_entries(&i)
             .iter()
-            .enumerate()
-            .map(|(n, e)| {
-                let size = sorted.get(n + 1).map_or(end, |x| u64::from(x.token)) - u64::from(e.token);
+            .map(|(e, size)| {
                 let known = s.peers.iter().find(|p| p.name == e.peer);
                 serde_json::json!({
                     "Token": std::net::Ipv4Addr::from(e.token).to_string(), "Size": size, "Peer": e.peer.to_string(),
@@ -192,7 +216,7 @@ pub async fn report(router: &Router) -> Result<serde_json::Value, Status> {
             })).collect::<Vec<_>>(),
         });
     }
-    Ok(v)
+    Ok((st, v))
 }
 
 #[tonic::async_trait]
@@ -339,7 +363,7 @@ impl pb::control_server::Control for Service {
 
     async fn rmpeer(&self, r: Request<pb::RmpeerRequest>) -> Result<Response<pb::RmpeerReply>, Status> {
         let ipam = self.router.ipam().ok_or_else(|| Status::failed_precondition("IPAM is disabled (--ipalloc-range=)"))?;
-        let st = self.router.mesh().status().await.map_err(|_| Status::unavailable("the router is stopping"))?;
+        let st = mesh_status(&self.router).await?;
         let mut dead = Vec::new();
         for want in r.into_inner().peers {
             let by_name = want.parse::<weave_core::PeerName>().ok();
@@ -369,15 +393,11 @@ impl pb::control_server::Control for Service {
 
     async fn ipam_status(&self, _: Request<pb::Empty>) -> Result<Response<pb::IpamStatusReply>, Status> {
         let ipam = self.router.ipam().ok_or_else(|| Status::failed_precondition("IPAM is disabled (--ipalloc-range=)"))?;
-        let ms = self.router.mesh().status().await.map_err(|_| Status::unavailable("the router is stopping"))?;
+        let ms = mesh_status(&self.router).await?;
         let s = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status();
-        let start = u64::from(u32::from(s.range.network()));
-        let end = start + s.range_num_ips;
-        let mut tokens: Vec<(u64, weave_core::PeerName)> = s.entries.iter().map(|e| (u64::from(e.token), e.peer)).collect();
-        tokens.sort();
         let mut per: std::collections::BTreeMap<weave_core::PeerName, u64> = Default::default();
-        for (i, (t, p)) in tokens.iter().enumerate() {
-            *per.entry(*p).or_default() += tokens.get(i + 1).map_or(end, |n| n.0) - t;
+        for (e, size) in sized_entries(&s) {
+            *per.entry(e.peer).or_default() += size;
         }
         let nick = |n: weave_core::PeerName| ms.peers.iter().find(|p| p.name == n).map(|p| p.nickname.clone()).or_else(|| self.router.nickname(n)).unwrap_or_default();
         let peers = per

@@ -60,7 +60,8 @@ fn l(pairs: &[(&str, &str)]) -> Labels {
 
 /// The metrics, read at scrape time.
 pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
-    let st = control::status(router).await?;
+    let ms = control::mesh_status(router).await?;
+    let st = control::status_of(router, &ms);
     let mut reg = Registry::default();
     // weave_connections{state,type,encryption}
     let mut conns: std::collections::BTreeMap<(String, String, String), i64> = Default::default();
@@ -69,7 +70,6 @@ pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
         *conns.entry((c.state.clone(), c.path.clone(), enc.to_owned())).or_default() += 1;
     }
     gauge(&mut reg, "weave_connections", "Connections by state, data path and encryption", conns.into_iter().map(|((s, t, e), n)| (l(&[("state", &s), ("type", &t), ("encryption", &e)]), n)).collect());
-    let ms = router.mesh().status().await.map_err(|_| tonic::Status::unavailable("stopping"))?;
     counter(&mut reg, "weave_connection_terminations", "Connections that ended", vec![(vec![], router.terminations())]);
     let dp = router.dataplane();
     let paths = dp.paths();
@@ -83,17 +83,12 @@ pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
         let s = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status();
         gauge(&mut reg, "weave_ips", "Addresses by state", vec![(l(&[("state", "local-used")]), s.active_ips as i64)]);
         gauge(&mut reg, "weave_max_ips", "Size of the allocation range", vec![(vec![], s.range_num_ips as i64)]);
-        // Each entry owns the addresses up to the next token.
-        let start = u64::from(u32::from(s.range.network()));
-        let end = start + s.range_num_ips;
-        let mut tokens: Vec<(u64, weave_core::PeerName)> = s.entries.iter().map(|e| (u64::from(e.token), e.peer)).collect();
-        tokens.sort();
         let reachable = |p: weave_core::PeerName| p == ms.name || ms.next_hops.contains_key(&p);
         let (mut unreachable_count, mut unreachable_ips) = (0i64, 0u64);
-        for (i, (t, p)) in tokens.iter().enumerate() {
-            if !reachable(*p) {
+        for (e, size) in control::sized_entries(&s) {
+            if !reachable(e.peer) {
                 unreachable_count += 1;
-                unreachable_ips += tokens.get(i + 1).map_or(end, |n| n.0) - t;
+                unreachable_ips += size;
             }
         }
         gauge(&mut reg, "weave_ipam_unreachable_count", "Ring entries owned by unreachable peers", vec![(vec![], unreachable_count)]);
@@ -119,10 +114,7 @@ async fn handle(router: Arc<Router>, req: Request<hyper::body::Incoming>) -> Res
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "read-only\n".into()));
     }
     let r = match req.uri().path() {
-        "/status" => match (control::status(&router).await, control::report(&router).await) {
-            (Ok(s), Ok(rep)) => Ok(("text/plain; charset=utf-8", control::render_status(&s, &rep))),
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        },
+        "/status" => control::status_and_report(&router).await.map(|(s, rep)| ("text/plain; charset=utf-8", control::render_status(&s, &rep))),
         "/report" => control::report(&router).await.map(|v| ("application/json", serde_json::to_string_pretty(&v).unwrap_or_default())),
         "/metrics" => metrics(&router).await.map(|m| ("text/plain; version=0.0.4", m)),
         _ => return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "not found: /status, /report, /metrics\n".into())),

@@ -192,26 +192,24 @@ impl MemDataplane {
 
     /// Several frames read in one batch (packed together where they fit).
     pub fn send_frames(&self, now: Instant, frames: &[Vec<u8>]) {
-        let mut tx = TxQueue::default();
-        let mut inject = Vec::new();
-        {
-            let mut s = lock(&self.core);
-            for f in frames {
-                s.handle_frame(now, None, f, &mut tx, &mut inject);
-            }
-            s.flush(&mut tx);
-        }
-        self.send_all(&mut tx);
-        self.delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(inject);
+        self.read_batch(now, frames.iter().map(|f| (None, f.as_slice())));
     }
 
     /// A frame with offload metadata (a TAP device's virtio-net header).
     pub fn send_frame_vnet(&self, now: Instant, vnet: Option<[u8; crate::wire::VNET_LEN]>, frame: &[u8]) {
+        self.read_batch(now, std::iter::once((vnet, frame)));
+    }
+
+    /// One batch from the bridge, as the driver's worker handles it: every
+    /// frame, one flush, then the sends.
+    fn read_batch<'a>(&self, now: Instant, frames: impl Iterator<Item = (Option<[u8; crate::wire::VNET_LEN]>, &'a [u8])>) {
         let mut tx = TxQueue::default();
         let mut inject = Vec::new();
         {
             let mut s = lock(&self.core);
-            s.handle_frame(now, vnet, frame, &mut tx, &mut inject);
+            for (vnet, f) in frames {
+                s.handle_frame(now, vnet, f, &mut tx, &mut inject);
+            }
             s.flush(&mut tx);
         }
         self.send_all(&mut tx);

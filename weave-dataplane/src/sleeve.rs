@@ -184,6 +184,16 @@ struct Peer {
     counters: PeerCounters,
 }
 
+impl Peer {
+    /// What a heartbeat (or its ack) says about the peer: its fast-path
+    /// offer, whether it hears our fast-path heartbeats, whether it trusts us.
+    fn note_beat(&mut self, beat: &Beat) {
+        self.fastpath_offer = (beat.flags & wire::BEAT_FASTPATH != 0).then_some((beat.fastpath_mac, beat.fastpath_port));
+        self.fastpath_heard_by_peer = beat.flags & wire::BEAT_FASTPATH_HEARD != 0;
+        self.trusts_us = beat.flags & wire::BEAT_TRUSTS_YOU != 0;
+    }
+}
+
 /// Datagrams to send, in reusable buffers (cleared, not freed, between
 /// batches).
 #[derive(Debug, Default)]
@@ -611,7 +621,7 @@ impl Sleeve {
             }
         }
         let rec = FrameRecord { origin: ourself, dst: ourself, flags: FLAG_BROADCAST, vnet, piece: None, frame };
-        self.forward_broadcast(rec, tx, Some(inject));
+        self.forward_broadcast(rec, None, tx, Some(inject));
     }
 
     fn forward_unicast(&mut self, rec: FrameRecord<'_>, tx: &mut TxQueue, inject: Option<&mut Vec<Vec<u8>>>) {
@@ -622,15 +632,9 @@ impl Sleeve {
         self.send_record(hop, rec, tx, inject);
     }
 
-    fn forward_broadcast(&mut self, rec: FrameRecord<'_>, tx: &mut TxQueue, inject: Option<&mut Vec<Vec<u8>>>) {
-        self.forward_broadcast_inner(rec, None, tx, inject);
-    }
-
-    fn forward_broadcast_from(&mut self, rec: FrameRecord<'_>, sender: Option<PeerName>, tx: &mut TxQueue) {
-        self.forward_broadcast_inner(rec, sender, tx, None);
-    }
-
-    fn forward_broadcast_inner(&mut self, rec: FrameRecord<'_>, sender: Option<PeerName>, tx: &mut TxQueue, mut inject: Option<&mut Vec<Vec<u8>>>) {
+    /// Relay a broadcast to our children in its origin's tree, never back
+    /// to the hop it came from (`sender`; none for our own frames).
+    fn forward_broadcast(&mut self, rec: FrameRecord<'_>, sender: Option<PeerName>, tx: &mut TxQueue, mut inject: Option<&mut Vec<Vec<u8>>>) {
         let mut children = std::mem::take(&mut self.children);
         children.clear();
         children.extend_from_slice(self.routes.broadcast_children(rec.origin));
@@ -828,9 +832,7 @@ impl Sleeve {
                 let Ok(beat) = Beat::parse(&data[HEADER_LEN..body_end]) else {
                     return self.drop(DropReason::Malformed);
                 };
-                p.fastpath_offer = (beat.flags & wire::BEAT_FASTPATH != 0).then_some((beat.fastpath_mac, beat.fastpath_port));
-                p.fastpath_heard_by_peer = beat.flags & wire::BEAT_FASTPATH_HEARD != 0;
-                p.trusts_us = beat.flags & wire::BEAT_TRUSTS_YOU != 0;
+                p.note_beat(&beat);
                 let size = u16::try_from(data.len()).unwrap_or(u16::MAX);
                 let ack = Beat { seq: beat.seq, size, ..self.our_beat(now, h.sender) };
                 self.send_beat(h.sender, Kind::HeartbeatAck, ack, 0, tx);
@@ -840,9 +842,7 @@ impl Sleeve {
                     return self.drop(DropReason::Malformed);
                 };
                 p.last_ack = Some(now);
-                p.fastpath_offer = (beat.flags & wire::BEAT_FASTPATH != 0).then_some((beat.fastpath_mac, beat.fastpath_port));
-                p.fastpath_heard_by_peer = beat.flags & wire::BEAT_FASTPATH_HEARD != 0;
-                p.trusts_us = beat.flags & wire::BEAT_TRUSTS_YOU != 0;
+                p.note_beat(&beat);
                 let probe = beat.size == p.pmtu.probe && beat.seq == p.seq;
                 p.pmtu.acked(beat.size, probe);
             }
@@ -892,7 +892,7 @@ impl Sleeve {
             }
         }
         if rec.is_broadcast() {
-            self.forward_broadcast_from(rec, Some(sender), tx);
+            self.forward_broadcast(rec, Some(sender), tx, None);
         } else if rec.dst != ourself {
             if self.routes.next_hop(rec.dst) == Some(sender) {
                 // Routes disagree for now: never bounce a frame back.

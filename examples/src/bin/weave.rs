@@ -325,6 +325,35 @@ async fn client(state_dir: &Path) -> Result<control::ControlClient<tonic::transp
     control::connect(&sock).await.map_err(|_| Fail(format!("no router is running here ({} does not answer); start one with 'weave launch'", sock.display())))
 }
 
+/// A client of a router that answers, if one runs here.
+async fn running(state_dir: &Path) -> Option<control::ControlClient<tonic::transport::Channel>> {
+    let mut c = control::connect(&control::socket_path(state_dir)).await.ok()?;
+    c.ping(pb::Empty {}).await.ok()?;
+    Some(c)
+}
+
+/// The running router's PID, from its state directory.
+fn router_pid(state_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(state_dir.join("weave.pid")).ok().and_then(|p| p.trim().parse().ok())
+}
+
+/// Wait (up to 20 s) until the router process `pid` is gone (a zombie
+/// counts as gone), or without a PID until its socket is; false on timeout.
+async fn wait_gone(state_dir: &Path, pid: Option<u32>) -> bool {
+    let alive = || match pid {
+        Some(p) => Path::new(&format!("/proc/{p}")).exists() && !std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z ")),
+        None => control::socket_path(state_dir).exists(),
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while alive() {
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
 fn rpc_err(s: tonic::Status) -> Fail {
     Fail(s.message().to_owned())
 }
@@ -357,12 +386,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 // hickory-server logs every query at info: keep it to warnings.
                 .with_env_filter(tracing_subscriber::EnvFilter::try_new(format!("{},hickory_server=warn", a.log_level)).map_err(|e| Fail(format!("invalid --log-level: {e}")))?)
                 .init();
-            if client(&state).await.is_ok_and(|_| true) && control::socket_path(&state).exists() {
-                if let Ok(mut c) = client(&state).await {
-                    if c.ping(pb::Empty {}).await.is_ok() {
-                        return Err(Fail(format!("a router is already running with state in {}; 'weave stop' it first", state.display())));
-                    }
-                }
+            if running(&state).await.is_some() {
+                return Err(Fail(format!("a router is already running with state in {}; 'weave stop' it first", state.display())));
             }
             let http: Option<std::net::SocketAddr> = if a.http_addr.is_empty() { None } else { Some(a.http_addr.parse().map_err(|_| Fail(format!("invalid --http-addr {}", a.http_addr)))?) };
             let router = Router::start(cfg).await.map_err(|e| Fail(format!("cannot start the router: {e}")))?;
@@ -394,10 +419,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Launch(a) => {
             need_root()?;
             router_config(&state, &a)?;
-            if let Ok(mut c) = client(&state).await {
-                if c.ping(pb::Empty {}).await.is_ok() {
-                    return Err(Fail("a router is already running in this network namespace; 'weave stop' it first".into()));
-                }
+            if running(&state).await.is_some() {
+                return Err(Fail("a router is already running in this network namespace; 'weave stop' it first".into()));
             }
             std::fs::create_dir_all(&state)?;
             let log = std::fs::OpenOptions::new().create(true).append(true).open(state.join("weave.log"))?;
@@ -430,21 +453,14 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Stop => {
             let mut c = client(&state).await?;
-            let pid = std::fs::read_to_string(state.join("weave.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
+            let pid = router_pid(&state);
             c.stop(pb::Empty {}).await.map_err(rpc_err)?;
             // Return once the process is gone (its ports are free again).
-            let end = Instant::now() + Duration::from_secs(20);
-            let alive = || match pid {
-                Some(p) => Path::new(&format!("/proc/{p}")).exists() && !std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z ")),
-                None => control::socket_path(&state).exists(),
-            };
-            while alive() {
-                if Instant::now() > end {
-                    return Err(Fail("the router did not stop within 20 s".into()));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            if wait_gone(&state, pid).await {
+                Ok(())
+            } else {
+                Err(Fail("the router did not stop within 20 s".into()))
             }
-            Ok(())
         }
         Cmd::Connect { replace, peers } => {
             client(&state).await?.connect(pb::ConnectRequest { peers, replace }).await.map_err(rpc_err)?;
@@ -521,21 +537,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Reset { force } => {
             need_root()?;
-            let mut running = None;
-            if let Ok(mut c) = client(&state).await {
-                if c.ping(pb::Empty {}).await.is_ok() {
-                    running = Some(c);
-                }
-            }
-            match running {
+            match running(&state).await {
                 Some(mut c) => {
-                    let pid = std::fs::read_to_string(state.join("weave.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
+                    let pid = router_pid(&state);
                     let r = c.reset(pb::ResetRequest { force }).await.map_err(rpc_err)?.into_inner();
-                    if let Some(p) = pid {
-                        let end = Instant::now() + Duration::from_secs(20);
-                        while Path::new(&format!("/proc/{p}")).exists() && !std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z ")) && Instant::now() < end {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
+                    if pid.is_some() {
+                        wait_gone(&state, pid).await;
                     }
                     if !r.heir.is_empty() {
                         eprintln!("address space handed to {}", r.heir);
