@@ -612,7 +612,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                         for c in &p.connections {
                             let state = if c.established { "established" } else { "pending" };
                             let dir = if c.outbound { "->" } else { "<-" };
-                            println!("   {dir} {:<21} {}({}) {state}", c.address, c.name, c.nickname);
+                            println!("   {dir} {:<21} {:<20} {state}", c.address, format!("{}({})", c.name, c.nickname));
                         }
                     }
                 }
