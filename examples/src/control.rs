@@ -270,12 +270,16 @@ impl pb::control_server::Control for Service {
     }
 
     async fn ps(&self, r: Request<pb::PsRequest>) -> Result<Response<pb::PsReply>, Status> {
+        let mut ids = Vec::new();
+        for c in r.into_inner().containers {
+            ids.push(self.router.resolve(&c).await.map_err(to_status)?.id);
+        }
         let entries = self
             .router
-            .ps(&r.into_inner().containers)
+            .ps(&ids)
             .await
             .into_iter()
-            .map(|c| pb::PsEntry { id: c.id, mac: mac(&c.mac), cidrs: c.cidrs.iter().map(ToString::to_string).collect() })
+            .map(|c| pb::PsEntry { id: crate::docker::display_id(&c.id).to_owned(), mac: mac(&c.mac), cidrs: c.cidrs.iter().map(ToString::to_string).collect() })
             .collect();
         let (exposed, bmac) = self.router.exposed().await.map_err(to_status)?;
         Ok(Response::new(pb::PsReply { entries, expose_mac: mac(&bmac), exposed: exposed.iter().map(ToString::to_string).collect() }))
@@ -310,10 +314,15 @@ impl pb::control_server::Control for Service {
     async fn dns_add(&self, r: Request<pb::DnsRequest>) -> Result<Response<pb::Empty>, Status> {
         let mut r = r.into_inner();
         let ips = parse_ips(&r.ips)?;
-        let name = self.router.dns_name(&r.container, Some(&r.hostname)).ok_or_else(|| Status::failed_precondition("weaveDNS is disabled (--no-dns)"))?;
         if r.container.is_empty() && r.hostname.is_empty() {
             return Err(Status::invalid_argument("dns-add needs a container or -h FQDN"));
         }
+        let mut base = r.container.clone();
+        if !r.container.is_empty() {
+            let t = self.router.resolve(&r.container).await.map_err(to_status)?;
+            (r.container, base) = (t.id, t.name);
+        }
+        let name = self.router.dns_name(&base, Some(&r.hostname)).ok_or_else(|| Status::failed_precondition("weaveDNS is disabled (--no-dns)"))?;
         let ips = if ips.is_empty() {
             // The container's own addresses.
             self.router.ps(std::slice::from_ref(&r.container)).await.into_iter().flat_map(|c| c.cidrs).map(|c| c.addr()).collect()
@@ -335,6 +344,8 @@ impl pb::control_server::Control for Service {
         let mut r = r.into_inner();
         if r.container.is_empty() {
             r.container = EXTERN.into();
+        } else {
+            r.container = self.router.resolve(&r.container).await.map_err(to_status)?.id;
         }
         let ips = parse_ips(&r.ips)?;
         let name = (!r.hostname.is_empty()).then_some(r.hostname.as_str());
@@ -355,7 +366,7 @@ impl pb::control_server::Control for Service {
             .store()
             .entries()
             .filter(|(_, v)| !v.is_tombstone())
-            .map(|(k, _)| pb::DnsEntry { hostname: k.hostname.clone(), addr: k.addr.to_string(), container: k.container.clone(), origin: k.origin.to_string() })
+            .map(|(k, _)| pb::DnsEntry { hostname: k.hostname.clone(), addr: k.addr.to_string(), container: crate::docker::display_id(&k.container).to_owned(), origin: k.origin.to_string() })
             .collect();
         let address = self.router.config().dns.as_ref().map(|s| s.listen_for(self.router.config().name).to_string()).unwrap_or_default();
         Ok(Response::new(pb::DnsEntriesReply { entries, domain: d.domain().to_owned(), address }))

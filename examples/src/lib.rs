@@ -6,3 +6,5 @@
 pub mod control;
 pub mod router;
 pub mod http;
+pub mod docker;
+pub mod plugin;

@@ -60,6 +60,14 @@ pub struct RouterConfig {
     pub bridge: String,
     /// weaveDNS (None: `--no-dns`).
     pub dns: Option<DnsSettings>,
+    /// Use Docker (container names and IDs, lifecycle) when a daemon
+    /// answers.
+    pub docker: bool,
+    /// How long a dead Docker container keeps its addresses and names: a
+    /// quick restart gets them back.
+    pub docker_grace: Duration,
+    /// Serve the Docker network plugin (None: `--no-plugin`).
+    pub plugin: Option<crate::plugin::PluginSettings>,
 }
 
 /// weaveDNS settings.
@@ -118,7 +126,8 @@ impl DnsSettings {
 /// A container attached to the overlay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
-    /// Its id (the netns name, path or pid:N as given).
+    /// Its id: the netns name, path or pid:N as given, or a Docker
+    /// container's full ID.
     pub id: String,
     /// Its namespace.
     pub netns: Netns,
@@ -195,6 +204,33 @@ pub fn container_netns(spec: &str) -> Result<Netns, RouterError> {
     }
 }
 
+/// A CONTAINER argument, resolved.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// What IPAM and DNS hold its addresses under: the netns as given, or
+    /// the Docker container's full ID (so its name and ID are one).
+    pub id: String,
+    /// Its name (the default DNS name's first label).
+    pub name: String,
+    /// Its namespace; None for a Docker container that is not running.
+    pub netns: Option<Netns>,
+    /// The Docker container, if it is one.
+    pub docker: Option<crate::docker::DockerContainer>,
+}
+
+/// How a Docker container was attached, to attach it again when it is
+/// restarted.
+#[derive(Debug, Clone)]
+struct Tracked {
+    specs: Vec<AddrSpec>,
+    dns: bool,
+    hostname: Option<String>,
+    multicast: bool,
+    /// Bumped by every start and death: a release scheduled at a death
+    /// goes ahead only if nothing happened since.
+    epoch: u64,
+}
+
 struct Pending {
     waiters: BTreeMap<u64, oneshot::Sender<Result<Ipv4Net, weave_ipam::ipam::IpamError>>>,
 }
@@ -219,6 +255,9 @@ pub struct Router {
     /// Every peer's nickname ever seen: `rmpeer NICKNAME` must work after
     /// a dead peer has left the topology.
     nicknames: Arc<Mutex<BTreeMap<PeerName, String>>>,
+    docker: Option<crate::docker::Docker>,
+    tracked: Mutex<BTreeMap<String, Tracked>>,
+    plugin: Mutex<Option<Arc<crate::plugin::Plugin>>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -338,6 +377,9 @@ impl Router {
             terminations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             targets: Mutex::new(cfg.peers.iter().cloned().collect()),
             nicknames: Arc::new(Mutex::new(BTreeMap::new())),
+            docker: if cfg.docker { crate::docker::Docker::connect().await } else { None },
+            tracked: Mutex::new(BTreeMap::new()),
+            plugin: Mutex::new(None),
         });
         router.save_targets(&lock(&router.targets));
         {
@@ -371,6 +413,27 @@ impl Router {
             tokio::spawn(ipam_pump(mesh.clone(), ipam, store, pending, poke, router.handed_off.clone()));
         }
         router.adopt_existing().await;
+        if let Some(d) = router.docker.clone() {
+            tokio::spawn(follow_docker(Arc::downgrade(&router), d));
+        }
+        if let Some(settings) = &cfg.plugin {
+            let p = Arc::new(crate::plugin::Plugin::start(Arc::downgrade(&router), settings.clone()).await?);
+            match router.docker.clone() {
+                // In the background: Docker asks IPAM for the gateway,
+                // which may wait for consensus with peers not yet here.
+                Some(d) => {
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        match p.ensure_network(&d).await {
+                            Ok(()) => tracing::info!(network = %p.name(), "Docker network ready"),
+                            Err(e) => tracing::warn!(error = %e, "the Docker plugin runs without its network"),
+                        }
+                    });
+                }
+                None => tracing::warn!("no Docker daemon answers: the plugin is served, but no network was created"),
+            }
+            *lock(&router.plugin) = Some(p);
+        }
         mesh.connect(cfg.peers.clone(), false).await.map_err(|_| "mesh stopped")?.map_err(|e| e.to_string())?;
         Ok(router)
     }
@@ -383,7 +446,11 @@ impl Router {
         let owned = lock(ipam).status().owned;
         let mut cs = self.containers.lock().await;
         for (id, cidrs) in owned {
-            let Ok(ns) = container_netns(&id) else { continue };
+            let Ok(Target { netns: Some(ns), docker, .. }) = self.resolve(&id).await else { continue };
+            if docker.is_some() {
+                let specs = cidrs.iter().map(|c| AddrSpec::Exact(*c)).collect();
+                lock(&self.tracked).insert(id.clone(), Tracked { specs, dns: self.dns.is_some(), hostname: None, multicast: true, epoch: 0 });
+            }
             let Ok(c) = Netlink::connect(&ns).await else { continue };
             if let Ok(Some(link)) = c.link("ethwe").await {
                 cs.insert(id.clone(), Container { id, netns: ns, mac: link.mac, cidrs });
@@ -467,6 +534,35 @@ impl Router {
         &self.dp
     }
 
+    /// The netlink connection in the router's namespace.
+    pub fn netlink(&self) -> &Netlink {
+        &self.nl
+    }
+
+    /// The subnet `net:default` allocates in (None without IPAM).
+    pub fn default_subnet(&self) -> Option<Ipv4Net> {
+        self.cfg.ipalloc_range.map(|r| self.cfg.ipalloc_default_subnet.unwrap_or(r))
+    }
+
+    /// Docker network plugin settings, when it is served.
+    pub fn plugin_settings(&self) -> Option<crate::plugin::PluginSettings> {
+        self.cfg.plugin.clone()
+    }
+
+    /// Allocate an address for `id` (for integrations such as the Docker
+    /// plugin and CNI, which plumb it themselves).
+    pub async fn allocate_for(&self, id: &str, spec: &AddrSpec) -> Result<Ipv4Net, RouterError> {
+        self.allocate(id, spec).await
+    }
+
+    /// Free one address held for `id`.
+    pub fn free_addr(&self, id: &str, addr: Ipv4Addr) {
+        if let Some(ipam) = &self.ipam {
+            lock(ipam).free(Instant::now(), id, addr);
+        }
+        self.poke.notify_one();
+    }
+
     /// The IPAM, when enabled.
     pub fn ipam(&self) -> Option<&Arc<Mutex<Ipam>>> {
         self.ipam.as_ref()
@@ -546,63 +642,103 @@ impl Router {
         Ok(n)
     }
 
+    /// Resolve a CONTAINER argument: `pid:N`, a netns path, a named netns,
+    /// or (when Docker answers) a Docker container's name or ID.
+    pub async fn resolve(&self, spec: &str) -> Result<Target, RouterError> {
+        let base = |s: &str| s.rsplit('/').next().unwrap_or(s).trim_start_matches("pid:").to_owned();
+        let named = !spec.is_empty() && !spec.contains('/') && !spec.starts_with("pid:");
+        if !named || std::path::Path::new("/run/netns").join(spec).exists() || self.docker.is_none() {
+            return Ok(Target { id: spec.to_owned(), name: base(spec), netns: Some(container_netns(spec)?), docker: None });
+        }
+        let d = self.docker.as_ref().expect("checked");
+        match d.inspect(spec).await {
+            Ok(Some(c)) => Ok(Target { id: c.id.clone(), name: c.name.clone(), netns: c.pid.map(Netns::of_pid), docker: Some(c) }),
+            Ok(None) => Err(RouterError::NotFound(format!("container {spec} not found (neither a network namespace nor a Docker container)"))),
+            Err(e) => Err(RouterError::Invalid(format!("cannot look up container {spec}: {e}"))),
+        }
+    }
+
     /// `weave attach` with DNS: the addresses, then a name for each and a
     /// resolver for the container (named namespaces get
-    /// `/etc/netns/NAME/resolv.conf`, which `ip netns exec` mounts).
+    /// `/etc/netns/NAME/resolv.conf`, which `ip netns exec` mounts; Docker
+    /// containers get theirs rewritten). A Docker container is attached
+    /// again, with the same addresses, when it is restarted.
     pub async fn attach_with_dns(&self, container: &str, specs: &[AddrSpec], multicast_route: bool, dns: bool, hostname: Option<&str>) -> Result<Vec<Ipv4Net>, RouterError> {
-        let cidrs = self.attach(container, specs, multicast_route).await?;
-        if let (true, Some(name), Some(settings)) = (dns, self.dns_name(container, hostname), self.cfg.dns.as_ref()) {
-            let addrs: Vec<Ipv4Addr> = cidrs.iter().map(Ipv4Net::addr).collect();
-            self.dns_add(container, &name, &addrs)?;
-            if let IpAddr::V4(dns_ip) = settings.listen_for(self.cfg.name).ip() {
-                let ns = container_netns(container)?;
-                let c = Netlink::connect(&ns).await?;
-                if let Some(link) = c.link("ethwe").await? {
-                    c.add_route(link.index, Ipv4Net::new(dns_ip, 32).expect("/32")).await?;
-                }
-                // And the way back: the server answers from the bridge.
-                if let Some(b) = self.nl.link(&self.cfg.bridge).await? {
-                    for a in &addrs {
-                        self.nl.add_route(b.index, Ipv4Net::new(*a, 32).expect("/32")).await?;
-                    }
-                }
-                if !container.starts_with('/') && !container.starts_with("pid:") {
-                    weave_dns::resolv::write_netns_resolv_conf(std::path::Path::new("/etc/netns"), container, IpAddr::V4(dns_ip), &settings.domain)
-                        .map_err(|e| RouterError::Invalid(format!("cannot write the container's resolv.conf: {e}")))?;
-                }
-            }
+        let t = self.resolve(container).await?;
+        let cidrs = self.attach_target(&t, specs, multicast_route, "ethwe", false).await?;
+        if t.docker.is_some() {
+            let mut tr = lock(&self.tracked);
+            let e = tr.entry(t.id.clone()).or_insert(Tracked { specs: Vec::new(), dns, hostname: hostname.map(str::to_owned), multicast: multicast_route, epoch: 0 });
+            e.specs.extend(cidrs.iter().map(|c| AddrSpec::Exact(*c)));
+            e.dns = dns;
+            e.hostname = hostname.map(str::to_owned);
+        }
+        if dns {
+            self.register_dns(&t, &cidrs, hostname).await?;
         }
         Ok(cidrs)
+    }
+
+    /// Names for `cidrs` of an attached container, the route to this
+    /// host's DNS server inside it and back, and its resolver.
+    async fn register_dns(&self, t: &Target, cidrs: &[Ipv4Net], hostname: Option<&str>) -> Result<(), RouterError> {
+        let (Some(name), Some(settings)) = (self.dns_name(&t.name, hostname), self.cfg.dns.as_ref()) else { return Ok(()) };
+        let addrs: Vec<Ipv4Addr> = cidrs.iter().map(Ipv4Net::addr).collect();
+        self.dns_add(&t.id, &name, &addrs)?;
+        let IpAddr::V4(dns_ip) = settings.listen_for(self.cfg.name).ip() else { return Ok(()) };
+        if let Some(ns) = &t.netns {
+            let c = Netlink::connect(ns).await?;
+            if let Some(link) = c.link("ethwe").await? {
+                c.add_route(link.index, Ipv4Net::new(dns_ip, 32).expect("/32")).await?;
+            }
+        }
+        // And the way back: the server answers from the bridge.
+        if let Some(b) = self.nl.link(&self.cfg.bridge).await? {
+            for a in &addrs {
+                self.nl.add_route(b.index, Ipv4Net::new(*a, 32).expect("/32")).await?;
+            }
+        }
+        let written = match &t.docker {
+            Some(d) => match &d.resolv_conf {
+                Some(p) => crate::docker::rewrite_resolv_conf(p, dns_ip, &settings.domain),
+                None => Ok(()),
+            },
+            None if !t.id.starts_with('/') && !t.id.starts_with("pid:") => weave_dns::resolv::write_netns_resolv_conf(std::path::Path::new("/etc/netns"), &t.id, IpAddr::V4(dns_ip), &settings.domain).map(drop),
+            None => Ok(()),
+        };
+        written.map_err(|e| RouterError::Invalid(format!("cannot write the container's resolv.conf: {e}")))
     }
 
     /// `weave attach`: addresses (from IPAM unless exact) on `ethwe` in
     /// the container's namespace. Returns the CIDRs configured.
     pub async fn attach(&self, container: &str, specs: &[AddrSpec], multicast_route: bool) -> Result<Vec<Ipv4Net>, RouterError> {
-        let ns = container_netns(container)?;
+        let t = self.resolve(container).await?;
+        self.attach_target(&t, specs, multicast_route, "ethwe", false).await
+    }
+
+    /// Attach a resolved container as interface `ifname`.
+    pub async fn attach_target(&self, t: &Target, specs: &[AddrSpec], multicast_route: bool, ifname: &str, hairpin: bool) -> Result<Vec<Ipv4Net>, RouterError> {
+        let Some(ns) = t.netns.clone() else { return Err(RouterError::Invalid(format!("container {} is not running", t.name))) };
+        let container = t.id.as_str();
         let specs: Vec<AddrSpec> = if specs.is_empty() { vec![AddrSpec::Default] } else { specs.to_vec() };
         let mut cidrs = Vec::new();
         for s in &specs {
             cidrs.push(self.allocate(container, s).await?);
         }
-        let cfg = AttachConfig { bridge: self.cfg.bridge.clone(), ifname: "ethwe".into(), mtu: self.cfg.mtu, multicast_route };
+        let cfg = AttachConfig { bridge: self.cfg.bridge.clone(), ifname: ifname.into(), mtu: self.cfg.mtu, multicast_route, hairpin };
         let addrs: Vec<IpNet> = cidrs.iter().map(|c| IpNet::V4(*c)).collect();
         let attached = match netlink::attach(&self.nl, &ns, container, &addrs, &cfg).await {
             Ok(a) => a,
             Err(e) => {
                 // Give back what we took for it.
-                if let Some(ipam) = &self.ipam {
-                    let mut i = lock(ipam);
-                    for c in &cidrs {
-                        i.free(Instant::now(), container, c.addr());
-                    }
-                }
-                self.poke.notify_one();
+                self.free_all(container, &cidrs);
                 return Err(e.into());
             }
         };
         let mut cs = self.containers.lock().await;
-        let entry = cs.entry(container.to_owned()).or_insert_with(|| Container { id: container.to_owned(), netns: ns, mac: attached.mac, cidrs: Vec::new() });
+        let entry = cs.entry(container.to_owned()).or_insert_with(|| Container { id: container.to_owned(), netns: ns.clone(), mac: attached.mac, cidrs: Vec::new() });
         entry.mac = attached.mac;
+        entry.netns = ns;
         for c in &cidrs {
             if !entry.cidrs.contains(c) {
                 entry.cidrs.push(*c);
@@ -611,9 +747,28 @@ impl Router {
         Ok(cidrs)
     }
 
+    fn free_all(&self, id: &str, cidrs: &[Ipv4Net]) {
+        if let Some(ipam) = &self.ipam {
+            let mut i = lock(ipam);
+            for c in cidrs {
+                i.free(Instant::now(), id, c.addr());
+            }
+        }
+        self.poke.notify_one();
+    }
+
     /// `weave detach`: remove these addresses (all when empty); free them.
     pub async fn detach(&self, container: &str, addrs: &[Ipv4Net]) -> Result<Vec<Ipv4Net>, RouterError> {
-        let ns = container_netns(container)?;
+        let t = self.resolve(container).await?;
+        if addrs.is_empty() {
+            lock(&self.tracked).remove(&t.id);
+        }
+        self.detach_target(&t, "ethwe", addrs).await
+    }
+
+    /// Detach a resolved container's interface `ifname`.
+    pub async fn detach_target(&self, t: &Target, ifname: &str, addrs: &[Ipv4Net]) -> Result<Vec<Ipv4Net>, RouterError> {
+        let container = t.id.as_str();
         let mut cs = self.containers.lock().await;
         let known = cs.get(container).map(|c| c.cidrs.clone()).unwrap_or_default();
         let owned: Vec<Ipv4Net> = match &self.ipam {
@@ -628,17 +783,13 @@ impl Router {
         }
         let victims: Vec<Ipv4Net> = if addrs.is_empty() { all.clone() } else { all.iter().filter(|c| addrs.iter().any(|a| a.addr() == c.addr())).copied().collect() };
         if victims.is_empty() && !addrs.is_empty() {
-            return Err(RouterError::NotFound(format!("{container} does not have {}", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "))));
+            return Err(RouterError::NotFound(format!("{} does not have {}", t.name, addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "))));
         }
-        let v: Vec<IpNet> = victims.iter().map(|c| IpNet::V4(*c)).collect();
-        netlink::detach(&ns, "ethwe", if addrs.is_empty() { None } else { Some(&v) }).await?;
-        if let Some(ipam) = &self.ipam {
-            let mut i = lock(ipam);
-            for c in &victims {
-                i.free(Instant::now(), container, c.addr());
-            }
+        if let Some(ns) = &t.netns {
+            let v: Vec<IpNet> = victims.iter().map(|c| IpNet::V4(*c)).collect();
+            netlink::detach(ns, ifname, if addrs.is_empty() { None } else { Some(&v) }).await?;
         }
-        self.poke.notify_one();
+        self.free_all(container, &victims);
         if self.dns.is_some() {
             let ips: Vec<Ipv4Addr> = victims.iter().map(Ipv4Net::addr).collect();
             let _ = self.dns_remove(container, None, &ips);
@@ -650,7 +801,7 @@ impl Router {
         }
         if gone {
             cs.remove(container);
-            if !container.starts_with('/') && !container.starts_with("pid:") {
+            if t.docker.is_none() && !container.starts_with('/') && !container.starts_with("pid:") {
                 let _ = weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), container);
             }
         }
@@ -721,6 +872,15 @@ impl Router {
                 removed_files.extend(remove_resolv_confs(ip));
             }
         }
+        let plugin = lock(&self.plugin).take();
+        if let (Some(p), Some(d)) = (&plugin, &self.docker) {
+            if let Err(e) = p.remove_network(d).await {
+                tracing::warn!(error = %e, "Docker network left behind");
+            }
+        }
+        if let Some(p) = plugin {
+            removed_files.push(p.socket().display().to_string());
+        }
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
         removed.append(&mut removed_files);
         for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir), self.cfg.state_dir.join(NAME_FILE)] {
@@ -746,6 +906,156 @@ impl Router {
     /// Close the mesh (the data plane stops with the process).
     pub async fn shutdown(&self) {
         self.mesh.shutdown().await;
+    }
+}
+
+impl Router {
+    /// Give up everything held for a container: its addresses, names and
+    /// entry.
+    async fn release(&self, id: &str) {
+        let owned = match &self.ipam {
+            Some(ipam) => lock(ipam).status().owned.get(id).cloned().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        self.free_all(id, &owned);
+        if self.dns.is_some() {
+            let _ = self.dns_remove(id, None, &[]);
+        }
+        self.containers.lock().await.remove(id);
+        tracing::info!(container = crate::docker::display_id(id), released = owned.len(), "container gone: addresses and names released");
+    }
+
+    /// Act on a Docker container's start, death or removal.
+    async fn on_docker(self: &Arc<Self>, what: crate::docker::Lifecycle, id: String) {
+        use crate::docker::Lifecycle;
+        let epoch = {
+            let mut tr = lock(&self.tracked);
+            match (what, tr.get_mut(&id)) {
+                (Lifecycle::Destroy, Some(_)) => {
+                    tr.remove(&id);
+                    None
+                }
+                (_, Some(t)) => {
+                    t.epoch += 1;
+                    Some(t.epoch)
+                }
+                (_, None) => None,
+            }
+        };
+        match what {
+            Lifecycle::Start => {
+                if epoch.is_some() {
+                    if let Err(e) = self.reattach(&id).await {
+                        tracing::warn!(container = crate::docker::display_id(&id), error = %e, "cannot attach the restarted container again");
+                    }
+                }
+                self.plugin_names(&id).await;
+            }
+            Lifecycle::Die => {
+                if let Some(epoch) = epoch {
+                    // Its interface went with its namespace; its addresses
+                    // wait a little for a restart.
+                    self.containers.lock().await.remove(&id);
+                    let (me, grace) = (Arc::downgrade(self), self.cfg.docker_grace);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        let Some(r) = me.upgrade() else { return };
+                        let still_dead = lock(&r.tracked).get(&id).is_some_and(|t| t.epoch == epoch);
+                        if still_dead {
+                            r.release(&id).await;
+                        }
+                    });
+                } else if self.dns.is_some() {
+                    let _ = self.dns_remove(&id, None, &[]);
+                }
+            }
+            Lifecycle::Destroy => self.release(&id).await,
+        }
+    }
+
+    /// Attach a restarted Docker container as it was: the same addresses
+    /// if it still holds them (or can claim them again), new ones if not.
+    async fn reattach(&self, id: &str) -> Result<(), RouterError> {
+        let Some(tr) = lock(&self.tracked).get(id).cloned() else { return Ok(()) };
+        let t = self.resolve(id).await?;
+        let cidrs = match self.attach_target(&t, &tr.specs, tr.multicast, "ethwe", false).await {
+            Ok(c) => c,
+            Err(RouterError::Ipam(e)) => {
+                tracing::info!(container = crate::docker::display_id(id), error = %e, "its old addresses are taken: allocating new ones");
+                let n = tr.specs.len().max(1);
+                self.attach_target(&t, &vec![AddrSpec::Default; n], tr.multicast, "ethwe", false).await?
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(e) = lock(&self.tracked).get_mut(id) {
+            e.specs = cidrs.iter().map(|c| AddrSpec::Exact(*c)).collect();
+        }
+        if tr.dns {
+            self.register_dns(&t, &cidrs, tr.hostname.as_deref()).await?;
+        }
+        tracing::info!(container = %t.name, ?cidrs, "restarted container attached again");
+        Ok(())
+    }
+
+    /// A container started on the plugin's networks gets its names.
+    async fn plugin_names(&self, id: &str) {
+        let nets = match &*lock(&self.plugin) {
+            Some(p) => p.network_ids(),
+            None => return,
+        };
+        let Ok(t) = self.resolve(id).await else { return };
+        let Some(d) = &t.docker else { return };
+        let cidrs: Vec<Ipv4Net> = d.networks.iter().filter(|(n, _)| nets.contains(*n)).map(|(_, c)| *c).collect();
+        if cidrs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.register_dns(&t, &cidrs, None).await {
+            tracing::warn!(container = %t.name, error = %e, "cannot register the plugin container's names");
+        }
+    }
+
+    /// Docker containers whose addresses IPAM holds but that died or were
+    /// removed while the router was down.
+    async fn reconcile_docker(self: &Arc<Self>) {
+        let Some(ipam) = &self.ipam else { return };
+        let ids: Vec<String> = lock(ipam).status().owned.into_keys().filter(|k| crate::docker::is_container_id(k)).collect();
+        for id in ids {
+            match self.resolve(&id).await {
+                Ok(Target { netns: Some(_), .. }) => {}
+                Ok(_) => self.on_docker(crate::docker::Lifecycle::Die, id).await,
+                Err(RouterError::NotFound(_)) => self.release(&id).await,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Follow Docker's container events for as long as the router runs,
+/// reconnecting if the stream breaks.
+async fn follow_docker(router: std::sync::Weak<Router>, d: crate::docker::Docker) {
+    use tokio_stream::StreamExt;
+    let mut first = true;
+    loop {
+        let events = d.lifecycle();
+        tokio::pin!(events);
+        if std::mem::take(&mut first) {
+            let Some(r) = router.upgrade() else { return };
+            r.reconcile_docker().await;
+        }
+        while let Some(ev) = events.next().await {
+            let Some(r) = router.upgrade() else { return };
+            match ev {
+                Ok((what, id)) => r.on_docker(what, id).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Docker event stream broke; reconnecting");
+                    break;
+                }
+            }
+        }
+        if router.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -3,111 +3,11 @@
 //! cross-host ping, ps/status/report, bad input, stop, and a restart that
 //! keeps container addresses. Needs root; in CI its absence is a failure.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::require_root;
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-struct Hosts {
-    prefix: String,
-    namespaces: Vec<String>,
-    dir: PathBuf,
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for i in 1..=2 {
-            let _ = self.weave(i, &["stop"]);
-        }
-        if std::thread::panicking() {
-            for i in 1..=2 {
-                let log = self.state(i).join("weave.log");
-                eprintln!("--- {}:\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
-            }
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Hosts {
-    fn new() -> Self {
-        let prefix = format!("wvcli{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut h = Self { prefix, namespaces: Vec::new(), dir };
-        let (h1, h2) = (h.ns("h1"), h.ns("h2"));
-        ok(Command::new("ip").args(["link", "add", "u1", "netns", &h1, "type", "veth", "peer", "name", "u2", "netns", &h2]).output().unwrap());
-        for (ns, dev, addr) in [(&h1, "u1", "10.99.0.1/24"), (&h2, "u2", "10.99.0.2/24")] {
-            ok(Command::new("ip").args(["-n", ns, "addr", "add", addr, "dev", dev]).output().unwrap());
-            ok(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]).output().unwrap());
-            ok(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]).output().unwrap());
-        }
-        h
-    }
-
-    fn ns(&mut self, name: &str) -> String {
-        let full = format!("{}-{name}", self.prefix);
-        ok(Command::new("ip").args(["netns", "add", &full]).output().unwrap());
-        self.namespaces.push(full.clone());
-        full
-    }
-
-    fn name(&self, n: &str) -> String {
-        format!("{}-{n}", self.prefix)
-    }
-
-    fn state(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("h{i}"))
-    }
-
-    fn weave(&self, i: usize, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name(&format!("h{i}")), env!("CARGO_BIN_EXE_weave"), "--state-dir"])
-            .arg(self.state(i))
-            .args(args)
-            .env_remove("WEAVE_PASSWORD")
-            .output()
-            .expect("run weave")
-    }
-
-    fn ping(&self, from: &str, to: &str) -> bool {
-        let end = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < end {
-            if Command::new("ip").args(["netns", "exec", &self.name(from), "ping", "-c", "1", "-W", "1", to]).output().unwrap().status.success() {
-                return true;
-            }
-        }
-        false
-    }
-}
-
-/// GET `path` from the router's HTTP port inside host `i`'s namespace.
-fn http_get(h: &Hosts, i: usize, path: &str) -> String {
-    let ns = weave_dataplane::netlink::Netns::named(&h.name(&format!("h{i}")));
-    let path = path.to_owned();
-    ns.run(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:6784")?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: weave\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .expect("HTTP GET")
-}
+use common::{http_get, ok, require_root, Hosts};
 
 #[test]
 fn launch_attach_ping_status_restart_stop() {

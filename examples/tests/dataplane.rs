@@ -267,7 +267,7 @@ fn two_hosts(dataplane: &str, password: Option<&str>) -> Lab {
     rt().block_on(async {
         assert!(netlink::detach(&Netns::named(&c2), "ethwe", None).await.unwrap());
         let host = Netlink::connect(&Netns::named(&h2)).await.unwrap();
-        let cfg = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true };
+        let cfg = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true, hairpin: false };
         let a = netlink::attach(&host, &Netns::named(&c3), "c3", &["10.32.0.2/12".parse().unwrap()], &cfg).await.unwrap();
         assert!(a.addresses.contains(&"10.32.0.2/12".parse().unwrap()));
     });
@@ -508,7 +508,7 @@ fn expose_hide_bridge_recreation_and_reset() {
     // Several addresses per container: a second subnet on c1 and c2.
     let (h2, c1, c2) = (lab.name("h2"), lab.name("c1"), lab.name("c2"));
     rt().block_on(async {
-        let cfg = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true };
+        let cfg = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true, hairpin: false };
         let nl1 = Netlink::connect(&h1).await.unwrap();
         let nl2 = Netlink::connect(&Netns::named(&h2)).await.unwrap();
         let a = netlink::attach(&nl1, &Netns::named(&c1), "c1", &["10.48.0.1/12".parse().unwrap()], &cfg).await.unwrap();

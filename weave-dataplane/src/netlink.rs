@@ -412,6 +412,22 @@ impl Netlink {
         }
     }
 
+    /// A default route through `gateway` on `index` (idempotent).
+    pub async fn add_default_route(&self, index: u32, gateway: std::net::Ipv4Addr) -> Result<(), PlumbError> {
+        let msg = RouteMessageBuilder::<std::net::Ipv4Addr>::new().output_interface(index).gateway(gateway).build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            Err(e) => Err(err(format!("add default route via {gateway}"))(e)),
+        }
+    }
+
+    /// Turn hairpin mode of bridge port `port` on or off (a frame may go
+    /// back out of the port it came in by).
+    pub async fn set_hairpin(&self, port: u32, on: bool) -> Result<(), PlumbError> {
+        self.handle.link().set_port(LinkBridgePort::new(port).hairpin(on).build()).execute().await.map_err(err("set hairpin mode"))
+    }
+
     /// Bring a link up.
     pub async fn up(&self, index: u32) -> Result<(), PlumbError> {
         self.handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(err("bring link up"))
@@ -440,6 +456,8 @@ pub struct AttachConfig {
     pub mtu: u32,
     /// Route 224.0.0.0/4 through the overlay.
     pub multicast_route: bool,
+    /// Hairpin mode on the bridge port (CNI's `hairpinMode`).
+    pub hairpin: bool,
 }
 
 /// The host end's name for a container (stable, at most 15 bytes).
@@ -451,6 +469,27 @@ pub fn host_ifname(container: &str) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("vethwe{:08x}", h as u32)
+}
+
+/// Make a veth pair with the end `host_name` a port of `bridge` (in
+/// `host`'s namespace) and the other end, returned, moved into `target`
+/// with a temporary name and not configured. Any earlier pair of that name
+/// is replaced.
+pub async fn plug(host: &Netlink, bridge: u32, host_name: &str, target: &Netns, mtu: u32, hairpin: bool) -> Result<String, PlumbError> {
+    let tmp = format!("{}c", &host_name[..host_name.len().min(14)]);
+    host.delete(host_name).await?;
+    host.delete(&tmp).await?;
+    host.handle.link().add(LinkVeth::new(host_name, &tmp).mtu(mtu).build()).execute().await.map_err(err(format!("create veth {host_name}")))?;
+    let h = host.need(host_name).await?;
+    host.enslave(h.index, bridge, mtu, false).await?;
+    if hairpin {
+        host.set_hairpin(h.index, true).await?;
+    }
+    let nsfile = target.open().map_err(ioerr("open the target namespace"))?;
+    let t = host.need(&tmp).await?;
+    use std::os::fd::AsRawFd;
+    host.handle.link().set(LinkUnspec::new_with_index(t.index).setns_by_fd(nsfile.as_raw_fd()).build()).execute().await.map_err(err("move veth into the target namespace"))?;
+    Ok(tmp)
 }
 
 /// Attach a container (its namespace `container`, identified by `id`) to
@@ -470,18 +509,7 @@ pub async fn attach(host: &Netlink, container: &Netns, id: &str, addrs: &[IpNet]
     let link = match existing {
         Some(l) => l,
         None => {
-            let tmp = format!("{}c", &host_name[..14]);
-            host.delete(&host_name).await?;
-            host.delete(&tmp).await?;
-            host.handle.link().add(LinkVeth::new(&host_name, &tmp).mtu(cfg.mtu).build()).execute().await.map_err(err(format!("create veth {host_name}")))?;
-            let h = host.need(&host_name).await?;
-            host.enslave(h.index, bridge.index, cfg.mtu, false).await?;
-            let nsfile = container.open().map_err(ioerr("open container namespace"))?;
-            let t = host.need(&tmp).await?;
-            {
-                use std::os::fd::AsRawFd;
-                host.handle.link().set(LinkUnspec::new_with_index(t.index).setns_by_fd(nsfile.as_raw_fd()).build()).execute().await.map_err(err("move veth into container"))?;
-            }
+            let tmp = plug(host, bridge.index, &host_name, container, cfg.mtu, cfg.hairpin).await?;
             let t = c.need(&tmp).await?;
             c.handle.link().set(LinkUnspec::new_with_index(t.index).name(cfg.ifname.clone()).mtu(cfg.mtu).build()).execute().await.map_err(err(format!("rename to {}", cfg.ifname)))?;
             let ifn = cfg.ifname.clone();

@@ -126,7 +126,7 @@ async fn start_dataplane(args: &Args, name: PeerName) -> Result<Arc<dyn Dataplan
         "fastdp" => Arc::new(weave_dataplane::fastpath::FastDataplane::start(&nl, &cfg).await?),
         other => return Err(format!("unknown data plane {other:?} (none, sleeve, fastdp)").into()),
     };
-    let attach = AttachConfig { bridge: args.bridge.clone(), ifname: "ethwe".into(), mtu: args.mtu, multicast_route: true };
+    let attach = AttachConfig { bridge: args.bridge.clone(), ifname: "ethwe".into(), mtu: args.mtu, multicast_route: true, hairpin: false };
     for spec in &args.attach {
         let (ns, cidrs) = spec.split_once('=').ok_or_else(|| format!("--attach {spec}: expected NETNS=CIDR[,CIDR]"))?;
         let addrs = cidrs.split(',').map(str::parse).collect::<Result<Vec<ipnet::IpNet>, _>>().map_err(|e| format!("--attach {spec}: {e}"))?;

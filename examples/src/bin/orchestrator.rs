@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     mesh.connect(peers.to_vec(), false).await?.map_err(|e| e.to_string())?;
 
     // One container, with the address we chose for it.
-    let ac = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true };
+    let ac = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true, hairpin: false };
     let a = attach(&nl, &Netns::named(netns), netns, &[cidr.parse()?], &ac).await?;
     println!("{netns} attached: {}", weave_dataplane::sleeve::fmt_mac(&a.mac));
 

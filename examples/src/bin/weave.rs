@@ -231,6 +231,23 @@ struct RouterArgs {
     /// resolv.conf to take upstream resolvers from.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// Serve the Docker network plugin (default: when Docker answers and
+    /// the router runs in the host's own network namespace, as dockerd).
+    #[arg(long, conflicts_with = "no_plugin")]
+    plugin: bool,
+    /// Do not serve the Docker network plugin.
+    #[arg(long)]
+    no_plugin: bool,
+    /// The plugin's driver name, socket (/run/docker/plugins/NAME.sock)
+    /// and Docker network.
+    #[arg(long, default_value = "weave")]
+    plugin_name: String,
+    /// Do not use Docker even when a daemon answers.
+    #[arg(long)]
+    no_docker: bool,
+    /// Seconds a dead Docker container keeps its addresses and names.
+    #[arg(long, default_value_t = 10)]
+    docker_grace: u64,
     /// Initial peers (host[:port]).
     peers: Vec<String>,
 }
@@ -290,7 +307,22 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
     }
     let range = if a.ipalloc_range.is_empty() { None } else { Some(a.ipalloc_range.parse().map_err(|_| Fail(format!("invalid --ipalloc-range {}", a.ipalloc_range)))?) };
     let nickname = a.nickname.clone().unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "weave".into()));
+    // The plugin's interfaces are made for dockerd, in its namespace: by
+    // default it is served only by a router running there too.
+    let docker_sock = std::env::var("DOCKER_HOST").ok().and_then(|h| h.strip_prefix("unix://").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+    let same_ns = |a: &str, b: &str| matches!((std::fs::metadata(a), std::fs::metadata(b)), (Ok(x), Ok(y)) if { use std::os::unix::fs::MetadataExt; x.ino() == y.ino() && x.dev() == y.dev() });
+    let dockerd_ns = weave_examples::docker::daemon_pid().map(|p| format!("/proc/{p}/ns/net"));
+    let plugin = !a.no_plugin && !a.no_docker && (a.plugin || (docker_sock.exists() && dockerd_ns.is_some_and(|d| same_ns("/proc/self/ns/net", &d))));
+    if a.plugin && range.is_none() {
+        return Err(Fail("--plugin needs IPAM: give an --ipalloc-range".into()));
+    }
+    if !weave_dataplane::netlink::valid_ifname(&a.plugin_name) {
+        return Err(Fail(format!("invalid --plugin-name {:?}: use letters, digits, - and _ (at most 15)", a.plugin_name)));
+    }
     Ok(RouterConfig {
+        docker: !a.no_docker,
+        docker_grace: std::time::Duration::from_secs(a.docker_grace),
+        plugin: (plugin && range.is_some()).then(|| weave_examples::plugin::PluginSettings::new(&a.plugin_name)),
         state_dir: state_dir.to_owned(),
         name: a.name.unwrap_or_else(default_peer_name),
         nickname,

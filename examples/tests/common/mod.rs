@@ -1,6 +1,11 @@
 //! What every namespace test shares.
 
-use std::process::Command;
+#![allow(dead_code)] // each test binary uses a part
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
@@ -17,3 +22,102 @@ pub(crate) fn require_root() -> bool {
     eprintln!("skipped: needs root for network namespaces");
     false
 }
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) struct Hosts {
+    pub(crate) prefix: String,
+    pub(crate) namespaces: Vec<String>,
+    pub(crate) dir: PathBuf,
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for i in 1..=2 {
+            let _ = self.weave(i, &["stop"]);
+        }
+        if std::thread::panicking() {
+            for i in 1..=2 {
+                let log = self.state(i).join("weave.log");
+                eprintln!("--- {}:\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+            }
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub(crate) fn ok(out: Output) -> String {
+    assert!(out.status.success(), "failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Hosts {
+    pub(crate) fn new() -> Self {
+        let prefix = format!("wvcli{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut h = Self { prefix, namespaces: Vec::new(), dir };
+        let (h1, h2) = (h.ns("h1"), h.ns("h2"));
+        ok(Command::new("ip").args(["link", "add", "u1", "netns", &h1, "type", "veth", "peer", "name", "u2", "netns", &h2]).output().unwrap());
+        for (ns, dev, addr) in [(&h1, "u1", "10.99.0.1/24"), (&h2, "u2", "10.99.0.2/24")] {
+            ok(Command::new("ip").args(["-n", ns, "addr", "add", addr, "dev", dev]).output().unwrap());
+            ok(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]).output().unwrap());
+            ok(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]).output().unwrap());
+        }
+        h
+    }
+
+    pub(crate) fn ns(&mut self, name: &str) -> String {
+        let full = format!("{}-{name}", self.prefix);
+        ok(Command::new("ip").args(["netns", "add", &full]).output().unwrap());
+        self.namespaces.push(full.clone());
+        full
+    }
+
+    pub(crate) fn name(&self, n: &str) -> String {
+        format!("{}-{n}", self.prefix)
+    }
+
+    pub(crate) fn state(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}"))
+    }
+
+    pub(crate) fn weave(&self, i: usize, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name(&format!("h{i}")), env!("CARGO_BIN_EXE_weave"), "--state-dir"])
+            .arg(self.state(i))
+            .args(args)
+            .env_remove("WEAVE_PASSWORD")
+            .output()
+            .expect("run weave")
+    }
+
+    pub(crate) fn ping(&self, from: &str, to: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if Command::new("ip").args(["netns", "exec", &self.name(from), "ping", "-c", "1", "-W", "1", to]).output().unwrap().status.success() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// GET `path` from the router's HTTP port inside host `i`'s namespace.
+pub(crate) fn http_get(h: &Hosts, i: usize, path: &str) -> String {
+    let ns = weave_dataplane::netlink::Netns::named(&h.name(&format!("h{i}")));
+    let path = path.to_owned();
+    ns.run(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:6784")?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: weave\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .expect("HTTP GET")
+}
+

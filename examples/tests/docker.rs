@@ -1,0 +1,231 @@
+//! Docker containers on the overlay, against the real dockerd: `weave
+//! attach` by name and by ID, cross-host ping and DNS between a Docker
+//! container on one simulated host and a netns container on the other,
+//! release on `docker rm -f` and after the grace period, the same address
+//! across `docker restart`, and the network plugin (`docker run
+//! --net=NAME`). Needs root and a Docker daemon; in CI their absence is a
+//! failure.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{ok, require_root, Hosts};
+
+const IMAGE: &str = "weave-test-busybox:1";
+
+/// Whether Docker can be used; in CI it must be.
+fn require_docker() -> bool {
+    if !require_root() {
+        return false;
+    }
+    let up = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().is_ok_and(|o| o.status.success());
+    if !up {
+        assert!(std::env::var_os("CI").is_none(), "the Docker tests need a running dockerd, and must run in CI");
+        eprintln!("skipped: no Docker daemon");
+        return false;
+    }
+    ensure_image();
+    true
+}
+
+/// A busybox image made locally (nothing can be pulled): `docker import`
+/// of a root with the static busybox and its applets.
+fn ensure_image() {
+    if Command::new("docker").args(["image", "inspect", IMAGE]).output().unwrap().status.success() {
+        return;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("busybox (Debian's busybox-static) is needed to build the test image; .ci/run installs it");
+    let root = std::env::temp_dir().join(format!("wv-bbroot-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "ping", "sleep", "ip", "nslookup", "cat", "wget"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    let tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let out = Command::new("docker").args(["import", "-", IMAGE]).stdin(tar.stdout.unwrap()).output().unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    // Another test may have imported it meanwhile: that is fine too.
+    assert!(out.status.success() || Command::new("docker").args(["image", "inspect", IMAGE]).output().unwrap().status.success(), "docker import: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Docker containers (and networks) made by a test, removed when it ends.
+struct Containers {
+    names: Vec<String>,
+    networks: Vec<String>,
+}
+
+impl Containers {
+    fn run(&mut self, name: &str, net: &str) -> String {
+        let id = ok(Command::new("docker").args(["run", "-d", "--network", net, "--name", name, IMAGE, "/bin/sleep", "600"]).output().unwrap()).trim().to_owned();
+        self.names.push(name.to_owned());
+        id
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("docker").args(["rm", "-f", n]).output();
+        }
+        for n in &self.networks {
+            let _ = Command::new("docker").args(["network", "rm", n]).output();
+        }
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    ok(Command::new("docker").args(args).output().unwrap())
+}
+
+fn docker_ping(name: &str, to: &str) -> bool {
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if Command::new("docker").args(["exec", name, "ping", "-c", "1", "-W", "1", to]).output().unwrap().status.success() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Wait until `f` holds (up to `secs`).
+fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < end, "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn owned(h: &Hosts, i: usize, id: &str) -> Option<serde_json::Value> {
+    let report: serde_json::Value = serde_json::from_str(&ok(h.weave(i, &["report"]))).unwrap();
+    report["IPAM"]["Owned"].get(id).cloned()
+}
+
+fn launch_pair(h: &Hosts, extra1: &[&str]) {
+    let mut a = vec!["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "--docker-grace", "2"];
+    a.extend_from_slice(extra1);
+    ok(h.weave(1, &a));
+    ok(h.weave(2, &["launch", "--name", "::2", "--nickname", "h2", "--ipalloc-init", "consensus=2", "--no-plugin", "10.99.0.1"]));
+}
+
+#[test]
+fn docker_containers_attach_by_name_and_id_and_follow_their_lifecycle() {
+    if !require_docker() {
+        return;
+    }
+    let mut h = Hosts::new();
+    let mut dc = Containers { names: Vec::new(), networks: Vec::new() };
+    launch_pair(&h, &["--no-plugin"]);
+    let d1 = format!("{}-d1", h.prefix);
+    let d2 = format!("{}-d2", h.prefix);
+    let id1 = dc.run(&d1, "none");
+    let id2 = dc.run(&d2, "none");
+
+    // By name, and by (short) ID.
+    let a1 = ok(h.weave(1, &["attach", &d1])).trim().to_owned();
+    let a2 = ok(h.weave(1, &["attach", &id2[..12]])).trim().to_owned();
+    assert!(a1.ends_with("/12") && a2.ends_with("/12") && a1 != a2, "{a1} {a2}");
+    let ip1 = a1.split('/').next().unwrap().to_owned();
+    let ps = ok(h.weave(1, &["ps"]));
+    assert!(ps.lines().any(|l| l.starts_with(&id1[..12]) && l.ends_with(&a1)), "{ps}");
+    assert!(ps.lines().any(|l| l.starts_with(&id2[..12]) && l.ends_with(&a2)), "{ps}");
+    assert_eq!(ok(h.weave(1, &["ps", &d1])).lines().count(), 1);
+    assert_eq!(owned(&h, 1, &id1).unwrap()[0], a1.as_str(), "IPAM holds it under the full ID");
+
+    // Across hosts: the Docker container on host 1 and a netns container
+    // on host 2, both ways, and by name.
+    let c3 = h.ns("c3");
+    let a3 = ok(h.weave(2, &["attach", &c3])).trim().to_owned();
+    let ip3 = a3.split('/').next().unwrap().to_owned();
+    assert!(docker_ping(&d1, &ip3), "docker container on host 1 -> netns container on host 2");
+    assert!(h.ping("c3", &ip1), "netns container on host 2 -> docker container on host 1");
+    eventually(5, "host 2 learns the Docker container's name", || ok(h.weave(2, &["dns-lookup", &d1])).trim() == ip1);
+    let by_name = Command::new("ip").args(["netns", "exec", &c3, "ping", "-c", "1", "-W", "2", &d1]).output().unwrap();
+    assert!(by_name.status.success(), "ping {d1} by name: {}", String::from_utf8_lossy(&by_name.stdout));
+    assert!(docker_ping(&d1, &c3), "the Docker container resolves {c3} through weaveDNS");
+
+    // A quick restart keeps the address; the container is attached again.
+    docker(&["restart", "-t", "0", &d1]);
+    eventually(10, "d1 attached again after its restart", || ok(h.weave(1, &["ps", &d1])).contains(&a1));
+    assert!(h.ping("c3", &ip1), "the restarted container answers at its old address");
+    assert!(docker_ping(&d1, &ip3));
+
+    // docker rm -f releases at once; a container that stays dead is
+    // released after the grace period (2 s here).
+    docker(&["rm", "-f", &d1]);
+    eventually(5, "d1's address released on rm -f", || owned(&h, 1, &id1).is_none());
+    eventually(5, "d1's name gone", || ok(h.weave(2, &["dns-lookup", &d1])).trim().is_empty());
+    docker(&["stop", "-t", "0", &d2]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(owned(&h, 1, &id2).is_some(), "kept during the grace period");
+    eventually(10, "d2's address released after the grace period", || owned(&h, 1, &id2).is_none());
+    // Started again later: attached again, with a new address if need be.
+    docker(&["start", &d2]);
+    eventually(10, "d2 attached again", || ok(h.weave(1, &["ps"])).contains(&id2[..12]));
+
+    // Errors: unknown names are one-line errors, exit 1.
+    let bad = h.weave(1, &["attach", "no-such-docker-container"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&bad.stderr).lines().count(), 1);
+    docker(&["stop", "-t", "0", &d2]);
+    let stopped = h.weave(1, &["attach", &d2]);
+    assert_eq!(stopped.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&stopped.stderr).contains("not running"), "{}", String::from_utf8_lossy(&stopped.stderr));
+
+    for i in 1..=2 {
+        ok(h.weave(i, &["reset"]));
+    }
+}
+
+#[test]
+fn docker_network_plugin_gives_containers_overlay_addresses_and_names() {
+    if !require_docker() {
+        return;
+    }
+    let mut h = Hosts::new();
+    let mut dc = Containers { names: Vec::new(), networks: Vec::new() };
+    // A driver name of the test's own, so tests and a real `weave` plugin
+    // on this machine do not meet.
+    let driver = format!("wvp{}", std::process::id());
+    dc.networks.push(driver.clone());
+    launch_pair(&h, &["--plugin", "--plugin-name", &driver]);
+    let sock = format!("/run/docker/plugins/{driver}.sock");
+    assert!(std::path::Path::new(&sock).exists());
+    eventually(20, "the router creates its Docker network", || Command::new("docker").args(["network", "inspect", &driver]).output().unwrap().status.success());
+    let net = docker(&["network", "inspect", "-f", "{{.Driver}} {{.IPAM.Driver}} {{(index .IPAM.Config 0).Subnet}} {{(index .IPAM.Config 0).Gateway}}", &driver]);
+    let f: Vec<&str> = net.split_whitespace().collect();
+    assert_eq!(&f[..3], &[driver.as_str(), driver.as_str(), "10.32.0.0/12"], "{net}");
+    let gateway = f[3].to_owned();
+    // The gateway is the host's address on the bridge.
+    assert!(ok(h.weave(1, &["ps"])).lines().any(|l| l.starts_with("weave:expose") && l.contains(&gateway)), "gateway {gateway} exposed");
+
+    let d1 = format!("{}-p1", h.prefix);
+    let id1 = dc.run(&d1, &driver);
+    let ip1 = docker(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{driver}\").IPAddress}}}}"), &d1]).trim().to_owned();
+    assert!(ip1.starts_with("10.3"), "an overlay address: {ip1}");
+    let report: serde_json::Value = serde_json::from_str(&ok(h.weave(1, &["report"]))).unwrap();
+    assert!(report["IPAM"]["Owned"]["weave:plugin"].as_array().is_some_and(|a| a.iter().any(|c| c.as_str().unwrap().starts_with(&format!("{ip1}/")))), "{}", report["IPAM"]);
+
+    let c3 = h.ns("c3");
+    let a3 = ok(h.weave(2, &["attach", &c3])).trim().to_owned();
+    let ip3 = a3.split('/').next().unwrap().to_owned();
+    assert!(docker_ping(&d1, &ip3), "--net={driver} container on host 1 -> netns container on host 2");
+    assert!(h.ping("c3", &ip1));
+    assert!(docker_ping(&d1, &gateway), "the host, through the gateway");
+    eventually(10, "the plugin container's name reaches host 2", || ok(h.weave(2, &["dns-lookup", &d1])).trim() == ip1);
+
+    // Removal gives the address back.
+    docker(&["rm", "-f", &d1]);
+    let report: serde_json::Value = serde_json::from_str(&ok(h.weave(1, &["report"]))).unwrap();
+    assert!(report["IPAM"]["Owned"]["weave:plugin"].as_array().is_none_or(|a| a.iter().all(|c| !c.as_str().unwrap().starts_with(&format!("{ip1}/")))), "{}", report["IPAM"]);
+    let _ = id1;
+
+    // Reset removes the network and the socket.
+    for i in 1..=2 {
+        ok(h.weave(i, &["reset"]));
+    }
+    assert!(!Command::new("docker").args(["network", "inspect", &driver]).output().unwrap().status.success(), "network {driver} left behind");
+    assert!(!std::path::Path::new(&sock).exists(), "plugin socket left behind");
+}
