@@ -55,9 +55,20 @@ impl PluginSettings {
     }
 }
 
-/// The IPAM id the plugin's container addresses are held under (Docker
-/// asks for addresses before it says for which container).
-pub const PLUGIN_ID: &str = "weave:plugin";
+/// The prefix of the IPAM ids the plugin's container addresses are held
+/// under: Docker asks for an address before it says for which container,
+/// so each request gets an id of its own (IPAM allocation is idempotent
+/// per id), and a release finds the address's owner.
+pub const PLUGIN_ID: &str = "weave:plugin:";
+
+fn fresh_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // RandomState is randomly keyed: ids differ across runs too.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    format!("{PLUGIN_ID}{:016x}", h.finish())
+}
 
 #[derive(Debug, Clone, Default)]
 struct Network {
@@ -300,7 +311,7 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
                 lock(state).gateways.insert(a.addr());
                 a
             } else {
-                router.allocate_for(PLUGIN_ID, &spec).await.map_err(err)?
+                router.allocate_for(&fresh_id(), &spec).await.map_err(err)?
             };
             Ok(json!({ "Address": Ipv4Net::new(addr.addr(), pool.prefix_len()).map_err(|e| e.to_string())?.to_string(), "Data": {} }))
         }
@@ -308,8 +319,8 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
             let a = ip(need(req, "Address")?)?;
             if lock(state).gateways.remove(&a) {
                 router.hide(&[a]).await.map_err(err)?;
-            } else {
-                router.free_addr(PLUGIN_ID, a);
+            } else if let Some(owner) = router.owner_of(a).filter(|o| o.starts_with(PLUGIN_ID)) {
+                router.free_addr(&owner, a);
             }
             Ok(json!({}))
         }

@@ -555,6 +555,12 @@ impl Router {
         self.allocate(id, spec).await
     }
 
+    /// Who IPAM holds `addr` for.
+    pub fn owner_of(&self, addr: Ipv4Addr) -> Option<String> {
+        let owned = lock(self.ipam.as_ref()?).status().owned;
+        owned.into_iter().find(|(_, cidrs)| cidrs.iter().any(|c| c.addr() == addr)).map(|(id, _)| id)
+    }
+
     /// Free one address held for `id`.
     pub fn free_addr(&self, id: &str, addr: Ipv4Addr) {
         if let Some(ipam) = &self.ipam {
@@ -903,8 +909,11 @@ impl Router {
         self.stopping.notified().await;
     }
 
-    /// Close the mesh (the data plane stops with the process).
+    /// Close the mesh (the data plane stops with the process) and stop
+    /// serving the Docker plugin (its socket goes; its network stays for
+    /// the next launch).
     pub async fn shutdown(&self) {
+        drop(lock(&self.plugin).take());
         self.mesh.shutdown().await;
     }
 }

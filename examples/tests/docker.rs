@@ -103,6 +103,13 @@ fn owned(h: &Hosts, i: usize, id: &str) -> Option<serde_json::Value> {
     report["IPAM"]["Owned"].get(id).cloned()
 }
 
+/// Whether IPAM on host 1 holds `ip` for the Docker plugin.
+fn plugin_owns(h: &Hosts, ip: &str) -> bool {
+    let report: serde_json::Value = serde_json::from_str(&ok(h.weave(1, &["report"]))).unwrap();
+    let owned = report["IPAM"]["Owned"].as_object().cloned().unwrap_or_default();
+    owned.iter().filter(|(k, _)| k.starts_with("weave:plugin:")).any(|(_, v)| v.as_array().is_some_and(|a| a.iter().any(|c| c.as_str().unwrap_or("").starts_with(&format!("{ip}/")))))
+}
+
 fn launch_pair(h: &Hosts, extra1: &[&str]) {
     let mut a = vec!["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "--docker-grace", "2"];
     a.extend_from_slice(extra1);
@@ -205,8 +212,13 @@ fn docker_network_plugin_gives_containers_overlay_addresses_and_names() {
     let id1 = dc.run(&d1, &driver);
     let ip1 = docker(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{driver}\").IPAddress}}}}"), &d1]).trim().to_owned();
     assert!(ip1.starts_with("10.3"), "an overlay address: {ip1}");
-    let report: serde_json::Value = serde_json::from_str(&ok(h.weave(1, &["report"]))).unwrap();
-    assert!(report["IPAM"]["Owned"]["weave:plugin"].as_array().is_some_and(|a| a.iter().any(|c| c.as_str().unwrap().starts_with(&format!("{ip1}/")))), "{}", report["IPAM"]);
+    assert!(plugin_owns(&h, &ip1), "IPAM holds {ip1} for the plugin");
+    // A second container gets an address of its own.
+    let d2 = format!("{}-p2", h.prefix);
+    dc.run(&d2, &driver);
+    let ip2 = docker(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{driver}\").IPAddress}}}}"), &d2]).trim().to_owned();
+    assert_ne!(ip1, ip2);
+    assert!(docker_ping(&d2, &ip1), "two --net={driver} containers on one host");
 
     let c3 = h.ns("c3");
     let a3 = ok(h.weave(2, &["attach", &c3])).trim().to_owned();
@@ -218,11 +230,12 @@ fn docker_network_plugin_gives_containers_overlay_addresses_and_names() {
 
     // Removal gives the address back.
     docker(&["rm", "-f", &d1]);
-    let report: serde_json::Value = serde_json::from_str(&ok(h.weave(1, &["report"]))).unwrap();
-    assert!(report["IPAM"]["Owned"]["weave:plugin"].as_array().is_none_or(|a| a.iter().all(|c| !c.as_str().unwrap().starts_with(&format!("{ip1}/")))), "{}", report["IPAM"]);
+    assert!(!plugin_owns(&h, &ip1), "{ip1} released");
+    assert!(plugin_owns(&h, &ip2), "{ip2} still held");
     let _ = id1;
 
-    // Reset removes the network and the socket.
+    // Reset removes the network (once no container uses it) and the socket.
+    docker(&["rm", "-f", &d2]);
     for i in 1..=2 {
         ok(h.weave(i, &["reset"]));
     }
