@@ -66,6 +66,21 @@ impl Service {
     }
 }
 
+impl Service {
+    fn cni_reply(&self, a: &crate::router::CniAttachment) -> pb::CniReply {
+        let dns = self.router.config().dns.as_ref();
+        pb::CniReply {
+            cidrs: a.cidrs.iter().map(ToString::to_string).collect(),
+            gateway: a.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            host_ifname: a.host_ifname.clone(),
+            host_mac: a.host_mac.as_ref().map(mac).unwrap_or_default(),
+            mac: a.mac.as_ref().map(mac).unwrap_or_default(),
+            nameserver: dns.map(|d| d.listen_for(self.router.config().name).ip().to_string()).unwrap_or_default(),
+            domain: dns.map(|d| d.domain.trim_end_matches('.').to_owned()).unwrap_or_default(),
+        }
+    }
+}
+
 fn mac(m: &[u8; 6]) -> String {
     weave_dataplane::sleeve::fmt_mac(m)
 }
@@ -400,6 +415,32 @@ impl pb::control_server::Control for Service {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    async fn cni_add(&self, r: Request<pb::CniRequest>) -> Result<Response<pb::CniReply>, Status> {
+        let r = r.into_inner();
+        let subnet = if r.subnet.is_empty() { None } else { Some(r.subnet.parse::<ipnet::Ipv4Net>().map_err(|_| Status::invalid_argument(format!("invalid subnet {:?}", r.subnet)))?.trunc()) };
+        let hostname = (!r.hostname.is_empty()).then_some(r.hostname.as_str());
+        let a = self.router.cni_add(&r.container_id, &r.ifname, &r.netns, subnet, r.hairpin, r.ipam_only, hostname).await.map_err(to_status)?;
+        Ok(Response::new(self.cni_reply(&a)))
+    }
+
+    async fn cni_del(&self, r: Request<pb::CniRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = r.into_inner();
+        self.router.cni_del(&r.container_id, &r.ifname, &r.netns).await.map_err(to_status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn cni_check(&self, r: Request<pb::CniRequest>) -> Result<Response<pb::CniReply>, Status> {
+        let r = r.into_inner();
+        let a = self.router.cni_check(&r.container_id, &r.ifname, &r.netns, r.ipam_only).await.map_err(to_status)?;
+        Ok(Response::new(self.cni_reply(&a)))
+    }
+
+    async fn cni_gc(&self, r: Request<pb::CniGcRequest>) -> Result<Response<pb::CniGcReply>, Status> {
+        let valid = r.into_inner().valid.into_iter().collect();
+        let released = self.router.cni_gc(&valid).await.map_err(to_status)?;
+        Ok(Response::new(pb::CniGcReply { released }))
     }
 
     async fn ipam_status(&self, _: Request<pb::Empty>) -> Result<Response<pb::IpamStatusReply>, Status> {

@@ -8,3 +8,4 @@ pub mod router;
 pub mod http;
 pub mod docker;
 pub mod plugin;
+pub mod cni;

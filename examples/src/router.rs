@@ -807,7 +807,7 @@ impl Router {
         }
         if gone {
             cs.remove(container);
-            if t.docker.is_none() && !container.starts_with('/') && !container.starts_with("pid:") {
+            if t.docker.is_none() && t.netns.as_ref() == Some(&Netns::named(container)) {
                 let _ = weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), container);
             }
         }
@@ -1036,6 +1036,141 @@ impl Router {
                 Err(_) => {}
             }
         }
+    }
+}
+
+/// The IPAM (and DNS) id of a CNI attachment.
+pub fn cni_id(container_id: &str, ifname: &str) -> String {
+    format!("{CNI_PREFIX}{container_id}/{ifname}")
+}
+
+/// The prefix of CNI attachments' ids.
+pub const CNI_PREFIX: &str = "cni:";
+
+/// What a CNI attachment has.
+#[derive(Debug, Clone, Default)]
+pub struct CniAttachment {
+    /// Its addresses.
+    pub cidrs: Vec<Ipv4Net>,
+    /// The bridge's address in its subnet (its default route).
+    pub gateway: Option<Ipv4Addr>,
+    /// The host end of its veth.
+    pub host_ifname: String,
+    /// The host end's MAC.
+    pub host_mac: Option<[u8; 6]>,
+    /// The container interface's MAC, if it exists.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl Router {
+    /// The host's address on the bridge in `subnet`, exposed (with
+    /// masquerade) if there is none yet: the gateway of CNI containers
+    /// and of the Docker plugin's networks.
+    pub async fn gateway_for(&self, subnet: Ipv4Net) -> Result<Ipv4Addr, RouterError> {
+        let (exposed, _) = self.exposed().await?;
+        if let Some(a) = exposed.iter().find(|a| subnet.contains(&a.addr())) {
+            return Ok(a.addr());
+        }
+        let e = self.expose(&[AddrSpec::Subnet(subnet)], true).await?;
+        e.first().map(Ipv4Net::addr).ok_or_else(|| RouterError::Invalid(format!("no gateway address in {subnet}")))
+    }
+
+    fn cni_netns(netns: &str) -> Result<Netns, RouterError> {
+        if netns.is_empty() {
+            return Err(RouterError::Invalid("CNI_NETNS is required".into()));
+        }
+        let ns = Netns::at(netns);
+        if !std::path::Path::new(netns).exists() {
+            return Err(RouterError::NotFound(format!("network namespace {netns} does not exist")));
+        }
+        Ok(ns)
+    }
+
+    /// CNI ADD: `ifname` in the namespace at `netns`, an address from
+    /// `subnet` (default subnet if None), a default route through the
+    /// bridge's address in that subnet, hairpin mode as asked. With
+    /// `ipam_only`, just the address (weave-ipam). Idempotent.
+    pub async fn cni_add(&self, container_id: &str, ifname: &str, netns: &str, subnet: Option<Ipv4Net>, hairpin: bool, ipam_only: bool, hostname: Option<&str>) -> Result<CniAttachment, RouterError> {
+        let id = cni_id(container_id, ifname);
+        let spec = subnet.map_or(AddrSpec::Default, AddrSpec::Subnet);
+        let cidrs = if ipam_only {
+            vec![self.allocate(&id, &spec).await?]
+        } else {
+            let t = Target { id: id.clone(), name: container_id.to_owned(), netns: Some(Self::cni_netns(netns)?), docker: None };
+            self.attach_target(&t, &[spec], false, ifname, hairpin).await?
+        };
+        if let (Some(h), Some(_)) = (hostname.filter(|h| !h.is_empty()), &self.dns) {
+            let name = self.dns_name(h, None).unwrap_or_default();
+            self.dns_add(&id, &name, &cidrs.iter().map(Ipv4Net::addr).collect::<Vec<_>>())?;
+        }
+        if ipam_only {
+            return Ok(CniAttachment { cidrs, ..CniAttachment::default() });
+        }
+        let gateway = self.gateway_for(cidrs[0].trunc()).await?;
+        let c = Netlink::connect(&Self::cni_netns(netns)?).await?;
+        let link = c.link(ifname).await?.ok_or_else(|| RouterError::NotFound(format!("{ifname} vanished from {netns}")))?;
+        c.add_default_route(link.index, gateway).await?;
+        let host_ifname = netlink::host_ifname(&id);
+        let host_mac = self.nl.link(&host_ifname).await?.map(|l| l.mac);
+        Ok(CniAttachment { cidrs, gateway: Some(gateway), host_ifname, host_mac, mac: Some(link.mac) })
+    }
+
+    /// CNI DEL: remove the interface (if its namespace still exists) and
+    /// free what the attachment held. Nothing there is not an error.
+    pub async fn cni_del(&self, container_id: &str, ifname: &str, netns: &str) -> Result<(), RouterError> {
+        let id = cni_id(container_id, ifname);
+        let netns = (!netns.is_empty() && std::path::Path::new(netns).exists()).then(|| Netns::at(netns));
+        let t = Target { id: id.clone(), name: container_id.to_owned(), netns, docker: None };
+        self.detach_target(&t, ifname, &[]).await?;
+        // Without the namespace the pair is gone already; with a stale
+        // one left, its host end goes here.
+        self.nl.delete(&netlink::host_ifname(&id)).await?;
+        if self.dns.is_some() {
+            let _ = self.dns_remove(&id, None, &[]);
+        }
+        Ok(())
+    }
+
+    /// CNI CHECK: the attachment's addresses, which must all be on its
+    /// interface.
+    pub async fn cni_check(&self, container_id: &str, ifname: &str, netns: &str, ipam_only: bool) -> Result<CniAttachment, RouterError> {
+        let id = cni_id(container_id, ifname);
+        let owned = match &self.ipam {
+            Some(ipam) => lock(ipam).status().owned.get(&id).cloned().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if owned.is_empty() {
+            return Err(RouterError::NotFound(format!("no addresses are held for {container_id}/{ifname}")));
+        }
+        if ipam_only {
+            return Ok(CniAttachment { cidrs: owned, ..CniAttachment::default() });
+        }
+        let c = Netlink::connect(&Self::cni_netns(netns)?).await?;
+        let link = c.link(ifname).await?.ok_or_else(|| RouterError::NotFound(format!("{ifname} does not exist in {netns}")))?;
+        let on = c.addresses(link.index).await?;
+        if let Some(missing) = owned.iter().find(|o| !on.contains(&IpNet::V4(**o))) {
+            return Err(RouterError::Invalid(format!("{missing} is not on {ifname}")));
+        }
+        let host_ifname = netlink::host_ifname(&id);
+        let host_mac = self.nl.link(&host_ifname).await?.map(|l| l.mac);
+        if host_mac.is_none() {
+            return Err(RouterError::NotFound(format!("the host end {host_ifname} of {ifname} is missing")));
+        }
+        let gateway = self.exposed().await?.0.into_iter().find(|e| e.contains(&owned[0].addr())).map(|e| e.addr());
+        Ok(CniAttachment { cidrs: owned, gateway, host_ifname, host_mac, mac: Some(link.mac) })
+    }
+
+    /// CNI GC: free what every CNI attachment not in `valid` (as
+    /// "CONTAINERID/IFNAME") holds. Returns those released.
+    pub async fn cni_gc(&self, valid: &std::collections::BTreeSet<String>) -> Result<Vec<String>, RouterError> {
+        let Some(ipam) = &self.ipam else { return Ok(Vec::new()) };
+        let stale: Vec<String> = lock(ipam).status().owned.into_keys().filter_map(|k| k.strip_prefix(CNI_PREFIX).map(str::to_owned)).filter(|k| !valid.contains(k)).collect();
+        for a in &stale {
+            let id = format!("{CNI_PREFIX}{a}");
+            self.release(&id).await;
+            self.nl.delete(&netlink::host_ifname(&id)).await?;
+        }
+        Ok(stale)
     }
 }
 

@@ -157,6 +157,13 @@ enum Cmd {
     },
     /// Print the version.
     Version,
+    /// Run as the CNI plugin (as if invoked as weave-net, or weave-ipam
+    /// with `ipam`): CNI_* in the environment, configuration on stdin.
+    Cni {
+        /// net (weave-net) or ipam (weave-ipam).
+        #[arg(value_parser = ["net", "ipam"], default_value = "net")]
+        which: String,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -261,8 +268,38 @@ impl<E: std::fmt::Display> From<E> for Fail {
     }
 }
 
+/// Run as a CNI plugin: the result or error JSON on stdout.
+fn cni_main(kind: weave_examples::cni::Kind) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut stdin = Vec::new();
+    // VERSION may come with no configuration at all.
+    if std::env::var("CNI_COMMAND").as_deref() != Ok("VERSION") || !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let _ = std::io::stdin().read_to_end(&mut stdin);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("{}", serde_json::json!({ "cniVersion": "1.1.0", "code": 5, "msg": format!("cannot start: {e}") }));
+            return ExitCode::from(1);
+        }
+    };
+    let (out, code) = rt.block_on(weave_examples::cni::run(kind, |k| std::env::var(k).ok(), &stdin));
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
+    // One binary: invoked as weave-net or weave-ipam it is the CNI plugin.
+    let argv0 = std::env::args_os().next().map(PathBuf::from).and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned())).unwrap_or_default();
+    match argv0.as_str() {
+        "weave-net" => return cni_main(weave_examples::cni::Kind::Net),
+        "weave-ipam" => return cni_main(weave_examples::cni::Kind::Ipam),
+        _ => {}
+    }
     let cli = Cli::parse();
+    if let Cmd::Cni { which } = &cli.cmd {
+        return cni_main(if which == "ipam" { weave_examples::cni::Kind::Ipam } else { weave_examples::cni::Kind::Net });
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -409,6 +446,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             println!("weave {VERSION}");
             Ok(())
         }
+        Cmd::Cni { .. } => unreachable!("handled in main"),
         Cmd::Router(a) => {
             need_root()?;
             let cfg = router_config(&state, &a)?;
