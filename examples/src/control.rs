@@ -421,7 +421,8 @@ impl pb::control_server::Control for Service {
         let r = r.into_inner();
         let subnet = if r.subnet.is_empty() { None } else { Some(r.subnet.parse::<ipnet::Ipv4Net>().map_err(|_| Status::invalid_argument(format!("invalid subnet {:?}", r.subnet)))?.trunc()) };
         let hostname = (!r.hostname.is_empty()).then_some(r.hostname.as_str());
-        let a = self.router.cni_add(&r.container_id, &r.ifname, &r.netns, subnet, r.hairpin, r.ipam_only, hostname).await.map_err(to_status)?;
+        let add = crate::router::CniAdd { container_id: &r.container_id, ifname: &r.ifname, netns: &r.netns, subnet, hairpin: r.hairpin, ipam_only: r.ipam_only, hostname };
+        let a = self.router.cni_add(&add).await.map_err(to_status)?;
         Ok(Response::new(self.cni_reply(&a)))
     }
 

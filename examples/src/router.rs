@@ -930,8 +930,10 @@ impl Router {
         if self.dns.is_some() {
             let _ = self.dns_remove(id, None, &[]);
         }
-        self.containers.lock().await.remove(id);
-        tracing::info!(container = crate::docker::display_id(id), released = owned.len(), "container gone: addresses and names released");
+        let known = self.containers.lock().await.remove(id).is_some();
+        if known || !owned.is_empty() {
+            tracing::info!(container = crate::docker::display_id(id), released = owned.len(), "container gone: addresses and names released");
+        }
     }
 
     /// Act on a Docker container's start, death or removal.
@@ -1047,6 +1049,25 @@ pub fn cni_id(container_id: &str, ifname: &str) -> String {
 /// The prefix of CNI attachments' ids.
 pub const CNI_PREFIX: &str = "cni:";
 
+/// A CNI ADD.
+#[derive(Debug, Clone, Copy)]
+pub struct CniAdd<'a> {
+    /// `CNI_CONTAINERID`.
+    pub container_id: &'a str,
+    /// `CNI_IFNAME`.
+    pub ifname: &'a str,
+    /// `CNI_NETNS` (a path).
+    pub netns: &'a str,
+    /// Allocate here (the default subnet if None).
+    pub subnet: Option<Ipv4Net>,
+    /// Hairpin mode on the bridge port.
+    pub hairpin: bool,
+    /// weave-ipam: the address only.
+    pub ipam_only: bool,
+    /// A DNS name (the pod's).
+    pub hostname: Option<&'a str>,
+}
+
 /// What a CNI attachment has.
 #[derive(Debug, Clone, Default)]
 pub struct CniAttachment {
@@ -1090,7 +1111,8 @@ impl Router {
     /// `subnet` (default subnet if None), a default route through the
     /// bridge's address in that subnet, hairpin mode as asked. With
     /// `ipam_only`, just the address (weave-ipam). Idempotent.
-    pub async fn cni_add(&self, container_id: &str, ifname: &str, netns: &str, subnet: Option<Ipv4Net>, hairpin: bool, ipam_only: bool, hostname: Option<&str>) -> Result<CniAttachment, RouterError> {
+    pub async fn cni_add(&self, a: &CniAdd<'_>) -> Result<CniAttachment, RouterError> {
+        let CniAdd { container_id, ifname, netns, subnet, hairpin, ipam_only, hostname } = *a;
         let id = cni_id(container_id, ifname);
         let spec = subnet.map_or(AddrSpec::Default, AddrSpec::Subnet);
         let cidrs = if ipam_only {

@@ -43,8 +43,9 @@ fn ensure_image() {
     for applet in ["sh", "ping", "sleep", "ip", "nslookup", "cat", "wget"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
-    let tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    let out = Command::new("docker").args(["import", "-", IMAGE]).stdin(tar.stdout.unwrap()).output().unwrap();
+    let mut tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let out = Command::new("docker").args(["import", "-", IMAGE]).stdin(tar.stdout.take().unwrap()).output().unwrap();
+    assert!(tar.wait().unwrap().success(), "tar of the image root");
     let _ = std::fs::remove_dir_all(&root);
     // Another test may have imported it meanwhile: that is fine too.
     assert!(out.status.success() || Command::new("docker").args(["image", "inspect", IMAGE]).output().unwrap().status.success(), "docker import: {}", String::from_utf8_lossy(&out.stderr));
