@@ -229,6 +229,24 @@ fn docker_network_plugin_gives_containers_overlay_addresses_and_names() {
     assert!(docker_ping(&d1, &gateway), "the host, through the gateway");
     eventually(10, "the plugin container's name reaches host 2", || ok(h.weave(2, &["dns-lookup", &d1])).trim() == ip1);
 
+    // Errors come back in the plugin protocol's shape, and Docker shows
+    // them: a pool outside the range.
+    let bad = Command::new("docker").args(["network", "create", "-d", &driver, "--ipam-driver", &driver, "--subnet", "192.168.77.0/24", &format!("{driver}-bad")]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("outside the IP allocation range"), "{}", String::from_utf8_lossy(&bad.stderr));
+    // Another subnet of the range, with the multicast route.
+    let mnet = format!("{driver}-m");
+    dc.networks.insert(0, mnet.clone());
+    docker(&["network", "create", "-d", &driver, "--ipam-driver", &driver, "--subnet", "10.32.64.0/24", "-o", "works.weave.multicast=true", &mnet]);
+    let d3 = format!("{}-p3", h.prefix);
+    dc.run(&d3, &mnet);
+    let routes = docker(&["exec", &d3, "ip", "route"]);
+    assert!(routes.contains("224.0.0.0/4") && routes.contains("10.32.64.0/24") && routes.contains("default via 10.32.64."), "{routes}");
+    docker(&["rm", "-f", &d3]);
+    assert!(ok(h.weave(1, &["ps"])).lines().any(|l| l.starts_with("weave:expose") && l.contains("10.32.64.")), "its gateway is exposed");
+    docker(&["network", "rm", &mnet]);
+    assert!(!ok(h.weave(1, &["ps"])).contains("10.32.64."), "and hidden when the network goes");
+
     // Removal gives the address back.
     docker(&["rm", "-f", &d1]);
     assert!(!plugin_owns(&h, &ip1), "{ip1} released");
