@@ -56,6 +56,7 @@ fn from_rpc(s: &tonic::Status) -> CniError {
         tonic::Code::NotFound => 3,
         tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => 7,
         tonic::Code::Unavailable => 11,
+        tonic::Code::Aborted => CODE_CHECK_FAILED,
         _ => 5,
     };
     fail(code, s.message())
@@ -64,7 +65,7 @@ fn from_rpc(s: &tonic::Status) -> CniError {
 /// Run one invocation: `env` reads the environment, `stdin` is the
 /// configuration. Returns what to print on stdout and the exit status.
 pub async fn run(kind: Kind, env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String, u8) {
-    let version = serde_json::from_slice::<Value>(stdin).ok().and_then(|c| c.get("cniVersion").and_then(Value::as_str).map(str::to_owned)).filter(|v| SUPPORTED.contains(&v.as_str())).unwrap_or_else(|| "1.1.0".into());
+    let version = asked_version(stdin).filter(|v| SUPPORTED.contains(&v.as_str())).unwrap_or_else(|| "1.1.0".into());
     match invoke(kind, &env, stdin).await {
         Ok(Some(v)) => (format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()), 0),
         Ok(None) => (String::new(), 0),
@@ -78,6 +79,22 @@ pub async fn run(kind: Kind, env: impl Fn(&str) -> Option<String>, stdin: &[u8])
     }
 }
 
+/// The `cniVersion` of whatever came on stdin, if it says one.
+fn asked_version(stdin: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(stdin).ok()?.get("cniVersion")?.as_str().map(str::to_owned)
+}
+
+impl Kind {
+    /// The plugin a program name or `weave cni` argument selects.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "weave-net" | "net" => Some(Self::Net),
+            "weave-ipam" | "ipam" => Some(Self::Ipam),
+            _ => None,
+        }
+    }
+}
+
 fn required(env: &impl Fn(&str) -> Option<String>, key: &str) -> Result<String, CniError> {
     env(key).filter(|v| !v.is_empty()).ok_or_else(|| fail(4, format!("{key} is not set")))
 }
@@ -85,6 +102,7 @@ fn required(env: &impl Fn(&str) -> Option<String>, key: &str) -> Result<String, 
 /// The parts of the configuration the plugin reads.
 struct Config {
     version: String,
+    name: String,
     raw: Value,
     subnet: String,
     hairpin: bool,
@@ -104,6 +122,10 @@ fn parse_config(kind: Kind, env: &impl Fn(&str) -> Option<String>, stdin: &[u8])
         if raw.get(key).and_then(Value::as_str).is_none_or(str::is_empty) {
             return Err(fail(7, format!("{key} is missing")));
         }
+    }
+    let name = raw["name"].as_str().unwrap_or_default().to_owned();
+    if name.contains('/') {
+        return Err(fail(7, format!("network name {name:?} contains '/'")));
     }
     let ipam = match kind {
         Kind::Net => raw.get("ipam").cloned().unwrap_or(Value::Null),
@@ -127,7 +149,7 @@ fn parse_config(kind: Kind, env: &impl Fn(&str) -> Option<String>, stdin: &[u8])
         Some(other) => return Err(fail(7, format!("hairpinMode {other} is not a boolean"))),
     };
     let state_dir = raw.get("stateDir").and_then(Value::as_str).map(PathBuf::from).or_else(|| env("WEAVE_STATE_DIR").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("/var/lib/weave"));
-    Ok(Config { version, raw, subnet, hairpin, state_dir })
+    Ok(Config { version, name, raw, subnet, hairpin, state_dir })
 }
 
 async fn client(cfg: &Config, code: u32) -> Result<control::ControlClient<tonic::transport::Channel>, CniError> {
@@ -175,7 +197,7 @@ fn result(kind: Kind, cfg: &Config, netns: &str, ifname: &str, r: &pb::CniReply)
 async fn invoke(kind: Kind, env: &impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let command = required(env, "CNI_COMMAND")?;
     if command == "VERSION" {
-        let version = serde_json::from_slice::<Value>(stdin).ok().and_then(|c| c.get("cniVersion").and_then(Value::as_str).map(str::to_owned)).unwrap_or_else(|| "1.1.0".into());
+        let version = asked_version(stdin).unwrap_or_else(|| "1.1.0".into());
         return Ok(Some(json!({ "cniVersion": version, "supportedVersions": SUPPORTED })));
     }
     let cfg = parse_config(kind, env, stdin)?;
@@ -189,6 +211,7 @@ async fn invoke(kind: Kind, env: &impl Fn(&str) -> Option<String>, stdin: &[u8])
             hairpin: cfg.hairpin,
             ipam_only,
             hostname: pod_name(env),
+            network: cfg.name.clone(),
         })
     };
     match command.as_str() {
@@ -231,13 +254,16 @@ async fn invoke(kind: Kind, env: &impl Fn(&str) -> Option<String>, stdin: &[u8])
         }
         "GC" => {
             let mut valid = BTreeSet::new();
-            for a in cfg.raw.get("cni.dev/valid-attachments").and_then(Value::as_array).into_iter().flatten() {
+            // Absent, it would mean "nothing is valid": refuse rather than
+            // free every attachment of the network.
+            let listed = cfg.raw.get("cni.dev/valid-attachments").and_then(Value::as_array).ok_or_else(|| fail(7, "GC needs cni.dev/valid-attachments"))?;
+            for a in listed {
                 let (Some(c), Some(i)) = (a.get("containerID").and_then(Value::as_str), a.get("ifname").and_then(Value::as_str)) else {
                     return Err(fail(7, format!("invalid entry in cni.dev/valid-attachments: {a}")));
                 };
                 valid.insert(format!("{c}/{i}"));
             }
-            client(&cfg, 11).await?.cni_gc(pb::CniGcRequest { valid: valid.into_iter().collect() }).await.map_err(|s| from_rpc(&s))?;
+            client(&cfg, 11).await?.cni_gc(pb::CniGcRequest { valid: valid.into_iter().collect(), network: cfg.name.clone() }).await.map_err(|s| from_rpc(&s))?;
             Ok(None)
         }
         "STATUS" => {
@@ -304,7 +330,7 @@ mod tests {
 
     #[test]
     fn results_follow_the_requested_version() {
-        let cfg = |v: &str| Config { version: v.into(), raw: json!({}), subnet: String::new(), hairpin: true, state_dir: PathBuf::new() };
+        let cfg = |v: &str| Config { version: v.into(), name: "weave".into(), raw: json!({}), subnet: String::new(), hairpin: true, state_dir: PathBuf::new() };
         let r = pb::CniReply { cidrs: vec!["10.32.0.2/12".into()], gateway: "10.32.0.1".into(), host_ifname: "vethwe01234567".into(), host_mac: "aa:bb:cc:dd:ee:ff".into(), mac: "02:00:00:00:00:01".into(), nameserver: "169.254.1.1".into(), domain: "weave.local".into() };
         let v = result(Kind::Net, &cfg("1.1.0"), "/run/netns/x", "eth0", &r);
         assert_eq!(v["ips"][0], json!({ "address": "10.32.0.2/12", "gateway": "10.32.0.1", "interface": 1 }));

@@ -48,6 +48,7 @@ fn to_status(e: RouterError) -> Status {
     match e {
         RouterError::Invalid(m) => Status::invalid_argument(m),
         RouterError::NotFound(m) => Status::not_found(m),
+        RouterError::Mismatch(m) => Status::aborted(m),
         RouterError::Stopped => Status::unavailable("the router is stopping"),
         other => Status::internal(other.to_string()),
     }
@@ -64,6 +65,27 @@ impl Service {
     pub fn new(router: Arc<Router>) -> Self {
         Self { router }
     }
+}
+
+/// A CNI request as the router takes it; names with `/` would blur the
+/// attachment ids.
+fn cni_call(r: &pb::CniRequest) -> Result<crate::router::CniCall<'_>, Status> {
+    for (what, v) in [("network name", &r.network), ("CNI_CONTAINERID", &r.container_id), ("CNI_IFNAME", &r.ifname)] {
+        if v.is_empty() || v.contains('/') {
+            return Err(Status::invalid_argument(format!("invalid {what} {v:?}")));
+        }
+    }
+    let subnet = if r.subnet.is_empty() { None } else { Some(r.subnet.parse::<ipnet::Ipv4Net>().map_err(|_| Status::invalid_argument(format!("invalid subnet {:?}", r.subnet)))?.trunc()) };
+    Ok(crate::router::CniCall {
+        network: &r.network,
+        container_id: &r.container_id,
+        ifname: &r.ifname,
+        netns: &r.netns,
+        subnet,
+        hairpin: r.hairpin,
+        ipam_only: r.ipam_only,
+        hostname: (!r.hostname.is_empty()).then_some(r.hostname.as_str()),
+    })
 }
 
 impl Service {
@@ -419,28 +441,29 @@ impl pb::control_server::Control for Service {
 
     async fn cni_add(&self, r: Request<pb::CniRequest>) -> Result<Response<pb::CniReply>, Status> {
         let r = r.into_inner();
-        let subnet = if r.subnet.is_empty() { None } else { Some(r.subnet.parse::<ipnet::Ipv4Net>().map_err(|_| Status::invalid_argument(format!("invalid subnet {:?}", r.subnet)))?.trunc()) };
-        let hostname = (!r.hostname.is_empty()).then_some(r.hostname.as_str());
-        let add = crate::router::CniAdd { container_id: &r.container_id, ifname: &r.ifname, netns: &r.netns, subnet, hairpin: r.hairpin, ipam_only: r.ipam_only, hostname };
-        let a = self.router.cni_add(&add).await.map_err(to_status)?;
+        let a = self.router.cni_add(&cni_call(&r)?).await.map_err(to_status)?;
         Ok(Response::new(self.cni_reply(&a)))
     }
 
     async fn cni_del(&self, r: Request<pb::CniRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = r.into_inner();
-        self.router.cni_del(&r.container_id, &r.ifname, &r.netns).await.map_err(to_status)?;
+        self.router.cni_del(&cni_call(&r)?).await.map_err(to_status)?;
         Ok(Response::new(pb::Empty {}))
     }
 
     async fn cni_check(&self, r: Request<pb::CniRequest>) -> Result<Response<pb::CniReply>, Status> {
         let r = r.into_inner();
-        let a = self.router.cni_check(&r.container_id, &r.ifname, &r.netns, r.ipam_only).await.map_err(to_status)?;
+        let a = self.router.cni_check(&cni_call(&r)?).await.map_err(to_status)?;
         Ok(Response::new(self.cni_reply(&a)))
     }
 
     async fn cni_gc(&self, r: Request<pb::CniGcRequest>) -> Result<Response<pb::CniGcReply>, Status> {
-        let valid = r.into_inner().valid.into_iter().collect();
-        let released = self.router.cni_gc(&valid).await.map_err(to_status)?;
+        let r = r.into_inner();
+        if r.network.is_empty() || r.network.contains('/') {
+            return Err(Status::invalid_argument(format!("invalid network name {:?}", r.network)));
+        }
+        let valid = r.valid.into_iter().collect();
+        let released = self.router.cni_gc(&r.network, &valid).await.map_err(to_status)?;
         Ok(Response::new(pb::CniGcReply { released }))
     }
 

@@ -155,6 +155,9 @@ pub enum RouterError {
     /// IPAM.
     #[error("IPAM: {0}")]
     Ipam(#[from] weave_ipam::ipam::IpamError),
+    /// What is there is not what was expected (CNI CHECK).
+    #[error("{0}")]
+    Mismatch(String),
     /// The mesh stopped.
     #[error("the router is stopping")]
     Stopped,
@@ -777,10 +780,7 @@ impl Router {
         let container = t.id.as_str();
         let mut cs = self.containers.lock().await;
         let known = cs.get(container).map(|c| c.cidrs.clone()).unwrap_or_default();
-        let owned: Vec<Ipv4Net> = match &self.ipam {
-            Some(ipam) => lock(ipam).status().owned.get(container).cloned().unwrap_or_default(),
-            None => Vec::new(),
-        };
+        let owned = self.owned_by(container);
         let mut all = known;
         for o in owned {
             if !all.contains(&o) {
@@ -922,10 +922,7 @@ impl Router {
     /// Give up everything held for a container: its addresses, names and
     /// entry.
     async fn release(&self, id: &str) {
-        let owned = match &self.ipam {
-            Some(ipam) => lock(ipam).status().owned.get(id).cloned().unwrap_or_default(),
-            None => Vec::new(),
-        };
+        let owned = self.owned_by(id);
         self.free_all(id, &owned);
         if self.dns.is_some() {
             let _ = self.dns_remove(id, None, &[]);
@@ -1041,31 +1038,35 @@ impl Router {
     }
 }
 
-/// The IPAM (and DNS) id of a CNI attachment.
-pub fn cni_id(container_id: &str, ifname: &str) -> String {
-    format!("{CNI_PREFIX}{container_id}/{ifname}")
-}
-
-/// The prefix of CNI attachments' ids.
+/// The prefix of CNI attachments' ids: `cni:NETWORK/CONTAINERID/IFNAME`.
 pub const CNI_PREFIX: &str = "cni:";
 
-/// A CNI ADD.
+/// A CNI call: which attachment, and for ADD how.
 #[derive(Debug, Clone, Copy)]
-pub struct CniAdd<'a> {
+pub struct CniCall<'a> {
+    /// The network configuration's `name`: GC works within it.
+    pub network: &'a str,
     /// `CNI_CONTAINERID`.
     pub container_id: &'a str,
     /// `CNI_IFNAME`.
     pub ifname: &'a str,
-    /// `CNI_NETNS` (a path).
+    /// `CNI_NETNS` (a path; may be empty for DEL).
     pub netns: &'a str,
     /// Allocate here (the default subnet if None).
     pub subnet: Option<Ipv4Net>,
     /// Hairpin mode on the bridge port.
     pub hairpin: bool,
-    /// weave-ipam: the address only.
+    /// weave-ipam: addresses only; the interface is another plugin's.
     pub ipam_only: bool,
     /// A DNS name (the pod's).
     pub hostname: Option<&'a str>,
+}
+
+impl CniCall<'_> {
+    /// The IPAM (and DNS) id of the attachment.
+    pub fn id(&self) -> String {
+        format!("{CNI_PREFIX}{}/{}/{}", self.network, self.container_id, self.ifname)
+    }
 }
 
 /// What a CNI attachment has.
@@ -1084,69 +1085,95 @@ pub struct CniAttachment {
 }
 
 impl Router {
-    /// The host's address on the bridge in `subnet`, exposed (with
-    /// masquerade) if there is none yet: the gateway of CNI containers
-    /// and of the Docker plugin's networks.
-    pub async fn gateway_for(&self, subnet: Ipv4Net) -> Result<Ipv4Addr, RouterError> {
+    /// What IPAM holds for `id`.
+    pub fn owned_by(&self, id: &str) -> Vec<Ipv4Net> {
+        match &self.ipam {
+            Some(ipam) => lock(ipam).status().owned.remove(id).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The host's address on the bridge in exactly `subnet`, exposed
+    /// (with masquerade) if there is none yet: the gateway of CNI
+    /// containers and of the Docker plugin's networks. Returns it and
+    /// whether it was exposed just now.
+    pub async fn gateway_for(&self, subnet: Ipv4Net) -> Result<(Ipv4Addr, bool), RouterError> {
         let (exposed, _) = self.exposed().await?;
-        if let Some(a) = exposed.iter().find(|a| subnet.contains(&a.addr())) {
-            return Ok(a.addr());
+        if let Some(a) = exposed.iter().find(|a| a.trunc() == subnet) {
+            return Ok((a.addr(), false));
         }
         let e = self.expose(&[AddrSpec::Subnet(subnet)], true).await?;
-        e.first().map(Ipv4Net::addr).ok_or_else(|| RouterError::Invalid(format!("no gateway address in {subnet}")))
+        e.first().map(|a| (a.addr(), true)).ok_or_else(|| RouterError::Invalid(format!("no gateway address in {subnet}")))
+    }
+
+    /// Whether a CNI attachment has an address in `subnet` (so its
+    /// gateway must stay).
+    pub fn cni_uses(&self, subnet: Ipv4Net) -> bool {
+        let Some(ipam) = &self.ipam else { return false };
+        lock(ipam).status().owned.iter().any(|(id, cidrs)| id.starts_with(CNI_PREFIX) && cidrs.iter().any(|c| c.trunc() == subnet))
     }
 
     fn cni_netns(netns: &str) -> Result<Netns, RouterError> {
         if netns.is_empty() {
             return Err(RouterError::Invalid("CNI_NETNS is required".into()));
         }
-        let ns = Netns::at(netns);
         if !std::path::Path::new(netns).exists() {
             return Err(RouterError::NotFound(format!("network namespace {netns} does not exist")));
         }
-        Ok(ns)
+        Ok(Netns::at(netns))
     }
 
     /// CNI ADD: `ifname` in the namespace at `netns`, an address from
     /// `subnet` (default subnet if None), a default route through the
     /// bridge's address in that subnet, hairpin mode as asked. With
     /// `ipam_only`, just the address (weave-ipam). Idempotent.
-    pub async fn cni_add(&self, a: &CniAdd<'_>) -> Result<CniAttachment, RouterError> {
-        let CniAdd { container_id, ifname, netns, subnet, hairpin, ipam_only, hostname } = *a;
-        let id = cni_id(container_id, ifname);
-        let spec = subnet.map_or(AddrSpec::Default, AddrSpec::Subnet);
-        let cidrs = if ipam_only {
-            vec![self.allocate(&id, &spec).await?]
-        } else {
-            let t = Target { id: id.clone(), name: container_id.to_owned(), netns: Some(Self::cni_netns(netns)?), docker: None };
-            self.attach_target(&t, &[spec], false, ifname, hairpin).await?
+    pub async fn cni_add(&self, call: &CniCall<'_>) -> Result<CniAttachment, RouterError> {
+        let id = call.id();
+        let spec = call.subnet.map_or(AddrSpec::Default, AddrSpec::Subnet);
+        let ns = if call.ipam_only { None } else { Some(Self::cni_netns(call.netns)?) };
+        let cidrs = match &ns {
+            None => vec![self.allocate(&id, &spec).await?],
+            Some(ns) => {
+                let t = Target { id: id.clone(), name: call.container_id.to_owned(), netns: Some(ns.clone()), docker: None };
+                self.attach_target(&t, &[spec], false, call.ifname, call.hairpin).await?
+            }
         };
-        if let (Some(h), Some(_)) = (hostname.filter(|h| !h.is_empty()), &self.dns) {
+        if let (Some(h), Some(_)) = (call.hostname.filter(|h| !h.is_empty()), &self.dns) {
             let name = self.dns_name(h, None).unwrap_or_default();
             self.dns_add(&id, &name, &cidrs.iter().map(Ipv4Net::addr).collect::<Vec<_>>())?;
         }
-        if ipam_only {
-            return Ok(CniAttachment { cidrs, ..CniAttachment::default() });
-        }
-        let gateway = self.gateway_for(cidrs[0].trunc()).await?;
-        let c = Netlink::connect(&Self::cni_netns(netns)?).await?;
-        let link = c.link(ifname).await?.ok_or_else(|| RouterError::NotFound(format!("{ifname} vanished from {netns}")))?;
+        let Some(ns) = ns else { return Ok(CniAttachment { cidrs, ..CniAttachment::default() }) };
+        let (gateway, _) = self.gateway_for(cidrs[0].trunc()).await?;
+        let c = Netlink::connect(&ns).await?;
+        let link = c.link(call.ifname).await?.ok_or_else(|| RouterError::NotFound(format!("{} vanished from {}", call.ifname, call.netns)))?;
         c.add_default_route(link.index, gateway).await?;
-        let host_ifname = netlink::host_ifname(&id);
-        let host_mac = self.nl.link(&host_ifname).await?.map(|l| l.mac);
+        let (host_ifname, host_mac) = self.host_end(&id).await?;
         Ok(CniAttachment { cidrs, gateway: Some(gateway), host_ifname, host_mac, mac: Some(link.mac) })
     }
 
-    /// CNI DEL: remove the interface (if its namespace still exists) and
-    /// free what the attachment held. Nothing there is not an error.
-    pub async fn cni_del(&self, container_id: &str, ifname: &str, netns: &str) -> Result<(), RouterError> {
-        let id = cni_id(container_id, ifname);
-        let netns = (!netns.is_empty() && std::path::Path::new(netns).exists()).then(|| Netns::at(netns));
-        let t = Target { id: id.clone(), name: container_id.to_owned(), netns, docker: None };
-        self.detach_target(&t, ifname, &[]).await?;
-        // Without the namespace the pair is gone already; with a stale
-        // one left, its host end goes here.
-        self.nl.delete(&netlink::host_ifname(&id)).await?;
+    async fn host_end(&self, id: &str) -> Result<(String, Option<[u8; 6]>), RouterError> {
+        let name = netlink::host_ifname(id);
+        let mac = self.nl.link(&name).await?.map(|l| l.mac);
+        Ok((name, mac))
+    }
+
+    /// CNI DEL: free what the attachment held and, unless `ipam_only`
+    /// (the interface is another plugin's), remove its interface. Nothing
+    /// there, or no namespace any more, is not an error.
+    pub async fn cni_del(&self, call: &CniCall<'_>) -> Result<(), RouterError> {
+        let id = call.id();
+        let netns = (!call.ipam_only && !call.netns.is_empty() && std::path::Path::new(call.netns).exists()).then(|| Netns::at(call.netns));
+        let t = Target { id: id.clone(), name: call.container_id.to_owned(), netns, docker: None };
+        if let Err(e) = self.detach_target(&t, call.ifname, &[]).await {
+            // A namespace file that is no longer a namespace: free anyway.
+            tracing::info!(attachment = %id, error = %e, "CNI DEL: the interface could not be reached; freeing its addresses");
+            self.release(&id).await;
+        }
+        if !call.ipam_only {
+            // Without the namespace the pair is gone already; with a stale
+            // one left, its host end goes here.
+            self.nl.delete(&netlink::host_ifname(&id)).await?;
+        }
         if self.dns.is_some() {
             let _ = self.dns_remove(&id, None, &[]);
         }
@@ -1154,41 +1181,38 @@ impl Router {
     }
 
     /// CNI CHECK: the attachment's addresses, which must all be on its
-    /// interface.
-    pub async fn cni_check(&self, container_id: &str, ifname: &str, netns: &str, ipam_only: bool) -> Result<CniAttachment, RouterError> {
-        let id = cni_id(container_id, ifname);
-        let owned = match &self.ipam {
-            Some(ipam) => lock(ipam).status().owned.get(&id).cloned().unwrap_or_default(),
-            None => Vec::new(),
-        };
+    /// interface (unless `ipam_only`).
+    pub async fn cni_check(&self, call: &CniCall<'_>) -> Result<CniAttachment, RouterError> {
+        let id = call.id();
+        let owned = self.owned_by(&id);
         if owned.is_empty() {
-            return Err(RouterError::NotFound(format!("no addresses are held for {container_id}/{ifname}")));
+            return Err(RouterError::NotFound(format!("no addresses are held for {}/{}", call.container_id, call.ifname)));
         }
-        if ipam_only {
+        if call.ipam_only {
             return Ok(CniAttachment { cidrs: owned, ..CniAttachment::default() });
         }
-        let c = Netlink::connect(&Self::cni_netns(netns)?).await?;
-        let link = c.link(ifname).await?.ok_or_else(|| RouterError::NotFound(format!("{ifname} does not exist in {netns}")))?;
+        let c = Netlink::connect(&Self::cni_netns(call.netns)?).await?;
+        let link = c.link(call.ifname).await?.ok_or_else(|| RouterError::NotFound(format!("{} does not exist in {}", call.ifname, call.netns)))?;
         let on = c.addresses(link.index).await?;
         if let Some(missing) = owned.iter().find(|o| !on.contains(&IpNet::V4(**o))) {
-            return Err(RouterError::Invalid(format!("{missing} is not on {ifname}")));
+            return Err(RouterError::Mismatch(format!("{missing} is not on {}", call.ifname)));
         }
-        let host_ifname = netlink::host_ifname(&id);
-        let host_mac = self.nl.link(&host_ifname).await?.map(|l| l.mac);
+        let (host_ifname, host_mac) = self.host_end(&id).await?;
         if host_mac.is_none() {
-            return Err(RouterError::NotFound(format!("the host end {host_ifname} of {ifname} is missing")));
+            return Err(RouterError::Mismatch(format!("the host end {host_ifname} of {} is missing", call.ifname)));
         }
-        let gateway = self.exposed().await?.0.into_iter().find(|e| e.contains(&owned[0].addr())).map(|e| e.addr());
+        let gateway = self.exposed().await?.0.into_iter().find(|e| e.trunc() == owned[0].trunc()).map(|e| e.addr());
         Ok(CniAttachment { cidrs: owned, gateway, host_ifname, host_mac, mac: Some(link.mac) })
     }
 
-    /// CNI GC: free what every CNI attachment not in `valid` (as
-    /// "CONTAINERID/IFNAME") holds. Returns those released.
-    pub async fn cni_gc(&self, valid: &std::collections::BTreeSet<String>) -> Result<Vec<String>, RouterError> {
+    /// CNI GC for `network`: free what every attachment of it not in
+    /// `valid` (as "CONTAINERID/IFNAME") holds. Returns those released.
+    pub async fn cni_gc(&self, network: &str, valid: &std::collections::BTreeSet<String>) -> Result<Vec<String>, RouterError> {
         let Some(ipam) = &self.ipam else { return Ok(Vec::new()) };
-        let stale: Vec<String> = lock(ipam).status().owned.into_keys().filter_map(|k| k.strip_prefix(CNI_PREFIX).map(str::to_owned)).filter(|k| !valid.contains(k)).collect();
+        let prefix = format!("{CNI_PREFIX}{network}/");
+        let stale: Vec<String> = lock(ipam).status().owned.into_keys().filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned)).filter(|k| !valid.contains(k)).collect();
         for a in &stale {
-            let id = format!("{CNI_PREFIX}{a}");
+            let id = format!("{prefix}{a}");
             self.release(&id).await;
             self.nl.delete(&netlink::host_ifname(&id)).await?;
         }

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 
 mod common;
-use common::{ok, require_root, Hosts};
+use common::{eventually, ok, require_root, Hosts};
 
 /// The plugin binaries, as a runtime finds them in CNI_PATH.
 fn plugin_dir(h: &Hosts) -> PathBuf {
@@ -103,8 +103,8 @@ fn cni_plugin_add_check_del_gc_version_status() {
     assert!(h.ping("c1", &ip2), "CNI container on host 1 -> container on host 2");
     assert!(h.ping("c2", &ip1), "and back");
     assert!(h.ping("c1", &gw), "the gateway is the host");
-    // The pod's name is in weaveDNS.
-    assert_eq!(ok(h.weave(2, &["dns-lookup", "pod1"])).trim(), ip1);
+    // The pod's name is in weaveDNS, on the other host too.
+    eventually(5, "pod1's name reaches host 2", || ok(h.weave(2, &["dns-lookup", "pod1"])).trim() == ip1);
 
     // ADD again: the same address (idempotent).
     let (again, code) = cni(&dir, "weave-net", "ADD", "pod1", &ns1, &conf);
@@ -120,6 +120,14 @@ fn cni_plugin_add_check_del_gc_version_status() {
     check["prevResult"]["ips"][0]["address"] = json!("10.32.99.99/12");
     let (v, code) = cni(&dir, "weave-net", "CHECK", "pod1", &ns1, &check);
     assert_eq!((v["code"].as_u64(), code), (Some(100), 1), "{v}");
+    // The interface lost its address behind the router's back.
+    ok(Command::new("ip").args(["-n", &c1, "addr", "del", &addr, "dev", "eth0"]).output().unwrap());
+    check["prevResult"] = r.clone();
+    let (v, code) = cni(&dir, "weave-net", "CHECK", "pod1", &ns1, &check);
+    assert_eq!((v["code"].as_u64(), code), (Some(100), 1), "{v}");
+    assert_eq!(cni(&dir, "weave-net", "ADD", "pod1", &ns1, &conf).1, 0, "ADD again repairs it");
+    let (v, code) = cni(&dir, "weave-net", "CHECK", "pod1", &ns1, &check);
+    assert_eq!((v, code), (Value::Null, 0));
     let mut nocheck = conf.clone();
     nocheck["prevResult"] = Value::Null;
     let (v, _) = cni(&dir, "weave-net", "CHECK", "pod1", &ns1, &nocheck);
@@ -131,23 +139,34 @@ fn cni_plugin_add_check_del_gc_version_status() {
     assert_eq!(code, 0, "{v}");
     assert!(v["ips"][0]["address"].as_str().unwrap().starts_with("10.32.200."), "{v}");
     assert!(v.get("interfaces").is_none());
-    assert!(owned(&h, "cni:pod9/eth0").is_some());
+    assert!(owned(&h, "cni:weave/pod9/eth0").is_some());
     assert_eq!(cni(&dir, "weave-ipam", "DEL", "pod9", &ns1, &ipam_conf).1, 0);
-    assert!(owned(&h, "cni:pod9/eth0").is_none());
+    assert!(owned(&h, "cni:weave/pod9/eth0").is_none());
+    assert!(links(&c1).contains("eth0"), "weave-ipam DEL leaves the interface (another plugin's) alone");
 
     // GC: a stale attachment (its runtime forgot it) is released; the
     // valid one is kept.
     let c3 = h.ns("c3");
     let ns3 = format!("/run/netns/{c3}");
     assert_eq!(cni(&dir, "weave-net", "ADD", "stale", &ns3, &conf).1, 0);
-    assert!(owned(&h, "cni:stale/eth0").is_some());
+    assert!(owned(&h, "cni:weave/stale/eth0").is_some());
+    // GC is per network: another network's GC leaves these alone, and a
+    // GC without the list is refused rather than freeing everything.
+    let mut other = conf.clone();
+    other["name"] = json!("other");
+    other["cni.dev/valid-attachments"] = json!([]);
+    assert_eq!(cni(&dir, "weave-net", "GC", "", "", &other).1, 0);
+    assert!(owned(&h, "cni:weave/stale/eth0").is_some(), "another network's GC");
+    let (v, _) = cni(&dir, "weave-net", "GC", "", "", &conf);
+    assert_eq!(v["code"], 7, "GC without cni.dev/valid-attachments: {v}");
+    assert!(owned(&h, "cni:weave/stale/eth0").is_some());
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{ "containerID": "pod1", "ifname": "eth0" }]);
     let (v, code) = cni(&dir, "weave-net", "GC", "", "", &gc);
     assert_eq!((v, code), (Value::Null, 0));
-    assert!(owned(&h, "cni:stale/eth0").is_none(), "stale attachment released");
+    assert!(owned(&h, "cni:weave/stale/eth0").is_none(), "stale attachment released");
     assert!(!links(&c3).contains("eth0"), "and its interface removed");
-    assert_eq!(owned(&h, "cni:pod1/eth0").unwrap()[0], addr.as_str(), "valid attachment kept");
+    assert_eq!(owned(&h, "cni:weave/pod1/eth0").unwrap()[0], addr.as_str(), "valid attachment kept");
 
     // DEL, twice: both succeed; the interface and the address are gone.
     for _ in 0..2 {
@@ -155,11 +174,8 @@ fn cni_plugin_add_check_del_gc_version_status() {
         assert_eq!((v, code), (Value::Null, 0));
     }
     assert!(!links(&c1).contains("eth0"));
-    assert!(owned(&h, "cni:pod1/eth0").is_none());
-    assert!(ok(h.weave(2, &["dns-lookup", "pod1"])).trim().is_empty() || {
-        std::thread::sleep(std::time::Duration::from_secs(2));
-        ok(h.weave(2, &["dns-lookup", "pod1"])).trim().is_empty()
-    });
+    assert!(owned(&h, "cni:weave/pod1/eth0").is_none());
+    eventually(5, "pod1's name goes", || ok(h.weave(2, &["dns-lookup", "pod1"])).trim().is_empty());
     // DEL of a namespace that is gone is fine too.
     assert_eq!(cni(&dir, "weave-net", "DEL", "pod1", "/run/netns/no-such-ns", &conf).1, 0);
 

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{ok, require_root, Hosts};
+use common::{eventually, ok, require_root, Hosts};
 
 const IMAGE: &str = "weave-test-busybox:1";
 
@@ -88,15 +88,6 @@ fn docker_ping(name: &str, to: &str) -> bool {
         }
     }
     false
-}
-
-/// Wait until `f` holds (up to `secs`).
-fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < end, "{what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn owned(h: &Hosts, i: usize, id: &str) -> Option<serde_json::Value> {

@@ -291,14 +291,12 @@ fn cni_main(kind: weave_examples::cni::Kind) -> ExitCode {
 fn main() -> ExitCode {
     // One binary: invoked as weave-net or weave-ipam it is the CNI plugin.
     let argv0 = std::env::args_os().next().map(PathBuf::from).and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned())).unwrap_or_default();
-    match argv0.as_str() {
-        "weave-net" => return cni_main(weave_examples::cni::Kind::Net),
-        "weave-ipam" => return cni_main(weave_examples::cni::Kind::Ipam),
-        _ => {}
+    if let Some(kind) = weave_examples::cni::Kind::from_name(&argv0).filter(|_| argv0.starts_with("weave-")) {
+        return cni_main(kind);
     }
     let cli = Cli::parse();
     if let Cmd::Cni { which } = &cli.cmd {
-        return cni_main(if which == "ipam" { weave_examples::cni::Kind::Ipam } else { weave_examples::cni::Kind::Net });
+        return cni_main(weave_examples::cni::Kind::from_name(which).unwrap_or(weave_examples::cni::Kind::Net));
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,

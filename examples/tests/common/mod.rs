@@ -121,3 +121,12 @@ pub(crate) fn http_get(h: &Hosts, i: usize, path: &str) -> String {
     .expect("HTTP GET")
 }
 
+
+/// Wait until `f` holds, up to `secs` seconds; fail saying `what` if not.
+pub(crate) fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < end, "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
