@@ -37,16 +37,23 @@ pub struct PluginSettings {
     pub name: String,
     /// Docker's plugin directory (`/run/docker/plugins`).
     pub dir: PathBuf,
-    /// The namespace dockerd runs in (where Join's interface must be).
-    pub docker_netns: Netns,
+    /// The namespace dockerd runs in (where Join's interface must be);
+    /// None: found from dockerd's pid file at each Join, so a restarted
+    /// dockerd is followed.
+    pub docker_netns: Option<Netns>,
 }
 
 impl PluginSettings {
-    /// The standard place for `name`, with dockerd's namespace found from
-    /// its pid file (PID 1's if there is none).
+    /// The standard place for `name`.
     pub fn new(name: &str) -> Self {
-        let pid = crate::docker::daemon_pid().unwrap_or(1);
-        Self { name: name.to_owned(), dir: PathBuf::from("/run/docker/plugins"), docker_netns: Netns::of_pid(pid) }
+        Self { name: name.to_owned(), dir: PathBuf::from("/run/docker/plugins"), docker_netns: None }
+    }
+
+    fn dockerd_netns(&self) -> Result<Netns, String> {
+        match &self.docker_netns {
+            Some(ns) => Ok(ns.clone()),
+            None => crate::docker::daemon_pid().map(Netns::of_pid).ok_or_else(|| "cannot find dockerd (no /run/docker.pid)".to_owned()),
+        }
     }
 
     /// The socket path.
@@ -72,6 +79,7 @@ fn fresh_id() -> String {
 
 #[derive(Debug, Clone, Default)]
 struct Network {
+    pool: Option<Ipv4Net>,
     gateway: Option<Ipv4Addr>,
     multicast: bool,
 }
@@ -83,6 +91,30 @@ struct State {
     endpoints: BTreeMap<String, String>,
     /// Gateway addresses the plugin exposed.
     gateways: BTreeSet<Ipv4Addr>,
+    /// Of those, the ones Docker released: hidden once no network of the
+    /// driver has them (Docker's DeleteNetwork and ReleaseAddress come in
+    /// either order).
+    released: BTreeSet<Ipv4Addr>,
+}
+
+/// Hide `gw` if Docker released it, the plugin exposed it, and no network
+/// of the driver and no CNI pod in `pool` uses it any more.
+async fn maybe_hide(router: &Router, state: &Mutex<State>, gw: Ipv4Addr, pool: Option<Ipv4Net>) -> Result<(), String> {
+    {
+        let st = lock(state);
+        if !st.released.contains(&gw) || !st.gateways.contains(&gw) || st.networks.values().any(|n| n.gateway == Some(gw)) {
+            return Ok(());
+        }
+    }
+    if pool.is_some_and(|p| router.cni_uses(p)) {
+        return Ok(());
+    }
+    {
+        let mut st = lock(state);
+        st.released.remove(&gw);
+        st.gateways.remove(&gw);
+    }
+    router.hide(&[gw]).await.map(drop).map_err(|e| e.to_string())
 }
 
 /// A running plugin.
@@ -95,6 +127,22 @@ pub struct Plugin {
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Record a network Docker already has on this driver (made before a
+/// router restart), with its gateway as the plugin's.
+fn learn(state: &Mutex<State>, id: Option<String>, ipam: Option<bollard::models::Ipam>, options: Option<std::collections::HashMap<String, String>>) -> Option<Network> {
+    let first = ipam.and_then(|i| i.config).and_then(|c| c.into_iter().next()).unwrap_or_default();
+    let gateway = first.gateway.and_then(|g| ip(&g).ok());
+    let pool = first.subnet.and_then(|p| cidr(&p).ok());
+    let multicast = options.is_some_and(|o| o.get("works.weave.multicast").is_some_and(|v| v != "false"));
+    let n = Network { pool, gateway, multicast };
+    let mut st = lock(state);
+    st.networks.insert(id?, n.clone());
+    if let Some(g) = gateway {
+        st.gateways.insert(g);
+    }
+    Some(n)
 }
 
 impl Plugin {
@@ -136,14 +184,7 @@ impl Plugin {
                 continue;
             }
             have |= n.name.as_deref() == Some(name.as_str());
-            let gateway = n.ipam.and_then(|i| i.config).and_then(|c| c.into_iter().find_map(|c| c.gateway)).and_then(|g| ip(&g).ok());
-            let multicast = n.options.is_some_and(|o| o.get("works.weave.multicast").is_some_and(|v| v != "false"));
-            if let Some(id) = n.id {
-                lock(&self.state).networks.insert(id, Network { gateway, multicast });
-                if let Some(g) = gateway {
-                    lock(&self.state).gateways.insert(g);
-                }
-            }
+            learn(&self.state, n.id, n.ipam, n.options);
         }
         if have {
             return Ok(());
@@ -241,13 +282,17 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
                 return Err("weave networks are IPv4 only".into());
             }
             let gateway = req.pointer("/IPv4Data/0/Gateway").and_then(Value::as_str).filter(|g| !g.is_empty()).map(ip).transpose()?;
+            let pool = req.pointer("/IPv4Data/0/Pool").and_then(Value::as_str).map(cidr).transpose()?;
             let generic = req.pointer("/Options/com.docker.network.generic");
             let multicast = generic.and_then(|g| g.get("works.weave.multicast")).is_some_and(|v| v.as_str().is_none_or(|s| s != "false"));
-            lock(state).networks.insert(id.to_owned(), Network { gateway, multicast });
+            lock(state).networks.insert(id.to_owned(), Network { pool, gateway, multicast });
             Ok(json!({}))
         }
         "NetworkDriver.DeleteNetwork" => {
-            lock(state).networks.remove(need(req, "NetworkID")?);
+            let gone = lock(state).networks.remove(need(req, "NetworkID")?);
+            if let Some(Network { gateway: Some(gw), pool, .. }) = gone {
+                maybe_hide(router, state, gw, pool).await?;
+            }
             Ok(json!({}))
         }
         "NetworkDriver.CreateEndpoint" => {
@@ -266,8 +311,17 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
         }
         "NetworkDriver.Join" => {
             let (net, ep) = (need(req, "NetworkID")?, need(req, "EndpointID")?);
-            let n = lock(state).networks.get(net).cloned().ok_or_else(|| format!("unknown network {net}"))?;
-            let docker_ns = lock_settings(router)?;
+            let known = lock(state).networks.get(net).cloned();
+            let n = match known {
+                Some(n) => n,
+                // Created before this router started, and not learnt yet.
+                None => {
+                    let d = router.docker().ok_or_else(|| format!("unknown network {net} (and no Docker daemon to ask)"))?;
+                    let i = d.api().inspect_network(net, None::<bollard::query_parameters::InspectNetworkOptions>).await.map_err(|e| format!("unknown network {net}: {e}"))?;
+                    learn(state, i.id, i.ipam, i.options).ok_or_else(|| format!("unknown network {net}"))?
+                }
+            };
+            let docker_ns = router.plugin_settings().ok_or("the plugin is not configured")?.dockerd_netns()?;
             let host = netlink::host_ifname(&format!("docker:{ep}"));
             let bridge = router.netlink().link(&router.config().bridge).await.map_err(|e| e.to_string())?.ok_or("the weave bridge is missing")?;
             let peer = netlink::plug(router.netlink(), bridge.index, &host, &docker_ns, router.config().mtu, false).await.map_err(|e| e.to_string())?;
@@ -307,9 +361,19 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
             let gateway = req.pointer("/Options/RequestAddressType").and_then(Value::as_str) == Some("com.docker.network.gateway");
             let spec = if wanted.is_empty() { AddrSpec::Subnet(pool) } else { AddrSpec::Exact(Ipv4Net::new(ip(wanted)?, pool.prefix_len()).map_err(|e| e.to_string())?) };
             let addr = if gateway {
-                let a = router.expose(&[spec], true).await.map_err(err)?.into_iter().next().ok_or("no gateway address")?;
-                lock(state).gateways.insert(a.addr());
-                a
+                // The host's address in the pool; remembered as the
+                // plugin's only if the plugin exposed it.
+                let (a, fresh) = match spec {
+                    AddrSpec::Exact(a) => {
+                        let had = router.exposed().await.map_err(err)?.0.iter().any(|e| e.addr() == a.addr());
+                        (router.expose(&[spec], true).await.map_err(err)?.into_iter().next().ok_or("no gateway address")?.addr(), !had)
+                    }
+                    _ => router.gateway_for(pool).await.map_err(err)?,
+                };
+                if fresh {
+                    lock(state).gateways.insert(a);
+                }
+                Ipv4Net::new(a, pool.prefix_len()).map_err(|e| e.to_string())?
             } else {
                 router.allocate_for(&fresh_id(), &spec).await.map_err(err)?
             };
@@ -317,8 +381,13 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
         }
         "IpamDriver.ReleaseAddress" => {
             let a = ip(need(req, "Address")?)?;
-            if lock(state).gateways.remove(&a) {
-                router.hide(&[a]).await.map_err(err)?;
+            let pool = cidr(field(req, "PoolID")).ok();
+            let gateway = {
+                let mut st = lock(state);
+                st.gateways.contains(&a) && st.released.insert(a)
+            };
+            if gateway {
+                maybe_hide(router, state, a, pool).await?;
             } else if let Some(owner) = router.owner_of(a).filter(|o| o.starts_with(PLUGIN_ID)) {
                 router.free_addr(&owner, a);
             }
@@ -328,6 +397,3 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
     }
 }
 
-fn lock_settings(router: &Router) -> Result<Netns, String> {
-    router.plugin_settings().map(|s| s.docker_netns).ok_or_else(|| "the plugin is not configured".to_owned())
-}

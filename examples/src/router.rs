@@ -189,6 +189,16 @@ impl std::str::FromStr for AddrSpec {
     }
 }
 
+impl std::fmt::Display for AddrSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(n) => write!(f, "ip:{n}"),
+            Self::Subnet(n) => write!(f, "net:{n}"),
+            Self::Default => f.write_str("net:default"),
+        }
+    }
+}
+
 /// Resolve a CONTAINER argument to a namespace.
 pub fn container_netns(spec: &str) -> Result<Netns, RouterError> {
     let ns = if let Some(pid) = spec.strip_prefix("pid:") {
@@ -220,6 +230,18 @@ pub struct Target {
     /// The Docker container, if it is one.
     pub docker: Option<crate::docker::DockerContainer>,
 }
+
+/// What the Docker lifecycle worker of one container handles, in order.
+#[derive(Debug, Clone, Copy)]
+enum DockerEvent {
+    Life(crate::docker::Lifecycle),
+    /// The grace period that began with the death at this epoch is over.
+    GraceOver(u64),
+}
+
+/// The file in the state directory keeping how Docker containers were
+/// attached (so a router restart does not forget `-h` or `--without-dns`).
+const DOCKER_FILE: &str = "docker-attached.json";
 
 /// How a Docker container was attached, to attach it again when it is
 /// restarted.
@@ -260,6 +282,11 @@ pub struct Router {
     nicknames: Arc<Mutex<BTreeMap<PeerName, String>>>,
     docker: Option<crate::docker::Docker>,
     tracked: Mutex<BTreeMap<String, Tracked>>,
+    /// Per Docker container: the queue its lifecycle worker drains.
+    docker_queues: Mutex<BTreeMap<String, tokio::sync::mpsc::UnboundedSender<DockerEvent>>>,
+    /// Per Docker container: held while it is attached or its lifecycle
+    /// is acted on, so those never interleave.
+    docker_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     plugin: Mutex<Option<Arc<crate::plugin::Plugin>>>,
 }
 
@@ -381,7 +408,9 @@ impl Router {
             targets: Mutex::new(cfg.peers.iter().cloned().collect()),
             nicknames: Arc::new(Mutex::new(BTreeMap::new())),
             docker: if cfg.docker { crate::docker::Docker::connect().await } else { None },
-            tracked: Mutex::new(BTreeMap::new()),
+            tracked: Mutex::new(load_tracked(&cfg.state_dir)),
+            docker_queues: Mutex::new(BTreeMap::new()),
+            docker_locks: Mutex::new(BTreeMap::new()),
             plugin: Mutex::new(None),
         });
         router.save_targets(&lock(&router.targets));
@@ -448,12 +477,11 @@ impl Router {
         let Some(ipam) = &self.ipam else { return };
         let owned = lock(ipam).status().owned;
         let mut cs = self.containers.lock().await;
-        for (id, cidrs) in owned {
-            let Ok(Target { netns: Some(ns), docker, .. }) = self.resolve(&id).await else { continue };
-            if docker.is_some() {
-                let specs = cidrs.iter().map(|c| AddrSpec::Exact(*c)).collect();
-                lock(&self.tracked).insert(id.clone(), Tracked { specs, dns: self.dns.is_some(), hostname: None, multicast: true, epoch: 0 });
-            }
+        // Docker containers are reconciled by `follow_docker`; plugin, CNI
+        // and expose ids are not containers of ours.
+        let netns_ids = owned.into_iter().filter(|(id, _)| !crate::docker::is_container_id(id) && !id.starts_with("weave:") && !id.starts_with(CNI_PREFIX));
+        for (id, cidrs) in netns_ids {
+            let Ok(ns) = container_netns(&id) else { continue };
             let Ok(c) = Netlink::connect(&ns).await else { continue };
             if let Ok(Some(link)) = c.link("ethwe").await {
                 cs.insert(id.clone(), Container { id, netns: ns, mac: link.mac, cidrs });
@@ -545,6 +573,11 @@ impl Router {
     /// The subnet `net:default` allocates in (None without IPAM).
     pub fn default_subnet(&self) -> Option<Ipv4Net> {
         self.cfg.ipalloc_range.map(|r| self.cfg.ipalloc_default_subnet.unwrap_or(r))
+    }
+
+    /// The Docker daemon, when one answered at start.
+    pub fn docker(&self) -> Option<&crate::docker::Docker> {
+        self.docker.as_ref()
     }
 
     /// Docker network plugin settings, when it is served.
@@ -674,13 +707,25 @@ impl Router {
     /// again, with the same addresses, when it is restarted.
     pub async fn attach_with_dns(&self, container: &str, specs: &[AddrSpec], multicast_route: bool, dns: bool, hostname: Option<&str>) -> Result<Vec<Ipv4Net>, RouterError> {
         let t = self.resolve(container).await?;
+        // A Docker container's lifecycle events wait until it is attached
+        // and tracked.
+        let _busy = match &t.docker {
+            Some(_) => Some(self.docker_lock(&t.id).lock_owned().await),
+            None => None,
+        };
         let cidrs = self.attach_target(&t, specs, multicast_route, "ethwe", false).await?;
         if t.docker.is_some() {
             let mut tr = lock(&self.tracked);
             let e = tr.entry(t.id.clone()).or_insert(Tracked { specs: Vec::new(), dns, hostname: hostname.map(str::to_owned), multicast: multicast_route, epoch: 0 });
-            e.specs.extend(cidrs.iter().map(|c| AddrSpec::Exact(*c)));
+            for c in &cidrs {
+                let spec = AddrSpec::Exact(*c);
+                if !e.specs.contains(&spec) {
+                    e.specs.push(spec);
+                }
+            }
             e.dns = dns;
             e.hostname = hostname.map(str::to_owned);
+            save_tracked(&self.cfg.state_dir, &tr);
         }
         if dns {
             self.register_dns(&t, &cidrs, hostname).await?;
@@ -769,10 +814,20 @@ impl Router {
     /// `weave detach`: remove these addresses (all when empty); free them.
     pub async fn detach(&self, container: &str, addrs: &[Ipv4Net]) -> Result<Vec<Ipv4Net>, RouterError> {
         let t = self.resolve(container).await?;
-        if addrs.is_empty() {
-            lock(&self.tracked).remove(&t.id);
+        let _busy = match &t.docker {
+            Some(_) => Some(self.docker_lock(&t.id).lock_owned().await),
+            None => None,
+        };
+        let victims = self.detach_target(&t, "ethwe", addrs).await?;
+        let mut tr = lock(&self.tracked);
+        if let Some(e) = tr.get_mut(&t.id) {
+            e.specs.retain(|s| !matches!(s, AddrSpec::Exact(n) if victims.contains(n)));
+            if addrs.is_empty() || e.specs.is_empty() {
+                tr.remove(&t.id);
+            }
+            save_tracked(&self.cfg.state_dir, &tr);
         }
-        self.detach_target(&t, "ethwe", addrs).await
+        Ok(victims)
     }
 
     /// Detach a resolved container's interface `ifname`.
@@ -889,7 +944,7 @@ impl Router {
         }
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
         removed.append(&mut removed_files);
-        for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir), self.cfg.state_dir.join(NAME_FILE)] {
+        for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir), self.cfg.state_dir.join(NAME_FILE), self.cfg.state_dir.join(DOCKER_FILE)] {
             if std::fs::remove_file(&f).is_ok() {
                 removed.push(f.display().to_string());
             }
@@ -933,72 +988,135 @@ impl Router {
         }
     }
 
-    /// Act on a Docker container's start, death or removal.
-    async fn on_docker(self: &Arc<Self>, what: crate::docker::Lifecycle, id: String) {
-        use crate::docker::Lifecycle;
-        let epoch = {
-            let mut tr = lock(&self.tracked);
-            match (what, tr.get_mut(&id)) {
-                (Lifecycle::Destroy, Some(_)) => {
-                    tr.remove(&id);
-                    None
-                }
-                (_, Some(t)) => {
-                    t.epoch += 1;
-                    Some(t.epoch)
-                }
-                (_, None) => None,
+    /// The lock serialising work on one Docker container.
+    fn docker_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.docker_locks).entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Queue a lifecycle event for a container's worker: one worker per
+    /// container handles its events in order, so a slow attach of one
+    /// container never holds up another's.
+    fn docker_event(self: &Arc<Self>, id: String, ev: DockerEvent) {
+        let mut queues = lock(&self.docker_queues);
+        if let Some(tx) = queues.get(&id) {
+            if tx.send(ev).is_ok() {
+                return;
             }
-        };
-        match what {
-            Lifecycle::Start => {
-                if epoch.is_some() {
-                    if let Err(e) = self.reattach(&id).await {
-                        tracing::warn!(container = crate::docker::display_id(&id), error = %e, "cannot attach the restarted container again");
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = tx.send(ev);
+        queues.insert(id.clone(), tx);
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(r) = me.upgrade() else { return };
+                let Some(ev) = r.next_docker_event(&id, &mut rx) else { return };
+                let busy = r.docker_lock(&id);
+                let _g = busy.lock().await;
+                r.on_docker(ev, &id).await;
+            }
+        });
+    }
+
+    /// The next event for a container's worker; None retires the worker
+    /// (atomically with senders, who hold the same lock).
+    fn next_docker_event(&self, id: &str, rx: &mut tokio::sync::mpsc::UnboundedReceiver<DockerEvent>) -> Option<DockerEvent> {
+        if let Ok(ev) = rx.try_recv() {
+            return Some(ev);
+        }
+        let mut queues = lock(&self.docker_queues);
+        match rx.try_recv() {
+            Ok(ev) => Some(ev),
+            Err(_) => {
+                queues.remove(id);
+                None
+            }
+        }
+    }
+
+    /// Act on one event of a Docker container (its lock held).
+    async fn on_docker(self: &Arc<Self>, ev: DockerEvent, id: &str) {
+        use crate::docker::Lifecycle;
+        let short = crate::docker::display_id(id).to_owned();
+        match ev {
+            DockerEvent::Life(Lifecycle::Start) => {
+                let tracked = lock(&self.tracked).get_mut(id).map(|t| t.epoch += 1).is_some();
+                if tracked {
+                    match tokio::time::timeout(Duration::from_secs(30), self.reattach(id)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(container = %short, error = %e, "cannot attach the restarted container again"),
+                        Err(_) => tracing::warn!(container = %short, "attaching the restarted container again timed out (IPAM unreachable?)"),
                     }
                 }
-                self.plugin_names(&id).await;
+                self.plugin_names(id).await;
             }
-            Lifecycle::Die => {
+            DockerEvent::Life(Lifecycle::Die) => {
+                let epoch = lock(&self.tracked).get_mut(id).map(|t| {
+                    t.epoch += 1;
+                    t.epoch
+                });
                 if let Some(epoch) = epoch {
                     // Its interface went with its namespace; its addresses
                     // wait a little for a restart.
-                    self.containers.lock().await.remove(&id);
-                    let (me, grace) = (Arc::downgrade(self), self.cfg.docker_grace);
+                    self.containers.lock().await.remove(id);
+                    let (me, grace, id) = (Arc::downgrade(self), self.cfg.docker_grace, id.to_owned());
                     tokio::spawn(async move {
                         tokio::time::sleep(grace).await;
-                        let Some(r) = me.upgrade() else { return };
-                        let still_dead = lock(&r.tracked).get(&id).is_some_and(|t| t.epoch == epoch);
-                        if still_dead {
-                            r.release(&id).await;
+                        if let Some(r) = me.upgrade() {
+                            r.docker_event(id, DockerEvent::GraceOver(epoch));
                         }
                     });
                 } else if self.dns.is_some() {
-                    let _ = self.dns_remove(&id, None, &[]);
+                    let _ = self.dns_remove(id, None, &[]);
                 }
             }
-            Lifecycle::Destroy => self.release(&id).await,
+            DockerEvent::GraceOver(epoch) => {
+                // Released only if nothing happened since that death.
+                if lock(&self.tracked).get(id).is_some_and(|t| t.epoch == epoch) {
+                    self.release(id).await;
+                }
+            }
+            DockerEvent::Life(Lifecycle::Destroy) => {
+                {
+                    let mut tr = lock(&self.tracked);
+                    if tr.remove(id).is_some() {
+                        save_tracked(&self.cfg.state_dir, &tr);
+                    }
+                }
+                self.release(id).await;
+                lock(&self.docker_locks).remove(id);
+            }
         }
     }
 
     /// Attach a restarted Docker container as it was: the same addresses
-    /// if it still holds them (or can claim them again), new ones if not.
+    /// if it still holds them (or can claim them again), a new one if not.
     async fn reattach(&self, id: &str) -> Result<(), RouterError> {
         let Some(tr) = lock(&self.tracked).get(id).cloned() else { return Ok(()) };
         let t = self.resolve(id).await?;
         let cidrs = match self.attach_target(&t, &tr.specs, tr.multicast, "ethwe", false).await {
             Ok(c) => c,
             Err(RouterError::Ipam(e)) => {
-                tracing::info!(container = crate::docker::display_id(id), error = %e, "its old addresses are taken: allocating new ones");
-                let n = tr.specs.len().max(1);
-                self.attach_target(&t, &vec![AddrSpec::Default; n], tr.multicast, "ethwe", false).await?
+                tracing::info!(container = crate::docker::display_id(id), error = %e, "its old addresses are taken: allocating a new one");
+                // Whatever of the old ones it still holds goes back.
+                let old = self.owned_by(id);
+                self.free_all(id, &old);
+                self.attach_target(&t, &[AddrSpec::Default], tr.multicast, "ethwe", false).await?
             }
             Err(e) => return Err(e),
         };
-        if let Some(e) = lock(&self.tracked).get_mut(id) {
-            e.specs = cidrs.iter().map(|c| AddrSpec::Exact(*c)).collect();
+        {
+            let mut all = lock(&self.tracked);
+            if let Some(e) = all.get_mut(id) {
+                e.specs = cidrs.iter().map(|c| AddrSpec::Exact(*c)).collect();
+            }
+            save_tracked(&self.cfg.state_dir, &all);
         }
         if tr.dns {
+            // Names for addresses it no longer has must not linger.
+            if self.dns.is_some() {
+                let _ = self.dns_remove(id, None, &[]);
+            }
             self.register_dns(&t, &cidrs, tr.hostname.as_deref()).await?;
         }
         tracing::info!(container = %t.name, ?cidrs, "restarted container attached again");
@@ -1022,19 +1140,66 @@ impl Router {
         }
     }
 
-    /// Docker containers whose addresses IPAM holds but that died or were
-    /// removed while the router was down.
+    /// Bring Docker containers up to date after (re)connecting to Docker:
+    /// those whose addresses IPAM holds, or that were attached before,
+    /// are attached again if running (their `ethwe` may be new or gone),
+    /// wait out the grace period if dead, and are released if removed.
     async fn reconcile_docker(self: &Arc<Self>) {
-        let Some(ipam) = &self.ipam else { return };
-        let ids: Vec<String> = lock(ipam).status().owned.into_keys().filter(|k| crate::docker::is_container_id(k)).collect();
-        for id in ids {
-            match self.resolve(&id).await {
-                Ok(Target { netns: Some(_), .. }) => {}
-                Ok(_) => self.on_docker(crate::docker::Lifecycle::Die, id).await,
-                Err(RouterError::NotFound(_)) => self.release(&id).await,
-                Err(_) => {}
-            }
+        let mut ids: std::collections::BTreeSet<String> = lock(&self.tracked).keys().cloned().collect();
+        let owned = match &self.ipam {
+            Some(ipam) => lock(ipam).status().owned,
+            None => BTreeMap::new(),
+        };
+        for (k, cidrs) in owned.into_iter().filter(|(k, _)| crate::docker::is_container_id(k)) {
+            // Held but not tracked: attached by an older router.
+            lock(&self.tracked).entry(k.clone()).or_insert_with(|| Tracked { specs: cidrs.iter().map(|c| AddrSpec::Exact(*c)).collect(), dns: self.dns.is_some(), hostname: None, multicast: true, epoch: 0 });
+            ids.insert(k);
         }
+        for id in ids {
+            use crate::docker::Lifecycle;
+            let ev = match self.resolve(&id).await {
+                Ok(Target { netns: Some(_), .. }) => Lifecycle::Start,
+                Ok(_) => Lifecycle::Die,
+                Err(RouterError::NotFound(_)) => Lifecycle::Destroy,
+                Err(e) => {
+                    tracing::warn!(container = crate::docker::display_id(&id), error = %e, "cannot reconcile");
+                    continue;
+                }
+            };
+            self.docker_event(id, DockerEvent::Life(ev));
+        }
+    }
+}
+
+/// Docker containers as attached, from the state directory.
+fn load_tracked(dir: &std::path::Path) -> BTreeMap<String, Tracked> {
+    let Ok(text) = std::fs::read_to_string(dir.join(DOCKER_FILE)) else { return BTreeMap::new() };
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&text) else {
+        tracing::warn!(file = DOCKER_FILE, "unreadable; Docker containers will be attached again with defaults");
+        return BTreeMap::new();
+    };
+    m.into_iter()
+        .filter_map(|(id, v)| {
+            let specs = v.get("specs")?.as_array()?.iter().filter_map(|s| s.as_str()?.parse().ok()).collect();
+            let hostname = v.get("hostname").and_then(|h| h.as_str()).map(str::to_owned);
+            Some((id, Tracked { specs, dns: v.get("dns")?.as_bool()?, hostname, multicast: v.get("multicast")?.as_bool()?, epoch: 0 }))
+        })
+        .collect()
+}
+
+fn save_tracked(dir: &std::path::Path, all: &BTreeMap<String, Tracked>) {
+    let m: serde_json::Map<String, serde_json::Value> = all
+        .iter()
+        .map(|(id, t)| {
+            let specs: Vec<String> = t.specs.iter().map(ToString::to_string).collect();
+            (id.clone(), serde_json::json!({ "specs": specs, "dns": t.dns, "hostname": t.hostname, "multicast": t.multicast }))
+        })
+        .collect();
+    let path = dir.join(DOCKER_FILE);
+    let tmp = dir.join(format!("{DOCKER_FILE}.tmp"));
+    let written = std::fs::write(&tmp, serde_json::Value::Object(m).to_string()).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, file = %path.display(), "cannot save the Docker attachments");
     }
 }
 
@@ -1224,18 +1389,18 @@ impl Router {
 /// reconnecting if the stream breaks.
 async fn follow_docker(router: std::sync::Weak<Router>, d: crate::docker::Docker) {
     use tokio_stream::StreamExt;
-    let mut first = true;
     loop {
         let events = d.lifecycle();
         tokio::pin!(events);
-        if std::mem::take(&mut first) {
+        {
+            // What happened while there was no stream (or no router).
             let Some(r) = router.upgrade() else { return };
             r.reconcile_docker().await;
         }
         while let Some(ev) = events.next().await {
             let Some(r) = router.upgrade() else { return };
             match ev {
-                Ok((what, id)) => r.on_docker(what, id).await,
+                Ok((what, id)) => r.docker_event(id, DockerEvent::Life(what)),
                 Err(e) => {
                     tracing::warn!(error = %e, "Docker event stream broke; reconnecting");
                     break;

@@ -103,7 +103,7 @@ fn plugin_owns(h: &Hosts, ip: &str) -> bool {
 }
 
 fn launch_pair(h: &Hosts, extra1: &[&str]) {
-    let mut a = vec!["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "--docker-grace", "2"];
+    let mut a = vec!["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "--docker-grace", "3"];
     a.extend_from_slice(extra1);
     ok(h.weave(1, &a));
     ok(h.weave(2, &["launch", "--name", "::2", "--nickname", "h2", "--ipalloc-init", "consensus=2", "--no-plugin", "10.99.0.1"]));
@@ -124,7 +124,7 @@ fn docker_containers_attach_by_name_and_id_and_follow_their_lifecycle() {
 
     // By name, and by (short) ID.
     let a1 = ok(h.weave(1, &["attach", &d1])).trim().to_owned();
-    let a2 = ok(h.weave(1, &["attach", &id2[..12]])).trim().to_owned();
+    let a2 = ok(h.weave(1, &["attach", "-h", "web.weave.local", &id2[..12]])).trim().to_owned();
     assert!(a1.ends_with("/12") && a2.ends_with("/12") && a1 != a2, "{a1} {a2}");
     let ip1 = a1.split('/').next().unwrap().to_owned();
     let ps = ok(h.weave(1, &["ps"]));
@@ -151,8 +151,19 @@ fn docker_containers_attach_by_name_and_id_and_follow_their_lifecycle() {
     assert!(h.ping("c3", &ip1), "the restarted container answers at its old address");
     assert!(docker_ping(&d1, &ip3));
 
+    // The router restarts while a container restarts: it is attached
+    // again, with its address and its -h name.
+    let ip2 = a2.split('/').next().unwrap().to_owned();
+    ok(h.weave(1, &["stop"]));
+    docker(&["restart", "-t", "0", &d2]);
+    ok(h.weave(1, &["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "--docker-grace", "3", "--no-plugin"]));
+    eventually(10, "d2 attached again after the router's restart", || ok(h.weave(1, &["ps", &d2])).contains(&a2));
+    assert!(h.ping("c3", &ip2), "d2 answers at its old address");
+    eventually(10, "d2 keeps its -h name", || ok(h.weave(1, &["dns-lookup", "web"])).trim() == ip2);
+    assert!(ok(h.weave(1, &["dns-lookup", &d2])).trim().is_empty(), "and gets no default name");
+
     // docker rm -f releases at once; a container that stays dead is
-    // released after the grace period (2 s here).
+    // released after the grace period (3 s here).
     docker(&["rm", "-f", &d1]);
     eventually(5, "d1's address released on rm -f", || owned(&h, 1, &id1).is_none());
     eventually(5, "d1's name gone", || ok(h.weave(2, &["dns-lookup", &d1])).trim().is_empty());

@@ -480,15 +480,22 @@ pub async fn plug(host: &Netlink, bridge: u32, host_name: &str, target: &Netns, 
     host.delete(host_name).await?;
     host.delete(&tmp).await?;
     host.handle.link().add(LinkVeth::new(host_name, &tmp).mtu(mtu).build()).execute().await.map_err(err(format!("create veth {host_name}")))?;
-    let h = host.need(host_name).await?;
-    host.enslave(h.index, bridge, mtu, false).await?;
-    if hairpin {
-        host.set_hairpin(h.index, true).await?;
+    let wired = async {
+        let h = host.need(host_name).await?;
+        host.enslave(h.index, bridge, mtu, false).await?;
+        if hairpin {
+            host.set_hairpin(h.index, true).await?;
+        }
+        let nsfile = target.open().map_err(ioerr("open the target namespace"))?;
+        let t = host.need(&tmp).await?;
+        use std::os::fd::AsRawFd;
+        host.handle.link().set(LinkUnspec::new_with_index(t.index).setns_by_fd(nsfile.as_raw_fd()).build()).execute().await.map_err(err("move veth into the target namespace"))
+    };
+    if let Err(e) = wired.await {
+        // Half-made: the pair goes (deleting one end deletes both).
+        let _ = host.delete(host_name).await;
+        return Err(e);
     }
-    let nsfile = target.open().map_err(ioerr("open the target namespace"))?;
-    let t = host.need(&tmp).await?;
-    use std::os::fd::AsRawFd;
-    host.handle.link().set(LinkUnspec::new_with_index(t.index).setns_by_fd(nsfile.as_raw_fd()).build()).execute().await.map_err(err("move veth into the target namespace"))?;
     Ok(tmp)
 }
 
