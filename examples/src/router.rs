@@ -92,22 +92,42 @@ pub const NAME_FILE: &str = "peer-name";
 
 /// Remove every container `resolv.conf` weave wrote that points at `dns`
 /// (each router's DNS address is its own). Returns the files removed.
-pub fn remove_resolv_confs(dns: Ipv4Addr) -> Vec<String> {
+pub fn remove_resolv_confs(state_dir: &std::path::Path, dns: Ipv4Addr) -> Vec<String> {
+    // Only the namespaces this router wrote for (listed in its state
+    // directory): another router on this machine may share its name, and
+    // so its DNS address.
+    let list = state_dir.join(RESOLV_LIST);
+    let names = std::fs::read_to_string(&list).unwrap_or_default();
     let ns_line = format!("nameserver {dns}");
     let mut out = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/etc/netns") {
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let text = std::fs::read_to_string(e.path().join("resolv.conf")).unwrap_or_default();
-            if text.starts_with("# written by weave")
-                && text.lines().any(|l| l.trim() == ns_line)
-                && weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), &name).is_ok()
-            {
-                out.push(format!("/etc/netns/{name}/resolv.conf"));
-            }
+    for name in names.lines().map(str::trim).filter(|n| !n.is_empty()) {
+        let text = std::fs::read_to_string(std::path::Path::new("/etc/netns").join(name).join("resolv.conf")).unwrap_or_default();
+        if text.starts_with("# written by weave")
+            && text.lines().any(|l| l.trim() == ns_line)
+            && weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), name).is_ok()
+        {
+            out.push(format!("/etc/netns/{name}/resolv.conf"));
         }
     }
+    let _ = std::fs::remove_file(list);
     out
+}
+
+/// The file in the state directory listing the named namespaces whose
+/// `/etc/netns/NAME/resolv.conf` this router wrote.
+pub const RESOLV_LIST: &str = "resolv-confs";
+
+fn note_resolv_conf(state_dir: &std::path::Path, netns: &str) {
+    let list = state_dir.join(RESOLV_LIST);
+    let have = std::fs::read_to_string(&list).unwrap_or_default();
+    if have.lines().any(|l| l.trim() == netns) {
+        return;
+    }
+    use std::io::Write;
+    let appended = std::fs::OpenOptions::new().create(true).append(true).open(&list).and_then(|mut f| writeln!(f, "{netns}"));
+    if let Err(e) = appended {
+        tracing::warn!(error = %e, "cannot note the resolv.conf written (weave reset may leave it)");
+    }
 }
 
 /// This host's weaveDNS address: 169.254.A.B, from the peer name.
@@ -241,7 +261,7 @@ enum DockerEvent {
 
 /// The file in the state directory keeping how Docker containers were
 /// attached (so a router restart does not forget `-h` or `--without-dns`).
-const DOCKER_FILE: &str = "docker-attached.json";
+pub const DOCKER_FILE: &str = "docker-attached.json";
 
 /// How a Docker container was attached, to attach it again when it is
 /// restarted.
@@ -757,7 +777,10 @@ impl Router {
                 Some(p) => crate::docker::rewrite_resolv_conf(p, dns_ip, &settings.domain),
                 None => Ok(()),
             },
-            None if !t.id.starts_with('/') && !t.id.starts_with("pid:") => weave_dns::resolv::write_netns_resolv_conf(std::path::Path::new("/etc/netns"), &t.id, IpAddr::V4(dns_ip), &settings.domain).map(drop),
+            None if !t.id.starts_with('/') && !t.id.starts_with("pid:") => {
+                note_resolv_conf(&self.cfg.state_dir, &t.id);
+                weave_dns::resolv::write_netns_resolv_conf(std::path::Path::new("/etc/netns"), &t.id, IpAddr::V4(dns_ip), &settings.domain).map(drop)
+            }
             None => Ok(()),
         };
         written.map_err(|e| RouterError::Invalid(format!("cannot write the container's resolv.conf: {e}")))
@@ -930,7 +953,7 @@ impl Router {
         }
         if let Some(settings) = &self.cfg.dns {
             if let IpAddr::V4(ip) = settings.listen_for(self.cfg.name).ip() {
-                removed_files.extend(remove_resolv_confs(ip));
+                removed_files.extend(remove_resolv_confs(&self.cfg.state_dir, ip));
             }
         }
         let plugin = lock(&self.plugin).take();
@@ -942,6 +965,8 @@ impl Router {
         if let Some(p) = plugin {
             removed_files.push(p.socket().display().to_string());
         }
+        // Nothing may put the bridge back once it is gone.
+        self.dp.retire();
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
         removed.append(&mut removed_files);
         for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir), self.cfg.state_dir.join(NAME_FILE), self.cfg.state_dir.join(DOCKER_FILE)] {

@@ -56,6 +56,9 @@ pub trait Dataplane: Send + Sync {
     fn macs(&self) -> Vec<(crate::packet::Mac, PeerName, Instant)> {
         Vec::new()
     }
+    /// Stop keeping kernel state in shape (e.g. recreating a deleted
+    /// bridge): the router is about to tear it down for good.
+    fn retire(&self) {}
 }
 
 pub(crate) fn lock(core: &Mutex<Sleeve>) -> MutexGuard<'_, Sleeve> {

@@ -295,6 +295,13 @@ impl Dataplane for FastDataplane {
         "fastdp"
     }
 
+    fn retire(&self) {
+        self.sleeve.retire();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+
     fn connection_up(&self, peer: PeerName, remote: std::net::SocketAddr, outbound: bool, keys: Option<&DataKeys>) -> Result<(), DataplaneError> {
         self.sleeve.connection_up(peer, remote, outbound, keys)
     }

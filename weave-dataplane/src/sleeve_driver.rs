@@ -356,6 +356,10 @@ impl SleeveDataplane {
 }
 
 impl crate::Dataplane for SleeveDataplane {
+    fn retire(&self) {
+        self.watchdog.abort();
+    }
+
     fn kind(&self) -> &'static str {
         "sleeve"
     }
