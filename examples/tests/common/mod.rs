@@ -44,6 +44,9 @@ impl Drop for Hosts {
         }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            // A stopped router leaves its containers' resolv.conf (as
+            // Weave does); the test's namespaces are gone, so they go too.
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(ns));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
