@@ -108,13 +108,15 @@ impl Docker {
         }
     }
 
-    /// Container starts, deaths and removals, as (event, container ID).
-    pub fn lifecycle(&self) -> impl Stream<Item = Result<(Lifecycle, String), DockerError>> + use<> {
+    /// Container starts, deaths and removals since `since` (Docker
+    /// replays those already past), as (event, container ID).
+    pub fn lifecycle(&self, since: std::time::SystemTime) -> impl Stream<Item = Result<(Lifecycle, String), DockerError>> + use<> {
         let filters = HashMap::from([
             ("type".to_owned(), vec!["container".to_owned()]),
             ("event".to_owned(), vec!["start".to_owned(), "die".to_owned(), "destroy".to_owned()]),
         ]);
-        let opts = EventsOptions { filters: Some(filters), ..Default::default() };
+        let since = since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs().to_string()).ok();
+        let opts = EventsOptions { filters: Some(filters), since, ..Default::default() };
         self.api.events(Some(opts)).filter_map(|e| match e {
             Err(e) => Some(Err(DockerError(e))),
             Ok(m) => {

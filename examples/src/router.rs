@@ -1415,13 +1415,17 @@ impl Router {
 async fn follow_docker(router: std::sync::Weak<Router>, d: crate::docker::Docker) {
     use tokio_stream::StreamExt;
     loop {
-        let events = d.lifecycle();
-        tokio::pin!(events);
+        // What happened while there was no stream (or no router), then
+        // the events from before the reconcile on: the stream opens only
+        // when first polled, and Docker replays what came in between (a
+        // second earlier, to be safe; handling an event twice is harmless).
+        let since = std::time::SystemTime::now() - Duration::from_secs(1);
         {
-            // What happened while there was no stream (or no router).
             let Some(r) = router.upgrade() else { return };
             r.reconcile_docker().await;
         }
+        let events = d.lifecycle(since);
+        tokio::pin!(events);
         while let Some(ev) = events.next().await {
             let Some(r) = router.upgrade() else { return };
             match ev {

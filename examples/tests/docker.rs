@@ -154,13 +154,19 @@ fn docker_containers_attach_by_name_and_id_and_follow_their_lifecycle() {
     // The router restarts while a container restarts: it is attached
     // again, with its address and its -h name.
     let ip2 = a2.split('/').next().unwrap().to_owned();
+    let d4 = format!("{}-d4", h.prefix);
+    let id4 = dc.run(&d4, "none");
+    ok(h.weave(1, &["attach", &d4]));
     ok(h.weave(1, &["stop"]));
     docker(&["restart", "-t", "0", &d2]);
+    // Removed while the router is down: released when it is back.
+    docker(&["rm", "-f", &d4]);
     ok(h.weave(1, &["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "--docker-grace", "3", "--no-plugin"]));
     eventually(10, "d2 attached again after the router's restart", || ok(h.weave(1, &["ps", &d2])).contains(&a2));
     assert!(h.ping("c3", &ip2), "d2 answers at its old address");
     eventually(10, "d2 keeps its -h name", || ok(h.weave(1, &["dns-lookup", "web"])).trim() == ip2);
     assert!(ok(h.weave(1, &["dns-lookup", &d2])).trim().is_empty(), "and gets no default name");
+    eventually(10, "d4, removed while the router was down, released", || owned(&h, 1, &id4).is_none());
 
     // docker rm -f releases at once; a container that stays dead is
     // released after the grace period (3 s here).
