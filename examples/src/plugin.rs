@@ -125,9 +125,7 @@ pub struct Plugin {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::router::lock;
 
 /// Record a network Docker already has on this driver (made before a
 /// router restart), with its gateway as the plugin's.

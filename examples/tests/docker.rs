@@ -7,7 +7,7 @@
 //! failure.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 use common::{eventually, ok, require_root, Hosts};
@@ -81,13 +81,7 @@ fn docker(args: &[&str]) -> String {
 }
 
 fn docker_ping(name: &str, to: &str) -> bool {
-    let end = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < end {
-        if Command::new("docker").args(["exec", name, "ping", "-c", "1", "-W", "1", to]).output().unwrap().status.success() {
-            return true;
-        }
-    }
-    false
+    common::pings(&["docker", "exec", name], to)
 }
 
 fn owned(h: &Hosts, i: usize, id: &str) -> Option<serde_json::Value> {

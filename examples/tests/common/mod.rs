@@ -99,13 +99,7 @@ impl Hosts {
     }
 
     pub(crate) fn ping(&self, from: &str, to: &str) -> bool {
-        let end = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < end {
-            if Command::new("ip").args(["netns", "exec", &self.name(from), "ping", "-c", "1", "-W", "1", to]).output().unwrap().status.success() {
-                return true;
-            }
-        }
-        false
+        pings(&["ip", "netns", "exec", &self.name(from)], to)
     }
 }
 
@@ -132,4 +126,16 @@ pub(crate) fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < end, "{what}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Whether `ping -c 1 to`, run through `prefix` (e.g. `ip netns exec NS`
+/// or `docker exec NAME`), succeeds within 15 s.
+pub(crate) fn pings(prefix: &[&str], to: &str) -> bool {
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if Command::new(prefix[0]).args(&prefix[1..]).args(["ping", "-c", "1", "-W", "1", to]).output().unwrap().status.success() {
+            return true;
+        }
+    }
+    false
 }
