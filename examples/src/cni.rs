@@ -51,7 +51,7 @@ fn fail(code: u32, msg: impl Into<String>) -> CniError {
 /// A mismatch CHECK found.
 pub const CODE_CHECK_FAILED: u32 = 100;
 
-fn from_rpc(s: &tonic::Status) -> CniError {
+fn from_rpc(s: tonic::Status) -> CniError {
     let code = match s.code() {
         tonic::Code::NotFound => 3,
         tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => 7,
@@ -219,12 +219,12 @@ async fn invoke(kind: Kind, env: &impl Fn(&str) -> Option<String>, stdin: &[u8])
             let netns = required(env, "CNI_NETNS")?;
             let req = request(netns.clone())?;
             let ifname = req.ifname.clone();
-            let r = client(&cfg, 11).await?.cni_add(req).await.map_err(|s| from_rpc(&s))?.into_inner();
+            let r = client(&cfg, 11).await?.cni_add(req).await.map_err(from_rpc)?.into_inner();
             Ok(Some(result(kind, &cfg, &netns, &ifname, &r)))
         }
         "DEL" => {
             let req = request(env("CNI_NETNS").unwrap_or_default())?;
-            client(&cfg, 11).await?.cni_del(req).await.map_err(|s| from_rpc(&s))?;
+            client(&cfg, 11).await?.cni_del(req).await.map_err(from_rpc)?;
             Ok(None)
         }
         "CHECK" => {
@@ -234,7 +234,7 @@ async fn invoke(kind: Kind, env: &impl Fn(&str) -> Option<String>, stdin: &[u8])
             let prev = cfg.raw.get("prevResult").filter(|p| p.is_object()).ok_or_else(|| fail(7, "CHECK needs prevResult"))?;
             let netns = if ipam_only { String::new() } else { required(env, "CNI_NETNS")? };
             let req = request(netns)?;
-            let have = client(&cfg, 11).await?.cni_check(req).await.map_err(|s| from_rpc(&s))?.into_inner();
+            let have = client(&cfg, 11).await?.cni_check(req).await.map_err(from_rpc)?.into_inner();
             let want: Vec<&str> = prev.get("ips").and_then(Value::as_array).map(|a| a.iter().filter_map(|i| i.get("address").and_then(Value::as_str)).collect()).unwrap_or_default();
             if want.is_empty() {
                 return Err(fail(7, "prevResult has no ips"));
@@ -263,7 +263,7 @@ async fn invoke(kind: Kind, env: &impl Fn(&str) -> Option<String>, stdin: &[u8])
                 };
                 valid.insert(format!("{c}/{i}"));
             }
-            client(&cfg, 11).await?.cni_gc(pb::CniGcRequest { valid: valid.into_iter().collect(), network: cfg.name.clone() }).await.map_err(|s| from_rpc(&s))?;
+            client(&cfg, 11).await?.cni_gc(pb::CniGcRequest { valid: valid.into_iter().collect(), network: cfg.name.clone() }).await.map_err(from_rpc)?;
             Ok(None)
         }
         "STATUS" => {

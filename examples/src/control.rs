@@ -67,13 +67,19 @@ impl Service {
     }
 }
 
+/// One part of a CNI attachment id: not empty, no `/`.
+fn id_part(what: &str, v: &str) -> Result<(), Status> {
+    if v.is_empty() || v.contains('/') {
+        return Err(Status::invalid_argument(format!("invalid {what} {v:?}")));
+    }
+    Ok(())
+}
+
 /// A CNI request as the router takes it; names with `/` would blur the
 /// attachment ids.
 fn cni_call(r: &pb::CniRequest) -> Result<crate::router::CniCall<'_>, Status> {
     for (what, v) in [("network name", &r.network), ("CNI_CONTAINERID", &r.container_id), ("CNI_IFNAME", &r.ifname)] {
-        if v.is_empty() || v.contains('/') {
-            return Err(Status::invalid_argument(format!("invalid {what} {v:?}")));
-        }
+        id_part(what, v)?;
     }
     let subnet = if r.subnet.is_empty() { None } else { Some(r.subnet.parse::<ipnet::Ipv4Net>().map_err(|_| Status::invalid_argument(format!("invalid subnet {:?}", r.subnet)))?.trunc()) };
     Ok(crate::router::CniCall {
@@ -459,9 +465,7 @@ impl pb::control_server::Control for Service {
 
     async fn cni_gc(&self, r: Request<pb::CniGcRequest>) -> Result<Response<pb::CniGcReply>, Status> {
         let r = r.into_inner();
-        if r.network.is_empty() || r.network.contains('/') {
-            return Err(Status::invalid_argument(format!("invalid network name {:?}", r.network)));
-        }
+        id_part("network name", &r.network)?;
         let valid = r.valid.into_iter().collect();
         let released = self.router.cni_gc(&r.network, &valid).await.map_err(to_status)?;
         Ok(Response::new(pb::CniGcReply { released }))

@@ -27,7 +27,7 @@ use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use weave_dataplane::netlink::{self, Netns};
 
-use crate::router::{AddrSpec, Router};
+use crate::router::{lock, AddrSpec, Router};
 
 /// Where and under which name the plugin is served.
 #[derive(Debug, Clone)]
@@ -87,8 +87,6 @@ struct Network {
 #[derive(Debug, Default)]
 struct State {
     networks: BTreeMap<String, Network>,
-    /// Endpoint ID → its host-side interface.
-    endpoints: BTreeMap<String, String>,
     /// Gateway addresses the plugin exposed.
     gateways: BTreeSet<Ipv4Addr>,
     /// Of those, the ones Docker released: hidden once no network of the
@@ -125,8 +123,6 @@ pub struct Plugin {
     task: tokio::task::JoinHandle<()>,
 }
 
-use crate::router::lock;
-
 /// Record a network Docker already has on this driver (made before a
 /// router restart), with its gateway as the plugin's.
 fn learn(state: &Mutex<State>, id: Option<String>, ipam: Option<bollard::models::Ipam>, options: Option<std::collections::HashMap<String, String>>) -> Option<Network> {
@@ -145,8 +141,7 @@ fn learn(state: &Mutex<State>, id: Option<String>, ipam: Option<bollard::models:
 
 impl Plugin {
     /// Serve the plugin socket (replacing a stale one, refusing to take
-    /// over one another process answers on), then make sure Docker has
-    /// the network `NAME`.
+    /// over one another process answers on).
     pub async fn start(router: Weak<Router>, settings: PluginSettings) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let path = settings.socket();
         std::fs::create_dir_all(&settings.dir)?;
@@ -259,6 +254,11 @@ fn need<'a>(req: &'a Value, key: &str) -> Result<&'a str, String> {
     }
 }
 
+/// The bridge end of an endpoint's veth (derived: it survives restarts).
+fn endpoint_ifname(endpoint: &str) -> String {
+    netlink::host_ifname(&format!("docker:{endpoint}"))
+}
+
 fn cidr(s: &str) -> Result<Ipv4Net, String> {
     s.parse().map_err(|_| format!("invalid IPv4 CIDR {s:?}"))
 }
@@ -302,8 +302,7 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
         }
         "NetworkDriver.EndpointOperInfo" => Ok(json!({ "Value": {} })),
         "NetworkDriver.DeleteEndpoint" => {
-            let ep = need(req, "EndpointID")?;
-            let host = lock(state).endpoints.remove(ep).unwrap_or_else(|| netlink::host_ifname(&format!("docker:{ep}")));
+            let host = endpoint_ifname(need(req, "EndpointID")?);
             router.netlink().delete(&host).await.map_err(|e| e.to_string())?;
             Ok(json!({}))
         }
@@ -320,10 +319,9 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
                 }
             };
             let docker_ns = router.plugin_settings().ok_or("the plugin is not configured")?.dockerd_netns()?;
-            let host = netlink::host_ifname(&format!("docker:{ep}"));
+            let host = endpoint_ifname(ep);
             let bridge = router.netlink().link(&router.config().bridge).await.map_err(|e| e.to_string())?.ok_or("the weave bridge is missing")?;
             let peer = netlink::plug(router.netlink(), bridge.index, &host, &docker_ns, router.config().mtu, false).await.map_err(|e| e.to_string())?;
-            lock(state).endpoints.insert(ep.to_owned(), host);
             let mut routes = Vec::new();
             if n.multicast {
                 routes.push(json!({ "Destination": "224.0.0.0/4", "RouteType": 1 }));
@@ -361,21 +359,15 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
             let addr = if gateway {
                 // The host's address in the pool; remembered as the
                 // plugin's only if the plugin exposed it.
-                let (a, fresh) = match spec {
-                    AddrSpec::Exact(a) => {
-                        let had = router.exposed().await.map_err(err)?.0.iter().any(|e| e.addr() == a.addr());
-                        (router.expose(&[spec], true).await.map_err(err)?.into_iter().next().ok_or("no gateway address")?.addr(), !had)
-                    }
-                    _ => router.gateway_for(pool).await.map_err(err)?,
-                };
+                let (a, fresh) = router.gateway_for(spec).await.map_err(err)?;
                 if fresh {
                     lock(state).gateways.insert(a);
                 }
-                Ipv4Net::new(a, pool.prefix_len()).map_err(|e| e.to_string())?
+                a
             } else {
-                router.allocate_for(&fresh_id(), &spec).await.map_err(err)?
+                router.allocate(&fresh_id(), &spec).await.map_err(err)?.addr()
             };
-            Ok(json!({ "Address": Ipv4Net::new(addr.addr(), pool.prefix_len()).map_err(|e| e.to_string())?.to_string(), "Data": {} }))
+            Ok(json!({ "Address": Ipv4Net::new(addr, pool.prefix_len()).map_err(|e| e.to_string())?.to_string(), "Data": {} }))
         }
         "IpamDriver.ReleaseAddress" => {
             let a = ip(need(req, "Address")?)?;
@@ -387,7 +379,7 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
             if gateway {
                 maybe_hide(router, state, a, pool).await?;
             } else if let Some(owner) = router.owner_of(a).filter(|o| o.starts_with(PLUGIN_ID)) {
-                router.free_addr(&owner, a);
+                router.free(&owner, [a]);
             }
             Ok(json!({}))
         }

@@ -90,8 +90,8 @@ pub struct DnsSettings {
 /// reset` can clean up after a router that was killed).
 pub const NAME_FILE: &str = "peer-name";
 
-/// Remove every container `resolv.conf` weave wrote that points at `dns`
-/// (each router's DNS address is its own). Returns the files removed.
+/// Remove the container `resolv.conf` files this router wrote (listed in
+/// its state directory) that still point at `dns`. Returns those removed.
 pub fn remove_resolv_confs(state_dir: &std::path::Path, dns: Ipv4Addr) -> Vec<String> {
     // Only the namespaces this router wrote for (listed in its state
     // directory): another router on this machine may share its name, and
@@ -606,22 +606,19 @@ impl Router {
         self.cfg.plugin.clone()
     }
 
-    /// Allocate an address for `id` (for integrations such as the Docker
-    /// plugin and CNI, which plumb it themselves).
-    pub async fn allocate_for(&self, id: &str, spec: &AddrSpec) -> Result<Ipv4Net, RouterError> {
-        self.allocate(id, spec).await
-    }
-
     /// Who IPAM holds `addr` for.
     pub fn owner_of(&self, addr: Ipv4Addr) -> Option<String> {
         let owned = lock(self.ipam.as_ref()?).status().owned;
         owned.into_iter().find(|(_, cidrs)| cidrs.iter().any(|c| c.addr() == addr)).map(|(id, _)| id)
     }
 
-    /// Free one address held for `id`.
-    pub fn free_addr(&self, id: &str, addr: Ipv4Addr) {
+    /// Free addresses held for `id`.
+    pub fn free(&self, id: &str, addrs: impl IntoIterator<Item = Ipv4Addr>) {
         if let Some(ipam) = &self.ipam {
-            lock(ipam).free(Instant::now(), id, addr);
+            let mut i = lock(ipam);
+            for a in addrs {
+                i.free(Instant::now(), id, a);
+            }
         }
         self.poke.notify_one();
     }
@@ -631,7 +628,9 @@ impl Router {
         self.ipam.as_ref()
     }
 
-    async fn allocate(&self, id: &str, spec: &AddrSpec) -> Result<Ipv4Net, RouterError> {
+    /// Allocate (or claim) an address for `id`, waiting for IPAM if it
+    /// must; integrations such as the Docker plugin plumb it themselves.
+    pub async fn allocate(&self, id: &str, spec: &AddrSpec) -> Result<Ipv4Net, RouterError> {
         let Some(ipam) = &self.ipam else {
             return match spec {
                 AddrSpec::Exact(n) => Ok(*n),
@@ -667,10 +666,10 @@ impl Router {
         self.dns.as_ref()
     }
 
-    /// The DNS name a container gets: `-h FQDN`, or its name in the domain.
-    pub fn dns_name(&self, container: &str, hostname: Option<&str>) -> Option<String> {
+    /// The DNS name a container named `base` gets ([`Target::name`]):
+    /// `-h FQDN`, or `base` in the domain.
+    pub fn dns_name(&self, base: &str, hostname: Option<&str>) -> Option<String> {
         let d = self.cfg.dns.as_ref()?;
-        let base = container.rsplit('/').next().unwrap_or(container).trim_start_matches("pid:");
         Some(match hostname {
             Some(h) if !h.is_empty() => h.to_owned(),
             _ => format!("{base}.{}", d.domain.trim_start_matches('.')),
@@ -730,10 +729,7 @@ impl Router {
         let t = self.resolve(container).await?;
         // A Docker container's lifecycle events wait until it is attached
         // and tracked.
-        let _busy = match &t.docker {
-            Some(_) => Some(self.docker_lock(&t.id).lock_owned().await),
-            None => None,
-        };
+        let _busy = self.docker_busy(&t).await;
         let cidrs = self.attach_target(&t, specs, multicast_route, "ethwe", false).await?;
         if t.docker.is_some() {
             let mut tr = lock(&self.tracked);
@@ -787,14 +783,8 @@ impl Router {
         written.map_err(|e| RouterError::Invalid(format!("cannot write the container's resolv.conf: {e}")))
     }
 
-    /// `weave attach`: addresses (from IPAM unless exact) on `ethwe` in
-    /// the container's namespace. Returns the CIDRs configured.
-    pub async fn attach(&self, container: &str, specs: &[AddrSpec], multicast_route: bool) -> Result<Vec<Ipv4Net>, RouterError> {
-        let t = self.resolve(container).await?;
-        self.attach_target(&t, specs, multicast_route, "ethwe", false).await
-    }
-
-    /// Attach a resolved container as interface `ifname`.
+    /// Attach a resolved container as interface `ifname`: addresses (from
+    /// IPAM unless exact) in its namespace. Returns the CIDRs configured.
     pub async fn attach_target(&self, t: &Target, specs: &[AddrSpec], multicast_route: bool, ifname: &str, hairpin: bool) -> Result<Vec<Ipv4Net>, RouterError> {
         let Some(ns) = t.netns.clone() else { return Err(RouterError::Invalid(format!("container {} is not running", t.name))) };
         let container = t.id.as_str();
@@ -809,7 +799,7 @@ impl Router {
             Ok(a) => a,
             Err(e) => {
                 // Give back what we took for it.
-                self.free_all(container, &cidrs);
+                self.free(container, cidrs.iter().map(Ipv4Net::addr));
                 return Err(e.into());
             }
         };
@@ -825,23 +815,10 @@ impl Router {
         Ok(cidrs)
     }
 
-    fn free_all(&self, id: &str, cidrs: &[Ipv4Net]) {
-        if let Some(ipam) = &self.ipam {
-            let mut i = lock(ipam);
-            for c in cidrs {
-                i.free(Instant::now(), id, c.addr());
-            }
-        }
-        self.poke.notify_one();
-    }
-
     /// `weave detach`: remove these addresses (all when empty); free them.
     pub async fn detach(&self, container: &str, addrs: &[Ipv4Net]) -> Result<Vec<Ipv4Net>, RouterError> {
         let t = self.resolve(container).await?;
-        let _busy = match &t.docker {
-            Some(_) => Some(self.docker_lock(&t.id).lock_owned().await),
-            None => None,
-        };
+        let _busy = self.docker_busy(&t).await;
         let victims = self.detach_target(&t, "ethwe", addrs).await?;
         let mut tr = lock(&self.tracked);
         if let Some(e) = tr.get_mut(&t.id) {
@@ -874,7 +851,7 @@ impl Router {
             let v: Vec<IpNet> = victims.iter().map(|c| IpNet::V4(*c)).collect();
             netlink::detach(ns, ifname, if addrs.is_empty() { None } else { Some(&v) }).await?;
         }
-        self.free_all(container, &victims);
+        self.free(container, victims.iter().map(Ipv4Net::addr));
         if self.dns.is_some() {
             let ips: Vec<Ipv4Addr> = victims.iter().map(Ipv4Net::addr).collect();
             let _ = self.dns_remove(container, None, &ips);
@@ -928,11 +905,8 @@ impl Router {
         let victims: Vec<Ipv4Net> = exposed.into_iter().filter(|n| addrs.is_empty() || addrs.contains(&n.addr())).collect();
         for n in &victims {
             weave_dataplane::expose::hide(&self.nl, &self.cfg.bridge, IpNet::V4(*n)).await?;
-            if let Some(ipam) = &self.ipam {
-                lock(ipam).free(Instant::now(), Self::EXPOSE_ID, n.addr());
-            }
         }
-        self.poke.notify_one();
+        self.free(Self::EXPOSE_ID, victims.iter().map(Ipv4Net::addr));
         Ok(victims)
     }
 
@@ -1004,7 +978,7 @@ impl Router {
     /// entry.
     async fn release(&self, id: &str) {
         let owned = self.owned_by(id);
-        self.free_all(id, &owned);
+        self.free(id, owned.iter().map(Ipv4Net::addr));
         if self.dns.is_some() {
             let _ = self.dns_remove(id, None, &[]);
         }
@@ -1017,6 +991,14 @@ impl Router {
     /// The lock serialising work on one Docker container.
     fn docker_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.docker_locks).entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Hold a Docker container's lock (nothing for other containers).
+    async fn docker_busy(&self, t: &Target) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &t.docker {
+            Some(_) => Some(self.docker_lock(&t.id).lock_owned().await),
+            None => None,
+        }
     }
 
     /// Queue a lifecycle event for a container's worker: one worker per
@@ -1125,8 +1107,7 @@ impl Router {
             Err(RouterError::Ipam(e)) => {
                 tracing::info!(container = crate::docker::display_id(id), error = %e, "its old addresses are taken: allocating a new one");
                 // Whatever of the old ones it still holds goes back.
-                let old = self.owned_by(id);
-                self.free_all(id, &old);
+                self.free(id, self.owned_by(id).iter().map(Ipv4Net::addr));
                 self.attach_target(&t, &[AddrSpec::Default], tr.multicast, "ethwe", false).await?
             }
             Err(e) => return Err(e),
@@ -1284,17 +1265,23 @@ impl Router {
         }
     }
 
-    /// The host's address on the bridge in exactly `subnet`, exposed
-    /// (with masquerade) if there is none yet: the gateway of CNI
-    /// containers and of the Docker plugin's networks. Returns it and
-    /// whether it was exposed just now.
-    pub async fn gateway_for(&self, subnet: Ipv4Net) -> Result<(Ipv4Addr, bool), RouterError> {
+    /// The host's address on the bridge for `spec` (exactly that
+    /// address, or one in exactly that subnet), exposed with masquerade
+    /// if there is none yet: the gateway of CNI containers and of the
+    /// Docker plugin's networks. Returns it and whether it was exposed
+    /// just now.
+    pub async fn gateway_for(&self, spec: AddrSpec) -> Result<(Ipv4Addr, bool), RouterError> {
         let (exposed, _) = self.exposed().await?;
-        if let Some(a) = exposed.iter().find(|a| a.trunc() == subnet) {
+        let present = exposed.iter().find(|a| match spec {
+            AddrSpec::Exact(n) => a.addr() == n.addr(),
+            AddrSpec::Subnet(s) => a.trunc() == s,
+            AddrSpec::Default => false,
+        });
+        if let Some(a) = present {
             return Ok((a.addr(), false));
         }
-        let e = self.expose(&[AddrSpec::Subnet(subnet)], true).await?;
-        e.first().map(|a| (a.addr(), true)).ok_or_else(|| RouterError::Invalid(format!("no gateway address in {subnet}")))
+        let e = self.expose(std::slice::from_ref(&spec), true).await?;
+        e.first().map(|a| (a.addr(), true)).ok_or_else(|| RouterError::Invalid(format!("no gateway address for {spec}")))
     }
 
     /// Whether a CNI attachment has an address in `subnet` (so its
@@ -1334,7 +1321,7 @@ impl Router {
             self.dns_add(&id, &name, &cidrs.iter().map(Ipv4Net::addr).collect::<Vec<_>>())?;
         }
         let Some(ns) = ns else { return Ok(CniAttachment { cidrs, ..CniAttachment::default() }) };
-        let (gateway, _) = self.gateway_for(cidrs[0].trunc()).await?;
+        let (gateway, _) = self.gateway_for(AddrSpec::Subnet(cidrs[0].trunc())).await?;
         let c = Netlink::connect(&ns).await?;
         let link = c.link(call.ifname).await?.ok_or_else(|| RouterError::NotFound(format!("{} vanished from {}", call.ifname, call.netns)))?;
         c.add_default_route(link.index, gateway).await?;
@@ -1364,9 +1351,6 @@ impl Router {
             // Without the namespace the pair is gone already; with a stale
             // one left, its host end goes here.
             self.nl.delete(&netlink::host_ifname(&id)).await?;
-        }
-        if self.dns.is_some() {
-            let _ = self.dns_remove(&id, None, &[]);
         }
         Ok(())
     }
