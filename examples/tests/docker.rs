@@ -35,18 +35,11 @@ fn ensure_image() {
     if Command::new("docker").args(["image", "inspect", IMAGE]).output().unwrap().status.success() {
         return;
     }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("busybox (Debian's busybox-static) is needed to build the test image; .ci/run installs it");
-    let root = std::env::temp_dir().join(format!("wv-bbroot-{}", std::process::id()));
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "ping", "sleep", "ip", "nslookup", "cat", "wget"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    let mut tar = Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let dir = std::env::temp_dir().join(format!("wv-bbroot-{}", std::process::id()));
+    let mut tar = common::busybox_tar(&dir);
     let out = Command::new("docker").args(["import", "-", IMAGE]).stdin(tar.stdout.take().unwrap()).output().unwrap();
     assert!(tar.wait().unwrap().success(), "tar of the image root");
-    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&dir);
     // Another test may have imported it meanwhile: that is fine too.
     assert!(out.status.success() || Command::new("docker").args(["image", "inspect", IMAGE]).output().unwrap().status.success(), "docker import: {}", String::from_utf8_lossy(&out.stderr));
 }

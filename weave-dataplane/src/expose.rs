@@ -34,11 +34,11 @@ fn tag(subnet: IpNet) -> String {
     format!("weave-expose {subnet}")
 }
 
-fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
+pub(crate) fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField { protocol: Cow::Borrowed(protocol), field: Cow::Borrowed(name) })))
 }
 
-fn prefix(net: IpNet) -> Expression<'static> {
+pub(crate) fn prefix(net: IpNet) -> Expression<'static> {
     Expression::Named(NamedExpression::Prefix(Prefix { addr: Box::new(Expression::String(Cow::Owned(net.network().to_string()))), len: u32::from(net.prefix_len()) }))
 }
 
@@ -117,7 +117,13 @@ pub async fn expose(nl: &Netlink, bridge: &str, addr: IpNet, masquerade: bool) -
         let subnet = addr.trunc();
         nl.netns().run(move || apply_masquerade(subnet).map_err(|e| std::io::Error::other(e.to_string()))).map_err(|source| PlumbError { op: format!("masquerade {subnet}"), source })?;
     }
-    Ok(())
+    forward_into_exposed(nl, bridge)
+}
+
+/// The host firewall's accepts follow what is exposed ([`crate::firewall`]).
+fn forward_into_exposed(nl: &Netlink, bridge: &str) -> Result<(), PlumbError> {
+    let b = bridge.to_owned();
+    nl.netns().run(move || crate::firewall::allow(&b)).map(drop).map_err(|source| PlumbError { op: "allow forwarding into exposed subnets".into(), source })
 }
 
 /// Undo [`expose`]: the address and its rules go. Idempotent.
@@ -130,7 +136,8 @@ pub async fn hide(nl: &Netlink, bridge: &str, addr: IpNet) -> Result<(), PlumbEr
         // Another exposed address still needs the subnet's rules.
         return Ok(());
     }
-    nl.netns().run(move || remove_masquerade(subnet).map_err(|e| std::io::Error::other(e.to_string()))).map_err(|source| PlumbError { op: format!("unmasquerade {subnet}"), source })
+    nl.netns().run(move || remove_masquerade(subnet).map_err(|e| std::io::Error::other(e.to_string()))).map_err(|source| PlumbError { op: format!("unmasquerade {subnet}"), source })?;
+    forward_into_exposed(nl, bridge)
 }
 
 /// Addresses exposed on the bridge (link-local ones, such as the kernel's
@@ -152,7 +159,8 @@ pub async fn exposed(nl: &Netlink, bridge: &str) -> Result<Vec<IpNet>, PlumbErro
 
 /// Remove everything the router made in this namespace: container links
 /// on the bridge (their container ends go with them), the VXLAN device,
-/// the bridge and the nftables table. Returns what was removed.
+/// the bridge, the nftables table and the forwarding rules
+/// ([`crate::firewall`]). Returns what was removed.
 pub async fn reset(nl: &Netlink, bridge: &str) -> Result<Vec<String>, PlumbError> {
     let mut removed = Vec::new();
     if let Some(b) = nl.link(bridge).await? {
@@ -182,5 +190,8 @@ pub async fn reset(nl: &Netlink, bridge: &str) -> Result<Vec<String>, PlumbError
     if had_table {
         removed.push(format!("nftables table ip {TABLE}"));
     }
+    let b = bridge.to_owned();
+    let unfirewalled = ns.run(move || crate::firewall::withdraw(&b)).map_err(|source| PlumbError { op: "remove forwarding rules".into(), source })?;
+    removed.extend(unfirewalled.into_iter().map(|c| format!("forwarding rules in {c}")));
     Ok(removed)
 }

@@ -8,7 +8,8 @@
 //!   path-MTU handling, MAC learning and forwarding along the mesh's routes).
 //! - With the `linux` feature: [`netlink`] (bridge, veth, VXLAN, FDB and
 //!   address plumbing inside any namespace), [`expose`] (host access with
-//!   masquerading, and reset), [`sleeve_driver`] (TAP + UDP
+//!   masquerading, and reset), [`firewall`] (forwarding through the bridge
+//!   on hosts whose firewall drops it, as Docker's does), [`sleeve_driver`] (TAP + UDP
 //!   worker threads), [`fastpath`] (kernel VXLAN with per-peer fallback to
 //!   the sleeve) and [`follow_mesh`] (wiring a data plane to the mesh).
 pub mod crypto;
@@ -21,6 +22,8 @@ pub mod wire;
 pub mod expose;
 #[cfg(feature = "linux")]
 pub mod fastpath;
+#[cfg(feature = "linux")]
+pub mod firewall;
 #[cfg(feature = "linux")]
 pub mod netlink;
 #[cfg(feature = "linux")]

@@ -276,16 +276,19 @@ pub const TAP_NAME: &str = "vethwe-sleeve";
 
 /// The sleeve as a [`crate::Dataplane`]: the bridge, a TAP port on it, and
 /// the UDP socket on the router port. A watchdog recreates the bridge (and
-/// puts every port back) if someone deletes it.
+/// puts every port back) if someone deletes it, and the host firewall is
+/// kept letting frames through the bridge ([`crate::firewall::follow`]).
 #[derive(Debug)]
 pub struct SleeveDataplane {
     driver: SleeveDriver,
     watchdog: tokio::task::JoinHandle<()>,
+    firewall: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for SleeveDataplane {
     fn drop(&mut self) {
         self.watchdog.abort();
+        self.firewall.abort();
     }
 }
 
@@ -346,7 +349,8 @@ impl SleeveDataplane {
         let driver = SleeveDriver::start(Sleeve::new(cfg.sleeve.clone()), &cfg.netns, TAP_NAME, cfg.listen)?;
         restore_bridge(nl, &cfg.bridge, cfg.mtu).await?;
         let watchdog = tokio::spawn(watchdog(nl.clone(), cfg.bridge.clone(), cfg.mtu));
-        Ok(Self { driver, watchdog })
+        let firewall = crate::firewall::follow(cfg.netns.clone(), cfg.bridge.clone()).map_err(|source| crate::PlumbError { op: "follow the host firewall".into(), source })?;
+        Ok(Self { driver, watchdog, firewall })
     }
 
     /// The running driver.
@@ -358,6 +362,7 @@ impl SleeveDataplane {
 impl crate::Dataplane for SleeveDataplane {
     fn retire(&self) {
         self.watchdog.abort();
+        self.firewall.abort();
     }
 
     fn kind(&self) -> &'static str {

@@ -475,3 +475,11 @@ impl PacketSocket {
         Ok((r as usize, mac))
     }
 }
+
+/// Register an owned descriptor with tokio's reactor.
+pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd takes the descriptor by value and owns it, so it
+    // stays open for as long as it is registered and is closed only after
+    // the AsyncFd deregisters it on drop.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}

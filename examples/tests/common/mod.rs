@@ -89,11 +89,17 @@ impl Hosts {
     }
 
     pub(crate) fn weave(&self, i: usize, args: &[&str]) -> Output {
+        self.weave_with(i, args, &[])
+    }
+
+    /// `weave` on host `i` with extra environment (e.g. `DOCKER_HOST`).
+    pub(crate) fn weave_with(&self, i: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new("ip")
             .args(["netns", "exec", &self.name(&format!("h{i}")), env!("CARGO_BIN_EXE_weave"), "--state-dir"])
             .arg(self.state(i))
             .args(args)
             .env_remove("WEAVE_PASSWORD")
+            .envs(env.iter().copied())
             .output()
             .expect("run weave")
     }
@@ -118,6 +124,24 @@ pub(crate) fn http_get(h: &Hosts, i: usize, path: &str) -> String {
     .expect("HTTP GET")
 }
 
+
+/// A root filesystem with the static busybox and the applets the tests
+/// use, as a tar on stdout of the returned child: images are built from it
+/// (`docker import`, `podman import`), as nothing can be pulled.
+pub(crate) fn busybox_tar(dir: &std::path::Path) -> std::process::Child {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("busybox (Debian's busybox-static) is needed to build the test image; .ci/run installs it");
+    let root = dir.join("bbroot");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "ping", "sleep", "ip", "nslookup", "cat", "wget", "httpd", "echo"] {
+        let link = root.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+    Command::new("tar").arg("-C").arg(&root).args(["-c", "."]).stdout(std::process::Stdio::piped()).spawn().unwrap()
+}
 
 /// Wait until `f` holds, up to `secs` seconds; fail saying `what` if not.
 pub(crate) fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {

@@ -1,0 +1,353 @@
+//! Forwarding through the bridge on hosts whose firewall drops it.
+//!
+//! On a Docker host the `FORWARD` chain's policy is `drop`, and with
+//! `br_netfilter` loaded (`net.bridge.bridge-nf-call-iptables = 1`) frames
+//! bridged between two ports of `weave` pass that chain too: two containers
+//! on one host, or a container and the sleeve's TAP, cannot talk. An accept
+//! in a table of our own does not help (every base chain on the hook must
+//! accept), so, as Weave Net does, the router puts its accepts into each
+//! base chain on the forward hook whose policy is drop (iptables-nft's
+//! `filter FORWARD`, ufw's, an administrator's), at the top:
+//!
+//! - `iifname BRIDGE oifname BRIDGE accept`: between containers, and between
+//!   containers and the sleeve or fast path;
+//! - `iifname BRIDGE oifname != BRIDGE accept`: containers out through the
+//!   host (with `weave expose`'s masquerading);
+//! - `oifname BRIDGE meta mark & MARK == MARK accept`: the replies.
+//!
+//! Those chains are usually iptables-nft's, and iptables-nft 1.8 cannot
+//! read a native `ct state` match (one would make `iptables -S FORWARD`,
+//! hence dockerd, fail on the whole chain); so the conntrack test lives in
+//! a table of our own (`inet weave`, chain `forward`, just before the
+//! filter priority), which marks replies headed into the bridge with
+//! [`REPLY_MARK`], and the rule in the foreign chain only reads the mark.
+//! Every rule here is one iptables-nft can list.
+//!
+//! Each rule carries the comment `weave-forward BRIDGE`, which is how
+//! [`withdraw`] finds exactly ours. Rules are applied through the nftables
+//! JSON API (the `nftables` crate driving `nft -j`); call these inside the
+//! router's namespace (`Netns::run`). A firewall that starts after the
+//! router (dockerd at boot) is caught by [`follow`], which applies them
+//! again whenever the ruleset changes.
+
+use std::borrow::Cow;
+use std::io;
+
+use ipnet::{IpNet, Ipv4Net};
+
+use nftables::batch::Batch;
+use nftables::expr::{BinaryOperation, Expression, Meta, MetaKey, NamedExpression, CT};
+use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Rule, Table};
+use nftables::stmt::{Mangle, Match, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+/// The packet mark (one bit) our own chain sets on replies headed into the
+/// bridge, for the accept in the host's forward chains to read.
+pub const REPLY_MARK: u32 = 0x0004_0000;
+
+/// Our own table (family `inet`) and its chain that marks replies.
+const TABLE: &str = "weave";
+const MARK_CHAIN: &str = "forward";
+
+fn tag(bridge: &str) -> String {
+    format!("weave-forward {bridge}")
+}
+
+/// nft's own words, when it has any.
+pub(crate) fn nft_io(e: nftables::helper::NftablesError) -> io::Error {
+    match e {
+        nftables::helper::NftablesError::NftFailed { ref stderr, .. } if !stderr.trim().is_empty() => io::Error::other(format!("{e}: {}", stderr.trim())),
+        e => io::Error::other(e.to_string()),
+    }
+}
+
+/// Each change reads the ruleset, then writes it: two at once (the
+/// follower and `weave expose`) would delete each other's handles.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The families whose forward hook sees bridged frames (br_netfilter).
+const FAMILIES: [NfFamily; 3] = [NfFamily::IP, NfFamily::IP6, NfFamily::INet];
+
+fn family_arg(f: NfFamily) -> &'static str {
+    match f {
+        NfFamily::IP => "ip",
+        NfFamily::IP6 => "ip6",
+        _ => "inet",
+    }
+}
+
+/// Base chains on the forward hook, with whether their policy is drop.
+fn forward_chains() -> io::Result<Vec<(Chain<'static>, bool)>> {
+    let mut out = Vec::new();
+    for family in FAMILIES {
+        let listed = nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "chains", family_arg(family)]).map_err(nft_io)?;
+        for o in listed.objects.into_owned() {
+            if let NfObject::ListObject(NfListObject::Chain(c)) = o {
+                if c.hook == Some(NfHook::Forward) && c.table != TABLE {
+                    let drops = c.policy == Some(NfChainPolicy::Drop);
+                    out.push((c, drops));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The rules in `chain` made for `bridge`: (handle, comment).
+fn ours(chain: &Chain<'_>, bridge: &str) -> io::Result<Vec<(u32, String)>> {
+    let listed = nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "chain", family_arg(chain.family), &chain.table, &chain.name]).map_err(nft_io)?;
+    let base = tag(bridge);
+    Ok(listed
+        .objects
+        .iter()
+        .filter_map(|o| match o {
+            NfObject::ListObject(NfListObject::Rule(r)) => {
+                let c = r.comment.as_deref()?;
+                (c == base || c.strip_prefix(base.as_str()).is_some_and(|rest| rest.starts_with(' '))).then_some((r.handle?, c.to_owned()))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The IPv4 subnets exposed on `bridge` (`weave expose`), from the
+/// interface addresses of the calling thread's namespace.
+fn exposed(bridge: &str) -> io::Result<Vec<Ipv4Net>> {
+    let mut out = Vec::new();
+    for a in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+        if a.interface_name != bridge {
+            continue;
+        }
+        let (Some(addr), Some(mask)) = (a.address.as_ref().and_then(|x| x.as_sockaddr_in()), a.netmask.as_ref().and_then(|x| x.as_sockaddr_in())) else { continue };
+        let Ok(net) = Ipv4Net::with_netmask(addr.ip(), mask.ip()) else { continue };
+        if !net.addr().is_link_local() && !out.contains(&net.trunc()) {
+            out.push(net.trunc());
+        }
+    }
+    Ok(out)
+}
+
+fn ifname(key: MetaKey, op: Operator, bridge: &str) -> Statement<'static> {
+    Statement::Match(Match { left: Expression::Named(NamedExpression::Meta(Meta { key })), right: Expression::String(Cow::Owned(bridge.to_owned())), op })
+}
+
+/// Our accepts, in the order they should stand in the chain: the three
+/// for the bridge, then one per exposed subnet (`oifname BRIDGE ip daddr
+/// SUBNET accept`, tagged `weave-forward BRIDGE SUBNET`: as Weave's
+/// `WEAVE-EXPOSE`, the host forwards into what it exposes, e.g. to a
+/// published port).
+fn rules(chain: &Chain<'_>, bridge: &str, exposed: &[Ipv4Net]) -> Vec<Rule<'static>> {
+    let rule = |expr: Vec<Statement<'static>>, comment: String| Rule {
+        family: chain.family,
+        table: Cow::Owned(chain.table.to_string()),
+        chain: Cow::Owned(chain.name.to_string()),
+        expr: Cow::Owned(expr),
+        comment: Some(Cow::Owned(comment)),
+        ..Rule::default()
+    };
+    let marked = Statement::Match(Match {
+        left: Expression::BinaryOperation(Box::new(BinaryOperation::AND(mark(), Expression::Number(REPLY_MARK)))),
+        right: Expression::Number(REPLY_MARK),
+        op: Operator::EQ,
+    });
+    let mut out = vec![
+        rule(vec![ifname(MetaKey::Iifname, Operator::EQ, bridge), ifname(MetaKey::Oifname, Operator::EQ, bridge), Statement::Accept(None)], tag(bridge)),
+        rule(vec![ifname(MetaKey::Iifname, Operator::EQ, bridge), ifname(MetaKey::Oifname, Operator::NEQ, bridge), Statement::Accept(None)], tag(bridge)),
+        rule(vec![ifname(MetaKey::Oifname, Operator::EQ, bridge), marked, Statement::Accept(None)], tag(bridge)),
+    ];
+    if chain.family != NfFamily::IP6 {
+        for &net in exposed {
+            let to = Statement::Match(Match { left: crate::expose::field("ip", "daddr"), right: crate::expose::prefix(IpNet::V4(net)), op: Operator::EQ });
+            out.push(rule(vec![ifname(MetaKey::Oifname, Operator::EQ, bridge), to, Statement::Accept(None)], format!("{} {net}", tag(bridge))));
+        }
+    }
+    out
+}
+
+fn mark() -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Mark }))
+}
+
+/// Our table and its marking chain (policy accept: it drops nothing), with
+/// `oifname BRIDGE ct state established,related meta mark set mark | MARK`.
+fn add_marking(bridge: &str, b: &mut Batch<'static>) {
+    b.add(NfListObject::Table(Table { family: NfFamily::INet, name: Cow::Borrowed(TABLE), handle: None }));
+    b.add(NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Borrowed(MARK_CHAIN),
+        _type: Some(NfChainType::Filter),
+        hook: Some(NfHook::Forward),
+        // Before the filter priority (0), where the host's chains stand.
+        prio: Some(-10),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    }));
+    b.add(NfListObject::Rule(Rule {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        chain: Cow::Borrowed(MARK_CHAIN),
+        expr: Cow::Owned(vec![
+            ifname(MetaKey::Oifname, Operator::EQ, bridge),
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::CT(CT { key: Cow::Borrowed("state"), family: None, dir: None })),
+                right: Expression::List(vec![Expression::String(Cow::Borrowed("established")), Expression::String(Cow::Borrowed("related"))]),
+                op: Operator::IN,
+            }),
+            Statement::Mangle(Mangle { key: mark(), value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![mark(), Expression::Number(REPLY_MARK)]))) }),
+        ]),
+        comment: Some(Cow::Owned(tag(bridge))),
+        ..Rule::default()
+    }));
+}
+
+/// Whether our marking chain exists (with a rule for `bridge`).
+fn marking_in_place(bridge: &str) -> bool {
+    let chain = Chain { family: NfFamily::INet, table: Cow::Borrowed(TABLE), name: Cow::Borrowed(MARK_CHAIN), ..Chain::default() };
+    ours(&chain, bridge).is_ok_and(|h| !h.is_empty())
+}
+
+fn delete(chain: &Chain<'_>, handles: impl IntoIterator<Item = u32>, b: &mut Batch<'static>) {
+    for h in handles {
+        b.delete(NfListObject::Rule(Rule {
+            family: chain.family,
+            table: Cow::Owned(chain.table.to_string()),
+            chain: Cow::Owned(chain.name.to_string()),
+            handle: Some(h),
+            ..Rule::default()
+        }));
+    }
+}
+
+/// Let frames through `bridge` in every forward chain that drops by
+/// default, and into the subnets exposed on it. Idempotent: a chain that
+/// already has exactly our rules is left alone (a partial or outdated set
+/// is replaced). Returns the chains changed, as `family table chain`.
+pub fn allow(bridge: &str) -> io::Result<Vec<String>> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let exposed = exposed(bridge)?;
+    let mut changed = Vec::new();
+    let mut b = Batch::new();
+    let mut drop_chains = 0;
+    for (chain, drops) in forward_chains()? {
+        if !drops {
+            continue;
+        }
+        drop_chains += 1;
+        let have = ours(&chain, bridge)?;
+        let want = rules(&chain, bridge, &exposed);
+        let mut have_tags: Vec<&str> = have.iter().map(|(_, c)| c.as_str()).collect();
+        let mut want_tags: Vec<&str> = want.iter().filter_map(|r| r.comment.as_deref()).collect();
+        have_tags.sort_unstable();
+        want_tags.sort_unstable();
+        if have_tags == want_tags {
+            continue;
+        }
+        delete(&chain, have.iter().map(|(h, _)| *h), &mut b);
+        // Each insert goes to the top: the last one inserted stands first.
+        for r in want.into_iter().rev() {
+            b.add_cmd(NfCmd::Insert(NfListObject::Rule(r)));
+        }
+        changed.push(format!("{} {} {}", family_arg(chain.family), chain.table, chain.name));
+    }
+    // A host whose firewall drops nothing is left as it is.
+    if drop_chains > 0 && !marking_in_place(bridge) {
+        // Whatever is left of it goes first.
+        let mut fresh = Batch::new();
+        if table_exists() {
+            fresh.delete(NfListObject::Table(Table { family: NfFamily::INet, name: Cow::Borrowed(TABLE), handle: None }));
+        }
+        add_marking(bridge, &mut fresh);
+        fresh.add_all(b.to_nftables().objects.into_owned());
+        b = fresh;
+        changed.insert(0, format!("inet {TABLE} {MARK_CHAIN}"));
+    }
+    if !changed.is_empty() {
+        nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_io)?;
+    }
+    Ok(changed)
+}
+
+/// Remove every rule [`allow`] made for `bridge`, from whichever forward
+/// chain holds them. Returns the chains changed.
+pub fn withdraw(bridge: &str) -> io::Result<Vec<String>> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut changed = Vec::new();
+    let mut b = Batch::new();
+    for (chain, _) in forward_chains()? {
+        let have = ours(&chain, bridge)?;
+        if !have.is_empty() {
+            delete(&chain, have.into_iter().map(|(h, _)| h), &mut b);
+            changed.push(format!("{} {} {}", family_arg(chain.family), chain.table, chain.name));
+        }
+    }
+    if table_exists() {
+        b.delete(NfListObject::Table(Table { family: NfFamily::INet, name: Cow::Borrowed(TABLE), handle: None }));
+        changed.push(format!("inet {TABLE}"));
+    }
+    if !changed.is_empty() {
+        nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_io)?;
+    }
+    Ok(changed)
+}
+
+fn table_exists() -> bool {
+    nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "table", "inet", TABLE]).is_ok()
+}
+
+/// nfnetlink's multicast group for nf_tables ruleset changes
+/// (`NFNLGRP_NFTABLES` in `linux/netfilter/nfnetlink.h`).
+const NFNLGRP_NFTABLES: u32 = 7;
+
+/// A socket that becomes readable whenever the namespace's nf_tables
+/// ruleset changes (we only wake on it; the messages are not read as
+/// rules).
+fn ruleset_events(ns: &crate::netlink::Netns) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType};
+    ns.run(|| {
+        let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkNetFilter)?;
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &NetlinkAddr::new(0, 1 << (NFNLGRP_NFTABLES - 1)))?;
+        Ok(fd)
+    })
+}
+
+/// Keep [`allow`]'s rules in place for as long as the returned task runs:
+/// applied now, and again after every change to the ruleset (a firewall or
+/// dockerd that starts, restarts or flushes after the router). Runs each
+/// `nft` call inside `ns`.
+pub fn follow(ns: crate::netlink::Netns, bridge: String) -> io::Result<tokio::task::JoinHandle<()>> {
+    let events = crate::sys::async_fd(ruleset_events(&ns)?)?;
+    fn apply(ns: &crate::netlink::Netns, bridge: &str) {
+        let b = bridge.to_owned();
+        match ns.run(move || allow(&b)) {
+            Ok(changed) if !changed.is_empty() => tracing::info!(bridge, ?changed, "forwarding allowed through the bridge in the host firewall"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(bridge, error = %e, "cannot allow forwarding through the bridge in the host firewall"),
+        }
+    }
+    apply(&ns, &bridge);
+    Ok(tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let Ok(mut ready) = events.readable().await else { return };
+            // Drain (and drop) the notifications; a burst of changes (a
+            // whole iptables-restore) settles before we look.
+            let drained = ready.try_io(|fd| loop {
+                match nix::sys::socket::recv(std::os::fd::AsRawFd::as_raw_fd(fd.get_ref()), &mut buf, nix::sys::socket::MsgFlags::empty()) {
+                    Ok(_) => continue,
+                    // ENOBUFS: we missed some; all we need is "it changed".
+                    Err(nix::errno::Errno::ENOBUFS) => continue,
+                    Err(e) => return Err::<(), _>(io::Error::from(e)),
+                }
+            });
+            // Drained, readiness cleared (EAGAIN); anything else is fatal.
+            if let Ok(Err(e)) = drained {
+                tracing::warn!(error = %e, "ruleset events socket failed; no longer following the firewall");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let (ns, bridge) = (ns.clone(), bridge.clone());
+            let _ = tokio::task::spawn_blocking(move || apply(&ns, &bridge)).await;
+        }
+    }))
+}
