@@ -262,6 +262,8 @@ enum DockerEvent {
 /// The file in the state directory keeping how Docker containers were
 /// attached (so a router restart does not forget `-h` or `--without-dns`).
 pub const DOCKER_FILE: &str = "docker-attached.json";
+/// This router's own DNS names, kept across restarts.
+pub const DNS_FILE: &str = "dns-names.pb";
 
 /// How a Docker container was attached, to attach it again when it is
 /// restarted.
@@ -387,7 +389,20 @@ impl Router {
         if let Some((ipam, _)) = &ipam {
             builder = builder.channel(IPAM_CHANNEL, Box::new(IpamChannel(ipam.clone())));
         }
-        let dns = cfg.dns.as_ref().map(|d| Arc::new(Mutex::new(weave_dns::dns::Dns::new(cfg.name, &d.domain, weave_dns::dns::WallClock::system(), Instant::now()))));
+        let dns = cfg.dns.as_ref().map(|d| {
+            let mut dns = weave_dns::dns::Dns::new(cfg.name, &d.domain, weave_dns::dns::WallClock::system(), Instant::now());
+            // Before the mesh starts: a peer's full state must not delete
+            // our names (as stale) before they are back.
+            match std::fs::read(cfg.state_dir.join(DNS_FILE)) {
+                Ok(bytes) => match dns.restore_own(&bytes) {
+                    Ok(n) => tracing::info!(names = n, "DNS names restored"),
+                    Err(e) => tracing::warn!(error = %e, "saved DNS names unreadable; starting without them"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the saved DNS names"),
+            }
+            Arc::new(Mutex::new(dns))
+        });
         if let Some(d) = &dns {
             builder = builder.channel(weave_dns::channel::CHANNEL, Box::new(weave_dns::channel::DnsChannel(d.clone())));
         }
@@ -680,10 +695,10 @@ impl Router {
     pub fn dns_add(&self, container: &str, name: &str, addrs: &[Ipv4Addr]) -> Result<(), RouterError> {
         let Some(dns) = &self.dns else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
         let mut d = lock(dns);
-        for a in addrs {
-            d.add(Instant::now(), name, *a, container).map_err(|e| RouterError::Invalid(e.to_string()))?;
-        }
+        let added: Result<(), _> = addrs.iter().try_for_each(|a| d.add(Instant::now(), name, *a, container));
+        save_names(&self.cfg.state_dir, &d);
         drop(d);
+        added.map_err(|e| RouterError::Invalid(e.to_string()))?;
         self.dns_poke.notify_one();
         Ok(())
     }
@@ -698,6 +713,9 @@ impl Router {
         }
         for a in addrs {
             n += d.remove(Instant::now(), container, name, Some(*a)).map_err(|e| RouterError::Invalid(e.to_string()))?;
+        }
+        if n > 0 {
+            save_names(&self.cfg.state_dir, &d);
         }
         drop(d);
         self.dns_poke.notify_one();
@@ -944,7 +962,7 @@ impl Router {
         self.dp.retire();
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
         removed.append(&mut removed_files);
-        for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir), self.cfg.state_dir.join(NAME_FILE), self.cfg.state_dir.join(DOCKER_FILE)] {
+        for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir), self.cfg.state_dir.join(NAME_FILE), self.cfg.state_dir.join(DOCKER_FILE), self.cfg.state_dir.join(DNS_FILE)] {
             if std::fs::remove_file(&f).is_ok() {
                 removed.push(f.display().to_string());
             }
@@ -1203,10 +1221,28 @@ fn save_tracked(dir: &std::path::Path, all: &BTreeMap<String, Tracked>) {
         })
         .collect();
     let path = dir.join(DOCKER_FILE);
-    let tmp = dir.join(format!("{DOCKER_FILE}.tmp"));
-    let written = std::fs::write(&tmp, serde_json::Value::Object(m).to_string()).and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
+    if let Err(e) = write_atomically(&path, serde_json::Value::Object(m).to_string().as_bytes()) {
         tracing::warn!(error = %e, file = %path.display(), "cannot save the Docker attachments");
+    }
+}
+
+/// Replace `path` with `bytes` whole (a crash leaves the old file or the
+/// new one, never a part), durably.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Save weaveDNS's own names (under its lock, before the change can be
+/// gossiped): a restarted router brings them back.
+fn save_names(state_dir: &std::path::Path, d: &weave_dns::dns::Dns) {
+    let path = state_dir.join(DNS_FILE);
+    if let Err(e) = write_atomically(&path, &d.save_own(Instant::now())) {
+        tracing::error!(error = %e, file = %path.display(), "cannot save the DNS names; they will not survive a restart");
     }
 }
 

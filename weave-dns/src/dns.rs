@@ -124,6 +124,25 @@ impl Dns {
         Ok(gone.len())
     }
 
+    /// Our own live entries, encoded for a file: what a restarted router
+    /// reads back with [`Dns::restore_own`]. Save it after every local
+    /// change, before the change is gossiped, so a name that peers heard of
+    /// survives a crash.
+    pub fn save_own(&self, now: Instant) -> Vec<u8> {
+        wire::encode(self.clock.unix(now), &self.store.own_live())
+    }
+
+    /// Bring back the entries [`Dns::save_own`] wrote in a previous run (at
+    /// their saved versions; they reach peers with the next full state).
+    /// Returns how many came back.
+    pub fn restore_own(&mut self, bytes: &[u8]) -> Result<usize, DnsError> {
+        let batch = wire::decode(bytes)?;
+        if batch.skipped > 0 {
+            tracing::warn!(skipped = batch.skipped, "ignored invalid entries in the saved DNS names");
+        }
+        Ok(self.store.restore(batch.entries))
+    }
+
     /// Live addresses for `name` (case-insensitive; relative names get the domain).
     pub fn lookup(&self, name: &str) -> Vec<Ipv4Addr> {
         self.normalize(name).map(|n| self.store.lookup(&n)).unwrap_or_default()

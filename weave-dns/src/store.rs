@@ -149,6 +149,29 @@ impl Store {
         Some((key, v))
     }
 
+    /// Our own live entries: what this peer must bring back after a
+    /// restart ([`Store::restore`]).
+    pub fn own_live(&self) -> Vec<(Key, Value)> {
+        self.entries.iter().filter(|(k, v)| k.origin == self.ourself && !v.is_tombstone()).map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Put back our own live entries saved by a previous run, at their
+    /// saved versions, so that peers still holding them see nothing new and
+    /// a later delete outranks their copies. Entries of other origins and
+    /// tombstones are ignored; where we already hold a key at an equal or
+    /// higher rank, ours stands. Returns how many came back.
+    pub fn restore(&mut self, saved: impl IntoIterator<Item = (Key, Value)>) -> usize {
+        let mut n = 0;
+        for (k, v) in saved {
+            if k.origin != self.ourself || v.is_tombstone() || self.entries.get(&k).is_some_and(|cur| cur.rank() >= v.rank()) {
+                continue;
+            }
+            self.entries.insert(k, v);
+            n += 1;
+        }
+        n
+    }
+
     /// Delete our live entries matching the filters; returns them (as
     /// tombstones) to gossip.
     pub fn delete(&mut self, now_unix: u64, container: &str, hostname: Option<&str>, addr: Option<Ipv4Addr>) -> Vec<(Key, Value)> {
@@ -341,6 +364,36 @@ mod tests {
         // A newer tombstone from a previous life is outbid too.
         let changed = s.merge(T, p(2), T, vec![(k.clone(), Value { version: 7, tombstone: T })]).unwrap();
         assert_eq!(changed, vec![(k, Value { version: 8, tombstone: 0 })]);
+    }
+
+    #[test]
+    fn restored_names_keep_their_versions_and_a_later_delete_outranks_peers() {
+        let a: Ipv4Addr = "10.32.0.9".parse().unwrap();
+        let mut before = Store::new(p(1));
+        before.add("web.weave.local.", a, "c");
+        before.add("gone.weave.local.", a, "d");
+        before.delete(T, "d", None, None);
+        // A peer's copy of ours, and an entry of the peer's own.
+        let k = Key { hostname: "web.weave.local.".into(), origin: p(1), container: "c".into(), addr: a };
+        let theirs = Key { hostname: "x.weave.local.".into(), origin: p(2), container: "e".into(), addr: a };
+        before.merge(T, p(2), T, vec![(theirs.clone(), Value { version: 1, tombstone: 0 })]).unwrap();
+        let saved = before.own_live();
+        assert_eq!(saved, vec![(k.clone(), Value { version: 1, tombstone: 0 })], "only our live entries are saved");
+
+        let mut after = Store::new(p(1));
+        // Anything not ours, or dead, is not restored.
+        let mut file = saved.clone();
+        file.push((theirs, Value { version: 1, tombstone: 0 }));
+        file.push((Key { container: "z".into(), ..k.clone() }, Value { version: 2, tombstone: T }));
+        assert_eq!(after.restore(file), 1);
+        assert_eq!(after.lookup("web.weave.local."), vec![a]);
+        // Peers holding version 1 hear nothing new from it.
+        assert!(after.merge(T, p(2), T, vec![(k.clone(), Value { version: 1, tombstone: 0 })]).unwrap().is_empty());
+        // Deleting it now outranks the peers' live copy at once.
+        assert_eq!(after.delete(T, "c", None, None), vec![(k, Value { version: 2, tombstone: T })]);
+        // Restoring again does not bring back what was deleted since.
+        assert_eq!(after.restore(saved), 0);
+        assert!(after.lookup("web.weave.local.").is_empty());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 #![allow(dead_code)] // each test binary uses a part
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -163,3 +164,39 @@ pub(crate) fn pings(prefix: &[&str], to: &str) -> bool {
     }
     false
 }
+
+/// The plugin binaries, as a runtime finds them in CNI_PATH.
+pub(crate) fn plugin_dir(h: &Hosts) -> PathBuf {
+    let dir = h.dir.join("cni-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["weave-net", "weave-ipam"] {
+        let link = dir.join(name);
+        if !link.exists() {
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_weave"), &link).unwrap();
+        }
+    }
+    dir
+}
+
+/// Run `plugin` with `command` for (`container`, `netns`) and `config` on
+/// stdin. Returns the parsed stdout (Null if empty) and the exit status.
+pub(crate) fn cni(dir: &std::path::Path, plugin: &str, command: &str, container: &str, netns: &str, config: &serde_json::Value) -> (serde_json::Value, i32) {
+    let mut cmd = Command::new(dir.join(plugin));
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("CNI_COMMAND", command).env("CNI_PATH", dir).env("CNI_IFNAME", "eth0");
+    if !container.is_empty() {
+        cmd.env("CNI_CONTAINERID", container);
+    }
+    if !netns.is_empty() {
+        cmd.env("CNI_NETNS", netns);
+    }
+    if command == "ADD" {
+        cmd.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAME={container}"));
+    }
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(config.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = if text.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or_else(|e| panic!("{plugin} {command} printed non-JSON ({e}): {text}")) };
+    (v, out.status.code().unwrap_or(-1))
+}
+
