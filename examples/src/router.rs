@@ -155,6 +155,8 @@ pub struct Container {
     pub mac: [u8; 6],
     /// Its overlay addresses.
     pub cidrs: Vec<Ipv4Net>,
+    /// The interface inside (`ethwe`, or a CNI pod's `CNI_IFNAME`).
+    pub ifname: String,
 }
 
 /// A router failure, with what to do about it.
@@ -264,6 +266,9 @@ enum DockerEvent {
 pub const DOCKER_FILE: &str = "docker-attached.json";
 /// This router's own DNS names, kept across restarts.
 pub const DNS_FILE: &str = "dns-names.pb";
+/// Containers with a veth of ours that Docker does not follow (namespaces,
+/// CNI pods): their namespace and interface, for the next start.
+pub const ATTACHED_FILE: &str = "attached.json";
 
 /// How a Docker container was attached, to attach it again when it is
 /// restarted.
@@ -306,9 +311,12 @@ pub struct Router {
     tracked: Mutex<BTreeMap<String, Tracked>>,
     /// Per Docker container: the queue its lifecycle worker drains.
     docker_queues: Mutex<BTreeMap<String, tokio::sync::mpsc::UnboundedSender<DockerEvent>>>,
-    /// Per Docker container: held while it is attached or its lifecycle
-    /// is acted on, so those never interleave.
-    docker_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per container: held while it is attached, detached or its
+    /// lifecycle is acted on, so those never interleave.
+    id_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Follows link deletions: a container's namespace going takes its
+    /// veth, and the container is released.
+    links_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
     plugin: Mutex<Option<Arc<crate::plugin::Plugin>>>,
 }
 
@@ -446,7 +454,8 @@ impl Router {
             docker: if cfg.docker { crate::docker::Docker::connect().await } else { None },
             tracked: Mutex::new(load_tracked(&cfg.state_dir)),
             docker_queues: Mutex::new(BTreeMap::new()),
-            docker_locks: Mutex::new(BTreeMap::new()),
+            id_locks: Mutex::new(BTreeMap::new()),
+            links_watch: Mutex::new(None),
             plugin: Mutex::new(None),
         });
         router.save_targets(&lock(&router.targets));
@@ -480,7 +489,10 @@ impl Router {
         if let Some((ipam, store)) = ipam {
             tokio::spawn(ipam_pump(mesh.clone(), ipam, store, pending, poke, router.handed_off.clone()));
         }
+        // Subscribed before the sweep at start, so no death is missed.
+        let changes = netlink::Changes::links(router.nl.netns())?;
         router.adopt_existing().await;
+        *lock(&router.links_watch) = Some(tokio::spawn(follow_links(Arc::downgrade(&router), changes)));
         if let Some(d) = router.docker.clone() {
             tokio::spawn(follow_docker(Arc::downgrade(&router), d));
         }
@@ -506,23 +518,56 @@ impl Router {
         Ok(router)
     }
 
-    /// Containers attached before a restart still have their `ethwe`
-    /// (their host ends are back on the bridge); re-register those whose
-    /// addresses IPAM holds for them.
+    /// At start: containers attached before (recorded in the state
+    /// directory, or holding addresses under a namespace's name) whose veth
+    /// is still on the bridge are listed again; those whose veth went while
+    /// the router was down are released, and so are the names of
+    /// namespaces that are gone.
     async fn adopt_existing(&self) {
-        let Some(ipam) = &self.ipam else { return };
-        let owned = lock(ipam).status().owned;
-        let mut cs = self.containers.lock().await;
-        // Docker containers are reconciled by `follow_docker`; plugin, CNI
-        // and expose ids are not containers of ours.
-        let netns_ids = owned.into_iter().filter(|(id, _)| !crate::docker::is_container_id(id) && !id.starts_with("weave:") && !id.starts_with(CNI_PREFIX));
-        for (id, cidrs) in netns_ids {
-            let Ok(ns) = container_netns(&id) else { continue };
-            let Ok(c) = Netlink::connect(&ns).await else { continue };
-            if let Ok(Some(link)) = c.link("ethwe").await {
-                cs.insert(id.clone(), Container { id, netns: ns, mac: link.mac, cidrs });
+        /// A namespace's name, path or pid: not Docker's, CNI's or ours.
+        fn netns_id(id: &str) -> bool {
+            !crate::docker::is_container_id(id) && !id.starts_with("weave:") && !id.starts_with(CNI_PREFIX)
+        }
+        // id -> (namespace path if recorded, interface)
+        let mut candidates: BTreeMap<String, (Option<String>, String)> = load_attached(&self.cfg.state_dir);
+        if let Some(ipam) = &self.ipam {
+            for id in lock(ipam).status().owned.into_keys().filter(|id| netns_id(id)) {
+                candidates.entry(id).or_insert((None, "ethwe".into()));
             }
         }
+        let named: Vec<String> = match &self.dns {
+            Some(d) => lock(d).store().own_live().into_iter().map(|(k, _)| k.container).filter(|c| netns_id(c)).collect(),
+            None => Vec::new(),
+        };
+        for id in named {
+            if !candidates.contains_key(&id) && container_netns(&id).is_err() {
+                self.release_gone(&id).await;
+            }
+        }
+        let Ok(links) = self.nl.links().await else { return };
+        let present: std::collections::BTreeSet<String> = links.into_iter().map(|(n, _)| n).collect();
+        for (id, (path, ifname)) in candidates {
+            if !present.contains(&netlink::host_ifname(&id)) {
+                self.release_gone(&id).await;
+                continue;
+            }
+            let ns = match path {
+                Some(p) => Netns::at(p),
+                None => match container_netns(&id) {
+                    Ok(ns) => ns,
+                    Err(_) => continue,
+                },
+            };
+            let Ok(c) = Netlink::connect(&ns).await else { continue };
+            let Ok(Some(link)) = c.link(&ifname).await else { continue };
+            let mut cidrs = self.owned_by(&id);
+            if cidrs.is_empty() {
+                // Exact addresses without IPAM: what is on the interface.
+                cidrs = c.addresses(link.index).await.unwrap_or_default().into_iter().filter_map(|a| if let IpNet::V4(v) = a { Some(v) } else { None }).collect();
+            }
+            self.containers.lock().await.insert(id.clone(), Container { id, netns: ns, mac: link.mac, cidrs, ifname });
+        }
+        self.save_attached(&*self.containers.lock().await);
     }
 
     /// The configuration.
@@ -746,8 +791,8 @@ impl Router {
     pub async fn attach_with_dns(&self, container: &str, specs: &[AddrSpec], multicast_route: bool, dns: bool, hostname: Option<&str>) -> Result<Vec<Ipv4Net>, RouterError> {
         let t = self.resolve(container).await?;
         // A Docker container's lifecycle events wait until it is attached
-        // and tracked.
-        let _busy = self.docker_busy(&t).await;
+        // and tracked; a sweep, until it is plumbed.
+        let _busy = self.busy(&t.id).await;
         let cidrs = self.attach_target(&t, specs, multicast_route, "ethwe", false).await?;
         if t.docker.is_some() {
             let mut tr = lock(&self.tracked);
@@ -822,7 +867,7 @@ impl Router {
             }
         };
         let mut cs = self.containers.lock().await;
-        let entry = cs.entry(container.to_owned()).or_insert_with(|| Container { id: container.to_owned(), netns: ns.clone(), mac: attached.mac, cidrs: Vec::new() });
+        let entry = cs.entry(container.to_owned()).or_insert_with(|| Container { id: container.to_owned(), netns: ns.clone(), mac: attached.mac, cidrs: Vec::new(), ifname: ifname.to_owned() });
         entry.mac = attached.mac;
         entry.netns = ns;
         for c in &cidrs {
@@ -830,13 +875,14 @@ impl Router {
                 entry.cidrs.push(*c);
             }
         }
+        self.save_attached(&cs);
         Ok(cidrs)
     }
 
     /// `weave detach`: remove these addresses (all when empty); free them.
     pub async fn detach(&self, container: &str, addrs: &[Ipv4Net]) -> Result<Vec<Ipv4Net>, RouterError> {
         let t = self.resolve(container).await?;
-        let _busy = self.docker_busy(&t).await;
+        let _busy = self.busy(&t.id).await;
         let victims = self.detach_target(&t, "ethwe", addrs).await?;
         let mut tr = lock(&self.tracked);
         if let Some(e) = tr.get_mut(&t.id) {
@@ -881,6 +927,7 @@ impl Router {
         }
         if gone {
             cs.remove(container);
+            self.save_attached(&cs);
             if t.docker.is_none() && t.netns.as_ref() == Some(&Netns::named(container)) {
                 let _ = weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), container);
             }
@@ -958,11 +1005,15 @@ impl Router {
         if let Some(p) = plugin {
             removed_files.push(p.socket().display().to_string());
         }
-        // Nothing may put the bridge back once it is gone.
+        // Nothing may put the bridge back once it is gone, and the links
+        // reset deletes are not containers dying.
         self.dp.retire();
+        if let Some(w) = lock(&self.links_watch).take() {
+            w.abort();
+        }
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
         removed.append(&mut removed_files);
-        for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir), self.cfg.state_dir.join(NAME_FILE), self.cfg.state_dir.join(DOCKER_FILE), self.cfg.state_dir.join(DNS_FILE)] {
+        for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir), self.cfg.state_dir.join(NAME_FILE), self.cfg.state_dir.join(DOCKER_FILE), self.cfg.state_dir.join(DNS_FILE), self.cfg.state_dir.join(ATTACHED_FILE)] {
             if std::fs::remove_file(&f).is_ok() {
                 removed.push(f.display().to_string());
             }
@@ -1000,22 +1051,65 @@ impl Router {
         if self.dns.is_some() {
             let _ = self.dns_remove(id, None, &[]);
         }
-        let known = self.containers.lock().await.remove(id).is_some();
+        let known = {
+            let mut cs = self.containers.lock().await;
+            let known = cs.remove(id).is_some();
+            self.save_attached(&cs);
+            known
+        };
         if known || !owned.is_empty() {
             tracing::info!(container = crate::docker::display_id(id), released = owned.len(), "container gone: addresses and names released");
         }
     }
 
-    /// The lock serialising work on one Docker container.
-    fn docker_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.docker_locks).entry(id.to_owned()).or_default().clone()
+    /// The lock serialising work on one container (attach, detach, its
+    /// lifecycle).
+    fn id_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.id_locks).entry(id.to_owned()).or_default().clone()
     }
 
-    /// Hold a Docker container's lock (nothing for other containers).
-    async fn docker_busy(&self, t: &Target) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match &t.docker {
-            Some(_) => Some(self.docker_lock(&t.id).lock_owned().await),
-            None => None,
+    /// Hold a container's lock.
+    async fn busy(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        self.id_lock(id).lock_owned().await
+    }
+
+    /// Record the containers with a veth of ours that Docker does not
+    /// follow (namespaces, CNI pods), for the next start.
+    fn save_attached(&self, cs: &BTreeMap<String, Container>) {
+        let m: serde_json::Map<String, serde_json::Value> = cs
+            .values()
+            .filter(|c| !crate::docker::is_container_id(&c.id))
+            .filter_map(|c| Some((c.id.clone(), serde_json::json!({ "netns": c.netns.path()?.to_str()?, "ifname": c.ifname }))))
+            .collect();
+        let path = self.cfg.state_dir.join(ATTACHED_FILE);
+        if let Err(e) = write_atomically(&path, serde_json::Value::Object(m).to_string().as_bytes()) {
+            tracing::warn!(error = %e, file = %path.display(), "cannot save the attached containers");
+        }
+    }
+
+    /// Release every container of ours whose veth is gone (the kernel
+    /// deletes the pair with the container's namespace). Docker's are left
+    /// to its events (a restart keeps the ID and the addresses).
+    async fn sweep(&self) {
+        let Ok(links) = self.nl.links().await else { return };
+        let present: std::collections::BTreeSet<String> = links.into_iter().map(|(n, _)| n).collect();
+        let dead: Vec<String> = self.containers.lock().await.keys().filter(|id| !crate::docker::is_container_id(id) && !present.contains(&netlink::host_ifname(id))).cloned().collect();
+        for id in dead {
+            let _busy = self.busy(&id).await;
+            // Again under its lock: an attach may have just made it anew.
+            let still = self.containers.lock().await.contains_key(&id);
+            if still && matches!(self.nl.link(&netlink::host_ifname(&id)).await, Ok(None)) {
+                self.release_gone(&id).await;
+            }
+        }
+    }
+
+    /// A container that is no longer there: everything held for it goes,
+    /// its resolv.conf under /etc/netns too.
+    async fn release_gone(&self, id: &str) {
+        self.release(id).await;
+        if !id.contains('/') && !id.starts_with("pid:") && !id.starts_with("weave:") && !std::path::Path::new("/run/netns").join(id).exists() {
+            let _ = weave_dns::resolv::remove_netns_resolv_conf(std::path::Path::new("/etc/netns"), id);
         }
     }
 
@@ -1037,7 +1131,7 @@ impl Router {
             loop {
                 let Some(r) = me.upgrade() else { return };
                 let Some(ev) = r.next_docker_event(&id, &mut rx) else { return };
-                let busy = r.docker_lock(&id);
+                let busy = r.id_lock(&id);
                 let _g = busy.lock().await;
                 r.on_docker(ev, &id).await;
             }
@@ -1110,7 +1204,7 @@ impl Router {
                     }
                 }
                 self.release(id).await;
-                lock(&self.docker_locks).remove(id);
+                lock(&self.id_locks).remove(id);
             }
         }
     }
@@ -1194,6 +1288,23 @@ impl Router {
             self.docker_event(id, DockerEvent::Life(ev));
         }
     }
+}
+
+/// Containers with a veth of ours, as [`Router::save_attached`] left
+/// them: id -> (namespace path, interface).
+fn load_attached(dir: &std::path::Path) -> BTreeMap<String, (Option<String>, String)> {
+    let Ok(text) = std::fs::read_to_string(dir.join(ATTACHED_FILE)) else { return BTreeMap::new() };
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(&text) else {
+        tracing::warn!(file = ATTACHED_FILE, "unreadable; containers that died while the router was down may keep their addresses");
+        return BTreeMap::new();
+    };
+    m.into_iter()
+        .map(|(id, v)| {
+            let netns = v["netns"].as_str().map(str::to_owned);
+            let ifname = v["ifname"].as_str().filter(|i| netlink::valid_ifname(i)).unwrap_or("ethwe").to_owned();
+            (id, (netns, ifname))
+        })
+        .collect()
 }
 
 /// Docker containers as attached, from the state directory.
@@ -1343,6 +1454,7 @@ impl Router {
     /// `ipam_only`, just the address (weave-ipam). Idempotent.
     pub async fn cni_add(&self, call: &CniCall<'_>) -> Result<CniAttachment, RouterError> {
         let id = call.id();
+        let _busy = self.busy(&id).await;
         let spec = call.subnet.map_or(AddrSpec::Default, AddrSpec::Subnet);
         let ns = if call.ipam_only { None } else { Some(Self::cni_netns(call.netns)?) };
         let cidrs = match &ns {
@@ -1376,6 +1488,7 @@ impl Router {
     /// there, or no namespace any more, is not an error.
     pub async fn cni_del(&self, call: &CniCall<'_>) -> Result<(), RouterError> {
         let id = call.id();
+        let _busy = self.busy(&id).await;
         let netns = (!call.ipam_only && !call.netns.is_empty() && std::path::Path::new(call.netns).exists()).then(|| Netns::at(call.netns));
         let t = Target { id: id.clone(), name: call.container_id.to_owned(), netns, docker: None };
         if let Err(e) = self.detach_target(&t, call.ifname, &[]).await {
@@ -1433,6 +1546,18 @@ impl Router {
 
 /// Follow Docker's container events for as long as the router runs,
 /// reconnecting if the stream breaks.
+/// Release containers whose veth goes, as links change.
+async fn follow_links(router: std::sync::Weak<Router>, mut changes: netlink::Changes) {
+    loop {
+        if let Err(e) = changes.next().await {
+            tracing::error!(error = %e, "link notifications failed; dead containers are no longer released");
+            return;
+        }
+        let Some(r) = router.upgrade() else { return };
+        r.sweep().await;
+    }
+}
+
 async fn follow_docker(router: std::sync::Weak<Router>, d: crate::docker::Docker) {
     use tokio_stream::StreamExt;
     loop {

@@ -1,7 +1,9 @@
 //! What a router keeps and gives back across its own restarts and its
 //! containers' deaths, on network-namespace hosts with the `weave`
 //! command: DNS names of every kind come back after `weave stop; weave
-//! launch`. Needs root; in CI its absence is a failure.
+//! launch`; a container whose namespace goes (a netns, a CNI pod) is
+//! released at once, or at the next start if the router was down. Needs
+//! root; in CI its absence is a failure.
 
 use std::time::{Duration, Instant};
 
@@ -73,4 +75,81 @@ fn every_kind_of_name_resolves_again_on_both_hosts_after_a_router_restart() {
     std::thread::sleep(Duration::from_secs(6));
     assert!(lookup(&h, 1, "ext").is_empty() && lookup(&h, 2, "ext").is_empty(), "a removed name does not come back");
     assert_eq!(lookup(&h, 2, &c1), a1);
+}
+
+fn owned(h: &Hosts, i: usize, id: &str) -> bool {
+    let report: serde_json::Value = serde_json::from_str(&ok(h.weave(i, &["report"]))).unwrap();
+    report["IPAM"]["Owned"].get(id).is_some()
+}
+
+fn listed(h: &Hosts, i: usize, id: &str) -> bool {
+    ok(h.weave(i, &["ps"])).lines().any(|l| l.split_whitespace().next() == Some(id))
+}
+
+fn del_netns(ns: &str) {
+    ok(std::process::Command::new("ip").args(["netns", "del", ns]).output().unwrap());
+}
+
+/// Wait up to `secs` for `f`; fail with what is still wrong.
+fn within(secs: f64, what: &str, mut f: impl FnMut() -> Option<String>) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    loop {
+        let Some(wrong) = f() else { return };
+        assert!(Instant::now() < end, "{what} within {secs} s: {wrong}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_container_whose_namespace_goes_is_released_at_once_or_at_the_next_start() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Hosts::new();
+    let (c1, c2, c3, c4, c5) = (h.ns("c1"), h.ns("c2"), h.ns("c3"), h.ns("c4"), h.ns("c5"));
+    launch(&h, 1);
+    launch(&h, 2);
+    ok(h.weave(1, &["prime"]));
+    let a1 = ok(h.weave(1, &["attach", &c1])).trim().to_owned();
+    let a2 = ok(h.weave(1, &["attach", &c2])).trim().to_owned();
+    let dir = plugin_dir(&h);
+    let conf = json!({ "cniVersion": "1.0.0", "name": "weave", "type": "weave-net", "stateDir": h.state(1) });
+    let (added, code) = cni(&dir, "weave-net", "ADD", "pod1", &format!("/run/netns/{c3}"), &conf);
+    assert_eq!(code, 0, "{added}");
+    let pod_id = "cni:weave/pod1/eth0";
+    let gone = |i: usize, id: &str, name: &str| -> Option<String> {
+        let mut wrong = Vec::new();
+        if owned(&h, 1, id) {
+            wrong.push("address still allocated".to_owned());
+        }
+        if listed(&h, 1, id) {
+            wrong.push("still in weave ps".to_owned());
+        }
+        if !lookup(&h, i, name).is_empty() {
+            wrong.push(format!("{name} still resolves on host {i}"));
+        }
+        (!wrong.is_empty()).then(|| wrong.join(", "))
+    };
+    within(10.0, "host 2 knows the names", || (lookup(&h, 2, &c1).is_empty() || lookup(&h, 2, "pod1").is_empty()).then(|| "not yet".into()));
+
+    // The namespace goes while the router runs: released within 2 s.
+    assert!(owned(&h, 1, &c1) && listed(&h, 1, &c1));
+    del_netns(&c1);
+    within(2.0, "c1 released", || gone(1, &c1, &c1).or_else(|| gone(2, &c1, &c1)));
+    assert!(listed(&h, 1, &c2) && owned(&h, 1, &c2), "c2 is untouched");
+    // Its address is free: asking for it exactly works.
+    assert_eq!(ok(h.weave(1, &["attach", &format!("ip:{a1}"), &c4])).trim(), a1);
+    // A CNI pod's namespace going (the runtime never called DEL).
+    assert!(owned(&h, 1, pod_id) && listed(&h, 1, pod_id), "the pod is attached: {}", ok(h.weave(1, &["ps"])));
+    del_netns(&c3);
+    within(2.0, "the pod released", || gone(1, pod_id, "pod1").or_else(|| gone(2, pod_id, "pod1")));
+
+    // Gone while the router is down: released when it starts.
+    assert!(lookup(&h, 2, &c2) == a2.split('/').next().unwrap(), "c2's name is known before");
+    ok(h.weave(1, &["stop"]));
+    del_netns(&c2);
+    launch(&h, 1);
+    within(5.0, "c2 released at the start", || gone(1, &c2, &c2).or_else(|| gone(2, &c2, &c2)));
+    assert!(listed(&h, 1, &c4) && owned(&h, 1, &c4), "c4 is still attached after the restart");
+    assert_eq!(ok(h.weave(1, &["attach", &format!("ip:{a2}"), &c5])).trim(), a2, "c2's address is free again");
 }

@@ -295,28 +295,12 @@ fn table_exists() -> bool {
     nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "table", "inet", TABLE]).is_ok()
 }
 
-/// nfnetlink's multicast group for nf_tables ruleset changes
-/// (`NFNLGRP_NFTABLES` in `linux/netfilter/nfnetlink.h`).
-const NFNLGRP_NFTABLES: u32 = 7;
-
-/// A socket that becomes readable whenever the namespace's nf_tables
-/// ruleset changes (we only wake on it; the messages are not read as
-/// rules).
-fn ruleset_events(ns: &crate::netlink::Netns) -> io::Result<std::os::fd::OwnedFd> {
-    use nix::sys::socket::{bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType};
-    ns.run(|| {
-        let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkNetFilter)?;
-        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &NetlinkAddr::new(0, 1 << (NFNLGRP_NFTABLES - 1)))?;
-        Ok(fd)
-    })
-}
-
 /// Keep [`allow`]'s rules in place for as long as the returned task runs:
 /// applied now, and again after every change to the ruleset (a firewall or
 /// dockerd that starts, restarts or flushes after the router). Runs each
 /// `nft` call inside `ns`.
 pub fn follow(ns: crate::netlink::Netns, bridge: String) -> io::Result<tokio::task::JoinHandle<()>> {
-    let events = crate::sys::async_fd(ruleset_events(&ns)?)?;
+    let mut changes = crate::netlink::Changes::nftables(&ns)?;
     fn apply(ns: &crate::netlink::Netns, bridge: &str) {
         let b = bridge.to_owned();
         match ns.run(move || allow(&b)) {
@@ -327,25 +311,11 @@ pub fn follow(ns: crate::netlink::Netns, bridge: String) -> io::Result<tokio::ta
     }
     apply(&ns, &bridge);
     Ok(tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let Ok(mut ready) = events.readable().await else { return };
-            // Drain (and drop) the notifications; a burst of changes (a
-            // whole iptables-restore) settles before we look.
-            let drained = ready.try_io(|fd| loop {
-                match nix::sys::socket::recv(std::os::fd::AsRawFd::as_raw_fd(fd.get_ref()), &mut buf, nix::sys::socket::MsgFlags::empty()) {
-                    Ok(_) => continue,
-                    // ENOBUFS: we missed some; all we need is "it changed".
-                    Err(nix::errno::Errno::ENOBUFS) => continue,
-                    Err(e) => return Err::<(), _>(io::Error::from(e)),
-                }
-            });
-            // Drained, readiness cleared (EAGAIN); anything else is fatal.
-            if let Ok(Err(e)) = drained {
-                tracing::warn!(error = %e, "ruleset events socket failed; no longer following the firewall");
+            if let Err(e) = changes.next().await {
+                tracing::warn!(error = %e, "ruleset notifications failed; no longer following the firewall");
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             let (ns, bridge) = (ns.clone(), bridge.clone());
             let _ = tokio::task::spawn_blocking(move || apply(&ns, &bridge)).await;
         }

@@ -602,3 +602,58 @@ pub fn announce(ns: &Netns, ifindex: u32, mac: Mac, addrs: &[IpNet]) -> io::Resu
         Ok(())
     })
 }
+
+/// Wake-ups on kernel change notifications in a namespace: a netlink
+/// socket subscribed to a multicast group, of which only the arrival is
+/// used (nothing is parsed: the caller looks at the current state, which is
+/// also right after the kernel dropped notifications for lack of buffer).
+#[derive(Debug)]
+pub struct Changes {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    buf: Vec<u8>,
+}
+
+impl Changes {
+    /// Links appearing, changing or going (`RTMGRP_LINK`).
+    pub fn links(ns: &Netns) -> io::Result<Self> {
+        Self::subscribe(ns, nix::sys::socket::SockProtocol::NetlinkRoute, 1 << (libc::RTNLGRP_LINK - 1))
+    }
+
+    /// The nf_tables ruleset changing (`NFNLGRP_NFTABLES`).
+    pub fn nftables(ns: &Netns) -> io::Result<Self> {
+        /// `NFNLGRP_NFTABLES` in `linux/netfilter/nfnetlink.h`.
+        const NFNLGRP_NFTABLES: u32 = 7;
+        Self::subscribe(ns, nix::sys::socket::SockProtocol::NetlinkNetFilter, 1 << (NFNLGRP_NFTABLES - 1))
+    }
+
+    fn subscribe(ns: &Netns, protocol: nix::sys::socket::SockProtocol, groups: u32) -> io::Result<Self> {
+        use nix::sys::socket::{bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockType};
+        let fd = ns.run(move || {
+            let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, protocol)?;
+            bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &NetlinkAddr::new(0, groups))?;
+            Ok(fd)
+        })?;
+        Ok(Self { fd: crate::sys::async_fd(fd)?, buf: vec![0; 64 * 1024] })
+    }
+
+    /// Wait for the next change (or burst of changes: they are drained,
+    /// and a short pause lets a burst settle before the caller looks).
+    pub async fn next(&mut self) -> io::Result<()> {
+        let mut ready = self.fd.readable().await?;
+        let buf = &mut self.buf;
+        let drained = ready.try_io(|fd| loop {
+            match nix::sys::socket::recv(std::os::fd::AsRawFd::as_raw_fd(fd.get_ref()), buf, nix::sys::socket::MsgFlags::empty()) {
+                // ENOBUFS: some were dropped; all we need is "it changed".
+                Ok(_) | Err(nix::errno::Errno::ENOBUFS) => continue,
+                Err(e) => return Err::<(), _>(io::Error::from(e)),
+            }
+        });
+        // Drained means EAGAIN (readiness cleared); anything else is fatal.
+        if let Ok(Err(e)) = drained {
+            return Err(e);
+        }
+        drop(ready);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        Ok(())
+    }
+}
