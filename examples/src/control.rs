@@ -238,7 +238,7 @@ pub async fn status_and_report(router: &Router) -> Result<(pb::StatusReply, serd
             })
             .collect();
         v["IPAM"] = serde_json::json!({
-            "Status": i.status, "Range": i.range.to_string(), "DefaultSubnet": i.default_subnet.to_string(),
+            "Status": router.ipam_save_error().map_or(i.status, |e| format!("cannot save its state: {e}")), "Range": i.range.to_string(), "DefaultSubnet": i.default_subnet.to_string(),
             "RangeNumIPs": i.range_num_ips, "ActiveIPs": i.active_ips, "Entries": entries,
             "Owned": i.owned.iter().map(|(k, v)| (k.clone(), v.iter().map(ToString::to_string).collect::<Vec<_>>())).collect::<std::collections::BTreeMap<_, _>>(),
             "PendingClaims": claims.iter().map(|c| serde_json::json!({ "Ident": c.container, "Address": c.addr.map(|a| a.to_string()), "Subnet": c.subnet.to_string() })).collect::<Vec<_>>(),

@@ -314,6 +314,11 @@ pub struct Router {
     /// Per container: held while it is attached, detached or its
     /// lifecycle is acted on, so those never interleave.
     id_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The IPAM generation saved last: an allocation is answered once it
+    /// is durable.
+    ipam_saved: tokio::sync::watch::Receiver<u64>,
+    /// Why IPAM cannot save its state, while it cannot.
+    ipam_save_error: Arc<Mutex<Option<String>>>,
     /// Follows link deletions: a container's namespace going takes its
     /// veth, and the container is released.
     links_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -394,8 +399,22 @@ impl Router {
         dc.mesh.channel_gossip_interval = Duration::from_secs(5);
         dc.link = LinkConfig { psk: cfg.password.as_ref().map(|p| Psk::from_password(p.as_bytes())), ..LinkConfig::default() };
         let mut builder = MeshBuilder::new(dc);
-        if let Some((ipam, _)) = &ipam {
-            builder = builder.channel(IPAM_CHANNEL, Box::new(IpamChannel(ipam.clone())));
+        let poke = Arc::new(Notify::new());
+        // IPAM speaks only of what is saved: the state as loaded is saved
+        // once now, and the pump saves every change before it leaves.
+        let (ipam_generation, ipam_saved) = tokio::sync::watch::channel(0);
+        let ipam_save_error = Arc::new(Mutex::new(None));
+        let ipam_durable = Arc::new(Mutex::new(weave_ipam::channel::Durable::default()));
+        if let Some((ipam, store)) = &ipam {
+            let (generation, snap, state) = {
+                let i = lock(ipam);
+                (i.generation(), i.snapshot(), i.full_state())
+            };
+            store.save(&snap)?;
+            *lock(&ipam_durable) = weave_ipam::channel::Durable { generation, state: Some(state) };
+            ipam_generation.send_replace(generation);
+            let wake = poke.clone();
+            builder = builder.channel(IPAM_CHANNEL, Box::new(IpamChannel::persistent(ipam.clone(), ipam_durable.clone(), Arc::new(move || wake.notify_one()))));
         }
         let dns = cfg.dns.as_ref().map(|d| {
             let mut dns = weave_dns::dns::Dns::new(cfg.name, &d.domain, weave_dns::dns::WallClock::system(), Instant::now());
@@ -433,7 +452,6 @@ impl Router {
         tokio::spawn(follow_mesh(mesh.clone(), dp.clone()));
 
         let pending = Arc::new(Mutex::new(Pending { waiters: BTreeMap::new() }));
-        let poke = Arc::new(Notify::new());
         let router = Arc::new(Self {
             cfg: cfg.clone(),
             mesh: mesh.clone(),
@@ -455,6 +473,8 @@ impl Router {
             tracked: Mutex::new(load_tracked(&cfg.state_dir)),
             docker_queues: Mutex::new(BTreeMap::new()),
             id_locks: Mutex::new(BTreeMap::new()),
+            ipam_saved,
+            ipam_save_error: ipam_save_error.clone(),
             links_watch: Mutex::new(None),
             plugin: Mutex::new(None),
         });
@@ -487,7 +507,8 @@ impl Router {
             tokio::spawn(dns_pump(mesh.clone(), d, router.dns_poke.clone()));
         }
         if let Some((ipam, store)) = ipam {
-            tokio::spawn(ipam_pump(mesh.clone(), ipam, store, pending, poke, router.handed_off.clone()));
+            let saved_to = IpamSaved { path: cfg.state_dir.join("ipam.db"), durable: ipam_durable, generation: ipam_generation, error: ipam_save_error };
+            tokio::spawn(ipam_pump(mesh.clone(), ipam, store, pending, poke, router.handed_off.clone(), saved_to));
         }
         // Subscribed before the sweep at start, so no death is missed.
         let changes = netlink::Changes::links(router.nl.netns())?;
@@ -698,27 +719,63 @@ impl Router {
             };
         };
         let now = Instant::now();
-        let outcome = {
+        let (outcome, need) = {
             let mut i = lock(ipam);
-            match spec {
+            let o = match spec {
                 AddrSpec::Exact(n) => i.claim(now, id, *n)?,
                 AddrSpec::Subnet(s) => i.allocate(now, id, Some(*s))?,
                 AddrSpec::Default => i.allocate(now, id, None)?,
-            }
+            };
+            (o, i.generation())
         };
         self.poke.notify_one();
         match outcome {
-            Outcome::Done(n) => Ok(n),
+            Outcome::Done(n) => {
+                self.durable(need).await?;
+                Ok(n)
+            }
             Outcome::Pending(req) => {
-                let (tx, rx) = oneshot::channel();
+                let (tx, mut rx) = oneshot::channel();
                 lock(&self.pending).waiters.insert(req, tx);
                 self.poke.notify_one();
-                match rx.await {
-                    Ok(r) => Ok(r?),
-                    Err(_) => Err(RouterError::Stopped),
+                loop {
+                    tokio::select! {
+                        r = &mut rx => return match r {
+                            Ok(r) => Ok(r?),
+                            Err(_) => Err(RouterError::Stopped),
+                        },
+                        () = tokio::time::sleep(Duration::from_secs(10)) => {
+                            // Still waiting while saving fails: give up. If
+                            // it completed meanwhile, the address stays
+                            // held for the container (saved once saving
+                            // works), and asking again gives it.
+                            let Some(e) = self.ipam_save_error() else { continue };
+                            lock(ipam).cancel(req);
+                            lock(&self.pending).waiters.remove(&req);
+                            return Err(unsaved(&e));
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Wait until IPAM's state of generation `need` is saved (the pump
+    /// completes pending requests only after saving; this is for those
+    /// answered at once).
+    async fn durable(&self, need: u64) -> Result<(), RouterError> {
+        let mut saved = self.ipam_saved.clone();
+        let waited = tokio::time::timeout(Duration::from_secs(10), async { saved.wait_for(|g| *g >= need).await.map(drop) }).await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(RouterError::Stopped),
+            Err(_) => Err(unsaved(&self.ipam_save_error().unwrap_or_else(|| "too slow".into()))),
+        }
+    }
+
+    /// Why IPAM cannot save its state, while it cannot.
+    pub fn ipam_save_error(&self) -> Option<String> {
+        lock(&self.ipam_save_error).clone()
     }
 
     /// weaveDNS, when enabled.
@@ -1592,43 +1649,86 @@ async fn follow_docker(router: std::sync::Weak<Router>, d: crate::docker::Docker
 /// Move IPAM output into the mesh, keep its view of reachable peers, run
 /// its timers, save its state before anything it says leaves, and wake
 /// callers whose requests completed.
-async fn ipam_pump(mesh: MeshHandle, ipam: Arc<Mutex<Ipam>>, store: weave_ipam::persist::Store, pending: Arc<Mutex<Pending>>, poke: Arc<Notify>, handed_off: Arc<std::sync::atomic::AtomicBool>) {
+fn unsaved(why: &str) -> RouterError {
+    RouterError::Invalid(format!("IPAM cannot save its state ({why}); no address is given until it can"))
+}
+
+/// What the IPAM pump shares with the router: the generation saved last
+/// (allocations wait for it), and why saving fails, if it does.
+struct IpamSaved {
+    /// The state file (opened again after a failure: redb refuses every
+    /// write after an I/O error).
+    path: PathBuf,
+    durable: Arc<Mutex<weave_ipam::channel::Durable>>,
+    generation: tokio::sync::watch::Sender<u64>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+/// Run IPAM: its timers, and, each time its state changed, save it, then
+/// (and only then) send what it wants sent and complete what it finished.
+/// While saving fails nothing leaves: the backlog waits, the failure shows
+/// in `weave status ipam`, and saving is retried with a growing pause.
+async fn ipam_pump(mesh: MeshHandle, ipam: Arc<Mutex<Ipam>>, store: weave_ipam::persist::Store, pending: Arc<Mutex<Pending>>, poke: Arc<Notify>, handed_off: Arc<std::sync::atomic::AtomicBool>, saved_to: IpamSaved) {
     let mut events = mesh.subscribe();
     if let Ok(r) = mesh.routes().await {
         set_reachable(&mesh, &ipam, &r).await;
     }
-    let mut saved = u64::MAX;
+    let mut saved = *saved_to.generation.borrow();
+    let mut store = Some(store);
+    let (mut outputs, mut completions) = (Vec::new(), Vec::new());
+    let mut pause = Duration::from_millis(100);
     loop {
         let now = Instant::now();
-        let (outputs, completions, snapshot) = {
+        let snapshot = {
             let mut i = lock(&ipam);
             if i.poll_timeout().is_some_and(|t| t <= now) {
                 i.handle_timeout(now);
             }
-            let mut outs = Vec::new();
             while let Some(o) = i.poll_output() {
-                outs.push(o);
+                outputs.push(o);
             }
-            let mut done = Vec::new();
             while let Some(c) = i.poll_completion() {
-                done.push(c);
+                completions.push(c);
             }
-            let snap = (i.generation() != saved).then(|| (i.generation(), i.snapshot()));
-            (outs, done, snap)
+            (i.generation() != saved).then(|| (i.generation(), i.snapshot(), i.full_state()))
         };
-        if let Some((generation, snap)) = snapshot {
-            match store.save(&snap) {
-                Ok(()) => saved = generation,
-                Err(e) => tracing::error!(error = %e, "cannot save IPAM state"),
+        if let Some((generation, snap, state)) = snapshot {
+            if store.is_none() {
+                store = weave_ipam::persist::Store::open(&saved_to.path).inspect_err(|e| tracing::warn!(error = %e, "cannot open the IPAM state file")).ok();
+            }
+            let result = match &store {
+                Some(st) => st.save(&snap).map_err(|e| e.to_string()),
+                None => Err(format!("cannot open {}", saved_to.path.display())),
+            };
+            match result {
+                Ok(()) => {
+                    saved = generation;
+                    *lock(&saved_to.durable) = weave_ipam::channel::Durable { generation, state: Some(state) };
+                    saved_to.generation.send_replace(generation);
+                    if lock(&saved_to.error).take().is_some() {
+                        tracing::info!("IPAM state saved again; IPAM speaks again");
+                    }
+                    pause = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    store = None;
+                    let before = lock(&saved_to.error).replace(e.clone());
+                    if before.as_deref() != Some(e.as_str()) {
+                        tracing::error!(error = %e, "cannot save IPAM state: IPAM holds its messages and answers until it can");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                }
             }
         }
-        for o in outputs {
+        for o in outputs.drain(..) {
             let _ = match o {
                 Output::Gossip(b) => mesh.gossip(IPAM_CHANNEL, b).await,
                 Output::Unicast(p, b) => mesh.unicast(IPAM_CHANNEL, p, b).await,
             };
         }
-        for c in completions {
+        for c in completions.drain(..) {
             let (id, r) = match c {
                 Completion::Done(id, n) => (id, Ok(n)),
                 Completion::Failed(id, e) => (id, Err(e)),

@@ -153,3 +153,115 @@ fn a_container_whose_namespace_goes_is_released_at_once_or_at_the_next_start() {
     assert!(listed(&h, 1, &c4) && owned(&h, 1, &c4), "c4 is still attached after the restart");
     assert_eq!(ok(h.weave(1, &["attach", &format!("ip:{a2}"), &c5])).trim(), a2, "c2's address is free again");
 }
+
+/// The overlay addresses inside namespace `ns` (on `ethwe`).
+fn addrs_in(ns: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip").args(["-n", ns, "-4", "-o", "addr", "show", "dev", "ethwe"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.windows(2).filter(|w| w[0] == "inet").map(|w| w[1].split('/').next().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn an_answered_address_survives_kill_dash_nine_thirty_times() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Hosts::new();
+    let single = ["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=1", "--no-docker", "--no-dns"];
+    ok(h.weave(1, &single));
+    let mut live: Vec<String> = Vec::new();
+    for round in 0..30 {
+        let ns = h.ns(&format!("k{round}"));
+        // Answered, then killed at once: what was answered must be saved.
+        ok(h.weave(1, &["attach", &ns]));
+        let pid = std::fs::read_to_string(h.state(1).join("weave.pid")).unwrap();
+        assert!(std::process::Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
+        live.push(ns);
+        // Wait for the process to be gone before starting another.
+        let proc_dir = std::path::PathBuf::from(format!("/proc/{}", pid.trim()));
+        let end = Instant::now() + Duration::from_secs(10);
+        while proc_dir.exists() && std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|s| !s.contains(") Z ")) {
+            assert!(Instant::now() < end, "router {pid} did not die");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ok(h.weave(1, &single));
+        let other = h.ns(&format!("n{round}"));
+        ok(h.weave(1, &["attach", &other]));
+        live.push(other);
+        let mut held: Vec<String> = live.iter().flat_map(|ns| addrs_in(ns)).collect();
+        let n = held.len();
+        held.sort();
+        held.dedup();
+        assert_eq!(held.len(), n, "round {round}: an address is held twice: {:?}", live.iter().map(|ns| (ns, addrs_in(ns))).collect::<Vec<_>>());
+        assert_eq!(n, live.len(), "every container has its one address");
+    }
+    ok(h.weave(1, &["reset"]));
+}
+
+/// A small tmpfs on `dir` (the disk a router's state lives on), unmounted
+/// on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        ok(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(dir).output().unwrap());
+        Self(dir.to_owned())
+    }
+
+    /// Fill it up: every further write fails with ENOSPC.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("fill")).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+
+    fn unfill(&self) {
+        std::fs::remove_file(self.0.join("fill")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn while_ipam_cannot_save_it_gives_no_address_and_says_so() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Hosts::new();
+    let (c1, c2) = (h.ns("c1"), h.ns("c2"));
+    let disk = SmallDisk::mount(&h.state(1));
+    let single = ["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=1", "--no-docker", "--no-dns"];
+    ok(h.weave(1, &single));
+    let a1 = ok(h.weave(1, &["attach", &c1])).trim().to_owned();
+
+    disk.fill();
+    let refused = h.weave(1, &["attach", &c2]);
+    assert_eq!(refused.status.code(), Some(1), "no address while the state cannot be saved: {}", String::from_utf8_lossy(&refused.stdout));
+    let why = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(why.contains("cannot save its state") && why.contains("No space left"), "{why}");
+    let status = ok(h.weave(1, &["status"]));
+    assert!(status.contains("cannot save its state"), "weave status says so: {status}");
+
+    // Space again: IPAM saves and answers again, and what it gave is kept
+    // across a crash.
+    disk.unfill();
+    within(15.0, "IPAM ready again", || {
+        let s = ok(h.weave(1, &["status"]));
+        (!s.contains("Status: ready")).then_some(s)
+    });
+    let a2 = ok(h.weave(1, &["attach", &c2])).trim().to_owned();
+    assert_ne!(a1, a2);
+    let pid = std::fs::read_to_string(h.state(1).join("weave.pid")).unwrap();
+    assert!(std::process::Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
+    ok(h.weave(1, &single));
+    let report: serde_json::Value = serde_json::from_str(&ok(h.weave(1, &["report"]))).unwrap();
+    assert_eq!(report["IPAM"]["Owned"][&c1][0], a1.as_str());
+    assert_eq!(report["IPAM"]["Owned"][&c2][0], a2.as_str());
+    ok(h.weave(1, &["reset"]));
+}

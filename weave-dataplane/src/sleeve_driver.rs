@@ -68,8 +68,22 @@ impl SleeveDriver {
     pub fn start(core: Sleeve, ns: &Netns, tap: &str, listen: SocketAddr) -> io::Result<Self> {
         let tap_name = tap.to_owned();
         let (tap, udp) = ns.run(move || {
-            let tap = sys::open_tap(&tap_name, true)?;
-            let udp = UdpSocket::bind(listen)?;
+            // A predecessor killed a moment ago may still hold the TAP or
+            // the port while its last threads exit: wait for it a while.
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            let busy = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EADDRINUSE)) && std::time::Instant::now() < end;
+            let tap = loop {
+                match sys::open_tap(&tap_name, true) {
+                    Err(e) if busy(&e) => std::thread::sleep(Duration::from_millis(50)),
+                    r => break r?,
+                }
+            };
+            let udp = loop {
+                match UdpSocket::bind(listen) {
+                    Err(e) if busy(&e) => std::thread::sleep(Duration::from_millis(50)),
+                    r => break r?,
+                }
+            };
             sys::set_pmtu_probe(udp.as_raw_fd())?;
             sys::set_buffers(udp.as_raw_fd(), SOCKET_BUFFER);
             if !sys::enable_udp_gro(udp.as_raw_fd()) {

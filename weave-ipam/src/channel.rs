@@ -19,34 +19,84 @@ pub const CHANNEL: &str = "ipam";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The IPAM, shared between the mesh (which delivers) and the router
-/// (which allocates).
+/// What the driver has saved: the only IPAM state others may hear of.
+#[derive(Debug, Default)]
+pub struct Durable {
+    /// The [`Ipam::generation`] last saved.
+    pub generation: u64,
+    /// The gossip state as of that save ([`Ipam::full_state`]), served as
+    /// the channel's anti-entropy.
+    pub state: Option<Vec<u8>>,
+}
+
+/// The IPAM on a gossip channel, shared between the mesh (which delivers)
+/// and the driver (which allocates, saves and sends).
 #[derive(Clone)]
-pub struct IpamChannel(pub Arc<Mutex<Ipam>>);
+pub struct IpamChannel {
+    ipam: Arc<Mutex<Ipam>>,
+    durable: Option<Arc<Mutex<Durable>>>,
+    wake: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for IpamChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpamChannel").field("persistent", &self.durable.is_some()).finish_non_exhaustive()
+    }
+}
 
 impl IpamChannel {
+    /// Without persistence: what a merge changed is relayed at once and
+    /// anti-entropy carries the current state (simulations, tests).
+    pub fn new(ipam: Arc<Mutex<Ipam>>) -> Self {
+        Self { ipam, durable: None, wake: None }
+    }
+
+    /// With persistence: the channel only merges, and calls `wake` so the
+    /// driver saves; what changed leaves through [`Ipam::poll_output`] once
+    /// the driver has saved it, and anti-entropy carries the last saved
+    /// state. Nothing a peer hears (a vote, a donation, a grant) can be
+    /// lost by a crash.
+    pub fn persistent(ipam: Arc<Mutex<Ipam>>, durable: Arc<Mutex<Durable>>, wake: Arc<dyn Fn() + Send + Sync>) -> Self {
+        Self { ipam, durable: Some(durable), wake: Some(wake) }
+    }
+
     fn ipam(&self) -> std::sync::MutexGuard<'_, Ipam> {
         // A panic elsewhere must not wedge address management.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.ipam.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.wake {
+            w();
+        }
     }
 }
 
 impl Gossiper for IpamChannel {
     fn on_gossip(&mut self, now: Instant, src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, BoxError> {
-        Ok(self.ipam().handle_gossip(now, src, update)?)
+        let relay = self.ipam().handle_gossip(now, src, update)?;
+        self.wake();
+        // Persistent: the change leaves as an output, after the save.
+        Ok(if self.durable.is_some() { None } else { relay })
     }
 
     fn on_broadcast(&mut self, now: Instant, src: PeerName, data: &[u8]) -> Result<(), BoxError> {
         self.ipam().handle_gossip(now, src, data)?;
+        self.wake();
         Ok(())
     }
 
     fn on_unicast(&mut self, now: Instant, src: PeerName, data: &[u8]) -> Result<(), BoxError> {
-        Ok(self.ipam().handle_unicast(now, src, data)?)
+        self.ipam().handle_unicast(now, src, data)?;
+        self.wake();
+        Ok(())
     }
 
     fn full_state(&mut self, _now: std::time::Instant) -> Vec<Vec<u8>> {
-        vec![self.ipam().full_state()]
+        match &self.durable {
+            Some(d) => d.lock().unwrap_or_else(PoisonError::into_inner).state.clone().into_iter().collect(),
+            None => vec![self.ipam().full_state()],
+        }
     }
 }
 

@@ -50,7 +50,7 @@ fn a_lossy_chain_reaches_consensus_and_allocates_without_duplicates() {
         let mut cfg = IpamConfig::new(name, "10.32.0.0/16".parse().unwrap(), InitMode::Consensus { quorum: n / 2 + 1 });
         cfg.retry_interval = Duration::from_millis(500);
         let ipam = Arc::new(Mutex::new(Ipam::new(cfg).unwrap()));
-        peer.mesh_mut().register_channel(CHANNEL, Box::new(IpamChannel(ipam.clone())));
+        peer.mesh_mut().register_channel(CHANNEL, Box::new(IpamChannel::new(ipam.clone())));
         peer.set_app(Box::new(IpamApp(ipam.clone())));
         ipams.push(ipam);
         sim.add_node(peer);

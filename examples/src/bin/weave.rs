@@ -451,6 +451,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .with_ansi(false)
+                // A log that cannot be written (its disk is full) must not
+                // take the router down: tracing-subscriber would report the
+                // failure with eprintln!, which panics on the same stderr.
+                .log_internal_errors(false)
                 // hickory-server logs every query at info: keep it to warnings.
                 .with_env_filter(tracing_subscriber::EnvFilter::try_new(format!("{},hickory_server=warn", a.log_level)).map_err(|e| Fail(format!("invalid --log-level: {e}")))?)
                 .init();
