@@ -406,8 +406,10 @@ impl Router {
         let ipam_save_error = Arc::new(Mutex::new(None));
         let ipam_durable = Arc::new(Mutex::new(weave_ipam::channel::Durable::default()));
         if let Some((ipam, store)) = &ipam {
+            let found = in_use(&nl, &cfg.bridge).await?;
             let (generation, snap, state) = {
-                let i = lock(ipam);
+                let mut i = lock(ipam);
+                reclaim(&mut i, found);
                 (i.generation(), i.snapshot(), i.full_state())
             };
             store.save(&snap)?;
@@ -932,7 +934,10 @@ impl Router {
                 entry.cidrs.push(*c);
             }
         }
+        let all = entry.cidrs.clone();
         self.save_attached(&cs);
+        drop(cs);
+        self.record_on_host_end(container, &all).await;
         Ok(cidrs)
     }
 
@@ -981,6 +986,9 @@ impl Router {
         if let Some(c) = cs.get_mut(container) {
             c.cidrs.retain(|x| !victims.contains(x));
             gone |= c.cidrs.is_empty();
+            if !gone {
+                self.record_on_host_end(container, &c.cidrs).await;
+            }
         }
         if gone {
             cs.remove(container);
@@ -1128,6 +1136,21 @@ impl Router {
     /// Hold a container's lock.
     async fn busy(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         self.id_lock(id).lock_owned().await
+    }
+
+    /// Write on a container's host end, in the kernel, whose link it is
+    /// and its addresses ([`HostEndRecord`]): if the state directory is
+    /// lost, the next start claims them back from there.
+    async fn record_on_host_end(&self, id: &str, cidrs: &[Ipv4Net]) {
+        let record = HostEndRecord { id: id.to_owned(), cidrs: cidrs.to_vec() }.to_string();
+        let written = match self.nl.link(&netlink::host_ifname(id)).await {
+            Ok(Some(l)) => self.nl.set_alias(l.index, &record).await,
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::warn!(container = crate::docker::display_id(id), error = %e, "cannot record the attachment on its host end; it will not be reclaimed if the state is lost");
+        }
     }
 
     /// Record the containers with a veth of ours that Docker does not
@@ -1344,6 +1367,80 @@ impl Router {
             };
             self.docker_event(id, DockerEvent::Life(ev));
         }
+    }
+}
+
+/// What the router writes on a container's host end (its alias): `weave/1
+/// CIDR[,CIDR...] ID`. The kernel keeps it for as long as the link lives,
+/// so it outlives a lost state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEndRecord {
+    /// The IPAM id (container, `cni:...`).
+    pub id: String,
+    /// Its addresses.
+    pub cidrs: Vec<Ipv4Net>,
+}
+
+impl std::fmt::Display for HostEndRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cidrs: Vec<String> = self.cidrs.iter().map(ToString::to_string).collect();
+        write!(f, "weave/1 {} {}", cidrs.join(","), self.id)
+    }
+}
+
+impl std::str::FromStr for HostEndRecord {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let rest = s.strip_prefix("weave/1 ").ok_or(())?;
+        let (cidrs, id) = rest.split_once(' ').ok_or(())?;
+        let cidrs = cidrs.split(',').map(|c| c.parse().map_err(drop)).collect::<Result<Vec<Ipv4Net>, ()>>()?;
+        if id.is_empty() || cidrs.is_empty() {
+            return Err(());
+        }
+        Ok(Self { id: id.to_owned(), cidrs })
+    }
+}
+
+/// The addresses in use on this host as the kernel knows them: the records
+/// on the bridge's container links, and the addresses exposed on it.
+async fn in_use(nl: &Netlink, bridge: &str) -> Result<Vec<(String, Ipv4Net)>, weave_dataplane::PlumbError> {
+    let mut out = Vec::new();
+    if let Some(b) = nl.link(bridge).await? {
+        for (_, port) in nl.ports(b.index).await? {
+            if let Some(r) = port.alias.as_deref().and_then(|a| a.parse::<HostEndRecord>().ok()) {
+                out.extend(r.cidrs.into_iter().map(|c| (r.id.clone(), c)));
+            }
+        }
+    }
+    for a in weave_dataplane::expose::exposed(nl, bridge).await? {
+        if let IpNet::V4(v) = a {
+            out.push((Router::EXPOSE_ID.to_owned(), v));
+        }
+    }
+    Ok(out)
+}
+
+/// Before anything is allocated: claim back every address in use here
+/// that IPAM does not hold (its state was lost, corrupt or discarded), so
+/// none is given to another container. Claims wait, reserved, until the
+/// ring is known.
+fn reclaim(ipam: &mut Ipam, found: Vec<(String, Ipv4Net)>) {
+    let owners: BTreeMap<Ipv4Addr, String> = ipam.status().owned.into_iter().flat_map(|(id, cidrs)| cidrs.into_iter().map(move |c| (c.addr(), id.clone()))).collect();
+    let now = Instant::now();
+    let mut n = 0;
+    for (id, cidr) in found {
+        match owners.get(&cidr.addr()) {
+            Some(o) if *o == id => {}
+            Some(o) => tracing::error!(addr = %cidr, container = %id, held_for = %o, "address in use here is held for another container"),
+            None => match ipam.reserve(now, &id, cidr) {
+                Ok(_) => n += 1,
+                Err(e) => tracing::error!(addr = %cidr, container = %id, error = %e, "cannot reclaim an address in use here"),
+            },
+        }
+    }
+    if n > 0 {
+        tracing::warn!(reclaimed = n, "IPAM did not hold addresses in use on this host (its state was lost?): claimed them back");
     }
 }
 
@@ -1737,8 +1834,13 @@ async fn ipam_pump(mesh: MeshHandle, ipam: Arc<Mutex<Ipam>>, store: weave_ipam::
                     continue;
                 }
             };
-            if let Some(w) = lock(&pending).waiters.remove(&id) {
-                let _ = w.send(r);
+            match lock(&pending).waiters.remove(&id) {
+                Some(w) => drop(w.send(r)),
+                // Nobody waits: a reclaim at start.
+                None => match r {
+                    Ok(_) | Err(weave_ipam::ipam::IpamError::Cancelled) => {}
+                    Err(e) => tracing::error!(error = %e, "an address in use on this host could not be claimed back"),
+                },
             }
         }
         tokio::select! {
@@ -1811,4 +1913,22 @@ pub fn default_peer_name() -> PeerName {
 /// The address part of an IPv4 CIDR.
 pub fn addr_of(n: &Ipv4Net) -> Ipv4Addr {
     n.addr()
+}
+
+#[cfg(test)]
+mod host_end_tests {
+    use super::HostEndRecord;
+
+    #[test]
+    fn a_host_end_record_reads_back_and_garbage_is_refused() {
+        let r = HostEndRecord { id: "cni:weave/0123abcd/eth0".into(), cidrs: vec!["10.32.0.1/12".parse().unwrap(), "10.2.2.7/24".parse().unwrap()] };
+        let text = r.to_string();
+        assert_eq!(text, "weave/1 10.32.0.1/12,10.2.2.7/24 cni:weave/0123abcd/eth0");
+        assert_eq!(text.parse::<HostEndRecord>(), Ok(r));
+        // An id with spaces (a path) is kept whole.
+        assert_eq!("weave/1 10.32.0.1/12 /run/my ns".parse::<HostEndRecord>().unwrap().id, "/run/my ns");
+        for bad in ["", "weave/1", "weave/1 10.32.0.1/12", "weave/1  c1", "weave/2 10.32.0.1/12 c1", "weave/1 10.32.0.300/12 c1", "someone else's alias"] {
+            assert!(bad.parse::<HostEndRecord>().is_err(), "{bad:?}");
+        }
+    }
 }

@@ -265,3 +265,39 @@ fn while_ipam_cannot_save_it_gives_no_address_and_says_so() {
     assert_eq!(report["IPAM"]["Owned"][&c2][0], a2.as_str());
     ok(h.weave(1, &["reset"]));
 }
+
+#[test]
+fn after_its_state_is_deleted_a_host_gives_no_address_in_use() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Hosts::new();
+    let spaces: Vec<String> = (1..=9).map(|i| h.ns(&format!("c{i}"))).collect();
+    launch(&h, 1);
+    launch(&h, 2);
+    // In use on host 1: two namespaces, a CNI pod, an exposed address; on
+    // host 2: one namespace.
+    let mut used: Vec<String> = vec![ok(h.weave(1, &["attach", &spaces[0]])), ok(h.weave(1, &["attach", &spaces[1]]))];
+    let dir = plugin_dir(&h);
+    let conf = json!({ "cniVersion": "1.0.0", "name": "weave", "type": "weave-net", "stateDir": h.state(1) });
+    let (added, code) = cni(&dir, "weave-net", "ADD", "pod1", &format!("/run/netns/{}", spaces[2]), &conf);
+    assert_eq!(code, 0, "{added}");
+    used.push(added["ips"][0]["address"].as_str().unwrap().to_owned());
+    used.push(ok(h.weave(1, &["expose"])));
+    used.push(ok(h.weave(2, &["attach", &spaces[3]])));
+    let used: Vec<String> = used.iter().map(|c| c.trim().split('/').next().unwrap().to_owned()).collect();
+
+    ok(h.weave(1, &["stop"]));
+    std::fs::remove_dir_all(h.state(1)).unwrap();
+    launch(&h, 1);
+    for ns in &spaces[4..] {
+        let a = ok(h.weave(1, &["attach", ns])).trim().split('/').next().unwrap().to_owned();
+        assert!(!used.contains(&a), "{ns} got {a}, which is in use: {used:?}");
+    }
+    // IPAM holds what it found for whom it found it.
+    let report: serde_json::Value = serde_json::from_str(&ok(h.weave(1, &["report"]))).unwrap();
+    let owned = &report["IPAM"]["Owned"];
+    assert_eq!(owned[&spaces[0]][0].as_str().map(|c| c.split('/').next().unwrap()), Some(used[0].as_str()), "{owned}");
+    assert_eq!(owned["cni:weave/pod1/eth0"][0].as_str().map(|c| c.split('/').next().unwrap()), Some(used[2].as_str()), "{owned}");
+    assert_eq!(owned["weave:expose"][0].as_str().map(|c| c.split('/').next().unwrap()), Some(used[3].as_str()), "{owned}");
+}

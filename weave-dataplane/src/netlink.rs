@@ -129,15 +129,18 @@ pub struct LinkId {
     pub kind: Option<String>,
     /// The bridge it is a port of.
     pub controller: Option<u32>,
+    /// Its alias (`ip link set ... alias`), if any.
+    pub alias: Option<String>,
 }
 
 fn link_id(m: &LinkMessage) -> LinkId {
-    let mut id = LinkId { index: m.header.index, mac: [0; 6], mtu: 0, kind: None, controller: None };
+    let mut id = LinkId { index: m.header.index, mac: [0; 6], mtu: 0, kind: None, controller: None, alias: None };
     for a in &m.attributes {
         match a {
             LinkAttribute::Address(a) if a.len() == 6 => id.mac.copy_from_slice(a),
             LinkAttribute::Mtu(v) => id.mtu = *v,
             LinkAttribute::Controller(c) => id.controller = Some(*c),
+            LinkAttribute::IfAlias(a) => id.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {
@@ -426,6 +429,14 @@ impl Netlink {
     /// back out of the port it came in by).
     pub async fn set_hairpin(&self, port: u32, on: bool) -> Result<(), PlumbError> {
         self.handle.link().set_port(LinkBridgePort::new(port).hairpin(on).build()).execute().await.map_err(err("set hairpin mode"))
+    }
+
+    /// Set a link's alias (at most 255 bytes: the kernel's `IFALIASZ`).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), PlumbError> {
+        if alias.len() > 255 {
+            return Err(PlumbError { op: "set alias".into(), source: io::Error::new(io::ErrorKind::InvalidInput, "alias longer than 255 bytes") });
+        }
+        self.handle.link().set(LinkUnspec::new_with_index(index).alias(alias).build()).execute().await.map_err(err("set alias"))
     }
 
     /// Bring a link up.

@@ -337,7 +337,7 @@ impl Ipam {
         let subnet = subnet.unwrap_or(self.cfg.default_subnet).trunc();
         Self::check_subnet(&self.cfg, subnet)?;
         let op = Op::Allocate { container: container.to_owned(), subnet };
-        let r = self.start(now, op);
+        let r = self.start(now, op, true);
         self.flush(now);
         r
     }
@@ -345,6 +345,19 @@ impl Ipam {
     /// Claim `addr` (as `ip/prefix`) for `container`. Outside the range it
     /// is recorded locally only.
     pub fn claim(&mut self, now: Instant, container: &str, addr: Ipv4Net) -> Result<Outcome, IpamError> {
+        self.claim_as(now, container, addr, true)
+    }
+
+    /// Claim an address found in use on this host at start (after state was
+    /// lost): as [`Ipam::claim`], but it never starts the ring's
+    /// initialisation itself. Until the ring is known the claim waits,
+    /// reserved (nothing else is given that address, nor is it donated),
+    /// and it completes first once the ring arrives.
+    pub fn reserve(&mut self, now: Instant, container: &str, addr: Ipv4Net) -> Result<Outcome, IpamError> {
+        self.claim_as(now, container, addr, false)
+    }
+
+    fn claim_as(&mut self, now: Instant, container: &str, addr: Ipv4Net, init: bool) -> Result<Outcome, IpamError> {
         let a = u32::from(addr.addr());
         let (start, end) = (self.ring.start(), self.ring.end());
         if a < start || a >= end {
@@ -355,13 +368,15 @@ impl Ipam {
             return Ok(Outcome::Done(addr));
         }
         let op = Op::Claim { container: container.to_owned(), addr: a, subnet: addr };
-        let r = self.start(now, op);
+        let r = self.start(now, op, init);
         self.flush(now);
         r
     }
 
-    fn start(&mut self, now: Instant, op: Op) -> Result<Outcome, IpamError> {
-        self.ensure_init(now);
+    fn start(&mut self, now: Instant, op: Op, init: bool) -> Result<Outcome, IpamError> {
+        if init {
+            self.ensure_init(now);
+        }
         match self.attempt(&op)? {
             Some(addr) => Ok(Outcome::Done(addr)),
             None => {
