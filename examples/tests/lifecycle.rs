@@ -301,3 +301,41 @@ fn after_its_state_is_deleted_a_host_gives_no_address_in_use() {
     assert_eq!(owned["cni:weave/pod1/eth0"][0].as_str().map(|c| c.split('/').next().unwrap()), Some(used[2].as_str()), "{owned}");
     assert_eq!(owned["weave:expose"][0].as_str().map(|c| c.split('/').next().unwrap()), Some(used[3].as_str()), "{owned}");
 }
+
+#[test]
+fn after_forget_of_the_only_connection_containers_no_longer_reach_each_other() {
+    if !require_root() {
+        return;
+    }
+    for extra in [None, Some("--no-fastdp=true")] {
+        let mut h = Hosts::new();
+        let (c1, c2) = (h.ns("c1"), h.ns("c2"));
+        let launch_with = |i: usize, peer: Option<&str>| {
+            let (name, nick) = (format!("::{i}"), format!("h{i}"));
+            let mut a = vec!["launch", "--name", &name, "--nickname", &nick, "--ipalloc-init", "consensus=2", "--no-docker"];
+            a.extend(extra);
+            a.extend(peer);
+            ok(h.weave(i, &a));
+        };
+        launch_with(1, None);
+        launch_with(2, Some("10.99.0.1"));
+        ok(h.weave(1, &["attach", &c1]));
+        let a2 = ok(h.weave(2, &["attach", &c2])).trim().split('/').next().unwrap().to_owned();
+        let path = if extra.is_none() { "fastdp" } else { "sleeve" };
+        within(10.0, "the connection uses the expected path", || {
+            let s = ok(h.weave(2, &["status", "connections"]));
+            (!s.contains(&format!("established unencrypted {path}"))).then_some(s)
+        });
+        assert!(h.ping("c1", &a2), "{path}: c1 reaches c2 while connected");
+        ok(h.weave(2, &["forget", "10.99.0.1"]));
+        within(5.0, "the connection is gone on both sides", || {
+            let (s1, s2) = (ok(h.weave(1, &["status", "connections"])), ok(h.weave(2, &["status", "connections"])));
+            (s1.contains("established") || s2.contains("established")).then(|| format!("{s1}{s2}"))
+        });
+        let pings_once = || std::process::Command::new("ip").args(["netns", "exec", &c1, "ping", "-c", "1", "-W", "1", &a2]).output().unwrap().status.success();
+        within(2.0, "traffic stops", || pings_once().then(|| format!("{path}: c1 still reaches c2")));
+        for _ in 0..3 {
+            assert!(!pings_once(), "{path}: c1 reaches c2 again with no connection between the routers");
+        }
+    }
+}

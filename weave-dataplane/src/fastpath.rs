@@ -70,6 +70,9 @@ pub struct FastDataplane {
     sleeve: SleeveDataplane,
     shared: Arc<Mutex<Shared>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Wakes the control task at once (a peer went: its entries go now,
+    /// not at the next tick).
+    poke: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for FastDataplane {
@@ -98,6 +101,7 @@ struct Control {
     tx: PacketSocket,
     rx: PacketSocket,
     bridge_index: u32,
+    poke: Arc<tokio::sync::Notify>,
 }
 
 impl FastDataplane {
@@ -111,7 +115,7 @@ impl FastDataplane {
             // so nothing on the underlay can inject into the bridge, and
             // no frame can leave in clear.
             nl.delete(VXLAN_NAME).await?;
-            return Ok(Self { sleeve, shared, task: None });
+            return Ok(Self { sleeve, shared, task: None, poke: Arc::default() });
         }
         let port = cfg.listen.port().checked_add(1).ok_or_else(|| std::io::Error::other("router port 65535 leaves no room for VXLAN"))?;
         let bridge = nl.link(&cfg.bridge).await?.ok_or_else(|| std::io::Error::other("bridge vanished"))?;
@@ -121,9 +125,10 @@ impl FastDataplane {
         let (tx, rx) = cfg.netns.run(move || Ok((PacketSocket::open(vi, HEARTBEAT_ETHERTYPE)?, PacketSocket::open(bi, HEARTBEAT_ETHERTYPE)?)))?;
         let core = sleeve.driver().core().clone();
         lock(&core).set_fastpath_offer(Some((bridge.mac, port)));
-        let control = Control { nl: nl.clone(), core, shared: shared.clone(), bridge_name: cfg.bridge.clone(), vxlan, tap, port, mtu: cfg.mtu as usize, tx, rx, bridge_index: bridge.index };
+        let poke = Arc::new(tokio::sync::Notify::new());
+        let control = Control { nl: nl.clone(), core, shared: shared.clone(), bridge_name: cfg.bridge.clone(), vxlan, tap, port, mtu: cfg.mtu as usize, tx, rx, bridge_index: bridge.index, poke: poke.clone() };
         let task = tokio::spawn(control.run());
-        Ok(Self { sleeve, shared, task: Some(task) })
+        Ok(Self { sleeve, shared, task: Some(task), poke })
     }
 
     /// Fallback and activation counters.
@@ -142,7 +147,10 @@ impl Control {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.poke.notified() => {}
+            }
             if let Err(e) = self.step().await {
                 tracing::warn!(error = %e, "fast-path control step failed");
             }
@@ -308,6 +316,7 @@ impl Dataplane for FastDataplane {
 
     fn connection_down(&self, peer: PeerName) {
         self.sleeve.connection_down(peer);
+        self.poke.notify_one();
     }
 
     fn set_routes(&self, routes: &Routes) {

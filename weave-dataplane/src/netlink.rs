@@ -344,6 +344,11 @@ impl Netlink {
                     NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => mac = Some(<Mac>::try_from(&l[..]).expect("6")),
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => to = Some(IpAddr::V4(*v)),
                     NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => to = Some(IpAddr::V6(*v)),
+                    // In a bridge FDB message (family AF_BRIDGE) the
+                    // destination comes as raw bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        to = <[u8; 4]>::try_from(&b[..]).map(IpAddr::from).ok().or_else(|| <[u8; 16]>::try_from(&b[..]).map(IpAddr::from).ok());
+                    }
                     _ => {}
                 }
             }

@@ -518,7 +518,11 @@ impl Driver {
                 let _ = reply.send(self.cm.connect(now, &peers, replace));
             }
             Cmd::Forget { peers, reply } => {
-                let _ = reply.send(self.cm.forget(&peers));
+                let r = self.cm.forget(&peers);
+                if r.is_ok() {
+                    self.close_forgotten(&peers);
+                }
+                let _ = reply.send(r);
             }
             Cmd::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -544,6 +548,25 @@ impl Driver {
             self.failures.pop_front();
         }
         self.failures.push_back((address, reason));
+    }
+
+    /// `forget` ends the connections made to those targets too (or the
+    /// ones a dial to them found already up), so nothing is carried for a
+    /// peer the operator asked to forget. A peer that still targets us
+    /// connects again.
+    fn close_forgotten(&mut self, targets: &[String]) {
+        let forgotten: Vec<String> = targets.iter().filter_map(|t| self.cm.normalize(t).ok()).collect();
+        let covered: Vec<PeerName> = forgotten.iter().filter_map(|t| self.covered.remove(t)).collect();
+        let victims: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| forgotten.contains(&e.socket.to_string()) || covered.contains(&e.peer))
+            .map(|(id, _)| *id)
+            .collect();
+        let now = Instant::now();
+        for conn in victims {
+            self.close(now, conn, "forgotten".into());
+        }
     }
 
     fn close(&mut self, now: Instant, conn: ConnId, reason: String) {
