@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use weave_core::rng::from_os;
 use weave_core::{PeerName, PeerUid};
@@ -122,6 +122,33 @@ pub enum DriverEvent {
     /// The topology changed: the routes now in force (a data plane follows
     /// these for unicast next hops and broadcast trees).
     Routes(Routes),
+}
+
+/// The mesh as a data plane needs it, always current: published on a watch
+/// channel ([`MeshHandle::view`]), so a slow reader skips to the latest
+/// state and never loses a connection (or its keys), unlike an event
+/// stream that can lag.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct MeshView {
+    /// The established connections, by peer.
+    pub connections: BTreeMap<PeerName, ViewConnection>,
+    /// The routes now in force.
+    pub routes: Routes,
+    /// Bumped whenever `routes` changes (Routes has no cheap equality).
+    pub routes_epoch: u64,
+}
+
+/// One established connection, as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ViewConnection {
+    /// The peer's socket address on this connection.
+    pub remote: SocketAddr,
+    /// Whether we dialed.
+    pub outbound: bool,
+    /// Keys for data-plane encryption (when a password is set).
+    pub keys: Option<DataKeys>,
 }
 
 /// State of one connection in status, named as `weave status connections` does.
@@ -253,6 +280,7 @@ impl MeshBuilder {
         cm.connect(now, &cfg.initial_peers, false).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
         let (events, _) = broadcast::channel(256);
+        let (view, view_rx) = watch::channel(MeshView::default());
         let live = Arc::new(AtomicUsize::new(0));
         let local = LocalFeatures {
             name: cfg.mesh.name,
@@ -277,6 +305,7 @@ impl MeshBuilder {
             covered: HashMap::new(),
             shared,
             events: events.clone(),
+            view,
             failures: VecDeque::new(),
             listen,
         };
@@ -285,6 +314,7 @@ impl MeshBuilder {
             cmd: cmd_tx.clone(),
             listen,
             events,
+            view: view_rx,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
             _stop_on_drop: Arc::new(StopOnDrop(cmd_tx)),
         })
@@ -298,6 +328,7 @@ pub struct MeshHandle {
     cmd: mpsc::Sender<Cmd>,
     listen: SocketAddr,
     events: broadcast::Sender<DriverEvent>,
+    view: watch::Receiver<MeshView>,
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
     _stop_on_drop: Arc<StopOnDrop>,
 }
@@ -317,9 +348,16 @@ impl MeshHandle {
         self.listen
     }
 
-    /// Subscribe to connection and peer events.
+    /// Subscribe to connection and peer events. They can lag (a slow
+    /// reader misses some); what must not be missed is in [`Self::view`].
     pub fn subscribe(&self) -> broadcast::Receiver<DriverEvent> {
         self.events.subscribe()
+    }
+
+    /// The current [`MeshView`], updated after every change; empty once the
+    /// mesh has stopped.
+    pub fn view(&self) -> watch::Receiver<MeshView> {
+        self.view.clone()
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, Stopped> {
@@ -415,6 +453,8 @@ struct ConnEntry {
     peer: PeerName,
     socket: SocketAddr,
     encrypted: bool,
+    outbound: bool,
+    data_keys: Option<DataKeys>,
 }
 
 struct Driver {
@@ -425,6 +465,7 @@ struct Driver {
     covered: HashMap<String, PeerName>,
     shared: Arc<Shared>,
     events: broadcast::Sender<DriverEvent>,
+    view: watch::Sender<MeshView>,
     failures: VecDeque<(String, String)>,
     listen: SocketAddr,
 }
@@ -457,6 +498,7 @@ impl Driver {
         acceptor.abort();
         // Dropping the entries tells every connection task to flush and close.
         self.conns.clear();
+        self.publish_view();
     }
 
     fn handle(&mut self, cmd: Cmd) {
@@ -474,7 +516,7 @@ impl Driver {
                 match &result {
                     Ok(()) => {
                         tracing::info!(peer = %info.name, nickname = %info.nickname, %socket, "connection established");
-                        self.conns.insert(conn, ConnEntry { link, peer: info.name, socket, encrypted: info.encrypted });
+                        self.conns.insert(conn, ConnEntry { link, peer: info.name, socket, encrypted: info.encrypted, outbound: target.is_some(), data_keys: info.data_keys.clone() });
                         // A connection this one replaced goes first, so
                         // subscribers see Disconnected before Connected.
                         self.drain_events(now);
@@ -618,7 +660,12 @@ impl Driver {
         }
         if topo_changed {
             self.cm.set_discovered(now, self.mesh.discovery_candidates());
-            let _ = self.events.send(DriverEvent::Routes(self.mesh.routes().clone()));
+            let routes = self.mesh.routes().clone();
+            self.view.send_modify(|v| {
+                v.routes = routes.clone();
+                v.routes_epoch += 1;
+            });
+            let _ = self.events.send(DriverEvent::Routes(routes));
         }
         any
     }
@@ -642,6 +689,20 @@ impl Driver {
                 break;
             }
         }
+        self.publish_view();
+    }
+
+    /// Publish the connections and routes, if they changed.
+    fn publish_view(&mut self) {
+        let connections: BTreeMap<PeerName, ViewConnection> =
+            self.conns.values().map(|e| (e.peer, ViewConnection { remote: e.socket, outbound: e.outbound, keys: e.data_keys.clone() })).collect();
+        self.view.send_if_modified(|v| {
+            if v.connections == connections {
+                return false;
+            }
+            v.connections = connections;
+            true
+        });
     }
 
     fn status(&mut self) -> Status {
