@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use weave_core::{PeerName, PeerUid};
 use weave_dataplane::netlink::{self, AttachConfig, Netlink, Netns};
 use weave_dataplane::sleeve_driver::{DataplaneConfig, SleeveDataplane};
@@ -20,8 +20,9 @@ use weave_dataplane::{follow_mesh, Dataplane, SleeveConfig};
 use weave_gossip::driver::{DriverConfig, DriverEvent, MeshBuilder, MeshHandle};
 use weave_gossip::mesh::MeshConfig;
 use weave_gossip::{LinkConfig, Psk};
-use weave_ipam::channel::{IpamChannel, CHANNEL as IPAM_CHANNEL};
-use weave_ipam::ipam::{Completion, InitMode, Ipam, IpamConfig, Outcome, Output};
+use weave_ipam::channel::CHANNEL as IPAM_CHANNEL;
+use weave_ipam::service::{IpamService, ServiceError};
+use weave_ipam::ipam::{InitMode, Ipam, IpamConfig};
 
 /// Everything `weave launch` / `weave router` accept that the router uses.
 #[derive(Debug, Clone)]
@@ -283,9 +284,6 @@ struct Tracked {
     epoch: u64,
 }
 
-struct Pending {
-    waiters: BTreeMap<u64, oneshot::Sender<Result<Ipv4Net, weave_ipam::ipam::IpamError>>>,
-}
 
 /// A running router.
 pub struct Router {
@@ -294,11 +292,9 @@ pub struct Router {
     dp: Arc<dyn Dataplane>,
     nl: Netlink,
     ipam: Option<Arc<Mutex<Ipam>>>,
-    pending: Arc<Mutex<Pending>>,
-    poke: Arc<Notify>,
+    ipam_service: Option<IpamService>,
     containers: tokio::sync::Mutex<BTreeMap<String, Container>>,
     stopping: Notify,
-    handed_off: Arc<std::sync::atomic::AtomicBool>,
     dns: Option<Arc<Mutex<weave_dns::dns::Dns>>>,
     dns_poke: Arc<Notify>,
     _dns_server: Option<weave_dns::server::Server>,
@@ -314,11 +310,6 @@ pub struct Router {
     /// Per container: held while it is attached, detached or its
     /// lifecycle is acted on, so those never interleave.
     id_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// The IPAM generation saved last: an allocation is answered once it
-    /// is durable.
-    ipam_saved: tokio::sync::watch::Receiver<u64>,
-    /// Why IPAM cannot save its state, while it cannot.
-    ipam_save_error: Arc<Mutex<Option<String>>>,
     /// Follows link deletions: a container's namespace going takes its
     /// veth, and the container is released.
     links_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -384,7 +375,7 @@ impl Router {
                     }
                     weave_ipam::persist::Loaded::Empty => Ipam::new(icfg)?,
                 };
-                Some((Arc::new(Mutex::new(ipam)), store))
+                Some((ipam, store))
             }
             None => None,
         };
@@ -399,25 +390,17 @@ impl Router {
         dc.mesh.channel_gossip_interval = Duration::from_secs(5);
         dc.link = LinkConfig { psk: cfg.password.as_ref().map(|p| Psk::from_password(p.as_bytes())), ..LinkConfig::default() };
         let mut builder = MeshBuilder::new(dc);
-        let poke = Arc::new(Notify::new());
-        // IPAM speaks only of what is saved: the state as loaded is saved
-        // once now, and the pump saves every change before it leaves.
-        let (ipam_generation, ipam_saved) = tokio::sync::watch::channel(0);
-        let ipam_save_error = Arc::new(Mutex::new(None));
-        let ipam_durable = Arc::new(Mutex::new(weave_ipam::channel::Durable::default()));
-        if let Some((ipam, store)) = &ipam {
-            let found = in_use(&nl, &cfg.bridge).await?;
-            let (generation, snap, state) = {
-                let mut i = lock(ipam);
-                reclaim(&mut i, found);
-                (i.generation(), i.snapshot(), i.full_state())
-            };
-            store.save(&snap)?;
-            *lock(&ipam_durable) = weave_ipam::channel::Durable { generation, state: Some(state) };
-            ipam_generation.send_replace(generation);
-            let wake = poke.clone();
-            builder = builder.channel(IPAM_CHANNEL, Box::new(IpamChannel::persistent(ipam.clone(), ipam_durable.clone(), Arc::new(move || wake.notify_one()))));
-        }
+        // IPAM speaks only of what is saved (weave_ipam::service). First,
+        // anything in use here that it does not hold is claimed back.
+        let ipam = match ipam {
+            Some((mut ipam, store)) => {
+                reclaim(&mut ipam, in_use(&nl, &cfg.bridge).await?);
+                let (svc, channel, pump) = IpamService::new(ipam, Some(store))?;
+                builder = builder.channel(IPAM_CHANNEL, Box::new(channel));
+                Some((svc, pump))
+            }
+            None => None,
+        };
         let dns = cfg.dns.as_ref().map(|d| {
             let mut dns = weave_dns::dns::Dns::new(cfg.name, &d.domain, weave_dns::dns::WallClock::system(), Instant::now());
             // Before the mesh starts: a peer's full state must not delete
@@ -453,18 +436,15 @@ impl Router {
         let mesh = builder.start().await?;
         tokio::spawn(follow_mesh(mesh.clone(), dp.clone()));
 
-        let pending = Arc::new(Mutex::new(Pending { waiters: BTreeMap::new() }));
         let router = Arc::new(Self {
             cfg: cfg.clone(),
             mesh: mesh.clone(),
             dp,
             nl,
-            ipam: ipam.as_ref().map(|(i, _)| i.clone()),
-            pending: pending.clone(),
-            poke: poke.clone(),
+            ipam: ipam.as_ref().map(|(svc, _)| svc.ipam().clone()),
+            ipam_service: ipam.as_ref().map(|(svc, _)| svc.clone()),
             containers: tokio::sync::Mutex::new(BTreeMap::new()),
             stopping: Notify::new(),
-            handed_off: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             dns: dns.clone(),
             dns_poke: Arc::new(Notify::new()),
             _dns_server: dns_server,
@@ -475,8 +455,6 @@ impl Router {
             tracked: Mutex::new(load_tracked(&cfg.state_dir)),
             docker_queues: Mutex::new(BTreeMap::new()),
             id_locks: Mutex::new(BTreeMap::new()),
-            ipam_saved,
-            ipam_save_error: ipam_save_error.clone(),
             links_watch: Mutex::new(None),
             plugin: Mutex::new(None),
         });
@@ -508,9 +486,8 @@ impl Router {
         if let Some(d) = dns {
             tokio::spawn(dns_pump(mesh.clone(), d, router.dns_poke.clone()));
         }
-        if let Some((ipam, store)) = ipam {
-            let saved_to = IpamSaved { path: cfg.state_dir.join("ipam.db"), durable: ipam_durable, generation: ipam_generation, error: ipam_save_error };
-            tokio::spawn(ipam_pump(mesh.clone(), ipam, store, pending, poke, router.handed_off.clone(), saved_to));
+        if let Some((_, pump)) = ipam {
+            tokio::spawn(pump.run(mesh.clone()));
         }
         // Subscribed before the sweep at start, so no death is missed.
         let changes = netlink::Changes::links(router.nl.netns())?;
@@ -697,13 +674,9 @@ impl Router {
 
     /// Free addresses held for `id`.
     pub fn free(&self, id: &str, addrs: impl IntoIterator<Item = Ipv4Addr>) {
-        if let Some(ipam) = &self.ipam {
-            let mut i = lock(ipam);
-            for a in addrs {
-                i.free(Instant::now(), id, a);
-            }
+        if let Some(svc) = &self.ipam_service {
+            svc.free(id, addrs);
         }
-        self.poke.notify_one();
     }
 
     /// The IPAM, when enabled.
@@ -712,72 +685,30 @@ impl Router {
     }
 
     /// Allocate (or claim) an address for `id`, waiting for IPAM if it
-    /// must; integrations such as the Docker plugin plumb it themselves.
+    /// must (and until it is saved); integrations such as the Docker plugin
+    /// plumb it themselves.
     pub async fn allocate(&self, id: &str, spec: &AddrSpec) -> Result<Ipv4Net, RouterError> {
-        let Some(ipam) = &self.ipam else {
+        let Some(svc) = &self.ipam_service else {
             return match spec {
                 AddrSpec::Exact(n) => Ok(*n),
                 _ => Err(RouterError::Invalid("IPAM is disabled (--ipalloc-range=): give addresses as ip:CIDR".into())),
             };
         };
-        let now = Instant::now();
-        let (outcome, need) = {
-            let mut i = lock(ipam);
-            let o = match spec {
-                AddrSpec::Exact(n) => i.claim(now, id, *n)?,
-                AddrSpec::Subnet(s) => i.allocate(now, id, Some(*s))?,
-                AddrSpec::Default => i.allocate(now, id, None)?,
-            };
-            (o, i.generation())
+        let r = match spec {
+            AddrSpec::Exact(n) => svc.claim(id, *n).await,
+            AddrSpec::Subnet(s) => svc.allocate(id, Some(*s)).await,
+            AddrSpec::Default => svc.allocate(id, None).await,
         };
-        self.poke.notify_one();
-        match outcome {
-            Outcome::Done(n) => {
-                self.durable(need).await?;
-                Ok(n)
-            }
-            Outcome::Pending(req) => {
-                let (tx, mut rx) = oneshot::channel();
-                lock(&self.pending).waiters.insert(req, tx);
-                self.poke.notify_one();
-                loop {
-                    tokio::select! {
-                        r = &mut rx => return match r {
-                            Ok(r) => Ok(r?),
-                            Err(_) => Err(RouterError::Stopped),
-                        },
-                        () = tokio::time::sleep(Duration::from_secs(10)) => {
-                            // Still waiting while saving fails: give up. If
-                            // it completed meanwhile, the address stays
-                            // held for the container (saved once saving
-                            // works), and asking again gives it.
-                            let Some(e) = self.ipam_save_error() else { continue };
-                            lock(ipam).cancel(req);
-                            lock(&self.pending).waiters.remove(&req);
-                            return Err(unsaved(&e));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Wait until IPAM's state of generation `need` is saved (the pump
-    /// completes pending requests only after saving; this is for those
-    /// answered at once).
-    async fn durable(&self, need: u64) -> Result<(), RouterError> {
-        let mut saved = self.ipam_saved.clone();
-        let waited = tokio::time::timeout(Duration::from_secs(10), async { saved.wait_for(|g| *g >= need).await.map(drop) }).await;
-        match waited {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(RouterError::Stopped),
-            Err(_) => Err(unsaved(&self.ipam_save_error().unwrap_or_else(|| "too slow".into()))),
-        }
+        r.map_err(|e| match e {
+            ServiceError::Ipam(e) => RouterError::Ipam(e),
+            ServiceError::Stopped => RouterError::Stopped,
+            e => RouterError::Invalid(e.to_string()),
+        })
     }
 
     /// Why IPAM cannot save its state, while it cannot.
     pub fn ipam_save_error(&self) -> Option<String> {
-        lock(&self.ipam_save_error).clone()
+        self.ipam_service.as_ref().and_then(IpamService::save_error)
     }
 
     /// weaveDNS, when enabled.
@@ -1046,12 +977,12 @@ impl Router {
     pub async fn reset(&self, force: bool) -> Result<(Vec<String>, Option<PeerName>), RouterError> {
         let mut heir = None;
         let mut removed_files = Vec::new();
-        if let Some(ipam) = &self.ipam {
-            heir = lock(ipam).leave(Instant::now());
-            self.poke.notify_one();
+        if let Some(svc) = &self.ipam_service {
+            heir = lock(svc.ipam()).leave(Instant::now());
+            svc.poke();
             if heir.is_some() && !force {
                 let end = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < end && !self.handed_off.load(std::sync::atomic::Ordering::Relaxed) {
+                while Instant::now() < end && !svc.handed_off() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -1746,120 +1677,6 @@ async fn follow_docker(router: std::sync::Weak<Router>, d: crate::docker::Docker
 /// Move IPAM output into the mesh, keep its view of reachable peers, run
 /// its timers, save its state before anything it says leaves, and wake
 /// callers whose requests completed.
-fn unsaved(why: &str) -> RouterError {
-    RouterError::Invalid(format!("IPAM cannot save its state ({why}); no address is given until it can"))
-}
-
-/// What the IPAM pump shares with the router: the generation saved last
-/// (allocations wait for it), and why saving fails, if it does.
-struct IpamSaved {
-    /// The state file (opened again after a failure: redb refuses every
-    /// write after an I/O error).
-    path: PathBuf,
-    durable: Arc<Mutex<weave_ipam::channel::Durable>>,
-    generation: tokio::sync::watch::Sender<u64>,
-    error: Arc<Mutex<Option<String>>>,
-}
-
-/// Run IPAM: its timers, and, each time its state changed, save it, then
-/// (and only then) send what it wants sent and complete what it finished.
-/// While saving fails nothing leaves: the backlog waits, the failure shows
-/// in `weave status ipam`, and saving is retried with a growing pause.
-async fn ipam_pump(mesh: MeshHandle, ipam: Arc<Mutex<Ipam>>, store: weave_ipam::persist::Store, pending: Arc<Mutex<Pending>>, poke: Arc<Notify>, handed_off: Arc<std::sync::atomic::AtomicBool>, saved_to: IpamSaved) {
-    let mut events = mesh.subscribe();
-    if let Ok(r) = mesh.routes().await {
-        set_reachable(&mesh, &ipam, &r).await;
-    }
-    let mut saved = *saved_to.generation.borrow();
-    let mut store = Some(store);
-    let (mut outputs, mut completions) = (Vec::new(), Vec::new());
-    let mut pause = Duration::from_millis(100);
-    loop {
-        let now = Instant::now();
-        let snapshot = {
-            let mut i = lock(&ipam);
-            if i.poll_timeout().is_some_and(|t| t <= now) {
-                i.handle_timeout(now);
-            }
-            while let Some(o) = i.poll_output() {
-                outputs.push(o);
-            }
-            while let Some(c) = i.poll_completion() {
-                completions.push(c);
-            }
-            (i.generation() != saved).then(|| (i.generation(), i.snapshot(), i.full_state()))
-        };
-        if let Some((generation, snap, state)) = snapshot {
-            if store.is_none() {
-                store = weave_ipam::persist::Store::open(&saved_to.path).inspect_err(|e| tracing::warn!(error = %e, "cannot open the IPAM state file")).ok();
-            }
-            let result = match &store {
-                Some(st) => st.save(&snap).map_err(|e| e.to_string()),
-                None => Err(format!("cannot open {}", saved_to.path.display())),
-            };
-            match result {
-                Ok(()) => {
-                    saved = generation;
-                    *lock(&saved_to.durable) = weave_ipam::channel::Durable { generation, state: Some(state) };
-                    saved_to.generation.send_replace(generation);
-                    if lock(&saved_to.error).take().is_some() {
-                        tracing::info!("IPAM state saved again; IPAM speaks again");
-                    }
-                    pause = Duration::from_millis(100);
-                }
-                Err(e) => {
-                    store = None;
-                    let before = lock(&saved_to.error).replace(e.clone());
-                    if before.as_deref() != Some(e.as_str()) {
-                        tracing::error!(error = %e, "cannot save IPAM state: IPAM holds its messages and answers until it can");
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            }
-        }
-        for o in outputs.drain(..) {
-            let _ = match o {
-                Output::Gossip(b) => mesh.gossip(IPAM_CHANNEL, b).await,
-                Output::Unicast(p, b) => mesh.unicast(IPAM_CHANNEL, p, b).await,
-            };
-        }
-        for c in completions.drain(..) {
-            let (id, r) = match c {
-                Completion::Done(id, n) => (id, Ok(n)),
-                Completion::Failed(id, e) => (id, Err(e)),
-                Completion::HandedOff(_) => {
-                    handed_off.store(true, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
-            };
-            match lock(&pending).waiters.remove(&id) {
-                Some(w) => drop(w.send(r)),
-                // Nobody waits: a reclaim at start.
-                None => match r {
-                    Ok(_) | Err(weave_ipam::ipam::IpamError::Cancelled) => {}
-                    Err(e) => tracing::error!(error = %e, "an address in use on this host could not be claimed back"),
-                },
-            }
-        }
-        tokio::select! {
-            _ = poke.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            ev = events.recv() => match ev {
-                Ok(DriverEvent::Routes(r)) => set_reachable(&mesh, &ipam, &r).await,
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    if let Ok(r) = mesh.routes().await {
-                        set_reachable(&mesh, &ipam, &r).await;
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            },
-        }
-    }
-}
-
 /// Gossip weaveDNS's local changes and run its timers.
 async fn dns_pump(mesh: MeshHandle, dns: Arc<Mutex<weave_dns::dns::Dns>>, poke: Arc<Notify>) {
     loop {
@@ -1887,11 +1704,6 @@ async fn dns_pump(mesh: MeshHandle, dns: Arc<Mutex<weave_dns::dns::Dns>>, poke: 
     }
 }
 
-async fn set_reachable(mesh: &MeshHandle, ipam: &Mutex<Ipam>, routes: &weave_gossip::routes::Routes) {
-    let Ok(status) = mesh.status().await else { return };
-    let peers = status.peers.iter().map(|p| p.name).filter(|&p| p != status.name && routes.reachable(p)).collect();
-    lock(ipam).set_reachable(peers);
-}
 
 /// A peer name stable per host and namespace: from the machine id and the
 /// namespace's inode, as Weave derives it from the machine id.

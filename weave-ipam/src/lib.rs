@@ -13,6 +13,8 @@ pub mod ipam;
 pub mod paxos;
 pub mod persist;
 pub mod ring;
+#[cfg(feature = "tokio")]
+pub mod service;
 #[cfg(feature = "testing")]
 pub mod sim;
 pub mod wire;

@@ -95,6 +95,11 @@ impl Store {
         Ok(store)
     }
 
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn db_err(&self, e: impl Into<redb::Error>) -> PersistError {
         PersistError::Db { path: self.path.clone(), source: Box::new(e.into()) }
     }
