@@ -296,7 +296,7 @@ pub struct Router {
     containers: tokio::sync::Mutex<BTreeMap<String, Container>>,
     stopping: Notify,
     dns: Option<Arc<Mutex<weave_dns::dns::Dns>>>,
-    dns_poke: Arc<Notify>,
+    dns_service: Option<weave_dns::service::DnsService>,
     _dns_server: Option<weave_dns::server::Server>,
     terminations: Arc<std::sync::atomic::AtomicU64>,
     targets: Mutex<std::collections::BTreeSet<String>>,
@@ -401,23 +401,20 @@ impl Router {
             }
             None => None,
         };
+        // weaveDNS (weave_dns::service): our names come back from the
+        // state directory before the mesh starts.
         let dns = cfg.dns.as_ref().map(|d| {
-            let mut dns = weave_dns::dns::Dns::new(cfg.name, &d.domain, weave_dns::dns::WallClock::system(), Instant::now());
-            // Before the mesh starts: a peer's full state must not delete
-            // our names (as stale) before they are back.
-            match std::fs::read(cfg.state_dir.join(DNS_FILE)) {
-                Ok(bytes) => match dns.restore_own(&bytes) {
-                    Ok(n) => tracing::info!(names = n, "DNS names restored"),
-                    Err(e) => tracing::warn!(error = %e, "saved DNS names unreadable; starting without them"),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the saved DNS names"),
-            }
-            Arc::new(Mutex::new(dns))
+            let dns = weave_dns::dns::Dns::new(cfg.name, &d.domain, weave_dns::dns::WallClock::system(), Instant::now());
+            weave_dns::service::DnsService::new(dns, Some(cfg.state_dir.join(DNS_FILE)))
         });
-        if let Some(d) = &dns {
-            builder = builder.channel(weave_dns::channel::CHANNEL, Box::new(weave_dns::channel::DnsChannel(d.clone())));
-        }
+        let (dns_service, dns_pump) = match dns {
+            Some((svc, channel, pump)) => {
+                builder = builder.channel(weave_dns::channel::CHANNEL, Box::new(channel));
+                (Some(svc), Some(pump))
+            }
+            None => (None, None),
+        };
+        let dns = dns_service.as_ref().map(|s| s.dns().clone());
         let dns_server = match (&cfg.dns, &dns) {
             (Some(settings), Some(d)) => {
                 // The listen address lives on the bridge (link-local).
@@ -446,7 +443,7 @@ impl Router {
             containers: tokio::sync::Mutex::new(BTreeMap::new()),
             stopping: Notify::new(),
             dns: dns.clone(),
-            dns_poke: Arc::new(Notify::new()),
+            dns_service,
             _dns_server: dns_server,
             terminations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             targets: Mutex::new(cfg.peers.iter().cloned().collect()),
@@ -483,8 +480,8 @@ impl Router {
                 }
             });
         }
-        if let Some(d) = dns {
-            tokio::spawn(dns_pump(mesh.clone(), d, router.dns_poke.clone()));
+        if let Some(pump) = dns_pump {
+            tokio::spawn(pump.run(mesh.clone()));
         }
         if let Some((_, pump)) = ipam {
             tokio::spawn(pump.run(mesh.clone()));
@@ -728,33 +725,14 @@ impl Router {
 
     /// Add DNS entries for `container` (after an attach, or `dns-add`).
     pub fn dns_add(&self, container: &str, name: &str, addrs: &[Ipv4Addr]) -> Result<(), RouterError> {
-        let Some(dns) = &self.dns else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
-        let mut d = lock(dns);
-        let added: Result<(), _> = addrs.iter().try_for_each(|a| d.add(Instant::now(), name, *a, container));
-        save_names(&self.cfg.state_dir, &d);
-        drop(d);
-        added.map_err(|e| RouterError::Invalid(e.to_string()))?;
-        self.dns_poke.notify_one();
-        Ok(())
+        let Some(dns) = &self.dns_service else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
+        dns.add(container, name, addrs).map_err(|e| RouterError::Invalid(e.to_string()))
     }
 
     /// Remove DNS entries of `container` (for `name`/`addrs` if given).
     pub fn dns_remove(&self, container: &str, name: Option<&str>, addrs: &[Ipv4Addr]) -> Result<usize, RouterError> {
-        let Some(dns) = &self.dns else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
-        let mut d = lock(dns);
-        let mut n = 0;
-        if addrs.is_empty() {
-            n += d.remove(Instant::now(), container, name, None).map_err(|e| RouterError::Invalid(e.to_string()))?;
-        }
-        for a in addrs {
-            n += d.remove(Instant::now(), container, name, Some(*a)).map_err(|e| RouterError::Invalid(e.to_string()))?;
-        }
-        if n > 0 {
-            save_names(&self.cfg.state_dir, &d);
-        }
-        drop(d);
-        self.dns_poke.notify_one();
-        Ok(n)
+        let Some(dns) = &self.dns_service else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
+        dns.remove(container, name, addrs).map_err(|e| RouterError::Invalid(e.to_string()))
     }
 
     /// Resolve a CONTAINER argument: `pid:N`, a netns path, a named netns,
@@ -1433,14 +1411,6 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     std::fs::rename(&tmp, path)
 }
 
-/// Save weaveDNS's own names (under its lock, before the change can be
-/// gossiped): a restarted router brings them back.
-fn save_names(state_dir: &std::path::Path, d: &weave_dns::dns::Dns) {
-    let path = state_dir.join(DNS_FILE);
-    if let Err(e) = write_atomically(&path, &d.save_own(Instant::now())) {
-        tracing::error!(error = %e, file = %path.display(), "cannot save the DNS names; they will not survive a restart");
-    }
-}
 
 /// The prefix of CNI attachments' ids: `cni:NETWORK/CONTAINERID/IFNAME`.
 pub const CNI_PREFIX: &str = "cni:";
@@ -1673,37 +1643,6 @@ async fn follow_docker(router: std::sync::Weak<Router>, d: crate::docker::Docker
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
-
-/// Move IPAM output into the mesh, keep its view of reachable peers, run
-/// its timers, save its state before anything it says leaves, and wake
-/// callers whose requests completed.
-/// Gossip weaveDNS's local changes and run its timers.
-async fn dns_pump(mesh: MeshHandle, dns: Arc<Mutex<weave_dns::dns::Dns>>, poke: Arc<Notify>) {
-    loop {
-        let deltas = {
-            let mut d = lock(&dns);
-            let now = Instant::now();
-            if d.poll_timeout() <= now {
-                d.handle_timeout(now);
-            }
-            let mut v = Vec::new();
-            while let Some(delta) = d.poll_gossip() {
-                v.push(delta);
-            }
-            v
-        };
-        for delta in deltas {
-            if mesh.gossip(weave_dns::channel::CHANNEL, delta).await.is_err() {
-                return;
-            }
-        }
-        tokio::select! {
-            _ = poke.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-    }
-}
-
 
 /// A peer name stable per host and namespace: from the machine id and the
 /// namespace's inode, as Weave derives it from the machine id.

@@ -15,6 +15,7 @@ pub mod channel;
 pub mod dns;
 pub mod resolv;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod wire;
 
