@@ -221,29 +221,43 @@ fn password_kill_dash_nine_and_rmpeer() {
 }
 
 #[test]
-fn the_orchestrator_example_carries_traffic() {
+fn the_orchestrator_example_allocates_names_and_pings_by_name() {
     if !require_root() {
         return;
     }
     let mut h = Hosts::new();
     let (c1, c2) = (h.ns("c1"), h.ns("c2"));
-    let spawn = |i: usize, container: &str, cidr: &str, peers: &[&str]| {
+    let spawn = |i: usize, container: &str, peers: &[&str]| {
         Command::new("ip")
-            .args(["netns", "exec", &h.name(&format!("h{i}")), env!("CARGO_BIN_EXE_orchestrator"), &format!("::{i}"), &format!("10.99.0.{i}:6783"), &format!("{container}={cidr}")])
+            .args(["netns", "exec", &h.name(&format!("h{i}")), env!("CARGO_BIN_EXE_orchestrator"), &format!("::{i}"), &format!("10.99.0.{i}:6783"), container])
             .args(peers)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start orchestrator")
     };
-    let mut o1 = spawn(1, &c1, "10.32.0.1/12", &[]);
-    let mut o2 = spawn(2, &c2, "10.32.0.2/12", &["10.99.0.1"]);
-    let reached = h.ping("c1", "10.32.0.2");
+    let mut o1 = spawn(1, &c1, &[]);
+    let mut o2 = spawn(2, &c2, &["10.99.0.1"]);
+    // Each prints its container and the address IPAM gave it.
+    let first_line = |o: &mut std::process::Child| {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(o.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        line
+    };
+    let (l1, l2) = (first_line(&mut o1), first_line(&mut o2));
+    let by_name = h.ping("c1", &format!("{c2}.weave.local"));
+    let back = h.ping("c2", &format!("{c1}.weave.local"));
     for o in [&mut o1, &mut o2] {
         let _ = o.kill();
         let _ = o.wait();
     }
-    assert!(reached, "c1 -> c2 through the orchestrator's overlay");
+    let a1 = l1.split_whitespace().nth(1).unwrap_or_default().to_owned();
+    let a2 = l2.split_whitespace().nth(1).unwrap_or_default().to_owned();
+    let range: ipnet::Ipv4Net = "10.32.0.0/12".parse().unwrap();
+    let in_range = |a: &str| a.parse::<ipnet::Ipv4Net>().is_ok_and(|n| range.contains(&n.addr()));
+    assert!(in_range(&a1) && in_range(&a2) && a1 != a2, "addresses from IPAM: {l1:?} {l2:?}");
+    assert!(by_name && back, "c1 and c2 ping each other by name through the orchestrators' overlay and weaveDNS");
 }
 
 #[test]

@@ -1,42 +1,72 @@
 //! A custom orchestrator wiring the crates directly, without the router:
-//! a mesh, the sleeve data plane following it, and one container attached
-//! with an address the orchestrator chose. Runs until SIGTERM or Ctrl-C.
+//! a mesh, the sleeve data plane following it, IPAM and weaveDNS over the
+//! tokio driver, and one container attached with an address from IPAM and
+//! a name in weaveDNS, which it resolves through a DNS server on the host's
+//! address on the bridge. Runs until SIGTERM or Ctrl-C.
 //!
-//! `orchestrator NAME LISTEN NETNS=CIDR [PEER...]`, e.g.
-//! `orchestrator ::1 10.99.0.1:6783 c1=10.32.0.1/12 10.99.0.2`
+//! `orchestrator NAME LISTEN NETNS [PEER...]`, e.g.
+//! `orchestrator ::1 10.99.0.1:6783 c1` then
+//! `orchestrator ::2 10.99.0.2:6783 c2 10.99.0.1`, and `c1` pings
+//! `c2.weave.local`. The first one (no peers) founds the address ring; the
+//! others wait to hear it.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
+use ipnet::IpNet;
 use weave_dataplane::netlink::{attach, AttachConfig, Netlink, Netns};
 use weave_dataplane::sleeve_driver::{DataplaneConfig, SleeveDataplane};
 use weave_dataplane::{follow_mesh, SleeveConfig};
+use weave_dns::service::DnsService;
 use weave_gossip::driver::{DriverConfig, MeshBuilder};
 use weave_gossip::mesh::MeshConfig;
+use weave_ipam::service::IpamService;
+use weave_ipam::{InitMode, Ipam, IpamConfig};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [name, listen, container, peers @ ..] = args.as_slice() else {
-        return Err("usage: orchestrator NAME LISTEN NETNS=CIDR [PEER...]".into());
+    let [name, listen, netns, peers @ ..] = args.as_slice() else {
+        return Err("usage: orchestrator NAME LISTEN NETNS [PEER...]".into());
     };
-    let (name, listen): (weave_core::PeerName, std::net::SocketAddr) = (name.parse()?, listen.parse()?);
-    let (netns, cidr) = container.split_once('=').ok_or("container must be NETNS=CIDR")?;
+    let (name, listen): (weave_core::PeerName, SocketAddr) = (name.parse()?, listen.parse()?);
 
     // The data plane: bridge, TAP and UDP socket in this namespace.
     let nl = Netlink::connect(&Netns::current()).await?;
     let cfg = DataplaneConfig { netns: Netns::current(), bridge: "weave".into(), mtu: 1376, listen, sleeve: SleeveConfig::new(name, listen.port()), encrypted: false };
     let dp = Arc::new(SleeveDataplane::start(&nl, &cfg).await?);
 
-    // The mesh, with the data plane following its connections and routes.
+    // IPAM (in memory here) and weaveDNS ride the mesh as channels.
+    let init = if peers.is_empty() { InitMode::Consensus { quorum: 1 } } else { InitMode::Observer };
+    let ipam = Ipam::new(IpamConfig::new(name, "10.32.0.0/12".parse()?, init))?;
+    let (ipam, ipam_channel, ipam_pump) = IpamService::new(ipam, None)?;
+    let dns = weave_dns::Dns::new(name, "weave.local.", weave_dns::WallClock::system(), Instant::now());
+    let (dns, dns_channel, dns_pump) = DnsService::new(dns, None);
     let uid = weave_core::PeerUid::random(&mut weave_core::rng::from_os());
-    let mesh = MeshBuilder::new(DriverConfig::new(MeshConfig::new(name, "orchestrator", uid), listen)).start().await?;
+    let mesh = MeshBuilder::new(DriverConfig::new(MeshConfig::new(name, "orchestrator", uid), listen))
+        .channel(weave_ipam::channel::CHANNEL, Box::new(ipam_channel))
+        .channel(weave_dns::channel::CHANNEL, Box::new(dns_channel))
+        .start()
+        .await?;
     tokio::spawn(follow_mesh(mesh.clone(), dp.clone()));
+    tokio::spawn(ipam_pump.run(mesh.clone()));
+    tokio::spawn(dns_pump.run(mesh.clone()));
     mesh.connect(peers.to_vec(), false).await?.map_err(|e| e.to_string())?;
 
-    // One container, with the address we chose for it.
+    // The host on the bridge, serving weaveDNS there.
+    let host = ipam.allocate("weave:expose", None).await?;
+    weave_dataplane::expose::expose(&nl, "weave", IpNet::V4(host), false).await?;
+    let sc = weave_dns::server::ServerConfig::new(SocketAddr::new(IpAddr::V4(host.addr()), 53), weave_dns::server::Upstreams::Fixed(Vec::new()));
+    let _server = weave_dns::server::serve(sc, dns.dns().clone()).await?;
+
+    // One container: an address from IPAM, a name, a resolver.
+    let cidr = ipam.allocate(netns, None).await?;
     let ac = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true, hairpin: false };
-    let a = attach(&nl, &Netns::named(netns), netns, &[cidr.parse()?], &ac).await?;
-    println!("{netns} attached: {}", weave_dataplane::sleeve::fmt_mac(&a.mac));
+    attach(&nl, &Netns::named(netns), netns, &[IpNet::V4(cidr)], &ac).await?;
+    dns.add(netns, netns, &[cidr.addr()])?;
+    weave_dns::resolv::write_netns_resolv_conf(std::path::Path::new("/etc/netns"), netns, IpAddr::V4(host.addr()), "weave.local.")?;
+    println!("{netns} {cidr}");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
