@@ -14,7 +14,9 @@ pub mod answer;
 pub mod channel;
 pub mod dns;
 pub mod resolv;
+#[cfg(feature = "tokio")]
 pub mod server;
+#[cfg(feature = "tokio")]
 pub mod service;
 pub mod store;
 pub mod wire;

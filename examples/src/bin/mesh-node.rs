@@ -68,7 +68,7 @@ struct Args {
     /// Print the status every this many seconds after the first time.
     #[arg(long)]
     status_every: Option<f64>,
-    /// Peers to connect to (host[:port]).
+    /// Peers to connect to (`host[:port]`).
     peers: Vec<String>,
 }
 

@@ -4,6 +4,9 @@
 //! this network namespace over its control socket
 //! (`$WEAVE_STATE_DIR/weave.sock`). Exit status: 0 success, 1 error (one
 //! line on stderr saying what to do), 2 usage.
+// Doc comments here are the CLI's --help text (clap), not rustdoc: `[ip:]`
+// and `host[:port]` are what users type, not links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
