@@ -110,7 +110,8 @@ struct Config {
 }
 
 fn parse_config(kind: Kind, env: &impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Config, CniError> {
-    let raw: Value = serde_json::from_slice(stdin).map_err(|e| CniError { code: 6, msg: "cannot decode the network configuration".into(), details: e.to_string() })?;
+    let raw: Value =
+        serde_json::from_slice(stdin).map_err(|e| CniError { code: 6, msg: "cannot decode the network configuration".into(), details: e.to_string() })?;
     if !raw.is_object() {
         return Err(fail(6, "the network configuration is not a JSON object"));
     }
@@ -148,18 +149,33 @@ fn parse_config(kind: Kind, env: &impl Fn(&str) -> Option<String>, stdin: &[u8])
         Some(Value::Bool(b)) => *b,
         Some(other) => return Err(fail(7, format!("hairpinMode {other} is not a boolean"))),
     };
-    let state_dir = raw.get("stateDir").and_then(Value::as_str).map(PathBuf::from).or_else(|| env("WEAVE_STATE_DIR").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("/var/lib/weave"));
+    let state_dir = raw
+        .get("stateDir")
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+        .or_else(|| env("WEAVE_STATE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/weave"));
     Ok(Config { version, name, raw, subnet, hairpin, state_dir })
 }
 
 async fn client(cfg: &Config, code: u32) -> Result<control::ControlClient<tonic::transport::Channel>, CniError> {
     let sock = control::socket_path(&cfg.state_dir);
-    control::connect(&sock).await.map_err(|_| CniError { code, msg: "the weave router is not running".into(), details: format!("{} does not answer; start it with 'weave launch'", sock.display()) })
+    control::connect(&sock).await.map_err(|_| CniError {
+        code,
+        msg: "the weave router is not running".into(),
+        details: format!("{} does not answer; start it with 'weave launch'", sock.display()),
+    })
 }
 
 /// `K8S_POD_NAME` from `CNI_ARGS` (`K=V;K=V`), for a DNS name.
 fn pod_name(env: &impl Fn(&str) -> Option<String>) -> String {
-    env("CNI_ARGS").unwrap_or_default().split(';').find_map(|kv| kv.strip_prefix("K8S_POD_NAME=")).filter(|n| !n.is_empty() && !n.contains('.')).unwrap_or_default().to_owned()
+    env("CNI_ARGS")
+        .unwrap_or_default()
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("K8S_POD_NAME="))
+        .filter(|n| !n.is_empty() && !n.contains('.'))
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn result(kind: Kind, cfg: &Config, netns: &str, ifname: &str, r: &pb::CniReply) -> Value {
@@ -235,13 +251,21 @@ async fn invoke(kind: Kind, env: &impl Fn(&str) -> Option<String>, stdin: &[u8])
             let netns = if ipam_only { String::new() } else { required(env, "CNI_NETNS")? };
             let req = request(netns)?;
             let have = client(&cfg, 11).await?.cni_check(req).await.map_err(from_rpc)?.into_inner();
-            let want: Vec<&str> = prev.get("ips").and_then(Value::as_array).map(|a| a.iter().filter_map(|i| i.get("address").and_then(Value::as_str)).collect()).unwrap_or_default();
+            let want: Vec<&str> = prev
+                .get("ips")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|i| i.get("address").and_then(Value::as_str)).collect())
+                .unwrap_or_default();
             if want.is_empty() {
                 return Err(fail(7, "prevResult has no ips"));
             }
             for w in &want {
                 if !have.cidrs.iter().any(|c| c == w) {
-                    return Err(CniError { code: CODE_CHECK_FAILED, msg: format!("{w} from prevResult is not held for this container"), details: format!("held: {}", have.cidrs.join(" ")) });
+                    return Err(CniError {
+                        code: CODE_CHECK_FAILED,
+                        msg: format!("{w} from prevResult is not held for this container"),
+                        details: format!("held: {}", have.cidrs.join(" ")),
+                    });
                 }
             }
             if let Some(ifaces) = prev.get("interfaces").and_then(Value::as_array) {
@@ -304,7 +328,8 @@ mod tests {
 
     #[test]
     fn bad_input_gets_the_spec_error_codes() {
-        let add = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0"), ("WEAVE_STATE_DIR", "/nonexistent")];
+        let add =
+            [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0"), ("WEAVE_STATE_DIR", "/nonexistent")];
         for (stdin, code) in [
             ("{not json", 6),
             ("[1,2]", 6),
@@ -324,14 +349,23 @@ mod tests {
         assert_eq!(v["code"], 4, "missing CNI_CONTAINERID: {v}");
         let (v, _) = run_now(Kind::Net, &[("CNI_COMMAND", "FROB")], r#"{"cniVersion":"1.1.0","name":"n","type":"weave-net"}"#);
         assert_eq!(v["code"], 4);
-        let (v, _) = run_now(Kind::Net, &[("CNI_COMMAND", "STATUS"), ("WEAVE_STATE_DIR", "/nonexistent")], r#"{"cniVersion":"1.1.0","name":"n","type":"weave-net"}"#);
+        let (v, _) =
+            run_now(Kind::Net, &[("CNI_COMMAND", "STATUS"), ("WEAVE_STATE_DIR", "/nonexistent")], r#"{"cniVersion":"1.1.0","name":"n","type":"weave-net"}"#);
         assert_eq!(v["code"], 50, "no router: not available: {v}");
     }
 
     #[test]
     fn results_follow_the_requested_version() {
         let cfg = |v: &str| Config { version: v.into(), name: "weave".into(), raw: json!({}), subnet: String::new(), hairpin: true, state_dir: PathBuf::new() };
-        let r = pb::CniReply { cidrs: vec!["10.32.0.2/12".into()], gateway: "10.32.0.1".into(), host_ifname: "vethwe01234567".into(), host_mac: "aa:bb:cc:dd:ee:ff".into(), mac: "02:00:00:00:00:01".into(), nameserver: "169.254.1.1".into(), domain: "weave.local".into() };
+        let r = pb::CniReply {
+            cidrs: vec!["10.32.0.2/12".into()],
+            gateway: "10.32.0.1".into(),
+            host_ifname: "vethwe01234567".into(),
+            host_mac: "aa:bb:cc:dd:ee:ff".into(),
+            mac: "02:00:00:00:00:01".into(),
+            nameserver: "169.254.1.1".into(),
+            domain: "weave.local".into(),
+        };
         let v = result(Kind::Net, &cfg("1.1.0"), "/run/netns/x", "eth0", &r);
         assert_eq!(v["ips"][0], json!({ "address": "10.32.0.2/12", "gateway": "10.32.0.1", "interface": 1 }));
         assert_eq!(v["interfaces"][1], json!({ "name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": "/run/netns/x" }));

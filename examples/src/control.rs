@@ -81,7 +81,11 @@ fn cni_call(r: &pb::CniRequest) -> Result<crate::router::CniCall<'_>, Status> {
     for (what, v) in [("network name", &r.network), ("CNI_CONTAINERID", &r.container_id), ("CNI_IFNAME", &r.ifname)] {
         id_part(what, v)?;
     }
-    let subnet = if r.subnet.is_empty() { None } else { Some(r.subnet.parse::<ipnet::Ipv4Net>().map_err(|_| Status::invalid_argument(format!("invalid subnet {:?}", r.subnet)))?.trunc()) };
+    let subnet = if r.subnet.is_empty() {
+        None
+    } else {
+        Some(r.subnet.parse::<ipnet::Ipv4Net>().map_err(|_| Status::invalid_argument(format!("invalid subnet {:?}", r.subnet)))?.trunc())
+    };
     Ok(crate::router::CniCall {
         network: &r.network,
         container_id: &r.container_id,
@@ -148,7 +152,11 @@ pub(crate) fn status_of(router: &Router, s: &weave_gossip::driver::Status) -> pb
                 // overlay MTU, or less when the sleeve found a smaller path.
                 mtu: match path {
                     Some(p) if !p.fastpath => {
-                        let frame = usize::from(p.pmtu).saturating_sub(weave_dataplane::wire::HEADER_LEN + weave_dataplane::wire::FRAME_HEADER_LEN + if p.encrypted { weave_dataplane::wire::TAG_LEN } else { 0 });
+                        let frame = usize::from(p.pmtu).saturating_sub(
+                            weave_dataplane::wire::HEADER_LEN
+                                + weave_dataplane::wire::FRAME_HEADER_LEN
+                                + if p.encrypted { weave_dataplane::wire::TAG_LEN } else { 0 },
+                        );
                         router.config().mtu.min(u32::try_from(frame.saturating_sub(weave_dataplane::packet::ETH_HLEN)).unwrap_or(u32::MAX))
                     }
                     _ => router.config().mtu,
@@ -168,7 +176,13 @@ pub(crate) fn status_of(router: &Router, s: &weave_gossip::driver::Status) -> pb
             connections: p
                 .connections
                 .iter()
-                .map(|c| pb::PeerConnection { name: c.peer.to_string(), nickname: nick(c.peer), address: c.address.clone(), outbound: c.outbound, established: c.established })
+                .map(|c| pb::PeerConnection {
+                    name: c.peer.to_string(),
+                    nickname: nick(c.peer),
+                    address: c.address.clone(),
+                    outbound: c.outbound,
+                    established: c.established,
+                })
                 .collect(),
         })
         .collect();
@@ -249,7 +263,9 @@ pub async fn status_and_report(router: &Router) -> Result<(pb::StatusReply, serd
         let d = dns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let upstream: Vec<String> = match &settings.upstreams {
             weave_dns::server::Upstreams::Fixed(v) => v.iter().map(ToString::to_string).collect(),
-            weave_dns::server::Upstreams::ResolvConf(p) => std::fs::read_to_string(p).map(|t| weave_dns::server::parse_resolv_conf(&t).iter().map(ToString::to_string).collect()).unwrap_or_default(),
+            weave_dns::server::Upstreams::ResolvConf(p) => {
+                std::fs::read_to_string(p).map(|t| weave_dns::server::parse_resolv_conf(&t).iter().map(ToString::to_string).collect()).unwrap_or_default()
+            }
         };
         v["DNS"] = serde_json::json!({
             "Domain": d.domain(), "Upstream": upstream, "Address": settings.listen_for(router.config().name).to_string(), "TTL": settings.ttl,
@@ -322,7 +338,11 @@ impl pb::control_server::Control for Service {
             .ps(&ids)
             .await
             .into_iter()
-            .map(|c| pb::PsEntry { id: crate::docker::display_id(&c.id).to_owned(), mac: mac(&c.mac), cidrs: c.cidrs.iter().map(ToString::to_string).collect() })
+            .map(|c| pb::PsEntry {
+                id: crate::docker::display_id(&c.id).to_owned(),
+                mac: mac(&c.mac),
+                cidrs: c.cidrs.iter().map(ToString::to_string).collect(),
+            })
             .collect();
         let (exposed, bmac) = self.router.exposed().await.map_err(to_status)?;
         Ok(Response::new(pb::PsReply { entries, expose_mac: mac(&bmac), exposed: exposed.iter().map(ToString::to_string).collect() }))
@@ -409,7 +429,12 @@ impl pb::control_server::Control for Service {
             .store()
             .entries()
             .filter(|(_, v)| !v.is_tombstone())
-            .map(|(k, _)| pb::DnsEntry { hostname: k.hostname.clone(), addr: k.addr.to_string(), container: crate::docker::display_id(&k.container).to_owned(), origin: k.origin.to_string() })
+            .map(|(k, _)| pb::DnsEntry {
+                hostname: k.hostname.clone(),
+                addr: k.addr.to_string(),
+                container: crate::docker::display_id(&k.container).to_owned(),
+                origin: k.origin.to_string(),
+            })
             .collect();
         let address = self.router.config().dns.as_ref().map(|s| s.listen_for(self.router.config().name).to_string()).unwrap_or_default();
         Ok(Response::new(pb::DnsEntriesReply { entries, domain: d.domain().to_owned(), address }))
@@ -479,7 +504,8 @@ impl pb::control_server::Control for Service {
         for (e, size) in sized_entries(&s) {
             *per.entry(e.peer).or_default() += size;
         }
-        let nick = |n: weave_core::PeerName| ms.peers.iter().find(|p| p.name == n).map(|p| p.nickname.clone()).or_else(|| self.router.nickname(n)).unwrap_or_default();
+        let nick =
+            |n: weave_core::PeerName| ms.peers.iter().find(|p| p.name == n).map(|p| p.nickname.clone()).or_else(|| self.router.nickname(n)).unwrap_or_default();
         let peers = per
             .into_iter()
             .map(|(p, ips)| pb::IpamPeer {

@@ -56,12 +56,19 @@ pub fn is_container_id(s: &str) -> bool {
 
 /// dockerd's process, from its pid file (`/run/docker.pid`).
 pub fn daemon_pid() -> Option<u32> {
-    ["/run/docker.pid", "/var/run/docker.pid"].iter().find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok()).filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    ["/run/docker.pid", "/var/run/docker.pid"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// How `ps` and `status dns` show a container ID: Docker's 12 digits.
 pub fn display_id(id: &str) -> &str {
-    if is_container_id(id) { &id[..12] } else { id }
+    if is_container_id(id) {
+        &id[..12]
+    } else {
+        id
+    }
 }
 
 impl Docker {

@@ -69,16 +69,51 @@ pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
         let enc = if c.encrypted { "yes" } else { "no" };
         *conns.entry((c.state.clone(), c.path.clone(), enc.to_owned())).or_default() += 1;
     }
-    gauge(&mut reg, "weave_connections", "Connections by state, data path and encryption", conns.into_iter().map(|((s, t, e), n)| (l(&[("state", &s), ("type", &t), ("encryption", &e)]), n)).collect());
+    gauge(
+        &mut reg,
+        "weave_connections",
+        "Connections by state, data path and encryption",
+        conns.into_iter().map(|((s, t, e), n)| (l(&[("state", &s), ("type", &t), ("encryption", &e)]), n)).collect(),
+    );
     counter(&mut reg, "weave_connection_terminations", "Connections that ended", vec![(vec![], router.terminations())]);
     let dp = router.dataplane();
     let paths = dp.paths();
-    counter(&mut reg, "weave_data_frames_tx", "Frames sent over the data plane, per peer", paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.tx_frames)).collect());
-    counter(&mut reg, "weave_data_bytes_tx", "Bytes sent over the data plane, per peer", paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.tx_bytes)).collect());
-    counter(&mut reg, "weave_data_frames_rx", "Frames received over the data plane, per peer", paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.rx_frames)).collect());
-    counter(&mut reg, "weave_data_bytes_rx", "Bytes received over the data plane, per peer", paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.rx_bytes)).collect());
-    counter(&mut reg, "weave_dropped_frames", "Frames and datagrams dropped, by reason", dp.drops().into_iter().map(|(r, n)| (l(&[("reason", r.as_str())]), n)).collect());
-    counter(&mut reg, "weave_fastdp_fallbacks", "Fast-path fallbacks to the sleeve, by reason", dp.fallbacks().into_iter().map(|(r, n)| (l(&[("reason", r)]), n)).collect());
+    counter(
+        &mut reg,
+        "weave_data_frames_tx",
+        "Frames sent over the data plane, per peer",
+        paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.tx_frames)).collect(),
+    );
+    counter(
+        &mut reg,
+        "weave_data_bytes_tx",
+        "Bytes sent over the data plane, per peer",
+        paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.tx_bytes)).collect(),
+    );
+    counter(
+        &mut reg,
+        "weave_data_frames_rx",
+        "Frames received over the data plane, per peer",
+        paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.rx_frames)).collect(),
+    );
+    counter(
+        &mut reg,
+        "weave_data_bytes_rx",
+        "Bytes received over the data plane, per peer",
+        paths.iter().map(|p| (l(&[("peer", &p.peer.to_string())]), p.counters.rx_bytes)).collect(),
+    );
+    counter(
+        &mut reg,
+        "weave_dropped_frames",
+        "Frames and datagrams dropped, by reason",
+        dp.drops().into_iter().map(|(r, n)| (l(&[("reason", r.as_str())]), n)).collect(),
+    );
+    counter(
+        &mut reg,
+        "weave_fastdp_fallbacks",
+        "Fast-path fallbacks to the sleeve, by reason",
+        dp.fallbacks().into_iter().map(|(r, n)| (l(&[("reason", r)]), n)).collect(),
+    );
     if let Some(ipam) = router.ipam() {
         let s = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status();
         gauge(&mut reg, "weave_ips", "Addresses by state", vec![(l(&[("state", "local-used")]), s.active_ips as i64)]);

@@ -3,9 +3,9 @@
 //! * `src/bin/mesh-crdt.rs`: three mesh peers on loopback gossiping a
 //!   grow-only counter over a custom channel.
 
-pub mod control;
-pub mod router;
-pub mod http;
-pub mod docker;
-pub mod plugin;
 pub mod cni;
+pub mod control;
+pub mod docker;
+pub mod http;
+pub mod plugin;
+pub mod router;

@@ -125,7 +125,12 @@ pub struct Plugin {
 
 /// Record a network Docker already has on this driver (made before a
 /// router restart), with its gateway as the plugin's.
-fn learn(state: &Mutex<State>, id: Option<String>, ipam: Option<bollard::models::Ipam>, options: Option<std::collections::HashMap<String, String>>) -> Option<Network> {
+fn learn(
+    state: &Mutex<State>,
+    id: Option<String>,
+    ipam: Option<bollard::models::Ipam>,
+    options: Option<std::collections::HashMap<String, String>>,
+) -> Option<Network> {
     let first = ipam.and_then(|i| i.config).and_then(|c| c.into_iter().next()).unwrap_or_default();
     let gateway = first.gateway.and_then(|g| ip(&g).ok());
     let pool = first.subnet.and_then(|p| cidr(&p).ok());
@@ -169,7 +174,8 @@ impl Plugin {
     /// networks Docker already has on this driver (after a restart).
     pub async fn ensure_network(&self, docker: &crate::docker::Docker) -> Result<(), String> {
         let name = &self.settings.name;
-        let opts = bollard::query_parameters::ListNetworksOptions { filters: Some(std::collections::HashMap::from([("driver".to_owned(), vec![name.clone()])])) };
+        let opts =
+            bollard::query_parameters::ListNetworksOptions { filters: Some(std::collections::HashMap::from([("driver".to_owned(), vec![name.clone()])])) };
         let existing = docker.api().list_networks(Some(opts)).await.map_err(|e| format!("cannot list Docker networks: {e}"))?;
         let mut have = false;
         for n in existing {
@@ -226,8 +232,16 @@ impl Drop for Plugin {
 async fn handle(router: Weak<Router>, state: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().trim_start_matches('/').to_owned();
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let reply = |code: StatusCode, v: Value| Response::builder().status(code).header("content-type", "application/vnd.docker.plugins.v1.2+json").body(Full::new(Bytes::from(v.to_string()))).expect("valid response");
-    let req: Value = if body.is_empty() { json!({}) } else {
+    let reply = |code: StatusCode, v: Value| {
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/vnd.docker.plugins.v1.2+json")
+            .body(Full::new(Bytes::from(v.to_string())))
+            .expect("valid response")
+    };
+    let req: Value = if body.is_empty() {
+        json!({})
+    } else {
         match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, json!({ "Err": format!("malformed request to {path}: {e}") }))),
@@ -314,7 +328,11 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
                 // Created before this router started, and not learnt yet.
                 None => {
                     let d = router.docker().ok_or_else(|| format!("unknown network {net} (and no Docker daemon to ask)"))?;
-                    let i = d.api().inspect_network(net, None::<bollard::query_parameters::InspectNetworkOptions>).await.map_err(|e| format!("unknown network {net}: {e}"))?;
+                    let i = d
+                        .api()
+                        .inspect_network(net, None::<bollard::query_parameters::InspectNetworkOptions>)
+                        .await
+                        .map_err(|e| format!("unknown network {net}: {e}"))?;
                     learn(state, i.id, i.ipam, i.options).ok_or_else(|| format!("unknown network {net}"))?
                 }
             };
@@ -333,7 +351,11 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
                 "DisableGatewayService": true,
             }))
         }
-        "NetworkDriver.Leave" | "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" | "NetworkDriver.ProgramExternalConnectivity" | "NetworkDriver.RevokeExternalConnectivity" => Ok(json!({})),
+        "NetworkDriver.Leave"
+        | "NetworkDriver.DiscoverNew"
+        | "NetworkDriver.DiscoverDelete"
+        | "NetworkDriver.ProgramExternalConnectivity"
+        | "NetworkDriver.RevokeExternalConnectivity" => Ok(json!({})),
         "IpamDriver.GetCapabilities" => Ok(json!({ "RequiresMACAddress": false })),
         "IpamDriver.GetDefaultAddressSpaces" => Ok(json!({ "LocalDefaultAddressSpace": "weavelocal", "GlobalDefaultAddressSpace": "weaveglobal" })),
         "IpamDriver.RequestPool" => {
@@ -355,7 +377,11 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
             let pool = cidr(need(req, "PoolID")?)?;
             let wanted = field(req, "Address");
             let gateway = req.pointer("/Options/RequestAddressType").and_then(Value::as_str) == Some("com.docker.network.gateway");
-            let spec = if wanted.is_empty() { AddrSpec::Subnet(pool) } else { AddrSpec::Exact(Ipv4Net::new(ip(wanted)?, pool.prefix_len()).map_err(|e| e.to_string())?) };
+            let spec = if wanted.is_empty() {
+                AddrSpec::Subnet(pool)
+            } else {
+                AddrSpec::Exact(Ipv4Net::new(ip(wanted)?, pool.prefix_len()).map_err(|e| e.to_string())?)
+            };
             let addr = if gateway {
                 // The host's address in the pool; remembered as the
                 // plugin's only if the plugin exposed it.
@@ -386,4 +412,3 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
         other => Err(format!("{other} is not implemented by the weave plugin")),
     }
 }
-

@@ -21,8 +21,8 @@ use weave_gossip::driver::{DriverConfig, DriverEvent, MeshBuilder, MeshHandle};
 use weave_gossip::mesh::MeshConfig;
 use weave_gossip::{LinkConfig, Psk};
 use weave_ipam::channel::CHANNEL as IPAM_CHANNEL;
-use weave_ipam::service::{IpamService, ServiceError};
 use weave_ipam::ipam::{InitMode, Ipam, IpamConfig};
+use weave_ipam::service::{IpamService, ServiceError};
 
 /// Everything `weave launch` / `weave router` accept that the router uses.
 #[derive(Debug, Clone)]
@@ -284,7 +284,6 @@ struct Tracked {
     epoch: u64,
 }
 
-
 /// A running router.
 pub struct Router {
     cfg: RouterConfig,
@@ -337,7 +336,14 @@ impl Router {
         let nl = Netlink::connect(&netns).await?;
         let mut sleeve = SleeveConfig::new(cfg.name, cfg.port);
         sleeve.trusted = cfg.trusted_subnets.clone();
-        let dcfg = DataplaneConfig { netns, bridge: cfg.bridge.clone(), mtu: cfg.mtu, listen: SocketAddr::new(cfg.host, cfg.port), sleeve, encrypted: cfg.password.is_some() };
+        let dcfg = DataplaneConfig {
+            netns,
+            bridge: cfg.bridge.clone(),
+            mtu: cfg.mtu,
+            listen: SocketAddr::new(cfg.host, cfg.port),
+            sleeve,
+            encrypted: cfg.password.is_some(),
+        };
         let dp: Arc<dyn Dataplane> = if cfg.fastdp {
             Arc::new(weave_dataplane::fastpath::FastDataplane::start(&nl, &dcfg).await?)
         } else {
@@ -560,7 +566,8 @@ impl Router {
             let mut cidrs = self.owned_by(&id);
             if cidrs.is_empty() {
                 // Exact addresses without IPAM: what is on the interface.
-                cidrs = c.addresses(link.index).await.unwrap_or_default().into_iter().filter_map(|a| if let IpNet::V4(v) = a { Some(v) } else { None }).collect();
+                cidrs =
+                    c.addresses(link.index).await.unwrap_or_default().into_iter().filter_map(|a| if let IpNet::V4(v) = a { Some(v) } else { None }).collect();
             }
             self.containers.lock().await.insert(id.clone(), Container { id, netns: ns, mac: link.mac, cidrs, ifname });
         }
@@ -756,7 +763,14 @@ impl Router {
     /// `/etc/netns/NAME/resolv.conf`, which `ip netns exec` mounts; Docker
     /// containers get theirs rewritten). A Docker container is attached
     /// again, with the same addresses, when it is restarted.
-    pub async fn attach_with_dns(&self, container: &str, specs: &[AddrSpec], multicast_route: bool, dns: bool, hostname: Option<&str>) -> Result<Vec<Ipv4Net>, RouterError> {
+    pub async fn attach_with_dns(
+        &self,
+        container: &str,
+        specs: &[AddrSpec],
+        multicast_route: bool,
+        dns: bool,
+        hostname: Option<&str>,
+    ) -> Result<Vec<Ipv4Net>, RouterError> {
         let t = self.resolve(container).await?;
         // A Docker container's lifecycle events wait until it is attached
         // and tracked; a sweep, until it is plumbed.
@@ -764,7 +778,13 @@ impl Router {
         let cidrs = self.attach_target(&t, specs, multicast_route, "ethwe", false).await?;
         if t.docker.is_some() {
             let mut tr = lock(&self.tracked);
-            let e = tr.entry(t.id.clone()).or_insert(Tracked { specs: Vec::new(), dns, hostname: hostname.map(str::to_owned), multicast: multicast_route, epoch: 0 });
+            let e = tr.entry(t.id.clone()).or_insert(Tracked {
+                specs: Vec::new(),
+                dns,
+                hostname: hostname.map(str::to_owned),
+                multicast: multicast_route,
+                epoch: 0,
+            });
             for c in &cidrs {
                 let spec = AddrSpec::Exact(*c);
                 if !e.specs.contains(&spec) {
@@ -835,7 +855,13 @@ impl Router {
             }
         };
         let mut cs = self.containers.lock().await;
-        let entry = cs.entry(container.to_owned()).or_insert_with(|| Container { id: container.to_owned(), netns: ns.clone(), mac: attached.mac, cidrs: Vec::new(), ifname: ifname.to_owned() });
+        let entry = cs.entry(container.to_owned()).or_insert_with(|| Container {
+            id: container.to_owned(),
+            netns: ns.clone(),
+            mac: attached.mac,
+            cidrs: Vec::new(),
+            ifname: ifname.to_owned(),
+        });
         entry.mac = attached.mac;
         entry.netns = ns;
         for c in &cidrs {
@@ -878,7 +904,8 @@ impl Router {
                 all.push(o);
             }
         }
-        let victims: Vec<Ipv4Net> = if addrs.is_empty() { all.clone() } else { all.iter().filter(|c| addrs.iter().any(|a| a.addr() == c.addr())).copied().collect() };
+        let victims: Vec<Ipv4Net> =
+            if addrs.is_empty() { all.clone() } else { all.iter().filter(|c| addrs.iter().any(|a| a.addr() == c.addr())).copied().collect() };
         if victims.is_empty() && !addrs.is_empty() {
             return Err(RouterError::NotFound(format!("{} does not have {}", t.name, addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "))));
         }
@@ -987,7 +1014,14 @@ impl Router {
         }
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
         removed.append(&mut removed_files);
-        for f in [self.cfg.state_dir.join("ipam.db"), Self::targets_file(&self.cfg.state_dir), self.cfg.state_dir.join(NAME_FILE), self.cfg.state_dir.join(DOCKER_FILE), self.cfg.state_dir.join(DNS_FILE), self.cfg.state_dir.join(ATTACHED_FILE)] {
+        for f in [
+            self.cfg.state_dir.join("ipam.db"),
+            Self::targets_file(&self.cfg.state_dir),
+            self.cfg.state_dir.join(NAME_FILE),
+            self.cfg.state_dir.join(DOCKER_FILE),
+            self.cfg.state_dir.join(DNS_FILE),
+            self.cfg.state_dir.join(ATTACHED_FILE),
+        ] {
             if std::fs::remove_file(&f).is_ok() {
                 removed.push(f.display().to_string());
             }
@@ -1082,7 +1116,14 @@ impl Router {
     async fn sweep(&self) {
         let Ok(links) = self.nl.links().await else { return };
         let present: std::collections::BTreeSet<String> = links.into_iter().map(|(n, _)| n).collect();
-        let dead: Vec<String> = self.containers.lock().await.keys().filter(|id| !crate::docker::is_container_id(id) && !present.contains(&netlink::host_ifname(id))).cloned().collect();
+        let dead: Vec<String> = self
+            .containers
+            .lock()
+            .await
+            .keys()
+            .filter(|id| !crate::docker::is_container_id(id) && !present.contains(&netlink::host_ifname(id)))
+            .cloned()
+            .collect();
         for id in dead {
             let _busy = self.busy(&id).await;
             // Again under its lock: an attach may have just made it anew.
@@ -1260,7 +1301,13 @@ impl Router {
         };
         for (k, cidrs) in owned.into_iter().filter(|(k, _)| crate::docker::is_container_id(k)) {
             // Held but not tracked: attached by an older router.
-            lock(&self.tracked).entry(k.clone()).or_insert_with(|| Tracked { specs: cidrs.iter().map(|c| AddrSpec::Exact(*c)).collect(), dns: self.dns.is_some(), hostname: None, multicast: true, epoch: 0 });
+            lock(&self.tracked).entry(k.clone()).or_insert_with(|| Tracked {
+                specs: cidrs.iter().map(|c| AddrSpec::Exact(*c)).collect(),
+                dns: self.dns.is_some(),
+                hostname: None,
+                multicast: true,
+                epoch: 0,
+            });
             ids.insert(k);
         }
         for id in ids {
@@ -1335,7 +1382,8 @@ async fn in_use(nl: &Netlink, bridge: &str) -> Result<Vec<(String, Ipv4Net)>, we
 /// none is given to another container. Claims wait, reserved, until the
 /// ring is known.
 fn reclaim(ipam: &mut Ipam, found: Vec<(String, Ipv4Net)>) {
-    let owners: BTreeMap<Ipv4Addr, String> = ipam.status().owned.into_iter().flat_map(|(id, cidrs)| cidrs.into_iter().map(move |c| (c.addr(), id.clone()))).collect();
+    let owners: BTreeMap<Ipv4Addr, String> =
+        ipam.status().owned.into_iter().flat_map(|(id, cidrs)| cidrs.into_iter().map(move |c| (c.addr(), id.clone()))).collect();
     let now = Instant::now();
     let mut n = 0;
     for (id, cidr) in found {
@@ -1410,7 +1458,6 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
-
 
 /// The prefix of CNI attachments' ids: `cni:NETWORK/CONTAINERID/IFNAME`.
 pub const CNI_PREFIX: &str = "cni:";
@@ -1589,7 +1636,8 @@ impl Router {
     pub async fn cni_gc(&self, network: &str, valid: &std::collections::BTreeSet<String>) -> Result<Vec<String>, RouterError> {
         let Some(ipam) = &self.ipam else { return Ok(Vec::new()) };
         let prefix = format!("{CNI_PREFIX}{network}/");
-        let stale: Vec<String> = lock(ipam).status().owned.into_keys().filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned)).filter(|k| !valid.contains(k)).collect();
+        let stale: Vec<String> =
+            lock(ipam).status().owned.into_keys().filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned)).filter(|k| !valid.contains(k)).collect();
         for a in &stale {
             let id = format!("{prefix}{a}");
             self.release(&id).await;

@@ -65,7 +65,15 @@ fn launch_attach_ping_status_restart_stop() {
     assert!(ps.lines().any(|l| l.starts_with(&format!("{c2} ")) && l.ends_with(&a2)), "{ps}");
     assert!(ps.lines().any(|l| l.starts_with(&format!("{c3} ")) && l.ends_with("10.32.9.9/24")), "{ps}");
     let st = ok(h.weave(1, &["status"]));
-    for want in ["        Service: router", "           Name: 00:00:00:00:00:01(h1)", "     Encryption: disabled", "    Connections: 1 (1 established)", "        Service: ipam", "         Status: ready", "          Range: 10.32.0.0/12"] {
+    for want in [
+        "        Service: router",
+        "           Name: 00:00:00:00:00:01(h1)",
+        "     Encryption: disabled",
+        "    Connections: 1 (1 established)",
+        "        Service: ipam",
+        "         Status: ready",
+        "          Range: 10.32.0.0/12",
+    ] {
         assert!(st.contains(want), "{want:?} in\n{st}");
     }
     let conns = ok(h.weave(1, &["status", "connections"]));
@@ -83,11 +91,7 @@ fn launch_attach_ping_status_restart_stop() {
     assert!(report["Router"]["MACs"].as_array().is_some_and(|m| m.iter().any(|e| e["NickName"] == "h2")), "{}", report["Router"]);
 
     // An alternative CLI over the same gRPC API.
-    let alt = Command::new("ip")
-        .args(["netns", "exec", &h.name("h1"), env!("CARGO_BIN_EXE_weave-peers"), "--state-dir"])
-        .arg(h.state(1))
-        .output()
-        .unwrap();
+    let alt = Command::new("ip").args(["netns", "exec", &h.name("h1"), env!("CARGO_BIN_EXE_weave-peers"), "--state-dir"]).arg(h.state(1)).output().unwrap();
     let alt = ok(alt);
     assert!(alt.lines().any(|l| l.starts_with("00:00:00:00:00:02") && l.contains("h2") && l.contains("yes")), "{alt}");
     assert!(alt.lines().any(|l| l.contains("established") && l.ends_with("h2")), "{alt}");
@@ -98,7 +102,14 @@ fn launch_attach_ping_status_restart_stop() {
     let page = http_get(&h, 1, "/report");
     assert!(page.contains("\"Ready\": true"), "{page}");
     let page = http_get(&h, 1, "/metrics");
-    for m in ["weave_connections{", "weave_max_ips 1048576", "weave_ips{state=\"local-used\"}", "weave_dns_entries", "weave_ipam_pending_allocates 0", "weave_data_bytes_tx_total{"] {
+    for m in [
+        "weave_connections{",
+        "weave_max_ips 1048576",
+        "weave_ips{state=\"local-used\"}",
+        "weave_dns_entries",
+        "weave_ipam_pending_allocates 0",
+        "weave_data_bytes_tx_total{",
+    ] {
         assert!(page.contains(m), "{m} in\n{page}");
     }
     assert!(http_get(&h, 1, "/nope").starts_with("HTTP/1.1 404"));
@@ -159,7 +170,8 @@ fn launch_attach_ping_status_restart_stop() {
         assert!(!links.contains("weave") && !links.contains("vethwe") && !links.contains("vxlan"), "host {i}: {links}");
         let nft = Command::new("ip").args(["netns", "exec", &ns, "nft", "list", "table", "ip", "weave"]).output().unwrap();
         assert!(!nft.status.success(), "nftables table left on host {i}");
-        let left: Vec<_> = std::fs::read_dir(h.state(i)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|f| f != "weave.log").collect();
+        let left: Vec<_> =
+            std::fs::read_dir(h.state(i)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|f| f != "weave.log").collect();
         assert!(left.is_empty(), "state left on host {i}: {left:?}");
         assert_eq!(h.weave(i, &["status"]).status.code(), Some(1), "router gone on host {i}");
     }

@@ -144,7 +144,16 @@ fn cni_plugin_add_check_del_gc_version_status() {
     assert_eq!(cni(&dir, "weave-net", "DEL", "pod1", "/run/netns/no-such-ns", &conf).1, 0);
 
     // Malformed configuration and environment: the spec's error JSON.
-    let mut child = Command::new(dir.join("weave-net")).env_clear().env("CNI_COMMAND", "ADD").env("CNI_CONTAINERID", "x").env("CNI_NETNS", &ns1).env("CNI_IFNAME", "eth0").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(dir.join("weave-net"))
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "x")
+        .env("CNI_NETNS", &ns1)
+        .env("CNI_IFNAME", "eth0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(b"{\"cniVersion\": ").unwrap();
     let out = child.wait_with_output().unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -41,7 +41,11 @@ fn ensure_image() {
     assert!(tar.wait().unwrap().success(), "tar of the image root");
     let _ = std::fs::remove_dir_all(&dir);
     // Another test may have imported it meanwhile: that is fine too.
-    assert!(out.status.success() || Command::new("docker").args(["image", "inspect", IMAGE]).output().unwrap().status.success(), "docker import: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() || Command::new("docker").args(["image", "inspect", IMAGE]).output().unwrap().status.success(),
+        "docker import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Docker containers (and networks) made by a test, removed when it ends.
@@ -52,7 +56,8 @@ struct Containers {
 
 impl Containers {
     fn run(&mut self, name: &str, net: &str) -> String {
-        let id = ok(Command::new("docker").args(["run", "-d", "--network", net, "--name", name, IMAGE, "/bin/sleep", "600"]).output().unwrap()).trim().to_owned();
+        let id =
+            ok(Command::new("docker").args(["run", "-d", "--network", net, "--name", name, IMAGE, "/bin/sleep", "600"]).output().unwrap()).trim().to_owned();
         self.names.push(name.to_owned());
         id
     }
@@ -86,7 +91,10 @@ fn owned(h: &Hosts, i: usize, id: &str) -> Option<serde_json::Value> {
 fn plugin_owns(h: &Hosts, ip: &str) -> bool {
     let report: serde_json::Value = serde_json::from_str(&ok(h.weave(1, &["report"]))).unwrap();
     let owned = report["IPAM"]["Owned"].as_object().cloned().unwrap_or_default();
-    owned.iter().filter(|(k, _)| k.starts_with("weave:plugin:")).any(|(_, v)| v.as_array().is_some_and(|a| a.iter().any(|c| c.as_str().unwrap_or("").starts_with(&format!("{ip}/")))))
+    owned
+        .iter()
+        .filter(|(k, _)| k.starts_with("weave:plugin:"))
+        .any(|(_, v)| v.as_array().is_some_and(|a| a.iter().any(|c| c.as_str().unwrap_or("").starts_with(&format!("{ip}/")))))
 }
 
 fn launch_pair(h: &Hosts, extra1: &[&str]) {
@@ -197,7 +205,8 @@ fn docker_network_plugin_gives_containers_overlay_addresses_and_names() {
     let sock = format!("/run/docker/plugins/{driver}.sock");
     assert!(std::path::Path::new(&sock).exists());
     eventually(20, "the router creates its Docker network", || Command::new("docker").args(["network", "inspect", &driver]).output().unwrap().status.success());
-    let net = docker(&["network", "inspect", "-f", "{{.Driver}} {{.IPAM.Driver}} {{(index .IPAM.Config 0).Subnet}} {{(index .IPAM.Config 0).Gateway}}", &driver]);
+    let net =
+        docker(&["network", "inspect", "-f", "{{.Driver}} {{.IPAM.Driver}} {{(index .IPAM.Config 0).Subnet}} {{(index .IPAM.Config 0).Gateway}}", &driver]);
     let f: Vec<&str> = net.split_whitespace().collect();
     assert_eq!(&f[..3], &[driver.as_str(), driver.as_str(), "10.32.0.0/12"], "{net}");
     let gateway = f[3].to_owned();
@@ -226,7 +235,10 @@ fn docker_network_plugin_gives_containers_overlay_addresses_and_names() {
 
     // Errors come back in the plugin protocol's shape, and Docker shows
     // them: a pool outside the range.
-    let bad = Command::new("docker").args(["network", "create", "-d", &driver, "--ipam-driver", &driver, "--subnet", "192.168.77.0/24", &format!("{driver}-bad")]).output().unwrap();
+    let bad = Command::new("docker")
+        .args(["network", "create", "-d", &driver, "--ipam-driver", &driver, "--subnet", "192.168.77.0/24", &format!("{driver}-bad")])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("outside the IP allocation range"), "{}", String::from_utf8_lossy(&bad.stderr));
     // Another subnet of the range, with the multicast route.

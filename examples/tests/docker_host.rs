@@ -60,7 +60,8 @@ impl Dockerd {
         // sets the FORWARD policy to drop, as it does on this machine.
         ok(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=0"]).output().unwrap());
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let child = in_ns(ns, "dockerd").arg("--config-file").arg(dir.join("daemon.json")).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("dockerd");
+        let child =
+            in_ns(ns, "dockerd").arg("--config-file").arg(dir.join("daemon.json")).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("dockerd");
         let d = Self { child, dir: dir.to_owned(), host };
         let end = Instant::now() + Duration::from_secs(60);
         while !d.docker(&["info"]).status.success() {
@@ -173,7 +174,12 @@ impl Podman {
         a.extend_from_slice(cmd);
         self.podman(&a);
         let addr = self.podman(&["exec", name, "ip", "-4", "-o", "addr", "show", "eth0"]);
-        addr.split_whitespace().skip_while(|w| *w != "inet").nth(1).and_then(|c| c.split('/').next()).unwrap_or_else(|| panic!("no address on {name}: {addr}")).to_owned()
+        addr.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|c| c.split('/').next())
+            .unwrap_or_else(|| panic!("no address on {name}: {addr}"))
+            .to_owned()
     }
 
     fn pings(&self, name: &str, to: &str) -> bool {
@@ -315,7 +321,8 @@ fn docker_hosts_with_forward_policy_drop_carry_docker_podman_and_netns_container
     d[1].run(&d3);
     let a3 = attach(2, &d3);
     let pod2 = Podman::new(&h.name("h2"), &h.dir.join("podman2"), &h.state(2));
-    let p2 = pod2.run(&name("p2"), &["-p", "8080:80"], &["/bin/sh", "-c", "mkdir -p /www && echo hello-weave > /www/index.html && exec httpd -f -p 80 -h /www"]);
+    let p2 =
+        pod2.run(&name("p2"), &["-p", "8080:80"], &["/bin/sh", "-c", "mkdir -p /www && echo hello-weave > /www/index.html && exec httpd -f -p 80 -h /www"]);
     assert!(d[0].pings(&d1, &a3) && d[1].pings(&d3, &a1), "Docker containers across two Docker hosts");
     assert!(pod1.pings(&name("p1"), &p2) && pod2.pings(&name("p2"), &p1), "podman containers across two hosts");
     eventually(10, "host 2 learns d1's name", || ok(h.weave(2, &["dns-lookup", &d1])).trim() == a1);

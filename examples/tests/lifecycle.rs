@@ -60,7 +60,8 @@ fn every_kind_of_name_resolves_again_on_both_hosts_after_a_router_restart() {
     let end = Instant::now() + Duration::from_secs(5);
     while !(all_resolve(1) && all_resolve(2)) {
         let hr = &h;
-        let missing: Vec<String> = (1..=2).flat_map(|i| names.iter().filter(move |(n, a)| lookup(hr, i, n) != *a).map(move |(n, _)| format!("{n} on host {i}"))).collect();
+        let missing: Vec<String> =
+            (1..=2).flat_map(|i| names.iter().filter(move |(n, a)| lookup(hr, i, n) != *a).map(move |(n, _)| format!("{n} on host {i}"))).collect();
         assert!(Instant::now() < end, "names not back within 5 s: {missing:?}");
         std::thread::sleep(Duration::from_millis(200));
     }

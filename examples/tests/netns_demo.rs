@@ -26,11 +26,7 @@ fn demo_runs_containers_across_hosts_by_name_and_cleans_up() {
         return;
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/demo.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .env("WEAVE_DEMO_BIN", env!("CARGO_BIN_EXE_weave"))
-        .output()
-        .expect("run the demo");
+    let out = Command::new("bash").arg(script).env("WEAVE_DEMO_BIN", env!("CARGO_BIN_EXE_weave")).output().expect("run the demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
 
@@ -41,7 +37,14 @@ fn demo_runs_containers_across_hosts_by_name_and_cleans_up() {
         assert!(rest.contains(&format!("PING {dst}.weave.local")) && rest.contains("3 packets transmitted, 3 received"), "{who} -> {dst}:\n{rest}");
     }
     let h1 = section(&stdout, "h1");
-    for want in ["     Encryption: enabled", "    Connections: 2 (1 established", "        Service: ipam", "         Status: ready", "        Service: dns", "        Entries: 6"] {
+    for want in [
+        "     Encryption: enabled",
+        "    Connections: 2 (1 established",
+        "        Service: ipam",
+        "         Status: ready",
+        "        Service: dns",
+        "        Entries: 6",
+    ] {
         assert!(h1.contains(want), "{want:?} in {h1}");
     }
     let conns = section(&stdout, "h1 connections");

@@ -16,12 +16,7 @@ use weave_gossip::proto::Envelope;
 use weave_gossip::{Link, Psk};
 
 fn local() -> LocalFeatures {
-    LocalFeatures {
-        name: PeerName::from_u64(1).expect("small"),
-        nickname: "fuzz".into(),
-        uid: PeerUid::new(1).expect("non-zero"),
-        listen_port: 6783,
-    }
+    LocalFeatures { name: PeerName::from_u64(1).expect("small"), nickname: "fuzz".into(), uid: PeerUid::new(1).expect("non-zero"), listen_port: 6783 }
 }
 
 /// The frame decoder: frames come out in order and re-encode to the input.
@@ -81,11 +76,8 @@ pub fn envelope(data: &[u8]) {
 /// every message is either handled or refused, never a panic.
 pub fn mesh_messages(data: &[u8]) {
     let now = Instant::now();
-    let mut mesh = Mesh::new(
-        MeshConfig::new(PeerName::from_u64(1).expect("small"), "fuzz", PeerUid::new(1).expect("non-zero")),
-        now,
-        weave_core::rng::seeded(3),
-    );
+    let mut mesh =
+        Mesh::new(MeshConfig::new(PeerName::from_u64(1).expect("small"), "fuzz", PeerUid::new(1).expect("non-zero")), now, weave_core::rng::seeded(3));
     let remote = RemotePeer {
         name: PeerName::from_u64(2).expect("small"),
         nickname: "peer".into(),

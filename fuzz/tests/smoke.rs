@@ -81,9 +81,25 @@ fn golden_inputs_pass_every_target() {
     // Real sleeve traffic: two encoded records and a heartbeat body.
     let mut body = vec![0u8];
     let f = [0x02u8, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 8, 0, 0x45, 0, 0, 20];
-    weave_dataplane::wire::FrameRecord { origin: PeerName::from_u64(2).unwrap(), dst: PeerName::from_u64(1).unwrap(), flags: 0, vnet: None, piece: None, frame: &f }.write(&mut body);
+    weave_dataplane::wire::FrameRecord {
+        origin: PeerName::from_u64(2).unwrap(),
+        dst: PeerName::from_u64(1).unwrap(),
+        flags: 0,
+        vnet: None,
+        piece: None,
+        frame: &f,
+    }
+    .write(&mut body);
     let piece = weave_dataplane::wire::Piece { id: 1, offset: 0, total: 40 };
-    weave_dataplane::wire::FrameRecord { origin: PeerName::from_u64(3).unwrap(), dst: PeerName::from_u64(1).unwrap(), flags: 0, vnet: Some([1, 1, 0, 0, 0, 0, 0, 0, 0, 0]), piece: Some(piece), frame: &f }.write(&mut body);
+    weave_dataplane::wire::FrameRecord {
+        origin: PeerName::from_u64(3).unwrap(),
+        dst: PeerName::from_u64(1).unwrap(),
+        flags: 0,
+        vnet: Some([1, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+        piece: Some(piece),
+        frame: &f,
+    }
+    .write(&mut body);
     weave_fuzz::sleeve_datagrams(&body);
     for i in 0..body.len() {
         let mut bad = body.clone();

@@ -97,12 +97,7 @@ pub struct LinkConfig {
 impl Default for LinkConfig {
     /// 1–5 ms, no loss, in order.
     fn default() -> Self {
-        Self {
-            latency_min: Duration::from_millis(1),
-            latency_max: Duration::from_millis(5),
-            loss: 0.0,
-            reorder: false,
-        }
+        Self { latency_min: Duration::from_millis(1), latency_max: Duration::from_millis(5), loss: 0.0, reorder: false }
     }
 }
 
@@ -197,10 +192,7 @@ impl<N: SimNode> Sim<N> {
     /// The seed: `WEAVE_SIM_SEED` from the environment if set, else a random
     /// one. Printed, so a failing run can be replayed.
     pub fn seed_from_env() -> u64 {
-        let seed = std::env::var("WEAVE_SIM_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| crate::rng::from_os().random());
+        let seed = std::env::var("WEAVE_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| crate::rng::from_os().random());
         eprintln!("simulation seed: {seed} (replay with WEAVE_SIM_SEED={seed})");
         seed
     }
@@ -400,12 +392,7 @@ impl<N: SimNode> Sim<N> {
 
     /// Run until `done` holds (checked every `check_every` of virtual time)
     /// or `limit` has passed; returns the virtual time it took, or `None`.
-    pub fn run_until_true(
-        &mut self,
-        limit: Duration,
-        check_every: Duration,
-        mut done: impl FnMut(&Self) -> bool,
-    ) -> Option<Duration> {
+    pub fn run_until_true(&mut self, limit: Duration, check_every: Duration, mut done: impl FnMut(&Self) -> bool) -> Option<Duration> {
         let begin = self.now;
         loop {
             if done(self) {
@@ -435,11 +422,7 @@ impl<N: SimNode> Sim<N> {
                 continue;
             }
             let spread = cfg.latency_max.saturating_sub(cfg.latency_min);
-            let jitter = if spread.is_zero() {
-                Duration::ZERO
-            } else {
-                Duration::from_nanos(self.rng.random_range(0..=spread.as_nanos() as u64))
-            };
+            let jitter = if spread.is_zero() { Duration::ZERO } else { Duration::from_nanos(self.rng.random_range(0..=spread.as_nanos() as u64)) };
             let mut at = self.now + cfg.latency_min + jitter;
             if !cfg.reorder {
                 let last = self.last_delivery.entry((from, to)).or_insert(at);
@@ -527,11 +510,7 @@ mod tests {
                 out.send(to, 42);
             }
         });
-        let t = sim
-            .run_until_true(Duration::from_secs(30), Duration::from_millis(10), |s| {
-                s.nodes().all(|(_, n)| n.best == 42)
-            })
-            .expect("flood converges");
+        let t = sim.run_until_true(Duration::from_secs(30), Duration::from_millis(10), |s| s.nodes().all(|(_, n)| n.best == 42)).expect("flood converges");
         (t, (0..5).map(|i| sim.stats(i)).collect())
     }
 

@@ -92,7 +92,16 @@ struct MemNetInner {
 impl MemNet {
     /// An empty network; `seed` drives loss.
     pub fn new(seed: u64) -> Arc<Self> {
-        Arc::new(Self { inner: Mutex::new(MemNetInner { queues: HashMap::new(), cut: HashSet::new(), loss: 0.0, mtu: None, rng: rand::rngs::StdRng::seed_from_u64(seed), capture: None }) })
+        Arc::new(Self {
+            inner: Mutex::new(MemNetInner {
+                queues: HashMap::new(),
+                cut: HashSet::new(),
+                loss: 0.0,
+                mtu: None,
+                rng: rand::rngs::StdRng::seed_from_u64(seed),
+                capture: None,
+            }),
+        })
     }
 
     fn inner(&self) -> MutexGuard<'_, MemNetInner> {

@@ -39,7 +39,10 @@ pub(crate) fn field(protocol: &'static str, name: &'static str) -> Expression<'s
 }
 
 pub(crate) fn prefix(net: IpNet) -> Expression<'static> {
-    Expression::Named(NamedExpression::Prefix(Prefix { addr: Box::new(Expression::String(Cow::Owned(net.network().to_string()))), len: u32::from(net.prefix_len()) }))
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(Expression::String(Cow::Owned(net.network().to_string()))),
+        len: u32::from(net.prefix_len()),
+    }))
 }
 
 fn rule(subnet: IpNet, src_in: bool) -> Rule<'static> {
@@ -102,7 +105,13 @@ fn remove_masquerade(subnet: IpNet) -> Result<(), PlumbError> {
     }
     let mut b = Batch::new();
     for h in handles {
-        b.delete(NfListObject::Rule(Rule { family: NfFamily::IP, table: Cow::Borrowed(TABLE), chain: Cow::Borrowed(CHAIN), handle: Some(h), ..Rule::default() }));
+        b.delete(NfListObject::Rule(Rule {
+            family: NfFamily::IP,
+            table: Cow::Borrowed(TABLE),
+            chain: Cow::Borrowed(CHAIN),
+            handle: Some(h),
+            ..Rule::default()
+        }));
     }
     nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_err("delete masquerade rules"))
 }
@@ -111,11 +120,16 @@ fn remove_masquerade(subnet: IpNet) -> Result<(), PlumbError> {
 /// unless `masquerade` is false, masquerade traffic leaving or entering the
 /// subnet. Idempotent.
 pub async fn expose(nl: &Netlink, bridge: &str, addr: IpNet, masquerade: bool) -> Result<(), PlumbError> {
-    let b = nl.link(bridge).await?.ok_or_else(|| PlumbError { op: format!("expose {addr}"), source: std::io::Error::other(format!("bridge {bridge} does not exist (is the router running?)")) })?;
+    let b = nl.link(bridge).await?.ok_or_else(|| PlumbError {
+        op: format!("expose {addr}"),
+        source: std::io::Error::other(format!("bridge {bridge} does not exist (is the router running?)")),
+    })?;
     nl.add_address(b.index, addr).await?;
     if masquerade {
         let subnet = addr.trunc();
-        nl.netns().run(move || apply_masquerade(subnet).map_err(|e| std::io::Error::other(e.to_string()))).map_err(|source| PlumbError { op: format!("masquerade {subnet}"), source })?;
+        nl.netns()
+            .run(move || apply_masquerade(subnet).map_err(|e| std::io::Error::other(e.to_string())))
+            .map_err(|source| PlumbError { op: format!("masquerade {subnet}"), source })?;
     }
     forward_into_exposed(nl, bridge)
 }
@@ -136,7 +150,9 @@ pub async fn hide(nl: &Netlink, bridge: &str, addr: IpNet) -> Result<(), PlumbEr
         // Another exposed address still needs the subnet's rules.
         return Ok(());
     }
-    nl.netns().run(move || remove_masquerade(subnet).map_err(|e| std::io::Error::other(e.to_string()))).map_err(|source| PlumbError { op: format!("unmasquerade {subnet}"), source })?;
+    nl.netns()
+        .run(move || remove_masquerade(subnet).map_err(|e| std::io::Error::other(e.to_string())))
+        .map_err(|source| PlumbError { op: format!("unmasquerade {subnet}"), source })?;
     forward_into_exposed(nl, bridge)
 }
 

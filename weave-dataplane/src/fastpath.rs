@@ -126,7 +126,20 @@ impl FastDataplane {
         let core = sleeve.driver().core().clone();
         lock(&core).set_fastpath_offer(Some((bridge.mac, port)));
         let poke = Arc::new(tokio::sync::Notify::new());
-        let control = Control { nl: nl.clone(), core, shared: shared.clone(), bridge_name: cfg.bridge.clone(), vxlan, tap, port, mtu: cfg.mtu as usize, tx, rx, bridge_index: bridge.index, poke: poke.clone() };
+        let control = Control {
+            nl: nl.clone(),
+            core,
+            shared: shared.clone(),
+            bridge_name: cfg.bridge.clone(),
+            vxlan,
+            tap,
+            port,
+            mtu: cfg.mtu as usize,
+            tx,
+            rx,
+            bridge_index: bridge.index,
+            poke: poke.clone(),
+        };
         let task = tokio::spawn(control.run());
         Ok(Self { sleeve, shared, task: Some(task), poke })
     }

@@ -95,7 +95,9 @@ fn forward_chains() -> io::Result<Vec<(Chain<'static>, bool)>> {
 
 /// The rules in `chain` made for `bridge`: (handle, comment).
 fn ours(chain: &Chain<'_>, bridge: &str) -> io::Result<Vec<(u32, String)>> {
-    let listed = nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "chain", family_arg(chain.family), &chain.table, &chain.name]).map_err(nft_io)?;
+    let listed =
+        nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "chain", family_arg(chain.family), &chain.table, &chain.name])
+            .map_err(nft_io)?;
     let base = tag(bridge);
     Ok(listed
         .objects
@@ -118,7 +120,9 @@ fn exposed(bridge: &str) -> io::Result<Vec<Ipv4Net>> {
         if a.interface_name != bridge {
             continue;
         }
-        let (Some(addr), Some(mask)) = (a.address.as_ref().and_then(|x| x.as_sockaddr_in()), a.netmask.as_ref().and_then(|x| x.as_sockaddr_in())) else { continue };
+        let (Some(addr), Some(mask)) = (a.address.as_ref().and_then(|x| x.as_sockaddr_in()), a.netmask.as_ref().and_then(|x| x.as_sockaddr_in())) else {
+            continue;
+        };
         let Ok(net) = Ipv4Net::with_netmask(addr.ip(), mask.ip()) else { continue };
         if !net.addr().is_link_local() && !out.contains(&net.trunc()) {
             out.push(net.trunc());
@@ -194,7 +198,10 @@ fn add_marking(bridge: &str, b: &mut Batch<'static>) {
                 right: Expression::List(vec![Expression::String(Cow::Borrowed("established")), Expression::String(Cow::Borrowed("related"))]),
                 op: Operator::IN,
             }),
-            Statement::Mangle(Mangle { key: mark(), value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![mark(), Expression::Number(REPLY_MARK)]))) }),
+            Statement::Mangle(Mangle {
+                key: mark(),
+                value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![mark(), Expression::Number(REPLY_MARK)]))),
+            }),
         ]),
         comment: Some(Cow::Owned(tag(bridge))),
         ..Rule::default()

@@ -25,15 +25,15 @@ pub mod fastpath;
 #[cfg(feature = "linux")]
 pub mod firewall;
 #[cfg(feature = "linux")]
+mod glue;
+#[cfg(feature = "linux")]
 pub mod netlink;
 #[cfg(feature = "linux")]
 pub mod sleeve_driver;
 #[cfg(feature = "linux")]
 pub mod sys;
-#[cfg(feature = "linux")]
-mod glue;
 
-pub use dataplane::{Dataplane, DataplaneError, Faulty, Faults, MemDataplane, MemNet};
+pub use dataplane::{Dataplane, DataplaneError, Faults, Faulty, MemDataplane, MemNet};
 #[cfg(feature = "linux")]
 pub use glue::follow_mesh;
 pub use sleeve::{DropReason, PeerPath, Sleeve, SleeveConfig};

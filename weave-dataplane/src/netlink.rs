@@ -224,7 +224,10 @@ impl Netlink {
     pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<LinkId, PlumbError> {
         match self.link(name).await? {
             Some(id) if id.kind.as_deref() != Some("bridge") => {
-                return Err(PlumbError { op: format!("bridge {name}"), source: io::Error::other(format!("{name} exists and is a {} device, not a bridge", id.kind.unwrap_or_default())) })
+                return Err(PlumbError {
+                    op: format!("bridge {name}"),
+                    source: io::Error::other(format!("{name} exists and is a {} device, not a bridge", id.kind.unwrap_or_default())),
+                })
             }
             Some(_) => {}
             None => {
@@ -505,7 +508,12 @@ pub async fn plug(host: &Netlink, bridge: u32, host_name: &str, target: &Netns, 
         let nsfile = target.open().map_err(ioerr("open the target namespace"))?;
         let t = host.need(&tmp).await?;
         use std::os::fd::AsRawFd;
-        host.handle.link().set(LinkUnspec::new_with_index(t.index).setns_by_fd(nsfile.as_raw_fd()).build()).execute().await.map_err(err("move veth into the target namespace"))
+        host.handle
+            .link()
+            .set(LinkUnspec::new_with_index(t.index).setns_by_fd(nsfile.as_raw_fd()).build())
+            .execute()
+            .await
+            .map_err(err("move veth into the target namespace"))
     };
     if let Err(e) = wired.await {
         // Half-made: the pair goes (deleting one end deletes both).
@@ -524,7 +532,10 @@ pub async fn attach(host: &Netlink, container: &Netns, id: &str, addrs: &[IpNet]
     if !valid_ifname(&cfg.ifname) {
         return Err(PlumbError { op: "attach".into(), source: io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {:?}", cfg.ifname)) });
     }
-    let bridge = host.link(&cfg.bridge).await?.ok_or_else(|| PlumbError { op: format!("attach {id}"), source: io::Error::other(format!("bridge {} does not exist (is the router running?)", cfg.bridge)) })?;
+    let bridge = host.link(&cfg.bridge).await?.ok_or_else(|| PlumbError {
+        op: format!("attach {id}"),
+        source: io::Error::other(format!("bridge {} does not exist (is the router running?)", cfg.bridge)),
+    })?;
     let c = Netlink::connect(container).await?;
     let host_name = host_ifname(id);
     let existing = c.link(&cfg.ifname).await?;
@@ -534,7 +545,12 @@ pub async fn attach(host: &Netlink, container: &Netns, id: &str, addrs: &[IpNet]
         None => {
             let tmp = plug(host, bridge.index, &host_name, container, cfg.mtu, cfg.hairpin).await?;
             let t = c.need(&tmp).await?;
-            c.handle.link().set(LinkUnspec::new_with_index(t.index).name(cfg.ifname.clone()).mtu(cfg.mtu).build()).execute().await.map_err(err(format!("rename to {}", cfg.ifname)))?;
+            c.handle
+                .link()
+                .set(LinkUnspec::new_with_index(t.index).name(cfg.ifname.clone()).mtu(cfg.mtu).build())
+                .execute()
+                .await
+                .map_err(err(format!("rename to {}", cfg.ifname)))?;
             let ifn = cfg.ifname.clone();
             // Gratuitous ARP when the interface comes up (covers every
             // address added before), and neighbour entries that are

@@ -706,7 +706,13 @@ impl Sleeve {
         let idx = match slot {
             // Reuse only a datagram opened under the same keys and sealing
             // decision (trust can change mid-batch).
-            Some(s) if tx.open[s].2 == encrypted && tx.open[s].3 == epoch && tx.bufs[tx.open[s].1].len() + need + if encrypted { TAG_LEN } else { 0 } <= max_dgram => tx.open[s].1,
+            Some(s)
+                if tx.open[s].2 == encrypted
+                    && tx.open[s].3 == epoch
+                    && tx.bufs[tx.open[s].1].len() + need + if encrypted { TAG_LEN } else { 0 } <= max_dgram =>
+            {
+                tx.open[s].1
+            }
             other => {
                 if let Some(s) = other {
                     let (h, i, sealed, ep) = tx.open.swap_remove(s);
@@ -862,7 +868,15 @@ impl Sleeve {
         }
     }
 
-    fn receive_record(&mut self, now: Instant, sender: PeerName, rec: FrameRecord<'_>, range: std::ops::Range<usize>, tx: &mut TxQueue, deliver: &mut Vec<Delivery>) {
+    fn receive_record(
+        &mut self,
+        now: Instant,
+        sender: PeerName,
+        rec: FrameRecord<'_>,
+        range: std::ops::Range<usize>,
+        tx: &mut TxQueue,
+        deliver: &mut Vec<Delivery>,
+    ) {
         if let Some(p) = self.peers.get_mut(&sender) {
             p.counters.rx_frames += 1;
             p.counters.rx_bytes += rec.frame.len() as u64;

@@ -363,7 +363,8 @@ impl SleeveDataplane {
         let driver = SleeveDriver::start(Sleeve::new(cfg.sleeve.clone()), &cfg.netns, TAP_NAME, cfg.listen)?;
         restore_bridge(nl, &cfg.bridge, cfg.mtu).await?;
         let watchdog = tokio::spawn(watchdog(nl.clone(), cfg.bridge.clone(), cfg.mtu));
-        let firewall = crate::firewall::follow(cfg.netns.clone(), cfg.bridge.clone()).map_err(|source| crate::PlumbError { op: "follow the host firewall".into(), source })?;
+        let firewall = crate::firewall::follow(cfg.netns.clone(), cfg.bridge.clone())
+            .map_err(|source| crate::PlumbError { op: "follow the host firewall".into(), source })?;
         Ok(Self { driver, watchdog, firewall })
     }
 
@@ -383,7 +384,13 @@ impl crate::Dataplane for SleeveDataplane {
         "sleeve"
     }
 
-    fn connection_up(&self, peer: weave_core::PeerName, remote: SocketAddr, outbound: bool, keys: Option<&weave_gossip::DataKeys>) -> Result<(), crate::DataplaneError> {
+    fn connection_up(
+        &self,
+        peer: weave_core::PeerName,
+        remote: SocketAddr,
+        outbound: bool,
+        keys: Option<&weave_gossip::DataKeys>,
+    ) -> Result<(), crate::DataplaneError> {
         crate::dataplane::sleeve_connection_up(self.driver.core(), peer, remote, outbound, keys);
         Ok(())
     }

@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -65,7 +65,9 @@ pub fn open_tap(name: &str, offload: bool) -> io::Result<File> {
 pub fn set_pmtu_probe(fd: RawFd) -> io::Result<()> {
     let v: libc::c_int = libc::IP_PMTUDISC_PROBE;
     // SAFETY: a plain integer option on an open socket.
-    let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &v as *const _ as *const libc::c_void, size_of::<libc::c_int>() as libc::socklen_t) };
+    let r = unsafe {
+        libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &v as *const _ as *const libc::c_void, size_of::<libc::c_int>() as libc::socklen_t)
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -120,7 +122,12 @@ fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
         libc::AF_INET6 => {
             // SAFETY: the kernel wrote a sockaddr_in6.
             let sin6 = unsafe { &*(s as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
-            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(sin6.sin6_addr.s6_addr), u16::from_be(sin6.sin6_port), sin6.sin6_flowinfo, sin6.sin6_scope_id)))
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
         }
         _ => None,
     }
@@ -422,7 +429,9 @@ impl PacketSocket {
         let s = Self { fd, ifindex, proto };
         let sll = s.sockaddr(None);
         // SAFETY: binding a valid sockaddr_ll of the stated size.
-        let r = unsafe { libc::bind(s.fd.as_raw_fd(), &sll as *const libc::sockaddr_ll as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as libc::socklen_t) };
+        let r = unsafe {
+            libc::bind(s.fd.as_raw_fd(), &sll as *const libc::sockaddr_ll as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as libc::socklen_t)
+        };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -452,7 +461,14 @@ impl PacketSocket {
         let sll = self.sockaddr(Some(dst));
         // SAFETY: valid buffer and sockaddr_ll for the duration of the call.
         let r = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 0, &sll as *const libc::sockaddr_ll as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as libc::socklen_t)
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                payload.as_ptr().cast(),
+                payload.len(),
+                0,
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -466,7 +482,9 @@ impl PacketSocket {
         let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
         let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
         // SAFETY: valid buffer, address storage and length pointer.
-        let r = unsafe { libc::recvfrom(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, &mut sll as *mut libc::sockaddr_ll as *mut libc::sockaddr, &mut len) };
+        let r = unsafe {
+            libc::recvfrom(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, &mut sll as *mut libc::sockaddr_ll as *mut libc::sockaddr, &mut len)
+        };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }

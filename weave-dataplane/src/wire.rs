@@ -361,7 +361,14 @@ mod tests {
         let mut body = Vec::new();
         let a = FrameRecord { origin: n(1), dst: n(2), flags: 0, vnet: None, piece: None, frame: &[1, 2, 3] };
         let b = FrameRecord { origin: n(3), dst: n(0), flags: FLAG_BROADCAST | FLAG_VNET, vnet: Some([1; VNET_LEN]), piece: None, frame: &[9; 60] };
-        let c = FrameRecord { origin: n(3), dst: n(4), flags: FLAG_VNET | FLAG_PIECE, vnet: Some([2; VNET_LEN]), piece: Some(Piece { id: 9, offset: 1400, total: 65000 }), frame: &[7; 100] };
+        let c = FrameRecord {
+            origin: n(3),
+            dst: n(4),
+            flags: FLAG_VNET | FLAG_PIECE,
+            vnet: Some([2; VNET_LEN]),
+            piece: Some(Piece { id: 9, offset: 1400, total: 65000 }),
+            frame: &[7; 100],
+        };
         a.write(&mut body);
         b.write(&mut body);
         c.write(&mut body);

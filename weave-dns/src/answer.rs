@@ -102,9 +102,7 @@ impl Responder {
         let limit = if tcp {
             usize::from(u16::MAX)
         } else {
-            req.extensions()
-                .as_ref()
-                .map_or(UDP_DEFAULT, |e| usize::from(e.max_payload()).clamp(UDP_DEFAULT, usize::from(OUR_EDNS)))
+            req.extensions().as_ref().map_or(UDP_DEFAULT, |e| usize::from(e.max_payload()).clamp(UDP_DEFAULT, usize::from(OUR_EDNS)))
         };
         let name = q.name().to_lowercase().to_ascii();
         let in_domain = self.in_domain(&name, store, q.query_type());
@@ -202,9 +200,7 @@ fn format_error(query: &[u8]) -> Answer {
         return Answer::Drop;
     }
     let mut resp = Message::new();
-    resp.set_id(u16::from_be_bytes([query[0], query[1]]))
-        .set_message_type(MessageType::Response)
-        .set_response_code(ResponseCode::FormErr);
+    resp.set_id(u16::from_be_bytes([query[0], query[1]])).set_message_type(MessageType::Response).set_response_code(ResponseCode::FormErr);
     resp.to_vec().map_or(Answer::Drop, Answer::Reply)
 }
 
@@ -239,8 +235,8 @@ pub fn query(id: u16, name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weave_core::PeerName;
     use weave_core::rng::seeded;
+    use weave_core::PeerName;
 
     fn store(n: usize) -> Store {
         let mut s = Store::new(PeerName::from_u64(1).unwrap());
@@ -259,7 +255,13 @@ mod tests {
     }
 
     fn ips(m: &Message) -> Vec<Ipv4Addr> {
-        m.answers().iter().filter_map(|r| match r.data() { RData::A(a) => Some(a.0), _ => None }).collect()
+        m.answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -279,9 +281,8 @@ mod tests {
     fn answers_are_shuffled() {
         let r = Responder::new("weave.local.", 1);
         let s = store(5);
-        let orders: std::collections::BTreeSet<Vec<Ipv4Addr>> = (0..20)
-            .map(|i| ips(&reply(r.answer(&s, &query(1, "web.weave.local.", RecordType::A, None), false, &mut seeded(i)))))
-            .collect();
+        let orders: std::collections::BTreeSet<Vec<Ipv4Addr>> =
+            (0..20).map(|i| ips(&reply(r.answer(&s, &query(1, "web.weave.local.", RecordType::A, None), false, &mut seeded(i))))).collect();
         assert!(orders.len() > 1, "always the same order");
         assert!(orders.iter().all(|o| o.len() == 5));
     }

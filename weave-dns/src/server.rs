@@ -146,12 +146,10 @@ impl Shared {
                 continue;
             }
             match tokio::time::timeout(self.timeout, ask_udp(up, query)).await {
-                Ok(Ok(reply)) if tcp && reply[2] & 0x02 != 0 => {
-                    match tokio::time::timeout(self.timeout, ask_tcp(up, query)).await {
-                        Ok(Ok(full)) => return Some(full),
-                        _ => return Some(reply),
-                    }
-                }
+                Ok(Ok(reply)) if tcp && reply[2] & 0x02 != 0 => match tokio::time::timeout(self.timeout, ask_tcp(up, query)).await {
+                    Ok(Ok(full)) => return Some(full),
+                    _ => return Some(reply),
+                },
                 Ok(Ok(reply)) => return Some(reply),
                 Ok(Err(e)) => tracing::debug!(%up, error = %e, "upstream failed"),
                 Err(_) => tracing::debug!(%up, "upstream timed out"),
@@ -159,7 +157,6 @@ impl Shared {
         }
         servfail(query)
     }
-
 }
 
 async fn ask_udp(up: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {

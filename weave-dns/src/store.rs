@@ -100,9 +100,8 @@ pub fn normalize(name: &str, domain: &str) -> Result<String, StoreError> {
             }
         }
     }
-    let labels_ok = n[..n.len() - 1]
-        .split('.')
-        .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    let labels_ok =
+        n[..n.len() - 1].split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     if n.len() > MAX_NAME_LEN + 1 || !labels_ok {
         return Err(StoreError::InvalidName(name.to_owned()));
     }
@@ -178,10 +177,7 @@ impl Store {
         let me = self.ourself;
         let mut changed = Vec::new();
         for (k, v) in &mut self.entries {
-            let matches = k.origin == me
-                && k.container == container
-                && hostname.is_none_or(|h| k.hostname == h)
-                && addr.is_none_or(|a| k.addr == a);
+            let matches = k.origin == me && k.container == container && hostname.is_none_or(|h| k.hostname == h) && addr.is_none_or(|a| k.addr == a);
             if matches && !v.is_tombstone() {
                 v.version = v.version.saturating_add(1);
                 v.tombstone = now_unix.max(1);
@@ -194,13 +190,7 @@ impl Store {
     /// Merge entries gossiped by `sender` whose clock read `sender_unix`.
     /// Returns what changed (to relay), including tombstones we issue for
     /// stale entries of our own.
-    pub fn merge(
-        &mut self,
-        now_unix: u64,
-        sender: PeerName,
-        sender_unix: u64,
-        batch: Vec<(Key, Value)>,
-    ) -> Result<Vec<(Key, Value)>, StoreError> {
+    pub fn merge(&mut self, now_unix: u64, sender: PeerName, sender_unix: u64, batch: Vec<(Key, Value)>) -> Result<Vec<(Key, Value)>, StoreError> {
         let skew = now_unix.abs_diff(sender_unix);
         if skew > MAX_CLOCK_SKEW {
             return Err(StoreError::ClockSkew { peer: sender, skew });
@@ -271,12 +261,8 @@ impl Store {
 
     /// Live addresses for a (normalised) hostname.
     pub fn lookup(&self, hostname: &str) -> Vec<Ipv4Addr> {
-        let set: BTreeSet<Ipv4Addr> = self
-            .entries
-            .range(range_of(hostname))
-            .filter(|(k, v)| k.hostname == hostname && !v.is_tombstone())
-            .map(|(k, _)| k.addr)
-            .collect();
+        let set: BTreeSet<Ipv4Addr> =
+            self.entries.range(range_of(hostname)).filter(|(k, v)| k.hostname == hostname && !v.is_tombstone()).map(|(k, _)| k.addr).collect();
         set.into_iter().collect()
     }
 
@@ -287,8 +273,7 @@ impl Store {
 
     /// Live hostnames for an address (reverse lookup).
     pub fn reverse(&self, addr: Ipv4Addr) -> Vec<String> {
-        let set: BTreeSet<&str> =
-            self.entries.iter().filter(|(k, v)| k.addr == addr && !v.is_tombstone()).map(|(k, _)| k.hostname.as_str()).collect();
+        let set: BTreeSet<&str> = self.entries.iter().filter(|(k, v)| k.addr == addr && !v.is_tombstone()).map(|(k, _)| k.hostname.as_str()).collect();
         set.into_iter().map(str::to_owned).collect()
     }
 }
@@ -421,12 +406,7 @@ mod tests {
     fn arb_entry() -> impl Strategy<Value = (Key, Value)> {
         (0u8..3, 2u64..4, 0u8..2, 0u8..2, 1u64..5, any::<bool>()).prop_map(|(h, o, c, a, v, t)| {
             (
-                Key {
-                    hostname: format!("h{h}.weave.local."),
-                    origin: p(o),
-                    container: format!("c{c}"),
-                    addr: Ipv4Addr::new(10, 32, 0, a),
-                },
+                Key { hostname: format!("h{h}.weave.local."), origin: p(o), container: format!("c{c}"), addr: Ipv4Addr::new(10, 32, 0, a) },
                 Value { version: v, tombstone: if t { T + v } else { 0 } },
             )
         })

@@ -56,13 +56,7 @@ fn quick(m: &mut MeshConfig, c: &mut ConnMakerConfig) {
 type Live = BTreeSet<(String, Ipv4Addr, PeerName, String)>;
 
 fn live(dns: &Mutex<Dns>) -> Live {
-    dns.lock()
-        .unwrap()
-        .store()
-        .entries()
-        .filter(|(_, v)| !v.is_tombstone())
-        .map(|(k, _)| (k.hostname.clone(), k.addr, k.origin, k.container.clone()))
-        .collect()
+    dns.lock().unwrap().store().entries().filter(|(_, v)| !v.is_tombstone()).map(|(k, _)| (k.hostname.clone(), k.addr, k.origin, k.container.clone())).collect()
 }
 
 /// What every peer should see: each origin's own live entries.
@@ -133,10 +127,7 @@ fn thirty_peers_converge_through_loss_partition_and_a_stateless_restart() {
     step(&mut sim, &dnss, 100);
     sim.run_for(Duration::from_secs(15));
     let outsider = PeerName::from_u64(27).unwrap();
-    assert!(
-        live(&dnss[0]).iter().all(|e| e.2 != outsider),
-        "seed {seed}: entries of a peer that left the topology are dropped"
-    );
+    assert!(live(&dnss[0]).iter().all(|e| e.2 != outsider), "seed {seed}: entries of a peer that left the topology are dropped");
     sim.heal_all();
     step(&mut sim, &dnss, 50);
 
@@ -156,10 +147,7 @@ fn thirty_peers_converge_through_loss_partition_and_a_stateless_restart() {
     });
     assert!(done.is_some(), "seed {seed}: peers did not converge");
     let victim_name = PeerName::from_u64(victim as u64 + 1).unwrap();
-    assert!(
-        live(&dnss[0]).iter().all(|e| e.2 != victim_name),
-        "seed {seed}: the restarted peer's stale entries ({before} of them) were deleted"
-    );
+    assert!(live(&dnss[0]).iter().all(|e| e.2 != victim_name), "seed {seed}: the restarted peer's stale entries ({before} of them) were deleted");
     // Lookups agree everywhere, case-insensitively.
     for name in names {
         let answers: BTreeSet<Vec<Ipv4Addr>> = dnss.iter().map(|d| d.lock().unwrap().lookup(&name.to_uppercase())).collect();

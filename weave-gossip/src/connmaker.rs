@@ -36,13 +36,7 @@ pub struct ConnMakerConfig {
 
 impl Default for ConnMakerConfig {
     fn default() -> Self {
-        Self {
-            default_port: 6783,
-            discovery: true,
-            conn_limit: 200,
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
-        }
+        Self { default_port: 6783, discovery: true, conn_limit: 200, backoff_initial: Duration::from_secs(1), backoff_max: Duration::from_secs(60) }
     }
 }
 
@@ -249,10 +243,7 @@ impl ConnectionMaker {
         if self.active >= self.cfg.conn_limit {
             return None;
         }
-        let (a, t) = self
-            .targets
-            .iter_mut()
-            .find(|(_, t)| matches!(t.state, TargetState::Retrying(at) if at <= now))?;
+        let (a, t) = self.targets.iter_mut().find(|(_, t)| matches!(t.state, TargetState::Retrying(at) if at <= now))?;
         t.state = TargetState::Connecting;
         self.active += 1;
         Some(a.clone())
@@ -277,13 +268,7 @@ impl ConnectionMaker {
     pub fn targets(&self) -> Vec<TargetStatus> {
         self.targets
             .iter()
-            .map(|(a, t)| TargetStatus {
-                address: a.clone(),
-                direct: t.direct,
-                state: t.state.clone(),
-                attempts: t.attempts,
-                last_error: t.last_error.clone(),
-            })
+            .map(|(a, t)| TargetStatus { address: a.clone(), direct: t.direct, state: t.state.clone(), attempts: t.attempts, last_error: t.last_error.clone() })
             .collect()
     }
 }

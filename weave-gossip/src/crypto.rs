@@ -32,9 +32,7 @@ impl Psk {
         let params = Params::new(19 * 1024, 2, 1, Some(32)).expect("static argon2 parameters are valid");
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let mut key = [0u8; 32];
-        argon
-            .hash_password_into(password, b"weave-rs mesh pre-shared key v1", &mut key)
-            .expect("output length and salt are within argon2 limits");
+        argon.hash_password_into(password, b"weave-rs mesh pre-shared key v1", &mut key).expect("output length and salt are within argon2 limits");
         Self(Arc::new(key))
     }
 
@@ -121,10 +119,7 @@ impl SessionCipher {
             buf.extend_from_slice(c);
             let start = out.len();
             out.resize(start + buf.len() + TAG, 0);
-            let w = self
-                .0
-                .write_message(&buf, &mut out[start..])
-                .expect("chunk fits a Noise message and the nonce cannot wrap in 2^64 messages");
+            let w = self.0.write_message(&buf, &mut out[start..]).expect("chunk fits a Noise message and the nonce cannot wrap in 2^64 messages");
             out.truncate(start + w);
         }
     }

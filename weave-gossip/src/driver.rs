@@ -228,17 +228,53 @@ pub struct Status {
 pub struct Stopped;
 
 enum Cmd {
-    Established { conn: ConnId, info: Box<Established>, socket: SocketAddr, target: Option<String>, link: LinkSide, reply: oneshot::Sender<Result<(), AddConnectionError>> },
-    HandshakeFailed { socket: Option<SocketAddr>, target: Option<String>, reason: String },
-    Message { conn: ConnId, msg: Envelope },
-    Closed { conn: ConnId, reason: String },
-    Connect { peers: Vec<String>, replace: bool, reply: oneshot::Sender<Result<(), InvalidTarget>> },
-    Forget { peers: Vec<String>, reply: oneshot::Sender<Result<(), InvalidTarget>> },
-    Status { reply: oneshot::Sender<Status> },
-    Routes { reply: oneshot::Sender<Routes> },
-    Channel { op: ChannelOp, reply: oneshot::Sender<Result<(), SendError>> },
-    Register { name: String, gossiper: Box<dyn Gossiper> },
-    Shutdown { reply: oneshot::Sender<()> },
+    Established {
+        conn: ConnId,
+        info: Box<Established>,
+        socket: SocketAddr,
+        target: Option<String>,
+        link: LinkSide,
+        reply: oneshot::Sender<Result<(), AddConnectionError>>,
+    },
+    HandshakeFailed {
+        socket: Option<SocketAddr>,
+        target: Option<String>,
+        reason: String,
+    },
+    Message {
+        conn: ConnId,
+        msg: Envelope,
+    },
+    Closed {
+        conn: ConnId,
+        reason: String,
+    },
+    Connect {
+        peers: Vec<String>,
+        replace: bool,
+        reply: oneshot::Sender<Result<(), InvalidTarget>>,
+    },
+    Forget {
+        peers: Vec<String>,
+        reply: oneshot::Sender<Result<(), InvalidTarget>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Routes {
+        reply: oneshot::Sender<Routes>,
+    },
+    Channel {
+        op: ChannelOp,
+        reply: oneshot::Sender<Result<(), SendError>>,
+    },
+    Register {
+        name: String,
+        gossiper: Box<dyn Gossiper>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 enum ChannelOp {
@@ -282,12 +318,7 @@ impl MeshBuilder {
         let (events, _) = broadcast::channel(256);
         let (view, view_rx) = watch::channel(MeshView::default());
         let live = Arc::new(AtomicUsize::new(0));
-        let local = LocalFeatures {
-            name: cfg.mesh.name,
-            nickname: cfg.mesh.nickname.clone(),
-            uid: cfg.mesh.uid,
-            listen_port: listen.port(),
-        };
+        let local = LocalFeatures { name: cfg.mesh.name, nickname: cfg.mesh.nickname.clone(), uid: cfg.mesh.uid, listen_port: listen.port() };
         let shared = Arc::new(Shared {
             link: cfg.link.clone(),
             local,
@@ -298,17 +329,8 @@ impl MeshBuilder {
             cfg: cfg.clone(),
         });
         let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
-        let driver = Driver {
-            mesh,
-            cm,
-            conns: HashMap::new(),
-            covered: HashMap::new(),
-            shared,
-            events: events.clone(),
-            view,
-            failures: VecDeque::new(),
-            listen,
-        };
+        let driver =
+            Driver { mesh, cm, conns: HashMap::new(), covered: HashMap::new(), shared, events: events.clone(), view, failures: VecDeque::new(), listen };
         let task = tokio::spawn(driver.run(cmd_rx, acceptor));
         Ok(MeshHandle {
             cmd: cmd_tx.clone(),
@@ -516,7 +538,17 @@ impl Driver {
                 match &result {
                     Ok(()) => {
                         tracing::info!(peer = %info.name, nickname = %info.nickname, %socket, "connection established");
-                        self.conns.insert(conn, ConnEntry { link, peer: info.name, socket, encrypted: info.encrypted, outbound: target.is_some(), data_keys: info.data_keys.clone() });
+                        self.conns.insert(
+                            conn,
+                            ConnEntry {
+                                link,
+                                peer: info.name,
+                                socket,
+                                encrypted: info.encrypted,
+                                outbound: target.is_some(),
+                                data_keys: info.data_keys.clone(),
+                            },
+                        );
                         // A connection this one replaced goes first, so
                         // subscribers see Disconnected before Connected.
                         self.drain_events(now);
@@ -599,12 +631,8 @@ impl Driver {
     fn close_forgotten(&mut self, targets: &[String]) {
         let forgotten: Vec<String> = targets.iter().filter_map(|t| self.cm.normalize(t).ok()).collect();
         let covered: Vec<PeerName> = forgotten.iter().filter_map(|t| self.covered.remove(t)).collect();
-        let victims: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, e)| forgotten.contains(&e.socket.to_string()) || covered.contains(&e.peer))
-            .map(|(id, _)| *id)
-            .collect();
+        let victims: Vec<ConnId> =
+            self.conns.iter().filter(|(_, e)| forgotten.contains(&e.socket.to_string()) || covered.contains(&e.peer)).map(|(id, _)| *id).collect();
         let now = Instant::now();
         for conn in victims {
             self.close(now, conn, "forgotten".into());
@@ -678,8 +706,7 @@ impl Driver {
             let mut connected = self.mesh.connected_addresses();
             self.covered.retain(|_, peer| self.mesh.connection_to(*peer).is_some());
             connected.extend(self.covered.keys().cloned());
-            let active = self.shared.live.load(Ordering::Relaxed).max(self.conns.len())
-                + self.shared.dialing.load(Ordering::Relaxed);
+            let active = self.shared.live.load(Ordering::Relaxed).max(self.conns.len()) + self.shared.dialing.load(Ordering::Relaxed);
             self.cm.set_connected(now, connected, active);
             while let Some(addr) = self.cm.poll_dial(now) {
                 self.shared.dialing.fetch_add(1, Ordering::Relaxed);

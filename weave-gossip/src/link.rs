@@ -203,13 +203,7 @@ impl Link {
         };
         let mut nickname = local.nickname.clone();
         truncate_utf8(&mut nickname, MAX_NICKNAME_LEN);
-        let features = Features {
-            name: local.name.as_u64(),
-            nickname,
-            uid: local.uid.as_u64(),
-            conn_id,
-            listen_port: u32::from(local.listen_port),
-        };
+        let features = Features { name: local.name.as_u64(), nickname, uid: local.uid.as_u64(), conn_id, listen_port: u32::from(local.listen_port) };
         let mut our_hello = [0u8; HELLO_LEN];
         our_hello[0] = T_HELLO;
         our_hello[1..9].copy_from_slice(MAGIC);
@@ -297,22 +291,13 @@ impl Link {
     }
 
     fn fail(&mut self, e: LinkError) -> Result<(), LinkError> {
-        let tell_peer = matches!(
-            e,
-            LinkError::NotWeave
-                | LinkError::VersionMismatch { .. }
-                | LinkError::EncryptionMismatch(_)
-                | LinkError::AuthenticationFailed
-        );
+        let tell_peer =
+            matches!(e, LinkError::NotWeave | LinkError::VersionMismatch { .. } | LinkError::EncryptionMismatch(_) | LinkError::AuthenticationFailed);
         if tell_peer && self.state != State::Open {
             let reason = match &e {
                 // Phrase mismatches from the peer's point of view.
-                LinkError::EncryptionMismatch(_) if self.cfg.psk.is_some() => {
-                    "encryption mismatch: the peer has a password and we have none".to_owned()
-                }
-                LinkError::EncryptionMismatch(_) => {
-                    "encryption mismatch: we have a password and the peer has none".to_owned()
-                }
+                LinkError::EncryptionMismatch(_) if self.cfg.psk.is_some() => "encryption mismatch: the peer has a password and we have none".to_owned(),
+                LinkError::EncryptionMismatch(_) => "encryption mismatch: we have a password and the peer has none".to_owned(),
                 other => other.to_string(),
             };
             let mut f = vec![T_REFUSE];
@@ -326,8 +311,7 @@ impl Link {
     fn handle_frame(&mut self, frame: &[u8]) -> Result<(), LinkError> {
         if self.state == State::Open {
             let bytes = self.open(frame)?;
-            let env = Envelope::decode(&bytes[..])
-                .map_err(|e| LinkError::Malformed { what: "message", detail: e.to_string() })?;
+            let env = Envelope::decode(&bytes[..]).map_err(|e| LinkError::Malformed { what: "message", detail: e.to_string() })?;
             self.events.push_back(LinkEvent::Message(env));
             return Ok(());
         }
@@ -335,10 +319,7 @@ impl Link {
         match (tag, self.state) {
             (T_REFUSE, _) => {
                 // Unauthenticated text from the peer: bounded, printable only.
-                let text = String::from_utf8_lossy(&body[..body.len().min(512)])
-                    .chars()
-                    .map(|c| if c.is_control() { '?' } else { c })
-                    .collect();
+                let text = String::from_utf8_lossy(&body[..body.len().min(512)]).chars().map(|c| if c.is_control() { '?' } else { c }).collect();
                 Err(LinkError::Refused(text))
             }
             (T_HELLO, State::AwaitHello) => self.on_hello(frame),
@@ -358,12 +339,7 @@ impl Link {
         let lo = self.cfg.min_version.max(theirs_min);
         let hi = self.cfg.max_version.min(theirs_max);
         if lo > hi || theirs_min > theirs_max {
-            return Err(LinkError::VersionMismatch {
-                ours_min: self.cfg.min_version,
-                ours_max: self.cfg.max_version,
-                theirs_min,
-                theirs_max,
-            });
+            return Err(LinkError::VersionMismatch { ours_min: self.cfg.min_version, ours_max: self.cfg.max_version, theirs_min, theirs_max });
         }
         self.version = hi;
         let theirs_encrypted = flags & FLAG_ENCRYPTED != 0;
@@ -505,12 +481,7 @@ mod tests {
     use weave_core::rng::seeded;
 
     fn local(n: u64) -> LocalFeatures {
-        LocalFeatures {
-            name: PeerName::from_u64(n).unwrap(),
-            nickname: format!("host{n}"),
-            uid: PeerUid::new(100 + n).unwrap(),
-            listen_port: 6783,
-        }
+        LocalFeatures { name: PeerName::from_u64(n).unwrap(), nickname: format!("host{n}"), uid: PeerUid::new(100 + n).unwrap(), listen_port: 6783 }
     }
 
     /// Shuttle bytes between two links until neither has output.
@@ -592,8 +563,7 @@ mod tests {
         let _ = pump(&mut a, &mut b);
         let _ = (established(&mut a), established(&mut b));
         let data = vec![7u8; 300_000];
-        a.send(&Body::Gossip(crate::proto::ChannelMsg { channel: "c".into(), src: 1, dst: 0, data: data.clone() }).into())
-            .unwrap();
+        a.send(&Body::Gossip(crate::proto::ChannelMsg { channel: "c".into(), src: 1, dst: 0, data: data.clone() }).into()).unwrap();
         pump(&mut a, &mut b).1.unwrap();
         match b.poll_event() {
             Some(LinkEvent::Message(Envelope { body: Some(Body::Gossip(m)) })) => assert_eq!(m.data, data),
@@ -623,10 +593,7 @@ mod tests {
         let newer = LinkConfig { min_version: 3, max_version: 4, ..LinkConfig::default() };
         let (mut a, mut b) = pair(LinkConfig::default(), newer);
         let (ra, _) = pump(&mut a, &mut b);
-        assert_eq!(
-            ra.unwrap_err().to_string(),
-            "protocol version mismatch: we speak 1..1, the peer speaks 3..4"
-        );
+        assert_eq!(ra.unwrap_err().to_string(), "protocol version mismatch: we speak 1..1, the peer speaks 3..4");
     }
 
     #[test]
@@ -676,7 +643,9 @@ mod tests {
                 match env.encoded_len().cmp(&(65535 - 16 - 1)) {
                     std::cmp::Ordering::Equal => return env,
                     std::cmp::Ordering::Less => data.push(fill),
-                    std::cmp::Ordering::Greater => { data.pop(); }
+                    std::cmp::Ordering::Greater => {
+                        data.pop();
+                    }
                 }
             }
         };

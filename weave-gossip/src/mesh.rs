@@ -26,10 +26,7 @@ use weave_core::rng::SimRng;
 use weave_core::{PeerName, PeerUid};
 
 use crate::link::{Established, MAX_MESSAGE_LEN};
-use crate::proto::{
-    Body, ChannelMsg, Envelope, Heartbeat, PeerRecordMsg, TopologyBuckets, TopologyDigest, TopologyRequest,
-    TopologyUpdate, TopologyVersions,
-};
+use crate::proto::{Body, ChannelMsg, Envelope, Heartbeat, PeerRecordMsg, TopologyBuckets, TopologyDigest, TopologyRequest, TopologyUpdate, TopologyVersions};
 use crate::routes::Routes;
 use crate::topology::{ConnectionInfo, InvalidRecord, PeerRecord, Topology, BUCKETS};
 
@@ -413,11 +410,7 @@ impl Mesh {
     /// Every channel's full state, as gossip to one connection.
     fn send_channel_states(&mut self, now: Instant, conn: ConnId) {
         let me = self.cfg.name.as_u64();
-        let states: Vec<(String, Vec<u8>)> = self
-            .channels
-            .iter_mut()
-            .flat_map(|(n, g)| g.full_state(now).into_iter().map(move |s| (n.clone(), s)))
-            .collect();
+        let states: Vec<(String, Vec<u8>)> = self.channels.iter_mut().flat_map(|(n, g)| g.full_state(now).into_iter().map(move |s| (n.clone(), s))).collect();
         for (channel, data) in states {
             self.send(conn, Body::Gossip(ChannelMsg { channel, src: me, dst: 0, data }));
         }
@@ -453,12 +446,7 @@ impl Mesh {
         let conns = self
             .conns
             .values()
-            .map(|c| ConnectionInfo {
-                peer: c.remote.name,
-                address: c.remote.address.clone(),
-                outbound: c.remote.outbound,
-                established: true,
-            })
+            .map(|c| ConnectionInfo { peer: c.remote.name, address: c.remote.address.clone(), outbound: c.remote.outbound, established: true })
             .collect();
         if self.topo.set_our_connections(conns) {
             self.announce = true;
@@ -865,14 +853,7 @@ mod tests {
     }
 
     fn remote(name: u64, conn_id: u64, outbound: bool) -> RemotePeer {
-        RemotePeer {
-            name: n(name),
-            nickname: format!("p{name}"),
-            uid: PeerUid::new(name).unwrap(),
-            conn_id,
-            address: format!("10.0.0.{name}:6783"),
-            outbound,
-        }
+        RemotePeer { name: n(name), nickname: format!("p{name}"), uid: PeerUid::new(name).unwrap(), conn_id, address: format!("10.0.0.{name}:6783"), outbound }
     }
 
     fn drain(m: &mut Mesh) -> Vec<Transmit> {
@@ -945,7 +926,6 @@ mod tests {
         assert_eq!(rb, Err(AddConnectionError::Duplicate(n(1))));
         assert_eq!(a.connection_to(n(2)), Some(20));
         assert_eq!(b.connection_to(n(1)), Some(20));
-        assert!(std::iter::from_fn(|| a.poll_event())
-            .any(|e| e == MeshEvent::CloseConnection { conn: 10, reason: CloseReason::Duplicate }));
+        assert!(std::iter::from_fn(|| a.poll_event()).any(|e| e == MeshEvent::CloseConnection { conn: 10, reason: CloseReason::Duplicate }));
     }
 }

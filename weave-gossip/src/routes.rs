@@ -28,9 +28,7 @@ impl Routes {
         let mut adjacency: BTreeMap<PeerName, Vec<PeerName>> = BTreeMap::new();
         for r in topo.records() {
             for c in r.connections.iter().filter(|c| c.established) {
-                let back = topo
-                    .get(c.peer)
-                    .is_some_and(|o| o.connections.iter().any(|oc| oc.peer == r.name && oc.established));
+                let back = topo.get(c.peer).is_some_and(|o| o.connections.iter().any(|oc| oc.peer == r.name && oc.established));
                 if back {
                     adjacency.entry(r.name).or_default().push(c.peer);
                 }
@@ -160,11 +158,8 @@ mod tests {
             conns.entry(a).or_default().push(b);
             conns.entry(b).or_default();
         }
-        let info = |v: &Vec<u64>| {
-            v.iter()
-                .map(|&c| ConnectionInfo { peer: n(c), address: String::new(), outbound: true, established: true })
-                .collect::<Vec<_>>()
-        };
+        let info =
+            |v: &Vec<u64>| v.iter().map(|&c| ConnectionInfo { peer: n(c), address: String::new(), outbound: true, established: true }).collect::<Vec<_>>();
         let mut t = Topology::new(n(me), "me".into(), PeerUid::new(1).unwrap());
         t.set_our_connections(conns.get(&me).map(info).unwrap_or_default());
         t.apply(conns.iter().filter(|(k, _)| **k != me).map(|(k, v)| PeerRecord {

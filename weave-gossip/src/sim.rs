@@ -258,10 +258,7 @@ impl SimNode for SimPeer {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let app = self.app.as_ref().and_then(|a| a.poll_timeout());
-        [self.mesh.poll_timeout(), self.cm.poll_timeout(), self.dials.values().map(|(_, t)| *t).min(), app]
-            .into_iter()
-            .flatten()
-            .min()
+        [self.mesh.poll_timeout(), self.cm.poll_timeout(), self.dials.values().map(|(_, t)| *t).min(), app].into_iter().flatten().min()
     }
 
     fn message_len(msg: &SimWire) -> usize {

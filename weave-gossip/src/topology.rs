@@ -103,12 +103,7 @@ impl PeerRecord {
             connections: self
                 .connections
                 .iter()
-                .map(|c| ConnectionEntry {
-                    name: c.peer.as_u64(),
-                    address: c.address.clone(),
-                    outbound: c.outbound,
-                    established: c.established,
-                })
+                .map(|c| ConnectionEntry { name: c.peer.as_u64(), address: c.address.clone(), outbound: c.outbound, established: c.established })
                 .collect(),
         }
     }
@@ -197,11 +192,7 @@ impl Topology {
 
     /// Peers named in some connection that have no record yet.
     pub fn placeholders(&self) -> BTreeSet<PeerName> {
-        self.peers
-            .values()
-            .flat_map(|r| r.connections.iter().map(|c| c.peer))
-            .filter(|p| !self.peers.contains_key(p))
-            .collect()
+        self.peers.values().flat_map(|r| r.connections.iter().map(|c| c.peer)).filter(|p| !self.peers.contains_key(p)).collect()
     }
 
     /// Replace our connections; bumps our version if they changed.
@@ -323,11 +314,7 @@ impl Topology {
                 ours_newer.push(r.name);
             }
         }
-        let theirs_newer = their_keys
-            .iter()
-            .filter(|(n, k)| self.peers.get(n).is_none_or(|r| **k > r.key()))
-            .map(|(n, _)| *n)
-            .collect();
+        let theirs_newer = their_keys.iter().filter(|(n, k)| self.peers.get(n).is_none_or(|r| **k > r.key())).map(|(n, _)| *n).collect();
         (ours_newer, theirs_newer)
     }
 }

@@ -127,8 +127,7 @@ fn partition_is_detected_collected_and_healed() {
         .unwrap_or_else(|| panic!("seed {seed}: the halves did not forget each other"));
     assert!(t >= Duration::from_secs(3), "detected by the read timeout, not before: {t:?}");
     sim.heal_all();
-    wait(&mut sim, Duration::from_secs(30), |s| all_know(s, &all, &all) && routes_complete(s, &all))
-        .unwrap_or_else(|| panic!("seed {seed}: did not heal"));
+    wait(&mut sim, Duration::from_secs(30), |s| all_know(s, &all, &all) && routes_complete(s, &all)).unwrap_or_else(|| panic!("seed {seed}: did not heal"));
 }
 
 #[test]
@@ -157,8 +156,7 @@ fn a_peer_restarting_with_a_new_uid_supersedes_its_old_record() {
     let new_uid = sim.node(3).mesh().config().uid;
     assert_ne!(new_uid, old.uid);
     wait(&mut sim, Duration::from_secs(30), |s| {
-        all.iter().all(|&i| s.node(i).mesh().topology().get(name(3)).is_some_and(|r| r.uid == new_uid && r.version > old.version))
-            && all_know(s, &all, &all)
+        all.iter().all(|&i| s.node(i).mesh().topology().get(name(3)).is_some_and(|r| r.uid == new_uid && r.version > old.version)) && all_know(s, &all, &all)
     })
     .unwrap_or_else(|| panic!("seed {seed}: new incarnation did not win"));
 }
@@ -222,7 +220,11 @@ impl Gossiper for Shared {
     }
     fn full_state(&mut self, _now: std::time::Instant) -> Vec<Vec<u8>> {
         let s = self.0.lock().unwrap();
-        if s.items.is_empty() { vec![] } else { vec![encode(s.items.iter().copied())] }
+        if s.items.is_empty() {
+            vec![]
+        } else {
+            vec![encode(s.items.iter().copied())]
+        }
     }
 }
 
@@ -315,12 +317,7 @@ fn scale_run(seed: u64, n: usize) -> ScaleRow {
         c.discovery = false;
     }
     let mut sim = cluster(seed, n + 1, cfg);
-    sim.set_default_link(LinkConfig {
-        latency_min: Duration::from_millis(1),
-        latency_max: Duration::from_millis(20),
-        loss: 0.01,
-        reorder: false,
-    });
+    sim.set_default_link(LinkConfig { latency_min: Duration::from_millis(1), latency_max: Duration::from_millis(20), loss: 0.01, reorder: false });
     // Random sparse topology: each node dials two random earlier nodes.
     for i in 1..n {
         let picks: Vec<NodeId> = (0..i).collect::<Vec<_>>().choose_multiple(sim.rng(), 2.min(i)).copied().collect();
@@ -331,8 +328,7 @@ fn scale_run(seed: u64, n: usize) -> ScaleRow {
         let d = s.node(0).mesh().topology().digest();
         d.1 == n as u64 && members.iter().all(|&i| s.node(i).mesh().topology().digest() == d)
     };
-    wait(&mut sim, Duration::from_secs(120), formed)
-        .unwrap_or_else(|| panic!("seed {seed}: {n}-node cluster did not form"));
+    wait(&mut sim, Duration::from_secs(120), formed).unwrap_or_else(|| panic!("seed {seed}: {n}-node cluster did not form"));
     // Steady state: no changes, just heartbeats and anti-entropy.
     sim.run_for(Duration::from_secs(30));
     sim.reset_stats();
@@ -346,10 +342,8 @@ fn scale_run(seed: u64, n: usize) -> ScaleRow {
     let picks: Vec<NodeId> = members.choose_multiple(sim.rng(), 3).copied().collect();
     connect(&mut sim, n, &picks);
     let newcomer = name(n);
-    let join_time = wait(&mut sim, Duration::from_secs(30), |s| {
-        members.iter().all(|&i| s.node(i).mesh().topology().get(newcomer).is_some())
-    })
-    .unwrap_or_else(|| panic!("seed {seed}: newcomer not known everywhere at N={n}"));
+    let join_time = wait(&mut sim, Duration::from_secs(30), |s| members.iter().all(|&i| s.node(i).mesh().topology().get(newcomer).is_some()))
+        .unwrap_or_else(|| panic!("seed {seed}: newcomer not known everywhere at N={n}"));
     let join_bytes = (0..=n).map(|i| sim.stats(i).bytes_sent).sum();
     ScaleRow { n, join_time, join_bytes, steady_max_bps, steady_mean_bps }
 }
@@ -357,14 +351,7 @@ fn scale_run(seed: u64, n: usize) -> ScaleRow {
 fn print_table(rows: &[ScaleRow]) {
     println!("{:>6} {:>12} {:>14} {:>22} {:>22}", "N", "join (ms)", "join bytes", "max bytes/s/peer", "mean bytes/s/peer");
     for r in rows {
-        println!(
-            "{:>6} {:>12.1} {:>14} {:>22.1} {:>22.1}",
-            r.n,
-            r.join_time.as_secs_f64() * 1e3,
-            r.join_bytes,
-            r.steady_max_bps,
-            r.steady_mean_bps
-        );
+        println!("{:>6} {:>12.1} {:>14} {:>22.1} {:>22.1}", r.n, r.join_time.as_secs_f64() * 1e3, r.join_bytes, r.steady_max_bps, r.steady_mean_bps);
     }
 }
 
@@ -376,14 +363,7 @@ fn check_scaling(rows: &[ScaleRow]) {
     let base = &rows[0];
     for r in &rows[1..] {
         let allowed = base.steady_max_bps * (r.n as f64).ln() / (base.n as f64).ln();
-        assert!(
-            r.steady_max_bps <= allowed,
-            "N={}: {:.1} B/s per peer exceeds log-N growth from N={} ({:.1} allowed)",
-            r.n,
-            r.steady_max_bps,
-            base.n,
-            allowed
-        );
+        assert!(r.steady_max_bps <= allowed, "N={}: {:.1} B/s per peer exceeds log-N growth from N={} ({:.1} allowed)", r.n, r.steady_max_bps, base.n, allowed);
     }
 }
 

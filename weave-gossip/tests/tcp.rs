@@ -34,12 +34,8 @@ async fn start(o: Opts) -> MeshHandle {
     cfg.conn_maker.discovery = o.discovery;
     cfg.conn_maker.backoff_initial = Duration::from_millis(100);
     cfg.conn_maker.backoff_max = Duration::from_millis(500);
-    cfg.link = LinkConfig {
-        min_version: o.versions.0,
-        max_version: o.versions.1,
-        psk: o.password.map(|p| Psk::from_password(p.as_bytes())),
-        ..LinkConfig::default()
-    };
+    cfg.link =
+        LinkConfig { min_version: o.versions.0, max_version: o.versions.1, psk: o.password.map(|p| Psk::from_password(p.as_bytes())), ..LinkConfig::default() };
     MeshBuilder::new(cfg).start().await.expect("bind on loopback")
 }
 
@@ -118,10 +114,7 @@ async fn refused_with(dialer: &MeshHandle, listener: &MeshHandle, dialer_says: &
     connect(dialer, listener).await;
     eventually("the dialer shows the refusal", || async {
         let s = dialer.status().await.unwrap();
-        s.connections
-            .iter()
-            .any(|c| c.state == ConnectionState::Retrying && c.info.contains(dialer_says))
-            .then_some(s)
+        s.connections.iter().any(|c| c.state == ConnectionState::Retrying && c.info.contains(dialer_says)).then_some(s)
     })
     .await;
     eventually("the listener shows the refusal", || async {
@@ -291,8 +284,7 @@ async fn hostile_input_closes_only_that_connection() {
         version: 5,
         connections: vec![weave_gossip::proto::ConnectionEntry { name: 9, address: String::new(), outbound: true, established: true }],
     };
-    let env: weave_gossip::proto::Envelope =
-        weave_gossip::proto::Body::Update(weave_gossip::proto::TopologyUpdate { records: vec![bad] }).into();
+    let env: weave_gossip::proto::Envelope = weave_gossip::proto::Body::Update(weave_gossip::proto::TopologyUpdate { records: vec![bad] }).into();
     assert!(env.encoded_len() > 0);
     link.send(&env).unwrap();
     raw.write_all(&link.take_output()).await.unwrap();

@@ -411,11 +411,7 @@ impl Ipam {
             }
             Op::Claim { container, addr, subnet } => {
                 if let Some((c, net)) = self.used.get(addr) {
-                    return if c == container {
-                        Ok(Some(*net))
-                    } else {
-                        Err(IpamError::InUse { addr: Ipv4Addr::from(*addr), container: c.clone() })
-                    };
+                    return if c == container { Ok(Some(*net)) } else { Err(IpamError::InUse { addr: Ipv4Addr::from(*addr), container: c.clone() }) };
                 }
                 if self.ring.owner(*addr) != Some(self.cfg.ourself) {
                     return Ok(None);
@@ -515,8 +511,7 @@ impl Ipam {
 
     /// Free everything `container` holds; returns what was freed.
     pub fn free_all(&mut self, now: Instant, container: &str) -> Vec<Ipv4Net> {
-        let addrs: Vec<u32> =
-            self.by_container.range((container.to_owned(), 0)..=(container.to_owned(), u32::MAX)).map(|(_, a)| *a).collect();
+        let addrs: Vec<u32> = self.by_container.range((container.to_owned(), 0)..=(container.to_owned(), u32::MAX)).map(|(_, a)| *a).collect();
         let freed: Vec<Ipv4Net> = addrs.into_iter().filter_map(|a| self.release(a)).map(|(_, n)| n).collect();
         let ids: Vec<RequestId> = self.pending.iter().filter(|(_, p)| op_container(&p.op) == container).map(|(id, _)| *id).collect();
         for id in ids {
@@ -580,7 +575,13 @@ impl Ipam {
     /// if there is nothing to hand over or nobody to take it.
     pub fn leave(&mut self, now: Instant) -> Option<PeerName> {
         let me = self.cfg.ourself;
-        let heir = self.ring.entries().iter().map(|e| e.peer).filter(|&p| p != me && self.is_reachable(p)).min()
+        let heir = self
+            .ring
+            .entries()
+            .iter()
+            .map(|e| e.peer)
+            .filter(|&p| p != me && self.is_reachable(p))
+            .min()
             .or_else(|| self.reachable.as_ref().and_then(|r| r.iter().copied().find(|&p| p != me)))?;
         let mine = self.ring.owned_by(me);
         if mine.is_empty() {
@@ -1023,7 +1024,9 @@ impl Ipam {
         let (mut claims, mut allocs) = (Vec::new(), Vec::new());
         for (id, p) in &self.pending {
             match &p.op {
-                Op::Claim { container, addr, subnet } => claims.push(PendingRequest { id: *id, container: container.clone(), subnet: *subnet, addr: Some(Ipv4Addr::from(*addr)) }),
+                Op::Claim { container, addr, subnet } => {
+                    claims.push(PendingRequest { id: *id, container: container.clone(), subnet: *subnet, addr: Some(Ipv4Addr::from(*addr)) })
+                }
                 Op::Allocate { container, subnet } => allocs.push(PendingRequest { id: *id, container: container.clone(), subnet: *subnet, addr: None }),
             }
         }
@@ -1168,7 +1171,8 @@ mod tests {
         let mut a = seeded(1, &[1]);
         a.allocate(now, "c", Some(net("10.32.0.0/24"))).unwrap();
         while a.poll_output().is_some() {}
-        let req = wire::encode(Body::SpaceRequest(SpaceRequest { start: u32::from(Ipv4Addr::new(10, 32, 0, 1)), end: u32::from(Ipv4Addr::new(10, 32, 0, 255)) }));
+        let req =
+            wire::encode(Body::SpaceRequest(SpaceRequest { start: u32::from(Ipv4Addr::new(10, 32, 0, 1)), end: u32::from(Ipv4Addr::new(10, 32, 0, 255)) }));
         a.handle_unicast(now, p(2), &req).unwrap();
         let given = a.ring().ownership_in(u32::from(Ipv4Addr::new(10, 32, 0, 0)), u32::from(Ipv4Addr::new(10, 32, 1, 0)));
         // 253 usable, 1 used: 252 free, so at most 126 move.
@@ -1193,7 +1197,15 @@ mod tests {
     fn hostile_consensus_values_and_rounds_are_refused() {
         let now = Instant::now();
         let mut a = Ipam::new(IpamConfig::new(p(1), net("10.32.0.0/12"), InitMode::Consensus { quorum: 1 })).unwrap();
-        let bad_value = wire::PaxosMsg { node: 2, promise_round: 1, promise_proposer: 2, has_accepted: true, accepted_round: 1, accepted_proposer: 2, accepted_value: vec![] };
+        let bad_value = wire::PaxosMsg {
+            node: 2,
+            promise_round: 1,
+            promise_proposer: 2,
+            has_accepted: true,
+            accepted_round: 1,
+            accepted_proposer: 2,
+            accepted_value: vec![],
+        };
         let huge_round = wire::PaxosMsg { node: 2, promise_round: u64::MAX, promise_proposer: 2, ..bad_value.clone() };
         for m in [bad_value, huge_round] {
             let msg = wire::encode(Body::State(StateMsg { ring: None, paxos: vec![m], election_requested: false }));
@@ -1264,7 +1276,8 @@ mod tests {
         a.prime(now);
         a.set_reachable(BTreeSet::from([p(2), p(3)]));
         let Outcome::Pending(id) = a.claim(now, "c", net("10.40.0.1/12")).unwrap() else { panic!() };
-        let refusal = |retryable| wire::encode(Body::ClaimRefused(ClaimRefused { addr: u32::from(Ipv4Addr::new(10, 40, 0, 1)), reason: "no".into(), retryable }));
+        let refusal =
+            |retryable| wire::encode(Body::ClaimRefused(ClaimRefused { addr: u32::from(Ipv4Addr::new(10, 40, 0, 1)), reason: "no".into(), retryable }));
         a.handle_unicast(now, p(3), &refusal(false)).unwrap();
         assert!(a.poll_completion().is_none(), "peer 3 was not asked");
         a.handle_unicast(now, p(2), &refusal(true)).unwrap();

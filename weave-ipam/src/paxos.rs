@@ -145,11 +145,7 @@ impl Paxos {
         let before = self.nodes.get(&self.ourself).cloned();
         let highest_promise = self.nodes.values().map(|s| s.promise).max().unwrap_or_default();
         // Accept the highest proposal a proposer made at or above our promise.
-        let proposal = self
-            .nodes
-            .iter()
-            .filter_map(|(&n, s)| s.accepted.as_ref().filter(|(b, _)| b.proposer == n).cloned())
-            .max_by_key(|(b, _)| *b);
+        let proposal = self.nodes.iter().filter_map(|(&n, s)| s.accepted.as_ref().filter(|(b, _)| b.proposer == n).cloned()).max_by_key(|(b, _)| *b);
         let me = self.nodes.entry(self.ourself).or_default();
         if highest_promise > me.promise {
             me.promise = highest_promise;
@@ -165,15 +161,10 @@ impl Paxos {
         if my.proposer == self.ourself && my.round > 0 && self.nodes[&self.ourself].accepted.as_ref().is_none_or(|(b, _)| *b < my) {
             let promised: Vec<(&PeerName, &NodeState)> = self.nodes.iter().filter(|(_, s)| s.promise == my).collect();
             if promised.len() >= self.quorum {
-                let value = promised
-                    .iter()
-                    .filter_map(|(_, s)| s.accepted.as_ref())
-                    .max_by_key(|(b, _)| *b)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_else(|| {
-                        let set: BTreeSet<PeerName> = promised.iter().map(|(n, _)| **n).collect();
-                        set.into_iter().collect()
-                    });
+                let value = promised.iter().filter_map(|(_, s)| s.accepted.as_ref()).max_by_key(|(b, _)| *b).map(|(_, v)| v.clone()).unwrap_or_else(|| {
+                    let set: BTreeSet<PeerName> = promised.iter().map(|(n, _)| **n).collect();
+                    set.into_iter().collect()
+                });
                 self.nodes.get_mut(&self.ourself).expect("inserted above").accepted = Some((my, value));
             }
         }

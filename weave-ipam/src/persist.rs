@@ -126,11 +126,7 @@ impl Store {
             return Ok(Loaded::Discarded(format!("persisted IPAM state belongs to peer {was}, we are {peer}: discarding it")));
         }
         if snap.range != range.trunc().to_string() {
-            return Ok(Loaded::Discarded(format!(
-                "persisted IPAM state is for range {}, now {}: discarding it",
-                snap.range,
-                range.trunc()
-            )));
+            return Ok(Loaded::Discarded(format!("persisted IPAM state is for range {}, now {}: discarding it", snap.range, range.trunc())));
         }
         Ok(Loaded::State(Box::new(snap)))
     }

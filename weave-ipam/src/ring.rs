@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 
 use weave_core::PeerName;
 
-
 /// One cut of the ring.
 ///
 /// Two counters order an entry's history: `epoch` counts changes of owner
@@ -54,7 +53,6 @@ impl Entry {
     fn rank(&self) -> (u32, bool, u32, PeerName, u32, Option<PeerName>) {
         (self.epoch, self.taken_from.is_none(), self.version, self.peer, self.free, self.taken_from)
     }
-
 }
 
 /// Why a ring was rejected. Nothing changed when one is returned.
@@ -70,7 +68,9 @@ pub enum RingError {
         theirs: String,
     },
     /// The other ring was initialised independently (different seeds).
-    #[error("refusing to merge an independently initialised ring (seeds {theirs:?}, ours {ours:?}); remove the data of one side with `weave reset` and reconnect")]
+    #[error(
+        "refusing to merge an independently initialised ring (seeds {theirs:?}, ours {ours:?}); remove the data of one side with `weave reset` and reconnect"
+    )]
     DifferentRings {
         /// Our seeds.
         ours: Vec<PeerName>,
@@ -213,10 +213,7 @@ impl Ring {
 
     fn check_identity(&self, other: &Self) -> Result<(), RingError> {
         if (self.start, self.end) != (other.start, other.end) {
-            return Err(RingError::RangeMismatch {
-                ours: format!("{}-{}", self.start, self.end),
-                theirs: format!("{}-{}", other.start, other.end),
-            });
+            return Err(RingError::RangeMismatch { ours: format!("{}-{}", self.start, self.end), theirs: format!("{}-{}", other.start, other.end) });
         }
         if self.is_initialised() && other.is_initialised() && self.seeds != other.seeds {
             return Err(RingError::DifferentRings { ours: self.seeds.clone(), theirs: other.seeds.clone() });
@@ -243,8 +240,7 @@ impl Ring {
                 })
                 .or_insert(*e);
         }
-        let mut merged =
-            Self { start: self.start, end: self.end, seeds: other.seeds.clone(), entries: by_token.into_values().collect() };
+        let mut merged = Self { start: self.start, end: self.end, seeds: other.seeds.clone(), entries: by_token.into_values().collect() };
         // Free counts are advisory: a token new to one side shortens an
         // entry of the other, whose published count may now exceed it.
         for i in 0..merged.entries.len() {

@@ -8,10 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::{Completion, InitMode, Ipam, IpamConfig, Output};
 use ipnet::Ipv4Net;
 use weave_core::sim::{LinkConfig, NodeId, Outbox, Sim, SimNode};
 use weave_core::PeerName;
-use crate::{Completion, InitMode, Ipam, IpamConfig, Output};
 
 pub fn name(id: NodeId) -> PeerName {
     PeerName::from_u64(id as u64 + 1).unwrap()
@@ -43,15 +43,7 @@ impl Node {
         cfg.retry_interval = Duration::from_millis(500);
         let mut ipam = Ipam::new(cfg).unwrap();
         ipam.set_reachable((0..n).filter(|&i| i != id).map(name).collect());
-        Self {
-            id,
-            n,
-            ipam,
-            completions: Vec::new(),
-            next_anti_entropy: now + Duration::from_millis(200 + 37 * id as u64),
-            errors: Vec::new(),
-            rr: 0,
-        }
+        Self { id, n, ipam, completions: Vec::new(), next_anti_entropy: now + Duration::from_millis(200 + 37 * id as u64), errors: Vec::new(), rr: 0 }
     }
 
     pub fn drain(&mut self, out: &mut Outbox<Msg>) {

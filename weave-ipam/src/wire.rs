@@ -250,10 +250,7 @@ pub fn paxos_from_msg(m: &[PaxosMsg]) -> Result<std::collections::BTreeMap<PeerN
 
 /// Decode a message.
 pub fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
-    IpamMsg::decode(bytes)
-        .map_err(|e| DecodeError::Protobuf(e.to_string()))?
-        .body
-        .ok_or_else(|| DecodeError::Protobuf("empty message".into()))
+    IpamMsg::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?.body.ok_or_else(|| DecodeError::Protobuf("empty message".into()))
 }
 
 /// Encode a message.

@@ -26,11 +26,7 @@ fn model(seed: u64) -> (usize, usize) {
         });
     }
     sim.run_for(Duration::from_secs(60));
-    let seeds: BTreeSet<Vec<_>> = sim
-        .nodes()
-        .filter(|(_, nd)| nd.ipam.ring().is_initialised())
-        .map(|(_, nd)| nd.ipam.ring().seeds().to_vec())
-        .collect();
+    let seeds: BTreeSet<Vec<_>> = sim.nodes().filter(|(_, nd)| nd.ipam.ring().is_initialised()).map(|(_, nd)| nd.ipam.ring().seeds().to_vec()).collect();
     assert!(seeds.len() <= 1, "seed {seed}: two rings {seeds:?}");
     for (_, nd) in sim.nodes() {
         assert!(nd.errors.is_empty(), "seed {seed}: {:?}", nd.errors);

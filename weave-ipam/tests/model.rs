@@ -284,4 +284,3 @@ fn the_model_exercises_allocation_and_rmpeer() {
     assert!(load(2) > load(1), "most cases end with addresses held");
     assert!(load(0) > 0, "some rmpeers moved space");
 }
-

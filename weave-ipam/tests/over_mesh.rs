@@ -85,8 +85,7 @@ fn a_lossy_chain_reaches_consensus_and_allocates_without_duplicates() {
     }
     // The /26 has 62 usable addresses and 60 containers asked.
     assert_eq!(held.len(), 60, "seed {seed}: every allocation completed ({pending} had to wait)");
-    let rings: std::collections::BTreeSet<String> =
-        ipams.iter().map(|i| format!("{:?}", i.lock().unwrap().ring())).collect();
+    let rings: std::collections::BTreeSet<String> = ipams.iter().map(|i| format!("{:?}", i.lock().unwrap().ring())).collect();
     assert_eq!(rings.len(), 1, "seed {seed}: one ring");
     assert!(pending > 0, "space had to travel over the mesh");
 }

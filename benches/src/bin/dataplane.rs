@@ -98,7 +98,12 @@ fn measure(name: &'static str, client: &str, server: &str, server_addr: &str, se
     wait_ping(client, server_addr)?;
     let rtt_ms = avg_rtt(&run_in(client, &["ping", "-c", "200", "-i", "0.005", "-q", server_addr])?)?;
     let warm_rtt_ms = avg_rtt(&run_in(client, &["ping", "-c", "1000", "-i", "0", "-q", server_addr])?)?;
-    let mut srv = Command::new("ip").args(in_ns(server, &["iperf3", "-s", "-1"]).iter().skip(1)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+    let mut srv = Command::new("ip")
+        .args(in_ns(server, &["iperf3", "-s", "-1"]).iter().skip(1))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(300));
     let out = run_in(client, &["iperf3", "-c", server_addr, "-t", &secs.to_string(), "-J"]);
     let _ = srv.kill();
@@ -256,7 +261,12 @@ fn real_main() -> Result<(), String> {
     println!("targets:");
     println!("  sleeve ≥ 0.15 × native: {:.3} ({})", sleeve.gbps / native.gbps, check(sleeve.gbps / native.gbps >= 0.15));
     println!("  encrypted sleeve ≥ 0.10 × native: {:.3} ({})", enc.gbps / native.gbps, check(enc.gbps / native.gbps >= 0.10));
-    println!("  sleeve added RTT ≤ 0.1 ms: {:.3} ms idle ({}), {:.3} ms busy", sleeve.rtt_ms - native.rtt_ms, check(sleeve.rtt_ms - native.rtt_ms <= 0.1), sleeve.warm_rtt_ms - native.warm_rtt_ms);
+    println!(
+        "  sleeve added RTT ≤ 0.1 ms: {:.3} ms idle ({}), {:.3} ms busy",
+        sleeve.rtt_ms - native.rtt_ms,
+        check(sleeve.rtt_ms - native.rtt_ms <= 0.1),
+        sleeve.warm_rtt_ms - native.warm_rtt_ms
+    );
     println!("  fast path ≥ 0.95 × hand-built VXLAN: {:.3} ({})", fast.gbps / vxlan.gbps, check(fast.gbps / vxlan.gbps >= 0.95));
     Ok(())
 }

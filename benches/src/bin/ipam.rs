@@ -46,9 +46,7 @@ fn first_allocation(peers: usize, seed: u64) -> (Duration, Duration) {
     });
     assert!(matches!(r, Outcome::Pending(_)), "needs consensus first");
     let took = sim
-        .run_until_true(Duration::from_secs(120), Duration::from_millis(5), |s| {
-            s.node(0).completions.iter().any(|c| matches!(c, Completion::Done(..)))
-        })
+        .run_until_true(Duration::from_secs(120), Duration::from_millis(5), |s| s.node(0).completions.iter().any(|c| matches!(c, Completion::Done(..))))
         .expect("the first allocation completes");
     let _ = begin;
     (took, wall.elapsed())

@@ -17,10 +17,10 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use clap::Parser;
+use weave_core::{PeerName, PeerUid};
 use weave_dataplane::netlink::{AttachConfig, Netlink, Netns};
 use weave_dataplane::sleeve_driver::{DataplaneConfig, SleeveDataplane};
 use weave_dataplane::{follow_mesh, Dataplane, SleeveConfig};
-use weave_core::{PeerName, PeerUid};
 use weave_gossip::driver::{DriverConfig, MeshBuilder, Status};
 use weave_gossip::mesh::MeshConfig;
 use weave_gossip::{LinkConfig, Psk};
@@ -120,7 +120,14 @@ async fn start_dataplane(args: &Args, name: PeerName) -> Result<Arc<dyn Dataplan
     let nl = Netlink::connect(&netns).await?;
     let mut sleeve = SleeveConfig::new(name, args.listen.port());
     sleeve.trusted = args.trusted_subnets.clone();
-    let cfg = DataplaneConfig { netns, bridge: args.bridge.clone(), mtu: args.mtu, listen: SocketAddr::new(args.listen.ip(), args.listen.port()), sleeve, encrypted: args.password.is_some() };
+    let cfg = DataplaneConfig {
+        netns,
+        bridge: args.bridge.clone(),
+        mtu: args.mtu,
+        listen: SocketAddr::new(args.listen.ip(), args.listen.port()),
+        sleeve,
+        encrypted: args.password.is_some(),
+    };
     let dp: Arc<dyn Dataplane> = match args.dataplane.as_str() {
         "sleeve" => Arc::new(SleeveDataplane::start(&nl, &cfg).await?),
         "fastdp" => Arc::new(weave_dataplane::fastpath::FastDataplane::start(&nl, &cfg).await?),

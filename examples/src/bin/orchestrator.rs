@@ -34,7 +34,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The data plane: bridge, TAP and UDP socket in this namespace.
     let nl = Netlink::connect(&Netns::current()).await?;
-    let cfg = DataplaneConfig { netns: Netns::current(), bridge: "weave".into(), mtu: 1376, listen, sleeve: SleeveConfig::new(name, listen.port()), encrypted: false };
+    let cfg = DataplaneConfig {
+        netns: Netns::current(),
+        bridge: "weave".into(),
+        mtu: 1376,
+        listen,
+        sleeve: SleeveConfig::new(name, listen.port()),
+        encrypted: false,
+    };
     let dp = Arc::new(SleeveDataplane::start(&nl, &cfg).await?);
 
     // IPAM (in memory here) and weaveDNS ride the mesh as channels.

@@ -325,7 +325,11 @@ fn init_mode(spec: Option<&str>, peers: usize) -> Result<InitMode, Fail> {
             Ok(InitMode::Consensus { quorum: n / 2 + 1 })
         }
         Some(s) if s.starts_with("seed=") => {
-            let names = s["seed=".len()..].split(',').map(str::parse).collect::<Result<Vec<PeerName>, _>>().map_err(|e| Fail(format!("invalid --ipalloc-init {s}: {e}")))?;
+            let names = s["seed=".len()..]
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<PeerName>, _>>()
+                .map_err(|e| Fail(format!("invalid --ipalloc-init {s}: {e}")))?;
             Ok(InitMode::Seeds(names))
         }
         Some("observer") => Ok(InitMode::Observer),
@@ -343,11 +347,19 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
             }
         }
     }
-    let range = if a.ipalloc_range.is_empty() { None } else { Some(a.ipalloc_range.parse().map_err(|_| Fail(format!("invalid --ipalloc-range {}", a.ipalloc_range)))?) };
-    let nickname = a.nickname.clone().unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "weave".into()));
+    let range = if a.ipalloc_range.is_empty() {
+        None
+    } else {
+        Some(a.ipalloc_range.parse().map_err(|_| Fail(format!("invalid --ipalloc-range {}", a.ipalloc_range)))?)
+    };
+    let nickname = a
+        .nickname
+        .clone()
+        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "weave".into()));
     // The plugin's interfaces are made for dockerd, in its namespace: by
     // default it is served only by a router running there too.
-    let docker_sock = std::env::var("DOCKER_HOST").ok().and_then(|h| h.strip_prefix("unix://").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+    let docker_sock =
+        std::env::var("DOCKER_HOST").ok().and_then(|h| h.strip_prefix("unix://").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
     let same_ns = |a: &str, b: &str| matches!((std::fs::metadata(a), std::fs::metadata(b)), (Ok(x), Ok(y)) if { use std::os::unix::fs::MetadataExt; x.ino() == y.ino() && x.dev() == y.dev() });
     let dockerd_ns = weave_examples::docker::daemon_pid().map(|p| format!("/proc/{p}/ns/net"));
     let plugin = !a.no_plugin && !a.no_docker && (a.plugin || (docker_sock.exists() && dockerd_ns.is_some_and(|d| same_ns("/proc/self/ns/net", &d))));
@@ -459,12 +471,16 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 // failure with eprintln!, which panics on the same stderr.
                 .log_internal_errors(false)
                 // hickory-server logs every query at info: keep it to warnings.
-                .with_env_filter(tracing_subscriber::EnvFilter::try_new(format!("{},hickory_server=warn", a.log_level)).map_err(|e| Fail(format!("invalid --log-level: {e}")))?)
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_new(format!("{},hickory_server=warn", a.log_level))
+                        .map_err(|e| Fail(format!("invalid --log-level: {e}")))?,
+                )
                 .init();
             if running(&state).await.is_some() {
                 return Err(Fail(format!("a router is already running with state in {}; 'weave stop' it first", state.display())));
             }
-            let http: Option<std::net::SocketAddr> = if a.http_addr.is_empty() { None } else { Some(a.http_addr.parse().map_err(|_| Fail(format!("invalid --http-addr {}", a.http_addr)))?) };
+            let http: Option<std::net::SocketAddr> =
+                if a.http_addr.is_empty() { None } else { Some(a.http_addr.parse().map_err(|_| Fail(format!("invalid --http-addr {}", a.http_addr)))?) };
             let router = Router::start(cfg).await.map_err(|e| Fail(format!("cannot start the router: {e}")))?;
             for addr in http.into_iter().chain(a.metrics_addr) {
                 let r = router.clone();
@@ -629,10 +645,20 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     weave_dataplane::expose::reset(&nl, "weave").await?;
                     // Its containers' resolv.conf point at its DNS address,
                     // which follows from its name.
-                    if let Some(name) = std::fs::read_to_string(state.join(weave_examples::router::NAME_FILE)).ok().and_then(|n| n.trim().parse::<PeerName>().ok()) {
+                    if let Some(name) =
+                        std::fs::read_to_string(state.join(weave_examples::router::NAME_FILE)).ok().and_then(|n| n.trim().parse::<PeerName>().ok())
+                    {
                         weave_examples::router::remove_resolv_confs(&state, weave_examples::router::dns_addr(name));
                     }
-                    for f in ["ipam.db", "targets", weave_examples::router::NAME_FILE, weave_examples::router::DOCKER_FILE, weave_examples::router::DNS_FILE, weave_examples::router::ATTACHED_FILE, weave_examples::router::RESOLV_LIST] {
+                    for f in [
+                        "ipam.db",
+                        "targets",
+                        weave_examples::router::NAME_FILE,
+                        weave_examples::router::DOCKER_FILE,
+                        weave_examples::router::DNS_FILE,
+                        weave_examples::router::ATTACHED_FILE,
+                        weave_examples::router::RESOLV_LIST,
+                    ] {
                         let _ = std::fs::remove_file(state.join(f));
                     }
                 }

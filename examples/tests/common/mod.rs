@@ -2,8 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a part
 
-use std::path::PathBuf;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -125,12 +125,14 @@ pub(crate) fn http_get(h: &Hosts, i: usize, path: &str) -> String {
     .expect("HTTP GET")
 }
 
-
 /// A root filesystem with the static busybox and the applets the tests
 /// use, as a tar on stdout of the returned child: images are built from it
 /// (`docker import`, `podman import`), as nothing can be pulled.
 pub(crate) fn busybox_tar(dir: &std::path::Path) -> std::process::Child {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("busybox (Debian's busybox-static) is needed to build the test image; .ci/run installs it");
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox (Debian's busybox-static) is needed to build the test image; .ci/run installs it");
     let root = dir.join("bbroot");
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("etc")).unwrap();
@@ -196,7 +198,10 @@ pub(crate) fn cni(dir: &std::path::Path, plugin: &str, command: &str, container:
     child.stdin.take().unwrap().write_all(config.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let v = if text.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or_else(|e| panic!("{plugin} {command} printed non-JSON ({e}): {text}")) };
+    let v = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{plugin} {command} printed non-JSON ({e}): {text}"))
+    };
     (v, out.status.code().unwrap_or(-1))
 }
-
