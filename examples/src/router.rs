@@ -538,6 +538,13 @@ impl Router {
                 candidates.entry(id).or_insert((None, "ethwe".into()));
             }
         }
+        // Containers IPAM learnt of only from their host ends (its state
+        // was lost): reclaimed, and followed from now on.
+        if let Ok(found) = in_use(&self.nl, &self.cfg.bridge).await {
+            for (id, _) in found.into_iter().filter(|(id, _)| netns_id(id)) {
+                candidates.entry(id).or_insert((None, "ethwe".into()));
+            }
+        }
         let named: Vec<String> = match &self.dns {
             Some(d) => lock(d).store().own_live().into_iter().map(|(k, _)| k.container).filter(|c| netns_id(c)).collect(),
             None => Vec::new(),
@@ -1076,6 +1083,16 @@ impl Router {
         lock(&self.id_locks).entry(id.to_owned()).or_default().clone()
     }
 
+    /// Drop a gone container's lock from the map, unless someone else
+    /// holds or waits for it (the map's copy and the caller's guard are the
+    /// only two references then).
+    fn forget_lock(&self, id: &str) {
+        let mut locks = lock(&self.id_locks);
+        if locks.get(id).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            locks.remove(id);
+        }
+    }
+
     /// Hold a container's lock.
     async fn busy(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         self.id_lock(id).lock_owned().await
@@ -1105,7 +1122,7 @@ impl Router {
             .filter_map(|c| Some((c.id.clone(), serde_json::json!({ "netns": c.netns.path()?.to_str()?, "ifname": c.ifname }))))
             .collect();
         let path = self.cfg.state_dir.join(ATTACHED_FILE);
-        if let Err(e) = write_atomically(&path, serde_json::Value::Object(m).to_string().as_bytes()) {
+        if let Err(e) = weave_core::fs::write_atomically(&path, serde_json::Value::Object(m).to_string().as_bytes()) {
             tracing::warn!(error = %e, file = %path.display(), "cannot save the attached containers");
         }
     }
@@ -1130,6 +1147,7 @@ impl Router {
             let still = self.containers.lock().await.contains_key(&id);
             if still && matches!(self.nl.link(&netlink::host_ifname(&id)).await, Ok(None)) {
                 self.release_gone(&id).await;
+                self.forget_lock(&id);
             }
         }
     }
@@ -1443,20 +1461,9 @@ fn save_tracked(dir: &std::path::Path, all: &BTreeMap<String, Tracked>) {
         })
         .collect();
     let path = dir.join(DOCKER_FILE);
-    if let Err(e) = write_atomically(&path, serde_json::Value::Object(m).to_string().as_bytes()) {
+    if let Err(e) = weave_core::fs::write_atomically(&path, serde_json::Value::Object(m).to_string().as_bytes()) {
         tracing::warn!(error = %e, file = %path.display(), "cannot save the Docker attachments");
     }
-}
-
-/// Replace `path` with `bytes` whole (a crash leaves the old file or the
-/// new one, never a part), durably.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The prefix of CNI attachments' ids: `cni:NETWORK/CONTAINERID/IFNAME`.
@@ -1603,6 +1610,7 @@ impl Router {
             // one left, its host end goes here.
             self.nl.delete(&netlink::host_ifname(&id)).await?;
         }
+        self.forget_lock(&id);
         Ok(())
     }
 
@@ -1647,8 +1655,6 @@ impl Router {
     }
 }
 
-/// Follow Docker's container events for as long as the router runs,
-/// reconnecting if the stream breaks.
 /// Release containers whose veth goes, as links change.
 async fn follow_links(router: std::sync::Weak<Router>, mut changes: netlink::Changes) {
     loop {
@@ -1661,6 +1667,8 @@ async fn follow_links(router: std::sync::Weak<Router>, mut changes: netlink::Cha
     }
 }
 
+/// Follow Docker's container events for as long as the router runs,
+/// reconnecting if the stream breaks.
 async fn follow_docker(router: std::sync::Weak<Router>, d: crate::docker::Docker) {
     use tokio_stream::StreamExt;
     loop {

@@ -4,10 +4,12 @@
 //! * [`time`] and [`rng`]: the seams through which sans-IO cores get time and
 //!   randomness. Cores never read a clock or an OS RNG themselves: time is an
 //!   argument (`now`), randomness is an injected, seedable generator.
+//! * [`fs::write_atomically`]: how state files are written.
 //! * `sim` (feature `testing`): a deterministic multi-node network simulation
 //!   with a seeded event queue, per-link latency, loss, reordering and
 //!   partitions, and virtual time.
 
+pub mod fs;
 pub mod peer;
 pub mod rng;
 #[cfg(feature = "testing")]

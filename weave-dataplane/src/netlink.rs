@@ -34,6 +34,15 @@ fn err(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PlumbError {
     }
 }
 
+/// How often a dump the kernel interrupted is started again.
+const DUMP_RETRIES: u32 = 5;
+
+/// A dump the kernel interrupted because what it listed changed meanwhile
+/// (`NLM_F_DUMP_INTR`, reported as EBUSY): list again.
+fn interrupted(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EBUSY)
+}
+
 fn ioerr(op: impl Into<String>) -> impl FnOnce(io::Error) -> PlumbError {
     let op = op.into();
     move |source| PlumbError { op, source }
@@ -206,13 +215,24 @@ impl Netlink {
 
     /// Every link in the namespace, by name.
     pub async fn links(&self) -> Result<Vec<(String, LinkId)>, PlumbError> {
-        let mut out = Vec::new();
-        let mut s = self.handle.link().get().execute();
-        while let Some(m) = s.try_next().await.map_err(err("list links"))? {
-            let name = m.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None }).unwrap_or_default();
-            out.push((name, link_id(&m)));
+        let mut attempt = 0;
+        loop {
+            let mut out = Vec::new();
+            let mut s = self.handle.link().get().execute();
+            let listed: Result<(), rtnetlink::Error> = async {
+                while let Some(m) = s.try_next().await? {
+                    let name = m.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None }).unwrap_or_default();
+                    out.push((name, link_id(&m)));
+                }
+                Ok(())
+            }
+            .await;
+            match listed {
+                Ok(()) => return Ok(out),
+                Err(e) if interrupted(&e) && attempt < DUMP_RETRIES => attempt += 1,
+                Err(e) => return Err(err("list links")(e)),
+            }
         }
-        Ok(out)
     }
 
     /// Every port of a bridge.
@@ -375,18 +395,29 @@ impl Netlink {
     /// Addresses on a link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, PlumbError> {
         use netlink_packet_route::address::AddressAttribute;
-        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
-        let mut out = Vec::new();
-        while let Some(m) = s.try_next().await.map_err(err("list addresses"))? {
-            for a in &m.attributes {
-                if let AddressAttribute::Address(ip) = a {
-                    if let Ok(n) = IpNet::new(*ip, m.header.prefix_len) {
-                        out.push(n);
+        let mut attempt = 0;
+        loop {
+            let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+            let mut out = Vec::new();
+            let listed: Result<(), rtnetlink::Error> = async {
+                while let Some(m) = s.try_next().await? {
+                    for a in &m.attributes {
+                        if let AddressAttribute::Address(ip) = a {
+                            if let Ok(n) = IpNet::new(*ip, m.header.prefix_len) {
+                                out.push(n);
+                            }
+                        }
                     }
                 }
+                Ok(())
+            }
+            .await;
+            match listed {
+                Ok(()) => return Ok(out),
+                Err(e) if interrupted(&e) && attempt < DUMP_RETRIES => attempt += 1,
+                Err(e) => return Err(err("list addresses")(e)),
             }
         }
-        Ok(out)
     }
 
     /// Add an address (idempotent).

@@ -9,7 +9,7 @@
 //! [`CHANNEL`] before it starts, and the [`DnsPump`] to run once it has.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,17 +43,6 @@ pub struct DnsPump {
 
 fn lock(dns: &Mutex<Dns>) -> MutexGuard<'_, Dns> {
     dns.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Replace `path` with `bytes` whole (a crash leaves the old file or the
-/// new one, never a part), durably.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 impl DnsService {
@@ -121,7 +110,7 @@ impl DnsService {
     /// is newer than the file).
     fn save(&self, d: &Dns) {
         let Some(path) = &self.file else { return };
-        if let Err(e) = write_atomically(path, &d.save_own(Instant::now())) {
+        if let Err(e) = weave_core::fs::write_atomically(path, &d.save_own(Instant::now())) {
             tracing::error!(error = %e, file = %path.display(), "cannot save the DNS names; they will not survive a restart");
         }
     }

@@ -169,15 +169,26 @@ impl IpamService {
         let (outcome, need) = {
             let mut i = lock(&self.inner.ipam);
             let o = op(&mut i, Instant::now())?;
-            (o, i.generation())
+            // Waited for before IPAM is let go: its completion may already
+            // be queued, and the pump must find someone to give it to.
+            let waiting = match o {
+                Outcome::Pending(req) => {
+                    let (tx, rx) = oneshot::channel();
+                    lock(&self.inner.waiters).insert(req, tx);
+                    Some((req, rx))
+                }
+                Outcome::Done(_) => None,
+            };
+            (o, (i.generation(), waiting))
         };
         self.poke();
-        match outcome {
-            Outcome::Done(n) => {
-                self.durable(need).await?;
+        match (outcome, need) {
+            (Outcome::Done(n), (generation, _)) => {
+                self.durable(generation).await?;
                 Ok(n)
             }
-            Outcome::Pending(req) => self.wait(req).await,
+            (Outcome::Pending(_), (_, Some((req, rx)))) => self.wait(req, rx).await,
+            (Outcome::Pending(_), (_, None)) => Err(ServiceError::Stopped),
         }
     }
 
@@ -192,10 +203,7 @@ impl IpamService {
     }
 
     /// Wait for a pending request (the pump completes it once saved).
-    async fn wait(&self, req: RequestId) -> Result<Ipv4Net, ServiceError> {
-        let (tx, mut rx) = oneshot::channel();
-        lock(&self.inner.waiters).insert(req, tx);
-        self.poke();
+    async fn wait(&self, req: RequestId, mut rx: oneshot::Receiver<Result<Ipv4Net, IpamError>>) -> Result<Ipv4Net, ServiceError> {
         loop {
             tokio::select! {
                 r = &mut rx => return match r {
@@ -255,6 +263,9 @@ impl IpamPump {
                         if before.as_deref() != Some(e.as_str()) {
                             tracing::error!(error = %e, "cannot save IPAM state: IPAM holds its messages and answers until it can");
                         }
+                        if view.has_changed().is_err() {
+                            return self.stopped();
+                        }
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_secs(5));
                         continue;
@@ -276,10 +287,15 @@ impl IpamPump {
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 changed = view.changed() => match changed {
                     Ok(()) => self.set_reachable(&view.borrow_and_update().clone()),
-                    Err(_) => return,
+                    Err(_) => return self.stopped(),
                 },
             }
         }
+    }
+
+    /// The mesh is gone: whoever waits is told (their senders dropped).
+    fn stopped(&self) {
+        lock(&self.inner.waiters).clear();
     }
 
     /// Save, opening the file again after a failure.
