@@ -340,3 +340,59 @@ fn after_forget_of_the_only_connection_containers_no_longer_reach_each_other() {
         }
     }
 }
+
+#[test]
+fn over_vxlan_only_connected_peers_reach_the_containers() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Hosts::new();
+    let (c1, c2) = (h.ns("c1"), h.ns("c2"));
+    launch(&h, 1);
+    launch(&h, 2);
+    let a1 = ok(h.weave(1, &["attach", &c1])).trim().split('/').next().unwrap().to_owned();
+    ok(h.weave(2, &["attach", &c2]));
+    within(10.0, "the fast path is up", || {
+        let s = ok(h.weave(2, &["status", "connections"]));
+        (!s.contains("established unencrypted fastdp")).then_some(s)
+    });
+    assert!(h.ping("c2", &a1), "connected peers talk over the fast path");
+    let pings_once =
+        |from: &str| std::process::Command::new("ip").args(["netns", "exec", from, "ping", "-c", "1", "-W", "1", &a1]).output().unwrap().status.success();
+
+    // Host 2's router stops: its kernel VXLAN device and entries stay, but
+    // host 1 no longer lets VXLAN in from it.
+    ok(h.weave(2, &["stop"]));
+    within(3.0, "traffic from the stopped peer's containers stops", || pings_once(&c2).then(|| "c2 still reaches c1".to_owned()));
+    for _ in 0..3 {
+        assert!(!pings_once(&c2), "c2 reaches c1 again with host 2's router stopped");
+    }
+
+    // An outsider on the underlay with a VXLAN device of its own, the VNI
+    // and port of the overlay, and an address in its range (host 2, its
+    // weave devices gone).
+    ok(h.weave(2, &["reset"]));
+    let h2 = h.name("h2");
+    let sh = |args: &[&str]| ok(std::process::Command::new("ip").args(["-n", &h2]).args(args).output().unwrap());
+    sh(&["link", "add", "vx", "type", "vxlan", "id", "30565", "dstport", "6784", "remote", "10.99.0.1", "dev", "u2"]);
+    sh(&["addr", "add", "10.47.255.1/12", "dev", "vx"]);
+    sh(&["link", "set", "vx", "up"]);
+    for _ in 0..3 {
+        assert!(!pings_once(&h2), "an outsider reaches c1 through the VXLAN port");
+    }
+    let rules = String::from_utf8_lossy(
+        &std::process::Command::new("ip").args(["netns", "exec", &h.name("h1"), "nft", "list", "table", "inet", "weave-fastdp"]).output().unwrap().stdout,
+    )
+    .into_owned();
+    assert!(rules.contains("udp dport 6784") && rules.contains("drop"), "{rules}");
+    ok(h.weave(1, &["reset"]));
+    assert!(
+        !std::process::Command::new("ip")
+            .args(["netns", "exec", &h.name("h1"), "nft", "list", "table", "inet", "weave-fastdp"])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "reset removes the guard"
+    );
+}

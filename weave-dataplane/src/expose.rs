@@ -209,5 +209,8 @@ pub async fn reset(nl: &Netlink, bridge: &str) -> Result<Vec<String>, PlumbError
     let b = bridge.to_owned();
     let unfirewalled = ns.run(move || crate::firewall::withdraw(&b)).map_err(|source| PlumbError { op: "remove forwarding rules".into(), source })?;
     removed.extend(unfirewalled.into_iter().map(|c| format!("forwarding rules in {c}")));
+    if ns.run(crate::firewall::withdraw_vxlan).map_err(|source| PlumbError { op: "remove the VXLAN guard".into(), source })? {
+        removed.push("nftables table inet weave-fastdp".into());
+    }
     Ok(removed)
 }

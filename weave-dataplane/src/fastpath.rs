@@ -102,6 +102,8 @@ struct Control {
     rx: PacketSocket,
     bridge_index: u32,
     poke: Arc<tokio::sync::Notify>,
+    /// The peers VXLAN is let in from, as last applied.
+    allowed: Vec<IpAddr>,
 }
 
 impl FastDataplane {
@@ -125,6 +127,8 @@ impl FastDataplane {
         let (tx, rx) = cfg.netns.run(move || Ok((PacketSocket::open(vi, HEARTBEAT_ETHERTYPE)?, PacketSocket::open(bi, HEARTBEAT_ETHERTYPE)?)))?;
         let core = sleeve.driver().core().clone();
         lock(&core).set_fastpath_offer(Some((bridge.mac, port)));
+        // Until a peer is programmed, no VXLAN gets in.
+        cfg.netns.run(move || crate::firewall::allow_vxlan_from(port, &[]))?;
         let poke = Arc::new(tokio::sync::Notify::new());
         let control = Control {
             nl: nl.clone(),
@@ -139,6 +143,7 @@ impl FastDataplane {
             rx,
             bridge_index: bridge.index,
             poke: poke.clone(),
+            allowed: Vec::new(),
         };
         let task = tokio::spawn(control.run());
         Ok(Self { sleeve, shared, task: Some(task), poke })
@@ -204,7 +209,24 @@ impl Control {
                 tracing::warn!(%peer, error = %e, "fast-path cleanup failed");
             }
         }
+        self.guard_port().await;
         Ok(())
+    }
+
+    /// Let VXLAN in from exactly the programmed peers.
+    async fn guard_port(&mut self) {
+        let mut ips: Vec<IpAddr> = self.shared().programmed.values().map(|p| p.ip).collect();
+        ips.sort();
+        ips.dedup();
+        if ips == self.allowed {
+            return;
+        }
+        let (ns, port, want) = (self.nl.netns().clone(), self.port, ips.clone());
+        match tokio::task::spawn_blocking(move || ns.run(move || crate::firewall::allow_vxlan_from(port, &want))).await {
+            Ok(Ok(())) => self.allowed = ips,
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot limit VXLAN to the fast-path peers"),
+            Err(e) => tracing::warn!(error = %e, "cannot limit VXLAN to the fast-path peers"),
+        }
     }
 
     async fn step_peer(&mut self, now: Instant, peer: PeerName, ip: IpAddr, mac: Mac, port: u16) -> Result<(), crate::PlumbError> {

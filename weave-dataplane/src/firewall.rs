@@ -328,3 +328,74 @@ pub fn follow(ns: crate::netlink::Netns, bridge: String) -> io::Result<tokio::ta
         }
     }))
 }
+
+/// Our table guarding the VXLAN port (family `inet`).
+const VXLAN_TABLE: &str = "weave-fastdp";
+
+/// Let VXLAN (UDP `port`) in only from `peers`, the fast path's programmed
+/// peers: the kernel's VXLAN device takes packets from any source and
+/// learns from them, so without this anyone on the underlay could join the
+/// overlay at layer 2, and a peer whose router stopped (its kernel state
+/// left behind) would go on talking to our containers. Rebuilt whole in one
+/// transaction on each call; with no peers, all of it is dropped.
+pub fn allow_vxlan_from(port: u16, peers: &[std::net::IpAddr]) -> io::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut b = Batch::new();
+    let table = || Table { family: NfFamily::INet, name: Cow::Borrowed(VXLAN_TABLE), handle: None };
+    if vxlan_table_exists() {
+        b.delete(NfListObject::Table(table()));
+    }
+    b.add(NfListObject::Table(table()));
+    b.add(NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(VXLAN_TABLE),
+        name: Cow::Borrowed("input"),
+        _type: Some(NfChainType::Filter),
+        hook: Some(NfHook::Input),
+        prio: Some(-10),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    }));
+    let dport = Statement::Match(Match { left: crate::expose::field("udp", "dport"), right: Expression::Number(u32::from(port)), op: Operator::EQ });
+    for (proto, nfproto) in [("ip", "ipv4"), ("ip6", "ipv6")] {
+        let from: Vec<nftables::expr::SetItem<'static>> = peers
+            .iter()
+            .filter(|a| a.is_ipv4() == (proto == "ip"))
+            .map(|a| nftables::expr::SetItem::Element(Expression::String(Cow::Owned(a.to_string()))))
+            .collect();
+        let who = if from.is_empty() {
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Nfproto })),
+                right: Expression::String(Cow::Borrowed(nfproto)),
+                op: Operator::EQ,
+            })
+        } else {
+            Statement::Match(Match { left: crate::expose::field(proto, "saddr"), right: Expression::Named(NamedExpression::Set(from)), op: Operator::NEQ })
+        };
+        b.add(NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: Cow::Borrowed(VXLAN_TABLE),
+            chain: Cow::Borrowed("input"),
+            expr: Cow::Owned(vec![dport.clone(), who, Statement::Drop(None)]),
+            comment: Some(Cow::Borrowed("weave: VXLAN only from fast-path peers")),
+            ..Rule::default()
+        }));
+    }
+    nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_io)
+}
+
+fn vxlan_table_exists() -> bool {
+    nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "table", "inet", VXLAN_TABLE]).is_ok()
+}
+
+/// Remove [`allow_vxlan_from`]'s table (reset). Returns whether there was one.
+pub fn withdraw_vxlan() -> io::Result<bool> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !vxlan_table_exists() {
+        return Ok(false);
+    }
+    let mut b = Batch::new();
+    b.delete(NfListObject::Table(Table { family: NfFamily::INet, name: Cow::Borrowed(VXLAN_TABLE), handle: None }));
+    nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_io)?;
+    Ok(true)
+}
