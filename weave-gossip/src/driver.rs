@@ -143,6 +143,9 @@ pub struct MeshView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ViewConnection {
+    /// Which connection: a new one to the same peer (a reconnect) differs
+    /// here even when nothing else does.
+    pub conn: ConnId,
     /// The peer's socket address on this connection.
     pub remote: SocketAddr,
     /// Whether we dialed.
@@ -475,7 +478,8 @@ struct ConnEntry {
     peer: PeerName,
     socket: SocketAddr,
     encrypted: bool,
-    outbound: bool,
+    /// The target we dialed (None when the peer dialed us).
+    target: Option<String>,
     data_keys: Option<DataKeys>,
 }
 
@@ -540,14 +544,7 @@ impl Driver {
                         tracing::info!(peer = %info.name, nickname = %info.nickname, %socket, "connection established");
                         self.conns.insert(
                             conn,
-                            ConnEntry {
-                                link,
-                                peer: info.name,
-                                socket,
-                                encrypted: info.encrypted,
-                                outbound: target.is_some(),
-                                data_keys: info.data_keys.clone(),
-                            },
+                            ConnEntry { link, peer: info.name, socket, encrypted: info.encrypted, target: target.clone(), data_keys: info.data_keys.clone() },
                         );
                         // A connection this one replaced goes first, so
                         // subscribers see Disconnected before Connected.
@@ -631,8 +628,12 @@ impl Driver {
     fn close_forgotten(&mut self, targets: &[String]) {
         let forgotten: Vec<String> = targets.iter().filter_map(|t| self.cm.normalize(t).ok()).collect();
         let covered: Vec<PeerName> = forgotten.iter().filter_map(|t| self.covered.remove(t)).collect();
+        let dialed_forgotten = |e: &ConnEntry| e.target.as_ref().is_some_and(|t| forgotten.contains(t));
+        // A peer the forgotten target found already connected: its
+        // connection goes too, unless we dialed it through a target we keep.
+        let kept_elsewhere = |e: &ConnEntry| e.target.as_ref().is_some_and(|t| !forgotten.contains(t));
         let victims: Vec<ConnId> =
-            self.conns.iter().filter(|(_, e)| forgotten.contains(&e.socket.to_string()) || covered.contains(&e.peer)).map(|(id, _)| *id).collect();
+            self.conns.iter().filter(|(_, e)| dialed_forgotten(e) || (covered.contains(&e.peer) && !kept_elsewhere(e))).map(|(id, _)| *id).collect();
         let now = Instant::now();
         for conn in victims {
             self.close(now, conn, "forgotten".into());
@@ -721,8 +722,11 @@ impl Driver {
 
     /// Publish the connections and routes, if they changed.
     fn publish_view(&mut self) {
-        let connections: BTreeMap<PeerName, ViewConnection> =
-            self.conns.values().map(|e| (e.peer, ViewConnection { remote: e.socket, outbound: e.outbound, keys: e.data_keys.clone() })).collect();
+        let connections: BTreeMap<PeerName, ViewConnection> = self
+            .conns
+            .iter()
+            .map(|(id, e)| (e.peer, ViewConnection { conn: *id, remote: e.socket, outbound: e.target.is_some(), keys: e.data_keys.clone() }))
+            .collect();
         self.view.send_if_modified(|v| {
             if v.connections == connections {
                 return false;
