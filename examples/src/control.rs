@@ -147,7 +147,7 @@ pub(crate) fn status_of(router: &Router, s: &weave_gossip::driver::Status) -> pb
                     Some(p) if p.fastpath => "fastdp".into(),
                     _ => "sleeve".into(),
                 },
-                path_reason: path.and_then(|p| p.fastpath_reason).unwrap_or("").to_owned(),
+                path_reason: path.and_then(|p| p.fastpath_reason).map(|r| r.as_str()).unwrap_or("").to_owned(),
                 // The largest IP packet the connection's path carries: the
                 // overlay MTU, or less when the sleeve found a smaller path.
                 mtu: match path {

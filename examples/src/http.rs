@@ -112,7 +112,7 @@ pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
         &mut reg,
         "weave_fastdp_fallbacks",
         "Fast-path fallbacks to the sleeve, by reason",
-        dp.fallbacks().into_iter().map(|(r, n)| (l(&[("reason", r)]), n)).collect(),
+        dp.fallbacks().into_iter().map(|(r, n)| (l(&[("reason", r.as_str())]), n)).collect(),
     );
     if let Some(ipam) = router.ipam() {
         let s = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status();

@@ -48,7 +48,7 @@ pub trait Dataplane: Send + Sync {
     /// Frames and datagrams dropped, by reason.
     fn drops(&self) -> Vec<(DropReason, u64)>;
     /// Times a connection fell back from a faster path, by reason.
-    fn fallbacks(&self) -> Vec<(&'static str, u64)> {
+    fn fallbacks(&self) -> Vec<(crate::FallbackReason, u64)> {
         Vec::new()
     }
     /// MAC addresses learnt behind other peers, with when they were last
@@ -363,7 +363,7 @@ impl<D: Dataplane> Dataplane for Faulty<D> {
         self.inner.drops()
     }
 
-    fn fallbacks(&self) -> Vec<(&'static str, u64)> {
+    fn fallbacks(&self) -> Vec<(crate::FallbackReason, u64)> {
         self.inner.fallbacks()
     }
 

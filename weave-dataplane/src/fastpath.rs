@@ -55,7 +55,7 @@ struct Programmed {
 #[derive(Debug, Default, Clone)]
 pub struct FastpathStats {
     /// Fallbacks by reason.
-    pub fallbacks: BTreeMap<&'static str, u64>,
+    pub fallbacks: BTreeMap<crate::FallbackReason, u64>,
     /// Times a peer moved (back) onto the fast path.
     pub activations: u64,
 }
@@ -303,7 +303,7 @@ impl Control {
         Ok(())
     }
 
-    async fn deactivate(&mut self, peer: PeerName, why: &'static str) -> Result<(), crate::PlumbError> {
+    async fn deactivate(&mut self, peer: PeerName, why: crate::FallbackReason) -> Result<(), crate::PlumbError> {
         let Some(p) = self.shared().programmed.get(&peer).cloned() else { return Ok(()) };
         // VXLAN stops first, then the sleeve takes over (no duplicates).
         let removed = self.nl.fdb_del(self.vxlan.index, [0; 6], p.ip).await;
@@ -318,7 +318,7 @@ impl Control {
             e.active = false;
         }
         *s.stats.fallbacks.entry(why).or_default() += 1;
-        tracing::warn!(%peer, reason = why, "fast path down; sleeve carries this peer");
+        tracing::warn!(%peer, reason = %why, "fast path down; sleeve carries this peer");
         Ok(())
     }
 
@@ -366,7 +366,7 @@ impl Dataplane for FastDataplane {
         self.sleeve.drops()
     }
 
-    fn fallbacks(&self) -> Vec<(&'static str, u64)> {
+    fn fallbacks(&self) -> Vec<(crate::FallbackReason, u64)> {
         self.stats().fallbacks.into_iter().collect()
     }
 

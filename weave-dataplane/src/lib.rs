@@ -36,7 +36,7 @@ pub mod sys;
 pub use dataplane::{Dataplane, DataplaneError, Faults, Faulty, MemDataplane, MemNet};
 #[cfg(feature = "linux")]
 pub use glue::follow_mesh;
-pub use sleeve::{DropReason, PeerPath, Sleeve, SleeveConfig};
+pub use sleeve::{DropReason, FallbackReason, PeerPath, Sleeve, SleeveConfig};
 
 /// A plumbing failure: what was being done, and the kernel's answer.
 #[derive(Debug, thiserror::Error)]

@@ -285,6 +285,48 @@ pub enum DropReason {
     MacTableFull,
 }
 
+/// Why a peer's frames travel by the sleeve rather than the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum FallbackReason {
+    /// No connection to the peer.
+    NotConnected,
+    /// The connection is encrypted and the peer is not in a trusted
+    /// subnet: VXLAN cannot encrypt.
+    Encrypted,
+    /// Our fast path is off (no VXLAN device).
+    DisabledHere,
+    /// The peer does not offer a fast path.
+    NotOffered,
+    /// No fast-path heartbeats from the peer lately.
+    NoHeartbeats,
+    /// The peer does not hear our fast-path heartbeats.
+    NotHeardByPeer,
+    /// Proven both ways; being switched over.
+    Activating,
+}
+
+impl FallbackReason {
+    /// What `weave status connections` and the metrics say.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotConnected => "not connected",
+            Self::Encrypted => "encrypted: sleeve carries the data",
+            Self::DisabledHere => "fast path disabled here",
+            Self::NotOffered => "peer does not offer the fast path",
+            Self::NoHeartbeats => "no fast-path heartbeats from peer",
+            Self::NotHeardByPeer => "peer does not hear our fast-path heartbeats",
+            Self::Activating => "activating",
+        }
+    }
+}
+
+impl std::fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl DropReason {
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -319,7 +361,7 @@ pub struct PeerPath {
     /// The fast path is usable (both ends offer it, both hear each other).
     pub fastpath: bool,
     /// Why the fast path is not in use, if it is not.
-    pub fastpath_reason: Option<&'static str>,
+    pub fastpath_reason: Option<FallbackReason>,
     /// Counters.
     pub counters: PeerCounters,
 }
@@ -467,21 +509,21 @@ impl Sleeve {
     }
 
     /// Whether the fast path to `peer` is proven both ways; `Err` says why not.
-    pub fn fastpath_ready(&self, now: Instant, peer: PeerName) -> Result<(Mac, u16), &'static str> {
-        let p = self.peers.get(&peer).ok_or("not connected")?;
+    pub fn fastpath_ready(&self, now: Instant, peer: PeerName) -> Result<(Mac, u16), FallbackReason> {
+        let p = self.peers.get(&peer).ok_or(FallbackReason::NotConnected)?;
         if p.crypto.is_some() && !self.plain_ok(p) {
-            return Err("encrypted: sleeve carries the data");
+            return Err(FallbackReason::Encrypted);
         }
         if self.fastpath_offer.is_none() {
-            return Err("fast path disabled here");
+            return Err(FallbackReason::DisabledHere);
         }
-        let offer = p.fastpath_offer.ok_or("peer does not offer the fast path")?;
+        let offer = p.fastpath_offer.ok_or(FallbackReason::NotOffered)?;
         let heard = p.fastpath_heard.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.timeout);
         if !heard {
-            return Err("no fast-path heartbeats from peer");
+            return Err(FallbackReason::NoHeartbeats);
         }
         if !p.fastpath_heard_by_peer {
-            return Err("peer does not hear our fast-path heartbeats");
+            return Err(FallbackReason::NotHeardByPeer);
         }
         Ok(offer)
     }
@@ -525,7 +567,7 @@ impl Sleeve {
                     fastpath: fp.is_ok() && self.fastpath_on.contains(n),
                     fastpath_reason: match fp {
                         Err(why) => Some(why),
-                        Ok(_) if !self.fastpath_on.contains(n) => Some("activating"),
+                        Ok(_) if !self.fastpath_on.contains(n) => Some(FallbackReason::Activating),
                         Ok(_) => None,
                     },
                     counters: p.counters,

@@ -102,7 +102,7 @@ fn print_paths(dp: &dyn Dataplane) {
     println!("Data plane ({}):", dp.kind());
     for p in dp.paths() {
         let state = if p.established { "established" } else { "connecting" };
-        let path = if p.fastpath { "fastdp".to_owned() } else { format!("sleeve ({})", p.fastpath_reason.unwrap_or("")) };
+        let path = if p.fastpath { "fastdp".to_owned() } else { format!("sleeve ({})", p.fastpath_reason.map(|r| r.as_str()).unwrap_or("")) };
         let enc = if p.encrypted { "encrypted" } else { "unencrypted" };
         let c = p.counters;
         println!("  {} {} {state} {enc} pmtu={} {path} tx={}/{}B rx={}/{}B", p.peer, p.addr, p.pmtu, c.tx_frames, c.tx_bytes, c.rx_frames, c.rx_bytes);
