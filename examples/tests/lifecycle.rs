@@ -225,6 +225,12 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
+        // The router's socket and pid file live here: stop it (by its
+        // PID) before they go, or `Hosts` cannot.
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("weave.pid")) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
