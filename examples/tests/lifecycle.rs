@@ -21,19 +21,26 @@ fn launch(h: &Hosts, i: usize) {
     ok(h.weave(i, &a));
 }
 
+/// Two hosts with their routers connected, and a namespace for a
+/// container on each (not attached); None without root.
+fn two_routers() -> Option<(Hosts, String, String)> {
+    if !require_root() {
+        return None;
+    }
+    let mut h = Hosts::new();
+    let (c1, c2) = (h.ns("c1"), h.ns("c2"));
+    launch(&h, 1);
+    launch(&h, 2);
+    Some((h, c1, c2))
+}
+
 fn lookup(h: &Hosts, i: usize, name: &str) -> String {
     ok(h.weave(i, &["dns-lookup", name])).trim().to_owned()
 }
 
 #[test]
 fn every_kind_of_name_resolves_again_on_both_hosts_after_a_router_restart() {
-    if !require_root() {
-        return;
-    }
-    let mut h = Hosts::new();
-    let (c1, c2) = (h.ns("c1"), h.ns("c2"));
-    launch(&h, 1);
-    launch(&h, 2);
+    let Some((h, c1, c2)) = two_routers() else { return };
     ok(h.weave(1, &["prime"]));
 
     // On host 1: a namespace container (its default name, and an alias
@@ -349,13 +356,7 @@ fn after_forget_of_the_only_connection_containers_no_longer_reach_each_other() {
 
 #[test]
 fn over_vxlan_only_connected_peers_reach_the_containers() {
-    if !require_root() {
-        return;
-    }
-    let mut h = Hosts::new();
-    let (c1, c2) = (h.ns("c1"), h.ns("c2"));
-    launch(&h, 1);
-    launch(&h, 2);
+    let Some((h, c1, c2)) = two_routers() else { return };
     let a1 = ok(h.weave(1, &["attach", &c1])).trim().split('/').next().unwrap().to_owned();
     ok(h.weave(2, &["attach", &c2]));
     within(10.0, "the fast path is up", || {

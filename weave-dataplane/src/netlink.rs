@@ -43,6 +43,31 @@ fn interrupted(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EBUSY)
 }
 
+/// Run a dump (`start` makes the request), collecting with `each`; again,
+/// up to [`DUMP_RETRIES`] times, if the kernel interrupted it.
+async fn dump<M, T, S>(op: &str, mut start: impl FnMut() -> S, mut each: impl FnMut(M, &mut Vec<T>)) -> Result<Vec<T>, PlumbError>
+where
+    S: futures_util::TryStream<Ok = M, Error = rtnetlink::Error> + Unpin,
+{
+    let mut attempt = 0;
+    loop {
+        let mut out = Vec::new();
+        let mut s = start();
+        let listed: Result<(), rtnetlink::Error> = async {
+            while let Some(m) = s.try_next().await? {
+                each(m, &mut out);
+            }
+            Ok(())
+        }
+        .await;
+        match listed {
+            Ok(()) => return Ok(out),
+            Err(e) if interrupted(&e) && attempt < DUMP_RETRIES => attempt += 1,
+            Err(e) => return Err(err(op)(e)),
+        }
+    }
+}
+
 fn ioerr(op: impl Into<String>) -> impl FnOnce(io::Error) -> PlumbError {
     let op = op.into();
     move |source| PlumbError { op, source }
@@ -215,24 +240,15 @@ impl Netlink {
 
     /// Every link in the namespace, by name.
     pub async fn links(&self) -> Result<Vec<(String, LinkId)>, PlumbError> {
-        let mut attempt = 0;
-        loop {
-            let mut out = Vec::new();
-            let mut s = self.handle.link().get().execute();
-            let listed: Result<(), rtnetlink::Error> = async {
-                while let Some(m) = s.try_next().await? {
-                    let name = m.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None }).unwrap_or_default();
-                    out.push((name, link_id(&m)));
-                }
-                Ok(())
-            }
-            .await;
-            match listed {
-                Ok(()) => return Ok(out),
-                Err(e) if interrupted(&e) && attempt < DUMP_RETRIES => attempt += 1,
-                Err(e) => return Err(err("list links")(e)),
-            }
-        }
+        dump(
+            "list links",
+            || self.handle.link().get().execute(),
+            |m, out| {
+                let name = m.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None }).unwrap_or_default();
+                out.push((name, link_id(&m)));
+            },
+        )
+        .await
     }
 
     /// Every port of a bridge.
@@ -395,29 +411,20 @@ impl Netlink {
     /// Addresses on a link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, PlumbError> {
         use netlink_packet_route::address::AddressAttribute;
-        let mut attempt = 0;
-        loop {
-            let mut s = self.handle.address().get().set_link_index_filter(index).execute();
-            let mut out = Vec::new();
-            let listed: Result<(), rtnetlink::Error> = async {
-                while let Some(m) = s.try_next().await? {
-                    for a in &m.attributes {
-                        if let AddressAttribute::Address(ip) = a {
-                            if let Ok(n) = IpNet::new(*ip, m.header.prefix_len) {
-                                out.push(n);
-                            }
+        dump(
+            "list addresses",
+            || self.handle.address().get().set_link_index_filter(index).execute(),
+            |m, out| {
+                for a in &m.attributes {
+                    if let AddressAttribute::Address(ip) = a {
+                        if let Ok(n) = IpNet::new(*ip, m.header.prefix_len) {
+                            out.push(n);
                         }
                     }
                 }
-                Ok(())
-            }
-            .await;
-            match listed {
-                Ok(()) => return Ok(out),
-                Err(e) if interrupted(&e) && attempt < DUMP_RETRIES => attempt += 1,
-                Err(e) => return Err(err("list addresses")(e)),
-            }
-        }
+            },
+        )
+        .await
     }
 
     /// Add an address (idempotent).
