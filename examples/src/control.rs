@@ -357,6 +357,12 @@ impl pb::control_server::Control for Service {
         let r = r.into_inner();
         let specs = r.addrs.iter().map(|a| a.parse::<AddrSpec>()).collect::<Result<Vec<_>, _>>().map_err(Status::invalid_argument)?;
         let cidrs = self.router.expose(&specs, !r.without_masquerade).await.map_err(to_status)?;
+        if !r.hostname.is_empty() {
+            // Named like a container, under the expose id: hide removes it,
+            // and it survives restarts as every name does.
+            let addrs: Vec<std::net::Ipv4Addr> = cidrs.iter().map(|c| c.addr()).collect();
+            self.router.dns_add(Router::EXPOSE_ID, &r.hostname, &addrs).map_err(to_status)?;
+        }
         Ok(Response::new(pb::ExposeReply { cidrs: cidrs.iter().map(ToString::to_string).collect() }))
     }
 

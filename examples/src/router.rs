@@ -980,6 +980,10 @@ impl Router {
             weave_dataplane::expose::hide(&self.nl, &self.cfg.bridge, IpNet::V4(*n)).await?;
         }
         self.free(Self::EXPOSE_ID, victims.iter().map(Ipv4Net::addr));
+        if self.dns_service.is_some() && !victims.is_empty() {
+            // The names `expose -h` gave these addresses.
+            let _ = self.dns_remove(Self::EXPOSE_ID, None, &victims.iter().map(Ipv4Net::addr).collect::<Vec<_>>());
+        }
         Ok(victims)
     }
 

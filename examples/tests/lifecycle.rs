@@ -1,7 +1,7 @@
 //! What a router keeps and gives back across its own restarts and its
 //! containers' deaths, on network-namespace hosts with the `weave`
-//! command: DNS names of every kind come back after `weave stop; weave
-//! launch`; a container whose namespace goes (a netns, a CNI pod) is
+//! command: DNS names of every kind (netns, `dns-add`, CNI, `expose -h`)
+//! come back after `weave stop; weave launch`; a container whose namespace goes (a netns, a CNI pod) is
 //! released at once, or at the next start if the router was down. Needs
 //! root; in CI its absence is a failure.
 
@@ -53,7 +53,8 @@ fn every_kind_of_name_resolves_again_on_both_hosts_after_a_router_restart() {
     let (added, code) = cni(&dir, "weave-net", "ADD", "pod1", &format!("/run/netns/{c2}"), &conf);
     assert_eq!(code, 0, "{added}");
     let pod = added["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
-    let names = [(c1.clone(), a1.clone()), ("alias".into(), a1.clone()), ("ext".into(), "10.40.1.1".into()), ("pod1".into(), pod)];
+    let host = ok(h.weave(1, &["expose", "-h", "host1.weave.local"])).trim().split('/').next().unwrap().to_owned();
+    let names = [(c1.clone(), a1.clone()), ("alias".into(), a1.clone()), ("ext".into(), "10.40.1.1".into()), ("pod1".into(), pod), ("host1".into(), host)];
     let all_resolve = |i: usize| names.iter().all(|(n, a)| lookup(&h, i, n) == *a);
     let end = Instant::now() + Duration::from_secs(10);
     while !all_resolve(2) {
@@ -83,6 +84,9 @@ fn every_kind_of_name_resolves_again_on_both_hosts_after_a_router_restart() {
     std::thread::sleep(Duration::from_secs(6));
     assert!(lookup(&h, 1, "ext").is_empty() && lookup(&h, 2, "ext").is_empty(), "a removed name does not come back");
     assert_eq!(lookup(&h, 2, &c1), a1);
+    // hide takes expose -h's name away.
+    ok(h.weave(1, &["hide"]));
+    within(5.0, "the host's name goes with hide", || (!lookup(&h, 2, "host1").is_empty()).then(|| "host1 still resolves".to_owned()));
 }
 
 fn owned(h: &Hosts, i: usize, id: &str) -> bool {

@@ -82,7 +82,7 @@ enum Cmd {
         /// Print help.
         #[arg(long, action = clap::ArgAction::Help)]
         help: Option<bool>,
-        /// DNS name for the host (accepted; DNS comes with weaveDNS wiring).
+        /// DNS name for the host's exposed addresses.
         #[arg(short = 'h', long = "hostname")]
         hostname: Option<String>,
         /// Do not masquerade.
@@ -616,8 +616,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Expose { without_masquerade, addrs, .. } => {
-            let r = client(&state).await?.expose(pb::ExposeRequest { addrs, without_masquerade }).await.map_err(rpc_err)?;
+        Cmd::Expose { without_masquerade, addrs, hostname, .. } => {
+            let r =
+                client(&state).await?.expose(pb::ExposeRequest { addrs, without_masquerade, hostname: hostname.unwrap_or_default() }).await.map_err(rpc_err)?;
             println!("{}", r.into_inner().cidrs.join(" "));
             Ok(())
         }
