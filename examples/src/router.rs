@@ -398,9 +398,15 @@ impl Router {
         let mut builder = MeshBuilder::new(dc);
         // IPAM speaks only of what is saved (weave_ipam::service). First,
         // anything in use here that it does not hold is claimed back.
+        // What the kernel says is in use here (read once: reclaim and
+        // adoption below both need it).
+        let found = in_use(&nl, &cfg.bridge).await;
         let ipam = match ipam {
             Some((mut ipam, store)) => {
-                reclaim(&mut ipam, in_use(&nl, &cfg.bridge).await?);
+                match &found {
+                    Ok(f) => reclaim(&mut ipam, f.clone()),
+                    Err(e) => return Err(e.to_string().into()),
+                }
                 let (svc, channel, pump) = IpamService::new(ipam, Some(store))?;
                 builder = builder.channel(IPAM_CHANNEL, Box::new(channel));
                 Some((svc, pump))
@@ -494,7 +500,7 @@ impl Router {
         }
         // Subscribed before the sweep at start, so no death is missed.
         let changes = netlink::Changes::links(router.nl.netns())?;
-        router.adopt_existing().await;
+        router.adopt_existing(found.unwrap_or_default()).await;
         *lock(&router.links_watch) = Some(tokio::spawn(follow_links(Arc::downgrade(&router), changes)));
         if let Some(d) = router.docker.clone() {
             tokio::spawn(follow_docker(Arc::downgrade(&router), d));
@@ -526,7 +532,7 @@ impl Router {
     /// is still on the bridge are listed again; those whose veth went while
     /// the router was down are released, and so are the names of
     /// namespaces that are gone.
-    async fn adopt_existing(&self) {
+    async fn adopt_existing(&self, found: Vec<(String, Ipv4Net)>) {
         /// A namespace's name, path or pid: not Docker's, CNI's or ours.
         fn netns_id(id: &str) -> bool {
             !crate::docker::is_container_id(id) && !id.starts_with("weave:") && !id.starts_with(CNI_PREFIX)
@@ -540,10 +546,8 @@ impl Router {
         }
         // Containers IPAM learnt of only from their host ends (its state
         // was lost): reclaimed, and followed from now on.
-        if let Ok(found) = in_use(&self.nl, &self.cfg.bridge).await {
-            for (id, _) in found.into_iter().filter(|(id, _)| netns_id(id)) {
-                candidates.entry(id).or_insert((None, "ethwe".into()));
-            }
+        for (id, _) in found.into_iter().filter(|(id, _)| netns_id(id)) {
+            candidates.entry(id).or_insert((None, "ethwe".into()));
         }
         let named: Vec<String> = match &self.dns {
             Some(d) => lock(d).store().own_live().into_iter().map(|(k, _)| k.container).filter(|c| netns_id(c)).collect(),

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix};
-use nftables::schema::{Chain, NfListObject, NfObject, Rule, Table};
+use nftables::schema::{NfListObject, NfObject, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainType, NfFamily, NfHook};
 
@@ -83,16 +83,7 @@ fn apply_masquerade(subnet: IpNet) -> Result<(), PlumbError> {
         return Ok(());
     }
     let mut b = Batch::new();
-    b.add(NfListObject::Table(Table { family: NfFamily::IP, name: Cow::Borrowed(TABLE), handle: None }));
-    b.add(NfListObject::Chain(Chain {
-        family: NfFamily::IP,
-        table: Cow::Borrowed(TABLE),
-        name: Cow::Borrowed(CHAIN),
-        _type: Some(NfChainType::NAT),
-        hook: Some(NfHook::Postrouting),
-        prio: Some(100),
-        ..Chain::default()
-    }));
+    crate::firewall::add_base_chain(&mut b, NfFamily::IP, TABLE, CHAIN, NfChainType::NAT, NfHook::Postrouting, 100);
     b.add(NfListObject::Rule(rule(subnet, false)));
     b.add(NfListObject::Rule(rule(subnet, true)));
     nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_err("add masquerade rules"))

@@ -175,18 +175,8 @@ fn mark() -> Expression<'static> {
 /// Our table and its marking chain (policy accept: it drops nothing), with
 /// `oifname BRIDGE ct state established,related meta mark set mark | MARK`.
 fn add_marking(bridge: &str, b: &mut Batch<'static>) {
-    b.add(NfListObject::Table(Table { family: NfFamily::INet, name: Cow::Borrowed(TABLE), handle: None }));
-    b.add(NfListObject::Chain(Chain {
-        family: NfFamily::INet,
-        table: Cow::Borrowed(TABLE),
-        name: Cow::Borrowed(MARK_CHAIN),
-        _type: Some(NfChainType::Filter),
-        hook: Some(NfHook::Forward),
-        // Before the filter priority (0), where the host's chains stand.
-        prio: Some(-10),
-        policy: Some(NfChainPolicy::Accept),
-        ..Chain::default()
-    }));
+    // Before the filter priority (0), where the host's chains stand.
+    add_base_chain(b, NfFamily::INet, TABLE, MARK_CHAIN, NfChainType::Filter, NfHook::Forward, -10);
     b.add(NfListObject::Rule(Rule {
         family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
@@ -261,8 +251,8 @@ pub fn allow(bridge: &str) -> io::Result<Vec<String>> {
     if drop_chains > 0 && !marking_in_place(bridge) {
         // Whatever is left of it goes first.
         let mut fresh = Batch::new();
-        if table_exists() {
-            fresh.delete(NfListObject::Table(Table { family: NfFamily::INet, name: Cow::Borrowed(TABLE), handle: None }));
+        if inet_table_exists(TABLE) {
+            fresh.delete(inet_table(TABLE));
         }
         add_marking(bridge, &mut fresh);
         fresh.add_all(b.to_nftables().objects.into_owned());
@@ -288,8 +278,8 @@ pub fn withdraw(bridge: &str) -> io::Result<Vec<String>> {
             changed.push(format!("{} {} {}", family_arg(chain.family), chain.table, chain.name));
         }
     }
-    if table_exists() {
-        b.delete(NfListObject::Table(Table { family: NfFamily::INet, name: Cow::Borrowed(TABLE), handle: None }));
+    if inet_table_exists(TABLE) {
+        b.delete(inet_table(TABLE));
         changed.push(format!("inet {TABLE}"));
     }
     if !changed.is_empty() {
@@ -298,8 +288,30 @@ pub fn withdraw(bridge: &str) -> io::Result<Vec<String>> {
     Ok(changed)
 }
 
-fn table_exists() -> bool {
-    nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "table", "inet", TABLE]).is_ok()
+/// One of our `inet` tables, as an object to add or delete.
+fn inet_table(name: &'static str) -> NfListObject<'static> {
+    NfListObject::Table(Table { family: NfFamily::INet, name: Cow::Borrowed(name), handle: None })
+}
+
+fn inet_table_exists(name: &str) -> bool {
+    nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "table", "inet", name]).is_ok()
+}
+
+/// Add `table` (family `family`) and in it a base chain on `hook` at
+/// `prio`: the shape every table of ours starts with.
+pub(crate) fn add_base_chain(b: &mut Batch<'static>, family: NfFamily, table: &'static str, chain: &'static str, kind: NfChainType, hook: NfHook, prio: i32) {
+    b.add(NfListObject::Table(Table { family, name: Cow::Borrowed(table), handle: None }));
+    b.add(NfListObject::Chain(Chain {
+        family,
+        table: Cow::Borrowed(table),
+        name: Cow::Borrowed(chain),
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        // Only the host's chains drop by default; ours never do.
+        policy: (kind == NfChainType::Filter).then_some(NfChainPolicy::Accept),
+        ..Chain::default()
+    }));
 }
 
 /// Keep [`allow`]'s rules in place for as long as the returned task runs:
@@ -341,21 +353,10 @@ const VXLAN_TABLE: &str = "weave-fastdp";
 pub fn allow_vxlan_from(port: u16, peers: &[std::net::IpAddr]) -> io::Result<()> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut b = Batch::new();
-    let table = || Table { family: NfFamily::INet, name: Cow::Borrowed(VXLAN_TABLE), handle: None };
-    if vxlan_table_exists() {
-        b.delete(NfListObject::Table(table()));
+    if inet_table_exists(VXLAN_TABLE) {
+        b.delete(inet_table(VXLAN_TABLE));
     }
-    b.add(NfListObject::Table(table()));
-    b.add(NfListObject::Chain(Chain {
-        family: NfFamily::INet,
-        table: Cow::Borrowed(VXLAN_TABLE),
-        name: Cow::Borrowed("input"),
-        _type: Some(NfChainType::Filter),
-        hook: Some(NfHook::Input),
-        prio: Some(-10),
-        policy: Some(NfChainPolicy::Accept),
-        ..Chain::default()
-    }));
+    add_base_chain(&mut b, NfFamily::INet, VXLAN_TABLE, "input", NfChainType::Filter, NfHook::Input, -10);
     let dport = Statement::Match(Match { left: crate::expose::field("udp", "dport"), right: Expression::Number(u32::from(port)), op: Operator::EQ });
     for (proto, nfproto) in [("ip", "ipv4"), ("ip6", "ipv6")] {
         let from: Vec<nftables::expr::SetItem<'static>> = peers
@@ -384,18 +385,14 @@ pub fn allow_vxlan_from(port: u16, peers: &[std::net::IpAddr]) -> io::Result<()>
     nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_io)
 }
 
-fn vxlan_table_exists() -> bool {
-    nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "table", "inet", VXLAN_TABLE]).is_ok()
-}
-
 /// Remove [`allow_vxlan_from`]'s table (reset). Returns whether there was one.
 pub fn withdraw_vxlan() -> io::Result<bool> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !vxlan_table_exists() {
+    if !inet_table_exists(VXLAN_TABLE) {
         return Ok(false);
     }
     let mut b = Batch::new();
-    b.delete(NfListObject::Table(Table { family: NfFamily::INet, name: Cow::Borrowed(VXLAN_TABLE), handle: None }));
+    b.delete(inet_table(VXLAN_TABLE));
     nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_io)?;
     Ok(true)
 }
