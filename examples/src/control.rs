@@ -237,10 +237,8 @@ pub async fn status_and_report(router: &Router) -> Result<(pb::StatusReply, serd
         },
     });
     if let Some(ipam) = router.ipam() {
-        let (i, (claims, allocs)) = {
-            let g = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            (g.status(), g.pending_requests())
-        };
+        let (i, (claims, allocs)) = ipam.with(|g, _| (g.status(), g.pending_requests())).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let save_error = router.ipam_save_error().await;
         let entries: Vec<serde_json::Value> = sized_entries(&i)
             .iter()
             .map(|(e, size)| {
@@ -252,7 +250,7 @@ pub async fn status_and_report(router: &Router) -> Result<(pb::StatusReply, serd
             })
             .collect();
         v["IPAM"] = serde_json::json!({
-            "Status": router.ipam_save_error().map_or(i.status, |e| format!("cannot save its state: {e}")), "Range": i.range.to_string(), "DefaultSubnet": i.default_subnet.to_string(),
+            "Status": save_error.map_or(i.status, |e| format!("cannot save its state: {e}")), "Range": i.range.to_string(), "DefaultSubnet": i.default_subnet.to_string(),
             "RangeNumIPs": i.range_num_ips, "ActiveIPs": i.active_ips, "Entries": entries,
             "Owned": i.owned.iter().map(|(k, v)| (k.clone(), v.iter().map(ToString::to_string).collect::<Vec<_>>())).collect::<std::collections::BTreeMap<_, _>>(),
             "PendingClaims": claims.iter().map(|c| serde_json::json!({ "Ident": c.container, "Address": c.addr.map(|a| a.to_string()), "Subnet": c.subnet.to_string() })).collect::<Vec<_>>(),
@@ -260,7 +258,7 @@ pub async fn status_and_report(router: &Router) -> Result<(pb::StatusReply, serd
         });
     }
     if let (Some(dns), Some(settings)) = (router.dns(), router.config().dns.as_ref()) {
-        let d = dns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let d = dns.current();
         let upstream: Vec<String> = match &settings.upstreams {
             weave_dns::server::Upstreams::Fixed(v) => v.iter().map(ToString::to_string).collect(),
             weave_dns::server::Upstreams::ResolvConf(p) => {
@@ -361,7 +359,7 @@ impl pb::control_server::Control for Service {
             // Named like a container, under the expose id: hide removes it,
             // and it survives restarts as every name does.
             let addrs: Vec<std::net::Ipv4Addr> = cidrs.iter().map(|c| c.addr()).collect();
-            self.router.dns_add(Router::EXPOSE_ID, &r.hostname, &addrs).map_err(to_status)?;
+            self.router.dns_add(Router::EXPOSE_ID, &r.hostname, &addrs).await.map_err(to_status)?;
         }
         Ok(Response::new(pb::ExposeReply { cidrs: cidrs.iter().map(ToString::to_string).collect() }))
     }
@@ -405,7 +403,7 @@ impl pb::control_server::Control for Service {
             // A name for addresses outside any container, as Weave does.
             r.container = EXTERN.into();
         }
-        self.router.dns_add(&r.container, &name, &ips).map_err(to_status)?;
+        self.router.dns_add(&r.container, &name, &ips).await.map_err(to_status)?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -418,19 +416,19 @@ impl pb::control_server::Control for Service {
         }
         let ips = parse_ips(&r.ips)?;
         let name = (!r.hostname.is_empty()).then_some(r.hostname.as_str());
-        let n = self.router.dns_remove(&r.container, name, &ips).map_err(to_status)?;
+        let n = self.router.dns_remove(&r.container, name, &ips).await.map_err(to_status)?;
         Ok(Response::new(pb::DnsRemoveReply { removed: u32::try_from(n).unwrap_or(u32::MAX) }))
     }
 
     async fn dns_lookup(&self, r: Request<pb::DnsLookupRequest>) -> Result<Response<pb::DnsLookupReply>, Status> {
         let dns = self.router.dns().ok_or_else(|| Status::failed_precondition("weaveDNS is disabled (--no-dns)"))?;
-        let addrs = dns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).lookup(&r.into_inner().name);
+        let addrs = dns.lookup(&r.into_inner().name);
         Ok(Response::new(pb::DnsLookupReply { addrs: addrs.iter().map(ToString::to_string).collect() }))
     }
 
     async fn dns_entries(&self, _: Request<pb::Empty>) -> Result<Response<pb::DnsEntriesReply>, Status> {
         let dns = self.router.dns().ok_or_else(|| Status::failed_precondition("weaveDNS is disabled (--no-dns)"))?;
-        let d = dns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let d = dns.current();
         let entries = d
             .store()
             .entries()
@@ -457,19 +455,23 @@ impl pb::control_server::Control for Service {
         }
         // Judge reachability as of now, not as of the last route event.
         let reachable = st.peers.iter().map(|p| p.name).filter(|p| *p != st.name && st.next_hops.contains_key(p)).collect();
-        let mut i = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        i.set_reachable(reachable);
-        let n = i.rmpeer(std::time::Instant::now(), &dead).map_err(|e| Status::failed_precondition(e.to_string()))?;
-        drop(i);
+        let n = ipam
+            .with(move |i, now| {
+                i.set_reachable(reachable);
+                i.rmpeer(now, &dead)
+            })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(pb::RmpeerReply { reclaimed: n }))
     }
 
     async fn prime(&self, _: Request<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
         let ipam = self.router.ipam().ok_or_else(|| Status::failed_precondition("IPAM is disabled (--ipalloc-range=)"))?;
-        ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).prime(std::time::Instant::now());
+        ipam.with(|i, now| i.prime(now)).await.map_err(|e| Status::unavailable(e.to_string()))?;
         loop {
-            let st = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status().status;
-            if st == "ready" || st == "idle" && !ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status().entries.is_empty() {
+            let st = ipam.with(|i, _| i.status()).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            if st.status == "ready" || st.status == "idle" && !st.entries.is_empty() {
                 return Ok(Response::new(pb::Empty {}));
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -505,7 +507,7 @@ impl pb::control_server::Control for Service {
     async fn ipam_status(&self, _: Request<pb::Empty>) -> Result<Response<pb::IpamStatusReply>, Status> {
         let ipam = self.router.ipam().ok_or_else(|| Status::failed_precondition("IPAM is disabled (--ipalloc-range=)"))?;
         let ms = mesh_status(&self.router).await?;
-        let s = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status();
+        let s = ipam.with(|i, _| i.status()).await.map_err(|e| Status::unavailable(e.to_string()))?;
         let mut per: std::collections::BTreeMap<weave_core::PeerName, u64> = Default::default();
         for (e, size) in sized_entries(&s) {
             *per.entry(e.peer).or_default() += size;

@@ -115,7 +115,7 @@ pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
         dp.fallbacks().into_iter().map(|(r, n)| (l(&[("reason", r.as_str())]), n)).collect(),
     );
     if let Some(ipam) = router.ipam() {
-        let s = ipam.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status();
+        let s = ipam.with(|i, _| i.status()).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         gauge(&mut reg, "weave_ips", "Addresses by state", vec![(l(&[("state", "local-used")]), s.active_ips as i64)]);
         gauge(&mut reg, "weave_max_ips", "Size of the allocation range", vec![(vec![], s.range_num_ips as i64)]);
         let reachable = |p: weave_core::PeerName| p == ms.name || ms.next_hops.contains_key(&p);
@@ -133,7 +133,7 @@ pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
         gauge(&mut reg, "weave_ipam_pending_claims", "Claims waiting", vec![(vec![], s.pending_claims as i64)]);
     }
     if let Some(dns) = router.dns() {
-        let n = dns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).store().live();
+        let n = dns.current().store().live();
         gauge(&mut reg, "weave_dns_entries", "Live weaveDNS entries", vec![(vec![], n as i64)]);
     }
     let mut out = String::new();

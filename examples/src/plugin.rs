@@ -104,8 +104,10 @@ async fn maybe_hide(router: &Router, state: &Mutex<State>, gw: Ipv4Addr, pool: O
             return Ok(());
         }
     }
-    if pool.is_some_and(|p| router.cni_uses(p)) {
-        return Ok(());
+    if let Some(p) = pool {
+        if router.cni_uses(p).await {
+            return Ok(());
+        }
     }
     {
         let mut st = lock(state);
@@ -404,8 +406,8 @@ async fn dispatch(router: &Arc<Router>, state: &Mutex<State>, call: &str, req: &
             };
             if gateway {
                 maybe_hide(router, state, a, pool).await?;
-            } else if let Some(owner) = router.owner_of(a).filter(|o| o.starts_with(PLUGIN_ID)) {
-                router.free(&owner, [a]);
+            } else if let Some(owner) = router.owner_of(a).await.filter(|o| o.starts_with(PLUGIN_ID)) {
+                router.free(&owner, [a]).await;
             }
             Ok(json!({}))
         }

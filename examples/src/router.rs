@@ -290,12 +290,10 @@ pub struct Router {
     mesh: MeshHandle,
     dp: Arc<dyn Dataplane>,
     nl: Netlink,
-    ipam: Option<Arc<Mutex<Ipam>>>,
-    ipam_service: Option<IpamService>,
+    ipam: Option<IpamService>,
     containers: tokio::sync::Mutex<BTreeMap<String, Container>>,
     stopping: Notify,
-    dns: Option<Arc<Mutex<weave_dns::dns::Dns>>>,
-    dns_service: Option<weave_dns::service::DnsService>,
+    dns: Option<weave_dns::service::DnsService>,
     _dns_server: Option<weave_dns::server::Server>,
     terminations: Arc<std::sync::atomic::AtomicU64>,
     targets: Mutex<std::collections::BTreeSet<String>>,
@@ -401,33 +399,25 @@ impl Router {
         // What the kernel says is in use here (read once: reclaim and
         // adoption below both need it).
         let found = in_use(&nl, &cfg.bridge).await;
-        let ipam = match ipam {
-            Some((mut ipam, store)) => {
-                match &found {
-                    Ok(f) => reclaim(&mut ipam, f.clone()),
-                    Err(e) => return Err(e.to_string().into()),
-                }
-                let (svc, channel, pump) = IpamService::new(ipam, Some(store))?;
-                builder = builder.channel(IPAM_CHANNEL, Box::new(channel));
-                Some((svc, pump))
+        if let Some((mut ipam, store)) = ipam {
+            match &found {
+                Ok(f) => reclaim(&mut ipam, f.clone()),
+                Err(e) => return Err(e.to_string().into()),
             }
-            None => None,
-        };
-        // weaveDNS (weave_dns::service): our names come back from the
-        // state directory before the mesh starts.
-        let dns = cfg.dns.as_ref().map(|d| {
+            let persist = Box::new(weave_ipam::persist::StorePersist::new(store));
+            builder = builder.persistent_channel(IPAM_CHANNEL, Box::new(weave_ipam::channel::IpamChannel::new(ipam)), persist);
+        }
+        // weaveDNS: our names come back from the state directory before
+        // the mesh starts, and are saved before any change is gossiped.
+        let mut names = None;
+        if let Some(d) = &cfg.dns {
             let dns = weave_dns::dns::Dns::new(cfg.name, &d.domain, weave_dns::dns::WallClock::system(), Instant::now());
-            weave_dns::service::DnsService::new(dns, Some(cfg.state_dir.join(DNS_FILE)))
-        });
-        let (dns_service, dns_pump) = match dns {
-            Some((svc, channel, pump)) => {
-                builder = builder.channel(weave_dns::channel::CHANNEL, Box::new(channel));
-                (Some(svc), Some(pump))
-            }
-            None => (None, None),
-        };
-        let dns = dns_service.as_ref().map(|s| s.dns().clone());
-        let dns_server = match (&cfg.dns, &dns) {
+            let file = cfg.state_dir.join(DNS_FILE);
+            let channel = weave_dns::service::DnsService::restore(dns, &file, Instant::now());
+            names = Some(channel.names());
+            builder = builder.persistent_channel(weave_dns::channel::CHANNEL, Box::new(channel), Box::new(weave_gossip::node::FilePersist(file)));
+        }
+        let dns_server = match (&cfg.dns, &names) {
             (Some(settings), Some(d)) => {
                 // The listen address lives on the bridge (link-local).
                 let listen = settings.listen_for(cfg.name);
@@ -444,18 +434,18 @@ impl Router {
         };
         let mesh = builder.start().await?;
         tokio::spawn(follow_mesh(mesh.clone(), dp.clone()));
+        let ipam = cfg.ipalloc_range.map(|_| IpamService::new(mesh.clone()));
+        let dns = names.map(|n| weave_dns::service::DnsService::new(mesh.clone(), n));
 
         let router = Arc::new(Self {
             cfg: cfg.clone(),
             mesh: mesh.clone(),
             dp,
             nl,
-            ipam: ipam.as_ref().map(|(svc, _)| svc.ipam().clone()),
-            ipam_service: ipam.as_ref().map(|(svc, _)| svc.clone()),
+            ipam,
             containers: tokio::sync::Mutex::new(BTreeMap::new()),
             stopping: Notify::new(),
-            dns: dns.clone(),
-            dns_service,
+            dns,
             _dns_server: dns_server,
             terminations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             targets: Mutex::new(cfg.peers.iter().cloned().collect()),
@@ -491,12 +481,6 @@ impl Router {
                     }
                 }
             });
-        }
-        if let Some(pump) = dns_pump {
-            tokio::spawn(pump.run(mesh.clone()));
-        }
-        if let Some((_, pump)) = ipam {
-            tokio::spawn(pump.run(mesh.clone()));
         }
         // Subscribed before the sweep at start, so no death is missed.
         let changes = netlink::Changes::links(router.nl.netns())?;
@@ -539,10 +523,8 @@ impl Router {
         }
         // id -> (namespace path if recorded, interface)
         let mut candidates: BTreeMap<String, (Option<String>, String)> = load_attached(&self.cfg.state_dir);
-        if let Some(ipam) = &self.ipam {
-            for id in lock(ipam).status().owned.into_keys().filter(|id| netns_id(id)) {
-                candidates.entry(id).or_insert((None, "ethwe".into()));
-            }
+        for id in self.owned().await.into_keys().filter(|id| netns_id(id)) {
+            candidates.entry(id).or_insert((None, "ethwe".into()));
         }
         // Containers IPAM learnt of only from their host ends (its state
         // was lost): reclaimed, and followed from now on.
@@ -550,7 +532,7 @@ impl Router {
             candidates.entry(id).or_insert((None, "ethwe".into()));
         }
         let named: Vec<String> = match &self.dns {
-            Some(d) => lock(d).store().own_live().into_iter().map(|(k, _)| k.container).filter(|c| netns_id(c)).collect(),
+            Some(d) => d.names().current().store().own_live().into_iter().map(|(k, _)| k.container).filter(|c| netns_id(c)).collect(),
             None => Vec::new(),
         };
         for id in named {
@@ -574,7 +556,7 @@ impl Router {
             };
             let Ok(c) = Netlink::connect(&ns).await else { continue };
             let Ok(Some(link)) = c.link(&ifname).await else { continue };
-            let mut cidrs = self.owned_by(&id);
+            let mut cidrs = self.owned_by(&id).await;
             if cidrs.is_empty() {
                 // Exact addresses without IPAM: what is on the interface.
                 cidrs =
@@ -681,21 +663,30 @@ impl Router {
         self.cfg.plugin.clone()
     }
 
+    /// What IPAM holds, by container (empty without IPAM).
+    pub async fn owned(&self) -> BTreeMap<String, Vec<Ipv4Net>> {
+        match &self.ipam {
+            Some(svc) => svc.with(|i, _| i.status().owned).await.unwrap_or_default(),
+            None => BTreeMap::new(),
+        }
+    }
+
     /// Who IPAM holds `addr` for.
-    pub fn owner_of(&self, addr: Ipv4Addr) -> Option<String> {
-        let owned = lock(self.ipam.as_ref()?).status().owned;
-        owned.into_iter().find(|(_, cidrs)| cidrs.iter().any(|c| c.addr() == addr)).map(|(id, _)| id)
+    pub async fn owner_of(&self, addr: Ipv4Addr) -> Option<String> {
+        self.owned().await.into_iter().find(|(_, cidrs)| cidrs.iter().any(|c| c.addr() == addr)).map(|(id, _)| id)
     }
 
     /// Free addresses held for `id`.
-    pub fn free(&self, id: &str, addrs: impl IntoIterator<Item = Ipv4Addr>) {
-        if let Some(svc) = &self.ipam_service {
-            svc.free(id, addrs);
+    pub async fn free(&self, id: &str, addrs: impl IntoIterator<Item = Ipv4Addr>) {
+        if let Some(svc) = &self.ipam {
+            if let Err(e) = svc.free(id, addrs).await {
+                tracing::warn!(container = id, error = %e, "cannot free addresses");
+            }
         }
     }
 
     /// The IPAM, when enabled.
-    pub fn ipam(&self) -> Option<&Arc<Mutex<Ipam>>> {
+    pub fn ipam(&self) -> Option<&IpamService> {
         self.ipam.as_ref()
     }
 
@@ -703,7 +694,7 @@ impl Router {
     /// must (and until it is saved); integrations such as the Docker plugin
     /// plumb it themselves.
     pub async fn allocate(&self, id: &str, spec: &AddrSpec) -> Result<Ipv4Net, RouterError> {
-        let Some(svc) = &self.ipam_service else {
+        let Some(svc) = &self.ipam else {
             return match spec {
                 AddrSpec::Exact(n) => Ok(*n),
                 _ => Err(RouterError::Invalid("IPAM is disabled (--ipalloc-range=): give addresses as ip:CIDR".into())),
@@ -722,13 +713,13 @@ impl Router {
     }
 
     /// Why IPAM cannot save its state, while it cannot.
-    pub fn ipam_save_error(&self) -> Option<String> {
-        self.ipam_service.as_ref().and_then(IpamService::save_error)
+    pub async fn ipam_save_error(&self) -> Option<String> {
+        self.ipam.as_ref()?.save_error().await
     }
 
-    /// weaveDNS, when enabled.
-    pub fn dns(&self) -> Option<&Arc<Mutex<weave_dns::dns::Dns>>> {
-        self.dns.as_ref()
+    /// weaveDNS's names, when enabled.
+    pub fn dns(&self) -> Option<&weave_dns::channel::Names> {
+        self.dns.as_ref().map(weave_dns::service::DnsService::names)
     }
 
     /// The DNS name a container named `base` gets ([`Target::name`]):
@@ -742,15 +733,15 @@ impl Router {
     }
 
     /// Add DNS entries for `container` (after an attach, or `dns-add`).
-    pub fn dns_add(&self, container: &str, name: &str, addrs: &[Ipv4Addr]) -> Result<(), RouterError> {
-        let Some(dns) = &self.dns_service else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
-        dns.add(container, name, addrs).map_err(|e| RouterError::Invalid(e.to_string()))
+    pub async fn dns_add(&self, container: &str, name: &str, addrs: &[Ipv4Addr]) -> Result<(), RouterError> {
+        let Some(dns) = &self.dns else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
+        dns.add(container, name, addrs).await.map_err(|e| RouterError::Invalid(e.to_string()))
     }
 
     /// Remove DNS entries of `container` (for `name`/`addrs` if given).
-    pub fn dns_remove(&self, container: &str, name: Option<&str>, addrs: &[Ipv4Addr]) -> Result<usize, RouterError> {
-        let Some(dns) = &self.dns_service else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
-        dns.remove(container, name, addrs).map_err(|e| RouterError::Invalid(e.to_string()))
+    pub async fn dns_remove(&self, container: &str, name: Option<&str>, addrs: &[Ipv4Addr]) -> Result<usize, RouterError> {
+        let Some(dns) = &self.dns else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
+        dns.remove(container, name, addrs).await.map_err(|e| RouterError::Invalid(e.to_string()))
     }
 
     /// Resolve a CONTAINER argument: `pid:N`, a netns path, a named netns,
@@ -817,7 +808,7 @@ impl Router {
     async fn register_dns(&self, t: &Target, cidrs: &[Ipv4Net], hostname: Option<&str>) -> Result<(), RouterError> {
         let (Some(name), Some(settings)) = (self.dns_name(&t.name, hostname), self.cfg.dns.as_ref()) else { return Ok(()) };
         let addrs: Vec<Ipv4Addr> = cidrs.iter().map(Ipv4Net::addr).collect();
-        self.dns_add(&t.id, &name, &addrs)?;
+        self.dns_add(&t.id, &name, &addrs).await?;
         let IpAddr::V4(dns_ip) = settings.listen_for(self.cfg.name).ip() else { return Ok(()) };
         if let Some(ns) = &t.netns {
             let c = Netlink::connect(ns).await?;
@@ -861,7 +852,7 @@ impl Router {
             Ok(a) => a,
             Err(e) => {
                 // Give back what we took for it.
-                self.free(container, cidrs.iter().map(Ipv4Net::addr));
+                self.free(container, cidrs.iter().map(Ipv4Net::addr)).await;
                 return Err(e.into());
             }
         };
@@ -908,7 +899,7 @@ impl Router {
         let container = t.id.as_str();
         let mut cs = self.containers.lock().await;
         let known = cs.get(container).map(|c| c.cidrs.clone()).unwrap_or_default();
-        let owned = self.owned_by(container);
+        let owned = self.owned_by(container).await;
         let mut all = known;
         for o in owned {
             if !all.contains(&o) {
@@ -924,10 +915,10 @@ impl Router {
             let v: Vec<IpNet> = victims.iter().map(|c| IpNet::V4(*c)).collect();
             netlink::detach(ns, ifname, if addrs.is_empty() { None } else { Some(&v) }).await?;
         }
-        self.free(container, victims.iter().map(Ipv4Net::addr));
+        self.free(container, victims.iter().map(Ipv4Net::addr)).await;
         if self.dns.is_some() {
             let ips: Vec<Ipv4Addr> = victims.iter().map(Ipv4Net::addr).collect();
-            let _ = self.dns_remove(container, None, &ips);
+            let _ = self.dns_remove(container, None, &ips).await;
         }
         let mut gone = addrs.is_empty();
         if let Some(c) = cs.get_mut(container) {
@@ -983,10 +974,10 @@ impl Router {
         for n in &victims {
             weave_dataplane::expose::hide(&self.nl, &self.cfg.bridge, IpNet::V4(*n)).await?;
         }
-        self.free(Self::EXPOSE_ID, victims.iter().map(Ipv4Net::addr));
-        if self.dns_service.is_some() && !victims.is_empty() {
+        self.free(Self::EXPOSE_ID, victims.iter().map(Ipv4Net::addr)).await;
+        if self.dns.is_some() && !victims.is_empty() {
             // The names `expose -h` gave these addresses.
-            let _ = self.dns_remove(Self::EXPOSE_ID, None, &victims.iter().map(Ipv4Net::addr).collect::<Vec<_>>());
+            let _ = self.dns_remove(Self::EXPOSE_ID, None, &victims.iter().map(Ipv4Net::addr).collect::<Vec<_>>()).await;
         }
         Ok(victims)
     }
@@ -997,12 +988,11 @@ impl Router {
     pub async fn reset(&self, force: bool) -> Result<(Vec<String>, Option<PeerName>), RouterError> {
         let mut heir = None;
         let mut removed_files = Vec::new();
-        if let Some(svc) = &self.ipam_service {
-            heir = lock(svc.ipam()).leave(Instant::now());
-            svc.poke();
+        if let Some(svc) = &self.ipam {
+            heir = svc.with(|i, now| i.leave(now)).await.ok().flatten();
             if heir.is_some() && !force {
                 let end = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < end && !svc.handed_off() {
+                while Instant::now() < end && !svc.handed_off().await {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -1069,10 +1059,10 @@ impl Router {
     /// Give up everything held for a container: its addresses, names and
     /// entry.
     async fn release(&self, id: &str) {
-        let owned = self.owned_by(id);
-        self.free(id, owned.iter().map(Ipv4Net::addr));
+        let owned = self.owned_by(id).await;
+        self.free(id, owned.iter().map(Ipv4Net::addr)).await;
         if self.dns.is_some() {
-            let _ = self.dns_remove(id, None, &[]);
+            let _ = self.dns_remove(id, None, &[]).await;
         }
         let known = {
             let mut cs = self.containers.lock().await;
@@ -1243,7 +1233,7 @@ impl Router {
                         }
                     });
                 } else if self.dns.is_some() {
-                    let _ = self.dns_remove(id, None, &[]);
+                    let _ = self.dns_remove(id, None, &[]).await;
                 }
             }
             DockerEvent::GraceOver(epoch) => {
@@ -1275,7 +1265,7 @@ impl Router {
             Err(RouterError::Ipam(e)) => {
                 tracing::info!(container = crate::docker::display_id(id), error = %e, "its old addresses are taken: allocating a new one");
                 // Whatever of the old ones it still holds goes back.
-                self.free(id, self.owned_by(id).iter().map(Ipv4Net::addr));
+                self.free(id, self.owned_by(id).await.iter().map(Ipv4Net::addr)).await;
                 self.attach_target(&t, &[AddrSpec::Default], tr.multicast, "ethwe", false).await?
             }
             Err(e) => return Err(e),
@@ -1290,7 +1280,7 @@ impl Router {
         if tr.dns {
             // Names for addresses it no longer has must not linger.
             if self.dns.is_some() {
-                let _ = self.dns_remove(id, None, &[]);
+                let _ = self.dns_remove(id, None, &[]).await;
             }
             self.register_dns(&t, &cidrs, tr.hostname.as_deref()).await?;
         }
@@ -1321,10 +1311,7 @@ impl Router {
     /// wait out the grace period if dead, and are released if removed.
     async fn reconcile_docker(self: &Arc<Self>) {
         let mut ids: std::collections::BTreeSet<String> = lock(&self.tracked).keys().cloned().collect();
-        let owned = match &self.ipam {
-            Some(ipam) => lock(ipam).status().owned,
-            None => BTreeMap::new(),
-        };
+        let owned = self.owned().await;
         for (k, cidrs) in owned.into_iter().filter(|(k, _)| crate::docker::is_container_id(k)) {
             // Held but not tracked: attached by an older router.
             lock(&self.tracked).entry(k.clone()).or_insert_with(|| Tracked {
@@ -1522,11 +1509,8 @@ pub struct CniAttachment {
 
 impl Router {
     /// What IPAM holds for `id`.
-    pub fn owned_by(&self, id: &str) -> Vec<Ipv4Net> {
-        match &self.ipam {
-            Some(ipam) => lock(ipam).status().owned.remove(id).unwrap_or_default(),
-            None => Vec::new(),
-        }
+    pub async fn owned_by(&self, id: &str) -> Vec<Ipv4Net> {
+        self.owned().await.remove(id).unwrap_or_default()
     }
 
     /// The host's address on the bridge for `spec` (exactly that
@@ -1550,9 +1534,8 @@ impl Router {
 
     /// Whether a CNI attachment has an address in `subnet` (so its
     /// gateway must stay).
-    pub fn cni_uses(&self, subnet: Ipv4Net) -> bool {
-        let Some(ipam) = &self.ipam else { return false };
-        lock(ipam).status().owned.iter().any(|(id, cidrs)| id.starts_with(CNI_PREFIX) && cidrs.iter().any(|c| c.trunc() == subnet))
+    pub async fn cni_uses(&self, subnet: Ipv4Net) -> bool {
+        self.owned().await.iter().any(|(id, cidrs)| id.starts_with(CNI_PREFIX) && cidrs.iter().any(|c| c.trunc() == subnet))
     }
 
     fn cni_netns(netns: &str) -> Result<Netns, RouterError> {
@@ -1583,7 +1566,7 @@ impl Router {
         };
         if let (Some(h), Some(_)) = (call.hostname.filter(|h| !h.is_empty()), &self.dns) {
             let name = self.dns_name(h, None).unwrap_or_default();
-            self.dns_add(&id, &name, &cidrs.iter().map(Ipv4Net::addr).collect::<Vec<_>>())?;
+            self.dns_add(&id, &name, &cidrs.iter().map(Ipv4Net::addr).collect::<Vec<_>>()).await?;
         }
         let Some(ns) = ns else { return Ok(CniAttachment { cidrs, ..CniAttachment::default() }) };
         let (gateway, _) = self.gateway_for(AddrSpec::Subnet(cidrs[0].trunc())).await?;
@@ -1626,7 +1609,7 @@ impl Router {
     /// interface (unless `ipam_only`).
     pub async fn cni_check(&self, call: &CniCall<'_>) -> Result<CniAttachment, RouterError> {
         let id = call.id();
-        let owned = self.owned_by(&id);
+        let owned = self.owned_by(&id).await;
         if owned.is_empty() {
             return Err(RouterError::NotFound(format!("no addresses are held for {}/{}", call.container_id, call.ifname)));
         }
@@ -1650,10 +1633,9 @@ impl Router {
     /// CNI GC for `network`: free what every attachment of it not in
     /// `valid` (as "CONTAINERID/IFNAME") holds. Returns those released.
     pub async fn cni_gc(&self, network: &str, valid: &std::collections::BTreeSet<String>) -> Result<Vec<String>, RouterError> {
-        let Some(ipam) = &self.ipam else { return Ok(Vec::new()) };
         let prefix = format!("{CNI_PREFIX}{network}/");
         let stale: Vec<String> =
-            lock(ipam).status().owned.into_keys().filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned)).filter(|k| !valid.contains(k)).collect();
+            self.owned().await.into_keys().filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned)).filter(|k| !valid.contains(k)).collect();
         for a in &stale {
             let id = format!("{prefix}{a}");
             self.release(&id).await;

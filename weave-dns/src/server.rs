@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::answer::{Decision, Responder};
-use crate::dns::Dns;
+use crate::channel::Names;
 
 /// Where upstream resolvers come from.
 #[derive(Debug, Clone)]
@@ -108,7 +108,7 @@ const MAX_FORWARDS: usize = 512;
 const TCP_EXCHANGE: Duration = Duration::from_secs(10);
 
 struct Shared {
-    dns: Arc<Mutex<Dns>>,
+    names: Names,
     forwards: tokio::sync::Semaphore,
     responder: Responder,
     /// Shuffles answers; seeded once (not per query).
@@ -120,7 +120,7 @@ struct Shared {
 
 impl Shared {
     fn decide(&self, req: &Message, tcp: bool) -> Decision {
-        let dns = self.dns.lock().unwrap_or_else(PoisonError::into_inner);
+        let dns = self.names.current();
         let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
         self.responder.decide(dns.store(), req, tcp, &mut *rng)
     }
@@ -257,14 +257,14 @@ impl Drop for Server {
     }
 }
 
-/// Start serving `dns` on `cfg.listen` (port 0 picks one, the same for TCP).
-pub async fn serve(cfg: ServerConfig, dns: Arc<Mutex<Dns>>) -> std::io::Result<Server> {
+/// Start serving `names` on `cfg.listen` (port 0 picks one, the same for TCP).
+pub async fn serve(cfg: ServerConfig, names: Names) -> std::io::Result<Server> {
     let udp = UdpSocket::bind(cfg.listen).await?;
     let addr = udp.local_addr()?;
     let tcp = TcpListener::bind(addr).await?;
-    let domain = dns.lock().unwrap_or_else(PoisonError::into_inner).domain().to_owned();
+    let domain = names.current().domain().to_owned();
     let shared = Arc::new(Shared {
-        dns,
+        names,
         responder: Responder::new(&domain, cfg.ttl),
         rng: Mutex::new(weave_core::rng::from_os()),
         forwards: tokio::sync::Semaphore::new(MAX_FORWARDS),

@@ -3,7 +3,6 @@
 //! lookup reaches the server.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
@@ -11,6 +10,7 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::Resolver;
 use weave_core::PeerName;
+use weave_dns::channel::Names;
 use weave_dns::server::{serve, Server, ServerConfig, Upstreams};
 use weave_dns::{Dns, WallClock};
 
@@ -26,7 +26,7 @@ async fn server() -> Server {
     d.add(now, "db", Ipv4Addr::new(10, 40, 0, 9), "db").unwrap();
     let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Upstreams::Fixed(vec![]));
     cfg.upstream_timeout = Duration::from_millis(200);
-    serve(cfg, Arc::new(Mutex::new(d))).await.unwrap()
+    serve(cfg, Names::new(&d)).await.unwrap()
 }
 
 fn resolver(addr: SocketAddr) -> Resolver<TokioConnectionProvider> {

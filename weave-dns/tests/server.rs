@@ -3,7 +3,6 @@
 //! for forwarding.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
@@ -13,17 +12,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use weave_core::PeerName;
 use weave_dns::answer::query;
+use weave_dns::channel::Names;
 use weave_dns::server::{serve, Server, ServerConfig, Upstreams};
 use weave_dns::{Dns, WallClock};
 
-fn dns_with(n: usize) -> Arc<Mutex<Dns>> {
+fn dns_with(n: usize) -> Names {
     let now = Instant::now();
     let mut d = Dns::new(PeerName::from_u64(1).unwrap(), "weave.local.", WallClock::system(), now);
     for i in 0..n {
         d.add(now, "web", Ipv4Addr::new(10, 32, 0, i as u8 + 1), &format!("c{i}")).unwrap();
     }
     d.add(now, "db", Ipv4Addr::new(10, 40, 0, 9), "db").unwrap();
-    Arc::new(Mutex::new(d))
+    Names::new(&d)
 }
 
 async fn start(upstreams: Upstreams, timeout: Duration) -> Server {

@@ -6,43 +6,30 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use weave_core::sim::{LinkConfig, NodeId, Sim};
 use weave_core::PeerName;
-use weave_dns::channel::{pump, DnsChannel, CHANNEL};
+use weave_dns::channel::{DnsChannel, CHANNEL};
 use weave_dns::{Dns, WallClock};
 use weave_gossip::connmaker::ConnMakerConfig;
 use weave_gossip::mesh::MeshConfig;
-use weave_gossip::sim::{SimApp, SimPeer};
+use weave_gossip::sim::SimPeer;
 
 const T0: u64 = 1_800_000_000;
 
-/// weaveDNS as the simulated peer's application.
-struct DnsApp(Arc<Mutex<Dns>>);
-
-impl SimApp for DnsApp {
-    fn pump(&mut self, _now: Instant, mesh: &mut weave_gossip::mesh::Mesh) {
-        pump(&self.0, mesh);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Some(self.0.lock().unwrap().poll_timeout())
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.0.lock().unwrap().handle_timeout(now);
-    }
-}
-
-/// A peer with weaveDNS on its mesh, and the handle to its DNS state.
-fn host(id: NodeId, start: Instant, now: Instant, seed: u64) -> (SimPeer, Arc<Mutex<Dns>>) {
+/// A peer with weaveDNS on its mesh.
+fn host(id: NodeId, start: Instant, now: Instant, seed: u64) -> SimPeer {
     let mut peer = SimPeer::new(id, now, seed, quick);
     let name = PeerName::from_u64(id as u64 + 1).unwrap();
-    let dns = Arc::new(Mutex::new(Dns::new(name, "weave.local.", WallClock::new(start, T0), now)));
-    peer.mesh_mut().register_channel(CHANNEL, Box::new(DnsChannel(dns.clone())));
-    peer.set_app(Box::new(DnsApp(dns.clone())));
-    (peer, dns)
+    let dns = Dns::new(name, "weave.local.", WallClock::new(start, T0), now);
+    peer.register_channel(CHANNEL, Box::new(DnsChannel::new(dns, now)));
+    peer
+}
+
+fn dns(sim: &Sim<SimPeer>, id: NodeId) -> &Dns {
+    sim.node(id).channel::<DnsChannel>(CHANNEL).unwrap().dns()
 }
 
 fn quick(m: &mut MeshConfig, c: &mut ConnMakerConfig) {
@@ -55,17 +42,16 @@ fn quick(m: &mut MeshConfig, c: &mut ConnMakerConfig) {
 
 type Live = BTreeSet<(String, Ipv4Addr, PeerName, String)>;
 
-fn live(dns: &Mutex<Dns>) -> Live {
-    dns.lock().unwrap().store().entries().filter(|(_, v)| !v.is_tombstone()).map(|(k, _)| (k.hostname.clone(), k.addr, k.origin, k.container.clone())).collect()
+fn live(dns: &Dns) -> Live {
+    dns.store().entries().filter(|(_, v)| !v.is_tombstone()).map(|(k, _)| (k.hostname.clone(), k.addr, k.origin, k.container.clone())).collect()
 }
 
 /// What every peer should see: each origin's own live entries.
-fn truth(dnss: &[Arc<Mutex<Dns>>]) -> Live {
-    dnss.iter()
-        .enumerate()
-        .flat_map(|(id, d)| {
+fn truth(sim: &Sim<SimPeer>, n: usize) -> Live {
+    (0..n)
+        .flat_map(|id| {
             let me = PeerName::from_u64(id as u64 + 1).unwrap();
-            live(d).into_iter().filter(move |e| e.2 == me)
+            live(dns(sim, id)).into_iter().filter(move |e| e.2 == me)
         })
         .collect()
 }
@@ -77,11 +63,8 @@ fn thirty_peers_converge_through_loss_partition_and_a_stateless_restart() {
     let mut sim: Sim<SimPeer> = Sim::new(seed);
     sim.set_default_link(LinkConfig { loss: 0.02, ..LinkConfig::default() });
     let start = sim.start();
-    let mut dnss = Vec::new();
     for id in 0..n {
-        let (peer, dns) = host(id, start, start, seed);
-        dnss.push(dns);
-        sim.add_node(peer);
+        sim.add_node(host(id, start, start, seed));
     }
     for id in 1..n {
         let a = sim.rng().random_range(0..id);
@@ -95,7 +78,7 @@ fn thirty_peers_converge_through_loss_partition_and_a_stateless_restart() {
     sim.run_for(Duration::from_secs(10));
 
     let names = ["Web", "db", "CACHE", "api", "Worker"];
-    let step = |sim: &mut Sim<SimPeer>, dnss: &[Arc<Mutex<Dns>>], ops: usize| {
+    let step = |sim: &mut Sim<SimPeer>, ops: usize| {
         for _ in 0..ops {
             let id = sim.rng().random_range(0..n);
             let name = names[sim.rng().random_range(0..names.len())];
@@ -104,53 +87,49 @@ fn thirty_peers_converge_through_loss_partition_and_a_stateless_restart() {
             let container = format!("c{}", sim.rng().random_range(0..8));
             let addr = Ipv4Addr::new(10, 32, id as u8, sim.rng().random_range(1..20));
             let delete = sim.rng().random_bool(0.3);
-            let dns = dnss[id].clone();
             sim.with_node(id, |p, now, out| {
-                let mut d = dns.lock().unwrap();
-                if delete {
-                    d.remove(now, &container, None, None).unwrap();
-                } else {
-                    d.add(now, &mixed, addr, &container).unwrap();
-                    assert!(d.lookup(&mixed.to_lowercase()).contains(&addr), "own entries resolve at once, any case");
-                }
-                drop(d);
-                p.flush(now, out);
+                p.with_channel(now, CHANNEL, out, |d: &mut DnsChannel| {
+                    if delete {
+                        d.remove(now, &container, None, &[]).unwrap();
+                    } else {
+                        d.add(now, &container, &mixed, &[addr]).unwrap();
+                        assert!(d.dns().lookup(&mixed.to_lowercase()).contains(&addr), "own entries resolve at once, any case");
+                    }
+                });
             });
             sim.run_for(Duration::from_millis(20));
         }
     };
-    step(&mut sim, &dnss, 150);
+    step(&mut sim, 150);
 
     // Cut five peers off long enough for both sides to forget each other.
     let cut: Vec<NodeId> = (25..n).collect();
     sim.partition(&cut);
-    step(&mut sim, &dnss, 100);
+    step(&mut sim, 100);
     sim.run_for(Duration::from_secs(15));
     let outsider = PeerName::from_u64(27).unwrap();
-    assert!(live(&dnss[0]).iter().all(|e| e.2 != outsider), "seed {seed}: entries of a peer that left the topology are dropped");
+    assert!(live(dns(&sim, 0)).iter().all(|e| e.2 != outsider), "seed {seed}: entries of a peer that left the topology are dropped");
     sim.heal_all();
-    step(&mut sim, &dnss, 50);
+    step(&mut sim, 50);
 
     // A peer restarts with its state lost: others still hold its entries.
     let victim = 3;
-    let before: usize = live(&dnss[0]).iter().filter(|e| e.2 == PeerName::from_u64(victim as u64 + 1).unwrap()).count();
+    let before: usize = live(dns(&sim, 0)).iter().filter(|e| e.2 == PeerName::from_u64(victim as u64 + 1).unwrap()).count();
     let now = sim.now();
-    let (peer, dns) = host(victim, start, now, seed.wrapping_add(9));
-    dnss[victim] = dns;
-    sim.restart(victim, peer);
+    sim.restart(victim, host(victim, start, now, seed.wrapping_add(9)));
     let targets: Vec<NodeId> = (0..n).filter(|&i| i != victim).take(2).collect();
     sim.with_node(victim, |p, now, out| p.connect(now, &targets, out));
 
-    let done = sim.run_until_true(Duration::from_secs(120), Duration::from_millis(100), |_| {
-        let t = truth(&dnss);
-        dnss.iter().all(|d| live(d) == t)
+    let done = sim.run_until_true(Duration::from_secs(120), Duration::from_millis(100), |sim| {
+        let t = truth(sim, n);
+        (0..n).all(|id| live(dns(sim, id)) == t)
     });
     assert!(done.is_some(), "seed {seed}: peers did not converge");
     let victim_name = PeerName::from_u64(victim as u64 + 1).unwrap();
-    assert!(live(&dnss[0]).iter().all(|e| e.2 != victim_name), "seed {seed}: the restarted peer's stale entries ({before} of them) were deleted");
+    assert!(live(dns(&sim, 0)).iter().all(|e| e.2 != victim_name), "seed {seed}: the restarted peer's stale entries ({before} of them) were deleted");
     // Lookups agree everywhere, case-insensitively.
     for name in names {
-        let answers: BTreeSet<Vec<Ipv4Addr>> = dnss.iter().map(|d| d.lock().unwrap().lookup(&name.to_uppercase())).collect();
+        let answers: BTreeSet<Vec<Ipv4Addr>> = (0..n).map(|id| dns(&sim, id).lookup(&name.to_uppercase())).collect();
         assert_eq!(answers.len(), 1, "seed {seed}: {name}");
     }
 }

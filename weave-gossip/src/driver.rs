@@ -1,6 +1,8 @@
 //! The tokio driver: a TCP listener, one task per connection, and one task
-//! that owns the sans-IO [`Mesh`] and [`ConnectionMaker`]. It moves bytes and
-//! sleeps until the next deadline; every protocol decision is the cores'.
+//! that owns the sans-IO [`Node`] (mesh, connection maker, channels). It
+//! moves bytes, runs saves on the blocking pool and sleeps until the next
+//! deadline; every protocol decision is the node's. Embedders reach the
+//! channels inside it with [`MeshHandle::with_channel`].
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -32,10 +34,12 @@ use tokio::task::JoinHandle;
 use weave_core::rng::from_os;
 use weave_core::{PeerName, PeerUid};
 
-use crate::connmaker::{ConnMakerConfig, ConnectionMaker, InvalidTarget, TargetState, TargetStatus};
+use crate::channel::Channel;
+use crate::connmaker::{ConnMakerConfig, InvalidTarget, TargetState, TargetStatus};
 use crate::crypto::DataKeys;
 use crate::link::{Established, Link, LinkConfig, LinkEvent, LocalFeatures, Role};
-use crate::mesh::{AddConnectionError, ConnId, Gossiper, Mesh, MeshConfig, MeshEvent, MeshStats, RemotePeer, SendError};
+use crate::mesh::{AddConnectionError, ConnId, MeshConfig, MeshEvent, MeshStats, RemotePeer, SendError};
+use crate::node::{Action, Node, Persist, SaveRequest};
 use crate::proto::Envelope;
 use crate::routes::Routes;
 use crate::topology::PeerRecord;
@@ -230,6 +234,8 @@ pub struct Status {
 #[error("the mesh driver has stopped")]
 pub struct Stopped;
 
+type NodeFn = Box<dyn FnOnce(&mut Node, Instant) + Send>;
+
 enum Cmd {
     Established {
         conn: ConnId,
@@ -264,33 +270,27 @@ enum Cmd {
     Status {
         reply: oneshot::Sender<Status>,
     },
-    Routes {
-        reply: oneshot::Sender<Routes>,
-    },
-    Channel {
-        op: ChannelOp,
-        reply: oneshot::Sender<Result<(), SendError>>,
-    },
-    Register {
-        name: String,
-        gossiper: Box<dyn Gossiper>,
+    /// Run on the node (the reply travels inside the closure).
+    Run(NodeFn),
+    Saved {
+        channel: String,
+        generation: u64,
+        persist: Box<dyn Persist>,
+        result: Result<(), String>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
 }
 
-enum ChannelOp {
-    Gossip(String, Vec<u8>),
-    Broadcast(String, Vec<u8>),
-    Unicast(String, PeerName, Vec<u8>),
-}
-
 /// Builds and starts a mesh driver.
 pub struct MeshBuilder {
     cfg: DriverConfig,
-    channels: Vec<(String, Box<dyn Gossiper>)>,
+    channels: Vec<Registration>,
 }
+
+/// A channel to register at start, with its sink if it persists.
+type Registration = (String, Box<dyn Channel>, Option<Box<dyn Persist>>);
 
 impl MeshBuilder {
     /// A builder with no channels.
@@ -298,9 +298,17 @@ impl MeshBuilder {
         Self { cfg, channels: Vec::new() }
     }
 
-    /// Register a gossip channel before start.
-    pub fn channel(mut self, name: impl Into<String>, gossiper: Box<dyn Gossiper>) -> Self {
-        self.channels.push((name.into(), gossiper));
+    /// Register a channel that persists nothing.
+    pub fn channel(mut self, name: impl Into<String>, channel: Box<dyn Channel>) -> Self {
+        self.channels.push((name.into(), channel, None));
+        self
+    }
+
+    /// Register a channel whose state `persist` saves before anything it
+    /// queued leaves (see [`crate::node`]). Saves run on tokio's blocking
+    /// pool, one at a time per channel.
+    pub fn persistent_channel(mut self, name: impl Into<String>, channel: Box<dyn Channel>, persist: Box<dyn Persist>) -> Self {
+        self.channels.push((name.into(), channel, Some(persist)));
         self
     }
 
@@ -309,31 +317,34 @@ impl MeshBuilder {
         let cfg = self.cfg;
         let listener = TcpListener::bind(cfg.listen).await?;
         let listen = listener.local_addr()?;
-        let mut rng = from_os();
         let now = Instant::now();
-        let mut mesh = Mesh::new(cfg.mesh.clone(), now, weave_core::rng::seeded(rand::RngCore::next_u64(&mut rng)));
-        for (name, g) in self.channels {
-            mesh.register_channel(name, g);
+        let mut node = Node::new(cfg.mesh.clone(), cfg.conn_maker.clone(), now, &mut from_os());
+        let mut persisters = HashMap::new();
+        for (name, channel, persist) in self.channels {
+            match persist {
+                Some(p) => {
+                    node.register_persistent_channel(name.clone(), channel);
+                    persisters.insert(name, Some(p));
+                }
+                None => node.register_channel(name, channel),
+            }
         }
-        let mut cm = ConnectionMaker::new(cfg.conn_maker.clone(), weave_core::rng::seeded(rand::RngCore::next_u64(&mut rng)));
-        cm.connect(now, &cfg.initial_peers, false).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        node.connect(now, &cfg.initial_peers, false).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
         let (events, _) = broadcast::channel(256);
         let (view, view_rx) = watch::channel(MeshView::default());
-        let live = Arc::new(AtomicUsize::new(0));
         let local = LocalFeatures { name: cfg.mesh.name, nickname: cfg.mesh.nickname.clone(), uid: cfg.mesh.uid, listen_port: listen.port() };
         let shared = Arc::new(Shared {
             link: cfg.link.clone(),
             local,
             cmd: cmd_tx.downgrade(),
-            live: live.clone(),
-            dialing: AtomicUsize::new(0),
+            live: Arc::new(AtomicUsize::new(0)),
+            inbound: AtomicUsize::new(0),
             next_conn: AtomicUsize::new(1),
             cfg: cfg.clone(),
         });
         let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
-        let driver =
-            Driver { mesh, cm, conns: HashMap::new(), covered: HashMap::new(), shared, events: events.clone(), view, failures: VecDeque::new(), listen };
+        let driver = Driver { node, links: HashMap::new(), persisters, shared, events: events.clone(), view, failures: VecDeque::new(), listen };
         let task = tokio::spawn(driver.run(cmd_rx, acceptor));
         Ok(MeshHandle {
             cmd: cmd_tx.clone(),
@@ -356,6 +367,12 @@ pub struct MeshHandle {
     view: watch::Receiver<MeshView>,
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
     _stop_on_drop: Arc<StopOnDrop>,
+}
+
+impl std::fmt::Debug for MeshHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshHandle").field("listen", &self.listen).finish_non_exhaustive()
+    }
 }
 
 struct StopOnDrop(mpsc::Sender<Cmd>);
@@ -396,7 +413,7 @@ impl MeshHandle {
         self.call(|reply| Cmd::Connect { peers, replace, reply }).await
     }
 
-    /// Drop direct targets.
+    /// Drop direct targets (and the connections made to them).
     pub async fn forget(&self, peers: Vec<String>) -> Result<Result<(), InvalidTarget>, Stopped> {
         self.call(|reply| Cmd::Forget { peers, reply }).await
     }
@@ -406,32 +423,62 @@ impl MeshHandle {
         self.call(|reply| Cmd::Status { reply }).await
     }
 
-    /// The routes now in force; later changes arrive as [`DriverEvent::Routes`].
-    pub async fn routes(&self) -> Result<Routes, Stopped> {
-        self.call(|reply| Cmd::Routes { reply }).await
+    /// Run `f` on the node, in the driver's task, and return its result.
+    /// What `f` makes the node do (a channel's outputs, a dial) is carried
+    /// out right after.
+    pub async fn with_node<R: Send + 'static>(&self, f: impl FnOnce(&mut Node, Instant) -> R + Send + 'static) -> Result<R, Stopped> {
+        self.call(|reply| {
+            Cmd::Run(Box::new(move |node, now| {
+                let _ = reply.send(f(node, now));
+            }))
+        })
+        .await
     }
 
-    /// Register (or replace) a gossip channel.
-    pub async fn register_channel(&self, name: impl Into<String>, gossiper: Box<dyn Gossiper>) -> Result<(), Stopped> {
-        self.cmd.send(Cmd::Register { name: name.into(), gossiper }).await.map_err(|_| Stopped)
+    /// Run `f` on channel `name` as its own type C (see
+    /// [`Node::with_channel`]); `Ok(None)` if there is no such channel.
+    pub async fn with_channel<C: Channel, R: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut C, Instant) -> R + Send + 'static,
+    ) -> Result<Option<R>, Stopped> {
+        let name = name.to_owned();
+        self.with_node(move |node, now| node.with_channel(now, &name, |c| f(c, now))).await
+    }
+
+    /// Why channel `name` cannot save its state, while it cannot.
+    pub async fn save_error(&self, channel: &str) -> Result<Option<String>, Stopped> {
+        let channel = channel.to_owned();
+        self.with_node(move |node, _| node.save_error(&channel).map(str::to_owned)).await
+    }
+
+    /// The routes now in force; later changes arrive in [`Self::view`].
+    pub async fn routes(&self) -> Result<Routes, Stopped> {
+        self.with_node(|node, _| node.mesh_mut().routes().clone()).await
+    }
+
+    /// Register (or replace) a channel that persists nothing.
+    pub async fn register_channel(&self, name: impl Into<String>, channel: Box<dyn Channel>) -> Result<(), Stopped> {
+        let name = name.into();
+        self.with_node(move |node, _| node.register_channel(name, channel)).await
     }
 
     /// Gossip a delta on a channel.
     pub async fn gossip(&self, channel: &str, data: Vec<u8>) -> Result<Result<(), SendError>, Stopped> {
-        let op = ChannelOp::Gossip(channel.to_owned(), data);
-        self.call(|reply| Cmd::Channel { op, reply }).await
+        let channel = channel.to_owned();
+        self.with_node(move |node, _| node.mesh_mut().gossip(&channel, data)).await
     }
 
     /// Broadcast on a channel.
     pub async fn broadcast(&self, channel: &str, data: Vec<u8>) -> Result<Result<(), SendError>, Stopped> {
-        let op = ChannelOp::Broadcast(channel.to_owned(), data);
-        self.call(|reply| Cmd::Channel { op, reply }).await
+        let channel = channel.to_owned();
+        self.with_node(move |node, _| node.mesh_mut().broadcast(&channel, data)).await
     }
 
     /// Send to one peer on a channel.
     pub async fn unicast(&self, channel: &str, dst: PeerName, data: Vec<u8>) -> Result<Result<(), SendError>, Stopped> {
-        let op = ChannelOp::Unicast(channel.to_owned(), dst, data);
-        self.call(|reply| Cmd::Channel { op, reply }).await
+        let channel = channel.to_owned();
+        self.with_node(move |node, _| node.mesh_mut().unicast(&channel, dst, data)).await
     }
 
     /// Close every connection and stop. Idempotent.
@@ -451,8 +498,8 @@ struct Shared {
     cmd: mpsc::WeakSender<Cmd>,
     /// Connection tasks alive (handshaking, established or flushing).
     live: Arc<AtomicUsize>,
-    /// Dials not yet connected at the TCP level.
-    dialing: AtomicUsize,
+    /// Accepted connections still in their handshake.
+    inbound: AtomicUsize,
     next_conn: AtomicUsize,
     cfg: DriverConfig,
 }
@@ -478,17 +525,15 @@ struct ConnEntry {
     peer: PeerName,
     socket: SocketAddr,
     encrypted: bool,
-    /// The target we dialed (None when the peer dialed us).
-    target: Option<String>,
+    outbound: bool,
     data_keys: Option<DataKeys>,
 }
 
 struct Driver {
-    mesh: Mesh,
-    cm: ConnectionMaker,
-    conns: HashMap<ConnId, ConnEntry>,
-    /// Targets whose dial met a peer we were already connected to.
-    covered: HashMap<String, PeerName>,
+    node: Node,
+    links: HashMap<ConnId, ConnEntry>,
+    /// Each persistent channel's sink; `None` while a save is under way.
+    persisters: HashMap<String, Option<Box<dyn Persist>>>,
     shared: Arc<Shared>,
     events: broadcast::Sender<DriverEvent>,
     view: watch::Sender<MeshView>,
@@ -500,7 +545,7 @@ impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, acceptor: JoinHandle<()>) {
         self.pump(Instant::now());
         loop {
-            let deadline = [self.mesh.poll_timeout(), self.cm.poll_timeout()].into_iter().flatten().min();
+            let deadline = self.node.poll_timeout();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -517,13 +562,13 @@ impl Driver {
                     }
                     Some(cmd) => self.handle(cmd),
                 },
-                () = sleep => self.mesh.handle_timeout(Instant::now()),
+                () = sleep => self.node.handle_timeout(Instant::now()),
             }
             self.pump(Instant::now());
         }
         acceptor.abort();
         // Dropping the entries tells every connection task to flush and close.
-        self.conns.clear();
+        self.links.clear();
         self.publish_view();
     }
 
@@ -531,6 +576,9 @@ impl Driver {
         let now = Instant::now();
         match cmd {
             Cmd::Established { conn, info, socket, target, link, reply } => {
+                if target.is_none() {
+                    self.shared.inbound.fetch_sub(1, Ordering::Relaxed);
+                }
                 let address = match &target {
                     Some(t) => t.clone(),
                     // A peer that accepts no connections cannot be discovered.
@@ -538,78 +586,53 @@ impl Driver {
                     None => SocketAddr::new(socket.ip(), info.listen_port).to_string(),
                 };
                 let remote = RemotePeer::from_established(&info, address, target.is_some());
-                let result = self.mesh.add_connection(now, conn, remote);
+                let outbound = target.is_some();
+                let result = self.node.handle_established(now, conn, remote, target);
                 match &result {
                     Ok(()) => {
                         tracing::info!(peer = %info.name, nickname = %info.nickname, %socket, "connection established");
-                        self.conns.insert(
-                            conn,
-                            ConnEntry { link, peer: info.name, socket, encrypted: info.encrypted, target: target.clone(), data_keys: info.data_keys.clone() },
-                        );
+                        let keys = info.data_keys.clone();
+                        self.links.insert(conn, ConnEntry { link, peer: info.name, socket, encrypted: info.encrypted, outbound, data_keys: keys.clone() });
                         // A connection this one replaced goes first, so
                         // subscribers see Disconnected before Connected.
-                        self.drain_events(now);
-                        let _ = self.events.send(DriverEvent::Connected {
-                            peer: info.name,
-                            address: socket,
-                            outbound: target.is_some(),
-                            data_keys: info.data_keys.clone(),
-                        });
+                        self.pump(now);
+                        let _ = self.events.send(DriverEvent::Connected { peer: info.name, address: socket, outbound, data_keys: keys });
                     }
                     Err(e) => {
                         tracing::info!(peer = %info.name, %socket, reason = %e, "connection refused");
-                        match &target {
-                            Some(t) if matches!(e, AddConnectionError::Duplicate(_)) => {
-                                // Another address of a peer we are connected to:
-                                // covered for as long as that connection lasts.
-                                self.covered.insert(t.clone(), info.name);
-                            }
-                            Some(t) => self.cm.dial_failed(now, t, e.to_string(), e.is_permanent()),
-                            None => self.remember_failure(socket.to_string(), e.to_string()),
+                        if !outbound {
+                            self.remember_failure(socket.to_string(), e.to_string());
                         }
                     }
                 }
                 let _ = reply.send(result);
             }
             Cmd::HandshakeFailed { socket, target, reason } => {
-                match &target {
-                    Some(t) => self.cm.dial_failed(now, t, reason.clone(), false),
-                    None => self.remember_failure(socket.map(|s| s.to_string()).unwrap_or_default(), reason.clone()),
-                }
                 tracing::info!(?socket, ?target, %reason, "connection failed");
-            }
-            Cmd::Message { conn, msg } => {
-                if let Err(e) = self.mesh.handle_message(now, conn, msg) {
-                    tracing::warn!(conn, error = %e, "closing connection after a protocol error");
-                    self.close(now, conn, e.to_string());
+                match &target {
+                    Some(t) => self.node.handle_dial_failed(now, t, reason, false),
+                    None => {
+                        self.shared.inbound.fetch_sub(1, Ordering::Relaxed);
+                        self.remember_failure(socket.map(|s| s.to_string()).unwrap_or_default(), reason);
+                    }
                 }
             }
-            Cmd::Closed { conn, reason } => self.close(now, conn, reason),
+            Cmd::Message { conn, msg } => self.node.handle_message(now, conn, msg),
+            Cmd::Closed { conn, reason } => self.closed(now, conn, reason),
             Cmd::Connect { peers, replace, reply } => {
-                let _ = reply.send(self.cm.connect(now, &peers, replace));
+                let _ = reply.send(self.node.connect(now, &peers, replace));
             }
             Cmd::Forget { peers, reply } => {
-                let r = self.cm.forget(&peers);
-                if r.is_ok() {
-                    self.close_forgotten(&peers);
-                }
-                let _ = reply.send(r);
+                let _ = reply.send(self.node.forget(now, &peers));
             }
             Cmd::Status { reply } => {
                 let _ = reply.send(self.status());
             }
-            Cmd::Routes { reply } => {
-                let _ = reply.send(self.mesh.routes().clone());
+            Cmd::Run(f) => f(&mut self.node, now),
+            Cmd::Saved { channel, generation, persist, result } => {
+                self.persisters.insert(channel.clone(), Some(persist));
+                self.node.handle_saved(now, &channel, generation, result);
             }
-            Cmd::Channel { op, reply } => {
-                let r = match op {
-                    ChannelOp::Gossip(c, d) => self.mesh.gossip(&c, d),
-                    ChannelOp::Broadcast(c, d) => self.mesh.broadcast(&c, d),
-                    ChannelOp::Unicast(c, dst, d) => self.mesh.unicast(&c, dst, d),
-                };
-                let _ = reply.send(r);
-            }
-            Cmd::Register { name, gossiper } => self.mesh.register_channel(name, gossiper),
             Cmd::Shutdown { .. } => unreachable!("handled in run"),
         }
     }
@@ -621,111 +644,110 @@ impl Driver {
         self.failures.push_back((address, reason));
     }
 
-    /// `forget` ends the connections made to those targets too (or the
-    /// ones a dial to them found already up), so nothing is carried for a
-    /// peer the operator asked to forget. A peer that still targets us
-    /// connects again.
-    fn close_forgotten(&mut self, targets: &[String]) {
-        let forgotten: Vec<String> = targets.iter().filter_map(|t| self.cm.normalize(t).ok()).collect();
-        let covered: Vec<PeerName> = forgotten.iter().filter_map(|t| self.covered.remove(t)).collect();
-        let dialed_forgotten = |e: &ConnEntry| e.target.as_ref().is_some_and(|t| forgotten.contains(t));
-        // A peer the forgotten target found already connected: its
-        // connection goes too, unless we dialed it through a target we keep.
-        let kept_elsewhere = |e: &ConnEntry| e.target.as_ref().is_some_and(|t| !forgotten.contains(t));
-        let victims: Vec<ConnId> =
-            self.conns.iter().filter(|(_, e)| dialed_forgotten(e) || (covered.contains(&e.peer) && !kept_elsewhere(e))).map(|(id, _)| *id).collect();
-        let now = Instant::now();
-        for conn in victims {
-            self.close(now, conn, "forgotten".into());
-        }
-    }
-
-    fn close(&mut self, now: Instant, conn: ConnId, reason: String) {
-        if let Some(e) = self.conns.remove(&conn) {
+    /// A connection ended on our side of the node: tell subscribers.
+    fn forget_link(&mut self, conn: ConnId, reason: &str) {
+        if let Some(e) = self.links.remove(&conn) {
             tracing::info!(peer = %e.peer, socket = %e.socket, %reason, "connection closed");
-            let _ = self.events.send(DriverEvent::Disconnected { peer: e.peer, reason });
-        }
-        self.mesh.remove_connection(now, conn);
-    }
-
-    /// Hand queued messages to their connection tasks.
-    fn drain_transmits(&mut self, now: Instant) {
-        while let Some(t) = self.mesh.poll_transmit() {
-            let stuck = match self.conns.get(&t.conn) {
-                Some(e) => {
-                    let len = prost::Message::encoded_len(&t.msg);
-                    let queued = e.link.queued.fetch_add(len, Ordering::Relaxed) + len;
-                    queued > CONN_QUEUE_BYTES || e.link.tx.try_send(t.msg).is_err()
-                }
-                None => false,
-            };
-            if stuck {
-                self.close(now, t.conn, "send queue full (peer too slow)".into());
-            }
+            let _ = self.events.send(DriverEvent::Disconnected { peer: e.peer, reason: reason.to_owned() });
         }
     }
 
-    /// Act on the mesh's events; true if any.
-    fn drain_events(&mut self, now: Instant) -> bool {
-        let mut any = false;
-        let mut topo_changed = false;
-        while let Some(ev) = self.mesh.poll_event() {
-            any = true;
-            let out = match ev {
-                MeshEvent::CloseConnection { conn, reason } => {
-                    let Some(e) = self.conns.remove(&conn) else { continue };
-                    tracing::info!(peer = %e.peer, socket = %e.socket, %reason, "closing connection");
-                    DriverEvent::Disconnected { peer: e.peer, reason: reason.to_string() }
-                }
-                MeshEvent::PeerAdded(p) => DriverEvent::PeerAdded(p),
-                MeshEvent::PeerRemoved(p) => DriverEvent::PeerRemoved(p),
-                MeshEvent::NameCollision(uid) => DriverEvent::NameCollision(uid),
-                MeshEvent::TopologyChanged => {
-                    topo_changed = true;
-                    continue;
-                }
-            };
-            let _ = self.events.send(out);
-        }
-        if topo_changed {
-            self.cm.set_discovered(now, self.mesh.discovery_candidates());
-            let routes = self.mesh.routes().clone();
-            self.view.send_modify(|v| {
-                v.routes = routes.clone();
-                v.routes_epoch += 1;
-            });
-            let _ = self.events.send(DriverEvent::Routes(routes));
-        }
-        any
+    fn closed(&mut self, now: Instant, conn: ConnId, reason: String) {
+        self.forget_link(conn, &reason);
+        self.node.handle_closed(now, conn);
     }
 
-    /// Carry out what the cores asked for.
+    /// Carry out what the node asked for, until it asks for nothing more.
     fn pump(&mut self, now: Instant) {
         loop {
-            self.drain_transmits(now);
-            let progressed = self.drain_events(now);
-            let mut connected = self.mesh.connected_addresses();
-            self.covered.retain(|_, peer| self.mesh.connection_to(*peer).is_some());
-            connected.extend(self.covered.keys().cloned());
-            let active = self.shared.live.load(Ordering::Relaxed).max(self.conns.len()) + self.shared.dialing.load(Ordering::Relaxed);
-            self.cm.set_connected(now, connected, active);
-            while let Some(addr) = self.cm.poll_dial(now) {
-                self.shared.dialing.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(dial(addr, self.shared.clone()));
+            self.node.set_in_progress(self.shared.inbound.load(Ordering::Relaxed));
+            let mut stuck = Vec::new();
+            while let Some(t) = self.node.poll_transmit() {
+                if let Some(e) = self.links.get(&t.conn) {
+                    let len = prost::Message::encoded_len(&t.msg);
+                    let queued = e.link.queued.fetch_add(len, Ordering::Relaxed) + len;
+                    if queued > CONN_QUEUE_BYTES || e.link.tx.try_send(t.msg).is_err() {
+                        stuck.push(t.conn);
+                    }
+                }
             }
-            if !progressed {
+            let mut acted = !stuck.is_empty();
+            for conn in stuck {
+                self.closed(now, conn, "send queue full (peer too slow)".into());
+            }
+            while let Some(a) = self.node.poll_action() {
+                acted = true;
+                self.act(a);
+            }
+            if !acted {
                 break;
             }
         }
         self.publish_view();
     }
 
-    /// Publish the connections and routes, if they changed.
+    fn act(&mut self, action: Action) {
+        let out = match action {
+            Action::Dial(addr) => {
+                tokio::spawn(dial(addr, self.shared.clone()));
+                return;
+            }
+            Action::Close { conn, reason } => {
+                self.forget_link(conn, &reason);
+                return;
+            }
+            Action::Save(req) => {
+                self.save(req);
+                return;
+            }
+            Action::Event(MeshEvent::TopologyChanged) => {
+                let routes = self.node.mesh_mut().routes().clone();
+                let epoch = self.node.routes_epoch();
+                self.view.send_modify(|v| {
+                    v.routes = routes.clone();
+                    v.routes_epoch = epoch;
+                });
+                DriverEvent::Routes(routes)
+            }
+            Action::Event(MeshEvent::PeerAdded(p)) => DriverEvent::PeerAdded(p),
+            Action::Event(MeshEvent::PeerRemoved(p)) => DriverEvent::PeerRemoved(p),
+            Action::Event(MeshEvent::NameCollision(uid)) => DriverEvent::NameCollision(uid),
+            Action::Event(_) => return,
+        };
+        let _ = self.events.send(out);
+    }
+
+    /// Save off the driver's task; the result comes back as a command.
+    fn save(&mut self, req: SaveRequest) {
+        let Some(persist) = self.persisters.get_mut(&req.channel).and_then(Option::take) else {
+            // Not ours to save (registered without a sink): never durable.
+            tracing::error!(channel = %req.channel, "a persistent channel has no sink");
+            return;
+        };
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let SaveRequest { channel, generation, data } = req;
+            let done = tokio::task::spawn_blocking(move || {
+                let mut persist = persist;
+                let result = persist.save(generation, &data);
+                (persist, result)
+            })
+            .await;
+            match done {
+                Ok((persist, result)) => {
+                    let _ = shared.send(Cmd::Saved { channel, generation, persist, result }).await;
+                }
+                Err(e) => tracing::error!(%channel, error = %e, "a save panicked; the channel stays silent"),
+            }
+        });
+    }
+
+    /// Publish the connections, if they changed.
     fn publish_view(&mut self) {
         let connections: BTreeMap<PeerName, ViewConnection> = self
-            .conns
+            .links
             .iter()
-            .map(|(id, e)| (e.peer, ViewConnection { conn: *id, remote: e.socket, outbound: e.target.is_some(), keys: e.data_keys.clone() }))
+            .map(|(id, e)| (e.peer, ViewConnection { conn: *id, remote: e.socket, outbound: e.outbound, keys: e.data_keys.clone() }))
             .collect();
         self.view.send_if_modified(|v| {
             if v.connections == connections {
@@ -737,12 +759,13 @@ impl Driver {
     }
 
     fn status(&mut self) -> Status {
-        let cfg = self.mesh.config().clone();
-        let mut connections: Vec<ConnectionStatus> = self
-            .mesh
+        let mesh = self.node.mesh();
+        let cm = self.node.connection_maker();
+        let cfg = mesh.config().clone();
+        let mut connections: Vec<ConnectionStatus> = mesh
             .connections()
             .map(|(id, r)| {
-                let entry = self.conns.get(&id);
+                let entry = self.links.get(&id);
                 ConnectionStatus {
                     address: entry.map(|e| e.socket.to_string()).unwrap_or_else(|| r.address.clone()),
                     outbound: r.outbound,
@@ -753,7 +776,7 @@ impl Driver {
                 }
             })
             .collect();
-        for t in self.cm.targets() {
+        for t in cm.targets() {
             let state = match t.state {
                 TargetState::Connected => continue,
                 TargetState::Connecting => ConnectionState::Connecting,
@@ -780,21 +803,24 @@ impl Driver {
                 encrypted: self.shared.link.psk.is_some(),
             });
         }
-        let reachable = self.mesh.routes().reachable_count();
-        let next_hops = self.mesh.routes().next_hops().collect();
+        let peers = mesh.topology().records().cloned().collect();
+        let (targets, discovery, stats) = (cm.targets(), cm.config().discovery, mesh.stats());
+        let routes = self.node.mesh_mut().routes();
+        let reachable = routes.reachable_count();
+        let next_hops = routes.next_hops().collect();
         Status {
             name: cfg.name,
             nickname: cfg.nickname,
             uid: cfg.uid,
             listen: self.listen,
             encryption: self.shared.link.psk.is_some(),
-            discovery: self.cm.config().discovery,
-            peers: self.mesh.topology().records().cloned().collect(),
+            discovery,
+            peers,
             connections,
-            targets: self.cm.targets(),
+            targets,
             reachable,
             next_hops,
-            stats: self.mesh.stats(),
+            stats,
         }
     }
 }
@@ -824,13 +850,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             tracing::warn!(%socket, limit = shared.cfg.conn_maker.conn_limit, "refusing connection: connection limit reached");
             continue;
         }
+        shared.inbound.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(run_connection(stream, socket, Role::Responder, None, shared.clone()));
     }
 }
 
 async fn dial(addr: String, shared: Arc<Shared>) {
     let result = tokio::time::timeout(shared.cfg.dial_timeout, TcpStream::connect(addr.as_str())).await;
-    shared.dialing.fetch_sub(1, Ordering::Relaxed);
     let stream = match result {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return report_failure(&shared, None, Some(addr), e.to_string()).await,

@@ -8,9 +8,13 @@
 //! handshake and framing), [`mesh::Mesh`] (topology, routes, channels,
 //! heartbeats) and [`connmaker::ConnectionMaker`] (whom to dial, when) take
 //! `now` and bytes or messages as input and hand back what to send and when
-//! to wake them. The `tokio` feature adds `driver`, a thin TCP driver; the
-//! `testing` feature adds `sim`, the mesh on weave-core's simulation harness.
+//! to wake them. [`node::Node`] composes them with any number of
+//! [`channel::Channel`]s (IPAM, weaveDNS, an embedder's own) and the
+//! persistence point between them; the `tokio` feature's `driver` (a thin
+//! TCP driver) and the `testing` feature's `sim` (weave-core's
+//! deterministic simulation) both drive that one `Node`.
 
+pub mod channel;
 pub mod connmaker;
 pub mod crypto;
 #[cfg(feature = "tokio")]
@@ -18,12 +22,15 @@ pub mod driver;
 pub mod frame;
 pub mod link;
 pub mod mesh;
+pub mod node;
 pub mod proto;
 pub mod routes;
 #[cfg(feature = "testing")]
 pub mod sim;
 pub mod topology;
 
+pub use channel::{Channel, Output};
 pub use crypto::{DataKeys, Psk};
 pub use link::{Established, Link, LinkConfig, LinkError, LocalFeatures, Role};
-pub use mesh::{Gossiper, Mesh, MeshConfig, MeshEvent};
+pub use mesh::{Mesh, MeshConfig, MeshEvent};
+pub use node::{Action, Node, Persist};

@@ -25,6 +25,7 @@ use rand::Rng;
 use weave_core::rng::SimRng;
 use weave_core::{PeerName, PeerUid};
 
+use crate::channel::{BoxError, Channel, Held, Output, Slot, Slots};
 use crate::link::{Established, MAX_MESSAGE_LEN};
 use crate::proto::{Body, ChannelMsg, Envelope, Heartbeat, PeerRecordMsg, TopologyBuckets, TopologyDigest, TopologyRequest, TopologyUpdate, TopologyVersions};
 use crate::routes::Routes;
@@ -206,24 +207,6 @@ pub struct ChannelError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// A replicated data type riding the mesh (IPAM, DNS, an embedder's own).
-pub trait Gossiper: Send {
-    /// Merge `update` (a delta or full state) from `src`; return the part
-    /// that was new to us, to be relayed onward, or `None` if nothing was.
-    fn on_gossip(&mut self, now: Instant, src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>>;
-    /// A broadcast from `src`, delivered once per peer on a stable topology.
-    fn on_broadcast(&mut self, now: Instant, src: PeerName, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
-    /// A message addressed to us by `src`.
-    fn on_unicast(&mut self, now: Instant, src: PeerName, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
-    /// Our full state for periodic anti-entropy, as one or more messages
-    /// (each within the message bound; split large states); empty if none.
-    fn full_state(&mut self, now: Instant) -> Vec<Vec<u8>>;
-    /// A peer left the topology: drop what only it owned, if anything.
-    fn on_peer_removed(&mut self, _peer: PeerName) {}
-    /// A peer joined (or rejoined) the topology.
-    fn on_peer_added(&mut self, _peer: PeerName) {}
-}
-
 /// A channel send failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -272,7 +255,7 @@ pub struct Mesh {
     known: BTreeSet<PeerName>,
     conns: BTreeMap<ConnId, Conn>,
     by_peer: HashMap<PeerName, ConnId>,
-    channels: BTreeMap<String, Box<dyn Gossiper>>,
+    channels: Slots,
     transmits: VecDeque<Transmit>,
     events: VecDeque<MeshEvent>,
     rng: SimRng,
@@ -370,10 +353,87 @@ impl Mesh {
         self.stats
     }
 
-    /// Register (or replace) a gossip channel. Peers without it still relay
-    /// its broadcasts and unicasts.
-    pub fn register_channel(&mut self, name: impl Into<String>, gossiper: Box<dyn Gossiper>) {
-        self.channels.insert(name.into(), gossiper);
+    /// Register (or replace) a gossip channel that persists nothing. Peers
+    /// without it still relay its broadcasts and unicasts.
+    pub fn register_channel(&mut self, name: impl Into<String>, channel: Box<dyn Channel>) {
+        self.channels.insert(name.into(), Slot::new(channel, false));
+    }
+
+    /// Register (or replace) a channel whose state must be saved before
+    /// anything it queued or relays leaves: whoever drives the mesh saves
+    /// each generation [`Mesh::unsaved_channels`] lists and reports it with
+    /// [`Mesh::channel_saved`] (the [`crate::node::Node`] does this).
+    pub fn register_persistent_channel(&mut self, name: impl Into<String>, channel: Box<dyn Channel>) {
+        self.channels.insert(name.into(), Slot::new(channel, true));
+    }
+
+    /// A registered channel, as its own type, to inspect.
+    pub fn channel<C: Channel>(&self, name: &str) -> Option<&C> {
+        let ch: &dyn Channel = self.channels.get(name)?.channel.as_ref();
+        (ch as &dyn std::any::Any).downcast_ref::<C>()
+    }
+
+    /// A registered channel, as its own type.
+    pub fn channel_mut<C: Channel>(&mut self, name: &str) -> Option<&mut C> {
+        let ch: &mut dyn Channel = self.channels.get_mut(name)?.channel.as_mut();
+        (ch as &mut dyn std::any::Any).downcast_mut::<C>()
+    }
+
+    /// Persistent channels with changes not yet saved: name and generation.
+    pub fn unsaved_channels(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.channels.iter().filter(|(_, s)| s.durable && s.unsaved()).map(|(n, s)| (n.as_str(), s.channel.generation()))
+    }
+
+    /// The state of channel `name` to save now, with its generation.
+    pub fn channel_snapshot(&mut self, name: &str) -> Option<(u64, Vec<u8>)> {
+        let s = self.channels.get_mut(name)?;
+        Some((s.channel.generation(), s.channel.snapshot()))
+    }
+
+    /// Generation `generation` of channel `name` is saved: what waited for
+    /// it leaves now.
+    pub fn channel_saved(&mut self, now: Instant, name: &str, generation: u64) {
+        if let Some(s) = self.channels.get_mut(name) {
+            s.mark_saved(now, generation);
+        }
+        self.flush_channels(now);
+    }
+
+    /// Move what the channels queued into the mesh, holding back what
+    /// waits for a save. Called by every input method; call it after
+    /// changing a channel directly ([`Mesh::channel_mut`]).
+    pub fn flush_channels(&mut self, now: Instant) {
+        let names: Vec<String> = self.channels.keys().cloned().collect();
+        for name in names {
+            let Some(slot) = self.channels.get_mut(&name) else { continue };
+            while let Some(o) = slot.channel.poll_output() {
+                slot.hold(Held::Output(o));
+            }
+            for item in slot.releasable(now) {
+                self.send_held(&name, item);
+            }
+        }
+    }
+
+    fn send_held(&mut self, channel: &str, item: Held) {
+        let r = match item {
+            Held::Output(Output::Gossip(d)) => self.gossip(channel, d),
+            Held::Output(Output::Broadcast(d)) => self.broadcast(channel, d),
+            // Unroutable now: a channel that needs it delivered retries.
+            Held::Output(Output::Unicast(p, d)) => self.unicast(channel, p, d).or_else(|e| if matches!(e, SendError::NoRoute(_)) { Ok(()) } else { Err(e) }),
+            Held::Relay { from, data } => {
+                let me = self.cfg.name.as_u64();
+                let others: Vec<ConnId> = self.conns.keys().copied().filter(|&c| c != from).collect();
+                for c in others {
+                    let msg = ChannelMsg { channel: channel.to_owned(), src: me, dst: 0, data: data.clone() };
+                    self.send(c, Body::Gossip(msg));
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = r {
+            self.channel_error(channel, Box::new(e));
+        }
     }
 
     /// A connection completed its handshake.
@@ -410,7 +470,8 @@ impl Mesh {
     /// Every channel's full state, as gossip to one connection.
     fn send_channel_states(&mut self, now: Instant, conn: ConnId) {
         let me = self.cfg.name.as_u64();
-        let states: Vec<(String, Vec<u8>)> = self.channels.iter_mut().flat_map(|(n, g)| g.full_state(now).into_iter().map(move |s| (n.clone(), s))).collect();
+        let states: Vec<(String, Vec<u8>)> =
+            self.channels.iter_mut().flat_map(|(n, s)| s.channel.full_state(now).into_iter().map(move |d| (n.clone(), d))).collect();
         for (channel, data) in states {
             self.send(conn, Body::Gossip(ChannelMsg { channel, src: me, dst: 0, data }));
         }
@@ -529,6 +590,7 @@ impl Mesh {
             Some(Body::Unicast(m)) => self.on_unicast(now, conn, m),
         };
         self.flush();
+        self.flush_channels(now);
         result
     }
 
@@ -570,21 +632,15 @@ impl Mesh {
 
     fn on_gossip(&mut self, now: Instant, from: ConnId, m: ChannelMsg) -> Result<(), ProtocolError> {
         let src = PeerName::from_u64(m.src).ok_or(ProtocolError::Malformed("gossip source"))?;
-        let Some(g) = self.channels.get_mut(&m.channel) else {
+        let Some(slot) = self.channels.get_mut(&m.channel) else {
             // Not ours to merge: pass it on along the source's tree.
             self.stats.unknown_channel += 1;
             self.relay_along_tree(src, from, Body::Gossip(m));
             return Ok(());
         };
-        match g.on_gossip(now, src, &m.data) {
-            Ok(Some(delta)) => {
-                let me = self.cfg.name.as_u64();
-                let others: Vec<ConnId> = self.conns.keys().copied().filter(|&c| c != from).collect();
-                for c in others {
-                    let msg = ChannelMsg { channel: m.channel.clone(), src: me, dst: 0, data: delta.clone() };
-                    self.send(c, Body::Gossip(msg));
-                }
-            }
+        match slot.channel.on_gossip(now, src, &m.data) {
+            // Relayed once what the merge changed is saved.
+            Ok(Some(data)) => slot.hold(Held::Relay { from, data }),
             Ok(None) => {}
             Err(source) => self.channel_error(&m.channel, source),
         }
@@ -601,10 +657,10 @@ impl Mesh {
         Ok(())
     }
 
-    /// Hand channel data to its gossiper, counting what cannot be delivered.
-    fn deliver(&mut self, channel: &str, f: impl FnOnce(&mut dyn Gossiper) -> Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    /// Hand channel data to its channel, counting what cannot be delivered.
+    fn deliver(&mut self, channel: &str, f: impl FnOnce(&mut dyn Channel) -> Result<(), BoxError>) {
         let result = match self.channels.get_mut(channel) {
-            Some(g) => f(g.as_mut()),
+            Some(s) => f(s.channel.as_mut()),
             None => {
                 self.stats.unknown_channel += 1;
                 return;
@@ -626,7 +682,7 @@ impl Mesh {
         Ok(())
     }
 
-    fn channel_error(&mut self, channel: &str, source: Box<dyn std::error::Error + Send + Sync>) {
+    fn channel_error(&mut self, channel: &str, source: BoxError) {
         self.stats.channel_errors += 1;
         let e = ChannelError { channel: channel.to_owned(), source };
         tracing::warn!(error = %e, "dropped channel data");
@@ -721,7 +777,12 @@ impl Mesh {
             self.our_connections_changed(now);
         }
         if self.recalc_at.is_some_and(|t| now >= t) {
-            self.recalculate();
+            self.recalculate(now);
+        }
+        for s in self.channels.values_mut() {
+            if s.channel.poll_timeout().is_some_and(|t| now >= t) {
+                s.channel.handle_timeout(now);
+            }
         }
         if std::mem::take(&mut self.channel_resync) {
             let conns: Vec<ConnId> = self.conns.keys().copied().collect();
@@ -743,25 +804,29 @@ impl Mesh {
             }
         }
         self.flush();
+        self.flush_channels(now);
     }
 
-    fn recalculate(&mut self) {
+    fn recalculate(&mut self, now: Instant) {
         self.recalc_at = None;
         let removed = self.topo.gc();
         self.routes_dirty = true;
         let _ = self.routes();
+        for s in self.channels.values_mut() {
+            s.channel.on_routes(now, &self.routes);
+        }
         let now_known: BTreeSet<PeerName> = self.topo.records().map(|r| r.name).collect();
         for &p in now_known.difference(&self.known) {
             self.channel_resync = true;
             self.events.push_back(MeshEvent::PeerAdded(p));
-            for g in self.channels.values_mut() {
-                g.on_peer_added(p);
+            for s in self.channels.values_mut() {
+                s.channel.on_peer_added(p);
             }
         }
         for &p in &removed {
             self.events.push_back(MeshEvent::PeerRemoved(p));
-            for g in self.channels.values_mut() {
-                g.on_peer_removed(p);
+            for s in self.channels.values_mut() {
+                s.channel.on_peer_removed(p);
             }
         }
         self.known = now_known;
@@ -776,6 +841,11 @@ impl Mesh {
         }
         for c in self.conns.values() {
             t = t.min(c.next_heartbeat).min(c.last_rx + self.cfg.read_timeout);
+        }
+        for s in self.channels.values() {
+            if let Some(c) = s.channel.poll_timeout() {
+                t = t.min(c);
+            }
         }
         Some(t)
     }

@@ -1,11 +1,12 @@
-//! The mesh on weave-core's simulation harness: a [`SimPeer`] is a real
-//! [`Mesh`] plus [`ConnectionMaker`], with connections modelled as messages
-//! between simulated hosts. Embedders use it to test their own gossip
-//! channels (IPAM, DNS, ...) over lossy, partitioned, virtual-time networks.
+//! The mesh on weave-core's simulation harness: a [`SimPeer`] is the
+//! production [`Node`] (the same one the tokio driver runs), with
+//! connections modelled as messages between simulated hosts and saves
+//! going to a simulated disk. Embedders use it to test their own channels
+//! (IPAM, DNS, ...) over lossy, partitioned, virtual-time networks.
 //!
 //! Addresses are `n<id>:6783`, where `<id>` is the [`NodeId`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -14,8 +15,10 @@ use weave_core::rng::{seeded, SimRng};
 use weave_core::sim::{NodeId, Outbox, SimNode};
 use weave_core::{PeerName, PeerUid};
 
+use crate::channel::Channel;
 use crate::connmaker::{ConnMakerConfig, ConnectionMaker};
-use crate::mesh::{ConnId, Mesh, MeshConfig, MeshEvent, RemotePeer};
+use crate::mesh::{ConnId, Mesh, MeshConfig, RemotePeer};
+use crate::node::{Action, Node};
 use crate::proto::Envelope;
 
 /// How long a simulated dial waits for an answer.
@@ -54,30 +57,23 @@ pub enum SimWire {
     Close(u64),
 }
 
-/// An embedder's state machine riding the peer's mesh (IPAM, DNS, ...):
-/// the simulation gives it time and a chance to send after every event.
-pub trait SimApp {
-    /// Move what the application wants sent into the mesh.
-    fn pump(&mut self, now: Instant, mesh: &mut Mesh);
-    /// When the application next needs [`SimApp::handle_timeout`].
-    fn poll_timeout(&self) -> Option<Instant>;
-    /// Its deadline passed.
-    fn handle_timeout(&mut self, now: Instant);
-}
-
-/// A mesh peer in the simulation.
+/// A mesh peer in the simulation: the production [`Node`] (mesh,
+/// connection maker, channels, persistence point), with connections as
+/// messages between simulated hosts and a simulated disk.
 pub struct SimPeer {
     id: NodeId,
-    mesh: Mesh,
-    cm: ConnectionMaker,
+    node: Node,
     conns: HashMap<ConnId, NodeId>,
     dials: HashMap<u64, (String, Instant)>,
     rng: SimRng,
-    app: Option<Box<dyn SimApp>>,
+    /// What each persistent channel last saved.
+    disk: BTreeMap<String, Vec<u8>>,
+    /// While set, every save fails (a full or broken disk).
+    disk_error: Option<String>,
 }
 
 impl SimPeer {
-    /// A peer for node `id`, named after it unless `name` is given.
+    /// A peer for node `id`, named after it.
     pub fn new(id: NodeId, now: Instant, seed: u64, configure: impl FnOnce(&mut MeshConfig, &mut ConnMakerConfig)) -> Self {
         let mut rng = seeded(seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let name = PeerName::from_u64(id as u64 + 1).expect("node ids are small");
@@ -85,101 +81,123 @@ impl SimPeer {
         let mut mcfg = MeshConfig::new(name, format!("host{id}"), uid);
         let mut ccfg = ConnMakerConfig::default();
         configure(&mut mcfg, &mut ccfg);
-        let mesh = Mesh::new(mcfg, now, seeded(rng.next_u64()));
-        let cm = ConnectionMaker::new(ccfg, seeded(rng.next_u64()));
-        Self { id, mesh, cm, conns: HashMap::new(), dials: HashMap::new(), rng, app: None }
+        let node = Node::new(mcfg, ccfg, now, &mut rng);
+        Self { id, node, conns: HashMap::new(), dials: HashMap::new(), rng, disk: BTreeMap::new(), disk_error: None }
     }
 
-    /// Attach an application (after registering its channel on the mesh).
-    pub fn set_app(&mut self, app: Box<dyn SimApp>) {
-        self.app = Some(app);
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
     }
 
-    /// The mesh, to inspect or to call (use [`weave_core::sim::Sim::with_node`]
-    /// and then [`SimPeer::flush`] for calls that send).
+    /// The node, mutably (use [`weave_core::sim::Sim::with_node`] and then
+    /// [`SimPeer::flush`] for calls that send).
+    pub fn node_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+
+    /// The mesh, to inspect.
     pub fn mesh(&self) -> &Mesh {
-        &self.mesh
+        self.node.mesh()
     }
 
-    /// The mesh, mutably.
+    /// The mesh, mutably (call [`SimPeer::flush`] after sending).
     pub fn mesh_mut(&mut self) -> &mut Mesh {
-        &mut self.mesh
+        self.node.mesh_mut()
     }
 
     /// The connection maker.
     pub fn connection_maker(&self) -> &ConnectionMaker {
-        &self.cm
+        self.node.connection_maker()
+    }
+
+    /// Register a channel that persists nothing.
+    pub fn register_channel(&mut self, name: &str, channel: Box<dyn Channel>) {
+        self.node.register_channel(name, channel);
+    }
+
+    /// Register a channel saved to this peer's simulated disk (read it
+    /// back with [`SimPeer::saved`] to build the channel after a restart).
+    pub fn register_persistent_channel(&mut self, name: &str, channel: Box<dyn Channel>) {
+        self.node.register_persistent_channel(name, channel);
+    }
+
+    /// Run `f` on channel `name` as its own type, then send what it queued.
+    pub fn with_channel<C: Channel, R>(&mut self, now: Instant, name: &str, out: &mut Outbox<SimWire>, f: impl FnOnce(&mut C) -> R) -> Option<R> {
+        let r = self.node.with_channel(now, name, f);
+        self.flush(now, out);
+        r
+    }
+
+    /// Channel `name` as its own type, to inspect.
+    pub fn channel<C: Channel>(&self, name: &str) -> Option<&C> {
+        self.node.mesh().channel(name)
+    }
+
+    /// What channel `name` last saved.
+    pub fn saved(&self, name: &str) -> Option<&[u8]> {
+        self.disk.get(name).map(Vec::as_slice)
+    }
+
+    /// Make every save fail (`Some(reason)`) or work again (`None`).
+    pub fn set_disk_error(&mut self, error: Option<String>) {
+        self.disk_error = error;
     }
 
     /// Add direct targets (node ids).
     pub fn connect(&mut self, now: Instant, targets: &[NodeId], out: &mut Outbox<SimWire>) {
         let addrs: Vec<String> = targets.iter().map(|&t| sim_address(t)).collect();
-        self.cm.connect(now, &addrs, false).expect("simulated addresses are valid");
+        self.node.connect(now, &addrs, false).expect("simulated addresses are valid");
         self.flush(now, out);
     }
 
-    /// Forget direct targets and close connections to them.
+    /// Forget direct targets (the node closes the connections made to them).
     pub fn forget(&mut self, now: Instant, targets: &[NodeId], out: &mut Outbox<SimWire>) {
         let addrs: Vec<String> = targets.iter().map(|&t| sim_address(t)).collect();
-        self.cm.forget(&addrs).expect("simulated addresses are valid");
-        let close: Vec<ConnId> = self.conns.iter().filter(|(_, n)| targets.contains(n)).map(|(c, _)| *c).collect();
-        for c in close {
-            self.close(now, c, out);
-        }
+        self.node.forget(now, &addrs).expect("simulated addresses are valid");
         self.flush(now, out);
     }
 
     fn hello(&self) -> SimHello {
-        let cfg = self.mesh.config();
+        let cfg = self.node.mesh().config();
         SimHello { name: cfg.name, nickname: cfg.nickname.clone(), uid: cfg.uid, address: sim_address(self.id) }
     }
 
-    fn close(&mut self, now: Instant, conn: ConnId, out: &mut Outbox<SimWire>) {
-        if let Some(to) = self.conns.remove(&conn) {
-            out.send(to, SimWire::Close(conn));
-        }
-        self.mesh.remove_connection(now, conn);
-    }
-
-    /// Move what the application, the mesh and the connection maker want
-    /// done into the outbox.
+    /// Carry out what the node asked for: messages, dials, closes, saves.
     pub fn flush(&mut self, now: Instant, out: &mut Outbox<SimWire>) {
-        if let Some(app) = &mut self.app {
-            app.pump(now, &mut self.mesh);
-        }
         loop {
-            let mut progressed = false;
-            while let Some(t) = self.mesh.poll_transmit() {
+            self.node.set_in_progress(0);
+            while let Some(t) = self.node.poll_transmit() {
                 if let Some(&to) = self.conns.get(&t.conn) {
                     out.send(to, SimWire::Msg(t.conn, t.msg));
                 }
             }
-            let mut topo_changed = false;
-            while let Some(ev) = self.mesh.poll_event() {
-                progressed = true;
-                match ev {
-                    MeshEvent::CloseConnection { conn, .. } => {
-                        if let Some(to) = self.conns.remove(&conn) {
-                            out.send(to, SimWire::Close(conn));
-                        }
+            let Some(action) = self.node.poll_action() else { break };
+            match action {
+                Action::Dial(addr) => match node_of(&addr) {
+                    Some(to) => {
+                        let conn = self.rng.next_u64() | 1;
+                        self.dials.insert(conn, (addr, now + DIAL_TIMEOUT));
+                        out.send(to, SimWire::Dial(conn, self.hello()));
                     }
-                    MeshEvent::TopologyChanged => topo_changed = true,
-                    _ => {}
+                    None => self.node.handle_dial_failed(now, &addr, "not a simulated address".into(), true),
+                },
+                Action::Close { conn, .. } => {
+                    if let Some(to) = self.conns.remove(&conn) {
+                        out.send(to, SimWire::Close(conn));
+                    }
                 }
-            }
-            if topo_changed {
-                self.cm.set_discovered(now, self.mesh.discovery_candidates());
-            }
-            let active = self.conns.len() + self.dials.len();
-            self.cm.set_connected(now, self.mesh.connected_addresses(), active);
-            while let Some(addr) = self.cm.poll_dial(now) {
-                let Some(to) = node_of(&addr) else { continue };
-                let conn = self.rng.next_u64() | 1;
-                self.dials.insert(conn, (addr, now + DIAL_TIMEOUT));
-                out.send(to, SimWire::Dial(conn, self.hello()));
-            }
-            if !progressed {
-                break;
+                Action::Save(req) => {
+                    let result = match &self.disk_error {
+                        Some(e) => Err(e.clone()),
+                        None => {
+                            self.disk.insert(req.channel.clone(), req.data);
+                            Ok(())
+                        }
+                    };
+                    self.node.handle_saved(now, &req.channel, req.generation, result);
+                }
+                _ => {}
             }
         }
     }
@@ -192,7 +210,7 @@ impl SimNode for SimPeer {
         match msg {
             SimWire::Dial(conn, h) => {
                 let remote = RemotePeer { name: h.name, nickname: h.nickname, uid: h.uid, conn_id: conn, address: h.address, outbound: false };
-                match self.mesh.add_connection(now, conn, remote) {
+                match self.node.handle_established(now, conn, remote, None) {
                     Ok(()) => {
                         self.conns.insert(conn, from);
                         out.send(from, SimWire::Accept(conn, self.hello()));
@@ -206,33 +224,29 @@ impl SimNode for SimPeer {
                     return;
                 };
                 let remote = RemotePeer { name: h.name, nickname: h.nickname, uid: h.uid, conn_id: conn, address: addr.clone(), outbound: true };
-                match self.mesh.add_connection(now, conn, remote) {
+                match self.node.handle_established(now, conn, remote, Some(addr)) {
                     Ok(()) => {
                         self.conns.insert(conn, from);
                     }
-                    Err(e) => {
-                        out.send(from, SimWire::Close(conn));
-                        self.cm.dial_failed(now, &addr, e.to_string(), e.is_permanent());
-                    }
+                    Err(_) => out.send(from, SimWire::Close(conn)),
                 }
             }
             SimWire::Refuse(conn, reason, permanent) => {
                 if let Some((addr, _)) = self.dials.remove(&conn) {
-                    self.cm.dial_failed(now, &addr, reason, permanent);
+                    self.node.handle_dial_failed(now, &addr, reason, permanent);
                 }
             }
             SimWire::Msg(conn, env) => {
-                if !self.conns.contains_key(&conn) {
+                if self.conns.contains_key(&conn) {
+                    self.node.handle_message(now, conn, env);
+                } else {
                     // Like a TCP reset: the sender holds a connection we do not.
                     out.send(from, SimWire::Close(conn));
-                } else if let Err(e) = self.mesh.handle_message(now, conn, env) {
-                    tracing::warn!(%e, "closing simulated connection");
-                    self.close(now, conn, out);
                 }
             }
             SimWire::Close(conn) => {
                 if self.conns.remove(&conn).is_some() {
-                    self.mesh.remove_connection(now, conn);
+                    self.node.handle_closed(now, conn);
                 }
             }
         }
@@ -240,25 +254,19 @@ impl SimNode for SimPeer {
     }
 
     fn handle_timeout(&mut self, now: Instant, out: &mut Outbox<SimWire>) {
-        if let Some(app) = &mut self.app {
-            if app.poll_timeout().is_some_and(|t| t <= now) {
-                app.handle_timeout(now);
-            }
-        }
         let expired: Vec<u64> = self.dials.iter().filter(|(_, (_, t))| *t <= now).map(|(c, _)| *c).collect();
         for c in expired {
             let (addr, _) = self.dials.remove(&c).expect("listed above");
-            self.cm.dial_failed(now, &addr, "dial timed out".into(), false);
+            self.node.handle_dial_failed(now, &addr, "dial timed out".into(), false);
         }
-        if self.mesh.poll_timeout().is_some_and(|t| t <= now) {
-            self.mesh.handle_timeout(now);
+        if self.node.poll_timeout().is_some_and(|t| t <= now) {
+            self.node.handle_timeout(now);
         }
         self.flush(now, out);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let app = self.app.as_ref().and_then(|a| a.poll_timeout());
-        [self.mesh.poll_timeout(), self.cm.poll_timeout(), self.dials.values().map(|(_, t)| *t).min(), app].into_iter().flatten().min()
+        [self.node.poll_timeout(), self.dials.values().map(|(_, t)| *t).min()].into_iter().flatten().min()
     }
 
     fn message_len(msg: &SimWire) -> usize {

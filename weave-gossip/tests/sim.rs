@@ -9,8 +9,9 @@ use rand::seq::IndexedRandom;
 use rand::Rng;
 use weave_core::sim::{LinkConfig, NodeId, Sim};
 use weave_core::PeerName;
+use weave_gossip::channel::Channel;
 use weave_gossip::connmaker::ConnMakerConfig;
-use weave_gossip::mesh::{Gossiper, MeshConfig};
+use weave_gossip::mesh::MeshConfig;
 use weave_gossip::sim::SimPeer;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -204,7 +205,7 @@ fn encode(v: impl IntoIterator<Item = u64>) -> Vec<u8> {
     v.into_iter().flat_map(u64::to_le_bytes).collect()
 }
 
-impl Gossiper for Shared {
+impl Channel for Shared {
     fn on_gossip(&mut self, _now: std::time::Instant, _src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let mut s = self.0.lock().unwrap();
         let new: Vec<u64> = decode(update)?.into_iter().filter(|i| s.items.insert(*i)).collect();

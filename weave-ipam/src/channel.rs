@@ -1,122 +1,226 @@
-//! IPAM on a weave-gossip channel: ring and consensus state ride gossip
-//! (merged hop by hop, only news relayed), space and claim requests ride
-//! routed unicast.
+//! IPAM as a weave-gossip [`Channel`]: ring and consensus state ride
+//! gossip (merged hop by hop, only news relayed), space and claim requests
+//! ride routed unicast.
 //!
-//! Register [`IpamChannel`] on the mesh under [`CHANNEL`]; after every call
-//! into the mesh or the IPAM, run [`pump`] to move what the IPAM wants sent
-//! into the mesh and to tell it which peers are reachable.
+//! Register an [`IpamChannel`] on the node under [`CHANNEL`] — as a
+//! persistent channel, with a [`crate::persist::StorePersist`], when its
+//! state must survive a crash. The node then saves every generation before
+//! anything IPAM queued leaves, and IPAM answers a request only once the
+//! state that grants it is saved: an address is never handed out twice,
+//! and a vote or a donation is never forgotten after a peer heard of it.
+//! Requests are made inside the node ([`weave_gossip::Node::with_channel`],
+//! or [`crate::service::IpamService`] over the tokio driver) with a
+//! [`Reply`] that is called once the answer is durable.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
+use ipnet::Ipv4Net;
+use prost::Message;
 use weave_core::PeerName;
-use weave_gossip::mesh::{Gossiper, Mesh};
+use weave_gossip::channel::{BoxError, Channel, Output as ChannelOutput};
+use weave_gossip::routes::Routes;
 
-use crate::ipam::{Ipam, Output};
+use crate::ipam::{Completion, Ipam, IpamError, Outcome, Output, RequestId};
 
 /// The channel name IPAM uses.
 pub const CHANNEL: &str = "ipam";
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Called with the answer to a request, once it is durable.
+pub type Reply = Box<dyn FnOnce(Result<Ipv4Net, IpamError>) + Send>;
 
-/// What the driver has saved: the only IPAM state others may hear of.
-#[derive(Debug, Default)]
-pub struct Durable {
-    /// The [`Ipam::generation`] last saved.
-    pub generation: u64,
-    /// The gossip state as of that save ([`Ipam::full_state`]), served as
-    /// the channel's anti-entropy.
-    pub state: Option<Vec<u8>>,
-}
-
-/// The IPAM on a gossip channel, shared between the mesh (which delivers)
-/// and the driver (which allocates, saves and sends).
-#[derive(Clone)]
+/// One peer's IPAM on the mesh.
 pub struct IpamChannel {
-    ipam: Arc<Mutex<Ipam>>,
-    durable: Option<Arc<Mutex<Durable>>>,
-    wake: Option<Arc<dyn Fn() + Send + Sync>>,
+    ipam: Ipam,
+    /// The gossip state as of the last save: the only state others may hear
+    /// of in anti-entropy.
+    durable_state: Vec<u8>,
+    /// Gossip states taken with snapshots, by generation, until saved.
+    snapshots: VecDeque<(u64, Vec<u8>)>,
+    /// The generation last saved.
+    saved: u64,
+    /// Pending requests and whom to tell.
+    waiting: BTreeMap<RequestId, Reply>,
+    /// Answers waiting for the generation that grants them to be saved.
+    ready: VecDeque<(u64, Reply, Result<Ipv4Net, IpamError>)>,
+    handed_off: bool,
 }
 
 impl std::fmt::Debug for IpamChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IpamChannel").field("persistent", &self.durable.is_some()).finish_non_exhaustive()
+        f.debug_struct("IpamChannel").field("saved", &self.saved).field("waiting", &self.waiting.len()).finish_non_exhaustive()
     }
 }
 
 impl IpamChannel {
-    /// Without persistence: what a merge changed is relayed at once and
-    /// anti-entropy carries the current state (simulations, tests).
-    pub fn new(ipam: Arc<Mutex<Ipam>>) -> Self {
-        Self { ipam, durable: None, wake: None }
+    /// IPAM as it is now (new, or restored from what was saved).
+    pub fn new(ipam: Ipam) -> Self {
+        let durable_state = ipam.full_state();
+        let saved = ipam.generation();
+        Self { ipam, durable_state, snapshots: VecDeque::new(), saved, waiting: BTreeMap::new(), ready: VecDeque::new(), handed_off: false }
     }
 
-    /// With persistence: the channel only merges, and calls `wake` so the
-    /// driver saves; what changed leaves through [`Ipam::poll_output`] once
-    /// the driver has saved it, and anti-entropy carries the last saved
-    /// state. Nothing a peer hears (a vote, a donation, a grant) can be
-    /// lost by a crash.
-    pub fn persistent(ipam: Arc<Mutex<Ipam>>, durable: Arc<Mutex<Durable>>, wake: Arc<dyn Fn() + Send + Sync>) -> Self {
-        Self { ipam, durable: Some(durable), wake: Some(wake) }
+    /// The IPAM, to inspect.
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
     }
 
-    fn ipam(&self) -> std::sync::MutexGuard<'_, Ipam> {
-        // A panic elsewhere must not wedge address management.
-        self.ipam.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The IPAM, to call directly (free, reserve, rmpeer, leave, prime):
+    /// what it queues leaves once saved, like everything else.
+    pub fn ipam_mut(&mut self) -> &mut Ipam {
+        &mut self.ipam
     }
 
-    fn wake(&self) {
-        if let Some(w) = &self.wake {
-            w();
+    /// Whether IPAM handed its space to a peer after [`Ipam::leave`] and
+    /// the peer acknowledged.
+    pub fn handed_off(&self) -> bool {
+        self.handed_off
+    }
+
+    /// An address in `subnet` (the default subnet if `None`) for `id`;
+    /// `reply` hears the answer once it is saved. Returns the request id
+    /// while the request waits (for consensus, or space from a peer).
+    pub fn allocate(&mut self, now: Instant, id: &str, subnet: Option<Ipv4Net>, reply: Reply) -> Option<RequestId> {
+        let r = self.ipam.allocate(now, id, subnet);
+        self.request(r, reply)
+    }
+
+    /// Exactly `addr` for `id`; as [`IpamChannel::allocate`].
+    pub fn claim(&mut self, now: Instant, id: &str, addr: Ipv4Net, reply: Reply) -> Option<RequestId> {
+        let r = self.ipam.claim(now, id, addr);
+        self.request(r, reply)
+    }
+
+    /// Free `addrs` held for `id`.
+    pub fn free(&mut self, now: Instant, id: &str, addrs: impl IntoIterator<Item = Ipv4Addr>) {
+        for a in addrs {
+            self.ipam.free(now, id, a);
+        }
+    }
+
+    /// Give up a pending request; its reply hears [`IpamError::Cancelled`].
+    pub fn cancel(&mut self, req: RequestId) {
+        self.ipam.cancel(req);
+        if let Some(reply) = self.waiting.remove(&req) {
+            reply(Err(IpamError::Cancelled));
+        }
+    }
+
+    fn request(&mut self, r: Result<Outcome, IpamError>, reply: Reply) -> Option<RequestId> {
+        match r {
+            Err(e) => {
+                reply(Err(e));
+                None
+            }
+            Ok(Outcome::Done(n)) => {
+                self.ready.push_back((self.ipam.generation(), reply, Ok(n)));
+                self.answer_saved();
+                None
+            }
+            Ok(Outcome::Pending(req)) => {
+                self.waiting.insert(req, reply);
+                Some(req)
+            }
+        }
+    }
+
+    /// Move IPAM's completions to the answers, each tagged with the
+    /// generation that must be saved before it is given.
+    fn take_completions(&mut self) {
+        while let Some(c) = self.ipam.poll_completion() {
+            let (id, r) = match c {
+                Completion::Done(id, n) => (id, Ok(n)),
+                Completion::Failed(id, e) => (id, Err(e)),
+                Completion::HandedOff(_) => {
+                    self.handed_off = true;
+                    continue;
+                }
+            };
+            match self.waiting.remove(&id) {
+                Some(reply) => self.ready.push_back((self.ipam.generation(), reply, r)),
+                // Nobody waits: a claim made at start (a reclaim).
+                None => match r {
+                    Ok(_) | Err(IpamError::Cancelled) => {}
+                    Err(e) => tracing::error!(error = %e, "an address in use on this host could not be claimed back"),
+                },
+            }
+        }
+    }
+
+    /// Give every answer whose generation is saved.
+    fn answer_saved(&mut self) {
+        while self.ready.front().is_some_and(|(g, _, _)| *g <= self.saved) {
+            let (_, reply, r) = self.ready.pop_front().expect("checked");
+            reply(r);
         }
     }
 }
 
-impl Gossiper for IpamChannel {
+impl Channel for IpamChannel {
     fn on_gossip(&mut self, now: Instant, src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, BoxError> {
-        let relay = self.ipam().handle_gossip(now, src, update)?;
-        self.wake();
-        // Persistent: the change leaves as an output, after the save.
-        Ok(if self.durable.is_some() { None } else { relay })
+        // What the merge changed leaves as IPAM's own gossip, once saved.
+        self.ipam.handle_gossip(now, src, update)?;
+        Ok(None)
     }
 
     fn on_broadcast(&mut self, now: Instant, src: PeerName, data: &[u8]) -> Result<(), BoxError> {
-        self.ipam().handle_gossip(now, src, data)?;
-        self.wake();
+        self.ipam.handle_gossip(now, src, data)?;
         Ok(())
     }
 
     fn on_unicast(&mut self, now: Instant, src: PeerName, data: &[u8]) -> Result<(), BoxError> {
-        self.ipam().handle_unicast(now, src, data)?;
-        self.wake();
+        self.ipam.handle_unicast(now, src, data)?;
         Ok(())
     }
 
-    fn full_state(&mut self, _now: std::time::Instant) -> Vec<Vec<u8>> {
-        match &self.durable {
-            Some(d) => d.lock().unwrap_or_else(PoisonError::into_inner).state.clone().into_iter().collect(),
-            None => vec![self.ipam().full_state()],
-        }
+    fn full_state(&mut self, _now: Instant) -> Vec<Vec<u8>> {
+        vec![self.durable_state.clone()]
     }
-}
 
-/// Move the IPAM's outgoing messages into the mesh and refresh its view of
-/// which peers are reachable. Returns how many messages were handed over.
-pub fn pump(ipam: &Mutex<Ipam>, mesh: &mut Mesh) -> usize {
-    let mut ipam = ipam.lock().unwrap_or_else(PoisonError::into_inner);
-    let me = mesh.name();
-    let names: Vec<PeerName> = mesh.topology().records().map(|r| r.name).filter(|&p| p != me).collect();
-    let routes = mesh.routes();
-    ipam.set_reachable(names.into_iter().filter(|&p| routes.reachable(p)).collect());
-    let mut n = 0;
-    while let Some(o) = ipam.poll_output() {
-        n += 1;
-        let r = match o {
-            Output::Gossip(b) => mesh.gossip(CHANNEL, b),
-            Output::Unicast(p, b) => mesh.unicast(CHANNEL, p, b),
-        };
-        // Unroutable now: IPAM retries pending requests on its own.
-        let _ = r;
+    fn on_routes(&mut self, _now: Instant, routes: &Routes) {
+        let me = self.ipam.name();
+        self.ipam.set_reachable(routes.next_hops().map(|(dst, _)| dst).filter(|&p| p != me).collect());
     }
-    n
+
+    fn poll_output(&mut self) -> Option<ChannelOutput> {
+        self.take_completions();
+        self.answer_saved();
+        self.ipam.poll_output().map(|o| match o {
+            Output::Gossip(b) => ChannelOutput::Gossip(b),
+            Output::Unicast(p, b) => ChannelOutput::Unicast(p, b),
+        })
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.ipam.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.ipam.handle_timeout(now);
+    }
+
+    fn generation(&self) -> u64 {
+        self.ipam.generation()
+    }
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        self.snapshots.push_back((self.ipam.generation(), self.ipam.full_state()));
+        self.ipam.snapshot().encode_to_vec()
+    }
+
+    fn on_saved(&mut self, _now: Instant, generation: u64) {
+        self.saved = self.saved.max(generation);
+        match self.snapshots.iter().rposition(|(g, _)| *g <= generation) {
+            Some(i) => {
+                self.durable_state = self.snapshots.drain(..=i).next_back().expect("in range").1;
+            }
+            // Registered without persistence: the generation reached is
+            // the current one.
+            None if generation == self.ipam.generation() => self.durable_state = self.ipam.full_state(),
+            None => {}
+        }
+        self.take_completions();
+        self.answer_saved();
+    }
 }

@@ -133,11 +133,15 @@ impl Store {
 
     /// Replace the saved state, atomically.
     pub fn save(&self, snap: &SnapshotMsg) -> Result<(), PersistError> {
-        let bytes = snap.encode_to_vec();
+        self.save_encoded(&snap.encode_to_vec())
+    }
+
+    /// Replace the saved state with an encoded [`SnapshotMsg`], atomically.
+    pub fn save_encoded(&self, bytes: &[u8]) -> Result<(), PersistError> {
         let w = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut t = w.open_table(TABLE).map_err(|e| self.db_err(e))?;
-            t.insert(KEY, bytes.as_slice()).map_err(|e| self.db_err(e))?;
+            t.insert(KEY, bytes).map_err(|e| self.db_err(e))?;
         }
         w.commit().map_err(|e| self.db_err(e))
     }
@@ -167,6 +171,40 @@ fn move_aside(path: &Path, reason: String) -> PersistError {
     match std::fs::rename(path, &moved_to) {
         Ok(()) => PersistError::Corrupt { path: path.to_owned(), moved_to, reason },
         Err(source) => PersistError::MoveAside { path: path.to_owned(), source },
+    }
+}
+
+/// The node's sink for IPAM snapshots (register [`crate::channel::IpamChannel`]
+/// as a persistent channel with it). After a failed save the file is opened
+/// again on the next attempt: redb refuses writes after an I/O error.
+pub struct StorePersist {
+    path: PathBuf,
+    store: Option<Store>,
+}
+
+impl std::fmt::Debug for StorePersist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorePersist").field("path", &self.path).field("open", &self.store.is_some()).finish()
+    }
+}
+
+impl StorePersist {
+    /// Save through `store`.
+    pub fn new(store: Store) -> Self {
+        Self { path: store.path().to_owned(), store: Some(store) }
+    }
+}
+
+impl weave_gossip::node::Persist for StorePersist {
+    fn save(&mut self, _generation: u64, data: &[u8]) -> Result<(), String> {
+        if self.store.is_none() {
+            self.store = Some(Store::open(&self.path).map_err(|e| format!("cannot open {}: {e}", self.path.display()))?);
+        }
+        let r = self.store.as_ref().expect("opened above").save_encoded(data).map_err(|e| e.to_string());
+        if r.is_err() {
+            self.store = None;
+        }
+        r
     }
 }
 

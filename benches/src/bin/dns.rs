@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
@@ -33,7 +33,7 @@ async fn serve_names(port: u16) {
         dns.add(now, &format!("host{i}"), addr_of(i), &format!("c{i}")).expect("valid name");
     }
     let cfg = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], port)), Upstreams::Fixed(vec![]));
-    let _server = serve(cfg, Arc::new(Mutex::new(dns))).await.expect("bind");
+    let _server = serve(cfg, weave_dns::channel::Names::new(&dns)).await.expect("bind");
     std::future::pending::<()>().await;
 }
 

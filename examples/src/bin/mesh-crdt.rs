@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::error::Error;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use weave_core::{PeerName, PeerUid};
+use weave_gossip::channel::{Channel, Output};
 use weave_gossip::driver::{DriverConfig, MeshBuilder, MeshHandle};
-use weave_gossip::mesh::{Gossiper, MeshConfig};
+use weave_gossip::mesh::MeshConfig;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -47,32 +47,51 @@ impl GCounter {
     }
 }
 
-struct Channel(Arc<Mutex<GCounter>>);
+/// The counter as a mesh channel: it lives inside the node, which hands
+/// it what peers gossip and sends what it queues.
+#[derive(Default)]
+struct Counter {
+    state: GCounter,
+    out: Vec<Vec<u8>>,
+}
 
-impl Gossiper for Channel {
-    fn on_gossip(&mut self, _now: std::time::Instant, _src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, BoxError> {
-        let grew = self.0.lock().expect("not poisoned").merge(update)?;
-        Ok((!grew.is_empty()).then(|| GCounter::encode(grew)))
-    }
-    fn on_broadcast(&mut self, _now: std::time::Instant, _src: PeerName, data: &[u8]) -> Result<(), BoxError> {
-        self.0.lock().expect("not poisoned").merge(data).map(|_| ())
-    }
-    fn on_unicast(&mut self, _now: std::time::Instant, _src: PeerName, data: &[u8]) -> Result<(), BoxError> {
-        self.0.lock().expect("not poisoned").merge(data).map(|_| ())
-    }
-    fn full_state(&mut self, _now: std::time::Instant) -> Vec<Vec<u8>> {
-        let c = self.0.lock().expect("not poisoned");
-        vec![GCounter::encode(c.0.iter().map(|(k, v)| (*k, *v)))]
+impl Counter {
+    /// Count one event of ours; the new value leaves as a delta.
+    fn increment(&mut self, me: u64) {
+        let v = self.state.0.entry(me).or_default();
+        *v += 1;
+        self.out.push(GCounter::encode([(me, *v)]));
     }
 }
 
-async fn peer(id: u64) -> Result<(MeshHandle, Arc<Mutex<GCounter>>), Box<dyn Error>> {
+impl Channel for Counter {
+    fn on_gossip(&mut self, _now: Instant, _src: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, BoxError> {
+        let grew = self.state.merge(update)?;
+        Ok((!grew.is_empty()).then(|| GCounter::encode(grew)))
+    }
+    fn on_broadcast(&mut self, _now: Instant, _src: PeerName, data: &[u8]) -> Result<(), BoxError> {
+        self.state.merge(data).map(|_| ())
+    }
+    fn on_unicast(&mut self, _now: Instant, _src: PeerName, data: &[u8]) -> Result<(), BoxError> {
+        self.state.merge(data).map(|_| ())
+    }
+    fn full_state(&mut self, _now: Instant) -> Vec<Vec<u8>> {
+        vec![GCounter::encode(self.state.0.iter().map(|(k, v)| (*k, *v)))]
+    }
+    fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop().map(Output::Gossip)
+    }
+}
+
+async fn peer(id: u64) -> Result<MeshHandle, Box<dyn Error>> {
     let name = PeerName::from_u64(id).ok_or("bad name")?;
     let uid = PeerUid::random(&mut weave_core::rng::from_os());
     let cfg = DriverConfig::new(MeshConfig::new(name, format!("peer{id}"), uid), "127.0.0.1:0".parse()?);
-    let state = Arc::new(Mutex::new(GCounter::default()));
-    let handle = MeshBuilder::new(cfg).channel("gcounter", Box::new(Channel(state.clone()))).start().await?;
-    Ok((handle, state))
+    Ok(MeshBuilder::new(cfg).channel("gcounter", Box::new(Counter::default())).start().await?)
+}
+
+async fn total(h: &MeshHandle) -> Result<u64, Box<dyn Error>> {
+    Ok(h.with_channel("gcounter", |c: &mut Counter, _| c.state.total()).await?.ok_or("no counter channel")?)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -83,30 +102,28 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     // A chain: 2 dials 1, 3 dials 2; 1 and 3 hear each other through 2.
     for i in 1..3 {
-        let target = peers[i - 1].0.local_addr().to_string();
-        peers[i].0.connect(vec![target], false).await?.map_err(|e| e.to_string())?;
+        let target = peers[i - 1].local_addr().to_string();
+        peers[i].connect(vec![target], false).await?.map_err(|e| e.to_string())?;
     }
     // Each peer counts (id × 10) events, gossiping each increment as a delta.
-    for (i, (handle, state)) in peers.iter().enumerate() {
+    for (i, handle) in peers.iter().enumerate() {
         let me = i as u64 + 1;
         for _ in 0..me * 10 {
-            let delta = {
-                let mut c = state.lock().expect("not poisoned");
-                let v = c.0.entry(me).or_default();
-                *v += 1;
-                GCounter::encode([(me, *v)])
-            };
-            handle.gossip("gcounter", delta).await?.map_err(|e| e.to_string())?;
+            handle.with_channel("gcounter", move |c: &mut Counter, _| c.increment(me)).await?;
         }
     }
     let want = 10 + 20 + 30;
     for _ in 0..200 {
-        if peers.iter().all(|(_, s)| s.lock().expect("not poisoned").total() == want) {
-            for (h, s) in &peers {
+        let mut totals = Vec::new();
+        for h in &peers {
+            totals.push(total(h).await?);
+        }
+        if totals.iter().all(|&t| t == want) {
+            for h in &peers {
                 let st = h.status().await?;
-                println!("{} sees total {} with {} peers", st.name, s.lock().expect("not poisoned").total(), st.peers.len());
+                println!("{} sees total {} with {} peers", st.name, total(h).await?, st.peers.len());
             }
-            for (h, _) in &peers {
+            for h in &peers {
                 h.shutdown().await;
             }
             return Ok(());

@@ -18,9 +18,11 @@ use ipnet::IpNet;
 use weave_dataplane::netlink::{attach, AttachConfig, Netlink, Netns};
 use weave_dataplane::sleeve_driver::{DataplaneConfig, SleeveDataplane};
 use weave_dataplane::{follow_mesh, SleeveConfig};
+use weave_dns::channel::DnsChannel;
 use weave_dns::service::DnsService;
 use weave_gossip::driver::{DriverConfig, MeshBuilder};
 use weave_gossip::mesh::MeshConfig;
+use weave_ipam::channel::IpamChannel;
 use weave_ipam::service::IpamService;
 use weave_ipam::{InitMode, Ipam, IpamConfig};
 
@@ -44,34 +46,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let dp = Arc::new(SleeveDataplane::start(&nl, &cfg).await?);
 
-    // IPAM (in memory here) and weaveDNS ride the mesh as channels.
+    // IPAM (in memory here) and weaveDNS ride the mesh as channels,
+    // inside the node; the services are handles on them.
     let init = if peers.is_empty() { InitMode::Consensus { quorum: 1 } } else { InitMode::Observer };
-    let ipam = Ipam::new(IpamConfig::new(name, "10.32.0.0/12".parse()?, init))?;
-    let (ipam, ipam_channel, ipam_pump) = IpamService::new(ipam, None)?;
-    let dns = weave_dns::Dns::new(name, "weave.local.", weave_dns::WallClock::system(), Instant::now());
-    let (dns, dns_channel, dns_pump) = DnsService::new(dns, None);
+    let ipam = IpamChannel::new(Ipam::new(IpamConfig::new(name, "10.32.0.0/12".parse()?, init))?);
+    let dns = DnsChannel::new(weave_dns::Dns::new(name, "weave.local.", weave_dns::WallClock::system(), Instant::now()), Instant::now());
+    let names = dns.names();
     let uid = weave_core::PeerUid::random(&mut weave_core::rng::from_os());
     let mesh = MeshBuilder::new(DriverConfig::new(MeshConfig::new(name, "orchestrator", uid), listen))
-        .channel(weave_ipam::channel::CHANNEL, Box::new(ipam_channel))
-        .channel(weave_dns::channel::CHANNEL, Box::new(dns_channel))
+        .channel(weave_ipam::channel::CHANNEL, Box::new(ipam))
+        .channel(weave_dns::channel::CHANNEL, Box::new(dns))
         .start()
         .await?;
     tokio::spawn(follow_mesh(mesh.clone(), dp.clone()));
-    tokio::spawn(ipam_pump.run(mesh.clone()));
-    tokio::spawn(dns_pump.run(mesh.clone()));
+    let (ipam, dns) = (IpamService::new(mesh.clone()), DnsService::new(mesh.clone(), names));
     mesh.connect(peers.to_vec(), false).await?.map_err(|e| e.to_string())?;
 
     // The host on the bridge, serving weaveDNS there.
     let host = ipam.allocate("weave:expose", None).await?;
     weave_dataplane::expose::expose(&nl, "weave", IpNet::V4(host), false).await?;
     let sc = weave_dns::server::ServerConfig::new(SocketAddr::new(IpAddr::V4(host.addr()), 53), weave_dns::server::Upstreams::Fixed(Vec::new()));
-    let _server = weave_dns::server::serve(sc, dns.dns().clone()).await?;
+    let _server = weave_dns::server::serve(sc, dns.names().clone()).await?;
 
     // One container: an address from IPAM, a name, a resolver.
     let cidr = ipam.allocate(netns, None).await?;
     let ac = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true, hairpin: false };
     attach(&nl, &Netns::named(netns), netns, &[IpNet::V4(cidr)], &ac).await?;
-    dns.add(netns, netns, &[cidr.addr()])?;
+    dns.add(netns, netns, &[cidr.addr()]).await?;
     weave_dns::resolv::write_netns_resolv_conf(std::path::Path::new("/etc/netns"), netns, IpAddr::V4(host.addr()), "weave.local.")?;
     println!("{netns} {cidr}");
 
