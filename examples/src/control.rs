@@ -2,29 +2,17 @@
 //! client and server, the server's implementation on a [`Router`], and a
 //! helper to connect a client to a socket path.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::router::{AddrSpec, Router, RouterError};
 
-/// Generated from `proto/control.proto`.
-#[allow(missing_docs, unreachable_pub, clippy::all)]
-pub mod pb {
-    tonic::include_proto!("weave.control.v1");
-}
-
-pub use pb::control_client::ControlClient;
-pub use pb::control_server::ControlServer;
+pub use weave_core::control::{connect, pb, socket_path, ControlClient, ControlServer};
 
 /// The crate version, as `weave version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The control socket in a state directory.
-pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("weave.sock")
-}
 
 /// The ring's entries in token order, each with how many addresses it
 /// owns: from its token up to the next one (the last up to the range's
@@ -151,14 +139,7 @@ pub(crate) fn status_of(router: &Router, s: &weave_gossip::driver::Status) -> pb
                 // The largest IP packet the connection's path carries: the
                 // overlay MTU, or less when the sleeve found a smaller path.
                 mtu: match path {
-                    Some(p) if !p.fastpath => {
-                        let frame = usize::from(p.pmtu).saturating_sub(
-                            weave_dataplane::wire::HEADER_LEN
-                                + weave_dataplane::wire::FRAME_HEADER_LEN
-                                + if p.encrypted { weave_dataplane::wire::TAG_LEN } else { 0 },
-                        );
-                        router.config().mtu.min(u32::try_from(frame.saturating_sub(weave_dataplane::packet::ETH_HLEN)).unwrap_or(u32::MAX))
-                    }
+                    Some(p) if !p.fastpath => router.config().mtu.min(u32::try_from(p.ip_mtu()).unwrap_or(u32::MAX)),
                     _ => router.config().mtu,
                 },
             }
@@ -608,17 +589,4 @@ pub async fn serve(router: Arc<Router>, socket: &Path, shutdown: impl std::futur
         .map_err(std::io::Error::other);
     let _ = std::fs::remove_file(socket);
     r
-}
-
-/// Connect a client to the control socket at `socket`.
-pub async fn connect(socket: &Path) -> Result<ControlClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let path = socket.to_owned();
-    // The URI is required by the API and unused: the connector dials the socket.
-    let channel = tonic::transport::Endpoint::from_static("http://weave.sock")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-        }))
-        .await?;
-    Ok(ControlClient::new(channel))
 }

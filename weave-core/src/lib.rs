@@ -5,10 +5,14 @@
 //!   randomness. Cores never read a clock or an OS RNG themselves: time is an
 //!   argument (`now`), randomness is an injected, seedable generator.
 //! * [`fs::write_atomically`]: how state files are written.
+//! * `control` (feature `control`): the router's gRPC control API, its
+//!   generated types and a client over the control socket.
 //! * `sim` (feature `testing`): a deterministic multi-node network simulation
 //!   with a seeded event queue, per-link latency, loss, reordering and
 //!   partitions, and virtual time.
 
+#[cfg(feature = "control")]
+pub mod control;
 pub mod fs;
 pub mod peer;
 pub mod rng;

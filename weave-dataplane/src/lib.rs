@@ -3,20 +3,37 @@
 //!
 //! - [`Dataplane`]: the seam the router drives (connections up and down,
 //!   routes); [`MemDataplane`] and [`Faulty`] for tests.
-//! - [`wire`], [`crypto`], [`packet`] and [`sleeve`]: the userspace sleeve's
-//!   sans-IO core (datagram format, per-connection AEAD with a replay window,
-//!   path-MTU handling, MAC learning and forwarding along the mesh's routes).
+//! - [`sleeve`]: the userspace sleeve's sans-IO core (datagram format,
+//!   per-connection AEAD with a replay window, path-MTU handling, MAC
+//!   learning and forwarding along the mesh's routes). Its wire format,
+//!   AEAD and frame parsing are internal (public with the `internals`
+//!   feature, for fuzzing).
 //! - With the `linux` feature: [`netlink`] (bridge, veth, VXLAN, FDB and
 //!   address plumbing inside any namespace), [`expose`] (host access with
 //!   masquerading, and reset), [`firewall`] (forwarding through the bridge
 //!   on hosts whose firewall drops it, as Docker's does), [`sleeve_driver`] (TAP + UDP
 //!   worker threads), [`fastpath`] (kernel VXLAN with per-peer fallback to
 //!   the sleeve) and [`follow_mesh`] (wiring a data plane to the mesh).
+// The sleeve's wire format, AEAD and frame parsing, and the system-call
+// layer, are internals: public only with the `internals` feature (fuzz
+// targets, tests), with no stability promise.
+#[cfg(feature = "internals")]
 pub mod crypto;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub)]
+mod crypto;
 pub mod dataplane;
+#[cfg(feature = "internals")]
 pub mod packet;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub)]
+mod packet;
 pub mod sleeve;
+#[cfg(feature = "internals")]
 pub mod wire;
+#[cfg(not(feature = "internals"))]
+#[allow(unreachable_pub)]
+mod wire;
 
 #[cfg(feature = "linux")]
 pub mod expose;
@@ -30,12 +47,16 @@ mod glue;
 pub mod netlink;
 #[cfg(feature = "linux")]
 pub mod sleeve_driver;
-#[cfg(feature = "linux")]
+#[cfg(all(feature = "linux", feature = "internals"))]
 pub mod sys;
+#[cfg(all(feature = "linux", not(feature = "internals")))]
+#[allow(unreachable_pub, dead_code)]
+mod sys;
 
 pub use dataplane::{Dataplane, DataplaneError, Faults, Faulty, MemDataplane, MemNet};
 #[cfg(feature = "linux")]
 pub use glue::follow_mesh;
+pub use packet::Mac;
 pub use sleeve::{DropReason, FallbackReason, PeerPath, Sleeve, SleeveConfig};
 
 /// A plumbing failure: what was being done, and the kernel's answer.

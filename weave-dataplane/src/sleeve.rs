@@ -366,6 +366,16 @@ pub struct PeerPath {
     pub counters: PeerCounters,
 }
 
+impl PeerPath {
+    /// The largest IP packet one datagram of this path carries whole: the
+    /// path MTU less the sleeve's headers (and tag, when encrypted) and the
+    /// Ethernet header.
+    pub fn ip_mtu(&self) -> usize {
+        let overhead = wire::HEADER_LEN + wire::FRAME_HEADER_LEN + if self.encrypted { wire::TAG_LEN } else { 0 } + crate::packet::ETH_HLEN;
+        usize::from(self.pmtu).saturating_sub(overhead)
+    }
+}
+
 /// The sleeve's core.
 pub struct Sleeve {
     cfg: SleeveConfig,

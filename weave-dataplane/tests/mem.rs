@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weave_core::PeerName;
-use weave_dataplane::packet::Mac;
 use weave_dataplane::sleeve::MacLocation;
+use weave_dataplane::Mac;
 use weave_dataplane::{Dataplane, DropReason, Faulty, MemDataplane, MemNet, SleeveConfig};
 use weave_gossip::routes::Routes;
 use weave_gossip::DataKeys;

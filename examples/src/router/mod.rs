@@ -1,0 +1,577 @@
+//! The reference router: the mesh, the data plane and IPAM wired together
+//! in one network namespace, driven through the control API.
+//!
+//! One router per namespace; its state lives in its state directory (IPAM
+//! snapshot, control socket), so several routers run side by side on one
+//! machine, one per simulated host.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::{IpNet, Ipv4Net};
+use tokio::sync::Notify;
+use weave_core::{PeerName, PeerUid};
+use weave_dataplane::netlink::{self, AttachConfig, Netlink, Netns};
+use weave_dataplane::sleeve_driver::{DataplaneConfig, SleeveDataplane};
+use weave_dataplane::{follow_mesh, Dataplane, SleeveConfig};
+use weave_gossip::driver::{DriverConfig, DriverEvent, MeshBuilder, MeshHandle};
+use weave_gossip::mesh::MeshConfig;
+use weave_gossip::{LinkConfig, Psk};
+use weave_ipam::channel::CHANNEL as IPAM_CHANNEL;
+use weave_ipam::ipam::{InitMode, Ipam, IpamConfig};
+use weave_ipam::service::{IpamService, ServiceError};
+
+mod attach;
+mod cni;
+mod config;
+mod docker;
+mod lifecycle;
+
+pub use cni::{CniAttachment, CniCall, CNI_PREFIX};
+pub use config::*;
+pub use docker::DOCKER_FILE;
+use docker::{follow_docker, load_tracked, save_tracked};
+use docker::{DockerEvent, Tracked};
+pub use lifecycle::HostEndRecord;
+use lifecycle::{follow_links, in_use, reclaim};
+
+/// This router's own DNS names, kept across restarts.
+pub const DNS_FILE: &str = "dns-names.pb";
+/// Containers with a veth of ours that Docker does not follow (namespaces,
+/// CNI pods): their namespace and interface, for the next start.
+pub const ATTACHED_FILE: &str = "attached.json";
+
+/// A running router.
+pub struct Router {
+    cfg: RouterConfig,
+    mesh: MeshHandle,
+    dp: Arc<dyn Dataplane>,
+    nl: Netlink,
+    ipam: Option<IpamService>,
+    containers: tokio::sync::Mutex<BTreeMap<String, Container>>,
+    stopping: Notify,
+    dns: Option<weave_dns::service::DnsService>,
+    _dns_server: Option<weave_dns::server::Server>,
+    terminations: Arc<std::sync::atomic::AtomicU64>,
+    targets: Mutex<std::collections::BTreeSet<String>>,
+    /// Every peer's nickname ever seen: `rmpeer NICKNAME` must work after
+    /// a dead peer has left the topology.
+    nicknames: Arc<Mutex<BTreeMap<PeerName, String>>>,
+    docker: Option<crate::docker::Docker>,
+    tracked: Mutex<BTreeMap<String, Tracked>>,
+    /// Per Docker container: the queue its lifecycle worker drains.
+    docker_queues: Mutex<BTreeMap<String, tokio::sync::mpsc::UnboundedSender<DockerEvent>>>,
+    /// Per container: held while it is attached, detached or its
+    /// lifecycle is acted on, so those never interleave.
+    id_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Follows link deletions: a container's namespace going takes its
+    /// veth, and the container is released.
+    links_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    plugin: Mutex<Option<Arc<crate::plugin::Plugin>>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("name", &self.cfg.name).finish_non_exhaustive()
+    }
+}
+
+/// Lock, ignoring poisoning (the data stays consistent per operation).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Router {
+    /// Start everything: data plane, IPAM (restored from the state
+    /// directory), mesh; then dial the initial peers.
+    pub async fn start(cfg: RouterConfig) -> Result<Arc<Self>, Box<dyn std::error::Error + Send + Sync>> {
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        std::fs::write(cfg.state_dir.join(NAME_FILE), cfg.name.to_string())?;
+        let netns = Netns::current();
+        let nl = Netlink::connect(&netns).await?;
+        let mut sleeve = SleeveConfig::new(cfg.name, cfg.port);
+        sleeve.trusted = cfg.trusted_subnets.clone();
+        let dcfg = DataplaneConfig {
+            netns,
+            bridge: cfg.bridge.clone(),
+            mtu: cfg.mtu,
+            listen: SocketAddr::new(cfg.host, cfg.port),
+            sleeve,
+            encrypted: cfg.password.is_some(),
+        };
+        let dp: Arc<dyn Dataplane> = if cfg.fastdp {
+            Arc::new(weave_dataplane::fastpath::FastDataplane::start(&nl, &dcfg).await?)
+        } else {
+            Arc::new(SleeveDataplane::start(&nl, &dcfg).await?)
+        };
+
+        if let Some(range) = cfg.ipalloc_range {
+            // As Weave does: an allocation range over the host's own
+            // networks would route the host's traffic into the overlay.
+            for (name, link) in nl.links().await? {
+                if name == cfg.bridge || name.starts_with("vethwe") || name == "lo" {
+                    continue;
+                }
+                for a in nl.addresses(link.index).await? {
+                    if let IpNet::V4(v) = a {
+                        if range.contains(&v.network()) || v.contains(&range.network()) {
+                            return Err(format!("the IP allocation range {range} overlaps {v} on {name}; choose another --ipalloc-range").into());
+                        }
+                    }
+                }
+            }
+        }
+        let ipam = match cfg.ipalloc_range {
+            Some(range) => {
+                let mut icfg = IpamConfig::new(cfg.name, range, cfg.ipalloc_init.clone());
+                if let Some(d) = cfg.ipalloc_default_subnet {
+                    icfg.default_subnet = d;
+                }
+                let store = weave_ipam::persist::Store::open(&cfg.state_dir.join("ipam.db"))?;
+                let ipam = match store.load(cfg.name, range)? {
+                    weave_ipam::persist::Loaded::State(snap) => Ipam::restore(icfg, &snap)?,
+                    weave_ipam::persist::Loaded::Discarded(why) => {
+                        tracing::warn!(reason = %why, "saved IPAM state discarded");
+                        Ipam::new(icfg)?
+                    }
+                    weave_ipam::persist::Loaded::Empty => Ipam::new(icfg)?,
+                };
+                Some((ipam, store))
+            }
+            None => None,
+        };
+
+        let mut rng = weave_core::rng::from_os();
+        let mut dc = DriverConfig::new(MeshConfig::new(cfg.name, cfg.nickname.clone(), PeerUid::random(&mut rng)), SocketAddr::new(cfg.host, cfg.port));
+        dc.conn_maker.discovery = cfg.discovery;
+        dc.conn_maker.default_port = cfg.port;
+        dc.conn_maker.conn_limit = cfg.conn_limit;
+        // Channel anti-entropy every few seconds: IPAM and DNS state is
+        // small, and it heals what topology churn made a channel refuse.
+        dc.mesh.channel_gossip_interval = Duration::from_secs(5);
+        dc.link = LinkConfig { psk: cfg.password.as_ref().map(|p| Psk::from_password(p.as_bytes())), ..LinkConfig::default() };
+        let mut builder = MeshBuilder::new(dc);
+        // IPAM speaks only of what is saved (weave_ipam::service). First,
+        // anything in use here that it does not hold is claimed back.
+        // What the kernel says is in use here (read once: reclaim and
+        // adoption below both need it).
+        let found = in_use(&nl, &cfg.bridge).await;
+        if let Some((mut ipam, store)) = ipam {
+            match &found {
+                Ok(f) => reclaim(&mut ipam, f.clone()),
+                Err(e) => return Err(e.to_string().into()),
+            }
+            let persist = Box::new(weave_ipam::persist::StorePersist::new(store));
+            builder = builder.persistent_channel(IPAM_CHANNEL, Box::new(weave_ipam::channel::IpamChannel::new(ipam)), persist);
+        }
+        // weaveDNS: our names come back from the state directory before
+        // the mesh starts, and are saved before any change is gossiped.
+        let mut names = None;
+        if let Some(d) = &cfg.dns {
+            let dns = weave_dns::dns::Dns::new(cfg.name, &d.domain, weave_dns::dns::WallClock::system(), Instant::now());
+            let file = cfg.state_dir.join(DNS_FILE);
+            let channel = weave_dns::service::DnsService::restore(dns, &file, Instant::now());
+            names = Some(channel.names());
+            builder = builder.persistent_channel(weave_dns::channel::CHANNEL, Box::new(channel), Box::new(weave_gossip::node::FilePersist(file)));
+        }
+        let dns_server = match (&cfg.dns, &names) {
+            (Some(settings), Some(d)) => {
+                // The listen address lives on the bridge (link-local).
+                let listen = settings.listen_for(cfg.name);
+                if let (IpAddr::V4(v4), Some(b)) = (listen.ip(), nl.link(&cfg.bridge).await?) {
+                    if !v4.is_unspecified() && !v4.is_loopback() {
+                        nl.add_address(b.index, IpNet::V4(Ipv4Net::new(v4, 32).expect("/32"))).await?;
+                    }
+                }
+                let mut sc = weave_dns::server::ServerConfig::new(listen, settings.upstreams.clone());
+                sc.ttl = settings.ttl;
+                Some(weave_dns::server::serve(sc, d.clone()).await?)
+            }
+            _ => None,
+        };
+        let mesh = builder.start().await?;
+        tokio::spawn(follow_mesh(mesh.clone(), dp.clone()));
+        let ipam = cfg.ipalloc_range.map(|_| IpamService::new(mesh.clone()));
+        let dns = names.map(|n| weave_dns::service::DnsService::new(mesh.clone(), n));
+
+        let router = Arc::new(Self {
+            cfg: cfg.clone(),
+            mesh: mesh.clone(),
+            dp,
+            nl,
+            ipam,
+            containers: tokio::sync::Mutex::new(BTreeMap::new()),
+            stopping: Notify::new(),
+            dns,
+            _dns_server: dns_server,
+            terminations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            targets: Mutex::new(cfg.peers.iter().cloned().collect()),
+            nicknames: Arc::new(Mutex::new(BTreeMap::new())),
+            docker: if cfg.docker { crate::docker::Docker::connect().await } else { None },
+            tracked: Mutex::new(load_tracked(&cfg.state_dir)),
+            docker_queues: Mutex::new(BTreeMap::new()),
+            id_locks: Mutex::new(BTreeMap::new()),
+            links_watch: Mutex::new(None),
+            plugin: Mutex::new(None),
+        });
+        router.save_targets(&lock(&router.targets));
+        {
+            let mut events = mesh.subscribe();
+            let count = router.terminations.clone();
+            let (nicks, m) = (router.nicknames.clone(), mesh.clone());
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(DriverEvent::Disconnected { .. }) => {
+                            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Ok(DriverEvent::Routes(_)) => {
+                            if let Ok(st) = m.status().await {
+                                let mut n = lock(&nicks);
+                                for p in st.peers {
+                                    n.insert(p.name, p.nickname);
+                                }
+                            }
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
+        // Subscribed before the sweep at start, so no death is missed.
+        let changes = netlink::Changes::links(router.nl.netns())?;
+        router.adopt_existing(found.unwrap_or_default()).await;
+        *lock(&router.links_watch) = Some(tokio::spawn(follow_links(Arc::downgrade(&router), changes)));
+        if let Some(d) = router.docker.clone() {
+            tokio::spawn(follow_docker(Arc::downgrade(&router), d));
+        }
+        if let Some(settings) = &cfg.plugin {
+            let p = Arc::new(crate::plugin::Plugin::start(Arc::downgrade(&router), settings.clone()).await?);
+            match router.docker.clone() {
+                // In the background: Docker asks IPAM for the gateway,
+                // which may wait for consensus with peers not yet here.
+                Some(d) => {
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        match p.ensure_network(&d).await {
+                            Ok(()) => tracing::info!(network = %p.name(), "Docker network ready"),
+                            Err(e) => tracing::warn!(error = %e, "the Docker plugin runs without its network"),
+                        }
+                    });
+                }
+                None => tracing::warn!("no Docker daemon answers: the plugin is served, but no network was created"),
+            }
+            *lock(&router.plugin) = Some(p);
+        }
+        mesh.connect(cfg.peers.clone(), false).await.map_err(|_| "mesh stopped")?.map_err(|e| e.to_string())?;
+        Ok(router)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RouterConfig {
+        &self.cfg
+    }
+
+    /// The mesh.
+    pub fn mesh(&self) -> &MeshHandle {
+        &self.mesh
+    }
+
+    /// The file direct targets are kept in, for `--resume`.
+    pub fn targets_file(state_dir: &std::path::Path) -> PathBuf {
+        state_dir.join("targets")
+    }
+
+    fn save_targets(&self, targets: &std::collections::BTreeSet<String>) {
+        let text: String = targets.iter().map(|t| format!("{t}\n")).collect();
+        if let Err(e) = std::fs::write(Self::targets_file(&self.cfg.state_dir), text) {
+            tracing::warn!(error = %e, "cannot save targets for --resume");
+        }
+    }
+
+    /// `weave connect`: add direct targets (replace them with `replace`),
+    /// remembered for `--resume`.
+    pub async fn connect(&self, peers: Vec<String>, replace: bool) -> Result<(), RouterError> {
+        match self.mesh.connect(peers.clone(), replace).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(RouterError::Invalid(e.to_string())),
+            Err(_) => return Err(RouterError::Stopped),
+        }
+        let mut t = lock(&self.targets);
+        if replace {
+            t.clear();
+        }
+        t.extend(peers);
+        self.save_targets(&t);
+        Ok(())
+    }
+
+    /// `weave forget`: drop direct targets.
+    pub async fn forget(&self, peers: Vec<String>) -> Result<(), RouterError> {
+        match self.mesh.forget(peers.clone()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(RouterError::Invalid(e.to_string())),
+            Err(_) => return Err(RouterError::Stopped),
+        }
+        let mut t = lock(&self.targets);
+        for p in &peers {
+            t.remove(p);
+        }
+        self.save_targets(&t);
+        Ok(())
+    }
+
+    /// A peer's nickname, including peers no longer in the topology.
+    pub fn nickname(&self, peer: PeerName) -> Option<String> {
+        lock(&self.nicknames).get(&peer).cloned()
+    }
+
+    /// A peer by name or nickname, including peers no longer in the
+    /// topology.
+    pub fn peer_named(&self, want: &str) -> Option<PeerName> {
+        let n = lock(&self.nicknames);
+        want.parse::<PeerName>().ok().or_else(|| n.iter().find(|(_, nick)| nick.as_str() == want).map(|(p, _)| *p))
+    }
+
+    /// Connections that have ended since the router started.
+    pub fn terminations(&self) -> u64 {
+        self.terminations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The data plane.
+    pub fn dataplane(&self) -> &Arc<dyn Dataplane> {
+        &self.dp
+    }
+
+    /// The netlink connection in the router's namespace.
+    pub fn netlink(&self) -> &Netlink {
+        &self.nl
+    }
+
+    /// The subnet `net:default` allocates in (None without IPAM).
+    pub fn default_subnet(&self) -> Option<Ipv4Net> {
+        self.cfg.ipalloc_range.map(|r| self.cfg.ipalloc_default_subnet.unwrap_or(r))
+    }
+
+    /// The Docker daemon, when one answered at start.
+    pub fn docker(&self) -> Option<&crate::docker::Docker> {
+        self.docker.as_ref()
+    }
+
+    /// Docker network plugin settings, when it is served.
+    pub fn plugin_settings(&self) -> Option<crate::plugin::PluginSettings> {
+        self.cfg.plugin.clone()
+    }
+
+    /// What IPAM holds, by container (empty without IPAM).
+    pub async fn owned(&self) -> BTreeMap<String, Vec<Ipv4Net>> {
+        match &self.ipam {
+            Some(svc) => svc.with(|i, _| i.status().owned).await.unwrap_or_default(),
+            None => BTreeMap::new(),
+        }
+    }
+
+    /// Who IPAM holds `addr` for.
+    pub async fn owner_of(&self, addr: Ipv4Addr) -> Option<String> {
+        self.owned().await.into_iter().find(|(_, cidrs)| cidrs.iter().any(|c| c.addr() == addr)).map(|(id, _)| id)
+    }
+
+    /// Free addresses held for `id`.
+    pub async fn free(&self, id: &str, addrs: impl IntoIterator<Item = Ipv4Addr>) {
+        if let Some(svc) = &self.ipam {
+            if let Err(e) = svc.free(id, addrs).await {
+                tracing::warn!(container = id, error = %e, "cannot free addresses");
+            }
+        }
+    }
+
+    /// The IPAM, when enabled.
+    pub fn ipam(&self) -> Option<&IpamService> {
+        self.ipam.as_ref()
+    }
+
+    /// Allocate (or claim) an address for `id`, waiting for IPAM if it
+    /// must (and until it is saved); integrations such as the Docker plugin
+    /// plumb it themselves.
+    pub async fn allocate(&self, id: &str, spec: &AddrSpec) -> Result<Ipv4Net, RouterError> {
+        let Some(svc) = &self.ipam else {
+            return match spec {
+                AddrSpec::Exact(n) => Ok(*n),
+                _ => Err(RouterError::Invalid("IPAM is disabled (--ipalloc-range=): give addresses as ip:CIDR".into())),
+            };
+        };
+        let r = match spec {
+            AddrSpec::Exact(n) => svc.claim(id, *n).await,
+            AddrSpec::Subnet(s) => svc.allocate(id, Some(*s)).await,
+            AddrSpec::Default => svc.allocate(id, None).await,
+        };
+        r.map_err(|e| match e {
+            ServiceError::Ipam(e) => RouterError::Ipam(e),
+            ServiceError::Stopped => RouterError::Stopped,
+            e => RouterError::Invalid(e.to_string()),
+        })
+    }
+
+    /// Why IPAM cannot save its state, while it cannot.
+    pub async fn ipam_save_error(&self) -> Option<String> {
+        self.ipam.as_ref()?.save_error().await
+    }
+
+    /// weaveDNS's names, when enabled.
+    pub fn dns(&self) -> Option<&weave_dns::channel::Names> {
+        self.dns.as_ref().map(weave_dns::service::DnsService::names)
+    }
+
+    /// The DNS name a container named `base` gets ([`Target::name`]):
+    /// `-h FQDN`, or `base` in the domain.
+    pub fn dns_name(&self, base: &str, hostname: Option<&str>) -> Option<String> {
+        let d = self.cfg.dns.as_ref()?;
+        Some(match hostname {
+            Some(h) if !h.is_empty() => h.to_owned(),
+            _ => format!("{base}.{}", d.domain.trim_start_matches('.')),
+        })
+    }
+
+    /// Add DNS entries for `container` (after an attach, or `dns-add`).
+    pub async fn dns_add(&self, container: &str, name: &str, addrs: &[Ipv4Addr]) -> Result<(), RouterError> {
+        let Some(dns) = &self.dns else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
+        dns.add(container, name, addrs).await.map_err(|e| RouterError::Invalid(e.to_string()))
+    }
+
+    /// Remove DNS entries of `container` (for `name`/`addrs` if given).
+    pub async fn dns_remove(&self, container: &str, name: Option<&str>, addrs: &[Ipv4Addr]) -> Result<usize, RouterError> {
+        let Some(dns) = &self.dns else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
+        dns.remove(container, name, addrs).await.map_err(|e| RouterError::Invalid(e.to_string()))
+    }
+
+    /// The id IPAM holds exposed addresses under.
+    pub const EXPOSE_ID: &'static str = "weave:expose";
+
+    /// `weave reset`: hand our address space to a live peer (waiting up to
+    /// 10 s for it to take it, unless `force`), remove what the router made
+    /// in this namespace and its persisted state, then stop.
+    pub async fn reset(&self, force: bool) -> Result<(Vec<String>, Option<PeerName>), RouterError> {
+        let mut heir = None;
+        let mut removed_files = Vec::new();
+        if let Some(svc) = &self.ipam {
+            heir = svc.with(|i, now| i.leave(now)).await.ok().flatten();
+            if heir.is_some() && !force {
+                let end = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < end && !svc.handed_off().await {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        if let Some(settings) = &self.cfg.dns {
+            if let IpAddr::V4(ip) = settings.listen_for(self.cfg.name).ip() {
+                removed_files.extend(remove_resolv_confs(&self.cfg.state_dir, ip));
+            }
+        }
+        let plugin = lock(&self.plugin).take();
+        if let (Some(p), Some(d)) = (&plugin, &self.docker) {
+            if let Err(e) = p.remove_network(d).await {
+                tracing::warn!(error = %e, "Docker network left behind");
+            }
+        }
+        if let Some(p) = plugin {
+            removed_files.push(p.socket().display().to_string());
+        }
+        // Nothing may put the bridge back once it is gone, and the links
+        // reset deletes are not containers dying.
+        self.dp.retire();
+        if let Some(w) = lock(&self.links_watch).take() {
+            w.abort();
+        }
+        let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
+        removed.append(&mut removed_files);
+        for f in [
+            self.cfg.state_dir.join("ipam.db"),
+            Self::targets_file(&self.cfg.state_dir),
+            self.cfg.state_dir.join(NAME_FILE),
+            self.cfg.state_dir.join(DOCKER_FILE),
+            self.cfg.state_dir.join(DNS_FILE),
+            self.cfg.state_dir.join(ATTACHED_FILE),
+        ] {
+            if std::fs::remove_file(&f).is_ok() {
+                removed.push(f.display().to_string());
+            }
+        }
+        self.stop();
+        Ok((removed, heir))
+    }
+
+    /// Ask the router to stop; [`Self::stopped`] returns once asked.
+    pub fn stop(&self) {
+        self.stopping.notify_waiters();
+        self.stopping.notify_one();
+    }
+
+    /// Wait for [`Self::stop`].
+    pub async fn stopped(&self) {
+        self.stopping.notified().await;
+    }
+
+    /// Close the mesh (the data plane stops with the process) and stop
+    /// serving the Docker plugin (its socket goes; its network stays for
+    /// the next launch).
+    pub async fn shutdown(&self) {
+        drop(lock(&self.plugin).take());
+        self.mesh.shutdown().await;
+    }
+}
+
+impl Router {
+    /// The lock serialising work on one container (attach, detach, its
+    /// lifecycle).
+    fn id_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.id_locks).entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Drop a gone container's lock from the map, unless someone else
+    /// holds or waits for it (the map's copy and the caller's guard are the
+    /// only two references then).
+    fn forget_lock(&self, id: &str) {
+        let mut locks = lock(&self.id_locks);
+        if locks.get(id).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            locks.remove(id);
+        }
+    }
+
+    /// Hold a container's lock.
+    async fn busy(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        self.id_lock(id).lock_owned().await
+    }
+}
+
+impl Router {
+    /// What IPAM holds for `id`.
+    pub async fn owned_by(&self, id: &str) -> Vec<Ipv4Net> {
+        self.owned().await.remove(id).unwrap_or_default()
+    }
+}
+
+/// A peer name stable per host and namespace: from the machine id and the
+/// namespace's inode, as Weave derives it from the machine id.
+pub fn default_peer_name() -> PeerName {
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/net").map(|p| p.display().to_string()).unwrap_or_default();
+    // FNV-1a: the same name for the same host and namespace, whatever the
+    // build.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in machine.trim().bytes().chain([0]).chain(ns.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Locally administered unicast, like Weave's.
+    let v = (h & 0x0000_feff_ffff_ffff) | 0x0000_0200_0000_0000;
+    PeerName::from_u64(v).expect("48 bits")
+}
+
+/// The address part of an IPv4 CIDR.
+pub fn addr_of(n: &Ipv4Net) -> Ipv4Addr {
+    n.addr()
+}
