@@ -128,7 +128,12 @@ pub async fn expose(nl: &Netlink, bridge: &str, addr: IpNet, masquerade: bool) -
 /// The host firewall's accepts follow what is exposed ([`crate::firewall`]).
 fn forward_into_exposed(nl: &Netlink, bridge: &str) -> Result<(), PlumbError> {
     let b = bridge.to_owned();
-    nl.netns().run(move || crate::firewall::allow(&b)).map(drop).map_err(|source| PlumbError { op: "allow forwarding into exposed subnets".into(), source })
+    nl.netns().run(move || crate::firewall::allow(&b)).map(drop).map_err(|source| PlumbError { op: "allow forwarding into exposed subnets".into(), source })?;
+    let b = bridge.to_owned();
+    nl.netns()
+        .run(move || crate::firewall::refresh_guard(&b))
+        .map(drop)
+        .map_err(|source| PlumbError { op: "let the host reach exposed subnets".into(), source })
 }
 
 /// Undo [`expose`]: the address and its rules go. Idempotent.
@@ -202,6 +207,9 @@ pub async fn reset(nl: &Netlink, bridge: &str) -> Result<Vec<String>, PlumbError
     removed.extend(unfirewalled.into_iter().map(|c| format!("forwarding rules in {c}")));
     if ns.run(crate::firewall::withdraw_vxlan).map_err(|source| PlumbError { op: "remove the VXLAN guard".into(), source })? {
         removed.push("nftables table inet weave-fastdp".into());
+    }
+    if ns.run(crate::firewall::withdraw_guard).map_err(|source| PlumbError { op: "remove the router-port guard".into(), source })? {
+        removed.push("nftables table inet weave-guard".into());
     }
     Ok(removed)
 }

@@ -318,17 +318,23 @@ pub(crate) fn add_base_chain(b: &mut Batch<'static>, family: NfFamily, table: &'
 /// applied now, and again after every change to the ruleset (a firewall or
 /// dockerd that starts, restarts or flushes after the router). Runs each
 /// `nft` call inside `ns`.
-pub fn follow(ns: crate::netlink::Netns, bridge: String) -> io::Result<tokio::task::JoinHandle<()>> {
+pub fn follow(ns: crate::netlink::Netns, bridge: String, port: u16) -> io::Result<tokio::task::JoinHandle<()>> {
     let mut changes = crate::netlink::Changes::nftables(&ns)?;
-    fn apply(ns: &crate::netlink::Netns, bridge: &str) {
+    fn apply(ns: &crate::netlink::Netns, bridge: &str, port: u16) {
         let b = bridge.to_owned();
         match ns.run(move || allow(&b)) {
             Ok(changed) if !changed.is_empty() => tracing::info!(bridge, ?changed, "forwarding allowed through the bridge in the host firewall"),
             Ok(_) => {}
             Err(e) => tracing::warn!(bridge, error = %e, "cannot allow forwarding through the bridge in the host firewall"),
         }
+        let b = bridge.to_owned();
+        match ns.run(move || guard(&b, port)) {
+            Ok(true) => tracing::info!(bridge, port, "containers kept away from the router's ports, the host from unexposed containers"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(bridge, error = %e, "cannot guard the router's ports from containers"),
+        }
     }
-    apply(&ns, &bridge);
+    apply(&ns, &bridge, port);
     Ok(tokio::spawn(async move {
         loop {
             if let Err(e) = changes.next().await {
@@ -336,9 +342,134 @@ pub fn follow(ns: crate::netlink::Netns, bridge: String) -> io::Result<tokio::ta
                 return;
             }
             let (ns, bridge) = (ns.clone(), bridge.clone());
-            let _ = tokio::task::spawn_blocking(move || apply(&ns, &bridge)).await;
+            let _ = tokio::task::spawn_blocking(move || apply(&ns, &bridge, port)).await;
         }
     }))
+}
+
+/// Our table keeping the bridge's containers and the host apart (family
+/// `inet`).
+const GUARD_TABLE: &str = "weave-guard";
+
+/// Keep containers on `bridge` away from the router, and the host away from
+/// containers it has not exposed (as Weave's `INPUT` drops for its ports
+/// and its "no host access before expose"): nothing arriving from the
+/// bridge reaches TCP or UDP `port` or `port + 1` (control, sleeve, fast
+/// path, HTTP status) on any host address, nor a loopback address; and the
+/// host starts nothing towards a container outside the subnets exposed on
+/// the bridge (replies, ICMP errors and multicast still go). The table is
+/// rebuilt, in one transaction, whenever it does not hold exactly this
+/// (removed by someone, or the exposed subnets changed). Returns whether
+/// it changed.
+pub fn guard(bridge: &str, port: u16) -> io::Result<bool> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let exposed = exposed(bridge)?;
+    let signature = format!("weave-guard {bridge} {port} {}", exposed.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+    if guard_signature(GUARD_TABLE).as_deref() == Some(signature.as_str()) {
+        return Ok(false);
+    }
+    let mut b = Batch::new();
+    if inet_table_exists(GUARD_TABLE) {
+        b.delete(inet_table(GUARD_TABLE));
+    }
+    add_base_chain(&mut b, NfFamily::INet, GUARD_TABLE, "input", NfChainType::Filter, NfHook::Input, -10);
+    add_base_chain(&mut b, NfFamily::INet, GUARD_TABLE, "output", NfChainType::Filter, NfHook::Output, -10);
+    let rule = |chain: &'static str, expr: Vec<Statement<'static>>, comment: &str| {
+        NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: Cow::Borrowed(GUARD_TABLE),
+            chain: Cow::Borrowed(chain),
+            expr: Cow::Owned(expr),
+            comment: Some(Cow::Owned(comment.to_owned())),
+            ..Rule::default()
+        })
+    };
+    let port_set = || {
+        Expression::Named(NamedExpression::Set(vec![
+            nftables::expr::SetItem::Element(Expression::Number(u32::from(port))),
+            nftables::expr::SetItem::Element(Expression::Number(u32::from(port) + 1)),
+        ]))
+    };
+    let from_bridge = || ifname(MetaKey::Iifname, Operator::EQ, bridge);
+    let to_bridge = || ifname(MetaKey::Oifname, Operator::EQ, bridge);
+    // The first rule carries the signature the next call compares with.
+    for (i, proto) in ["tcp", "udp"].into_iter().enumerate() {
+        let dport = Statement::Match(Match { left: crate::expose::field(proto, "dport"), right: port_set(), op: Operator::EQ });
+        let comment = if i == 0 { signature.clone() } else { format!("weave-guard {bridge}: router ports") };
+        b.add(rule("input", vec![from_bridge(), dport, counter(), Statement::Drop(None)], &comment));
+    }
+    let loopback = Statement::Match(Match {
+        left: crate::expose::field("ip", "daddr"),
+        right: crate::expose::prefix("127.0.0.0/8".parse().expect("valid")),
+        op: Operator::EQ,
+    });
+    b.add(rule("input", vec![from_bridge(), loopback, counter(), Statement::Drop(None)], &format!("weave-guard {bridge}: loopback")));
+    let ct_state = Statement::Match(Match {
+        left: Expression::Named(NamedExpression::CT(CT { key: Cow::Borrowed("state"), family: None, dir: None })),
+        right: Expression::List(vec![Expression::String(Cow::Borrowed("established")), Expression::String(Cow::Borrowed("related"))]),
+        op: Operator::IN,
+    });
+    b.add(rule("output", vec![to_bridge(), ct_state, Statement::Accept(None)], &format!("weave-guard {bridge}: replies")));
+    let mut open: Vec<IpNet> = exposed.iter().map(|n| IpNet::V4(*n)).collect();
+    open.push("224.0.0.0/4".parse().expect("valid"));
+    open.push("255.255.255.255/32".parse().expect("valid"));
+    for net in open {
+        let to = Statement::Match(Match { left: crate::expose::field("ip", "daddr"), right: crate::expose::prefix(net), op: Operator::EQ });
+        b.add(rule("output", vec![to_bridge(), to, Statement::Accept(None)], &format!("weave-guard {bridge}: {net}")));
+    }
+    let v4 = Statement::Match(Match {
+        left: Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Nfproto })),
+        right: Expression::String(Cow::Borrowed("ipv4")),
+        op: Operator::EQ,
+    });
+    b.add(rule("output", vec![to_bridge(), v4, counter(), Statement::Drop(None)], &format!("weave-guard {bridge}: not exposed")));
+    nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_io)?;
+    Ok(true)
+}
+
+/// Counts what a drop rule drops (`nft list table inet weave-guard`).
+fn counter() -> Statement<'static> {
+    Statement::Counter(nftables::stmt::Counter::Anonymous(None))
+}
+
+/// The signature comment of our guard table, if it is there whole.
+fn guard_signature(table: &str) -> Option<String> {
+    let listed = nftables::helper::get_current_ruleset_with_args(nftables::helper::DEFAULT_NFT, ["list", "table", "inet", table]).ok()?;
+    let mut rules = 0;
+    let mut sig = None;
+    for o in listed.objects.iter() {
+        if let NfObject::ListObject(NfListObject::Rule(r)) = o {
+            rules += 1;
+            if let Some(c) = r.comment.as_deref().filter(|c| c.starts_with("weave-guard ") && !c.contains(':')) {
+                sig = Some(c.to_owned());
+            }
+        }
+    }
+    // A table someone emptied or trimmed is rebuilt.
+    (rules >= 5).then_some(sig).flatten()
+}
+
+/// Remove [`guard`]'s table (reset). Returns whether there was one.
+pub fn withdraw_guard() -> io::Result<bool> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !inet_table_exists(GUARD_TABLE) {
+        return Ok(false);
+    }
+    let mut b = Batch::new();
+    b.delete(inet_table(GUARD_TABLE));
+    nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_io)?;
+    Ok(true)
+}
+
+/// Bring [`guard`]'s table up to date with what is exposed now, if there
+/// is one (after `expose` and `hide`; the port is read from it).
+pub fn refresh_guard(bridge: &str) -> io::Result<bool> {
+    let Some(sig) = guard_signature(GUARD_TABLE) else { return Ok(false) };
+    let mut words = sig.split(' ').skip(1);
+    match (words.next(), words.next().and_then(|p| p.parse::<u16>().ok())) {
+        (Some(b), Some(port)) if b == bridge => guard(bridge, port),
+        _ => Ok(false),
+    }
 }
 
 /// Our table guarding the VXLAN port (family `inet`).

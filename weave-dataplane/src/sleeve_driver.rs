@@ -363,7 +363,7 @@ impl SleeveDataplane {
         let driver = SleeveDriver::start(Sleeve::new(cfg.sleeve.clone()), &cfg.netns, TAP_NAME, cfg.listen)?;
         restore_bridge(nl, &cfg.bridge, cfg.mtu).await?;
         let watchdog = tokio::spawn(watchdog(nl.clone(), cfg.bridge.clone(), cfg.mtu));
-        let firewall = crate::firewall::follow(cfg.netns.clone(), cfg.bridge.clone())
+        let firewall = crate::firewall::follow(cfg.netns.clone(), cfg.bridge.clone(), cfg.listen.port())
             .map_err(|source| crate::PlumbError { op: "follow the host firewall".into(), source })?;
         Ok(Self { driver, watchdog, firewall })
     }
