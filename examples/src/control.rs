@@ -130,7 +130,9 @@ pub(crate) fn status_of(router: &Router, s: &weave_gossip::driver::Status) -> pb
                 info: c.info.clone(),
                 peer_name: c.peer.as_ref().map(|(n, _)| n.to_string()).unwrap_or_default(),
                 peer_nickname: c.peer.as_ref().map(|(_, k)| k.clone()).unwrap_or_default(),
-                encrypted: c.encrypted,
+                // Encrypted only if its data is too: over a trusted subnet
+                // the control traffic is sealed but the data is not.
+                encrypted: c.encrypted && path.is_none_or(|p| p.encrypted),
                 path: match path {
                     Some(p) if p.fastpath => "fastdp".into(),
                     _ => "sleeve".into(),

@@ -141,7 +141,7 @@ pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
     Ok(out)
 }
 
-async fn handle(router: Arc<Router>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(router: Arc<Router>, only_metrics: bool, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |code: StatusCode, ctype: &str, body: String| {
         Response::builder().status(code).header("content-type", ctype).body(Full::new(Bytes::from(body))).expect("valid response")
     };
@@ -149,6 +149,10 @@ async fn handle(router: Arc<Router>, req: Request<hyper::body::Incoming>) -> Res
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "read-only\n".into()));
     }
     let r = match req.uri().path() {
+        // The metrics address serves Prometheus only (Weave's
+        // `--metrics-addr`): no report with its addresses and names.
+        "/metrics" if only_metrics => metrics(&router).await.map(|m| ("text/plain; version=0.0.4", m)),
+        _ if only_metrics => return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "not found: /metrics\n".into())),
         "/status" => control::status_and_report(&router).await.map(|(s, rep)| ("text/plain; charset=utf-8", control::render_status(&s, &rep))),
         "/report" => control::report(&router).await.map(|v| ("application/json", serde_json::to_string_pretty(&v).unwrap_or_default())),
         "/metrics" => metrics(&router).await.map(|m| ("text/plain; version=0.0.4", m)),
@@ -160,14 +164,14 @@ async fn handle(router: Arc<Router>, req: Request<hyper::body::Incoming>) -> Res
     })
 }
 
-/// Serve until the task is dropped.
-pub async fn serve(router: Arc<Router>, addr: SocketAddr) -> std::io::Result<()> {
+/// Serve until the task is dropped; with `only_metrics`, just `/metrics`.
+pub async fn serve(router: Arc<Router>, addr: SocketAddr, only_metrics: bool) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         let router = router.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(router.clone(), req));
+            let svc = hyper::service::service_fn(move |req| handle(router.clone(), only_metrics, req));
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
         });
     }

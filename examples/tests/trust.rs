@@ -75,3 +75,53 @@ fn containers_never_reach_router_ports_and_the_host_reaches_only_what_it_exposes
     ok(h.weave(1, &["reset"]));
     assert!(guard_table(&h).is_empty(), "reset removes the guard");
 }
+
+/// GET `path` from `addr` inside host `i`'s namespace.
+fn get(h: &Hosts, i: usize, addr: &str, path: &str) -> String {
+    let ns = weave_dataplane::netlink::Netns::named(&h.name(&format!("h{i}")));
+    let (addr, path) = (addr.to_owned(), path.to_owned());
+    ns.run(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr.as_str())?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: weave\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .expect("HTTP GET")
+}
+
+#[test]
+fn the_password_stays_out_of_argv_trusted_subnets_say_unencrypted_and_metrics_serve_only_metrics() {
+    if !require_root() {
+        return;
+    }
+    let h = Hosts::new();
+    let secret = "correct-horse-battery-staple";
+    for i in [1, 2] {
+        let name = format!("::{i}");
+        let mut a =
+            vec!["launch", "--name", &name, "--password", secret, "--trusted-subnets", "10.99.0.0/24", "--no-docker", "--metrics-addr", "127.0.0.1:6782"];
+        if i == 2 {
+            a.push("10.99.0.1");
+        }
+        ok(h.weave(i, &a));
+    }
+    // No process the router runs shows the password in its arguments.
+    let pid = std::fs::read_to_string(h.state(1).join("weave.pid")).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(secret), "the password is in the router's command line");
+    assert!(!String::from_utf8_lossy(&cmdline).contains("--password"), "{}", String::from_utf8_lossy(&cmdline));
+
+    // Over a trusted subnet the data is not encrypted, and status says so.
+    eventually(15, "the hosts connect", || ok(h.weave(2, &["status", "connections"])).contains("established"));
+    let conns = ok(h.weave(2, &["status", "connections"]));
+    assert!(conns.contains("unencrypted") && !conns.contains(" encrypted"), "{conns}");
+
+    // The metrics address serves the metrics, not the report.
+    assert!(get(&h, 1, "127.0.0.1:6782", "/metrics").contains("weave_connections"));
+    for path in ["/report", "/status"] {
+        assert!(get(&h, 1, "127.0.0.1:6782", path).starts_with("HTTP/1.1 404"), "{path} on the metrics address");
+    }
+    assert!(get(&h, 1, "127.0.0.1:6784", "/report").starts_with("HTTP/1.1 200"), "the status address still serves the report");
+}

@@ -169,6 +169,22 @@ enum Cmd {
     },
 }
 
+/// `args` without `--password X` / `--password=X`, and the password.
+fn without_password(args: impl Iterator<Item = String>) -> (Vec<String>, Option<String>) {
+    let (mut out, mut password) = (Vec::new(), None);
+    let mut args = args.peekable();
+    while let Some(a) = args.next() {
+        if a == "--password" {
+            password = args.next();
+        } else if let Some(p) = a.strip_prefix("--password=") {
+            password = Some(p.to_owned());
+        } else {
+            out.push(a);
+        }
+    }
+    (out, password)
+}
+
 #[derive(Args, Debug, Clone)]
 struct RouterArgs {
     /// Peer name (MAC form); default: stable per host and namespace.
@@ -482,10 +498,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             let http: Option<std::net::SocketAddr> =
                 if a.http_addr.is_empty() { None } else { Some(a.http_addr.parse().map_err(|_| Fail(format!("invalid --http-addr {}", a.http_addr)))?) };
             let router = Router::start(cfg).await.map_err(|e| Fail(format!("cannot start the router: {e}")))?;
-            for addr in http.into_iter().chain(a.metrics_addr) {
+            for (addr, only_metrics) in http.map(|a| (a, false)).into_iter().chain(a.metrics_addr.map(|a| (a, true))) {
                 let r = router.clone();
                 let listener = tokio::spawn(async move {
-                    if let Err(e) = weave_examples::http::serve(r, addr).await {
+                    if let Err(e) = weave_examples::http::serve(r, addr, only_metrics).await {
                         tracing::error!(%addr, error = %e, "HTTP server stopped");
                     }
                 });
@@ -518,7 +534,13 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             let exe = std::env::current_exe()?;
             let mut cmd = std::process::Command::new(exe);
             cmd.arg("--state-dir").arg(&state).arg("router");
-            cmd.args(std::env::args().skip_while(|x| x != "launch").skip(1));
+            // The password goes by the environment, never in the daemon's
+            // arguments (which any user can read in /proc).
+            let (args, password) = without_password(std::env::args().skip_while(|x| x != "launch").skip(1));
+            cmd.args(args);
+            if let Some(p) = password.or_else(|| a.password.clone()) {
+                cmd.env("WEAVE_PASSWORD", p);
+            }
             use std::os::unix::process::CommandExt;
             cmd.process_group(0).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
             let mut child = cmd.spawn()?;
