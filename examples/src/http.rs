@@ -164,15 +164,32 @@ async fn handle(router: Arc<Router>, only_metrics: bool, req: Request<hyper::bod
     })
 }
 
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serve until the task is dropped; with `only_metrics`, just `/metrics`.
+/// A failed accept (out of file descriptors, say) is logged and waited
+/// out, never the end of the server; a client that sends no request is
+/// dropped after [`HEADER_TIMEOUT`].
 pub async fn serve(router: Arc<Router>, addr: SocketAddr, only_metrics: bool) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "HTTP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let router = router.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(router.clone(), only_metrics, req));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

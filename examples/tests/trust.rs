@@ -83,6 +83,7 @@ fn get(h: &Hosts, i: usize, addr: &str, path: &str) -> String {
     ns.run(move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(addr.as_str())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: weave\r\nConnection: close\r\n\r\n")?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
@@ -124,4 +125,41 @@ fn the_password_stays_out_of_argv_trusted_subnets_say_unencrypted_and_metrics_se
         assert!(get(&h, 1, "127.0.0.1:6782", path).starts_with("HTTP/1.1 404"), "{path} on the metrics address");
     }
     assert!(get(&h, 1, "127.0.0.1:6784", "/report").starts_with("HTTP/1.1 200"), "the status address still serves the report");
+}
+
+/// Open `n` TCP connections to `addr` from host 1's namespace and leave
+/// them idle.
+fn idle_connections(h: &Hosts, addr: &str, n: usize) -> Vec<std::net::TcpStream> {
+    let ns = weave_dataplane::netlink::Netns::named(&h.name("h1"));
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    ns.run(move || Ok((0..n).filter_map(|_| std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).ok()).collect::<Vec<_>>())).unwrap()
+}
+
+#[test]
+fn a_thousand_idle_clients_of_dns_and_http_leave_the_router_serving() {
+    if !require_root() {
+        return;
+    }
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let mut h = Hosts::new();
+    let c1 = h.ns("c1");
+    // The router starts with the usual soft limit of 1024 open files (as
+    // under a login shell or systemd's default), whatever this machine's.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, 1024.min(hard), hard).unwrap();
+    ok(h.weave(1, &["launch", "--name", "::1", "--ipalloc-init", "consensus=1", "--no-docker"]));
+    setrlimit(Resource::RLIMIT_NOFILE, hard.max(soft), hard).unwrap();
+    ok(h.weave(1, &["attach", &c1]));
+    let dns = dns_address(&h);
+
+    let http = idle_connections(&h, "127.0.0.1:6784", 1000);
+    let tcp_dns = idle_connections(&h, &format!("{dns}:53"), 1000);
+    assert!(http.len() + tcp_dns.len() > 1900, "opened {} and {}", http.len(), tcp_dns.len());
+    // Still serving: status over HTTP, the control socket, and names.
+    assert!(get(&h, 1, "127.0.0.1:6784", "/status").starts_with("HTTP/1.1 200"), "HTTP status while 2000 clients idle");
+    assert!(ok(h.weave(1, &["status"])).contains("Peers"));
+    assert!(!ok(h.weave(1, &["dns-lookup", &c1])).trim().is_empty(), "the container's name resolves");
+    drop((http, tcp_dns));
+    // And after they are gone.
+    assert!(get(&h, 1, "127.0.0.1:6784", "/status").starts_with("HTTP/1.1 200"));
 }

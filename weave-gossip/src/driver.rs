@@ -52,6 +52,8 @@ const CONN_QUEUE_BYTES: usize = 16 << 20;
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 /// Bytes of unwritten output above which a connection stops taking messages.
 const OUTPUT_HIGH_WATER: usize = 4 << 20;
+/// Inbound handshakes in progress at most.
+const MAX_INBOUND_HANDSHAKES: usize = 64;
 /// Inbound handshake failures remembered for status.
 const FAILURES_KEPT: usize = 16;
 
@@ -70,7 +72,7 @@ pub struct DriverConfig {
     pub initial_peers: Vec<String>,
     /// Limit on a dial (default 10 s).
     pub dial_timeout: Duration,
-    /// Limit on a handshake (default 10 s).
+    /// Limit on a handshake (default 5 s).
     pub handshake_timeout: Duration,
     /// Accepted connections allowed in a burst (default 20).
     pub accept_burst: u32,
@@ -88,7 +90,7 @@ impl DriverConfig {
             listen,
             initial_peers: Vec::new(),
             dial_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             accept_burst: 20,
             accept_per_sec: 10.0,
         }
@@ -825,29 +827,68 @@ impl Driver {
     }
 }
 
+/// A token bucket: `burst` tokens, refilled at `rate` per second.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant, burst: f64, rate: f64) -> bool {
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(burst);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// Accepted connections one source address may open in a burst, and per
+/// second after: a flood from one address cannot use up the global budget
+/// other peers need.
+const PER_SOURCE_BURST: f64 = 16.0;
+const PER_SOURCE_RATE: f64 = 2.0;
+/// Source addresses whose buckets are remembered at most.
+const SOURCES_KEPT: usize = 4096;
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let burst = f64::from(shared.cfg.accept_burst.max(1));
-    let mut tokens = burst;
-    let mut last = Instant::now();
+    let mut global = Bucket { tokens: burst, last: Instant::now() };
+    let mut sources: HashMap<std::net::IpAddr, Bucket> = HashMap::new();
     loop {
         let (stream, socket) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
+                // Out of file descriptors, most likely: wait, and go on.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let now = Instant::now();
-        tokens = (tokens + now.duration_since(last).as_secs_f64() * shared.cfg.accept_per_sec).min(burst);
-        last = now;
-        if tokens < 1.0 {
+        if sources.len() >= SOURCES_KEPT {
+            // Forget sources whose buckets are full again.
+            sources.retain(|_, b| now.duration_since(b.last).as_secs_f64() * PER_SOURCE_RATE < PER_SOURCE_BURST);
+        }
+        let source = sources.entry(socket.ip()).or_insert(Bucket { tokens: PER_SOURCE_BURST, last: now });
+        if !source.take(now, PER_SOURCE_BURST, PER_SOURCE_RATE) {
+            tracing::debug!(%socket, "refusing connection: too many from this address");
+            continue;
+        }
+        if !global.take(now, burst, shared.cfg.accept_per_sec) {
             tracing::warn!(%socket, "refusing connection: accept rate limit");
             continue;
         }
-        tokens -= 1.0;
-        if shared.live.load(Ordering::Relaxed) >= shared.cfg.conn_maker.conn_limit {
-            tracing::warn!(%socket, limit = shared.cfg.conn_maker.conn_limit, "refusing connection: connection limit reached");
+        // Handshakes in progress have a budget of their own: half-open
+        // connections must not crowd out established peers.
+        let limit = shared.cfg.conn_maker.conn_limit;
+        let handshaking = shared.inbound.load(Ordering::Relaxed);
+        let established = shared.live.load(Ordering::Relaxed).saturating_sub(handshaking);
+        if established >= limit || handshaking >= MAX_INBOUND_HANDSHAKES {
+            tracing::warn!(%socket, limit, handshaking, "refusing connection: connection limit reached");
             continue;
         }
         shared.inbound.fetch_add(1, Ordering::Relaxed);

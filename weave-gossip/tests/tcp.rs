@@ -19,10 +19,11 @@ struct Opts {
     password: Option<&'static str>,
     discovery: bool,
     versions: (u8, u8),
+    conn_limit: usize,
 }
 
 fn opts(name: u64) -> Opts {
-    Opts { name, uid: 1000 + name, password: None, discovery: false, versions: (1, 1) }
+    Opts { name, uid: 1000 + name, password: None, discovery: false, versions: (1, 1), conn_limit: 200 }
 }
 
 async fn start(o: Opts) -> MeshHandle {
@@ -32,6 +33,7 @@ async fn start(o: Opts) -> MeshHandle {
     m.anti_entropy_interval = Duration::from_millis(500);
     let mut cfg = DriverConfig::new(m, "127.0.0.1:0".parse().unwrap());
     cfg.conn_maker.discovery = o.discovery;
+    cfg.conn_maker.conn_limit = o.conn_limit;
     cfg.conn_maker.backoff_initial = Duration::from_millis(100);
     cfg.conn_maker.backoff_max = Duration::from_millis(500);
     cfg.link =
@@ -298,4 +300,47 @@ async fn hostile_input_closes_only_that_connection() {
     for h in [a, b] {
         h.shutdown().await;
     }
+}
+
+/// An attacker on 127.0.0.2 opens connections as fast as it can and
+/// leaves them half-open (no handshake). A peer on 127.0.0.1 still
+/// connects within 5 s: the flood spends only its own address's budget,
+/// and half-open handshakes do not count against established peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_flood_from_one_address_does_not_keep_a_peer_out() {
+    // A small limit, as on a host with few peers: half-open connections
+    // counted against it would fill it.
+    let (a, b) = (start(Opts { conn_limit: 20, ..opts(1) }).await, start(opts(2)).await);
+    let target = a.local_addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(200), s.connect(target)).await {
+                    held.push(c);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            held.len()
+        })
+    };
+    // Let the flood use up what it can first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = tokio::time::Instant::now();
+    connect(&b, &a).await;
+    loop {
+        let s = b.status().await.unwrap();
+        if s.connections.iter().any(|c| c.state == ConnectionState::Established) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the peer did not get in within 5 s of a flood: {:?}", s.connections);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened = flood.await.unwrap();
+    assert!(opened > 100, "the flood opened {opened} connections");
 }

@@ -169,6 +169,22 @@ enum Cmd {
     },
 }
 
+/// Raise the soft limit on open files to the hard limit: a router holds a
+/// socket per peer, per DNS and HTTP client, and idle clients by the
+/// thousand must not starve it (the soft limit is often 1024).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 /// `args` without `--password X` / `--password=X`, and the password.
 fn without_password(args: impl Iterator<Item = String>) -> (Vec<String>, Option<String>) {
     let (mut out, mut password) = (Vec::new(), None);
@@ -497,6 +513,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             }
             let http: Option<std::net::SocketAddr> =
                 if a.http_addr.is_empty() { None } else { Some(a.http_addr.parse().map_err(|_| Fail(format!("invalid --http-addr {}", a.http_addr)))?) };
+            raise_fd_limit();
             let router = Router::start(cfg).await.map_err(|e| Fail(format!("cannot start the router: {e}")))?;
             for (addr, only_metrics) in http.map(|a| (a, false)).into_iter().chain(a.metrics_addr.map(|a| (a, true))) {
                 let r = router.clone();
