@@ -170,7 +170,7 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Serve until the task is dropped; with `only_metrics`, just `/metrics`.
 /// A failed accept (out of file descriptors, say) is logged and waited
 /// out, never the end of the server; a client that sends no request is
-/// dropped after [`HEADER_TIMEOUT`].
+/// dropped after 5 s.
 pub async fn serve(router: Arc<Router>, addr: SocketAddr, only_metrics: bool) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     loop {

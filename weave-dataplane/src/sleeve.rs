@@ -283,6 +283,8 @@ pub enum DropReason {
     Reassembly,
     /// A source address not learnt: the MAC table is full.
     MacTableFull,
+    /// Unauthenticated, from an address other than the peer's.
+    WrongSource,
 }
 
 /// Why a peer's frames travel by the sleeve rather than the fast path.
@@ -341,6 +343,7 @@ impl DropReason {
             Self::Runt => "runt",
             Self::Reassembly => "reassembly",
             Self::MacTableFull => "mac_table_full",
+            Self::WrongSource => "wrong_source",
         }
     }
 }
@@ -861,22 +864,30 @@ impl Sleeve {
         let Some(p) = self.peers.get_mut(&h.sender) else {
             return self.drop(DropReason::UnknownPeer);
         };
-        let body_end = match (&mut p.crypto, h.encrypted) {
+        let (body_end, authenticated) = match (&mut p.crypto, h.encrypted) {
             (Some((_, o)), true) => {
                 let (aad, rest) = data.split_at_mut(HEADER_LEN);
                 match o.open(h.counter, aad, rest) {
-                    Ok(n) => HEADER_LEN + n,
+                    Ok(n) => (HEADER_LEN + n, true),
                     Err(crate::crypto::OpenError::Replay) => return self.drop(DropReason::Replay),
                     Err(_) => return self.drop(DropReason::Auth),
                 }
             }
-            (None, false) => data.len(),
+            (None, false) => (data.len(), false),
             // Plain data from an encrypting peer only across trusted
             // subnets, and never heartbeats (they carry the trust itself).
-            (Some(_), false) if h.kind == Kind::Frames && trusted_src && p.trusts_us => data.len(),
+            (Some(_), false) if h.kind == Kind::Frames && trusted_src && p.trusts_us => (data.len(), false),
             (Some(_), false) => return self.drop(DropReason::Plaintext),
             (None, true) => return self.drop(DropReason::Auth),
         };
+        // Anyone can write a peer's name in a plain datagram: unless it is
+        // authenticated, it must come from the peer's host (the address of
+        // its mesh connection; the port may differ, as for an inbound
+        // connection's guess). Only an authenticated datagram moves the
+        // peer to another host (NAT rebinding).
+        if !authenticated && from.ip().to_canonical() != p.addr.ip().to_canonical() {
+            return self.drop(DropReason::WrongSource);
+        }
         if p.addr != from {
             if p.confirmed {
                 tracing::info!(peer = %h.sender, old = %p.addr, new = %from, "peer's UDP address changed");

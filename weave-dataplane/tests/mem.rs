@@ -299,8 +299,9 @@ fn trusted_subnets_skip_encryption_only_when_both_ends_trust() {
 
 #[test]
 fn a_wrong_address_guess_is_corrected_by_the_peers_heartbeats() {
-    // Host 2 was dialled, and guesses host 1's UDP address wrongly (as
-    // behind NAT); host 1's heartbeats teach it the right one.
+    // Host 2 was dialled, and guesses host 1's UDP port wrongly (as
+    // behind NAT: the host is right, the port is not); host 1's heartbeats
+    // teach it the right one.
     let net = MemNet::new(5);
     let h1 = MemDataplane::new(net.clone(), addr(1), SleeveConfig::new(n(1), 6783));
     let h2 = MemDataplane::new(net.clone(), addr(2), SleeveConfig::new(n(2), 6783));
@@ -308,7 +309,7 @@ fn a_wrong_address_guess_is_corrected_by_the_peers_heartbeats() {
     h1.set_routes(&Routes::from_links(n(1), &routes));
     h2.set_routes(&Routes::from_links(n(2), &routes));
     h1.connection_up(n(2), addr(2), true, None).unwrap();
-    h2.connection_up(n(1), "10.9.9.9:40000".parse().unwrap(), true, None).unwrap();
+    h2.connection_up(n(1), "10.0.0.1:40000".parse().unwrap(), true, None).unwrap();
     let mut now = Instant::now();
     for _ in 0..30 {
         now += Duration::from_millis(10);
@@ -377,4 +378,27 @@ fn fast_path_neighbours_get_broadcasts_only_to_relay() {
     c.net.capture();
     c.host(1).send_frame(c.now, &frame([0xff; 6], mac(1), b"bcast"));
     assert!(c.net.captured().is_empty());
+}
+
+#[test]
+fn a_plain_datagram_in_a_peers_name_from_another_host_moves_nothing() {
+    // Host 9 is not a peer; its sleeve calls itself host 2 and heartbeats
+    // host 1. In plain mode nothing is authenticated: host 1 must keep
+    // host 2 where its connection is, and keep talking to it there.
+    let mut c = Cluster::new(2, &[(1, 2)], false);
+    let liar = MemDataplane::new(c.net.clone(), addr(9), SleeveConfig::new(n(2), 6783));
+    liar.set_routes(&Routes::from_links(n(2), &[(n(1), n(2))]));
+    liar.connection_up(n(1), addr(1), true, None).unwrap();
+    c.run(Duration::from_millis(300));
+    for _ in 0..30 {
+        c.now += Duration::from_millis(10);
+        liar.poll(c.now);
+        c.run(Duration::from_millis(10));
+    }
+    assert_eq!(c.host(1).paths()[0].addr, addr(2), "the peer's address moved to the liar's");
+    assert!(c.host(1).core().drops().iter().any(|(r, n)| *r == DropReason::WrongSource && *n > 0));
+    c.host(1).send_frame(c.now, &frame(mac(2), mac(1), b"still to host 2"));
+    c.run(Duration::from_millis(100));
+    let got = c.delivered();
+    assert!(got[1].iter().any(|f| f.ends_with(b"still to host 2")), "{got:?}");
 }
