@@ -325,7 +325,7 @@ fn after_forget_of_the_only_connection_containers_no_longer_reach_each_other() {
     if !require_root() {
         return;
     }
-    for extra in [None, Some("--no-fastdp=true")] {
+    for extra in [None, Some("--no-fastdp")] {
         let mut h = Hosts::new();
         let (c1, c2) = (h.ns("c1"), h.ns("c2"));
         let launch_with = |i: usize, peer: Option<&str>| {

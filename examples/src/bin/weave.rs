@@ -169,6 +169,16 @@ enum Cmd {
     },
 }
 
+/// A `--log-level` as tracing's filter takes it: Weave's words (`warning`,
+/// `fatal`, `panic`) mapped to tracing's levels.
+fn log_filter(level: &str) -> &str {
+    match level.to_ascii_lowercase().as_str() {
+        "warning" => "warn",
+        "fatal" | "panic" => "error",
+        _ => level,
+    }
+}
+
 /// Raise the soft limit on open files to the hard limit: a router holds a
 /// socket per peer, per DNS and HTTP client, and idle clients by the
 /// thousand must not starve it (the soft limit is often 1024).
@@ -216,7 +226,7 @@ struct RouterArgs {
     #[arg(long, value_delimiter = ',')]
     trusted_subnets: Vec<ipnet::IpNet>,
     /// Router port.
-    #[arg(long, default_value_t = 6783)]
+    #[arg(long, env = "WEAVE_PORT", default_value_t = 6783)]
     port: u16,
     /// Bind address.
     #[arg(long, default_value = "0.0.0.0")]
@@ -224,7 +234,7 @@ struct RouterArgs {
     /// Do not dial peers learnt through gossip.
     #[arg(long)]
     no_discovery: bool,
-    /// Connection limit.
+    /// Connection limit (0: none, as in Weave).
     #[arg(long, default_value_t = 200)]
     conn_limit: usize,
     /// IPAM range (empty: no IPAM).
@@ -236,13 +246,14 @@ struct RouterArgs {
     /// consensus[=N] | seed=NAME,... | observer
     #[arg(long)]
     ipalloc_init: Option<String>,
-    /// Use only the sleeve.
-    #[arg(long, env = "WEAVE_NO_FASTDP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    /// Use only the sleeve (a flag: it takes no value, so a peer after it
+    /// stays a peer).
+    #[arg(long, env = "WEAVE_NO_FASTDP")]
     no_fastdp: bool,
     /// Overlay MTU.
     #[arg(long, env = "WEAVE_MTU", default_value_t = 1376)]
     mtu: u32,
-    /// Log level.
+    /// Log level: debug, info, warning (or warn), error.
     #[arg(long, default_value = "info")]
     log_level: String,
     /// Connect to the targets of the last run (kept in the state directory).
@@ -265,18 +276,21 @@ struct RouterArgs {
     #[arg(long, value_delimiter = ',')]
     dns_upstream: Vec<std::net::SocketAddr>,
     /// Read-only HTTP (/status, /report, /metrics); empty disables it.
-    #[arg(long, default_value = "127.0.0.1:6784")]
+    /// Weave's `--status-addr`, `WEAVE_STATUS_ADDR` and `WEAVE_HTTP_ADDR`
+    /// say the same.
+    #[arg(long, visible_alias = "status-addr", env = "WEAVE_STATUS_ADDR", default_value = "127.0.0.1:6784")]
     http_addr: String,
     /// Also serve /metrics here (default: off).
-    #[arg(long)]
+    #[arg(long, env = "WEAVE_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
     /// resolv.conf to take upstream resolvers from.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
     /// Serve the Docker network plugin (default: when Docker answers and
-    /// the router runs in the host's own network namespace, as dockerd).
-    #[arg(long, conflicts_with = "no_plugin")]
-    plugin: bool,
+    /// the router runs in the host's own network namespace, as dockerd);
+    /// `--plugin=false` as `--no-plugin`.
+    #[arg(long, conflicts_with = "no_plugin", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    plugin: Option<bool>,
     /// Do not serve the Docker network plugin.
     #[arg(long)]
     no_plugin: bool,
@@ -371,6 +385,9 @@ fn init_mode(spec: Option<&str>, peers: usize) -> Result<InitMode, Fail> {
 
 fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail> {
     let mut peers = a.peers.clone();
+    if a.resume && !peers.is_empty() {
+        return Err(Fail("--resume connects to the peers of the last run: give no peers with it".into()));
+    }
     if a.resume {
         let saved = std::fs::read_to_string(Router::targets_file(state_dir)).unwrap_or_default();
         for t in saved.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -394,8 +411,12 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
         std::env::var("DOCKER_HOST").ok().and_then(|h| h.strip_prefix("unix://").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
     let same_ns = |a: &str, b: &str| matches!((std::fs::metadata(a), std::fs::metadata(b)), (Ok(x), Ok(y)) if { use std::os::unix::fs::MetadataExt; x.ino() == y.ino() && x.dev() == y.dev() });
     let dockerd_ns = weave_examples::docker::daemon_pid().map(|p| format!("/proc/{p}/ns/net"));
-    let plugin = !a.no_plugin && !a.no_docker && (a.plugin || (docker_sock.exists() && dockerd_ns.is_some_and(|d| same_ns("/proc/self/ns/net", &d))));
-    if a.plugin && range.is_none() {
+    let forced = a.plugin == Some(true);
+    let plugin = !a.no_plugin
+        && a.plugin != Some(false)
+        && !a.no_docker
+        && (forced || (docker_sock.exists() && dockerd_ns.is_some_and(|d| same_ns("/proc/self/ns/net", &d))));
+    if forced && range.is_none() {
         return Err(Fail("--plugin needs IPAM: give an --ipalloc-range".into()));
     }
     if !weave_dataplane::netlink::valid_ifname(&a.plugin_name) {
@@ -412,7 +433,7 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
         port: a.port,
         host: a.host,
         discovery: !a.no_discovery,
-        conn_limit: a.conn_limit,
+        conn_limit: if a.conn_limit == 0 { usize::MAX } else { a.conn_limit },
         peers: peers.clone(),
         ipalloc_range: range,
         ipalloc_default_subnet: a.ipalloc_default_subnet,
@@ -504,15 +525,24 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 .log_internal_errors(false)
                 // hickory-server logs every query at info: keep it to warnings.
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_new(format!("{},hickory_server=warn", a.log_level))
+                    tracing_subscriber::EnvFilter::try_new(format!("{},hickory_server=warn", log_filter(&a.log_level)))
                         .map_err(|e| Fail(format!("invalid --log-level: {e}")))?,
                 )
                 .init();
             if running(&state).await.is_some() {
                 return Err(Fail(format!("a router is already running with state in {}; 'weave stop' it first", state.display())));
             }
-            let http: Option<std::net::SocketAddr> =
-                if a.http_addr.is_empty() { None } else { Some(a.http_addr.parse().map_err(|_| Fail(format!("invalid --http-addr {}", a.http_addr)))?) };
+            let http: Option<std::net::SocketAddr> = {
+                // Weave's older name for the status address, when nothing newer says otherwise.
+                let from_env =
+                    std::env::var("WEAVE_HTTP_ADDR").ok().filter(|_| std::env::var_os("WEAVE_STATUS_ADDR").is_none() && a.http_addr == "127.0.0.1:6784");
+                let addr = from_env.unwrap_or_else(|| a.http_addr.clone());
+                if addr.is_empty() {
+                    None
+                } else {
+                    Some(addr.parse().map_err(|_| Fail(format!("invalid --http-addr {addr}")))?)
+                }
+            };
             raise_fd_limit();
             let router = Router::start(cfg).await.map_err(|e| Fail(format!("cannot start the router: {e}")))?;
             for (addr, only_metrics) in http.map(|a| (a, false)).into_iter().chain(a.metrics_addr.map(|a| (a, true))) {
@@ -801,6 +831,31 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn launch(args: &[&str]) -> RouterArgs {
+        let cli = Cli::try_parse_from(["weave", "launch"].iter().chain(args)).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.cmd {
+            Cmd::Launch(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn weave_launch_arguments_read_as_weave_reads_them() {
+        // A boolean flag never takes the next word as its value.
+        let a = launch(&["--no-fastdp", "192.0.2.1"]);
+        assert!(a.no_fastdp);
+        assert_eq!(a.peers, ["192.0.2.1"]);
+        let a = launch(&["--plugin", "192.0.2.1"]);
+        assert_eq!((a.plugin, a.peers.as_slice()), (Some(true), ["192.0.2.1".to_owned()].as_slice()));
+        assert_eq!(launch(&["--plugin=false"]).plugin, Some(false));
+        assert_eq!(launch(&["--status-addr", "0.0.0.0:6784"]).http_addr, "0.0.0.0:6784");
+        assert_eq!(log_filter("warning"), "warn");
+        assert_eq!(log_filter("debug"), "debug");
+        let dir = std::env::temp_dir();
+        assert_eq!(router_config(&dir, &launch(&["--conn-limit", "0", "--no-docker"])).map(|c| c.conn_limit).ok(), Some(usize::MAX));
+        assert!(router_config(&dir, &launch(&["--resume", "192.0.2.1", "--no-docker"])).is_err(), "--resume with peers is refused");
     }
 
     #[test]
