@@ -273,7 +273,7 @@ fn the_orchestrator_example_allocates_names_and_pings_by_name() {
 }
 
 #[test]
-fn the_default_peer_name_is_stable_per_host_and_conn_limit_refuses() {
+fn the_default_peer_name_is_stable_per_host_and_conn_limit_zero_is_no_limit() {
     if !require_root() {
         return;
     }
@@ -284,24 +284,15 @@ fn the_default_peer_name_is_stable_per_host_and_conn_limit_refuses() {
     ok(h.weave(1, &["stop"]));
     assert_eq!(ok(h.weave(1, &["launch", "--ipalloc-range", "", "--no-dns"])).trim(), n1);
     ok(h.weave(1, &["stop"]));
-    // --conn-limit: host 1 takes no connection at all, so host 2's attempts
-    // are refused and it reports the target as not established.
+    // --conn-limit 0 means no limit, as in Weave (not "refuse all").
     ok(h.weave(1, &["launch", "--ipalloc-range", "", "--no-dns", "--conn-limit", "0"]));
     let n2 = ok(h.weave(2, &["launch", "--ipalloc-range", "", "--no-dns", "10.99.0.1"])).trim().to_owned();
     assert_ne!(n1, n2);
     let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let conns = ok(h.weave(2, &["status", "connections"]));
-        let line = conns.lines().find(|l| l.contains("10.99.0.1:6783")).unwrap_or_default().to_owned();
-        if line.contains("retrying") || line.contains("failed") {
-            break;
-        }
-        assert!(Instant::now() < end, "host 2's connection to the full host 1 is refused: {conns}");
+    while !ok(h.weave(1, &["status"])).contains("(1 established)") {
+        assert!(Instant::now() < end, "host 2 connects to host 1 under --conn-limit 0: {}", ok(h.weave(1, &["status"])));
         std::thread::sleep(Duration::from_millis(200));
     }
-    let st = ok(h.weave(1, &["status"]));
-    assert!(st.contains("    Connections: 0 (0 established)"), "{st}");
-    assert!(!ok(h.weave(2, &["status"])).contains("1 established"));
     for i in 1..=2 {
         ok(h.weave(i, &["reset"]));
     }
