@@ -296,15 +296,30 @@ impl pb::control_server::Control for Service {
 
     async fn detach(&self, r: Request<pb::DetachRequest>) -> Result<Response<pb::DetachReply>, Status> {
         let r = r.into_inner();
-        let addrs = r
-            .addrs
-            .iter()
-            .map(|a| match a.parse::<AddrSpec>() {
-                Ok(AddrSpec::Exact(n)) => Ok(n),
-                _ => a.parse::<std::net::Ipv4Addr>().map(|ip| ipnet::Ipv4Net::new(ip, 32).expect("/32")).map_err(|_| format!("invalid address {a:?}")),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Status::invalid_argument)?;
+        let mut addrs = Vec::new();
+        for a in &r.addrs {
+            // A subnet (net:CIDR, net:default) means the container's
+            // addresses in it.
+            let subnet = match a.parse::<AddrSpec>() {
+                Ok(AddrSpec::Exact(n)) => {
+                    addrs.push(n);
+                    continue;
+                }
+                Ok(AddrSpec::Subnet(s)) => s,
+                Ok(AddrSpec::Default) => self.router.default_subnet().ok_or_else(|| Status::failed_precondition("IPAM is disabled: no default subnet"))?,
+                Err(_) => {
+                    let ip = a.parse::<std::net::Ipv4Addr>().map_err(|_| Status::invalid_argument(format!("invalid address {a:?}")))?;
+                    addrs.push(ipnet::Ipv4Net::new(ip, 32).expect("/32"));
+                    continue;
+                }
+            };
+            let inside: Vec<ipnet::Ipv4Net> =
+                self.router.addresses_of(&r.container).await.map_err(to_status)?.into_iter().filter(|c| subnet.contains(&c.addr())).collect();
+            if inside.is_empty() {
+                return Err(Status::not_found(format!("{} has no address in {subnet}", r.container)));
+            }
+            addrs.extend(inside);
+        }
         let cidrs = self.router.detach(&r.container, &addrs).await.map_err(to_status)?;
         Ok(Response::new(pb::DetachReply { cidrs: cidrs.iter().map(ToString::to_string).collect() }))
     }
@@ -348,15 +363,30 @@ impl pb::control_server::Control for Service {
     }
 
     async fn hide(&self, r: Request<pb::HideRequest>) -> Result<Response<pb::ExposeReply>, Status> {
-        let addrs = r
-            .into_inner()
-            .addrs
-            .iter()
-            .map(|a| {
-                let ip = a.strip_prefix("ip:").unwrap_or(a);
-                ip.split('/').next().unwrap_or(ip).parse::<std::net::Ipv4Addr>().map_err(|_| Status::invalid_argument(format!("invalid address {a:?}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        // An empty list hides everything; a subnet with nothing exposed in
+        // it hides nothing.
+        let r_was_empty = r.get_ref().addrs.is_empty();
+        let mut addrs = Vec::new();
+        for a in r.into_inner().addrs {
+            // A subnet means the host's addresses exposed in it.
+            let subnet = match a.parse::<AddrSpec>() {
+                Ok(AddrSpec::Subnet(s)) => Some(s),
+                Ok(AddrSpec::Default) => self.router.default_subnet(),
+                _ => None,
+            };
+            if let Some(subnet) = subnet {
+                let (exposed, _) = self.router.exposed().await.map_err(to_status)?;
+                addrs.extend(exposed.iter().filter(|e| subnet.contains(&e.addr())).map(ipnet::Ipv4Net::addr));
+                continue;
+            }
+            let ip = a.strip_prefix("ip:").unwrap_or(&a);
+            addrs.push(
+                ip.split('/').next().unwrap_or(ip).parse::<std::net::Ipv4Addr>().map_err(|_| Status::invalid_argument(format!("invalid address {a:?}")))?,
+            );
+        }
+        if addrs.is_empty() && !r_was_empty {
+            return Ok(Response::new(pb::ExposeReply { cidrs: Vec::new() }));
+        }
         let cidrs = self.router.hide(&addrs).await.map_err(to_status)?;
         Ok(Response::new(pb::ExposeReply { cidrs: cidrs.iter().map(ToString::to_string).collect() }))
     }

@@ -297,3 +297,38 @@ fn the_default_peer_name_is_stable_per_host_and_conn_limit_zero_is_no_limit() {
         ok(h.weave(i, &["reset"]));
     }
 }
+
+/// Weave's address grammar (its test 500_weave_multi_cidr): a subnet is
+/// given by its network address and is at most a /30; detach and hide take
+/// `net:` subnets too, meaning the addresses in them.
+#[test]
+fn the_address_grammar_is_weaves() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Hosts::new();
+    let c1 = h.ns("c1");
+    ok(h.weave(1, &["launch", "--name", "::1", "--ipalloc-init", "consensus=1", "--no-docker"]));
+    for bad in ["net:10.32.3.2/30", "net:10.32.3.0/31", "net:10.32.3.1/32"] {
+        let started = Instant::now();
+        let out = h.weave(1, &["attach", bad, &c1]);
+        assert_eq!(out.status.code(), Some(1), "{bad} is refused");
+        assert!(started.elapsed() < Duration::from_secs(5), "{bad} is refused at once, not after waiting");
+    }
+    let a = ok(h.weave(1, &["attach", "net:10.32.5.0/24", "net:10.32.6.0/24", &c1]));
+    assert_eq!(a.split_whitespace().count(), 2, "{a}");
+    // Only the address in 10.32.5.0/24 goes.
+    let gone = ok(h.weave(1, &["detach", "net:10.32.5.0/24", &c1]));
+    assert!(gone.trim().starts_with("10.32.5."), "{gone}");
+    let left = ok(h.weave(1, &["ps", &c1]));
+    assert!(left.contains("10.32.6.") && !left.contains("10.32.5."), "{left}");
+    assert_eq!(h.weave(1, &["detach", "net:10.32.5.0/24", &c1]).status.code(), Some(1), "nothing left in that subnet");
+    // hide net:CIDR hides what is exposed in it.
+    ok(h.weave(1, &["expose", "net:10.32.7.0/24"]));
+    let e8 = ok(h.weave(1, &["expose", "net:10.32.8.0/24"]));
+    let hidden = ok(h.weave(1, &["hide", "net:10.32.7.0/24"]));
+    assert!(hidden.trim().starts_with("10.32.7."), "{hidden}");
+    let still = ok(h.weave(1, &["hide"]));
+    assert_eq!(still.trim(), e8.trim(), "the other exposed address stayed until now");
+    ok(h.weave(1, &["reset"]));
+}

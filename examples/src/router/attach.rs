@@ -156,6 +156,19 @@ impl Router {
         Ok(victims)
     }
 
+    /// The addresses a container has: on its interface as we know it, and
+    /// held for it by IPAM.
+    pub async fn addresses_of(&self, container: &str) -> Result<Vec<Ipv4Net>, RouterError> {
+        let t = self.resolve(container).await?;
+        let mut all = self.containers.lock().await.get(&t.id).map(|c| c.cidrs.clone()).unwrap_or_default();
+        for o in self.owned_by(&t.id).await {
+            if !all.contains(&o) {
+                all.push(o);
+            }
+        }
+        Ok(all)
+    }
+
     /// Detach a resolved container's interface `ifname`.
     pub async fn detach_target(&self, t: &Target, ifname: &str, addrs: &[Ipv4Net]) -> Result<Vec<Ipv4Net>, RouterError> {
         let container = t.id.as_str();

@@ -184,7 +184,17 @@ impl std::str::FromStr for AddrSpec {
         if s == "net:default" {
             Ok(Self::Default)
         } else if let Some(c) = s.strip_prefix("net:") {
-            Ok(Self::Subnet(parse(c)?.trunc()))
+            // As Weave: a subnet is given by its network address, and has
+            // room for at least one container besides its network and
+            // broadcast addresses.
+            let n = parse(c)?;
+            if n.addr() != n.network() {
+                return Err(format!("invalid subnet {s:?}: host bits are set (did you mean net:{}?)", n.trunc()));
+            }
+            if n.prefix_len() > 30 {
+                return Err(format!("invalid subnet {s:?}: too small for containers (at most /30)"));
+            }
+            Ok(Self::Subnet(n))
         } else {
             Ok(Self::Exact(parse(s.strip_prefix("ip:").unwrap_or(s))?))
         }
