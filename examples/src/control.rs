@@ -176,7 +176,7 @@ pub(crate) fn status_of(router: &Router, s: &weave_gossip::driver::Status) -> pb
         port: u32::from(s.listen.port()),
         encryption: s.encryption,
         peer_discovery: s.discovery,
-        targets: s.targets.iter().map(|t| t.address.clone()).collect(),
+        targets: router.targets(),
         connections,
         peers,
         trusted_subnets: router.config().trusted_subnets.iter().map(ToString::to_string).collect(),
@@ -585,7 +585,8 @@ pub fn render_status(s: &pb::StatusReply, report: &serde_json::Value) -> String 
     kv("Connections", &format!("{} ({})", s.connections.len(), parts.join(", ")));
     // As Weave counts: every established connection every peer reports.
     let est: usize = s.peers.iter().map(|p| p.connections.iter().filter(|c| c.established).count()).sum();
-    kv("Peers", &format!("{} (with {est} established connections)", s.peers.len()));
+    // As Weave's template: the count alone while nothing is established.
+    kv("Peers", &if est == 0 { s.peers.len().to_string() } else { format!("{} (with {est} established connections)", s.peers.len()) });
     kv("TrustedSubnets", &if s.trusted_subnets.is_empty() { "none".to_owned() } else { s.trusted_subnets.join(", ") });
     if let Some(ipam) = report.get("IPAM") {
         kv("", "");

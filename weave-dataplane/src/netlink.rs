@@ -451,9 +451,15 @@ impl Netlink {
         Ok(())
     }
 
-    /// Route `dst` out of `index` (idempotent).
+    /// Route `dst` out of `index`, on link (idempotent): as Weave's
+    /// `224.0.0.0/4 dev ethwe scope link`.
     pub async fn add_route(&self, index: u32, dst: ipnet::Ipv4Net) -> Result<(), PlumbError> {
-        let msg = RouteMessageBuilder::<std::net::Ipv4Addr>::new().destination_prefix(dst.network(), dst.prefix_len()).output_interface(index).build();
+        let msg = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .output_interface(index)
+            .scope(netlink_packet_route::route::RouteScope::Link)
+            .protocol(netlink_packet_route::route::RouteProtocol::Boot)
+            .build();
         match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),

@@ -789,8 +789,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 }
                 Some("dns") => {
                     let r = c.dns_entries(pb::Empty {}).await.map_err(rpc_err)?.into_inner();
+                    // As Weave: names in the domain without it.
+                    let domain = format!(".{}", r.domain.trim_matches('.'));
                     for e in r.entries {
-                        println!("{:<24} {:<15} {:<20} {}", e.hostname.trim_end_matches('.'), e.addr, e.container, e.origin);
+                        let host = e.hostname.trim_end_matches('.');
+                        println!("{:<24} {:<15} {:<20} {}", host.strip_suffix(domain.as_str()).unwrap_or(host), e.addr, e.container, e.origin);
                     }
                 }
                 Some("ipam") => {

@@ -293,6 +293,12 @@ impl Router {
         }
     }
 
+    /// The direct targets as the user gave them (`weave status targets`
+    /// shows them so, as Weave does).
+    pub fn targets(&self) -> Vec<String> {
+        lock(&self.targets).iter().cloned().collect()
+    }
+
     /// `weave connect`: add direct targets (replace them with `replace`),
     /// remembered for `--resume`.
     pub async fn connect(&self, peers: Vec<String>, replace: bool) -> Result<(), RouterError> {
