@@ -63,17 +63,26 @@ pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
     let ms = control::mesh_status(router).await?;
     let st = control::status_of(router, &ms);
     let mut reg = Registry::default();
-    // weave_connections{state,type,encryption}
+    // weave_connections{encryption,state,type}, labels in Weave's order,
+    // `encryption` empty for plain connections, and every combination
+    // present (zero when none), as Weave's exposition has them.
     let mut conns: std::collections::BTreeMap<(String, String, String), i64> = Default::default();
+    for enc in ["", "yes"] {
+        for state in ["connecting", "established", "failed", "pending", "retrying"] {
+            for kind in ["fastdp", "sleeve"] {
+                conns.insert((enc.to_owned(), state.to_owned(), kind.to_owned()), 0);
+            }
+        }
+    }
     for c in &st.connections {
-        let enc = if c.encrypted { "yes" } else { "no" };
-        *conns.entry((c.state.clone(), c.path.clone(), enc.to_owned())).or_default() += 1;
+        let enc = if c.encrypted { "yes" } else { "" };
+        *conns.entry((enc.to_owned(), c.state.clone(), c.path.clone())).or_default() += 1;
     }
     gauge(
         &mut reg,
         "weave_connections",
-        "Connections by state, data path and encryption",
-        conns.into_iter().map(|((s, t, e), n)| (l(&[("state", &s), ("type", &t), ("encryption", &e)]), n)).collect(),
+        "Connections by encryption, state and data path",
+        conns.into_iter().map(|((e, s, t), n)| (l(&[("encryption", &e), ("state", &s), ("type", &t)]), n)).collect(),
     );
     counter(&mut reg, "weave_connection_terminations", "Connections that ended", vec![(vec![], router.terminations())]);
     let dp = router.dataplane();
@@ -119,22 +128,23 @@ pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
         gauge(&mut reg, "weave_ips", "Addresses by state", vec![(l(&[("state", "local-used")]), s.active_ips as i64)]);
         gauge(&mut reg, "weave_max_ips", "Size of the allocation range", vec![(vec![], s.range_num_ips as i64)]);
         let reachable = |p: weave_core::PeerName| p == ms.name || ms.next_hops.contains_key(&p);
-        let (mut unreachable_count, mut unreachable_ips) = (0i64, 0u64);
+        let (mut unreachable, mut unreachable_ips) = (std::collections::BTreeSet::new(), 0u64);
         for (e, size) in control::sized_entries(&s) {
             if !reachable(e.peer) {
-                unreachable_count += 1;
+                unreachable.insert(e.peer);
                 unreachable_ips += size;
             }
         }
-        gauge(&mut reg, "weave_ipam_unreachable_count", "Ring entries owned by unreachable peers", vec![(vec![], unreachable_count)]);
+        gauge(&mut reg, "weave_ipam_unreachable_count", "Peers owning address space that are unreachable", vec![(vec![], unreachable.len() as i64)]);
         let pct = (unreachable_ips * 100).checked_div(s.range_num_ips).unwrap_or(0) as i64;
         gauge(&mut reg, "weave_ipam_unreachable_percentage", "Share of the range owned by unreachable peers", vec![(vec![], pct)]);
         gauge(&mut reg, "weave_ipam_pending_allocates", "Allocations waiting", vec![(vec![], s.pending_allocates as i64)]);
         gauge(&mut reg, "weave_ipam_pending_claims", "Claims waiting", vec![(vec![], s.pending_claims as i64)]);
     }
     if let Some(dns) = router.dns() {
-        let n = dns.current().store().live();
-        gauge(&mut reg, "weave_dns_entries", "Live weaveDNS entries", vec![(vec![], n as i64)]);
+        // As Weave: this peer's own entries.
+        let n = dns.current().store().own_live().len();
+        gauge(&mut reg, "weave_dns_entries", "This peer's live weaveDNS entries", vec![(vec![], n as i64)]);
     }
     let mut out = String::new();
     encode(&mut out, &reg).map_err(|e| tonic::Status::internal(e.to_string()))?;

@@ -111,6 +111,11 @@ fn launch_attach_ping_status_restart_stop() {
         "weave_dns_entries",
         "weave_ipam_pending_allocates 0",
         "weave_data_bytes_tx_total{",
+        // Weave's label order and values: plain connections have an empty
+        // encryption label, and zero series are present.
+        "weave_connections{encryption=\"\",state=\"established\",type=",
+        "weave_connections{encryption=\"yes\",state=\"failed\",type=\"sleeve\"} 0",
+        "weave_ipam_unreachable_count 0",
     ] {
         assert!(page.contains(m), "{m} in\n{page}");
     }
