@@ -203,6 +203,10 @@ impl Dns {
     pub fn handle_timeout(&mut self, now: Instant) {
         if now >= self.next_purge {
             self.store.purge(self.clock.unix(now));
+            let strangers = self.store.drop_strangers();
+            if strangers > 0 {
+                tracing::warn!(entries = strangers, "dropped DNS entries of origins that are not peers");
+            }
             self.next_purge = now + PURGE_INTERVAL;
         }
     }

@@ -116,12 +116,17 @@ pub struct Store {
     /// Peers that left the topology: their entries are refused (a lagging
     /// peer's full state would bring them back) until they return.
     departed: BTreeSet<PeerName>,
+    /// The peers in the topology, once the mesh has told us of any
+    /// ([`Store::peer_back`]): entries whose origin is none of them, not
+    /// us and not the sender itself are refused — a made-up origin would
+    /// never leave the topology, so its entries would never be collected.
+    known: Option<BTreeSet<PeerName>>,
 }
 
 impl Store {
     /// An empty store for `ourself`.
     pub fn new(ourself: PeerName) -> Self {
-        Self { ourself, entries: BTreeMap::new(), departed: BTreeSet::new() }
+        Self { ourself, entries: BTreeMap::new(), departed: BTreeSet::new(), known: None }
     }
 
     /// Every entry, tombstones included.
@@ -219,6 +224,9 @@ impl Store {
                 }
                 continue;
             }
+            if k.origin != sender && self.known.as_ref().is_some_and(|known| !known.contains(&k.origin)) {
+                continue;
+            }
             if self.departed.contains(&k.origin) {
                 // The origin itself speaking is proof it is back (the
                 // topology may not have said so yet); anyone else relaying
@@ -236,6 +244,17 @@ impl Store {
         Ok(changed)
     }
 
+    /// Drop the entries of origins that are not peers (once the topology
+    /// is known): a made-up origin never leaves the topology, so nothing
+    /// else would collect them. Returns how many.
+    pub fn drop_strangers(&mut self) -> usize {
+        let Some(known) = &self.known else { return 0 };
+        let before = self.entries.len();
+        let me = self.ourself;
+        self.entries.retain(|k, _| k.origin == me || known.contains(&k.origin));
+        before - self.entries.len()
+    }
+
     /// Drop tombstones older than [`TOMBSTONE_TTL`]; returns how many.
     pub fn purge(&mut self, now_unix: u64) -> usize {
         let before = self.entries.len();
@@ -246,6 +265,7 @@ impl Store {
     /// A peer (re)joined the topology: accept its entries again.
     pub fn peer_back(&mut self, peer: PeerName) {
         self.departed.remove(&peer);
+        self.known.get_or_insert_default().insert(peer);
     }
 
     /// Drop every entry of a peer that left the topology, and refuse its
@@ -253,6 +273,7 @@ impl Store {
     pub fn peer_gone(&mut self, peer: PeerName) -> usize {
         if peer != self.ourself {
             self.departed.insert(peer);
+            self.known.get_or_insert_default().remove(&peer);
         }
         let before = self.entries.len();
         self.entries.retain(|k, _| k.origin != peer);
@@ -325,6 +346,34 @@ mod tests {
         assert_eq!(s.lookup("c.weave.local."), vec![b]);
         assert_eq!(s.purge(T + TOMBSTONE_TTL - 1), 0);
         assert_eq!(s.purge(T + TOMBSTONE_TTL), 1);
+    }
+
+    #[test]
+    fn entries_of_a_made_up_origin_are_refused_once_the_topology_is_known() {
+        let mut s = Store::new(p(1));
+        s.peer_back(p(2));
+        s.peer_back(p(3));
+        let entry = |origin: u64, name: &str| {
+            (
+                Key { hostname: format!("{name}.weave.local."), origin: p(origin), container: "c".into(), addr: "10.32.0.7".parse().unwrap() },
+                Value { version: 1, tombstone: 0 },
+            )
+        };
+        // Peer 2 relays its own entry and peer 3's: both are peers.
+        let changed = s.merge(T, p(2), T, vec![entry(2, "two"), entry(3, "three"), entry(99, "forged")]).unwrap();
+        assert_eq!(changed.len(), 2);
+        assert!(s.lookup("forged.weave.local.").is_empty(), "an origin that is no peer is refused");
+        assert!(!s.lookup("three.weave.local.").is_empty());
+        // A new peer speaking for itself is heard before the topology
+        // lists it...
+        s.merge(T, p(4), T, vec![entry(4, "four")]).unwrap();
+        assert!(!s.lookup("four.weave.local.").is_empty());
+        // ...but a sender can name itself anything: an origin the topology
+        // never lists is collected.
+        s.merge(T, p(98), T, vec![entry(98, "liar")]).unwrap();
+        s.peer_back(p(4));
+        assert_eq!(s.drop_strangers(), 1);
+        assert!(s.lookup("liar.weave.local.").is_empty() && !s.lookup("four.weave.local.").is_empty());
     }
 
     #[test]
