@@ -329,6 +329,14 @@ fn the_address_grammar_is_weaves() {
     assert!(routes.lines().any(|l| l.trim() == "224.0.0.0/4 dev ethwe scope link"), "{routes}");
     let st = ok(h.weave(1, &["status"]));
     assert!(st.lines().any(|l| l.trim() == "Peers: 1"), "{st}");
+    // weave dns-args: what `docker run` needs to resolve through weaveDNS,
+    // and that server answers there.
+    let args = ok(h.weave(1, &["dns-args"]));
+    let (dns, search) = args.trim().split_once(' ').unwrap_or_default();
+    assert_eq!(search, "--dns-search=weave.local.", "{args}");
+    let server = dns.strip_prefix("--dns=").expect("--dns=ADDR");
+    let answer = ok(Command::new("ip").args(["netns", "exec", &c1, "busybox", "nslookup", &format!("{c1}.weave.local"), server]).output().unwrap());
+    assert!(answer.contains(a.split_whitespace().next().unwrap().split('/').next().unwrap()), "{answer}");
     // Only the address in 10.32.5.0/24 goes.
     let gone = ok(h.weave(1, &["detach", "net:10.32.5.0/24", &c1]));
     assert!(gone.trim().starts_with("10.32.5."), "{gone}");

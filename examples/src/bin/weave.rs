@@ -127,6 +127,10 @@ enum Cmd {
         /// IPs, then the container (optional with -h).
         args: Vec<String>,
     },
+    /// Print the `docker run` arguments that make a container resolve
+    /// through weaveDNS: `--dns=ADDR --dns-search=DOMAIN` (as Weave's
+    /// `weave dns-args`).
+    DnsArgs,
     /// The addresses weaveDNS answers for NAME.
     #[command(name = "dns-lookup")]
     DnsLookup {
@@ -666,6 +670,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Prime => {
             client(&state).await?.prime(pb::Empty {}).await.map_err(rpc_err)?;
+            Ok(())
+        }
+        Cmd::DnsArgs => {
+            let r = client(&state).await?.dns_entries(pb::Empty {}).await.map_err(rpc_err)?.into_inner();
+            let addr = r.address.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or(r.address);
+            println!("--dns={addr} --dns-search={}", r.domain);
             Ok(())
         }
         Cmd::DnsLookup { name } => {
