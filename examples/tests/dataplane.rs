@@ -557,3 +557,31 @@ fn fastdp_survives_bridge_recreation() {
     lab.wait_ping("c1", "10.32.0.2", Duration::from_secs(10));
     tcp_transfer(&lab, "c1", "c2", "10.32.0.2", 1 << 20);
 }
+
+/// Weave's 105_frag_2: UDP datagrams above 700 bytes are dropped between
+/// the hosts (a black hole: no ICMP). The sleeve finds the smaller path and
+/// a 10 kB ping crosses, in IP fragments that each fit, never packed into
+/// a larger send.
+#[test]
+fn a_path_that_drops_big_datagrams_is_found_and_big_pings_cross() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair("sleeve", &[]);
+    for h in ["h1", "h2"] {
+        // On output: where a GSO send is still one packet.
+        nft(&lab.name(h), "table inet wvmtu {\n chain out { type filter hook output priority 0; udp dport 6783 udp length > 700 drop; }\n}\n");
+    }
+    let end = Instant::now() + Duration::from_secs(45);
+    loop {
+        let out = lab.exec("c1", &["ping", "-c", "1", "-W", "2", "-s", "10000", "10.32.0.2"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < end, "no 10 kB ping across a 700-byte path within 45 s; status:\n{}", lab.status(1));
+    }
+    let s = lab.status(1);
+    let mtu: u32 = s.split("mtu=").nth(1).and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next()).and_then(|m| m.parse().ok()).unwrap_or(0);
+    assert!(mtu > 0 && mtu < 700, "the path MTU found: {s}");
+    assert!(lab.ping("c1", &["-c", "3", "-i", "0.3", "-s", "10000", "10.32.0.2"]).contains("3 received"));
+}

@@ -92,12 +92,20 @@ struct Pmtu {
     misses: u8,
     probe_acked: bool,
     small_acked: bool,
+    /// Heartbeat rounds since settling, and whether this round verifies.
+    rounds: u8,
+    verifying: bool,
 }
+
+/// Verify a settled path MTU every this many heartbeat rounds (a full-size
+/// heartbeat costs bytes on every connection; once in ten rounds keeps an
+/// idle mesh cheap).
+const VERIFY_EVERY: u8 = 10;
 
 impl Pmtu {
     fn new(max: u16) -> Self {
         let max = max.min(u16::MAX - 1);
-        Self { max, ok: 0, bad: max + 1, probe: max, misses: 0, probe_acked: false, small_acked: false }
+        Self { max, ok: 0, bad: max + 1, probe: max, misses: 0, probe_acked: false, small_acked: false, rounds: 0, verifying: false }
     }
 
     fn settled(&self) -> bool {
@@ -116,7 +124,36 @@ impl Pmtu {
     /// A round ended (a new heartbeat is due): judge the last probe.
     fn end_round(&mut self) {
         if self.settled() {
-            return;
+            // A settled size is verified now and then: a path can shrink
+            // later (a new hop, a black hole). Three verifications in a row
+            // in which the small heartbeat came back and the full-size one
+            // did not start the search again, below the size that failed.
+            self.rounds = self.rounds.wrapping_add(1);
+            if !self.verifying {
+                if self.rounds % VERIFY_EVERY == 0 {
+                    self.verifying = true;
+                    self.probe = self.effective();
+                    self.probe_acked = false;
+                    self.small_acked = false;
+                }
+                return;
+            }
+            if self.probe_acked {
+                self.misses = 0;
+            } else if self.small_acked {
+                self.misses += 1;
+            }
+            self.probe_acked = false;
+            self.small_acked = false;
+            // A miss is checked again at once; a success rests.
+            self.verifying = self.misses > 0;
+            if self.misses < 3 {
+                return;
+            }
+            self.verifying = false;
+            self.bad = self.effective();
+            self.ok = 0;
+            self.misses = 0;
         }
         if self.probe_acked {
             self.misses = 0;
@@ -367,6 +404,13 @@ pub struct PeerPath {
     pub fastpath_reason: Option<FallbackReason>,
     /// Counters.
     pub counters: PeerCounters,
+}
+
+impl Sleeve {
+    /// The configuration it runs with.
+    pub fn config(&self) -> &SleeveConfig {
+        &self.cfg
+    }
 }
 
 impl PeerPath {
@@ -1075,7 +1119,8 @@ impl Sleeve {
                 p.pmtu.end_round();
                 p.seq = p.seq.wrapping_add(1);
                 let settled = p.pmtu.settled();
-                (!est || !settled, (!settled).then_some(p.pmtu.probe))
+                // Searching, or verifying what was found.
+                (!est || !settled, (!settled || p.pmtu.verifying).then_some(p.pmtu.probe))
             };
             let beat = self.our_beat(now, n);
             self.send_beat(n, Kind::Heartbeat, beat, 0, tx);

@@ -155,6 +155,10 @@ fn worker(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, 
     let mut lens = [0usize; TAP_BATCH];
     let mut batch = sys::RecvBatch::new(UDP_BATCH, DGRAM_BUF);
     let mut tx = TxQueue::default();
+    // Datagrams below the standard size travel a path found to be smaller:
+    // sent one by one, since a device or middlebox on the way may judge a
+    // GSO send by its whole size before it is cut into segments.
+    let gso_min = usize::from(lock(core).config().max_datagram);
     let mut inject = Vec::new();
     let mut deliveries: Vec<(usize, Delivery)> = Vec::new();
     let mut ranges: Vec<Delivery> = Vec::new();
@@ -231,7 +235,7 @@ fn worker(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, 
             s.flush(&mut tx);
         }
         if !tx.is_empty() {
-            let sent = sys::send_batch(udp_fd, tx.iter());
+            let sent = sys::send_batch(udp_fd, tx.iter(), gso_min);
             c.udp_tx.fetch_add(sent as u64, Ordering::Relaxed);
             tx.clear();
         }

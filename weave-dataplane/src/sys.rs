@@ -229,12 +229,12 @@ static GSO_FAILURES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32
 const GSO_MAX_SEGS: usize = 64;
 const GSO_MAX_BYTES: usize = 65000;
 
-/// Send datagrams. Runs of equal-sized datagrams to one destination (the
-/// pieces of a TSO super-frame; the last may be shorter) go down as one
-/// UDP GSO send; the rest with `sendmmsg`, in chunks of up to 64. Errors on
-/// individual datagrams (unreachable, too big) are skipped. Returns how
-/// many datagrams were sent.
-pub fn send_batch<'a>(fd: RawFd, items: impl Iterator<Item = (SocketAddr, &'a [u8])>) -> usize {
+/// Send datagrams. Runs of equal-sized datagrams of at least `gso_min`
+/// bytes to one destination (the pieces of a TSO super-frame; the last may
+/// be shorter) go down as one UDP GSO send; the rest with `sendmmsg`, in
+/// chunks of up to 64. Errors on individual datagrams (unreachable, too
+/// big) are skipped. Returns how many datagrams were sent.
+pub fn send_batch<'a>(fd: RawFd, items: impl Iterator<Item = (SocketAddr, &'a [u8])>, gso_min: usize) -> usize {
     let items: Vec<(SocketAddr, &[u8])> = items.filter(|(_, d)| !d.is_empty()).collect();
     if GSO_BROKEN.load(std::sync::atomic::Ordering::Relaxed) {
         return send_plain(fd, &items);
@@ -245,6 +245,11 @@ pub fn send_batch<'a>(fd: RawFd, items: impl Iterator<Item = (SocketAddr, &'a [u
     while i < items.len() {
         let (dst, first) = items[i];
         let seg = first.len();
+        if seg < gso_min {
+            singles.push(items[i]);
+            i += 1;
+            continue;
+        }
         let mut j = i + 1;
         let mut total = seg;
         while j < items.len() && j - i < GSO_MAX_SEGS && items[j].0 == dst && items[j].1.len() <= seg && total + items[j].1.len() <= GSO_MAX_BYTES {
