@@ -150,7 +150,7 @@ fn a_container_whose_namespace_goes_is_released_at_once_or_at_the_next_start() {
     within(2.0, "c1 released", || gone(1, &c1, &c1).or_else(|| gone(2, &c1, &c1)));
     assert!(listed(&h, 1, &c2) && owned(&h, 1, &c2), "c2 is untouched");
     // Its address is free: asking for it exactly works.
-    assert_eq!(ok(h.weave(1, &["attach", &format!("ip:{a1}"), &c4])).trim(), a1);
+    assert_eq!(ok(h.weave(1, &["attach", &format!("ip:{a1}/12"), &c4])).trim(), a1);
     // A CNI pod's namespace going (the runtime never called DEL).
     assert!(owned(&h, 1, pod_id) && listed(&h, 1, pod_id), "the pod is attached: {}", ok(h.weave(1, &["ps"])));
     del_netns(&c3);
@@ -163,7 +163,7 @@ fn a_container_whose_namespace_goes_is_released_at_once_or_at_the_next_start() {
     launch(&h, 1);
     within(5.0, "c2 released at the start", || gone(1, &c2, &c2).or_else(|| gone(2, &c2, &c2)));
     assert!(listed(&h, 1, &c4) && owned(&h, 1, &c4), "c4 is still attached after the restart");
-    assert_eq!(ok(h.weave(1, &["attach", &format!("ip:{a2}"), &c5])).trim(), a2, "c2's address is free again");
+    assert_eq!(ok(h.weave(1, &["attach", &format!("ip:{a2}/12"), &c5])).trim(), a2, "c2's address is free again");
 }
 
 /// The overlay addresses inside namespace `ns` (on `ethwe`).
@@ -279,8 +279,8 @@ fn while_ipam_cannot_save_it_gives_no_address_and_says_so() {
     assert!(std::process::Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
     ok(h.weave(1, &single));
     let report: serde_json::Value = serde_json::from_str(&ok(h.weave(1, &["report"]))).unwrap();
-    assert_eq!(report["IPAM"]["Owned"][&c1][0], a1.as_str());
-    assert_eq!(report["IPAM"]["Owned"][&c2][0], a2.as_str());
+    assert_eq!(report["IPAM"]["Owned"][&c1][0], format!("{a1}/12").as_str());
+    assert_eq!(report["IPAM"]["Owned"][&c2][0], format!("{a2}/12").as_str());
     ok(h.weave(1, &["reset"]));
 }
 

@@ -173,6 +173,12 @@ enum Cmd {
     },
 }
 
+/// Addresses as Weave prints them after attach, detach, expose and hide:
+/// bare (`10.32.0.1`), not CIDRs.
+fn bare(cidrs: &[String]) -> String {
+    cidrs.iter().map(|c| c.split('/').next().unwrap_or(c)).collect::<Vec<_>>().join(" ")
+}
+
 /// A `--log-level` as tracing's filter takes it: Weave's words (`warning`,
 /// `fatal`, `panic`) mapped to tracing's levels.
 fn log_filter(level: &str) -> &str {
@@ -641,13 +647,13 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 .attach(pb::AttachRequest { container, addrs: args, without_dns, hostname: hostname.unwrap_or_default(), no_multicast_route })
                 .await
                 .map_err(rpc_err)?;
-            println!("{}", r.into_inner().cidrs.join(" "));
+            println!("{}", bare(&r.into_inner().cidrs));
             Ok(())
         }
         Cmd::Detach { mut args } => {
             let container = args.pop().expect("required");
             let r = client(&state).await?.detach(pb::DetachRequest { container, addrs: args }).await.map_err(rpc_err)?;
-            println!("{}", r.into_inner().cidrs.join(" "));
+            println!("{}", bare(&r.into_inner().cidrs));
             Ok(())
         }
         Cmd::DnsAdd { hostname, args, .. } | Cmd::DnsRemove { hostname, args, .. } if args.is_empty() && hostname.is_none() => {
@@ -698,12 +704,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Expose { without_masquerade, addrs, hostname, .. } => {
             let r =
                 client(&state).await?.expose(pb::ExposeRequest { addrs, without_masquerade, hostname: hostname.unwrap_or_default() }).await.map_err(rpc_err)?;
-            println!("{}", r.into_inner().cidrs.join(" "));
+            println!("{}", bare(&r.into_inner().cidrs));
             Ok(())
         }
         Cmd::Hide { addrs } => {
             let r = client(&state).await?.hide(pb::HideRequest { addrs }).await.map_err(rpc_err)?;
-            println!("{}", r.into_inner().cidrs.join(" "));
+            println!("{}", bare(&r.into_inner().cidrs));
             Ok(())
         }
         Cmd::Reset { force } => {
