@@ -368,6 +368,14 @@ fn over_vxlan_only_connected_peers_reach_the_containers() {
         (!s.contains("established unencrypted fastdp")).then_some(s)
     });
     assert!(h.ping("c2", &a1), "connected peers talk over the fast path");
+    // Someone deletes the guard: it comes back (the router follows the
+    // ruleset), and the fast path still carries the peers' traffic.
+    let h1 = h.name("h1");
+    let guard_present =
+        || std::process::Command::new("ip").args(["netns", "exec", &h1, "nft", "list", "table", "inet", "weave-fastdp"]).output().unwrap().status.success();
+    assert!(std::process::Command::new("ip").args(["netns", "exec", &h1, "nft", "delete", "table", "inet", "weave-fastdp"]).status().unwrap().success());
+    within(5.0, "the VXLAN guard is put back", || (!guard_present()).then(|| "still missing".to_owned()));
+    assert!(h.ping("c2", &a1), "and traffic flows with it back");
     let pings_once =
         |from: &str| std::process::Command::new("ip").args(["netns", "exec", from, "ping", "-c", "1", "-W", "1", &a1]).output().unwrap().status.success();
 

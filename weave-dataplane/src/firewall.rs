@@ -327,6 +327,11 @@ pub fn follow(ns: crate::netlink::Netns, bridge: String, port: u16) -> io::Resul
             Ok(_) => {}
             Err(e) => tracing::warn!(bridge, error = %e, "cannot allow forwarding through the bridge in the host firewall"),
         }
+        match ns.run(restore_vxlan) {
+            Ok(true) => tracing::warn!("the VXLAN guard was removed: put back"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot put back the VXLAN guard"),
+        }
         let b = bridge.to_owned();
         match ns.run(move || guard(&b, port)) {
             Ok(true) => tracing::info!(bridge, port, "containers kept away from the router's ports, the host from unexposed containers"),
@@ -483,6 +488,34 @@ const VXLAN_TABLE: &str = "weave-fastdp";
 /// transaction on each call; with no peers, all of it is dropped.
 pub fn allow_vxlan_from(port: u16, peers: &[std::net::IpAddr]) -> io::Result<()> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    apply_vxlan_guard(port, peers)?;
+    VXLAN_WANTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(this_netns(), (port, peers.to_vec()));
+    Ok(())
+}
+
+/// What [`allow_vxlan_from`] last applied, per network namespace (by its
+/// `/proc` identity): [`restore_vxlan`] puts it back if the table goes.
+#[allow(clippy::type_complexity)]
+static VXLAN_WANTED: std::sync::Mutex<std::collections::BTreeMap<String, (u16, Vec<std::net::IpAddr>)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The calling thread's network namespace, as `/proc` names it.
+fn this_netns() -> String {
+    std::fs::read_link("/proc/thread-self/ns/net").map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+/// Put back the VXLAN guard of this namespace if someone removed it (as
+/// Weave's rules heal themselves). Returns whether it did.
+pub fn restore_vxlan() -> io::Result<bool> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let wanted = VXLAN_WANTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&this_netns()).cloned();
+    match wanted {
+        Some((port, peers)) if !inet_table_exists(VXLAN_TABLE) => apply_vxlan_guard(port, &peers).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
+fn apply_vxlan_guard(port: u16, peers: &[std::net::IpAddr]) -> io::Result<()> {
     let mut b = Batch::new();
     if inet_table_exists(VXLAN_TABLE) {
         b.delete(inet_table(VXLAN_TABLE));
@@ -519,6 +552,7 @@ pub fn allow_vxlan_from(port: u16, peers: &[std::net::IpAddr]) -> io::Result<()>
 /// Remove [`allow_vxlan_from`]'s table (reset). Returns whether there was one.
 pub fn withdraw_vxlan() -> io::Result<bool> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    VXLAN_WANTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&this_netns());
     if !inet_table_exists(VXLAN_TABLE) {
         return Ok(false);
     }
