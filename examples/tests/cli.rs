@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{http_get, ok, require_root, Hosts};
+use common::{http_get, ok, one_router, require_root, Hosts};
 
 #[test]
 fn launch_attach_ping_status_restart_stop() {
@@ -311,12 +311,7 @@ fn the_default_peer_name_is_stable_per_host_and_conn_limit_zero_is_no_limit() {
 /// `net:` subnets too, meaning the addresses in them.
 #[test]
 fn the_address_grammar_is_weaves() {
-    if !require_root() {
-        return;
-    }
-    let mut h = Hosts::new();
-    let c1 = h.ns("c1");
-    ok(h.weave(1, &["launch", "--name", "::1", "--ipalloc-init", "consensus=1", "--no-docker"]));
+    let Some((h, c1)) = one_router() else { return };
     for bad in ["net:10.32.3.2/30", "net:10.32.3.0/31", "net:10.32.3.1/32"] {
         let started = Instant::now();
         let out = h.weave(1, &["attach", bad, &c1]);

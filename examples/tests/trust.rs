@@ -5,7 +5,7 @@
 use std::process::Command;
 
 mod common;
-use common::{eventually, ok, require_root, Hosts};
+use common::{eventually, http_get_at, ok, one_router, require_root, Hosts};
 
 /// Run `script` with bash inside namespace `ns`; whether it succeeded.
 fn bash_in(ns: &str, script: &str) -> bool {
@@ -34,13 +34,8 @@ fn dns_address(h: &Hosts) -> String {
 
 #[test]
 fn containers_never_reach_router_ports_and_the_host_reaches_only_what_it_exposes() {
-    if !require_root() {
-        return;
-    }
-    let mut h = Hosts::new();
-    let c1 = h.ns("c1");
-    ok(h.weave(1, &["launch", "--name", "::1", "--ipalloc-init", "consensus=1", "--no-docker"]));
-    let a1 = ok(h.weave(1, &["attach", &c1])).trim().split('/').next().unwrap().to_owned();
+    let Some((h, c1)) = one_router() else { return };
+    let a1 = ok(h.weave(1, &["attach", &c1])).trim().to_owned();
     let dns = dns_address(&h);
     // The container reaches the host (weaveDNS answers on that address)...
     assert!(bash_in(&c1, &format!("ping -c 1 -W 1 {dns}")), "the container reaches the host's DNS address");
@@ -76,22 +71,6 @@ fn containers_never_reach_router_ports_and_the_host_reaches_only_what_it_exposes
     assert!(guard_table(&h).is_empty(), "reset removes the guard");
 }
 
-/// GET `path` from `addr` inside host `i`'s namespace.
-fn get(h: &Hosts, i: usize, addr: &str, path: &str) -> String {
-    let ns = weave_dataplane::netlink::Netns::named(&h.name(&format!("h{i}")));
-    let (addr, path) = (addr.to_owned(), path.to_owned());
-    ns.run(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr.as_str())?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: weave\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .expect("HTTP GET")
-}
-
 #[test]
 fn the_password_stays_out_of_argv_trusted_subnets_say_unencrypted_and_metrics_serve_only_metrics() {
     if !require_root() {
@@ -122,11 +101,11 @@ fn the_password_stays_out_of_argv_trusted_subnets_say_unencrypted_and_metrics_se
     });
 
     // The metrics address serves the metrics, not the report.
-    assert!(get(&h, 1, "127.0.0.1:6782", "/metrics").contains("weave_connections"));
+    assert!(http_get_at(&h, 1, "127.0.0.1:6782", "/metrics").contains("weave_connections"));
     for path in ["/report", "/status"] {
-        assert!(get(&h, 1, "127.0.0.1:6782", path).starts_with("HTTP/1.1 404"), "{path} on the metrics address");
+        assert!(http_get_at(&h, 1, "127.0.0.1:6782", path).starts_with("HTTP/1.1 404"), "{path} on the metrics address");
     }
-    assert!(get(&h, 1, "127.0.0.1:6784", "/report").starts_with("HTTP/1.1 200"), "the status address still serves the report");
+    assert!(http_get_at(&h, 1, "127.0.0.1:6784", "/report").starts_with("HTTP/1.1 200"), "the status address still serves the report");
 }
 
 /// Open `n` TCP connections to `addr` from host 1's namespace and leave
@@ -158,10 +137,10 @@ fn a_thousand_idle_clients_of_dns_and_http_leave_the_router_serving() {
     let tcp_dns = idle_connections(&h, &format!("{dns}:53"), 1000);
     assert!(http.len() + tcp_dns.len() > 1900, "opened {} and {}", http.len(), tcp_dns.len());
     // Still serving: status over HTTP, the control socket, and names.
-    assert!(get(&h, 1, "127.0.0.1:6784", "/status").starts_with("HTTP/1.1 200"), "HTTP status while 2000 clients idle");
+    assert!(http_get_at(&h, 1, "127.0.0.1:6784", "/status").starts_with("HTTP/1.1 200"), "HTTP status while 2000 clients idle");
     assert!(ok(h.weave(1, &["status"])).contains("Peers"));
     assert!(!ok(h.weave(1, &["dns-lookup", &c1])).trim().is_empty(), "the container's name resolves");
     drop((http, tcp_dns));
     // And after they are gone.
-    assert!(get(&h, 1, "127.0.0.1:6784", "/status").starts_with("HTTP/1.1 200"));
+    assert!(http_get_at(&h, 1, "127.0.0.1:6784", "/status").starts_with("HTTP/1.1 200"));
 }

@@ -457,11 +457,16 @@ fn guard_signature(table: &str) -> Option<String> {
 /// Remove [`guard`]'s table (reset). Returns whether there was one.
 pub fn withdraw_guard() -> io::Result<bool> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !inet_table_exists(GUARD_TABLE) {
+    delete_inet_table(GUARD_TABLE)
+}
+
+/// Delete one of our `inet` tables, if it is there. Returns whether it was.
+fn delete_inet_table(name: &'static str) -> io::Result<bool> {
+    if !inet_table_exists(name) {
         return Ok(false);
     }
     let mut b = Batch::new();
-    b.delete(inet_table(GUARD_TABLE));
+    b.delete(inet_table(name));
     nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_io)?;
     Ok(true)
 }
@@ -553,11 +558,5 @@ fn apply_vxlan_guard(port: u16, peers: &[std::net::IpAddr]) -> io::Result<()> {
 pub fn withdraw_vxlan() -> io::Result<bool> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     VXLAN_WANTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&this_netns());
-    if !inet_table_exists(VXLAN_TABLE) {
-        return Ok(false);
-    }
-    let mut b = Batch::new();
-    b.delete(inet_table(VXLAN_TABLE));
-    nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_io)?;
-    Ok(true)
+    delete_inet_table(VXLAN_TABLE)
 }

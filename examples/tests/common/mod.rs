@@ -111,12 +111,30 @@ impl Hosts {
 }
 
 /// GET `path` from the router's HTTP port inside host `i`'s namespace.
+/// One host with a router that founds its own ring, and a namespace `c1`
+/// for a container (not attached); None without root.
+pub(crate) fn one_router() -> Option<(Hosts, String)> {
+    if !require_root() {
+        return None;
+    }
+    let mut h = Hosts::new();
+    let c1 = h.ns("c1");
+    ok(h.weave(1, &["launch", "--name", "::1", "--ipalloc-init", "consensus=1", "--no-docker"]));
+    Some((h, c1))
+}
+
 pub(crate) fn http_get(h: &Hosts, i: usize, path: &str) -> String {
+    http_get_at(h, i, "127.0.0.1:6784", path)
+}
+
+/// GET `path` from `addr` inside host `i`'s namespace.
+pub(crate) fn http_get_at(h: &Hosts, i: usize, addr: &str, path: &str) -> String {
     let ns = weave_dataplane::netlink::Netns::named(&h.name(&format!("h{i}")));
-    let path = path.to_owned();
+    let (addr, path) = (addr.to_owned(), path.to_owned());
     ns.run(move || {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:6784")?;
+        let mut s = std::net::TcpStream::connect(addr.as_str())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: weave\r\nConnection: close\r\n\r\n")?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
