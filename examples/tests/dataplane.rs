@@ -580,8 +580,18 @@ fn a_path_that_drops_big_datagrams_is_found_and_big_pings_cross() {
         }
         assert!(Instant::now() < end, "no 10 kB ping across a 700-byte path within 45 s; status:\n{}", lab.status(1));
     }
-    let s = lab.status(1);
-    let mtu: u32 = s.split("mtu=").nth(1).and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next()).and_then(|m| m.parse().ok()).unwrap_or(0);
-    assert!(mtu > 0 && mtu < 700, "the path MTU found: {s}");
+    // The sleeve's status line says what it found (`pmtu=N`, printed
+    // every half second).
+    let pmtu =
+        |s: &str| -> u32 { s.split("pmtu=").nth(1).and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next()).and_then(|m| m.parse().ok()).unwrap_or(0) };
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = lab.status(1);
+        if (1..700).contains(&pmtu(&s)) {
+            break;
+        }
+        assert!(Instant::now() < end, "the path MTU found: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(lab.ping("c1", &["-c", "3", "-i", "0.3", "-s", "10000", "10.32.0.2"]).contains("3 received"));
 }
