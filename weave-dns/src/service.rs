@@ -79,26 +79,22 @@ impl DnsService {
     /// `name` → each of `addrs`, for `container`; returns once saved.
     pub async fn add(&self, container: &str, name: &str, addrs: &[Ipv4Addr]) -> Result<(), ServiceError> {
         let (container, name, addrs) = (container.to_owned(), name.to_owned(), addrs.to_vec());
-        let (tx, rx) = oneshot::channel();
-        self.with(move |c, now| {
-            let r = c.add(now, &container, &name, &addrs);
-            c.when_saved(Box::new(move || {
-                let _ = tx.send(());
-            }));
-            r
-        })
-        .await??;
-        self.saved(rx).await
+        self.change(move |c, now| c.add(now, &container, &name, &addrs)).await
     }
 
     /// Remove `container`'s names (only `name`, only `addrs`, if given);
     /// returns how many, once saved.
     pub async fn remove(&self, container: &str, name: Option<&str>, addrs: &[Ipv4Addr]) -> Result<usize, ServiceError> {
         let (container, name, addrs) = (container.to_owned(), name.map(str::to_owned), addrs.to_vec());
+        self.change(move |c, now| c.remove(now, &container, name.as_deref(), &addrs)).await
+    }
+
+    /// Make a local change inside the node and wait until it is saved.
+    async fn change<R: Send + 'static>(&self, op: impl FnOnce(&mut DnsChannel, Instant) -> Result<R, DnsError> + Send + 'static) -> Result<R, ServiceError> {
         let (tx, rx) = oneshot::channel();
-        let n = self
+        let r = self
             .with(move |c, now| {
-                let r = c.remove(now, &container, name.as_deref(), &addrs);
+                let r = op(c, now);
                 c.when_saved(Box::new(move || {
                     let _ = tx.send(());
                 }));
@@ -106,7 +102,7 @@ impl DnsService {
             })
             .await??;
         self.saved(rx).await?;
-        Ok(n)
+        Ok(r)
     }
 
     async fn saved(&self, rx: oneshot::Receiver<()>) -> Result<(), ServiceError> {

@@ -160,13 +160,18 @@ impl Router {
     /// held for it by IPAM.
     pub async fn addresses_of(&self, container: &str) -> Result<Vec<Ipv4Net>, RouterError> {
         let t = self.resolve(container).await?;
-        let mut all = self.containers.lock().await.get(&t.id).map(|c| c.cidrs.clone()).unwrap_or_default();
-        for o in self.owned_by(&t.id).await {
-            if !all.contains(&o) {
-                all.push(o);
+        let known = self.containers.lock().await.get(&t.id).map(|c| c.cidrs.clone()).unwrap_or_default();
+        Ok(self.with_owned(&t.id, known).await)
+    }
+
+    /// `known` and, after them, what IPAM holds for `id` that is not among them.
+    async fn with_owned(&self, id: &str, mut known: Vec<Ipv4Net>) -> Vec<Ipv4Net> {
+        for o in self.owned_by(id).await {
+            if !known.contains(&o) {
+                known.push(o);
             }
         }
-        Ok(all)
+        known
     }
 
     /// Detach a resolved container's interface `ifname`.
@@ -174,13 +179,7 @@ impl Router {
         let container = t.id.as_str();
         let mut cs = self.containers.lock().await;
         let known = cs.get(container).map(|c| c.cidrs.clone()).unwrap_or_default();
-        let owned = self.owned_by(container).await;
-        let mut all = known;
-        for o in owned {
-            if !all.contains(&o) {
-                all.push(o);
-            }
-        }
+        let all = self.with_owned(container, known).await;
         let victims: Vec<Ipv4Net> =
             if addrs.is_empty() { all.clone() } else { all.iter().filter(|c| addrs.iter().any(|a| a.addr() == c.addr())).copied().collect() };
         if victims.is_empty() && !addrs.is_empty() {
