@@ -68,7 +68,8 @@ impl PluginSettings {
 /// per id), and a release finds the address's owner.
 pub const PLUGIN_ID: &str = "weave:plugin:";
 
-fn fresh_id() -> String {
+/// A fresh IPAM id for an address the plugin holds.
+pub(crate) fn fresh_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     // RandomState is randomly keyed: ids differ across runs too.
@@ -115,6 +116,31 @@ async fn maybe_hide(router: &Router, state: &Mutex<State>, gw: Ipv4Addr, pool: O
         st.gateways.remove(&gw);
     }
     router.hide(&[gw]).await.map(drop).map_err(|e| e.to_string())
+}
+
+/// The addresses Docker's endpoints hold on the networks of `driver`: what
+/// the plugin gave out and Docker still uses. `Err` when Docker cannot say
+/// (then nothing may be freed on its word).
+pub async fn endpoint_addresses(docker: &crate::docker::Docker, driver: &str) -> Result<BTreeSet<Ipv4Net>, String> {
+    let opts =
+        bollard::query_parameters::ListNetworksOptions { filters: Some(std::collections::HashMap::from([("driver".to_owned(), vec![driver.to_owned()])])) };
+    let nets = docker.api().list_networks(Some(opts)).await.map_err(|e| format!("cannot list Docker networks: {e}"))?;
+    let mut out = BTreeSet::new();
+    for n in nets.into_iter().filter(|n| n.driver.as_deref() == Some(driver)) {
+        let Some(id) = n.id else { continue };
+        // The listing leaves out the endpoints; inspecting gives them.
+        let full = docker
+            .api()
+            .inspect_network(&id, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+            .map_err(|e| format!("cannot inspect Docker network {id}: {e}"))?;
+        for c in full.containers.unwrap_or_default().into_values() {
+            if let Some(a) = c.ipv4_address.as_deref().and_then(|a| cidr(a).ok()) {
+                out.insert(a);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A running plugin.

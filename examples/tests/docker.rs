@@ -97,6 +97,18 @@ fn plugin_owns(h: &Hosts, ip: &str) -> bool {
         .any(|(_, v)| v.as_array().is_some_and(|a| a.iter().any(|c| c.as_str().unwrap_or("").starts_with(&format!("{ip}/")))))
 }
 
+/// Call the Docker plugin on its socket as Docker does.
+fn plugin_call(sock: &str, call: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    write!(s, "POST /{call} HTTP/1.0\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, json) = reply.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{reply}");
+    serde_json::from_str(json).unwrap()
+}
+
 fn launch_pair(h: &Hosts, extra1: &[&str]) {
     let mut a = vec!["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "--docker-grace", "3"];
     a.extend_from_slice(extra1);
@@ -253,6 +265,35 @@ fn docker_network_plugin_gives_containers_overlay_addresses_and_names() {
     assert!(ok(h.weave(1, &["ps"])).lines().any(|l| l.starts_with("weave:expose") && l.contains("10.32.64.")), "its gateway is exposed");
     docker(&["network", "rm", &mnet]);
     assert!(!ok(h.weave(1, &["ps"])).contains("10.32.64."), "and hidden when the network goes");
+
+    // Restarts: a hold Docker's release never reached (asked for here on
+    // the plugin socket, as Docker does, and never used) is freed at the
+    // next start; the running containers keep theirs.
+    let leaked = plugin_call(&sock, "IpamDriver.RequestAddress", r#"{"PoolID":"10.32.0.0/12"}"#);
+    let leaked = leaked["Address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+    assert!(plugin_owns(&h, &leaked), "{leaked} held");
+    ok(h.weave(1, &["stop"]));
+    let relaunch = |h: &Hosts| {
+        ok(h.weave(
+            1,
+            &["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "--docker-grace", "3", "--plugin", "--plugin-name", &driver],
+        ));
+    };
+    relaunch(&h);
+    eventually(10, "the unused plugin address is freed", || !plugin_owns(&h, &leaked));
+    assert!(plugin_owns(&h, &ip1) && plugin_owns(&h, &ip2), "running containers keep their addresses");
+    // State lost: the addresses Docker's endpoints use are claimed back
+    // before anything is allocated, so a new container gets another one.
+    ok(h.weave(1, &["stop"]));
+    std::fs::remove_file(h.state(1).join("ipam.db")).unwrap();
+    relaunch(&h);
+    eventually(20, "the plugin's addresses are claimed back", || plugin_owns(&h, &ip1) && plugin_owns(&h, &ip2));
+    let d4 = format!("{}-p4", h.prefix);
+    dc.run(&d4, &driver);
+    let ip4 = docker(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{driver}\").IPAddress}}}}"), &d4]).trim().to_owned();
+    assert!(ip4 != ip1 && ip4 != ip2, "{ip4} is in use already");
+    assert!(docker_ping(&d4, &ip1), "and the plugin serves again");
+    docker(&["rm", "-f", &d4]);
 
     // Removal gives the address back.
     docker(&["rm", "-f", &d1]);

@@ -199,10 +199,25 @@ pub(super) async fn in_use(nl: &Netlink, bridge: &str) -> Result<Vec<(String, Ip
 /// that IPAM does not hold (its state was lost, corrupt or discarded), so
 /// none is given to another container. Claims wait, reserved, until the
 /// ring is known.
-pub(super) fn reclaim(ipam: &mut Ipam, found: Vec<(String, Ipv4Net)>) {
-    let owners: BTreeMap<Ipv4Addr, String> =
-        ipam.status().owned.into_iter().flat_map(|(id, cidrs)| cidrs.into_iter().map(move |c| (c.addr(), id.clone()))).collect();
+///
+/// `plugin` is what Docker's endpoints on the plugin's networks hold, when
+/// Docker could say: those are claimed back too, and what the plugin holds
+/// that no endpoint uses any more (Docker released it while the router was
+/// down) is freed.
+pub(super) fn reclaim(ipam: &mut Ipam, mut found: Vec<(String, Ipv4Net)>, plugin: Option<&std::collections::BTreeSet<Ipv4Net>>) {
+    let owned = ipam.status().owned;
+    let owners: BTreeMap<Ipv4Addr, String> = owned.iter().flat_map(|(id, cidrs)| cidrs.iter().map(move |c| (c.addr(), id.clone()))).collect();
     let now = Instant::now();
+    if let Some(endpoints) = plugin {
+        let used: std::collections::BTreeSet<Ipv4Addr> = endpoints.iter().map(Ipv4Net::addr).collect();
+        for (id, cidrs) in owned.iter().filter(|(id, _)| id.starts_with(crate::plugin::PLUGIN_ID)) {
+            for c in cidrs.iter().filter(|c| !used.contains(&c.addr())) {
+                ipam.free(now, id, c.addr());
+                tracing::info!(addr = %c, "no Docker endpoint uses this plugin address any more: freed");
+            }
+        }
+        found.extend(endpoints.iter().filter(|e| !owners.contains_key(&e.addr())).map(|e| (crate::plugin::fresh_id(), *e)));
+    }
     let mut n = 0;
     for (id, cidr) in found {
         match owners.get(&cidr.addr()) {

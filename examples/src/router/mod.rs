@@ -159,9 +159,17 @@ impl Router {
         // What the kernel says is in use here (read once: reclaim and
         // adoption below both need it).
         let found = in_use(&nl, &cfg.bridge).await;
+        let docker = if cfg.docker { crate::docker::Docker::connect().await } else { None };
+        let endpoints = match (&cfg.plugin, &docker) {
+            (Some(p), Some(d)) => crate::plugin::endpoint_addresses(d, &p.name)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "addresses of Docker's plugin endpoints unknown: none freed or claimed back"))
+                .ok(),
+            _ => None,
+        };
         if let Some((mut ipam, store)) = ipam {
             match &found {
-                Ok(f) => reclaim(&mut ipam, f.clone()),
+                Ok(f) => reclaim(&mut ipam, f.clone(), endpoints.as_ref()),
                 Err(e) => return Err(e.to_string().into()),
             }
             let persist = Box::new(weave_ipam::persist::StorePersist::new(store));
@@ -210,7 +218,7 @@ impl Router {
             terminations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             targets: Mutex::new(cfg.peers.iter().cloned().collect()),
             nicknames: Arc::new(Mutex::new(BTreeMap::new())),
-            docker: if cfg.docker { crate::docker::Docker::connect().await } else { None },
+            docker,
             tracked: Mutex::new(load_tracked(&cfg.state_dir)),
             docker_queues: Mutex::new(BTreeMap::new()),
             id_locks: Mutex::new(BTreeMap::new()),
