@@ -238,6 +238,13 @@ fn tcp_transfer(lab: &Lab, from: &str, to_ns: &str, to_addr: &str, len: usize) {
     assert_eq!(got, want, "digest of what arrived");
 }
 
+/// `ethwe` on the `weave` bridge, with the multicast route.
+fn ethwe() -> AttachConfig {
+    let mut cfg = AttachConfig::new("weave", "ethwe", weave_dataplane::DEFAULT_MTU);
+    cfg.multicast_route = true;
+    cfg
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -267,7 +274,7 @@ fn two_hosts(dataplane: &str, password: Option<&str>) -> Lab {
     rt().block_on(async {
         assert!(netlink::detach(&Netns::named(&c2), "ethwe", None).await.unwrap());
         let host = Netlink::connect(&Netns::named(&h2)).await.unwrap();
-        let cfg = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true, hairpin: false };
+        let cfg = ethwe();
         let a = netlink::attach(&host, &Netns::named(&c3), "c3", &["10.32.0.2/12".parse().unwrap()], &cfg).await.unwrap();
         assert!(a.addresses.contains(&"10.32.0.2/12".parse().unwrap()));
     });
@@ -508,7 +515,7 @@ fn expose_hide_bridge_recreation_and_reset() {
     // Several addresses per container: a second subnet on c1 and c2.
     let (h2, c1, c2) = (lab.name("h2"), lab.name("c1"), lab.name("c2"));
     rt().block_on(async {
-        let cfg = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true, hairpin: false };
+        let cfg = ethwe();
         let nl1 = Netlink::connect(&h1).await.unwrap();
         let nl2 = Netlink::connect(&Netns::named(&h2)).await.unwrap();
         let a = netlink::attach(&nl1, &Netns::named(&c1), "c1", &["10.48.0.1/12".parse().unwrap()], &cfg).await.unwrap();

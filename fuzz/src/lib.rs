@@ -46,7 +46,8 @@ pub fn frames(data: &[u8]) {
 /// A responder's handshake fed arbitrary bytes (in two chunks).
 pub fn handshake(data: &[u8], psk: Option<Psk>) {
     for role in [Role::Responder, Role::Initiator] {
-        let cfg = LinkConfig { psk: psk.clone(), ..LinkConfig::default() };
+        let mut cfg = LinkConfig::default();
+        cfg.psk = psk.clone();
         let mut link = Link::new(role, cfg, &local(), &mut weave_core::rng::seeded(1));
         let mid = data.len() / 2;
         if link.handle_bytes(&data[..mid]).is_ok() {

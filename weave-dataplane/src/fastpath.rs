@@ -53,6 +53,7 @@ struct Programmed {
 
 /// Why and how often peers fell back to the sleeve.
 #[derive(Debug, Default, Clone)]
+#[non_exhaustive]
 pub struct FastpathStats {
     /// Fallbacks by reason.
     pub fallbacks: BTreeMap<crate::FallbackReason, u64>,

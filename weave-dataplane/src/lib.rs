@@ -59,6 +59,10 @@ pub use glue::follow_mesh;
 pub use packet::Mac;
 pub use sleeve::{DropReason, FallbackReason, PeerPath, Sleeve, SleeveConfig};
 
+/// The overlay MTU Weave uses by default: 1500 less the sleeve's and
+/// VXLAN's overheads with room to spare.
+pub const DEFAULT_MTU: u32 = 1376;
+
 /// A plumbing failure: what was being done, and the kernel's answer.
 #[derive(Debug, thiserror::Error)]
 #[error("{op}: {source}")]

@@ -510,6 +510,7 @@ pub struct Attached {
 
 /// Settings for [`attach`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AttachConfig {
     /// The bridge (in the host namespace).
     pub bridge: String,
@@ -521,6 +522,14 @@ pub struct AttachConfig {
     pub multicast_route: bool,
     /// Hairpin mode on the bridge port (CNI's `hairpinMode`).
     pub hairpin: bool,
+}
+
+impl AttachConfig {
+    /// Attach to `bridge` as `ifname` with `mtu`; no multicast route, no
+    /// hairpin (set the fields to change that).
+    pub fn new(bridge: impl Into<String>, ifname: impl Into<String>, mtu: u32) -> Self {
+        Self { bridge: bridge.into(), ifname: ifname.into(), mtu, multicast_route: false, hairpin: false }
+    }
 }
 
 /// The host end's name for a container (stable, at most 15 bytes).

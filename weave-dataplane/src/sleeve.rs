@@ -26,6 +26,7 @@ pub const MIN_DATAGRAM: u16 = 548;
 
 /// Sleeve settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SleeveConfig {
     /// Our peer name.
     pub ourself: PeerName,
@@ -184,6 +185,7 @@ impl Pmtu {
 
 /// Traffic counters for one peer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PeerCounters {
     /// Frames sent to this peer (as the next hop).
     pub tx_frames: u64,

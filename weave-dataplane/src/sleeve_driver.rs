@@ -34,6 +34,7 @@ const SOCKET_BUFFER: usize = 8 << 20;
 
 /// I/O counters kept by the driver's threads.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct IoCounters {
     /// Frames read from the TAP device.
     pub tap_rx: AtomicU64,
@@ -344,6 +345,7 @@ async fn watchdog(nl: crate::netlink::Netlink, bridge: String, mtu: u32) {
 
 /// Where and how to run a data plane.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DataplaneConfig {
     /// The router's namespace.
     pub netns: Netns,
@@ -358,6 +360,14 @@ pub struct DataplaneConfig {
     /// A password is set: data between peers must be encrypted (the fast
     /// path then serves only peers in trusted subnets, if any).
     pub encrypted: bool,
+}
+
+impl DataplaneConfig {
+    /// A data plane in `netns` on `bridge`, its sleeve on `listen`; MTU
+    /// [`crate::DEFAULT_MTU`], unencrypted (set the fields to change that).
+    pub fn new(netns: Netns, bridge: impl Into<String>, listen: SocketAddr, sleeve: crate::SleeveConfig) -> Self {
+        Self { netns, bridge: bridge.into(), mtu: crate::DEFAULT_MTU, listen, sleeve, encrypted: false }
+    }
 }
 
 impl SleeveDataplane {

@@ -12,7 +12,6 @@ use std::time::Duration;
 use weave_core::{PeerName, PeerUid};
 use weave_dataplane::{Dataplane, DataplaneError, DropReason, PeerPath};
 use weave_gossip::driver::{DriverConfig, MeshBuilder, MeshHandle};
-use weave_gossip::link::LinkConfig;
 use weave_gossip::mesh::MeshConfig;
 use weave_gossip::routes::Routes;
 use weave_gossip::{DataKeys, Psk};
@@ -66,7 +65,7 @@ async fn start(name: u64) -> MeshHandle {
     let m = MeshConfig::new(PeerName::from_u64(name).unwrap(), format!("host{name}"), PeerUid::new(1000 + name).unwrap());
     let mut cfg = DriverConfig::new(m, "127.0.0.1:0".parse().unwrap());
     cfg.conn_maker.discovery = false;
-    cfg.link = LinkConfig { psk: Some(Psk::from_password(b"flood")), ..LinkConfig::default() };
+    cfg.link.psk = Some(Psk::from_password(b"flood"));
     MeshBuilder::new(cfg).start().await.expect("bind on loopback")
 }
 

@@ -36,6 +36,7 @@ pub enum Upstreams {
 
 /// Server settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Where to listen (UDP and TCP).
     pub listen: SocketAddr,

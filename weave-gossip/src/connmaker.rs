@@ -21,6 +21,7 @@ use weave_core::rng::SimRng;
 
 /// Connection-maker settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnMakerConfig {
     /// Port used when a target names none (default 6783).
     pub default_port: u16,
@@ -60,6 +61,7 @@ pub enum TargetState {
 
 /// One target, for status.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TargetStatus {
     /// `host:port`.
     pub address: String,

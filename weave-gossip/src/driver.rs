@@ -59,6 +59,7 @@ const FAILURES_KEPT: usize = 16;
 
 /// Driver settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DriverConfig {
     /// The mesh core's settings.
     pub mesh: MeshConfig,
@@ -187,6 +188,7 @@ impl ConnectionState {
 
 /// One line of `weave status connections`.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnectionStatus {
     /// Remote socket address (or target address when not connected).
     pub address: String,
@@ -204,6 +206,7 @@ pub struct ConnectionStatus {
 
 /// A snapshot of the router's mesh.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Status {
     /// Our name.
     pub name: PeerName,

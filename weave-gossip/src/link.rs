@@ -50,6 +50,7 @@ pub enum Role {
 
 /// Settings shared by every connection of a router.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LinkConfig {
     /// Oldest protocol version we accept.
     pub min_version: u8,

@@ -39,6 +39,7 @@ const MAX_RECORDS_PER_MESSAGE: usize = 10_000;
 
 /// Mesh settings; [`MeshConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MeshConfig {
     /// Our name.
     pub name: PeerName,
@@ -226,6 +227,7 @@ pub enum SendError {
 
 /// Counters for status and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MeshStats {
     /// Messages handled.
     pub msgs_in: u64,

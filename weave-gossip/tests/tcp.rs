@@ -36,8 +36,8 @@ async fn start(o: Opts) -> MeshHandle {
     cfg.conn_maker.conn_limit = o.conn_limit;
     cfg.conn_maker.backoff_initial = Duration::from_millis(100);
     cfg.conn_maker.backoff_max = Duration::from_millis(500);
-    cfg.link =
-        LinkConfig { min_version: o.versions.0, max_version: o.versions.1, psk: o.password.map(|p| Psk::from_password(p.as_bytes())), ..LinkConfig::default() };
+    (cfg.link.min_version, cfg.link.max_version) = o.versions;
+    cfg.link.psk = o.password.map(|p| Psk::from_password(p.as_bytes()));
     MeshBuilder::new(cfg).start().await.expect("bind on loopback")
 }
 

@@ -41,6 +41,7 @@ pub enum InitMode {
 
 /// IPAM settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct IpamConfig {
     /// Our name.
     pub ourself: PeerName,
@@ -164,6 +165,7 @@ struct Pending {
 
 /// A request waiting for address space (for `weave report`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PendingRequest {
     /// The request.
     pub id: RequestId,
@@ -177,6 +179,7 @@ pub struct PendingRequest {
 
 /// Status, with the strings `weave status ipam` prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct IpamStatus {
     /// `idle`, `ready`, `awaiting consensus (...)`, ...
     pub status: String,

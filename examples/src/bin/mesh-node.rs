@@ -23,7 +23,7 @@ use weave_dataplane::sleeve_driver::{DataplaneConfig, SleeveDataplane};
 use weave_dataplane::{follow_mesh, Dataplane, SleeveConfig};
 use weave_gossip::driver::{DriverConfig, MeshBuilder, Status};
 use weave_gossip::mesh::MeshConfig;
-use weave_gossip::{LinkConfig, Psk};
+use weave_gossip::Psk;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Run one weave mesh peer, then print its view of the mesh")]
@@ -120,20 +120,16 @@ async fn start_dataplane(args: &Args, name: PeerName) -> Result<Arc<dyn Dataplan
     let nl = Netlink::connect(&netns).await?;
     let mut sleeve = SleeveConfig::new(name, args.listen.port());
     sleeve.trusted = args.trusted_subnets.clone();
-    let cfg = DataplaneConfig {
-        netns,
-        bridge: args.bridge.clone(),
-        mtu: args.mtu,
-        listen: SocketAddr::new(args.listen.ip(), args.listen.port()),
-        sleeve,
-        encrypted: args.password.is_some(),
-    };
+    let mut cfg = DataplaneConfig::new(netns, args.bridge.clone(), SocketAddr::new(args.listen.ip(), args.listen.port()), sleeve);
+    cfg.mtu = args.mtu;
+    cfg.encrypted = args.password.is_some();
     let dp: Arc<dyn Dataplane> = match args.dataplane.as_str() {
         "sleeve" => Arc::new(SleeveDataplane::start(&nl, &cfg).await?),
         "fastdp" => Arc::new(weave_dataplane::fastpath::FastDataplane::start(&nl, &cfg).await?),
         other => return Err(format!("unknown data plane {other:?} (none, sleeve, fastdp)").into()),
     };
-    let attach = AttachConfig { bridge: args.bridge.clone(), ifname: "ethwe".into(), mtu: args.mtu, multicast_route: true, hairpin: false };
+    let mut attach = AttachConfig::new(args.bridge.clone(), "ethwe", args.mtu);
+    attach.multicast_route = true;
     for spec in &args.attach {
         let (ns, cidrs) = spec.split_once('=').ok_or_else(|| format!("--attach {spec}: expected NETNS=CIDR[,CIDR]"))?;
         let addrs = cidrs.split(',').map(str::parse).collect::<Result<Vec<ipnet::IpNet>, _>>().map_err(|e| format!("--attach {spec}: {e}"))?;
@@ -158,7 +154,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     cfg.conn_maker.default_port = args.listen.port();
     let peers = std::mem::take(&mut args.peers);
     cfg.dial_timeout = Duration::from_secs(2);
-    cfg.link = LinkConfig { psk: args.password.clone().map(|p| Psk::from_password(p.as_bytes())), ..LinkConfig::default() };
+    cfg.link.psk = args.password.clone().map(|p| Psk::from_password(p.as_bytes()));
     let dp = if args.dataplane == "none" { None } else { Some(start_dataplane(&args, name).await?) };
     let mesh = MeshBuilder::new(cfg).start().await?;
     if let Some(dp) = &dp {

@@ -36,14 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The data plane: bridge, TAP and UDP socket in this namespace.
     let nl = Netlink::connect(&Netns::current()).await?;
-    let cfg = DataplaneConfig {
-        netns: Netns::current(),
-        bridge: "weave".into(),
-        mtu: 1376,
-        listen,
-        sleeve: SleeveConfig::new(name, listen.port()),
-        encrypted: false,
-    };
+    let cfg = DataplaneConfig::new(Netns::current(), "weave", listen, SleeveConfig::new(name, listen.port()));
     let dp = Arc::new(SleeveDataplane::start(&nl, &cfg).await?);
 
     // IPAM (in memory here) and weaveDNS ride the mesh as channels,
@@ -70,7 +63,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // One container: an address from IPAM, a name, a resolver.
     let cidr = ipam.allocate(netns, None).await?;
-    let ac = AttachConfig { bridge: "weave".into(), ifname: "ethwe".into(), mtu: 1376, multicast_route: true, hairpin: false };
+    let mut ac = AttachConfig::new("weave", "ethwe", weave_dataplane::DEFAULT_MTU);
+    ac.multicast_route = true;
     attach(&nl, &Netns::named(netns), netns, &[IpNet::V4(cidr)], &ac).await?;
     dns.add(netns, netns, &[cidr.addr()]).await?;
     weave_dns::resolv::write_netns_resolv_conf(std::path::Path::new("/etc/netns"), netns, IpAddr::V4(host.addr()), "weave.local.")?;

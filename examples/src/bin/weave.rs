@@ -261,7 +261,7 @@ struct RouterArgs {
     #[arg(long, env = "WEAVE_NO_FASTDP")]
     no_fastdp: bool,
     /// Overlay MTU.
-    #[arg(long, env = "WEAVE_MTU", default_value_t = 1376)]
+    #[arg(long, env = "WEAVE_MTU", default_value_t = weave_dataplane::DEFAULT_MTU)]
     mtu: u32,
     /// Log level: debug, info, warning (or warn), error.
     #[arg(long, default_value = "info")]

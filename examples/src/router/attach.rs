@@ -108,7 +108,9 @@ impl Router {
         for s in &specs {
             cidrs.push(self.allocate(container, s).await?);
         }
-        let cfg = AttachConfig { bridge: self.cfg.bridge.clone(), ifname: ifname.into(), mtu: self.cfg.mtu, multicast_route, hairpin };
+        let mut cfg = AttachConfig::new(self.cfg.bridge.clone(), ifname, self.cfg.mtu);
+        cfg.multicast_route = multicast_route;
+        cfg.hairpin = hairpin;
         let addrs: Vec<IpNet> = cidrs.iter().map(|c| IpNet::V4(*c)).collect();
         let attached = match netlink::attach(&self.nl, &ns, container, &addrs, &cfg).await {
             Ok(a) => a,

@@ -19,7 +19,7 @@ use weave_dataplane::sleeve_driver::{DataplaneConfig, SleeveDataplane};
 use weave_dataplane::{follow_mesh, Dataplane, SleeveConfig};
 use weave_gossip::driver::{DriverConfig, DriverEvent, MeshBuilder, MeshHandle};
 use weave_gossip::mesh::MeshConfig;
-use weave_gossip::{LinkConfig, Psk};
+use weave_gossip::Psk;
 use weave_ipam::channel::CHANNEL as IPAM_CHANNEL;
 use weave_ipam::ipam::{InitMode, Ipam, IpamConfig};
 use weave_ipam::service::{IpamService, ServiceError};
@@ -29,6 +29,9 @@ mod cni;
 mod config;
 mod docker;
 mod lifecycle;
+mod peers;
+mod services;
+mod stop;
 
 pub use cni::{CniAttachment, CniCall, CNI_PREFIX};
 pub use config::*;
@@ -94,14 +97,9 @@ impl Router {
         let nl = Netlink::connect(&netns).await?;
         let mut sleeve = SleeveConfig::new(cfg.name, cfg.port);
         sleeve.trusted = cfg.trusted_subnets.clone();
-        let dcfg = DataplaneConfig {
-            netns,
-            bridge: cfg.bridge.clone(),
-            mtu: cfg.mtu,
-            listen: SocketAddr::new(cfg.host, cfg.port),
-            sleeve,
-            encrypted: cfg.password.is_some(),
-        };
+        let mut dcfg = DataplaneConfig::new(netns, cfg.bridge.clone(), SocketAddr::new(cfg.host, cfg.port), sleeve);
+        dcfg.mtu = cfg.mtu;
+        dcfg.encrypted = cfg.password.is_some();
         let dp: Arc<dyn Dataplane> = if cfg.fastdp {
             Arc::new(weave_dataplane::fastpath::FastDataplane::start(&nl, &dcfg).await?)
         } else {
@@ -152,7 +150,7 @@ impl Router {
         // Channel anti-entropy every few seconds: IPAM and DNS state is
         // small, and it heals what topology churn made a channel refuse.
         dc.mesh.channel_gossip_interval = Duration::from_secs(5);
-        dc.link = LinkConfig { psk: cfg.password.as_ref().map(|p| Psk::from_password(p.as_bytes())), ..LinkConfig::default() };
+        dc.link.psk = cfg.password.as_ref().map(|p| Psk::from_password(p.as_bytes()));
         let mut builder = MeshBuilder::new(dc);
         // IPAM speaks only of what is saved (weave_ipam::service). First,
         // anything in use here that it does not hold is claimed back.
@@ -288,74 +286,6 @@ impl Router {
     pub fn mesh(&self) -> &MeshHandle {
         &self.mesh
     }
-
-    /// The file direct targets are kept in, for `--resume`.
-    pub fn targets_file(state_dir: &std::path::Path) -> PathBuf {
-        state_dir.join("targets")
-    }
-
-    fn save_targets(&self, targets: &std::collections::BTreeSet<String>) {
-        let text: String = targets.iter().map(|t| format!("{t}\n")).collect();
-        if let Err(e) = std::fs::write(Self::targets_file(&self.cfg.state_dir), text) {
-            tracing::warn!(error = %e, "cannot save targets for --resume");
-        }
-    }
-
-    /// The direct targets as the user gave them (`weave status targets`
-    /// shows them so, as Weave does).
-    pub fn targets(&self) -> Vec<String> {
-        lock(&self.targets).iter().cloned().collect()
-    }
-
-    /// `weave connect`: add direct targets (replace them with `replace`),
-    /// remembered for `--resume`.
-    pub async fn connect(&self, peers: Vec<String>, replace: bool) -> Result<(), RouterError> {
-        match self.mesh.connect(peers.clone(), replace).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(RouterError::Invalid(e.to_string())),
-            Err(_) => return Err(RouterError::Stopped),
-        }
-        let mut t = lock(&self.targets);
-        if replace {
-            t.clear();
-        }
-        t.extend(peers);
-        self.save_targets(&t);
-        Ok(())
-    }
-
-    /// `weave forget`: drop direct targets.
-    pub async fn forget(&self, peers: Vec<String>) -> Result<(), RouterError> {
-        match self.mesh.forget(peers.clone()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(RouterError::Invalid(e.to_string())),
-            Err(_) => return Err(RouterError::Stopped),
-        }
-        let mut t = lock(&self.targets);
-        for p in &peers {
-            t.remove(p);
-        }
-        self.save_targets(&t);
-        Ok(())
-    }
-
-    /// A peer's nickname, including peers no longer in the topology.
-    pub fn nickname(&self, peer: PeerName) -> Option<String> {
-        lock(&self.nicknames).get(&peer).cloned()
-    }
-
-    /// A peer by name or nickname, including peers no longer in the
-    /// topology.
-    pub fn peer_named(&self, want: &str) -> Option<PeerName> {
-        let n = lock(&self.nicknames);
-        want.parse::<PeerName>().ok().or_else(|| n.iter().find(|(_, nick)| nick.as_str() == want).map(|(p, _)| *p))
-    }
-
-    /// Connections that have ended since the router started.
-    pub fn terminations(&self) -> u64 {
-        self.terminations.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// The data plane.
     pub fn dataplane(&self) -> &Arc<dyn Dataplane> {
         &self.dp
@@ -364,177 +294,6 @@ impl Router {
     /// The netlink connection in the router's namespace.
     pub fn netlink(&self) -> &Netlink {
         &self.nl
-    }
-
-    /// The subnet `net:default` allocates in (None without IPAM).
-    pub fn default_subnet(&self) -> Option<Ipv4Net> {
-        self.cfg.ipalloc_range.map(|r| self.cfg.ipalloc_default_subnet.unwrap_or(r))
-    }
-
-    /// The Docker daemon, when one answered at start.
-    pub fn docker(&self) -> Option<&crate::docker::Docker> {
-        self.docker.as_ref()
-    }
-
-    /// Docker network plugin settings, when it is served.
-    pub fn plugin_settings(&self) -> Option<crate::plugin::PluginSettings> {
-        self.cfg.plugin.clone()
-    }
-
-    /// What IPAM holds, by container (empty without IPAM).
-    pub async fn owned(&self) -> BTreeMap<String, Vec<Ipv4Net>> {
-        match &self.ipam {
-            Some(svc) => svc.with(|i, _| i.status().owned).await.unwrap_or_default(),
-            None => BTreeMap::new(),
-        }
-    }
-
-    /// Who IPAM holds `addr` for.
-    pub async fn owner_of(&self, addr: Ipv4Addr) -> Option<String> {
-        self.owned().await.into_iter().find(|(_, cidrs)| cidrs.iter().any(|c| c.addr() == addr)).map(|(id, _)| id)
-    }
-
-    /// Free addresses held for `id`.
-    pub async fn free(&self, id: &str, addrs: impl IntoIterator<Item = Ipv4Addr>) {
-        if let Some(svc) = &self.ipam {
-            if let Err(e) = svc.free(id, addrs).await {
-                tracing::warn!(container = id, error = %e, "cannot free addresses");
-            }
-        }
-    }
-
-    /// The IPAM, when enabled.
-    pub fn ipam(&self) -> Option<&IpamService> {
-        self.ipam.as_ref()
-    }
-
-    /// Allocate (or claim) an address for `id`, waiting for IPAM if it
-    /// must (and until it is saved); integrations such as the Docker plugin
-    /// plumb it themselves.
-    pub async fn allocate(&self, id: &str, spec: &AddrSpec) -> Result<Ipv4Net, RouterError> {
-        let Some(svc) = &self.ipam else {
-            return match spec {
-                AddrSpec::Exact(n) => Ok(*n),
-                _ => Err(RouterError::Invalid("IPAM is disabled (--ipalloc-range=): give addresses as ip:CIDR".into())),
-            };
-        };
-        let r = match spec {
-            AddrSpec::Exact(n) => svc.claim(id, *n).await,
-            AddrSpec::Subnet(s) => svc.allocate(id, Some(*s)).await,
-            AddrSpec::Default => svc.allocate(id, None).await,
-        };
-        r.map_err(|e| match e {
-            ServiceError::Ipam(e) => RouterError::Ipam(e),
-            ServiceError::Stopped => RouterError::Stopped,
-            e => RouterError::Invalid(e.to_string()),
-        })
-    }
-
-    /// Why IPAM cannot save its state, while it cannot.
-    pub async fn ipam_save_error(&self) -> Option<String> {
-        self.ipam.as_ref()?.save_error().await
-    }
-
-    /// weaveDNS's names, when enabled.
-    pub fn dns(&self) -> Option<&weave_dns::channel::Names> {
-        self.dns.as_ref().map(weave_dns::service::DnsService::names)
-    }
-
-    /// The DNS name a container named `base` gets ([`Target::name`]):
-    /// `-h FQDN`, or `base` in the domain.
-    pub fn dns_name(&self, base: &str, hostname: Option<&str>) -> Option<String> {
-        let d = self.cfg.dns.as_ref()?;
-        Some(match hostname {
-            Some(h) if !h.is_empty() => h.to_owned(),
-            _ => format!("{base}.{}", d.domain.trim_start_matches('.')),
-        })
-    }
-
-    /// Add DNS entries for `container` (after an attach, or `dns-add`).
-    pub async fn dns_add(&self, container: &str, name: &str, addrs: &[Ipv4Addr]) -> Result<(), RouterError> {
-        let Some(dns) = &self.dns else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
-        dns.add(container, name, addrs).await.map_err(|e| RouterError::Invalid(e.to_string()))
-    }
-
-    /// Remove DNS entries of `container` (for `name`/`addrs` if given).
-    pub async fn dns_remove(&self, container: &str, name: Option<&str>, addrs: &[Ipv4Addr]) -> Result<usize, RouterError> {
-        let Some(dns) = &self.dns else { return Err(RouterError::Invalid("weaveDNS is disabled (--no-dns)".into())) };
-        dns.remove(container, name, addrs).await.map_err(|e| RouterError::Invalid(e.to_string()))
-    }
-
-    /// The id IPAM holds exposed addresses under.
-    pub const EXPOSE_ID: &'static str = "weave:expose";
-
-    /// `weave reset`: hand our address space to a live peer (waiting up to
-    /// 10 s for it to take it, unless `force`), remove what the router made
-    /// in this namespace and its persisted state, then stop.
-    pub async fn reset(&self, force: bool) -> Result<(Vec<String>, Option<PeerName>), RouterError> {
-        let mut heir = None;
-        let mut removed_files = Vec::new();
-        if let Some(svc) = &self.ipam {
-            heir = svc.with(|i, now| i.leave(now)).await.ok().flatten();
-            if heir.is_some() && !force {
-                let end = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < end && !svc.handed_off().await {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-        if let Some(settings) = &self.cfg.dns {
-            if let IpAddr::V4(ip) = settings.listen_for(self.cfg.name).ip() {
-                removed_files.extend(remove_resolv_confs(&self.cfg.state_dir, ip));
-            }
-        }
-        let plugin = lock(&self.plugin).take();
-        if let (Some(p), Some(d)) = (&plugin, &self.docker) {
-            if let Err(e) = p.remove_network(d).await {
-                tracing::warn!(error = %e, "Docker network left behind");
-            }
-        }
-        if let Some(p) = plugin {
-            removed_files.push(p.socket().display().to_string());
-        }
-        // Nothing may put the bridge back once it is gone, and the links
-        // reset deletes are not containers dying.
-        self.dp.retire();
-        if let Some(w) = lock(&self.links_watch).take() {
-            w.abort();
-        }
-        let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
-        removed.append(&mut removed_files);
-        for f in [
-            self.cfg.state_dir.join("ipam.db"),
-            Self::targets_file(&self.cfg.state_dir),
-            self.cfg.state_dir.join(NAME_FILE),
-            self.cfg.state_dir.join(DOCKER_FILE),
-            self.cfg.state_dir.join(DNS_FILE),
-            self.cfg.state_dir.join(ATTACHED_FILE),
-        ] {
-            if std::fs::remove_file(&f).is_ok() {
-                removed.push(f.display().to_string());
-            }
-        }
-        self.stop();
-        Ok((removed, heir))
-    }
-
-    /// Ask the router to stop; [`Self::stopped`] returns once asked.
-    pub fn stop(&self) {
-        self.stopping.notify_waiters();
-        self.stopping.notify_one();
-    }
-
-    /// Wait for [`Self::stop`].
-    pub async fn stopped(&self) {
-        self.stopping.notified().await;
-    }
-
-    /// Close the mesh (the data plane stops with the process) and stop
-    /// serving the Docker plugin (its socket goes; its network stays for
-    /// the next launch).
-    pub async fn shutdown(&self) {
-        drop(lock(&self.plugin).take());
-        self.mesh.shutdown().await;
     }
 }
 
@@ -558,13 +317,6 @@ impl Router {
     /// Hold a container's lock.
     async fn busy(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         self.id_lock(id).lock_owned().await
-    }
-}
-
-impl Router {
-    /// What IPAM holds for `id`.
-    pub async fn owned_by(&self, id: &str) -> Vec<Ipv4Net> {
-        self.owned().await.remove(id).unwrap_or_default()
     }
 }
 
