@@ -66,8 +66,7 @@ pub(crate) fn lock(core: &Mutex<Sleeve>) -> MutexGuard<'_, Sleeve> {
 }
 
 /// Connection bookkeeping shared by every sleeve-based data plane.
-pub(crate) fn sleeve_connection_up(core: &Mutex<Sleeve>, peer: PeerName, remote: SocketAddr, outbound: bool, keys: Option<&DataKeys>) {
-    let mut s = lock(core);
+pub(crate) fn sleeve_connection_up(s: &mut Sleeve, peer: PeerName, remote: SocketAddr, outbound: bool, keys: Option<&DataKeys>) {
     let addr = if outbound { remote } else { s.guess_addr(remote) };
     s.add_peer(Instant::now(), peer, addr, keys);
 }
@@ -274,7 +273,7 @@ impl Dataplane for MemDataplane {
     }
 
     fn connection_up(&self, peer: PeerName, remote: SocketAddr, outbound: bool, keys: Option<&DataKeys>) -> Result<(), DataplaneError> {
-        sleeve_connection_up(&self.core, peer, remote, outbound, keys);
+        sleeve_connection_up(&mut lock(&self.core), peer, remote, outbound, keys);
         Ok(())
     }
 

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use weave_core::PeerName;
 use weave_gossip::{routes::Routes, DataKeys};
 
-use crate::dataplane::lock;
 use crate::netlink::{LinkId, Netlink};
 use crate::packet::Mac;
 use crate::sleeve_driver::{DataplaneConfig, SleeveDataplane, TAP_NAME};
@@ -92,7 +91,7 @@ impl Drop for FastDataplane {
 
 struct Control {
     nl: Netlink,
-    core: Arc<Mutex<crate::Sleeve>>,
+    core: Arc<crate::sleeve_driver::SharedSleeve>,
     shared: Arc<Mutex<Shared>>,
     bridge_name: String,
     vxlan: LinkId,
@@ -127,7 +126,7 @@ impl FastDataplane {
         let (vi, bi) = (vxlan.index, bridge.index);
         let (tx, rx) = cfg.netns.run(move || Ok((PacketSocket::open(vi, HEARTBEAT_ETHERTYPE)?, PacketSocket::open(bi, HEARTBEAT_ETHERTYPE)?)))?;
         let core = sleeve.driver().core().clone();
-        lock(&core).set_fastpath_offer(Some((bridge.mac, port)));
+        core.lock().set_fastpath_offer(Some((bridge.mac, port)));
         // Until a peer is programmed, no VXLAN gets in.
         cfg.netns.run(move || crate::firewall::allow_vxlan_from(port, &[]))?;
         let poke = Arc::new(tokio::sync::Notify::new());
@@ -181,7 +180,7 @@ impl Control {
         // Our bridge MAC can change as ports come and go: keep the offer
         // true. A recreated bridge has a new index: listen there.
         if let Some(b) = self.nl.link(&self.bridge_name).await? {
-            lock(&self.core).set_fastpath_offer(Some((b.mac, self.port)));
+            self.core.lock().set_fastpath_offer(Some((b.mac, self.port)));
             if b.index != self.bridge_index {
                 let idx = b.index;
                 match self.nl.netns().run(move || PacketSocket::open(idx, HEARTBEAT_ETHERTYPE)) {
@@ -194,7 +193,7 @@ impl Control {
             }
         }
         self.receive(now);
-        let offers = lock(&self.core).fastpath_offers();
+        let offers = self.core.lock().fastpath_offers();
         let mut seen = Vec::new();
         for (peer, addr, mac, port) in offers {
             seen.push(peer);
@@ -235,12 +234,12 @@ impl Control {
         if port == self.port {
             let mut payload = vec![0u8; self.mtu];
             payload[..4].copy_from_slice(MAGIC);
-            payload[4..10].copy_from_slice(&lock(&self.core).ourself().octets());
+            payload[4..10].copy_from_slice(&self.core.lock().ourself().octets());
             if let Err(e) = self.tx.send_to(mac, &payload) {
                 tracing::debug!(%peer, error = %e, "fast-path heartbeat not sent");
             }
         }
-        let ready = lock(&self.core).fastpath_ready(now, peer);
+        let ready = self.core.lock().fastpath_ready(now, peer);
         let active = self.shared().programmed.get(&peer).is_some_and(|p| p.active);
         match (ready, active) {
             (Ok(_), false) => self.activate(peer).await,
@@ -260,7 +259,7 @@ impl Control {
                 Ok((n, _src)) if n >= 10 && &buf[..4] == MAGIC => {
                     let mut o = [0u8; 6];
                     o.copy_from_slice(&buf[4..10]);
-                    lock(&self.core).fastpath_heard(now, PeerName::from_octets(o));
+                    self.core.lock().fastpath_heard(now, PeerName::from_octets(o));
                 }
                 Ok(_) => {}
                 Err(_) => return,
@@ -287,9 +286,9 @@ impl Control {
         let Some(p) = self.shared().programmed.get(&peer).cloned() else { return Ok(()) };
         // The sleeve stops carrying the peer's frames first, then VXLAN
         // starts: in between a frame may be lost, never delivered twice.
-        lock(&self.core).set_fastpath_active(peer, true);
+        self.core.lock().set_fastpath_active(peer, true);
         if let Err(e) = self.nl.fdb_add(self.vxlan.index, [0; 6], p.ip).await {
-            lock(&self.core).set_fastpath_active(peer, false);
+            self.core.lock().set_fastpath_active(peer, false);
             return Err(e);
         }
         // What the bridge learnt through the sleeve for this peer's
@@ -308,7 +307,7 @@ impl Control {
         let Some(p) = self.shared().programmed.get(&peer).cloned() else { return Ok(()) };
         // VXLAN stops first, then the sleeve takes over (no duplicates).
         let removed = self.nl.fdb_del(self.vxlan.index, [0; 6], p.ip).await;
-        lock(&self.core).set_fastpath_active(peer, false);
+        self.core.lock().set_fastpath_active(peer, false);
         removed?;
         // Forget learnt entries for the peer except the heartbeat's.
         self.nl.fdb_del_dst(self.vxlan.index, p.ip).await?;
@@ -325,7 +324,7 @@ impl Control {
 
     async fn remove(&mut self, peer: PeerName) -> Result<(), crate::PlumbError> {
         let Some(p) = self.shared().programmed.remove(&peer) else { return Ok(()) };
-        lock(&self.core).set_fastpath_active(peer, false);
+        self.core.lock().set_fastpath_active(peer, false);
         self.nl.fdb_del_dst(self.vxlan.index, p.ip).await?;
         if p.active {
             self.nl.flush_port(self.vxlan.index).await?;

@@ -34,11 +34,16 @@ pub struct SleeveConfig {
     pub port: u16,
     /// Largest UDP payload to try (underlay MTU - 28).
     pub max_datagram: u16,
-    /// Heartbeat interval once a path is up.
+    /// Heartbeat interval once a path is up and its MTU known (default
+    /// 5 s: an idle mesh costs little per peer).
     pub heartbeat: Duration,
     /// Heartbeat interval while establishing a path or probing its MTU.
     pub fast_heartbeat: Duration,
-    /// A path is down after this long without a valid datagram.
+    /// A sleeve path is down after this long without an answered heartbeat
+    /// (default 16 s: three heartbeats lost).
+    pub path_timeout: Duration,
+    /// The fast path to a peer is down after this long without its
+    /// fast-path heartbeats (default 6 s).
     pub timeout: Duration,
     /// Learnt MAC addresses are forgotten after this long unseen.
     pub mac_expiry: Duration,
@@ -54,8 +59,9 @@ impl SleeveConfig {
             ourself,
             port,
             max_datagram: 1472,
-            heartbeat: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(5),
             fast_heartbeat: Duration::from_millis(100),
+            path_timeout: Duration::from_secs(16),
             timeout: Duration::from_secs(6),
             mac_expiry: Duration::from_secs(600),
             trusted: Vec::new(),
@@ -98,10 +104,12 @@ struct Pmtu {
     verifying: bool,
 }
 
-/// Verify a settled path MTU every this many heartbeat rounds (a full-size
-/// heartbeat costs bytes on every connection; once in ten rounds keeps an
-/// idle mesh cheap).
-const VERIFY_EVERY: u8 = 10;
+/// Verify a settled path MTU every this many heartbeat rounds (every 30 s
+/// at the default 5 s heartbeat: a full-size heartbeat costs bytes on every
+/// connection, and an idle mesh must stay cheap). A verification that
+/// fails is retried at the fast heartbeat, so a path that shrank is found
+/// within a second of the check.
+const VERIFY_EVERY: u8 = 6;
 
 impl Pmtu {
     fn new(max: u16) -> Self {
@@ -562,8 +570,15 @@ impl Sleeve {
 
     /// A fast-path heartbeat from `peer` arrived.
     pub fn fastpath_heard(&mut self, now: Instant, peer: PeerName) {
+        let timeout = self.cfg.timeout;
         if let Some(p) = self.peers.get_mut(&peer) {
+            let was = p.fastpath_heard.is_some_and(|t| now.saturating_duration_since(t) < timeout);
             p.fastpath_heard = Some(now);
+            if !was {
+                // Tell the peer at once (the heartbeat carries it), not at
+                // the next slow round.
+                p.next_beat = now;
+            }
         }
     }
 
@@ -662,7 +677,7 @@ impl Sleeve {
     }
 
     fn established(&self, now: Instant, p: &Peer) -> bool {
-        p.last_ack.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.timeout)
+        p.last_ack.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.path_timeout)
     }
 
     fn drop(&mut self, r: DropReason) {
@@ -1121,8 +1136,9 @@ impl Sleeve {
                 p.pmtu.end_round();
                 p.seq = p.seq.wrapping_add(1);
                 let settled = p.pmtu.settled();
-                // Searching, or verifying what was found.
-                (!est || !settled, (!settled || p.pmtu.verifying).then_some(p.pmtu.probe))
+                // Searching, or re-checking a verification that failed.
+                let rechecking = p.pmtu.verifying && p.pmtu.misses > 0;
+                (!est || !settled || rechecking, (!settled || p.pmtu.verifying).then_some(p.pmtu.probe))
             };
             let beat = self.our_beat(now, n);
             self.send_beat(n, Kind::Heartbeat, beat, 0, tx);

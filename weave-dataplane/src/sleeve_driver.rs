@@ -48,9 +48,52 @@ pub struct IoCounters {
     pub tap_errors: AtomicU64,
 }
 
+/// The sleeve core as its worker thread shares it: whoever changes it from
+/// outside ([`SharedSleeve::lock`]) wakes the worker, which otherwise
+/// sleeps until its next timer or until a frame or datagram arrives.
+#[derive(Debug)]
+pub struct SharedSleeve {
+    sleeve: Mutex<Sleeve>,
+    waker: sys::Waker,
+}
+
+/// A locked [`SharedSleeve`]; the worker re-reads its timers when this is
+/// dropped.
+#[derive(Debug)]
+pub struct SleeveGuard<'a> {
+    guard: std::sync::MutexGuard<'a, Sleeve>,
+    waker: &'a sys::Waker,
+}
+
+impl std::ops::Deref for SleeveGuard<'_> {
+    type Target = Sleeve;
+    fn deref(&self) -> &Sleeve {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for SleeveGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Sleeve {
+        &mut self.guard
+    }
+}
+
+impl Drop for SleeveGuard<'_> {
+    fn drop(&mut self) {
+        self.waker.wake();
+    }
+}
+
+impl SharedSleeve {
+    /// Lock the core; the worker is woken when the guard goes.
+    pub fn lock(&self) -> SleeveGuard<'_> {
+        SleeveGuard { guard: lock(&self.sleeve), waker: &self.waker }
+    }
+}
+
 /// A running sleeve: its threads, TAP and socket.
 pub struct SleeveDriver {
-    core: Arc<Mutex<Sleeve>>,
+    core: Arc<SharedSleeve>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     local: SocketAddr,
@@ -96,7 +139,7 @@ impl SleeveDriver {
         let local = udp.local_addr()?;
         let tap = Arc::new(tap);
         let udp = Arc::new(udp);
-        let core = Arc::new(Mutex::new(core));
+        let core = Arc::new(SharedSleeve { sleeve: Mutex::new(core), waker: sys::Waker::new()? });
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(IoCounters::default());
         let mut threads = Vec::new();
@@ -108,7 +151,7 @@ impl SleeveDriver {
     }
 
     /// The core, for control (peers, routes) and status.
-    pub fn core(&self) -> &Arc<Mutex<Sleeve>> {
+    pub fn core(&self) -> &Arc<SharedSleeve> {
         &self.core
     }
 
@@ -125,6 +168,7 @@ impl SleeveDriver {
     /// Stop the threads (closing the TAP device removes it).
     pub fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.core.waker.wake();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -142,8 +186,8 @@ fn lock(core: &Mutex<Sleeve>) -> std::sync::MutexGuard<'_, Sleeve> {
     core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// How long the worker keeps checking for work after its last batch before
-/// it sleeps: replies that come back within this window (a ping's echo, a
+/// How long the worker keeps checking for work after it last moved frames
+/// before it sleeps: replies that come back within this window (a ping's echo, a
 /// TCP ACK) are picked up without a wake-up, which costs tens of
 /// microseconds on a virtual machine.
 const SPIN: Duration = Duration::from_micros(200);
@@ -151,7 +195,8 @@ const SPIN: Duration = Duration::from_micros(200);
 /// The worker: one thread serving both the TAP device and the socket.
 /// Frames a TAP write provokes (the answer of a local container) are often
 /// queued before the write returns, and are read in the same pass.
-fn worker(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, c: &IoCounters) {
+fn worker(shared: &SharedSleeve, stop: &AtomicBool, tap: &File, udp: &UdpSocket, c: &IoCounters) {
+    let core = &shared.sleeve;
     let mut frames: Vec<Vec<u8>> = (0..TAP_BATCH).map(|_| vec![0u8; FRAME_BUF]).collect();
     let mut lens = [0usize; TAP_BATCH];
     let mut batch = sys::RecvBatch::new(UDP_BATCH, DGRAM_BUF);
@@ -166,7 +211,6 @@ fn worker(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, 
     let mut spent: Vec<Vec<u8>> = Vec::new();
     let (tap_fd, udp_fd) = (tap.as_raw_fd(), udp.as_raw_fd());
     let mut last_work = Instant::now();
-    let mut next_timer = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let n_tap = match read_frames(tap, &mut frames, &mut lens) {
             Ok(n) => n,
@@ -187,21 +231,24 @@ fn worker(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, 
             }
         };
         let now = Instant::now();
-        if n_tap == 0 && n_udp == 0 && now < next_timer {
-            if now.saturating_duration_since(last_work) < SPIN {
-                std::hint::spin_loop();
-                std::thread::yield_now();
+        if n_tap == 0 && n_udp == 0 {
+            let next_timer = lock(core).poll_timeout();
+            if next_timer.is_none_or(|t| now < t) {
+                if now.saturating_duration_since(last_work) < SPIN {
+                    std::hint::spin_loop();
+                    std::thread::yield_now();
+                    continue;
+                }
+                // Asleep until a frame, a datagram, a change from outside
+                // (the waker) or the next timer: nothing polls at rest.
+                let ms = next_timer.map_or(-1, |t| i32::try_from(t.saturating_duration_since(now).as_millis() + 1).unwrap_or(i32::MAX));
+                if let Err(e) = sys::wait_any([tap_fd, udp_fd, shared.waker.fd()], ms) {
+                    tracing::error!(error = %e, "polling failed; sleeve stopped");
+                    return;
+                }
+                shared.waker.drain();
                 continue;
             }
-            let ms = next_timer.saturating_duration_since(now).as_millis().clamp(1, 100) as i32;
-            if let Err(e) = sys::wait_either(tap_fd, udp_fd, ms) {
-                tracing::error!(error = %e, "polling failed; sleeve stopped");
-                return;
-            }
-            continue;
-        }
-        if n_tap + n_udp > 0 {
-            last_work = now;
         }
         c.tap_rx.fetch_add(n_tap as u64, Ordering::Relaxed);
         c.udp_rx.fetch_add(n_udp as u64, Ordering::Relaxed);
@@ -232,13 +279,17 @@ fn worker(core: &Mutex<Sleeve>, stop: &AtomicBool, tap: &File, udp: &UdpSocket, 
             if s.poll_timeout().is_some_and(|t| t <= now) {
                 s.handle_timeout(now, &mut tx);
             }
-            next_timer = s.poll_timeout().unwrap_or(now + Duration::from_millis(100)).min(now + Duration::from_millis(100));
             s.flush(&mut tx);
         }
         if !tx.is_empty() {
             let sent = sys::send_batch(udp_fd, tx.iter(), gso_min);
             c.udp_tx.fetch_add(sent as u64, Ordering::Relaxed);
             tx.clear();
+        }
+        // Frames moved: more are likely within the spin window. Heartbeats
+        // alone are not traffic, and an idle mesh must not spin on them.
+        if n_tap > 0 || !deliveries.is_empty() || !inject.is_empty() {
+            last_work = now;
         }
         for f in inject.drain(..) {
             write_frame(tap, None, &f, c);
@@ -405,27 +456,27 @@ impl crate::Dataplane for SleeveDataplane {
         outbound: bool,
         keys: Option<&weave_gossip::DataKeys>,
     ) -> Result<(), crate::DataplaneError> {
-        crate::dataplane::sleeve_connection_up(self.driver.core(), peer, remote, outbound, keys);
+        crate::dataplane::sleeve_connection_up(&mut self.driver.core().lock(), peer, remote, outbound, keys);
         Ok(())
     }
 
     fn connection_down(&self, peer: weave_core::PeerName) {
-        lock(self.driver.core()).remove_peer(peer);
+        self.driver.core().lock().remove_peer(peer);
     }
 
     fn set_routes(&self, routes: &weave_gossip::routes::Routes) {
-        lock(self.driver.core()).set_routes(routes.clone());
+        self.driver.core().lock().set_routes(routes.clone());
     }
 
     fn paths(&self) -> Vec<crate::PeerPath> {
-        lock(self.driver.core()).paths(Instant::now())
+        self.driver.core().lock().paths(Instant::now())
     }
 
     fn drops(&self) -> Vec<(crate::DropReason, u64)> {
-        lock(self.driver.core()).drops()
+        self.driver.core().lock().drops()
     }
 
     fn macs(&self) -> Vec<(crate::packet::Mac, weave_core::PeerName, Instant)> {
-        lock(self.driver.core()).remote_macs()
+        self.driver.core().lock().remote_macs()
     }
 }

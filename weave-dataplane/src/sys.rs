@@ -382,11 +382,12 @@ fn wait_writable(fd: RawFd, ms: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Wait until either descriptor is readable or `ms` pass.
-pub fn wait_either(a: RawFd, b: RawFd, ms: i32) -> io::Result<()> {
-    let mut p = [libc::pollfd { fd: a, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: b, events: libc::POLLIN, revents: 0 }];
-    // SAFETY: two live pollfds.
-    let r = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
+/// Wait until any of the descriptors is readable or `ms` pass (`-1`:
+/// no limit).
+pub fn wait_any(fds: [RawFd; 3], ms: i32) -> io::Result<()> {
+    let mut p = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    // SAFETY: three live pollfds.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), 3, ms) };
     if r < 0 {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
@@ -505,4 +506,41 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // stays open for as long as it is registered and is closed only after
     // the AsyncFd deregisters it on drop.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+/// Wakes a thread blocked in [`wait_any`] on [`Waker::fd`] (an eventfd).
+#[derive(Debug)]
+pub struct Waker(OwnedFd);
+
+impl Waker {
+    /// A new eventfd, non-blocking.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor we own.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Make the descriptor readable.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64; a full counter (never
+        // reached) only means a wake-up is pending already.
+        unsafe { libc::write(self.0.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Take pending wake-ups.
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; EAGAIN when none pending.
+        unsafe { libc::read(self.0.as_raw_fd(), (&raw mut v).cast(), 8) };
+    }
+
+    /// The descriptor to wait on.
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
 }

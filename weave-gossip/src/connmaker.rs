@@ -33,11 +33,21 @@ pub struct ConnMakerConfig {
     pub backoff_initial: Duration,
     /// Retry delay cap (default 60 s).
     pub backoff_max: Duration,
+    /// How long a discovered peer that should dial us first is given
+    /// before we dial it (default 3 s; see [`ConnectionMaker::set_discovered`]).
+    pub discovery_defer: Duration,
 }
 
 impl Default for ConnMakerConfig {
     fn default() -> Self {
-        Self { default_port: 6783, discovery: true, conn_limit: 200, backoff_initial: Duration::from_secs(1), backoff_max: Duration::from_secs(60) }
+        Self {
+            default_port: 6783,
+            discovery: true,
+            conn_limit: 200,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            discovery_defer: Duration::from_secs(3),
+        }
     }
 }
 
@@ -180,23 +190,27 @@ impl ConnectionMaker {
         self.targets.iter().filter(|(_, t)| t.direct).map(|(a, _)| a.clone()).collect()
     }
 
-    /// Replace the discovered targets (ignored when discovery is off).
-    pub fn set_discovered(&mut self, now: Instant, addrs: impl IntoIterator<Item = String>) {
+    /// Replace the discovered targets (ignored when discovery is off). A
+    /// new target is dialed at once if `eager`, else after
+    /// [`ConnMakerConfig::discovery_defer`] (scaled by a random factor in
+    /// [1, 2)), unless it connects to us meanwhile.
+    pub fn set_discovered(&mut self, now: Instant, addrs: impl IntoIterator<Item = (String, bool)>) {
         if !self.cfg.discovery {
             return;
         }
         for t in self.targets.values_mut() {
             t.discovered = false;
         }
-        for a in addrs {
+        for (a, eager) in addrs {
             let Ok(a) = self.normalize(&a) else { continue };
             let connected = self.connected.contains(&a);
+            let due = if eager { now } else { now + self.cfg.discovery_defer.mul_f64(self.rng.random_range(1.0..2.0)) };
             self.targets
                 .entry(a)
                 .or_insert_with(|| Target {
                     direct: false,
                     discovered: true,
-                    state: if connected { TargetState::Connected } else { TargetState::Retrying(now) },
+                    state: if connected { TargetState::Connected } else { TargetState::Retrying(due) },
                     attempts: 0,
                     last_error: None,
                 })
@@ -361,10 +375,10 @@ mod tests {
     fn discovery_adds_targets_only_when_enabled_and_forget_drops_direct_ones() {
         let t0 = Instant::now();
         let mut off = cm(false);
-        off.set_discovered(t0, s(&["x:1"]));
+        off.set_discovered(t0, [("x:1".to_owned(), true)]);
         assert!(off.targets().is_empty());
         let mut on = cm(true);
-        on.set_discovered(t0, s(&["x:1"]));
+        on.set_discovered(t0, [("x:1".to_owned(), true)]);
         assert_eq!(on.targets().len(), 1);
         on.connect(t0, &s(&["y"]), false).unwrap();
         on.forget(&s(&["y"])).unwrap();

@@ -62,6 +62,10 @@ pub struct MeshConfig {
     pub recalc_delay: Duration,
     /// Bound on one message (default [`MAX_MESSAGE_LEN`]).
     pub max_message_len: usize,
+    /// Topology changes go to each neighbour at most once per this window,
+    /// as the latest record of each peer that changed (default 50 ms): a
+    /// record that changes many times while a mesh forms is sent once.
+    pub update_delay: Duration,
 }
 
 impl MeshConfig {
@@ -77,6 +81,7 @@ impl MeshConfig {
             channel_gossip_interval: Duration::from_secs(30),
             recalc_delay: Duration::from_millis(20),
             max_message_len: MAX_MESSAGE_LEN,
+            update_delay: Duration::from_millis(50),
         }
     }
 }
@@ -245,6 +250,8 @@ struct Conn {
     remote: RemotePeer,
     last_rx: Instant,
     next_heartbeat: Instant,
+    /// Peers whose records this neighbour gets at the next update.
+    pending: BTreeSet<PeerName>,
 }
 
 /// The mesh. See the module docs for the call order.
@@ -268,6 +275,8 @@ pub struct Mesh {
     /// gone, and its deltas may have passed by meanwhile).
     channel_resync: bool,
     announce: bool,
+    /// When the pending records go out.
+    update_at: Option<Instant>,
     stats: MeshStats,
 }
 
@@ -295,6 +304,7 @@ impl Mesh {
             next_channel_gossip,
             channel_resync: false,
             announce: false,
+            update_at: None,
             stats: MeshStats::default(),
         }
     }
@@ -339,14 +349,18 @@ impl Mesh {
     }
 
     /// Listen addresses of peers we know of but have no connection to: what
-    /// discovery should dial.
-    pub fn discovery_candidates(&self) -> Vec<String> {
+    /// discovery should dial, each with whether we should dial first. Of
+    /// two peers that discover each other, the one with the higher name
+    /// dials at once (its connection is the one both keep, see
+    /// [`Mesh::add_connection`]); the other waits a while for it, so a
+    /// forming mesh does not handshake every pair twice.
+    pub fn discovery_candidates(&self) -> Vec<(String, bool)> {
         let me = self.cfg.name;
         self.topo
             .records()
             .flat_map(|r| r.connections.iter())
             .filter(|c| c.peer != me && !self.by_peer.contains_key(&c.peer) && !c.address.is_empty())
-            .map(|c| c.address.clone())
+            .map(|c| (c.address.clone(), me > c.peer))
             .collect()
     }
 
@@ -460,12 +474,12 @@ impl Mesh {
             self.events.push_back(MeshEvent::CloseConnection { conn: old, reason });
         }
         self.by_peer.insert(remote.name, conn);
-        self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat: now + self.cfg.heartbeat_interval });
+        self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat: now + self.cfg.heartbeat_interval, pending: BTreeSet::new() });
         self.our_connections_changed(now);
         let (sum, count) = self.topo.digest();
         self.send(conn, Body::Digest(TopologyDigest { sum: sum.to_le_bytes().to_vec(), count }));
         self.send_channel_states(now, conn);
-        self.flush();
+        self.flush(now);
         Ok(())
     }
 
@@ -484,7 +498,7 @@ impl Mesh {
     pub fn remove_connection(&mut self, now: Instant, conn: ConnId) {
         if self.drop_conn(conn) {
             self.our_connections_changed(now);
-            self.flush();
+            self.flush(now);
         }
     }
 
@@ -591,7 +605,7 @@ impl Mesh {
             Some(Body::Broadcast(m)) => self.on_broadcast(now, conn, m),
             Some(Body::Unicast(m)) => self.on_unicast(now, conn, m),
         };
-        self.flush();
+        self.flush(now);
         self.flush_channels(now);
         result
     }
@@ -620,15 +634,22 @@ impl Mesh {
         if !applied.changed.is_empty() || applied.ourself_bumped {
             self.topology_changed(now);
         }
-        if !applied.changed.is_empty() {
-            let msgs = self.record_messages(&applied.changed);
-            let others: Vec<ConnId> = self.conns.keys().copied().filter(|&c| c != from).collect();
-            for c in others {
-                for m in &msgs {
-                    self.send(c, Body::Update(m.clone()));
+        // Passed on along each record's owner's broadcast tree (as the
+        // routes stand; anti-entropy covers what a stale tree misses), or
+        // to every other neighbour while the owner is not reachable.
+        for name in applied.changed {
+            let to: Vec<ConnId> = if name != self.cfg.name && self.routes.reachable(name) {
+                self.routes.broadcast_children(name).iter().filter_map(|p| self.by_peer.get(p).copied()).collect()
+            } else {
+                self.conns.keys().copied().collect()
+            };
+            for c in to.into_iter().filter(|&c| c != from) {
+                if let Some(conn) = self.conns.get_mut(&c) {
+                    conn.pending.insert(name);
                 }
             }
         }
+        self.schedule_update(now);
         Ok(())
     }
 
@@ -781,6 +802,9 @@ impl Mesh {
         if self.recalc_at.is_some_and(|t| now >= t) {
             self.recalculate(now);
         }
+        if self.update_at.is_some_and(|t| now >= t) {
+            self.send_updates();
+        }
         for s in self.channels.values_mut() {
             if s.channel.poll_timeout().is_some_and(|t| now >= t) {
                 s.channel.handle_timeout(now);
@@ -805,7 +829,7 @@ impl Mesh {
                 self.send_channel_states(now, c);
             }
         }
-        self.flush();
+        self.flush(now);
         self.flush_channels(now);
     }
 
@@ -838,7 +862,7 @@ impl Mesh {
     /// When [`Mesh::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.next_anti_entropy.min(self.next_channel_gossip);
-        if let Some(r) = self.recalc_at {
+        for r in [self.recalc_at, self.update_at].into_iter().flatten() {
             t = t.min(r);
         }
         for c in self.conns.values() {
@@ -862,13 +886,30 @@ impl Mesh {
         self.events.pop_front()
     }
 
-    fn flush(&mut self) {
+    /// Our record changed: every neighbour gets it with the next update.
+    fn flush(&mut self, now: Instant) {
         if std::mem::take(&mut self.announce) {
-            let me = self.topo.our_record().to_msg();
-            let conns: Vec<ConnId> = self.conns.keys().copied().collect();
-            for c in conns {
-                self.send(c, Body::Update(TopologyUpdate { records: vec![me.clone()] }));
+            let me = self.cfg.name;
+            for c in self.conns.values_mut() {
+                c.pending.insert(me);
             }
+            self.schedule_update(now);
+        }
+    }
+
+    fn schedule_update(&mut self, now: Instant) {
+        if self.conns.values().any(|c| !c.pending.is_empty()) {
+            self.update_at.get_or_insert(now + self.cfg.update_delay);
+        }
+    }
+
+    /// Send every neighbour the latest records of the peers pending for it.
+    fn send_updates(&mut self) {
+        self.update_at = None;
+        let due: Vec<(ConnId, Vec<PeerName>)> =
+            self.conns.iter_mut().filter(|(_, c)| !c.pending.is_empty()).map(|(&id, c)| (id, std::mem::take(&mut c.pending).into_iter().collect())).collect();
+        for (conn, names) in due {
+            self.send_records(conn, &names);
         }
     }
 

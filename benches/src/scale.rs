@@ -1,0 +1,292 @@
+//! N real routers on one machine: each `weave launch`ed in a network
+//! namespace of its own, all on one underlay bridge, all pointed at host 1,
+//! discovery doing the rest. Measured: launch time, time to full mesh,
+//! memory, and what the routers cost at rest.
+//!
+//! Needs root and the `weave` binary (the reference router's CLI). Every
+//! namespace, state directory and router it makes is removed at the end,
+//! and the kernel's neighbour-table thresholds it raises are put back.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// What one run is asked to do.
+#[derive(Debug, Clone)]
+pub struct ScaleConfig {
+    /// Number of routers.
+    pub n: usize,
+    /// Run the mesh with a password.
+    pub password: bool,
+    /// `--conn-limit` for every router (None: the router's default).
+    pub conn_limit: Option<usize>,
+    /// Give up waiting for the mesh after this long.
+    pub converge_timeout: Duration,
+    /// How long the idle cost is measured over (zero: not measured).
+    pub idle: Duration,
+    /// The `weave` binary.
+    pub weave: PathBuf,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct ScaleRow {
+    /// Number of routers.
+    pub n: usize,
+    /// With a password.
+    pub password: bool,
+    /// From the first `weave launch` to the last one returning.
+    pub launch: Duration,
+    /// From the last launch until every router had a connection to every
+    /// other (None: not within the timeout).
+    pub full_mesh: Option<Duration>,
+    /// Established connections per router at the end of the wait: min,
+    /// median, max.
+    pub established: (usize, usize, usize),
+    /// Resident memory per router, MB: min, median, max.
+    pub rss_mb: (f64, f64, f64),
+    /// CPU per router at rest, percent of one core: median and max.
+    pub idle_cpu_pct: (f64, f64),
+    /// Bytes per second each router sends at rest: median and max.
+    pub idle_bytes_per_s: (f64, f64),
+}
+
+fn sh(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
+    if !out.status.success() {
+        return Err(format!("{args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+const NEIGH: [(&str, u32); 3] = [("gc_thresh1", 8192), ("gc_thresh2", 32768), ("gc_thresh3", 65536)];
+
+fn neigh_path(k: &str) -> PathBuf {
+    Path::new("/proc/sys/net/ipv4/neigh/default").join(k)
+}
+
+/// Everything one run made, undone on drop.
+struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    namespaces: Vec<String>,
+    states: Vec<PathBuf>,
+    neigh: Vec<(&'static str, String)>,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Result<Self, String> {
+        let prefix = format!("wsc{}{tag}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut lab = Self { prefix, dir, namespaces: Vec::new(), states: Vec::new(), neigh: Vec::new() };
+        // One kernel holds every simulated host's neighbours: at the
+        // default 1024 entries the underlay itself drops.
+        for (k, v) in NEIGH {
+            let old = std::fs::read_to_string(neigh_path(k)).map_err(|e| format!("{k}: {e}"))?;
+            if old.trim().parse::<u32>().is_ok_and(|o| o < v) {
+                std::fs::write(neigh_path(k), v.to_string()).map_err(|e| format!("raise {k}: {e}"))?;
+                lab.neigh.push((k, old));
+            }
+        }
+        Ok(lab)
+    }
+
+    fn ns(&mut self, name: String) -> Result<String, String> {
+        sh(&["ip", "netns", "add", &name])?;
+        self.namespaces.push(name.clone());
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    fn underlay(&self) -> String {
+        format!("{}u", self.prefix)
+    }
+
+    fn host(&self, i: usize) -> String {
+        format!("{}h{i}", self.prefix)
+    }
+
+    fn state(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Routers first (ours: their pids are in their state directories).
+        let pids: Vec<u32> = self.states.iter().filter_map(|s| router_pid(s)).collect();
+        for p in &pids {
+            let _ = sh(&["kill", "-TERM", &p.to_string()]);
+        }
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end && pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && !zombie(*p)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for p in pids.iter().filter(|p| Path::new(&format!("/proc/{p}")).exists() && !zombie(**p)) {
+            let _ = sh(&["kill", "-KILL", &p.to_string()]);
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        for (k, v) in self.neigh.drain(..) {
+            let _ = std::fs::write(neigh_path(k), v);
+        }
+    }
+}
+
+fn router_pid(state: &Path) -> Option<u32> {
+    std::fs::read_to_string(state.join("weave.pid")).ok()?.trim().parse().ok()
+}
+
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')).unwrap_or(true)
+}
+
+/// The underlay address of host `i` (1-based).
+fn host_ip(i: usize) -> String {
+    format!("10.200.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// CPU ticks (user + system) a process has used.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn rss_mb(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Bytes each host has sent onto the underlay, by port name.
+fn underlay_tx(underlay: &str) -> Result<std::collections::BTreeMap<String, u64>, String> {
+    let out = sh(&["ip", "-n", underlay, "-j", "-s", "link", "show"])?;
+    let links: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    Ok(links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            // What the host sends arrives on the underlay's end of its veth.
+            let bytes = l["stats64"]["rx"]["bytes"].as_u64()?;
+            Some((l["ifname"].as_str()?.to_owned(), bytes))
+        })
+        .collect())
+}
+
+fn min_med_max<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<(T, T, T)> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Some((*v.first()?, v[v.len() / 2], *v.last()?))
+}
+
+/// Established connections of every router (in order), through the
+/// control sockets; a router that does not answer counts 0.
+async fn established(states: &[PathBuf]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(states.len());
+    for s in states {
+        let n = async {
+            let mut c = weave_core::control::connect(&weave_core::control::socket_path(s)).await.ok()?;
+            let st = c.status(weave_core::control::pb::Empty {}).await.ok()?.into_inner();
+            Some(st.connections.iter().filter(|c| c.state == "established").count())
+        };
+        out.push(tokio::time::timeout(Duration::from_secs(5), n).await.ok().flatten().unwrap_or(0));
+    }
+    out
+}
+
+/// Run once: make the hosts, launch the routers, wait for the mesh, and
+/// measure.
+pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
+    let mut lab = Lab::new(if cfg.password { "p" } else { "" })?;
+    let u = lab.ns(lab.underlay())?;
+    sh(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"])?;
+    sh(&["ip", "-n", &u, "link", "set", "br0", "up"])?;
+    for i in 1..=cfg.n {
+        let h = lab.ns(lab.host(i))?;
+        let port = format!("p{i}");
+        sh(&["ip", "-n", &u, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &h])?;
+        sh(&["ip", "-n", &u, "link", "set", &port, "master", "br0", "up"])?;
+        sh(&["ip", "-n", &h, "addr", "add", &format!("{}/16", host_ip(i)), "dev", "eth0"])?;
+        sh(&["ip", "-n", &h, "link", "set", "eth0", "up"])?;
+    }
+
+    let launched = Instant::now();
+    for i in 1..=cfg.n {
+        let state = lab.state(i);
+        lab.states.push(state.clone());
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", lab.host(i))).arg(&cfg.weave).arg("--state-dir").arg(&state);
+        c.args(["launch", "--nickname", &format!("h{i}"), "--no-fastdp", "--no-docker", "--no-plugin", "--host", &host_ip(i)]);
+        if let Some(l) = cfg.conn_limit {
+            c.args(["--conn-limit", &l.to_string()]);
+        }
+        if cfg.password {
+            c.env("WEAVE_PASSWORD", "scale-benchmark");
+        }
+        if i > 1 {
+            c.arg(host_ip(1));
+        }
+        let out = c.output().map_err(|e| format!("weave launch: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("launch of host {i}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    let launch = launched.elapsed();
+    let last = Instant::now();
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let want = match cfg.conn_limit {
+        Some(l) if l < cfg.n - 1 => l.min(cfg.n - 1),
+        _ => cfg.n - 1,
+    };
+    let (full_mesh, counts) = loop {
+        let counts = rt.block_on(established(&lab.states));
+        if counts.iter().all(|c| *c >= want) {
+            break (Some(last.elapsed()), counts);
+        }
+        if last.elapsed() > cfg.converge_timeout {
+            break (None, counts);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let established = min_med_max(counts).unwrap_or_default();
+
+    let pids: Vec<u32> = lab.states.iter().filter_map(|s| router_pid(s)).collect();
+    if pids.len() != cfg.n {
+        return Err(format!("{} of {} routers left a pid", pids.len(), cfg.n));
+    }
+    let (mut idle_cpu_pct, mut idle_bytes_per_s) = ((0.0, 0.0), (0.0, 0.0));
+    if !cfg.idle.is_zero() {
+        // Let the last topology updates and anti-entropy rounds settle.
+        std::thread::sleep(Duration::from_secs(5));
+        let t0 = Instant::now();
+        let cpu0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
+        let tx0 = underlay_tx(&u)?;
+        std::thread::sleep(cfg.idle);
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu1: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
+        let tx1 = underlay_tx(&u)?;
+        // Clock ticks are 1/100 s on Linux.
+        let cpu: Vec<f64> = cpu0.iter().zip(&cpu1).map(|(a, b)| (b.saturating_sub(*a)) as f64 / 100.0 / secs * 100.0).collect();
+        let bytes: Vec<f64> = tx1.iter().filter(|(k, _)| k.starts_with('p')).map(|(k, b)| b.saturating_sub(*tx0.get(k).unwrap_or(b)) as f64 / secs).collect();
+        let c = min_med_max(cpu).unwrap_or_default();
+        let b = min_med_max(bytes).unwrap_or_default();
+        idle_cpu_pct = (c.1, c.2);
+        idle_bytes_per_s = (b.1, b.2);
+    }
+    let rss = min_med_max(pids.iter().filter_map(|p| rss_mb(*p)).collect()).unwrap_or_default();
+    Ok(ScaleRow { n: cfg.n, password: cfg.password, launch, full_mesh, established, rss_mb: rss, idle_cpu_pct, idle_bytes_per_s })
+}
+
+/// The `weave` binary next to the running executable (or one level up,
+/// from a test's `deps/`).
+pub fn weave_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("weave"), dir.parent()?.join("weave")].into_iter().find(|p| p.exists())
+}
