@@ -219,6 +219,8 @@ struct Peer {
     /// The peer said it trusts our address.
     trusts_us: bool,
     next_beat: Instant,
+    /// The last heartbeat was a slow one (may be sent early, in step).
+    slow: bool,
     seq: u32,
     last_rx: Option<Instant>,
     last_ack: Option<Instant>,
@@ -534,6 +536,7 @@ impl Sleeve {
             crypto,
             trusts_us: false,
             next_beat: now,
+            slow: false,
             seq: 0,
             last_rx: None,
             last_ack: None,
@@ -1125,7 +1128,14 @@ impl Sleeve {
 
     /// Send due heartbeats and probes; expire MAC addresses.
     pub fn handle_timeout(&mut self, now: Instant, tx: &mut TxQueue) {
-        let due: Vec<PeerName> = self.peers.iter().filter(|(_, p)| p.next_beat <= now).map(|(n, _)| *n).collect();
+        // Slow heartbeats due within the next half interval go now too: the
+        // peers' rounds fall into step, and an idle router wakes once per
+        // round for all of them rather than once per peer.
+        let early = now + self.cfg.heartbeat / 2;
+        let due: Vec<PeerName> = self.peers.iter().filter(|(_, p)| p.next_beat <= now || (p.next_beat <= early && p.slow)).map(|(n, _)| *n).collect();
+        if due.iter().all(|n| self.peers[n].next_beat > now) {
+            return self.expire(now);
+        }
         for n in due {
             let (fast, probe) = {
                 let est = {
@@ -1148,7 +1158,13 @@ impl Sleeve {
             }
             let p = self.peers.get_mut(&n).expect("listed");
             p.next_beat = now + if fast { self.cfg.fast_heartbeat } else { self.cfg.heartbeat };
+            p.slow = !fast;
         }
+        self.expire(now);
+    }
+
+    /// Reassembly and MAC expiry.
+    fn expire(&mut self, now: Instant) {
         let stale: Vec<_> = self.partial.iter().filter(|(_, p)| now.saturating_duration_since(p.started) > Duration::from_secs(1)).map(|(k, _)| *k).collect();
         for k in stale {
             let old = self.partial.remove(&k).expect("listed");

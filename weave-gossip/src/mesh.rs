@@ -783,10 +783,15 @@ impl Mesh {
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut dead = Vec::new();
         let mut beat = Vec::new();
+        let any_due = self.conns.values().any(|c| now >= c.next_heartbeat);
+        // Heartbeats due within the next half interval go with those due
+        // now: connections fall into step, and an idle router wakes once
+        // per interval for all of them.
+        let early = now + self.cfg.heartbeat_interval / 2;
         for (&id, c) in &mut self.conns {
             if now >= c.last_rx + self.cfg.read_timeout {
                 dead.push(id);
-            } else if now >= c.next_heartbeat {
+            } else if any_due && early >= c.next_heartbeat {
                 c.next_heartbeat = now + self.cfg.heartbeat_interval;
                 beat.push(id);
             }
