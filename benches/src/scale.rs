@@ -187,14 +187,23 @@ fn min_med_max<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<(T, T, T)> {
 /// Established connections of every router (in order), through the
 /// control sockets; a router that does not answer counts 0.
 async fn established(states: &[PathBuf]) -> Vec<usize> {
-    let mut out = Vec::with_capacity(states.len());
-    for s in states {
-        let n = async {
-            let mut c = weave_core::control::connect(&weave_core::control::socket_path(s)).await.ok()?;
-            let st = c.status(weave_core::control::pb::Empty {}).await.ok()?.into_inner();
-            Some(st.connections.iter().filter(|c| c.state == "established").count())
-        };
-        out.push(tokio::time::timeout(Duration::from_secs(5), n).await.ok().flatten().unwrap_or(0));
+    // All at once, each bounded: a saturated machine must not make one
+    // round of polling take minutes.
+    let mut set = tokio::task::JoinSet::new();
+    for (i, s) in states.iter().enumerate() {
+        let socket = weave_core::control::socket_path(s);
+        set.spawn(async move {
+            let n = async {
+                let mut c = weave_core::control::connect(&socket).await.ok()?;
+                let st = c.status(weave_core::control::pb::Empty {}).await.ok()?.into_inner();
+                Some(st.connections.iter().filter(|c| c.state == "established").count())
+            };
+            (i, tokio::time::timeout(Duration::from_secs(5), n).await.ok().flatten().unwrap_or(0))
+        });
+    }
+    let mut out = vec![0; states.len()];
+    while let Some(Ok((i, n))) = set.join_next().await {
+        out[i] = n;
     }
     out
 }
