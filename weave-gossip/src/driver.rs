@@ -343,8 +343,8 @@ impl MeshBuilder {
             link: cfg.link.clone(),
             local,
             cmd: cmd_tx.downgrade(),
-            live: Arc::new(AtomicUsize::new(0)),
             inbound: AtomicUsize::new(0),
+            established: AtomicUsize::new(0),
             next_conn: AtomicUsize::new(1),
             cfg: cfg.clone(),
         });
@@ -501,10 +501,11 @@ struct Shared {
     local: LocalFeatures,
     /// Weak, so that the driver stops once every handle is gone.
     cmd: mpsc::WeakSender<Cmd>,
-    /// Connection tasks alive (handshaking, established or flushing).
-    live: Arc<AtomicUsize>,
     /// Accepted connections still in their handshake.
     inbound: AtomicUsize,
+    /// Established connections, as the mesh task last counted them (dials
+    /// in progress and connections flushing on close are not peers).
+    established: AtomicUsize,
     next_conn: AtomicUsize,
     cfg: DriverConfig,
 }
@@ -688,6 +689,7 @@ impl Driver {
                 break;
             }
         }
+        self.shared.established.store(self.links.len(), Ordering::Relaxed);
         self.publish_view();
     }
 
@@ -889,7 +891,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         // connections must not crowd out established peers.
         let limit = shared.cfg.conn_maker.conn_limit;
         let handshaking = shared.inbound.load(Ordering::Relaxed);
-        let established = shared.live.load(Ordering::Relaxed).saturating_sub(handshaking);
+        let established = shared.established.load(Ordering::Relaxed);
         if established >= limit || handshaking >= MAX_INBOUND_HANDSHAKES {
             tracing::warn!(%socket, limit, handshaking, "refusing connection: connection limit reached");
             continue;
@@ -917,22 +919,14 @@ async fn report_failure(shared: &Shared, socket: Option<SocketAddr>, target: Opt
     let _ = shared.send(Cmd::HandshakeFailed { socket, target, reason }).await;
 }
 
-struct LiveGuard(Arc<AtomicUsize>);
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, target: Option<String>, shared: Arc<Shared>) {
-    shared.live.fetch_add(1, Ordering::Relaxed);
-    let _guard = LiveGuard(shared.live.clone());
     let _ = stream.set_nodelay(true);
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed) as ConnId;
     let (mut reader, mut writer) = stream.into_split();
     let mut link = Link::new(role, shared.link.clone(), &shared.local, &mut from_os());
-    let mut buf = vec![0u8; 64 * 1024];
+    // Control traffic: a modest read buffer per connection (a router has
+    // one per peer in a full mesh).
+    let mut buf = vec![0u8; 16 * 1024];
 
     // Handshake, bounded in time.
     let handshake = async {
@@ -1005,6 +999,11 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
                     if written == out.len() {
                         out.clear();
                         written = 0;
+                        // A burst (a full topology) must not pin its
+                        // buffer for the connection's lifetime.
+                        if out.capacity() > 64 * 1024 {
+                            out = Vec::new();
+                        }
                     }
                 }
                 Err(e) => break e.to_string(),
