@@ -1131,11 +1131,11 @@ impl Sleeve {
         // Slow heartbeats due within the next half interval go now too: the
         // peers' rounds fall into step, and an idle router wakes once per
         // round for all of them rather than once per peer.
-        let early = now + self.cfg.heartbeat / 2;
-        let due: Vec<PeerName> = self.peers.iter().filter(|(_, p)| p.next_beat <= now || (p.next_beat <= early && p.slow)).map(|(n, _)| *n).collect();
-        if due.iter().all(|n| self.peers[n].next_beat > now) {
+        if !self.peers.values().any(|p| p.next_beat <= now) {
             return self.expire(now);
         }
+        let early = now + self.cfg.heartbeat / 2;
+        let due: Vec<PeerName> = self.peers.iter().filter(|(_, p)| p.next_beat <= now || (p.next_beat <= early && p.slow)).map(|(n, _)| *n).collect();
         for n in due {
             let (fast, probe) = {
                 let est = {

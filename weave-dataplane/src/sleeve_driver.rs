@@ -48,21 +48,23 @@ pub struct IoCounters {
     pub tap_errors: AtomicU64,
 }
 
-/// The sleeve core as its worker thread shares it: whoever changes it from
-/// outside ([`SharedSleeve::lock`]) wakes the worker, which otherwise
-/// sleeps until its next timer or until a frame or datagram arrives.
+/// The sleeve core as its worker thread shares it. The worker sleeps until
+/// its next timer or until a frame or datagram arrives; a change from
+/// outside ([`SharedSleeve::lock`]) that brings its next timer forward (a
+/// new peer to heartbeat at once) wakes it.
 #[derive(Debug)]
 pub struct SharedSleeve {
     sleeve: Mutex<Sleeve>,
     waker: sys::Waker,
 }
 
-/// A locked [`SharedSleeve`]; the worker re-reads its timers when this is
-/// dropped.
+/// A locked [`SharedSleeve`]; when it is dropped, the worker is woken if
+/// the core's next timer came forward.
 #[derive(Debug)]
 pub struct SleeveGuard<'a> {
     guard: std::sync::MutexGuard<'a, Sleeve>,
     waker: &'a sys::Waker,
+    timer: Option<Instant>,
 }
 
 impl std::ops::Deref for SleeveGuard<'_> {
@@ -80,14 +82,20 @@ impl std::ops::DerefMut for SleeveGuard<'_> {
 
 impl Drop for SleeveGuard<'_> {
     fn drop(&mut self) {
-        self.waker.wake();
+        // Reads (status, the fast path's checks) and changes that only
+        // push timers back leave the worker asleep.
+        if self.guard.poll_timeout().is_some_and(|t| self.timer.is_none_or(|was| t < was)) {
+            self.waker.wake();
+        }
     }
 }
 
 impl SharedSleeve {
-    /// Lock the core; the worker is woken when the guard goes.
+    /// Lock the core (see [`SleeveGuard`]).
     pub fn lock(&self) -> SleeveGuard<'_> {
-        SleeveGuard { guard: lock(&self.sleeve), waker: &self.waker }
+        let guard = lock(&self.sleeve);
+        let timer = guard.poll_timeout();
+        SleeveGuard { guard, waker: &self.waker, timer }
     }
 }
 
