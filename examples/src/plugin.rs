@@ -122,11 +122,8 @@ async fn maybe_hide(router: &Router, state: &Mutex<State>, gw: Ipv4Addr, pool: O
 /// the plugin gave out and Docker still uses. `Err` when Docker cannot say
 /// (then nothing may be freed on its word).
 pub async fn endpoint_addresses(docker: &crate::docker::Docker, driver: &str) -> Result<BTreeSet<Ipv4Net>, String> {
-    let opts =
-        bollard::query_parameters::ListNetworksOptions { filters: Some(std::collections::HashMap::from([("driver".to_owned(), vec![driver.to_owned()])])) };
-    let nets = docker.api().list_networks(Some(opts)).await.map_err(|e| format!("cannot list Docker networks: {e}"))?;
     let mut out = BTreeSet::new();
-    for n in nets.into_iter().filter(|n| n.driver.as_deref() == Some(driver)) {
+    for n in driver_networks(docker, driver).await? {
         let Some(id) = n.id else { continue };
         // The listing leaves out the endpoints; inspecting gives them.
         let full = docker
@@ -141,6 +138,14 @@ pub async fn endpoint_addresses(docker: &crate::docker::Docker, driver: &str) ->
         }
     }
     Ok(out)
+}
+
+/// The Docker networks on `driver`.
+async fn driver_networks(docker: &crate::docker::Docker, driver: &str) -> Result<Vec<bollard::models::Network>, String> {
+    let opts =
+        bollard::query_parameters::ListNetworksOptions { filters: Some(std::collections::HashMap::from([("driver".to_owned(), vec![driver.to_owned()])])) };
+    let nets = docker.api().list_networks(Some(opts)).await.map_err(|e| format!("cannot list Docker networks: {e}"))?;
+    Ok(nets.into_iter().filter(|n| n.driver.as_deref() == Some(driver)).collect())
 }
 
 /// A running plugin.
@@ -202,14 +207,8 @@ impl Plugin {
     /// networks Docker already has on this driver (after a restart).
     pub async fn ensure_network(&self, docker: &crate::docker::Docker) -> Result<(), String> {
         let name = &self.settings.name;
-        let opts =
-            bollard::query_parameters::ListNetworksOptions { filters: Some(std::collections::HashMap::from([("driver".to_owned(), vec![name.clone()])])) };
-        let existing = docker.api().list_networks(Some(opts)).await.map_err(|e| format!("cannot list Docker networks: {e}"))?;
         let mut have = false;
-        for n in existing {
-            if n.driver.as_deref() != Some(name.as_str()) {
-                continue;
-            }
+        for n in driver_networks(docker, name).await? {
             have |= n.name.as_deref() == Some(name.as_str());
             learn(&self.state, n.id, n.ipam, n.options);
         }
