@@ -6,19 +6,26 @@ use proptest::prelude::*;
 use weave_core::{PeerName, PeerUid};
 use weave_gossip::frame::encode_frame;
 use weave_gossip::link::{LinkConfig, LocalFeatures, Role};
-use weave_gossip::proto::{Body, ChannelMsg, ConnectionEntry, Envelope, PeerRecordMsg, TopologyDigest, TopologyUpdate};
+use weave_gossip::proto::{Body, ChannelMsg, Envelope, TopologyDigest, TopologyUpdate};
 use weave_gossip::Link;
 
 fn golden_messages() -> Vec<u8> {
     let bodies = vec![
         Body::Update(TopologyUpdate {
-            records: vec![PeerRecordMsg {
-                name: 2,
-                nickname: "peer".into(),
-                uid: 2,
-                version: 3,
-                connections: vec![ConnectionEntry { name: 1, address: "127.0.0.1:6783".into(), outbound: true, established: true }],
-            }],
+            records: vec![weave_gossip::topology::PeerRecord::signed(
+                &weave_gossip::Identity::from_secret([2; 32]),
+                PeerName::from_u64(2).unwrap(),
+                "peer".into(),
+                PeerUid::new(2).unwrap(),
+                3,
+                vec![weave_gossip::topology::ConnectionInfo {
+                    peer: PeerName::from_u64(1).unwrap(),
+                    address: "127.0.0.1:6783".into(),
+                    outbound: true,
+                    established: true,
+                }],
+            )
+            .to_msg()],
         }),
         Body::Digest(TopologyDigest { sum: vec![1; 16], count: 2 }),
         Body::Gossip(ChannelMsg { channel: "x".into(), src: 2, dst: 0, data: vec![1, 2, 3] }),

@@ -239,7 +239,7 @@ mod tests {
     use weave_core::PeerName;
 
     fn store(n: usize) -> Store {
-        let mut s = Store::new(PeerName::from_u64(1).unwrap());
+        let mut s = Store::new(weave_gossip::Identity::from_secret([1; 32]), PeerName::from_u64(1).unwrap());
         for i in 0..n {
             s.add("web.weave.local.", Ipv4Addr::new(10, 32, (i / 250) as u8, (i % 250 + 1) as u8), &format!("c{i}"));
         }

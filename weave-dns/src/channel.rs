@@ -157,8 +157,8 @@ impl Channel for DnsChannel {
         self.stale = true;
     }
 
-    fn on_peer_added(&mut self, peer: PeerName) {
-        self.dns.peer_back(peer);
+    fn on_peer_added(&mut self, peer: PeerName, key: weave_gossip::PeerKey) {
+        self.dns.peer_back(peer, key);
         self.stale = true;
     }
 

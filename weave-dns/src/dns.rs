@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use weave_core::PeerName;
+use weave_gossip::identity::{Identity, PeerKey};
 
 use crate::store::{normalize, Store, StoreError};
 use crate::wire::{self, DecodeError};
@@ -79,13 +80,15 @@ pub struct Dns {
 }
 
 impl Dns {
-    /// DNS for `ourself`, answering for `domain` (e.g. `weave.local.`).
-    pub fn new(ourself: PeerName, domain: &str, clock: WallClock, now: Instant) -> Self {
+    /// DNS for `ourself`, answering for `domain` (e.g. `weave.local.`); our
+    /// entries are signed by `identity` (the mesh's: the key our topology
+    /// record carries).
+    pub fn new(identity: Identity, ourself: PeerName, domain: &str, clock: WallClock, now: Instant) -> Self {
         let mut domain = domain.trim_start_matches('.').to_ascii_lowercase();
         if !domain.ends_with('.') {
             domain.push('.');
         }
-        Self { store: Store::new(ourself), domain, clock, out: VecDeque::new(), next_purge: now + PURGE_INTERVAL }
+        Self { store: Store::new(identity, ourself), domain, clock, out: VecDeque::new(), next_purge: now + PURGE_INTERVAL }
     }
 
     /// The domain, lower-case with a trailing dot.
@@ -140,7 +143,7 @@ impl Dns {
         if batch.skipped > 0 {
             tracing::warn!(skipped = batch.skipped, "ignored invalid entries in the saved DNS names");
         }
-        Ok(self.store.restore(batch.entries))
+        Ok(self.store.restore(batch.entries.into_iter().map(|s| (s.key, s.value))))
     }
 
     /// Live addresses for `name` (case-insensitive; relative names get the domain).
@@ -167,16 +170,17 @@ impl Dns {
         let mut out = Vec::new();
         let mut batch = Vec::new();
         let mut size = 0;
-        for (k, v) in self.store.entries() {
-            // Upper bound of one entry's encoding: fields plus tags/lengths.
-            let len = k.hostname.len() + k.container.len() + 48;
+        for e in self.store.signed_entries() {
+            // Upper bound of one entry's encoding: fields, signature, tags
+            // and lengths.
+            let len = e.key.hostname.len() + e.key.container.len() + 48 + 66;
             if !batch.is_empty() && size + len > STATE_CHUNK {
                 out.push(wire::encode(unix, &batch));
                 batch.clear();
                 size = 0;
             }
             size += len;
-            batch.push((k.clone(), *v));
+            batch.push(e);
         }
         if !batch.is_empty() || out.is_empty() {
             out.push(wire::encode(unix, &batch));
@@ -189,9 +193,9 @@ impl Dns {
         self.store.peer_gone(peer);
     }
 
-    /// A peer joined or rejoined the topology.
-    pub fn peer_back(&mut self, peer: PeerName) {
-        self.store.peer_back(peer);
+    /// A peer joined or rejoined the topology, its records signed by `key`.
+    pub fn peer_back(&mut self, peer: PeerName, key: PeerKey) {
+        self.store.peer_back(peer, key);
     }
 
     /// The next delta to gossip.
@@ -232,7 +236,8 @@ mod tests {
     fn a_large_full_state_is_split_under_the_bound_and_loses_nothing() {
         let now = Instant::now();
         let clock = WallClock::new(now, 1_800_000_000);
-        let mut a = Dns::new(PeerName::from_u64(1).unwrap(), "weave.local.", clock, now);
+        let id = |n: u8| Identity::from_secret([n; 32]);
+        let mut a = Dns::new(id(1), PeerName::from_u64(1).unwrap(), "weave.local.", clock, now);
         for i in 0..20_000u32 {
             let name = format!("container-with-a-fairly-long-name-{i}");
             a.add(now, &name, Ipv4Addr::from(0x0a20_0000 + i), &format!("{i:064}")).unwrap();
@@ -240,7 +245,8 @@ mod tests {
         let chunks = a.full_state(now);
         assert!(chunks.len() > 1);
         assert!(chunks.iter().all(|c| c.len() <= STATE_CHUNK), "{:?}", chunks.iter().map(Vec::len).max());
-        let mut b = Dns::new(PeerName::from_u64(2).unwrap(), "weave.local.", clock, now);
+        let mut b = Dns::new(id(2), PeerName::from_u64(2).unwrap(), "weave.local.", clock, now);
+        b.peer_back(PeerName::from_u64(1).unwrap(), id(1).public());
         for c in &chunks {
             b.handle_gossip(now, PeerName::from_u64(1).unwrap(), c).unwrap();
         }

@@ -22,3 +22,4 @@ pub mod store;
 pub mod wire;
 
 pub use dns::{Dns, DnsError, WallClock};
+pub use weave_gossip::identity::{Identity, PeerKey};

@@ -1,13 +1,19 @@
 //! The replicated name store: one entry per (hostname, origin peer,
 //! container, address), written only by its origin, merged by version.
 //!
+//! * Every entry carries its origin's signature (see
+//!   [`weave_gossip::identity`]); entries are accepted only from origins
+//!   the topology lists, signed by the key it lists for them. No peer can
+//!   register, change or delete a name in another's name, nor under a
+//!   made-up origin.
 //! * The origin adds an entry (version bumped) or deletes it by turning it
 //!   into a tombstone (version bumped, deletion time recorded).
 //! * Merge keeps, per key, the higher version; on a tie the later
 //!   tombstone. That is a join, so replicas converge whatever the order.
 //! * Tombstones are purged 30 minutes after deletion (long enough for every
 //!   peer to have heard of them).
-//! * Entries of a peer that left the topology are dropped.
+//! * Entries of a peer that left the topology are dropped (and refused until
+//!   it is back).
 //! * A peer told of a live entry "from itself" that it does not hold (it
 //!   restarted and lost it: the container is gone) tombstones it, so stale
 //!   records after container death (Weave #3652, #2193) do not linger.
@@ -21,6 +27,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use weave_core::PeerName;
+use weave_gossip::identity::{Identity, PeerKey, Signature};
+
+use crate::wire;
 
 /// Tombstones are kept this long (seconds).
 pub const TOMBSTONE_TTL: u64 = 30 * 60;
@@ -51,6 +60,33 @@ pub struct Value {
     pub version: u64,
     /// When it was deleted (unix seconds), or 0 while live.
     pub tombstone: u64,
+}
+
+/// An entry with its origin's signature, as it travels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// What it names.
+    pub key: Key,
+    /// Its version and state.
+    pub value: Value,
+    /// The origin's signature of both.
+    pub signature: Signature,
+}
+
+/// What an entry's signature is made for.
+const ENTRY_DOMAIN: &str = "weave-rs dns entry v1";
+
+impl Signed {
+    /// `key` → `value`, signed by `identity` (the origin's).
+    pub fn new(identity: &Identity, key: Key, value: Value) -> Self {
+        let signature = identity.sign(ENTRY_DOMAIN, &wire::signed_bytes(&key, value));
+        Self { key, value, signature }
+    }
+
+    /// Whether `origin_key` signed it.
+    pub fn verify(&self, origin_key: &PeerKey) -> bool {
+        origin_key.verify(ENTRY_DOMAIN, &wire::signed_bytes(&self.key, self.value), &self.signature)
+    }
 }
 
 impl Value {
@@ -109,68 +145,95 @@ pub fn normalize(name: &str, domain: &str) -> Result<String, StoreError> {
 }
 
 /// The store. See the module docs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Store {
     ourself: PeerName,
-    entries: BTreeMap<Key, Value>,
-    /// Peers that left the topology: their entries are refused (a lagging
-    /// peer's full state would bring them back) until they return.
-    departed: BTreeSet<PeerName>,
-    /// The peers in the topology, once the mesh has told us of any
-    /// ([`Store::peer_back`]): entries whose origin is none of them, not
-    /// us and not the sender itself are refused — a made-up origin would
-    /// never leave the topology, so its entries would never be collected.
-    known: Option<BTreeSet<PeerName>>,
+    identity: Identity,
+    entries: BTreeMap<Key, (Value, Signature)>,
+    /// The peers in the topology and their keys: entries of any other
+    /// origin (one that left, or a made-up one) are refused — a made-up
+    /// origin would never leave the topology, so its entries would never be
+    /// collected — and every entry must be signed by its origin's key.
+    keys: BTreeMap<PeerName, PeerKey>,
+    /// Newer entries refused for their origin or signature.
+    refused: u64,
 }
 
+impl PartialEq for Store {
+    fn eq(&self, other: &Self) -> bool {
+        (self.ourself, &self.entries, &self.keys) == (other.ourself, &other.entries, &other.keys)
+    }
+}
+
+impl Eq for Store {}
+
 impl Store {
-    /// An empty store for `ourself`.
-    pub fn new(ourself: PeerName) -> Self {
-        Self { ourself, entries: BTreeMap::new(), departed: BTreeSet::new(), known: None }
+    /// An empty store for `ourself`, whose entries `identity` signs.
+    pub fn new(identity: Identity, ourself: PeerName) -> Self {
+        Self { ourself, identity, entries: BTreeMap::new(), keys: BTreeMap::new(), refused: 0 }
+    }
+
+    /// Newer entries refused so far: from an origin the topology does not
+    /// list, or not signed by its key.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    fn sign(&self, key: Key, value: Value) -> Signed {
+        Signed::new(&self.identity, key, value)
     }
 
     /// Every entry, tombstones included.
     pub fn entries(&self) -> impl Iterator<Item = (&Key, &Value)> {
-        self.entries.iter()
+        self.entries.iter().map(|(k, (v, _))| (k, v))
+    }
+
+    /// Every entry with its signature, as it is gossiped.
+    pub fn signed_entries(&self) -> impl Iterator<Item = Signed> + '_ {
+        self.entries.iter().map(|(k, (v, sig))| Signed { key: k.clone(), value: *v, signature: *sig })
     }
 
     /// Number of live entries.
     pub fn live(&self) -> usize {
-        self.entries.values().filter(|v| !v.is_tombstone()).count()
+        self.entries.values().filter(|(v, _)| !v.is_tombstone()).count()
     }
 
     /// Add (or revive) our entry; returns the changed entry to gossip, or
     /// `None` if it was already live.
-    pub fn add(&mut self, hostname: &str, addr: Ipv4Addr, container: &str) -> Option<(Key, Value)> {
+    pub fn add(&mut self, hostname: &str, addr: Ipv4Addr, container: &str) -> Option<Signed> {
         let key = Key { hostname: hostname.to_owned(), origin: self.ourself, container: container.to_owned(), addr };
         let next = match self.entries.get(&key) {
-            Some(v) if !v.is_tombstone() => return None,
-            Some(v) => v.version.checked_add(1)?,
+            Some((v, _)) if !v.is_tombstone() => return None,
+            Some((v, _)) => v.version.checked_add(1).filter(|&n| n <= wire::MAX_VERSION)?,
             None => 1,
         };
-        let v = Value { version: next, tombstone: 0 };
-        self.entries.insert(key.clone(), v);
-        Some((key, v))
+        Some(self.put(self.sign(key, Value { version: next, tombstone: 0 })))
+    }
+
+    fn put(&mut self, s: Signed) -> Signed {
+        self.entries.insert(s.key.clone(), (s.value, s.signature));
+        s
     }
 
     /// Our own live entries: what this peer must bring back after a
     /// restart ([`Store::restore`]).
-    pub fn own_live(&self) -> Vec<(Key, Value)> {
-        self.entries.iter().filter(|(k, v)| k.origin == self.ourself && !v.is_tombstone()).map(|(k, v)| (k.clone(), *v)).collect()
+    pub fn own_live(&self) -> Vec<Signed> {
+        self.signed_entries().filter(|s| s.key.origin == self.ourself && !s.value.is_tombstone()).collect()
     }
 
     /// Put back our own live entries saved by a previous run, at their
-    /// saved versions, so that peers still holding them see nothing new and
-    /// a later delete outranks their copies. Entries of other origins and
-    /// tombstones are ignored; where we already hold a key at an equal or
-    /// higher rank, ours stands. Returns how many came back.
+    /// saved versions (signed again, with our key as it is now), so that
+    /// peers still holding them see nothing new and a later delete outranks
+    /// their copies. Entries of other origins and tombstones are ignored;
+    /// where we already hold a key at an equal or higher rank, ours stands.
+    /// Returns how many came back.
     pub fn restore(&mut self, saved: impl IntoIterator<Item = (Key, Value)>) -> usize {
         let mut n = 0;
         for (k, v) in saved {
-            if k.origin != self.ourself || v.is_tombstone() || self.entries.get(&k).is_some_and(|cur| cur.rank() >= v.rank()) {
+            if k.origin != self.ourself || v.is_tombstone() || self.entries.get(&k).is_some_and(|(cur, _)| cur.rank() >= v.rank()) {
                 continue;
             }
-            self.entries.insert(k, v);
+            self.put(self.sign(k, v));
             n += 1;
         }
         n
@@ -178,103 +241,102 @@ impl Store {
 
     /// Delete our live entries matching the filters; returns them (as
     /// tombstones) to gossip.
-    pub fn delete(&mut self, now_unix: u64, container: &str, hostname: Option<&str>, addr: Option<Ipv4Addr>) -> Vec<(Key, Value)> {
+    pub fn delete(&mut self, now_unix: u64, container: &str, hostname: Option<&str>, addr: Option<Ipv4Addr>) -> Vec<Signed> {
         let me = self.ourself;
-        let mut changed = Vec::new();
-        for (k, v) in &mut self.entries {
-            let matches = k.origin == me && k.container == container && hostname.is_none_or(|h| k.hostname == h) && addr.is_none_or(|a| k.addr == a);
-            if matches && !v.is_tombstone() {
-                v.version = v.version.saturating_add(1);
-                v.tombstone = now_unix.max(1);
-                changed.push((k.clone(), *v));
-            }
-        }
-        changed
+        let doomed: Vec<(Key, Value)> = self
+            .entries
+            .iter()
+            .filter(|(k, (v, _))| {
+                k.origin == me && k.container == container && hostname.is_none_or(|h| k.hostname == h) && addr.is_none_or(|a| k.addr == a) && !v.is_tombstone()
+            })
+            .map(|(k, (v, _))| (k.clone(), *v))
+            .collect();
+        doomed.into_iter().map(|(k, v)| self.put(self.sign(k, Value { version: v.version.saturating_add(1), tombstone: now_unix.max(1) }))).collect()
     }
 
     /// Merge entries gossiped by `sender` whose clock read `sender_unix`.
     /// Returns what changed (to relay), including tombstones we issue for
     /// stale entries of our own.
-    pub fn merge(&mut self, now_unix: u64, sender: PeerName, sender_unix: u64, batch: Vec<(Key, Value)>) -> Result<Vec<(Key, Value)>, StoreError> {
+    pub fn merge(&mut self, now_unix: u64, sender: PeerName, sender_unix: u64, batch: Vec<Signed>) -> Result<Vec<Signed>, StoreError> {
         let skew = now_unix.abs_diff(sender_unix);
         if skew > MAX_CLOCK_SKEW {
             return Err(StoreError::ClockSkew { peer: sender, skew });
         }
         let mut changed = Vec::new();
-        for (k, v) in batch {
-            if k.origin == self.ourself {
-                // Only we write our entries; a newer copy is from a previous
-                // life of ours. What we hold now is the truth: live entries
-                // are re-asserted above it, anything else is deleted above
-                // it (the container is gone), and an old tombstone is kept so
-                // a later add goes past it.
-                let ours = self.entries.get(&k).copied();
-                if ours.is_some_and(|o| v.rank() <= o.rank()) {
-                    continue;
-                }
-                let Some(next) = v.version.checked_add(1) else { continue };
-                let value = match ours {
-                    Some(o) if !o.is_tombstone() => Value { version: next, tombstone: 0 },
-                    _ if v.is_tombstone() => v,
-                    _ => Value { version: next, tombstone: now_unix.max(1) },
-                };
-                self.entries.insert(k.clone(), value);
-                if value != v {
-                    changed.push((k, value));
-                }
+        for s in batch {
+            let (k, v) = (&s.key, s.value);
+            let ours = self.entries.get(k).map(|(v, _)| *v);
+            if ours.is_some_and(|o| v.rank() <= o.rank()) {
                 continue;
             }
-            if k.origin != sender && self.known.as_ref().is_some_and(|known| !known.contains(&k.origin)) {
+            let Some(origin_key) = (if k.origin == self.ourself { Some(self.identity.public()) } else { self.keys.get(&k.origin).copied() }) else {
+                self.refused += 1;
+                continue;
+            };
+            if !s.verify(&origin_key) {
+                self.refused += 1;
                 continue;
             }
-            if self.departed.contains(&k.origin) {
-                // The origin itself speaking is proof it is back (the
-                // topology may not have said so yet); anyone else relaying
-                // its entries may be lagging.
-                if k.origin != sender {
-                    continue;
-                }
-                self.departed.remove(&k.origin);
+            if k.origin != self.ourself {
+                changed.push(self.put(s));
+                continue;
             }
-            if self.entries.get(&k).is_none_or(|cur| v.rank() > cur.rank()) {
-                self.entries.insert(k.clone(), v);
-                changed.push((k, v));
+            // Only we write our entries; a newer copy is from a previous
+            // life of ours. What we hold now is the truth: live entries are
+            // re-asserted above it, anything else is deleted above it (the
+            // container is gone), and an old tombstone is kept so a later
+            // add goes past it.
+            let Some(next) = v.version.checked_add(1) else { continue };
+            let value = match ours {
+                Some(o) if !o.is_tombstone() => Value { version: next, tombstone: 0 },
+                _ if v.is_tombstone() => v,
+                _ => Value { version: next, tombstone: now_unix.max(1) },
+            };
+            if value == v {
+                self.put(s);
+            } else {
+                let key = s.key;
+                changed.push(self.put(self.sign(key, value)));
             }
         }
         Ok(changed)
     }
 
-    /// Drop the entries of origins that are not peers (once the topology
-    /// is known): a made-up origin never leaves the topology, so nothing
-    /// else would collect them. Returns how many.
+    /// Drop the entries of origins that are not peers: nothing should hold
+    /// any (they are refused on arrival and dropped when a peer leaves), so
+    /// this is a safety net. Returns how many.
     pub fn drop_strangers(&mut self) -> usize {
-        let Some(known) = &self.known else { return 0 };
         let before = self.entries.len();
-        let me = self.ourself;
-        self.entries.retain(|k, _| k.origin == me || known.contains(&k.origin));
+        let (me, keys) = (self.ourself, &self.keys);
+        self.entries.retain(|k, _| k.origin == me || keys.contains_key(&k.origin));
         before - self.entries.len()
     }
 
     /// Drop tombstones older than [`TOMBSTONE_TTL`]; returns how many.
     pub fn purge(&mut self, now_unix: u64) -> usize {
         let before = self.entries.len();
-        self.entries.retain(|_, v| !v.is_tombstone() || now_unix.saturating_sub(v.tombstone) < TOMBSTONE_TTL);
+        self.entries.retain(|_, (v, _)| !v.is_tombstone() || now_unix.saturating_sub(v.tombstone) < TOMBSTONE_TTL);
         before - self.entries.len()
     }
 
-    /// A peer (re)joined the topology: accept its entries again.
-    pub fn peer_back(&mut self, peer: PeerName) {
-        self.departed.remove(&peer);
-        self.known.get_or_insert_default().insert(peer);
+    /// A peer (re)joined the topology with `key`: accept its entries signed
+    /// by that key. Should its key have changed, what the old key signed goes.
+    pub fn peer_back(&mut self, peer: PeerName, key: PeerKey) {
+        if peer == self.ourself {
+            return;
+        }
+        if self.keys.insert(peer, key).is_some_and(|old| old != key) {
+            self.entries.retain(|k, _| k.origin != peer);
+        }
     }
 
     /// Drop every entry of a peer that left the topology, and refuse its
     /// entries until it is back.
     pub fn peer_gone(&mut self, peer: PeerName) -> usize {
-        if peer != self.ourself {
-            self.departed.insert(peer);
-            self.known.get_or_insert_default().remove(&peer);
+        if peer == self.ourself {
+            return 0;
         }
+        self.keys.remove(&peer);
         let before = self.entries.len();
         self.entries.retain(|k, _| k.origin != peer);
         before - self.entries.len()
@@ -283,7 +345,7 @@ impl Store {
     /// Live addresses for a (normalised) hostname.
     pub fn lookup(&self, hostname: &str) -> Vec<Ipv4Addr> {
         let set: BTreeSet<Ipv4Addr> =
-            self.entries.range(range_of(hostname)).filter(|(k, v)| k.hostname == hostname && !v.is_tombstone()).map(|(k, _)| k.addr).collect();
+            self.entries.range(range_of(hostname)).filter(|(k, (v, _))| k.hostname == hostname && !v.is_tombstone()).map(|(k, _)| k.addr).collect();
         set.into_iter().collect()
     }
 
@@ -294,7 +356,7 @@ impl Store {
 
     /// Live hostnames for an address (reverse lookup).
     pub fn reverse(&self, addr: Ipv4Addr) -> Vec<String> {
-        let set: BTreeSet<&str> = self.entries.iter().filter(|(k, v)| k.addr == addr && !v.is_tombstone()).map(|(k, _)| k.hostname.as_str()).collect();
+        let set: BTreeSet<&str> = self.entries.iter().filter(|(k, (v, _))| k.addr == addr && !v.is_tombstone()).map(|(k, _)| k.hostname.as_str()).collect();
         set.into_iter().map(str::to_owned).collect()
     }
 }
@@ -319,6 +381,28 @@ mod tests {
         PeerName::from_u64(n).unwrap()
     }
 
+    /// Peer `n`'s key in these tests.
+    fn id(n: u64) -> Identity {
+        Identity::from_secret([n as u8; 32])
+    }
+
+    /// A store for peer 1 that knows peers 2 and 3.
+    fn store() -> Store {
+        let mut s = Store::new(id(1), p(1));
+        s.peer_back(p(2), id(2).public());
+        s.peer_back(p(3), id(3).public());
+        s
+    }
+
+    /// `k` → `v`, signed by `k`'s origin.
+    fn signed(k: &Key, version: u64, tombstone: u64) -> Signed {
+        Signed::new(&id(k.origin.as_u64()), k.clone(), Value { version, tombstone })
+    }
+
+    fn kv(entries: Vec<Signed>) -> Vec<(Key, Value)> {
+        entries.into_iter().map(|s| (s.key, s.value)).collect()
+    }
+
     const T: u64 = 1_800_000_000;
 
     #[test]
@@ -333,7 +417,7 @@ mod tests {
 
     #[test]
     fn add_delete_and_lookup() {
-        let mut s = Store::new(p(1));
+        let mut s = store();
         let a: Ipv4Addr = "10.32.0.1".parse().unwrap();
         let b: Ipv4Addr = "10.32.0.2".parse().unwrap();
         assert!(s.add("c.weave.local.", a, "ca").is_some());
@@ -349,72 +433,89 @@ mod tests {
     }
 
     #[test]
-    fn entries_of_a_made_up_origin_are_refused_once_the_topology_is_known() {
-        let mut s = Store::new(p(1));
-        s.peer_back(p(2));
-        s.peer_back(p(3));
-        let entry = |origin: u64, name: &str| {
-            (
-                Key { hostname: format!("{name}.weave.local."), origin: p(origin), container: "c".into(), addr: "10.32.0.7".parse().unwrap() },
-                Value { version: 1, tombstone: 0 },
-            )
+    fn only_an_origin_the_topology_lists_may_write_its_entries() {
+        let mut s = store();
+        let key = |origin: u64, name: &str| Key {
+            hostname: format!("{name}.weave.local."),
+            origin: p(origin),
+            container: "c".into(),
+            addr: "10.32.0.7".parse().unwrap(),
         };
-        // Peer 2 relays its own entry and peer 3's: both are peers.
-        let changed = s.merge(T, p(2), T, vec![entry(2, "two"), entry(3, "three"), entry(99, "forged")]).unwrap();
+        // Peer 2 relays its own entry and peer 3's: both signed by their origin.
+        let forged_origin = signed(&key(99, "madeup"), 1, 0);
+        let mut in_3s_name = signed(&key(3, "hijack"), 1, 0);
+        in_3s_name.signature = Signed::new(&id(2), in_3s_name.key.clone(), in_3s_name.value).signature;
+        let batch = vec![signed(&key(2, "two"), 1, 0), signed(&key(3, "three"), 1, 0), forged_origin, in_3s_name];
+        let changed = s.merge(T, p(2), T, batch).unwrap();
         assert_eq!(changed.len(), 2);
-        assert!(s.lookup("forged.weave.local.").is_empty(), "an origin that is no peer is refused");
+        assert_eq!(s.refused(), 2);
+        assert!(s.lookup("madeup.weave.local.").is_empty(), "an origin that is no peer is refused");
+        assert!(s.lookup("hijack.weave.local.").is_empty(), "peer 2 cannot write in 3's name");
         assert!(!s.lookup("three.weave.local.").is_empty());
-        // A new peer speaking for itself is heard before the topology
-        // lists it...
-        s.merge(T, p(4), T, vec![entry(4, "four")]).unwrap();
-        assert!(!s.lookup("four.weave.local.").is_empty());
-        // ...but a sender can name itself anything: an origin the topology
-        // never lists is collected.
-        s.merge(T, p(98), T, vec![entry(98, "liar")]).unwrap();
-        s.peer_back(p(4));
-        assert_eq!(s.drop_strangers(), 1);
-        assert!(s.lookup("liar.weave.local.").is_empty() && !s.lookup("four.weave.local.").is_empty());
+        // Nor delete 3's entry, nor raise its version to the ceiling.
+        let mut tomb = signed(&key(3, "three"), crate::wire::MAX_VERSION, T);
+        tomb.signature = Signed::new(&id(2), tomb.key.clone(), tomb.value).signature;
+        assert!(s.merge(T, p(2), T, vec![tomb]).unwrap().is_empty());
+        assert!(!s.lookup("three.weave.local.").is_empty());
+        // A new peer's entries wait for the topology to list it.
+        assert!(s.merge(T, p(4), T, vec![signed(&key(4, "four"), 1, 0)]).unwrap().is_empty());
+        s.peer_back(p(4), id(4).public());
+        assert_eq!(s.merge(T, p(4), T, vec![signed(&key(4, "four"), 1, 0)]).unwrap().len(), 1);
+        // Should it come back under a new key, what the old key signed goes.
+        s.peer_back(p(4), id(44).public());
+        assert!(s.lookup("four.weave.local.").is_empty());
+    }
+
+    #[test]
+    fn a_record_in_our_name_counts_only_if_our_key_signed_it() {
+        let mut s = store();
+        s.add("web.weave.local.", "10.32.0.9".parse().unwrap(), "c");
+        let k = Key { hostname: "web.weave.local.".into(), origin: p(1), container: "c".into(), addr: "10.32.0.9".parse().unwrap() };
+        let forged = Signed::new(&id(2), k.clone(), Value { version: crate::wire::MAX_VERSION, tombstone: T });
+        assert!(s.merge(T, p(2), T, vec![forged]).unwrap().is_empty());
+        assert_eq!(s.lookup("web.weave.local.").len(), 1);
+        assert_eq!(s.entries().next().unwrap().1.version, 1, "nothing bumped towards the ceiling");
     }
 
     #[test]
     fn a_stale_entry_from_ourselves_is_tombstoned() {
-        let mut s = Store::new(p(1));
+        let mut s = store();
         let k = Key { hostname: "old.weave.local.".into(), origin: p(1), container: "dead".into(), addr: "10.32.0.9".parse().unwrap() };
-        let changed = s.merge(T, p(2), T, vec![(k.clone(), Value { version: 3, tombstone: 0 })]).unwrap();
-        assert_eq!(changed, vec![(k, Value { version: 4, tombstone: T })]);
+        let changed = s.merge(T, p(2), T, vec![signed(&k, 3, 0)]).unwrap();
+        assert_eq!(kv(changed), vec![(k, Value { version: 4, tombstone: T })]);
         assert!(s.lookup("old.weave.local.").is_empty());
     }
 
     #[test]
     fn after_a_router_restart_live_entries_are_reasserted_not_deleted() {
-        let mut s = Store::new(p(1));
+        let mut s = store();
         let a: Ipv4Addr = "10.32.0.9".parse().unwrap();
         // The restarted router re-adds its running container at version 1.
         s.add("web.weave.local.", a, "c");
         let k = Key { hostname: "web.weave.local.".into(), origin: p(1), container: "c".into(), addr: a };
-        let changed = s.merge(T, p(2), T, vec![(k.clone(), Value { version: 3, tombstone: 0 })]).unwrap();
-        assert_eq!(changed, vec![(k.clone(), Value { version: 4, tombstone: 0 })]);
+        let changed = s.merge(T, p(2), T, vec![signed(&k, 3, 0)]).unwrap();
+        assert_eq!(kv(changed), vec![(k.clone(), Value { version: 4, tombstone: 0 })]);
         assert_eq!(s.lookup("web.weave.local."), vec![a]);
         // A newer tombstone from a previous life is outbid too.
-        let changed = s.merge(T, p(2), T, vec![(k.clone(), Value { version: 7, tombstone: T })]).unwrap();
-        assert_eq!(changed, vec![(k, Value { version: 8, tombstone: 0 })]);
+        let changed = s.merge(T, p(2), T, vec![signed(&k, 7, T)]).unwrap();
+        assert_eq!(kv(changed), vec![(k, Value { version: 8, tombstone: 0 })]);
     }
 
     #[test]
     fn restored_names_keep_their_versions_and_a_later_delete_outranks_peers() {
         let a: Ipv4Addr = "10.32.0.9".parse().unwrap();
-        let mut before = Store::new(p(1));
+        let mut before = store();
         before.add("web.weave.local.", a, "c");
         before.add("gone.weave.local.", a, "d");
         before.delete(T, "d", None, None);
         // A peer's copy of ours, and an entry of the peer's own.
         let k = Key { hostname: "web.weave.local.".into(), origin: p(1), container: "c".into(), addr: a };
         let theirs = Key { hostname: "x.weave.local.".into(), origin: p(2), container: "e".into(), addr: a };
-        before.merge(T, p(2), T, vec![(theirs.clone(), Value { version: 1, tombstone: 0 })]).unwrap();
-        let saved = before.own_live();
+        before.merge(T, p(2), T, vec![signed(&theirs, 1, 0)]).unwrap();
+        let saved = kv(before.own_live());
         assert_eq!(saved, vec![(k.clone(), Value { version: 1, tombstone: 0 })], "only our live entries are saved");
 
-        let mut after = Store::new(p(1));
+        let mut after = store();
         // Anything not ours, or dead, is not restored.
         let mut file = saved.clone();
         file.push((theirs, Value { version: 1, tombstone: 0 }));
@@ -422,9 +523,9 @@ mod tests {
         assert_eq!(after.restore(file), 1);
         assert_eq!(after.lookup("web.weave.local."), vec![a]);
         // Peers holding version 1 hear nothing new from it.
-        assert!(after.merge(T, p(2), T, vec![(k.clone(), Value { version: 1, tombstone: 0 })]).unwrap().is_empty());
+        assert!(after.merge(T, p(2), T, vec![signed(&k, 1, 0)]).unwrap().is_empty());
         // Deleting it now outranks the peers' live copy at once.
-        assert_eq!(after.delete(T, "c", None, None), vec![(k, Value { version: 2, tombstone: T })]);
+        assert_eq!(kv(after.delete(T, "c", None, None)), vec![(k, Value { version: 2, tombstone: T })]);
         // Restoring again does not bring back what was deleted since.
         assert_eq!(after.restore(saved), 0);
         assert!(after.lookup("web.weave.local.").is_empty());
@@ -432,45 +533,43 @@ mod tests {
 
     #[test]
     fn gossip_from_a_far_off_clock_is_refused() {
-        let mut s = Store::new(p(1));
+        let mut s = store();
         let e = s.merge(T, p(2), T + 3600, vec![]).unwrap_err();
         assert!(e.to_string().contains("clock is 3600 s away"), "{e}");
     }
 
     #[test]
     fn entries_of_a_departed_peer_are_dropped() {
-        let mut s = Store::new(p(1));
+        let mut s = store();
         let k = Key { hostname: "x.weave.local.".into(), origin: p(2), container: "c".into(), addr: "10.32.0.9".parse().unwrap() };
-        s.merge(T, p(2), T, vec![(k, Value { version: 1, tombstone: 0 })]).unwrap();
+        s.merge(T, p(2), T, vec![signed(&k, 1, 0)]).unwrap();
         assert_eq!(s.peer_gone(p(2)), 1);
         assert!(s.lookup("x.weave.local.").is_empty());
         let k = Key { hostname: "x.weave.local.".into(), origin: p(2), container: "c".into(), addr: "10.32.0.9".parse().unwrap() };
-        s.merge(T, p(3), T, vec![(k.clone(), Value { version: 1, tombstone: 0 })]).unwrap();
+        s.merge(T, p(3), T, vec![signed(&k, 1, 0)]).unwrap();
         assert!(s.lookup("x.weave.local.").is_empty(), "a lagging peer cannot bring them back");
-        s.peer_back(p(2));
-        s.merge(T, p(3), T, vec![(k, Value { version: 1, tombstone: 0 })]).unwrap();
+        s.peer_back(p(2), id(2).public());
+        s.merge(T, p(3), T, vec![signed(&k, 1, 0)]).unwrap();
         assert_eq!(s.lookup("x.weave.local.").len(), 1);
     }
 
-    fn arb_entry() -> impl Strategy<Value = (Key, Value)> {
+    fn arb_entry() -> impl Strategy<Value = Signed> {
         (0u8..3, 2u64..4, 0u8..2, 0u8..2, 1u64..5, any::<bool>()).prop_map(|(h, o, c, a, v, t)| {
-            (
-                Key { hostname: format!("h{h}.weave.local."), origin: p(o), container: format!("c{c}"), addr: Ipv4Addr::new(10, 32, 0, a) },
-                Value { version: v, tombstone: if t { T + v } else { 0 } },
-            )
+            let k = Key { hostname: format!("h{h}.weave.local."), origin: p(o), container: format!("c{c}"), addr: Ipv4Addr::new(10, 32, 0, a) };
+            signed(&k, v, if t { T + v } else { 0 })
         })
     }
 
     proptest! {
         #[test]
         fn merge_converges_whatever_the_order(batch in proptest::collection::vec(arb_entry(), 0..40), seed in any::<u64>()) {
-            let mut a = Store::new(p(1));
+            let mut a = store();
             a.merge(T, p(2), T, batch.clone()).unwrap();
             let mut shuffled = batch.clone();
             shuffled.extend(batch.iter().cloned());
             use rand::seq::SliceRandom;
             shuffled.shuffle(&mut weave_core::rng::seeded(seed));
-            let mut b = Store::new(p(1));
+            let mut b = store();
             for chunk in shuffled.chunks(3) {
                 b.merge(T, p(3), T, chunk.to_vec()).unwrap();
             }

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use prost::Message;
 use weave_core::PeerName;
 
-use crate::store::{normalize, Key, StoreError, Value, MAX_CONTAINER_LEN};
+use crate::store::{normalize, Key, Signed, StoreError, Value, MAX_CONTAINER_LEN};
 
 #[derive(Clone, PartialEq, Message)]
 pub struct EntryMsg {
@@ -23,6 +23,9 @@ pub struct EntryMsg {
     pub version: u64,
     #[prost(uint64, tag = "6")]
     pub tombstone: u64,
+    /// The origin's signature of the other fields (see [`signed_bytes`]).
+    #[prost(bytes = "vec", tag = "7")]
+    pub signature: Vec<u8>,
 }
 
 /// A batch of entries with the sender's clock.
@@ -49,23 +52,26 @@ pub enum DecodeError {
     Entry(#[from] StoreError),
 }
 
-/// Encode entries.
-pub fn encode(sender_unix: u64, entries: &[(Key, Value)]) -> Vec<u8> {
-    GossipMsg {
-        sender_unix,
-        entries: entries
-            .iter()
-            .map(|(k, v)| EntryMsg {
-                hostname: k.hostname.clone(),
-                origin: k.origin.as_u64(),
-                container: k.container.clone(),
-                addr: u32::from(k.addr),
-                version: v.version,
-                tombstone: v.tombstone,
-            })
-            .collect(),
+fn entry_msg(k: &Key, v: Value, signature: Vec<u8>) -> EntryMsg {
+    EntryMsg {
+        hostname: k.hostname.clone(),
+        origin: k.origin.as_u64(),
+        container: k.container.clone(),
+        addr: u32::from(k.addr),
+        version: v.version,
+        tombstone: v.tombstone,
+        signature,
     }
-    .encode_to_vec()
+}
+
+/// What an entry's origin signs: the entry's wire form without signature.
+pub(crate) fn signed_bytes(k: &Key, v: Value) -> Vec<u8> {
+    entry_msg(k, v, Vec::new()).encode_to_vec()
+}
+
+/// Encode entries.
+pub fn encode(sender_unix: u64, entries: &[Signed]) -> Vec<u8> {
+    GossipMsg { sender_unix, entries: entries.iter().map(|s| entry_msg(&s.key, s.value, s.signature.to_vec())).collect() }.encode_to_vec()
 }
 
 /// Highest entry version accepted: far beyond real use, far enough below
@@ -77,8 +83,8 @@ pub const MAX_VERSION: u64 = 1 << 62;
 pub struct Batch {
     /// The sender's clock (unix seconds).
     pub sender_unix: u64,
-    /// The valid entries.
-    pub entries: Vec<(Key, Value)>,
+    /// The valid entries (signatures not checked yet: the store does).
+    pub entries: Vec<Signed>,
     /// How many entries failed validation and were skipped.
     pub skipped: usize,
 }
@@ -89,7 +95,7 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
     let m = GossipMsg::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     let sender_unix = m.sender_unix;
     let total = m.entries.len();
-    let entries: Vec<(Key, Value)> = m
+    let entries: Vec<Signed> = m
         .entries
         .into_iter()
         .filter_map(|e| {
@@ -105,23 +111,20 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
     Ok(Batch { sender_unix, entries, skipped })
 }
 
-fn validate(e: EntryMsg) -> Result<(Key, Value), DecodeError> {
-    {
-        {
-            let origin = PeerName::from_u64(e.origin).ok_or(DecodeError::Field("origin"))?;
-            if normalize(&e.hostname, "")? != e.hostname {
-                return Err(StoreError::InvalidName(e.hostname).into());
-            }
-            if e.container.is_empty() || e.container.len() > MAX_CONTAINER_LEN {
-                return Err(StoreError::InvalidContainer.into());
-            }
-            if e.version == 0 || e.version > MAX_VERSION {
-                return Err(DecodeError::Field("version"));
-            }
-            let key = Key { hostname: e.hostname, origin, container: e.container, addr: Ipv4Addr::from(e.addr) };
-            Ok((key, Value { version: e.version, tombstone: e.tombstone }))
-        }
+fn validate(e: EntryMsg) -> Result<Signed, DecodeError> {
+    let origin = PeerName::from_u64(e.origin).ok_or(DecodeError::Field("origin"))?;
+    if normalize(&e.hostname, "")? != e.hostname {
+        return Err(StoreError::InvalidName(e.hostname).into());
     }
+    if e.container.is_empty() || e.container.len() > MAX_CONTAINER_LEN {
+        return Err(StoreError::InvalidContainer.into());
+    }
+    if e.version == 0 || e.version > MAX_VERSION {
+        return Err(DecodeError::Field("version"));
+    }
+    let signature = e.signature.as_slice().try_into().map_err(|_| DecodeError::Field("signature"))?;
+    let key = Key { hostname: e.hostname, origin, container: e.container, addr: Ipv4Addr::from(e.addr) };
+    Ok(Signed { key, value: Value { version: e.version, tombstone: e.tombstone }, signature })
 }
 
 #[cfg(test)]
@@ -129,7 +132,7 @@ mod tests {
     use super::*;
 
     fn entry(version: u64, tombstone: u64) -> EntryMsg {
-        EntryMsg { hostname: "a.weave.local.".into(), origin: 2, container: "c".into(), addr: 1, version, tombstone }
+        EntryMsg { hostname: "a.weave.local.".into(), origin: 2, container: "c".into(), addr: 1, version, tombstone, signature: vec![7; 64] }
     }
 
     #[test]
@@ -144,10 +147,11 @@ mod tests {
                 entry(2, u64::MAX),
                 EntryMsg { hostname: "Not Valid".into(), ..entry(3, 0) },
                 entry(4, now),
+                EntryMsg { signature: vec![7; 63], ..entry(5, 0) },
             ],
         };
         let b = decode(&m.encode_to_vec()).unwrap();
-        assert_eq!(b.skipped, 4);
-        assert_eq!(b.entries.iter().map(|(_, v)| v.version).collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!(b.skipped, 5);
+        assert_eq!(b.entries.iter().map(|s| s.value.version).collect::<Vec<_>>(), vec![1, 4]);
     }
 }

@@ -18,7 +18,7 @@ use weave_dns::{Dns, WallClock};
 
 fn dns_with(n: usize) -> Names {
     let now = Instant::now();
-    let mut d = Dns::new(PeerName::from_u64(1).unwrap(), "weave.local.", WallClock::system(), now);
+    let mut d = Dns::new(weave_gossip::Identity::from_secret([1; 32]), PeerName::from_u64(1).unwrap(), "weave.local.", WallClock::system(), now);
     for i in 0..n {
         d.add(now, "web", Ipv4Addr::new(10, 32, 0, i as u8 + 1), &format!("c{i}")).unwrap();
     }

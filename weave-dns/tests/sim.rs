@@ -23,7 +23,7 @@ const T0: u64 = 1_800_000_000;
 fn host(id: NodeId, start: Instant, now: Instant, seed: u64) -> SimPeer {
     let mut peer = SimPeer::new(id, now, seed, quick);
     let name = PeerName::from_u64(id as u64 + 1).unwrap();
-    let dns = Dns::new(name, "weave.local.", WallClock::new(start, T0), now);
+    let dns = Dns::new(peer.identity(), name, "weave.local.", WallClock::new(start, T0), now);
     peer.register_channel(CHANNEL, Box::new(DnsChannel::new(dns, now)));
     peer
 }

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use weave_core::PeerName;
 
+use crate::identity::PeerKey;
 use crate::mesh::ConnId;
 use crate::routes::Routes;
 
@@ -51,8 +52,10 @@ pub trait Channel: std::any::Any + Send {
     fn full_state(&mut self, now: Instant) -> Vec<Vec<u8>>;
     /// A peer left the topology: drop what only it owned, if anything.
     fn on_peer_removed(&mut self, _peer: PeerName) {}
-    /// A peer joined (or rejoined) the topology.
-    fn on_peer_added(&mut self, _peer: PeerName) {}
+    /// A peer joined (or rejoined) the topology, with the key its record
+    /// is signed with: what a channel holds in that peer's name should be
+    /// signed by it (see [`crate::identity`]).
+    fn on_peer_added(&mut self, _peer: PeerName, _key: PeerKey) {}
     /// The routes changed (which peers are reachable, and through whom).
     fn on_routes(&mut self, _now: Instant, _routes: &Routes) {}
     /// The next message to send; called after every input.

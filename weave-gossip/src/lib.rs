@@ -20,6 +20,9 @@ pub mod crypto;
 #[cfg(feature = "tokio")]
 pub mod driver;
 pub mod frame;
+#[cfg(all(feature = "testing", feature = "tokio"))]
+pub mod hostile;
+pub mod identity;
 pub mod link;
 pub mod mesh;
 pub mod node;
@@ -31,6 +34,7 @@ pub mod topology;
 
 pub use channel::{Channel, Output};
 pub use crypto::{DataKeys, Psk};
+pub use identity::{Identity, PeerKey};
 pub use link::{Established, Link, LinkConfig, LinkError, LocalFeatures, Role};
 pub use mesh::{Mesh, MeshConfig, MeshEvent};
 pub use node::{Action, Node, Persist};

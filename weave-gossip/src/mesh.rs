@@ -26,6 +26,7 @@ use weave_core::rng::SimRng;
 use weave_core::{PeerName, PeerUid};
 
 use crate::channel::{BoxError, Channel, Held, Output, Slot, Slots};
+use crate::identity::{Identity, PeerKey};
 use crate::link::{Established, MAX_MESSAGE_LEN};
 use crate::proto::{Body, ChannelMsg, Envelope, Heartbeat, PeerRecordMsg, TopologyBuckets, TopologyDigest, TopologyRequest, TopologyUpdate, TopologyVersions};
 use crate::routes::Routes;
@@ -66,6 +67,9 @@ pub struct MeshConfig {
     /// as the latest record of each peer that changed (default 50 ms): a
     /// record that changes many times while a mesh forms is sent once.
     pub update_delay: Duration,
+    /// Our signing key (see [`crate::identity`]); `None` makes a new one from
+    /// the mesh's RNG. A router keeps its key across restarts.
+    pub identity: Option<Identity>,
 }
 
 impl MeshConfig {
@@ -82,6 +86,7 @@ impl MeshConfig {
             recalc_delay: Duration::from_millis(20),
             max_message_len: MAX_MESSAGE_LEN,
             update_delay: Duration::from_millis(50),
+            identity: None,
         }
     }
 }
@@ -244,6 +249,8 @@ pub struct MeshStats {
     pub channel_errors: u64,
     /// Channel messages for channels we do not know, relayed or dropped.
     pub unknown_channel: u64,
+    /// Newer peer records refused: not signed by the key of their name.
+    pub records_refused: u64,
 }
 
 struct Conn {
@@ -283,7 +290,8 @@ pub struct Mesh {
 impl Mesh {
     /// A mesh with no connections yet.
     pub fn new(cfg: MeshConfig, now: Instant, mut rng: SimRng) -> Self {
-        let topo = Topology::new(cfg.name, cfg.nickname.clone(), cfg.uid);
+        let identity = cfg.identity.clone().unwrap_or_else(|| Identity::generate(&mut rng));
+        let topo = Topology::new(identity, cfg.name, cfg.nickname.clone(), cfg.uid);
         let routes = Routes::calculate(&topo);
         let next_anti_entropy = now + jittered(&mut rng, cfg.anti_entropy_interval);
         let next_channel_gossip = now + jittered(&mut rng, cfg.channel_gossip_interval);
@@ -307,6 +315,18 @@ impl Mesh {
             update_at: None,
             stats: MeshStats::default(),
         }
+    }
+
+    /// Our signing key: channels sign what we own with it (see
+    /// [`crate::identity`]).
+    pub fn identity(&self) -> &Identity {
+        self.topo.identity()
+    }
+
+    /// The key a peer's record is signed with (ours included), while the
+    /// peer is in the topology.
+    pub fn peer_key(&self, peer: PeerName) -> Option<PeerKey> {
+        self.topo.key_of(peer)
     }
 
     /// Our name.
@@ -624,6 +644,10 @@ impl Mesh {
         }
         let records = u.records.into_iter().map(PeerRecord::from_msg).collect::<Result<Vec<_>, _>>()?;
         let applied = self.topo.apply(records);
+        for (name, why) in &applied.refused {
+            self.stats.records_refused += 1;
+            tracing::debug!(peer = %name, from = %self.conns.get(&from).map_or(String::from("?"), |c| c.remote.name.to_string()), "refused a peer record: {why}");
+        }
         if applied.ourself_bumped {
             self.announce = true;
         }
@@ -850,8 +874,9 @@ impl Mesh {
         for &p in now_known.difference(&self.known) {
             self.channel_resync = true;
             self.events.push_back(MeshEvent::PeerAdded(p));
+            let key = self.topo.key_of(p).expect("a known peer has a record");
             for s in self.channels.values_mut() {
-                s.channel.on_peer_added(p);
+                s.channel.on_peer_added(p, key);
             }
         }
         for &p in &removed {
@@ -1003,23 +1028,10 @@ mod tests {
         m.add_connection(now, 7, remote(2, 1, false)).unwrap();
         // Peer 2's record says it reaches 3 only through us (a stale view):
         // our route to 3 would be via 2 if 2 claimed a link to 3.
-        let rec2 = PeerRecord {
-            name: n(2),
-            nickname: "p2".into(),
-            uid: PeerUid::new(2).unwrap(),
-            version: 5,
-            connections: vec![
-                ConnectionInfo { peer: n(1), address: String::new(), outbound: true, established: true },
-                ConnectionInfo { peer: n(3), address: String::new(), outbound: true, established: true },
-            ],
-        };
-        let rec3 = PeerRecord {
-            name: n(3),
-            nickname: "p3".into(),
-            uid: PeerUid::new(3).unwrap(),
-            version: 5,
-            connections: vec![ConnectionInfo { peer: n(2), address: String::new(), outbound: false, established: true }],
-        };
+        let key = |k: u8| Identity::from_secret([k; 32]);
+        let conn = |p: u64, outbound| ConnectionInfo { peer: n(p), address: String::new(), outbound, established: true };
+        let rec2 = PeerRecord::signed(&key(2), n(2), "p2".into(), PeerUid::new(2).unwrap(), 5, vec![conn(1, true), conn(3, true)]);
+        let rec3 = PeerRecord::signed(&key(3), n(3), "p3".into(), PeerUid::new(3).unwrap(), 5, vec![conn(2, false)]);
         m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![rec2.to_msg(), rec3.to_msg()] }).into()).unwrap();
         assert_eq!(m.routes().next_hop(n(3)), Some(n(2)));
         drain(&mut m);

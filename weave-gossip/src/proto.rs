@@ -51,6 +51,12 @@ pub struct PeerRecordMsg {
     pub version: u64,
     #[prost(message, repeated, tag = "5")]
     pub connections: Vec<ConnectionEntry>,
+    /// The peer's public key (Ed25519, 32 bytes).
+    #[prost(bytes = "vec", tag = "6")]
+    pub key: Vec<u8>,
+    /// The peer's signature of this record with `signature` left empty.
+    #[prost(bytes = "vec", tag = "7")]
+    pub signature: Vec<u8>,
 }
 
 /// Keep-alive; proves the connection is alive when nothing else flows.

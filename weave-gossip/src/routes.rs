@@ -160,15 +160,10 @@ mod tests {
         }
         let info =
             |v: &Vec<u64>| v.iter().map(|&c| ConnectionInfo { peer: n(c), address: String::new(), outbound: true, established: true }).collect::<Vec<_>>();
-        let mut t = Topology::new(n(me), "me".into(), PeerUid::new(1).unwrap());
+        let id = |k: u64| crate::Identity::from_secret([k as u8; 32]);
+        let mut t = Topology::new(id(me), n(me), "me".into(), PeerUid::new(1).unwrap());
         t.set_our_connections(conns.get(&me).map(info).unwrap_or_default());
-        t.apply(conns.iter().filter(|(k, _)| **k != me).map(|(k, v)| PeerRecord {
-            name: n(*k),
-            nickname: String::new(),
-            uid: PeerUid::new(1).unwrap(),
-            version: 1,
-            connections: info(v),
-        }));
+        t.apply(conns.iter().filter(|(k, _)| **k != me).map(|(k, v)| PeerRecord::signed(&id(*k), n(*k), String::new(), PeerUid::new(1).unwrap(), 1, info(v))));
         t
     }
 

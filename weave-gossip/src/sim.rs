@@ -79,10 +79,20 @@ impl SimPeer {
         let name = PeerName::from_u64(id as u64 + 1).expect("node ids are small");
         let uid = PeerUid::random(&mut rng);
         let mut mcfg = MeshConfig::new(name, format!("host{id}"), uid);
+        // Each node keeps its key across restarts, as a router keeps it in
+        // its state directory.
+        let mut secret = [0x5e; 32];
+        secret[..8].copy_from_slice(&(id as u64).to_le_bytes());
+        mcfg.identity = Some(crate::Identity::from_secret(secret));
         let mut ccfg = ConnMakerConfig::default();
         configure(&mut mcfg, &mut ccfg);
         let node = Node::new(mcfg, ccfg, now, &mut rng);
         Self { id, node, conns: HashMap::new(), dials: HashMap::new(), rng, disk: BTreeMap::new(), disk_error: None }
+    }
+
+    /// Our signing key, for channels that sign what we own.
+    pub fn identity(&self) -> crate::Identity {
+        self.node.mesh().identity().clone()
     }
 
     /// The node.

@@ -7,6 +7,13 @@
 //! new as its own (an older incarnation, or state it lost), it bumps its
 //! version beyond it so its current record wins everywhere.
 //!
+//! Every record is signed by its peer's key, which it carries: a record in a
+//! name whose key differs from the one pinned for that name (the key of the
+//! record we hold) or whose signature does not verify is refused, so no peer
+//! can rewrite another's record — nor raise its version to the ceiling and
+//! so cut it off. A record of our own name counts only if our key signed it
+//! (an older incarnation of ours, the key being kept across restarts).
+//!
 //! Peers named in connections but with no record yet are *placeholders*:
 //! derived on demand, never stored, so they cannot make merge order matter.
 //! Peers no longer reachable from us through the listed connections are
@@ -15,8 +22,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use blake2::{Blake2s256, Digest};
+use prost::Message;
 use weave_core::{PeerName, PeerUid};
 
+use crate::identity::{Identity, PeerKey, Signature};
 use crate::link::MAX_NICKNAME_LEN;
 use crate::proto::{ConnectionEntry, PeerRecordMsg, VersionEntry};
 
@@ -29,6 +38,8 @@ const MAX_ADDRESS_LEN: usize = 300;
 /// Highest record version accepted: far above anything real, far enough
 /// below `u64::MAX` that bumping past a received version cannot overflow.
 pub const MAX_VERSION: u64 = 1 << 62;
+/// What a peer record's signature is made for.
+const RECORD_DOMAIN: &str = "weave-rs peer record v1";
 
 /// One connection of a peer, as its record lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,6 +67,10 @@ pub struct PeerRecord {
     pub version: u64,
     /// Its connections, sorted by peer.
     pub connections: Vec<ConnectionInfo>,
+    /// The peer's public key.
+    pub key: PeerKey,
+    /// The peer's signature of the rest (see [`PeerRecord::verify`]).
+    pub signature: Signature,
 }
 
 /// Why a received record was rejected.
@@ -77,6 +92,8 @@ impl PeerRecord {
         if m.connections.len() > MAX_CONNECTIONS {
             return Err(InvalidRecord("too many connections"));
         }
+        let key = PeerKey::from_bytes(&m.key).ok_or(InvalidRecord("no valid public key"))?;
+        let signature = m.signature.as_slice().try_into().map_err(|_| InvalidRecord("no signature"))?;
         let mut connections = Vec::with_capacity(m.connections.len());
         for c in m.connections {
             let peer = PeerName::from_u64(c.name).ok_or(InvalidRecord("connection to a name wider than 48 bits"))?;
@@ -90,7 +107,33 @@ impl PeerRecord {
         }
         connections.sort();
         connections.dedup_by(|a, b| a.peer == b.peer);
-        Ok(Self { name, nickname: m.nickname, uid, version: m.version, connections })
+        Ok(Self { name, nickname: m.nickname, uid, version: m.version, connections, key, signature })
+    }
+
+    /// A record written and signed by `identity`'s owner.
+    pub fn signed(identity: &Identity, name: PeerName, nickname: String, uid: PeerUid, version: u64, mut connections: Vec<ConnectionInfo>) -> Self {
+        connections.sort();
+        let mut r = Self { name, nickname, uid, version, connections, key: identity.public(), signature: [0; 64] };
+        r.sign(identity);
+        r
+    }
+
+    /// Sign (again, after a change) with `identity`, whose key it now carries.
+    pub fn sign(&mut self, identity: &Identity) {
+        self.key = identity.public();
+        self.signature = identity.sign(RECORD_DOMAIN, &self.signed_bytes());
+    }
+
+    /// Whether the record's own key signed it. The signature covers the
+    /// canonical wire form (connections sorted) without the signature.
+    pub fn verify(&self) -> bool {
+        self.key.verify(RECORD_DOMAIN, &self.signed_bytes(), &self.signature)
+    }
+
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut m = self.to_msg();
+        m.signature.clear();
+        m.encode_to_vec()
     }
 
     /// The wire form.
@@ -105,6 +148,8 @@ impl PeerRecord {
                 .iter()
                 .map(|c| ConnectionEntry { name: c.peer.as_u64(), address: c.address.clone(), outbound: c.outbound, established: c.established })
                 .collect(),
+            key: self.key.to_bytes().to_vec(),
+            signature: self.signature.to_vec(),
         }
     }
 
@@ -125,6 +170,9 @@ pub struct Applied {
     /// newer: another live router uses our name. We stop bumping (that would
     /// never end) and report it.
     pub collision: Option<PeerUid>,
+    /// Newer records refused: signed by a key other than the one pinned for
+    /// the name, or not by their own key.
+    pub refused: Vec<(PeerName, &'static str)>,
 }
 
 /// The bucket a peer name falls in.
@@ -145,6 +193,7 @@ fn record_hash(name: PeerName, uid: PeerUid, version: u64) -> u128 {
 #[derive(Debug, Clone)]
 pub struct Topology {
     ourself: PeerName,
+    identity: Identity,
     peers: BTreeMap<PeerName, PeerRecord>,
     /// Foreign UIDs of our name we bumped past, with the version we saw.
     bumped_past: BTreeMap<PeerUid, u64>,
@@ -153,11 +202,23 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// A topology holding only our own record (version 1, no connections).
-    pub fn new(name: PeerName, nickname: String, uid: PeerUid) -> Self {
-        let mut t = Self { ourself: name, peers: BTreeMap::new(), bumped_past: BTreeMap::new(), sum: 0, buckets: [0; BUCKETS] };
-        t.insert(PeerRecord { name, nickname, uid, version: 1, connections: Vec::new() });
+    /// A topology holding only our own record (version 1, no connections),
+    /// signed with `identity`.
+    pub fn new(identity: Identity, name: PeerName, nickname: String, uid: PeerUid) -> Self {
+        let ours = PeerRecord::signed(&identity, name, nickname, uid, 1, Vec::new());
+        let mut t = Self { ourself: name, identity, peers: BTreeMap::new(), bumped_past: BTreeMap::new(), sum: 0, buckets: [0; BUCKETS] };
+        t.insert(ours);
         t
+    }
+
+    /// The key our record is signed with.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The key pinned for `name`: the key of the record we hold.
+    pub fn key_of(&self, name: PeerName) -> Option<PeerKey> {
+        self.peers.get(&name).map(|r| r.key)
     }
 
     /// Our name.
@@ -204,6 +265,7 @@ impl Topology {
         let mut r = self.our_record().clone();
         r.connections = connections;
         r.version += 1;
+        r.sign(&self.identity);
         self.insert(r);
         true
     }
@@ -215,6 +277,10 @@ impl Topology {
             if r.name == self.ourself {
                 let ours = self.our_record().clone();
                 if r.version >= ours.version && r != ours {
+                    if r.key != ours.key || !r.verify() {
+                        out.refused.push((r.name, "a record in our name not signed by our key"));
+                        continue;
+                    }
                     if r.uid != ours.uid {
                         if self.bumped_past.get(&r.uid).is_some_and(|&v| r.version > v) {
                             out.collision = Some(r.uid);
@@ -224,13 +290,21 @@ impl Topology {
                     }
                     let mut bumped = ours;
                     bumped.version = r.version.saturating_add(1);
+                    bumped.sign(&self.identity);
                     self.insert(bumped);
                     out.ourself_bumped = true;
                 }
                 continue;
             }
-            let newer = self.peers.get(&r.name).is_none_or(|e| r.key() > e.key());
-            if newer {
+            let held = self.peers.get(&r.name);
+            if held.is_some_and(|e| r.key() <= e.key()) {
+                continue;
+            }
+            if held.is_some_and(|e| e.key != r.key) {
+                out.refused.push((r.name, "signed by a key other than the one pinned for its name"));
+            } else if !r.verify() {
+                out.refused.push((r.name, "signature does not verify"));
+            } else {
                 out.changed.push(r.name);
                 self.insert(r);
             }
@@ -328,17 +402,19 @@ mod tests {
         PeerName::from_u64(v).unwrap()
     }
 
+    /// The key of peer `name` in these tests.
+    fn id(name: u64) -> Identity {
+        Identity::from_secret([name as u8; 32])
+    }
+
+    fn topo(name: u64, nickname: &str, uid: u64) -> Topology {
+        Topology::new(id(name), n(name), nickname.into(), PeerUid::new(uid).unwrap())
+    }
+
     fn rec(name: u64, uid: u64, version: u64, conns: &[u64]) -> PeerRecord {
-        PeerRecord {
-            name: n(name),
-            nickname: format!("p{name}"),
-            uid: PeerUid::new(uid).unwrap(),
-            version,
-            connections: conns
-                .iter()
-                .map(|&c| ConnectionInfo { peer: n(c), address: format!("10.0.0.{c}:6783"), outbound: c > name, established: true })
-                .collect(),
-        }
+        let connections =
+            conns.iter().map(|&c| ConnectionInfo { peer: n(c), address: format!("10.0.0.{c}:6783"), outbound: c > name, established: true }).collect();
+        PeerRecord::signed(&id(name), n(name), format!("p{name}"), PeerUid::new(uid).unwrap(), version, connections)
     }
 
     fn state(t: &Topology) -> Vec<PeerRecord> {
@@ -347,7 +423,7 @@ mod tests {
 
     #[test]
     fn newer_version_wins_and_older_is_ignored() {
-        let mut t = Topology::new(n(1), "me".into(), PeerUid::new(9).unwrap());
+        let mut t = topo(1, "me", 9);
         assert_eq!(t.apply([rec(2, 5, 3, &[1])]).changed, vec![n(2)]);
         assert!(t.apply([rec(2, 5, 2, &[])]).changed.is_empty());
         assert_eq!(t.get(n(2)).unwrap().version, 3);
@@ -355,7 +431,7 @@ mod tests {
 
     #[test]
     fn unknown_peers_in_connections_are_placeholders_until_their_record_arrives() {
-        let mut t = Topology::new(n(1), "me".into(), PeerUid::new(9).unwrap());
+        let mut t = topo(1, "me", 9);
         t.apply([rec(2, 5, 1, &[1, 3])]);
         assert_eq!(t.placeholders(), BTreeSet::from([n(3)]));
         t.apply([rec(3, 6, 1, &[2])]);
@@ -364,7 +440,7 @@ mod tests {
 
     #[test]
     fn an_older_incarnation_of_ourselves_makes_us_bump_beyond_it() {
-        let mut t = Topology::new(n(1), "me".into(), PeerUid::new(9).unwrap());
+        let mut t = topo(1, "me", 9);
         let out = t.apply([rec(1, 4, 17, &[2])]);
         assert!(out.ourself_bumped);
         assert_eq!(t.our_record().version, 18);
@@ -374,13 +450,54 @@ mod tests {
 
     #[test]
     fn a_live_router_with_our_name_is_reported_not_outbid_forever() {
-        let mut t = Topology::new(n(1), "me".into(), PeerUid::new(9).unwrap());
+        let mut t = topo(1, "me", 9);
         assert!(t.apply([rec(1, 4, 5, &[])]).ourself_bumped, "an old incarnation: bump once");
         assert_eq!(t.our_record().version, 6);
         let out = t.apply([rec(1, 4, 7, &[])]);
         assert_eq!(out.collision, Some(PeerUid::new(4).unwrap()), "it outbid us: a live collider");
         assert!(!out.ourself_bumped);
         assert_eq!(t.our_record().version, 6);
+    }
+
+    #[test]
+    fn no_peer_can_write_another_peers_record_or_ours() {
+        let mut t = topo(1, "me", 9);
+        t.apply([rec(2, 5, 3, &[1])]);
+        // Peer 3 forges peer 2's record at the version ceiling, with its own key.
+        let mut forged = rec(2, 5, MAX_VERSION, &[]);
+        forged.sign(&id(3));
+        let out = t.apply([forged.clone()]);
+        assert!(out.changed.is_empty() && out.refused.len() == 1, "{out:?}");
+        assert_eq!(t.get(n(2)).unwrap().version, 3);
+        // Nor by keeping 2's key and changing the content.
+        let mut tampered = rec(2, 5, 4, &[]);
+        tampered.version = MAX_VERSION;
+        assert_eq!(t.apply([tampered]).refused.len(), 1);
+        // A record of ours under another key is refused, not bumped past.
+        let mut ours = rec(1, 4, MAX_VERSION, &[]);
+        ours.sign(&id(3));
+        let out = t.apply([ours]);
+        assert!(!out.ourself_bumped && out.refused.len() == 1);
+        assert_eq!(t.our_record().version, 1);
+        // Through the wire form too: the signature covers every field.
+        let mut m = rec(2, 5, 6, &[1]).to_msg();
+        m.connections[0].address = "10.9.9.9:6783".into();
+        assert_eq!(t.apply([PeerRecord::from_msg(m).unwrap()]).refused.len(), 1);
+        assert!(t.apply([PeerRecord::from_msg(rec(2, 5, 6, &[1]).to_msg()).unwrap()]).changed == vec![n(2)]);
+    }
+
+    #[test]
+    fn a_new_key_for_a_name_is_accepted_once_the_name_was_forgotten() {
+        let mut t = topo(1, "me", 9);
+        t.set_our_connections(rec(1, 9, 1, &[2]).connections);
+        t.apply([rec(2, 5, 1, &[1])]);
+        let mut rekeyed = rec(2, 6, 1, &[1]);
+        rekeyed.sign(&id(7));
+        assert_eq!(t.apply([rekeyed.clone()]).refused.len(), 1, "pinned while known");
+        t.set_our_connections(Vec::new());
+        assert_eq!(t.gc(), vec![n(2)]);
+        assert_eq!(t.apply([rekeyed]).changed, vec![n(2)]);
+        assert_eq!(t.key_of(n(2)), Some(id(7).public()));
     }
 
     #[test]
@@ -392,7 +509,7 @@ mod tests {
 
     #[test]
     fn gc_removes_peers_no_longer_reachable() {
-        let mut t = Topology::new(n(1), "me".into(), PeerUid::new(9).unwrap());
+        let mut t = topo(1, "me", 9);
         t.set_our_connections(rec(1, 9, 1, &[2]).connections);
         t.apply([rec(2, 5, 1, &[1, 3]), rec(3, 6, 1, &[2])]);
         assert!(t.gc().is_empty());
@@ -403,8 +520,8 @@ mod tests {
 
     #[test]
     fn digests_match_exactly_when_versions_match() {
-        let mut a = Topology::new(n(1), "a".into(), PeerUid::new(9).unwrap());
-        let mut b = Topology::new(n(2), "b".into(), PeerUid::new(8).unwrap());
+        let mut a = topo(1, "a", 9);
+        let mut b = topo(2, "b", 8);
         let ra = a.our_record().clone();
         let rb = b.our_record().clone();
         a.apply([rb.clone()]);
@@ -447,7 +564,7 @@ mod tests {
         ) {
             // Two observers see the same records in different orders, one of
             // them with every record delivered twice.
-            let mut a = Topology::new(n(1), "a".into(), PeerUid::new(99).unwrap());
+            let mut a = topo(1, "a", 99);
             let mut b = a.clone();
             a.apply(history.clone());
             let mut shuffled = history.clone();
@@ -471,7 +588,7 @@ mod tests {
             y in proptest::collection::vec(arb_record(), 0..10),
             z in proptest::collection::vec(arb_record(), 0..10),
         ) {
-            let base = Topology::new(n(1), "a".into(), PeerUid::new(99).unwrap());
+            let base = topo(1, "a", 99);
             let mut left = base.clone();
             let mut xy = base.clone();
             xy.apply(x.clone());

@@ -285,6 +285,8 @@ async fn hostile_input_closes_only_that_connection() {
         uid: 9,
         version: 5,
         connections: vec![weave_gossip::proto::ConnectionEntry { name: 9, address: String::new(), outbound: true, established: true }],
+        key: weave_gossip::Identity::from_secret([9; 32]).public().to_bytes().to_vec(),
+        signature: vec![0; 64],
     };
     let env: weave_gossip::proto::Envelope = weave_gossip::proto::Body::Update(weave_gossip::proto::TopologyUpdate { records: vec![bad] }).into();
     assert!(env.encoded_len() > 0);
@@ -343,4 +345,52 @@ async fn a_connect_flood_from_one_address_does_not_keep_a_peer_out() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let opened = flood.await.unwrap();
     assert!(opened > 100, "the flood opened {opened} connections");
+}
+
+/// A hostile peer (a real handshake, then forged records) cannot rewrite
+/// another peer's record — not its connections, not its version up to the
+/// ceiling — nor ours, and cuts nobody off: the honest peers' later changes
+/// still arrive.
+#[cfg(feature = "testing")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_peer_cannot_rewrite_another_peers_record_or_cut_it_off() {
+    use weave_gossip::hostile::HostilePeer;
+    use weave_gossip::topology::{PeerRecord, MAX_VERSION};
+    let (a, b) = (start(opts(1)).await, start(opts(2)).await);
+    connect(&b, &a).await;
+    let before = knows(&a, 2).await;
+    let b_record = before.peers.iter().find(|p| p.name.as_u64() == 2).unwrap().clone();
+    let a_record = before.peers.iter().find(|p| p.name.as_u64() == 1).unwrap().clone();
+
+    let mut evil = HostilePeer::connect(a.local_addr(), PeerName::from_u64(9).unwrap(), None).await.unwrap();
+    evil.announce(&[(PeerName::from_u64(1).unwrap(), addr(&a))]).await.unwrap();
+    // b's record, emptied and at the version ceiling, signed with the hostile key.
+    let mut forged_b = PeerRecord { version: MAX_VERSION, connections: Vec::new(), ..b_record.clone() };
+    forged_b.sign(&evil.identity);
+    // b's record under b's key, with content changed after signing.
+    let tampered_b = PeerRecord { version: b_record.version + 1, connections: Vec::new(), ..b_record.clone() };
+    // Our own record, at the ceiling, under the hostile key.
+    let mut forged_a = PeerRecord { version: MAX_VERSION, ..a_record.clone() };
+    forged_a.sign(&evil.identity);
+    evil.send_records(&[forged_b, tampered_b, forged_a]).await.unwrap();
+    let s = eventually("the forgeries refused", || async {
+        let s = a.status().await.unwrap();
+        (s.stats.records_refused >= 3 && s.peers.len() == 3).then_some(s)
+    })
+    .await;
+    let b_now = s.peers.iter().find(|p| p.name.as_u64() == 2).unwrap();
+    assert_eq!((b_now.version, &b_now.connections), (b_record.version, &b_record.connections), "b's record is untouched");
+    assert!(s.peers.iter().find(|p| p.name.as_u64() == 1).unwrap().version < 100, "we did not bump towards the ceiling");
+    assert_eq!(s.next_hops.get(&PeerName::from_u64(2).unwrap()), Some(&PeerName::from_u64(2).unwrap()));
+
+    // b is not cut off: its next change reaches a.
+    let c = start(opts(3)).await;
+    connect(&c, &b).await;
+    knows(&a, 4).await;
+    let b_later = a.status().await.unwrap().peers.into_iter().find(|p| p.name.as_u64() == 2).unwrap();
+    assert!(b_later.version > b_record.version && b_later.connections.len() == 2, "{b_later:?}");
+    drop(evil);
+    for h in [a, b, c] {
+        h.shutdown().await;
+    }
 }

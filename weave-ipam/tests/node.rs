@@ -52,7 +52,7 @@ fn ipam_config(id: NodeId) -> IpamConfig {
 /// names) when given: what a router does at start.
 fn host(id: NodeId, start: Instant, now: Instant, seed: u64, disk: Option<(Vec<u8>, Vec<u8>)>) -> SimPeer {
     let mut peer = SimPeer::new(id, now, seed, quick);
-    let mut dns = Dns::new(name(id), "weave.local.", WallClock::new(start, T0), now);
+    let mut dns = Dns::new(peer.identity(), name(id), "weave.local.", WallClock::new(start, T0), now);
     let ipam = match &disk {
         Some((ipam, names)) => {
             dns.restore_own(names).unwrap();

@@ -28,7 +28,7 @@ fn addr_of(i: usize) -> Ipv4Addr {
 /// Child mode: serve the names on `port` until killed.
 async fn serve_names(port: u16) {
     let now = Instant::now();
-    let mut dns = Dns::new(PeerName::from_u64(1).expect("small"), "weave.local.", WallClock::system(), now);
+    let mut dns = Dns::new(weave_dns::Identity::from_secret([1; 32]), PeerName::from_u64(1).expect("small"), "weave.local.", WallClock::system(), now);
     for i in 0..NAMES {
         dns.add(now, &format!("host{i}"), addr_of(i), &format!("c{i}")).expect("valid name");
     }

@@ -43,10 +43,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // inside the node; the services are handles on them.
     let init = if peers.is_empty() { InitMode::Consensus { quorum: 1 } } else { InitMode::Observer };
     let ipam = IpamChannel::new(Ipam::new(IpamConfig::new(name, "10.32.0.0/12".parse()?, init))?);
-    let dns = DnsChannel::new(weave_dns::Dns::new(name, "weave.local.", weave_dns::WallClock::system(), Instant::now()), Instant::now());
+    // One key signs our topology record and our names (kept in memory
+    // here; a router keeps it in its state directory).
+    let identity = weave_dns::Identity::generate(&mut weave_core::rng::from_os());
+    let dns = DnsChannel::new(weave_dns::Dns::new(identity.clone(), name, "weave.local.", weave_dns::WallClock::system(), Instant::now()), Instant::now());
     let names = dns.names();
     let uid = weave_core::PeerUid::random(&mut weave_core::rng::from_os());
-    let mesh = MeshBuilder::new(DriverConfig::new(MeshConfig::new(name, "orchestrator", uid), listen))
+    let mut mesh_cfg = MeshConfig::new(name, "orchestrator", uid);
+    mesh_cfg.identity = Some(identity);
+    let mesh = MeshBuilder::new(DriverConfig::new(mesh_cfg, listen))
         .channel(weave_ipam::channel::CHANNEL, Box::new(ipam))
         .channel(weave_dns::channel::CHANNEL, Box::new(dns))
         .start()

@@ -26,7 +26,7 @@ impl Router {
             candidates.entry(id).or_insert((None, "ethwe".into()));
         }
         let named: Vec<String> = match &self.dns {
-            Some(d) => d.names().current().store().own_live().into_iter().map(|(k, _)| k.container).filter(|c| netns_id(c)).collect(),
+            Some(d) => d.names().current().store().own_live().into_iter().map(|e| e.key.container).filter(|c| netns_id(c)).collect(),
             None => Vec::new(),
         };
         for id in named {

@@ -43,6 +43,8 @@ use lifecycle::{follow_links, in_use, reclaim};
 
 /// This router's own DNS names, kept across restarts.
 pub const DNS_FILE: &str = "dns-names.pb";
+/// Our signing key, in the state directory (readable by the router only).
+pub const IDENTITY_FILE: &str = "identity.key";
 /// Containers with a veth of ours that Docker does not follow (namespaces,
 /// CNI pods): their namespace and interface, for the next start.
 pub const ATTACHED_FILE: &str = "attached.json";
@@ -92,7 +94,11 @@ impl Router {
     /// directory), mesh; then dial the initial peers.
     pub async fn start(cfg: RouterConfig) -> Result<Arc<Self>, Box<dyn std::error::Error + Send + Sync>> {
         std::fs::create_dir_all(&cfg.state_dir)?;
+        // What the directory holds (our key, names, addresses) is the
+        // router's alone.
+        std::fs::set_permissions(&cfg.state_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         std::fs::write(cfg.state_dir.join(NAME_FILE), cfg.name.to_string())?;
+        let identity = load_identity(&cfg.state_dir.join(IDENTITY_FILE))?;
         let netns = Netns::current();
         let nl = Netlink::connect(&netns).await?;
         let mut sleeve = SleeveConfig::new(cfg.name, cfg.port);
@@ -143,7 +149,9 @@ impl Router {
         };
 
         let mut rng = weave_core::rng::from_os();
-        let mut dc = DriverConfig::new(MeshConfig::new(cfg.name, cfg.nickname.clone(), PeerUid::random(&mut rng)), SocketAddr::new(cfg.host, cfg.port));
+        let mut mc = MeshConfig::new(cfg.name, cfg.nickname.clone(), PeerUid::random(&mut rng));
+        mc.identity = Some(identity.clone());
+        let mut dc = DriverConfig::new(mc, SocketAddr::new(cfg.host, cfg.port));
         dc.conn_maker.discovery = cfg.discovery;
         dc.conn_maker.default_port = cfg.port;
         dc.conn_maker.conn_limit = cfg.conn_limit;
@@ -177,7 +185,7 @@ impl Router {
         // the mesh starts, and are saved before any change is gossiped.
         let mut names = None;
         if let Some(d) = &cfg.dns {
-            let dns = weave_dns::dns::Dns::new(cfg.name, &d.domain, weave_dns::dns::WallClock::system(), Instant::now());
+            let dns = weave_dns::dns::Dns::new(identity.clone(), cfg.name, &d.domain, weave_dns::dns::WallClock::system(), Instant::now());
             let file = cfg.state_dir.join(DNS_FILE);
             let channel = weave_dns::service::DnsService::restore(dns, &file, Instant::now());
             names = Some(channel.names());
@@ -340,4 +348,28 @@ pub fn default_peer_name() -> PeerName {
 /// The address part of an IPv4 CIDR.
 pub fn addr_of(n: &Ipv4Net) -> Ipv4Addr {
     n.addr()
+}
+
+/// Our signing key from `path`, made (and saved, mode 0600) on first start.
+/// An unreadable key is replaced, with a warning: peers accept the new key
+/// once they have forgotten the old one.
+fn load_identity(path: &std::path::Path) -> std::io::Result<weave_gossip::Identity> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read(path) {
+        Ok(bytes) => match <[u8; 32]>::try_from(bytes.as_slice()) {
+            Ok(secret) => return Ok(weave_gossip::Identity::from_secret(secret)),
+            Err(_) => tracing::warn!(path = %path.display(), len = bytes.len(), "the saved key is not 32 bytes: making a new one"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let identity = weave_gossip::Identity::generate(&mut weave_core::rng::from_os());
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(&identity.secret())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(identity)
 }
