@@ -112,7 +112,7 @@ pub fn ipam_messages(data: &[u8]) {
     use weave_ipam::{wire, InitMode, Ipam, IpamConfig};
     let me = PeerName::from_u64(1).expect("small");
     let src = PeerName::from_u64(2).expect("small");
-    let cfg = |init| IpamConfig::new(me, "10.32.0.0/12".parse().expect("valid"), init);
+    let cfg = |init| IpamConfig::new(weave_gossip::Identity::from_secret([me.as_u64() as u8; 32]), me, "10.32.0.0/12".parse().expect("valid"), init);
     let now = Instant::now();
     let mut fresh = Ipam::new(cfg(InitMode::Consensus { quorum: 2 })).expect("valid");
     let mut ready = Ipam::new(cfg(InitMode::Seeds(vec![me, src]))).expect("valid");

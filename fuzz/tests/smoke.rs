@@ -67,6 +67,7 @@ fn golden_inputs_pass_every_target() {
     // A real IPAM state message, whole and with every byte corrupted.
     let me = PeerName::from_u64(2).unwrap();
     let mut ipam = weave_ipam::Ipam::new(weave_ipam::IpamConfig::new(
+        weave_gossip::Identity::from_secret([2; 32]),
         me,
         "10.32.0.0/12".parse().unwrap(),
         weave_ipam::InitMode::Seeds(vec![PeerName::from_u64(1).unwrap(), me]),

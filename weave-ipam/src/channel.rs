@@ -178,6 +178,10 @@ impl Channel for IpamChannel {
         vec![self.durable_state.clone()]
     }
 
+    fn on_peer_added(&mut self, peer: PeerName, key: weave_gossip::PeerKey) {
+        self.ipam.learn_key(peer, key);
+    }
+
     fn on_routes(&mut self, _now: Instant, routes: &Routes) {
         let me = self.ipam.name();
         self.ipam.set_reachable(routes.next_hops().map(|(dst, _)| dst).filter(|&p| p != me).collect());

@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use weave_core::PeerName;
+use weave_gossip::identity::{Identity, PeerKey};
 
+use crate::auth::KeyBook;
 use crate::paxos::Paxos;
 use crate::ring::{Entry, Ring, RingError};
-use crate::wire::{self, AllocMsg, Body, ClaimRefused, ClaimRequest, DecodeError, HandoffAck, SnapshotMsg, SpaceRequest, StateMsg};
+use crate::wire::{self, AllocMsg, Body, ClaimRefused, ClaimRequest, DecodeError, HandoffAck, KeyMsg, SnapshotMsg, SpaceRequest, StateMsg, TakeoverRequest};
 
 /// How the initial division is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,9 @@ pub enum InitMode {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct IpamConfig {
+    /// Our key: the mesh's (the one our topology record carries), so
+    /// peers accept what we sign.
+    pub identity: Identity,
     /// Our name.
     pub ourself: PeerName,
     /// The allocation range (default 10.32.0.0/12).
@@ -56,9 +61,9 @@ pub struct IpamConfig {
 }
 
 impl IpamConfig {
-    /// Defaults for `range`.
-    pub fn new(ourself: PeerName, range: Ipv4Net, init: InitMode) -> Self {
-        Self { ourself, range, default_subnet: range, init, retry_interval: Duration::from_secs(2) }
+    /// Defaults for `range`, signing with `identity` (the mesh's key).
+    pub fn new(identity: Identity, ourself: PeerName, range: Ipv4Net, init: InitMode) -> Self {
+        Self { identity, ourself, range, default_subnet: range, init, retry_interval: Duration::from_secs(2) }
     }
 }
 
@@ -207,6 +212,8 @@ pub struct Ipam {
     cfg: IpamConfig,
     ring: Ring,
     paxos: Paxos,
+    /// Peers' keys, for checking ring entries and votes.
+    book: KeyBook,
     election_requested: bool,
     wants_init: bool,
     used: BTreeMap<u32, (String, Ipv4Net)>,
@@ -270,7 +277,8 @@ impl Ipam {
         };
         Ok(Self {
             ring: Ring::new(start, end),
-            paxos: Paxos::new(cfg.ourself, quorum, observer),
+            paxos: Paxos::new(cfg.ourself, cfg.identity.clone(), quorum, observer),
+            book: KeyBook::new(cfg.ourself, &cfg.identity),
             cfg,
             election_requested: false,
             wants_init: false,
@@ -321,7 +329,19 @@ impl Ipam {
 
     /// The peers the mesh can reach now (donors are chosen among them).
     pub fn set_reachable(&mut self, peers: BTreeSet<PeerName>) {
+        self.paxos.set_counted(peers.clone());
         self.reachable = Some(peers);
+    }
+
+    /// `peer`'s key as the topology pins it (what it signs must verify
+    /// with it).
+    pub fn learn_key(&mut self, peer: PeerName, key: PeerKey) {
+        self.book.learn(peer, key);
+    }
+
+    /// Ring entries and votes refused so far for want of authority.
+    pub fn refused(&self) -> u64 {
+        self.book.refused
     }
 
     fn is_reachable(&self, p: PeerName) -> bool {
@@ -564,13 +584,38 @@ impl Ipam {
         // If a dead peer owned everything, every runner must pick the same
         // heir: the lowest name among the peers it can reach, and itself.
         let fallback = reachable.iter().copied().chain([me]).min().unwrap_or(me);
-        let moved = dead.iter().map(|&d| self.ring.take_over(d, fallback)).sum();
-        if moved > 0 {
-            self.dirty = true;
-            self.ring_changed = true;
+        let mut moved = 0u64;
+        for &d in dead {
+            moved += self.ring.owned_by(d).iter().map(|(a, b)| u64::from(b - a)).sum::<u64>();
+            // Each heir takes (and signs) its share; we ask the others.
+            for heir in self.ring.heirs_of(d, fallback) {
+                if heir == me {
+                    if self.ring.take_over(&self.cfg.identity, me, d, fallback) > 0 {
+                        self.dirty = true;
+                        self.ring_changed = true;
+                    }
+                } else {
+                    let ask = TakeoverRequest { dead: d.as_u64(), fallback: fallback.as_u64() };
+                    self.out.push_back(Output::Unicast(heir, wire::encode(Body::Takeover(ask))));
+                }
+            }
         }
         self.flush(now);
         Ok(moved)
+    }
+
+    /// A peer ran rmpeer and we inherit some of `dead`'s space: take it, if
+    /// `dead` is indeed out of our reach.
+    fn take_over_for(&mut self, asker: PeerName, dead: PeerName, fallback: PeerName) {
+        let me = self.cfg.ourself;
+        if dead == me || self.reachable.as_ref().is_none_or(|r| r.contains(&dead)) {
+            tracing::warn!(%asker, %dead, "refused to take over a peer we can reach (or before knowing whom we reach)");
+            return;
+        }
+        if self.ring.take_over(&self.cfg.identity, me, dead, fallback) > 0 {
+            self.dirty = true;
+            self.ring_changed = true;
+        }
     }
 
     /// Leave: hand all our space to a reachable peer and wait for it to
@@ -591,7 +636,7 @@ impl Ipam {
             return None;
         }
         for (a, b) in mine {
-            self.ring.transfer(me, a, b, heir, b - a);
+            self.ring.transfer(&self.cfg.identity, me, a, b, heir, b - a);
         }
         for id in self.pending.keys().copied().collect::<Vec<_>>() {
             self.cancel(id);
@@ -620,17 +665,19 @@ impl Ipam {
     }
 
     fn merge_state(&mut self, s: &StateMsg) -> Result<bool, IpamError> {
-        let mut changed = false;
+        // Votes first: they say which seeds a ring may have.
+        let paxos = wire::paxos_from_msg(&s.paxos)?;
+        let mut changed = self.paxos.merge(&paxos, &mut self.book);
         if let Some(r) = &s.ring {
             let ring = wire::ring_from_msg(r)?;
-            if self.ring.merge(&ring)? {
-                changed = true;
-                self.ring_changed = true;
+            if self.ring.is_initialised() || self.seeds_plausible(ring.seeds(), &paxos) {
+                if self.ring.merge(&ring, &mut self.book)? {
+                    changed = true;
+                    self.ring_changed = true;
+                }
+                self.heard_ring = true;
             }
-            self.heard_ring = true;
         }
-        let paxos = wire::paxos_from_msg(&s.paxos)?;
-        changed |= self.paxos.merge(&paxos);
         let voter = matches!(self.cfg.init, InitMode::Consensus { .. });
         if voter && s.election_requested && !self.ring.is_initialised() && !self.paxos.is_proposing() && self.paxos.propose() {
             changed = true;
@@ -639,6 +686,27 @@ impl Ipam {
             self.dirty = true;
         }
         Ok(changed)
+    }
+
+    /// Whether a ring divided among `seeds` may be adopted (we have none
+    /// yet): not if our own seeds, or a value the votes we hold chose, say
+    /// otherwise.
+    fn seeds_plausible(&mut self, seeds: &[PeerName], votes: &BTreeMap<PeerName, crate::paxos::Vote>) -> bool {
+        let known = match &self.cfg.init {
+            InitMode::Seeds(s) => {
+                let mut s = s.clone();
+                s.sort();
+                s.dedup();
+                Some(s)
+            }
+            _ => self.paxos.chosen_by_all(),
+        };
+        if known.as_ref().is_some_and(|k| k != seeds) {
+            self.book.refused += 1;
+            tracing::warn!(theirs = ?seeds, ours = ?known, votes = votes.len(), "refused a ring divided among other seeds than agreed");
+            return false;
+        }
+        true
     }
 
     /// A message addressed to us.
@@ -658,6 +726,11 @@ impl Ipam {
                 }
             }
             Body::SpaceRequest(r) => self.donate(src, r.start, r.end),
+            Body::Takeover(t) => {
+                if let (Some(dead), Some(fallback)) = (PeerName::from_u64(t.dead), PeerName::from_u64(t.fallback)) {
+                    self.take_over_for(src, dead, fallback);
+                }
+            }
             Body::ClaimRequest(c) => self.grant_claim(src, c.addr),
             Body::ClaimRefused(c) => {
                 // Only the peer we asked can refuse; a retryable refusal
@@ -724,7 +797,7 @@ impl Ipam {
         if n == 0 {
             return;
         }
-        if self.ring.transfer(me, e - n, e, to, n) {
+        if self.ring.transfer(&self.cfg.identity, me, e - n, e, to, n) {
             self.dirty = true;
             self.ring_changed = true;
             self.out.push_back(Output::Unicast(to, wire::encode(Body::State(self.state_msg()))));
@@ -739,7 +812,7 @@ impl Ipam {
             Some((format!("in use by {c}"), false))
         } else if self.pending_claims().contains(&addr) {
             Some(("claimed here too".to_owned(), false))
-        } else if self.ring.transfer(me, addr, addr + 1, to, 1) {
+        } else if self.ring.transfer(&self.cfg.identity, me, addr, addr + 1, to, 1) {
             self.dirty = true;
             self.ring_changed = true;
             None
@@ -894,7 +967,7 @@ impl Ipam {
     fn state_msg(&self) -> StateMsg {
         StateMsg {
             ring: self.ring.is_initialised().then(|| wire::ring_to_msg(&self.ring)),
-            paxos: wire::paxos_to_msg(self.paxos.nodes()),
+            paxos: wire::paxos_to_msg(&self.paxos.votes()),
             election_requested: self.election_requested && !self.ring.is_initialised(),
         }
     }
@@ -918,6 +991,7 @@ impl Ipam {
                 .chain(self.outside.values())
                 .map(|(c, a)| AllocMsg { container: c.clone(), addr: u32::from(a.addr()), prefix: u32::from(a.prefix_len()) })
                 .collect(),
+            keys: self.book.keys().iter().map(|(p, k)| KeyMsg { peer: p.as_u64(), key: k.to_bytes().to_vec() }).collect(),
         }
     }
 
@@ -925,10 +999,20 @@ impl Ipam {
     /// (the caller checks those; see [`crate::persist`]).
     pub fn restore(cfg: IpamConfig, snap: &SnapshotMsg) -> Result<Self, IpamError> {
         let mut ipam = Self::new(cfg)?;
+        // The keys we knew (peers that have left the mesh included) check
+        // what we saved, and what peers send of theirs.
+        for k in &snap.keys {
+            if let (Some(p), Some(key)) = (PeerName::from_u64(k.peer), PeerKey::from_bytes(&k.key)) {
+                if p != ipam.cfg.ourself {
+                    ipam.book.learn(p, key);
+                }
+            }
+        }
         if let Some(state) = &snap.state {
             if let Some(r) = &state.ring {
-                let ring = wire::ring_from_msg(r)?;
-                ipam.ring.merge(&ring)?;
+                // Our own disk: taken as it is (proofs were checked when
+                // each entry arrived).
+                ipam.ring = wire::ring_from_msg(r)?;
                 ipam.wants_init = true;
             }
             ipam.paxos.restore_own(&wire::paxos_from_msg(&state.paxos)?);
@@ -969,7 +1053,7 @@ impl Ipam {
                     // Space that reached us after we left goes on to the heir.
                     let me = self.cfg.ourself;
                     for (a, b) in self.ring.owned_by(me) {
-                        self.ring.transfer(me, a, b, heir, b - a);
+                        self.ring.transfer(&self.cfg.identity, me, a, b, heir, b - a);
                         self.dirty = true;
                     }
                 }
@@ -1004,7 +1088,7 @@ impl Ipam {
             .filter_map(|&a| self.ring.entries().iter().rev().find(|e| e.token <= a).filter(|e| e.taken_from == Some(me)).map(|e| e.token))
             .collect();
         for t in tokens {
-            if self.ring.reassert(me, t) {
+            if self.ring.reassert(&self.cfg.identity, me, t) {
                 self.dirty = true;
                 self.free_dirty = true;
             }
@@ -1016,7 +1100,7 @@ impl Ipam {
         let ranges: Vec<(u32, u32)> = self.ring.owned_by(me);
         for (a, b) in ranges {
             let used = self.used.range(a..b).count() as u32;
-            if self.ring.set_free(me, a, (b - a) - used) {
+            if self.ring.set_free(&self.cfg.identity, me, a, (b - a) - used) {
                 self.dirty = true;
             }
         }
@@ -1094,7 +1178,13 @@ mod tests {
 
     fn seeded(me: u64, seeds: &[u64]) -> Ipam {
         let seeds = seeds.iter().map(|&s| p(s)).collect();
-        Ipam::new(IpamConfig::new(p(me), "10.32.0.0/12".parse().unwrap(), InitMode::Seeds(seeds))).unwrap()
+        Ipam::new(IpamConfig::new(
+            weave_gossip::Identity::from_secret([p(me).as_u64() as u8; 32]),
+            p(me),
+            "10.32.0.0/12".parse().unwrap(),
+            InitMode::Seeds(seeds),
+        ))
+        .unwrap()
     }
 
     fn net(s: &str) -> Ipv4Net {
@@ -1153,7 +1243,13 @@ mod tests {
     #[test]
     fn status_says_what_ipam_is_waiting_for() {
         let now = Instant::now();
-        let mut a = Ipam::new(IpamConfig::new(p(1), net("10.32.0.0/12"), InitMode::Consensus { quorum: 2 })).unwrap();
+        let mut a = Ipam::new(IpamConfig::new(
+            weave_gossip::Identity::from_secret([p(1).as_u64() as u8; 32]),
+            p(1),
+            net("10.32.0.0/12"),
+            InitMode::Consensus { quorum: 2 },
+        ))
+        .unwrap();
         assert_eq!(a.status().status, "idle");
         assert!(matches!(a.allocate(now, "c", None).unwrap(), Outcome::Pending(_)));
         assert_eq!(a.status().status, "awaiting consensus (quorum: 2, known: 1)");
@@ -1199,7 +1295,13 @@ mod tests {
     #[test]
     fn hostile_consensus_values_and_rounds_are_refused() {
         let now = Instant::now();
-        let mut a = Ipam::new(IpamConfig::new(p(1), net("10.32.0.0/12"), InitMode::Consensus { quorum: 1 })).unwrap();
+        let mut a = Ipam::new(IpamConfig::new(
+            weave_gossip::Identity::from_secret([p(1).as_u64() as u8; 32]),
+            p(1),
+            net("10.32.0.0/12"),
+            InitMode::Consensus { quorum: 1 },
+        ))
+        .unwrap();
         let bad_value = wire::PaxosMsg {
             node: 2,
             promise_round: 1,
@@ -1208,6 +1310,8 @@ mod tests {
             accepted_round: 1,
             accepted_proposer: 2,
             accepted_value: vec![],
+            key: weave_gossip::Identity::from_secret([2; 32]).public().to_bytes().to_vec(),
+            signature: vec![0; 64],
         };
         let huge_round = wire::PaxosMsg { node: 2, promise_round: u64::MAX, promise_proposer: 2, ..bad_value.clone() };
         for m in [bad_value, huge_round] {
@@ -1239,10 +1343,32 @@ mod tests {
             x.prime(now);
             x.set_reachable(BTreeSet::from([p(2), p(3)]));
         }
-        q.rmpeer(now, &[p(1)]).unwrap();
-        r.rmpeer(now, &[p(1)]).unwrap();
+        let size = q.ring().size();
+        assert_eq!(q.rmpeer(now, &[p(1)]), Ok(size));
+        assert_eq!(r.rmpeer(now, &[p(1)]), Ok(size), "what moves, to whom it falls");
+        assert_eq!(q.ring().owner(q.ring().start()), Some(p(2)), "the heir takes it itself");
+        assert_eq!(r.ring().owner(r.ring().start()), Some(p(1)), "another runner only asks the heir");
+        let ask = std::iter::from_fn(|| r.poll_output()).find_map(|o| match o {
+            Output::Unicast(to, b) if to == p(2) => Some(b),
+            _ => None,
+        });
+        let before = q.ring().clone();
+        q.handle_unicast(now, p(3), &ask.expect("asked the heir")).unwrap();
+        assert_eq!(q.ring(), &before, "taking over again changes nothing");
+        r.handle_gossip(now, p(2), &q.full_state()).unwrap();
         assert_eq!(q.ring(), r.ring());
-        assert_eq!(q.ring().owner(q.ring().start()), Some(p(2)));
+    }
+
+    #[test]
+    fn an_heir_asked_to_take_over_a_peer_it_can_reach_refuses() {
+        let now = Instant::now();
+        let mut q = seeded(2, &[1, 2]);
+        q.prime(now);
+        q.set_reachable(BTreeSet::from([p(1), p(3)]));
+        let ask = wire::encode(Body::Takeover(TakeoverRequest { dead: 1, fallback: 2 }));
+        let before = q.ring().clone();
+        q.handle_unicast(now, p(3), &ask).unwrap();
+        assert_eq!(q.ring(), &before, "peer 1 is alive as far as we can tell");
     }
 
     #[test]
@@ -1313,7 +1439,9 @@ mod handoff_tests {
     fn leaving_hands_all_space_to_a_live_peer_and_waits_for_its_ack() {
         let now = Instant::now();
         let (p1, p2) = (PeerName::from_u64(1).unwrap(), PeerName::from_u64(2).unwrap());
-        let cfg = |me| IpamConfig::new(me, "10.32.0.0/16".parse().unwrap(), InitMode::Seeds(vec![p1, p2]));
+        let cfg = |me: PeerName| {
+            IpamConfig::new(weave_gossip::Identity::from_secret([me.as_u64() as u8; 32]), me, "10.32.0.0/16".parse().unwrap(), InitMode::Seeds(vec![p1, p2]))
+        };
         let mut a = Ipam::new(cfg(p1)).unwrap();
         let mut b = Ipam::new(cfg(p2)).unwrap();
         a.prime(now);

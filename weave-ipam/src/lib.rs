@@ -8,6 +8,7 @@
 //! * [`channel`]: IPAM riding a weave-gossip channel.
 //! * [`persist`]: IPAM state on disk (redb).
 
+pub mod auth;
 pub mod channel;
 pub mod ipam;
 pub mod paxos;
@@ -20,3 +21,4 @@ pub mod sim;
 pub mod wire;
 
 pub use ipam::{Completion, InitMode, Ipam, IpamConfig, IpamError, IpamStatus, Outcome, Output};
+pub use weave_gossip::identity::{Identity, PeerKey};

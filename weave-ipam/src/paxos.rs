@@ -13,10 +13,32 @@
 //! initialises the ring with the chosen peers as seeds.
 //!
 //! Observers never publish an entry: they neither vote nor propose.
+//!
+//! Each entry is signed by its participant ([`Vote`]); merge keeps only
+//! entries their participant signed, and once the peers reachable over the
+//! mesh are known, only theirs count — so no peer can vote in another's
+//! name, nor stuff the ballot with peers that are not there.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use weave_core::PeerName;
+use weave_gossip::identity::{Identity, Signature};
+
+use crate::auth::KeyBook;
+
+/// What a participant's signature of its entry is made for.
+const VOTE_DOMAIN: &str = "weave-rs ipam vote v1";
+
+/// A participant's entry with its signature, as gossiped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vote {
+    /// What it published.
+    pub state: NodeState,
+    /// Its key.
+    pub key: crate::auth::KeyBytes,
+    /// Its signature of `state` (see [`NodeState::signed_bytes`]).
+    pub signature: Signature,
+}
 
 /// A ballot: round, then proposer, so ballots of different proposers differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
@@ -37,24 +59,78 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// What participant `node` signs.
+    pub fn signed_bytes(&self, node: PeerName) -> Vec<u8> {
+        let mut b = Vec::new();
+        for v in [node.as_u64(), self.promise.round, self.promise.proposer.as_u64()] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        if let Some((ballot, value)) = &self.accepted {
+            for v in [ballot.round, ballot.proposer.as_u64(), value.len() as u64] {
+                b.extend_from_slice(&v.to_be_bytes());
+            }
+            for p in value {
+                b.extend_from_slice(&p.as_u64().to_be_bytes());
+            }
+        }
+        b
+    }
+
     fn rank(&self) -> (Ballot, Option<&(Ballot, Vec<PeerName>)>) {
         (self.promise, self.accepted.as_ref())
     }
 }
 
 /// The gossiped Paxos state of all participants, plus this node's role.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Paxos {
     ourself: PeerName,
+    identity: Identity,
     quorum: usize,
     observer: bool,
     nodes: BTreeMap<PeerName, NodeState>,
+    /// Each entry's key and signature.
+    signatures: BTreeMap<PeerName, (crate::auth::KeyBytes, Signature)>,
+    /// The participants whose entries count, once known (the peers
+    /// reachable over the mesh, and us).
+    counted: Option<BTreeSet<PeerName>>,
 }
 
+impl PartialEq for Paxos {
+    fn eq(&self, other: &Self) -> bool {
+        (self.ourself, self.quorum, self.observer, &self.nodes) == (other.ourself, other.quorum, other.observer, &other.nodes)
+    }
+}
+
+impl Eq for Paxos {}
+
 impl Paxos {
-    /// A participant (or an observer) needing `quorum` votes.
-    pub fn new(ourself: PeerName, quorum: usize, observer: bool) -> Self {
-        Self { ourself, quorum: quorum.max(1), observer, nodes: BTreeMap::new() }
+    /// A participant (or an observer) needing `quorum` votes, signing its
+    /// entry with `identity`.
+    pub fn new(ourself: PeerName, identity: Identity, quorum: usize, observer: bool) -> Self {
+        Self { ourself, identity, quorum: quorum.max(1), observer, nodes: BTreeMap::new(), signatures: BTreeMap::new(), counted: None }
+    }
+
+    /// Count only the entries of these peers (and ours) from now on.
+    pub fn set_counted(&mut self, peers: BTreeSet<PeerName>) {
+        self.counted = Some(peers);
+    }
+
+    fn counts(&self, n: PeerName) -> bool {
+        n == self.ourself || self.counted.as_ref().is_none_or(|c| c.contains(&n))
+    }
+
+    /// Every entry with its signature, to gossip and save.
+    pub fn votes(&self) -> BTreeMap<PeerName, Vote> {
+        self.nodes.iter().filter_map(|(n, s)| self.signatures.get(n).map(|&(key, signature)| (*n, Vote { state: s.clone(), key, signature }))).collect()
+    }
+
+    /// Sign our entry after a change.
+    fn sign_own(&mut self) {
+        if let Some(s) = self.nodes.get(&self.ourself) {
+            let sig = self.identity.sign(VOTE_DOMAIN, &s.signed_bytes(self.ourself));
+            self.signatures.insert(self.ourself, (self.identity.public().to_bytes(), sig));
+        }
     }
 
     /// Votes needed.
@@ -73,43 +149,59 @@ impl Paxos {
     }
 
     /// Merge received entries; true if anything changed. Our own entry is
-    /// only ever written by us.
-    pub fn merge(&mut self, other: &BTreeMap<PeerName, NodeState>) -> bool {
+    /// only ever written by us. Entries not signed by their participant
+    /// (checked against `book`) are left out and counted in `book.refused`.
+    pub fn merge(&mut self, other: &BTreeMap<PeerName, Vote>, book: &mut KeyBook) -> bool {
         let mut changed = false;
-        for (&n, s) in other {
+        for (&n, v) in other {
             if n == self.ourself && self.observer {
                 continue;
             }
             // Our own entry is only written by us — but after a restart
             // without state, peers remember what we promised; adopt it so we
             // never promise or propose below it again.
-            let cur = self.nodes.entry(n).or_default();
-            if s.rank() > cur.rank() {
-                *cur = s.clone();
-                changed = true;
+            if self.nodes.get(&n).is_some_and(|cur| v.state.rank() <= cur.rank()) {
+                continue;
             }
+            if !book.verify(n, &v.key, VOTE_DOMAIN, &v.state.signed_bytes(n), &v.signature) {
+                book.refused += 1;
+                continue;
+            }
+            self.nodes.insert(n, v.state.clone());
+            self.signatures.insert(n, (v.key, v.signature));
+            changed = true;
         }
         changed
     }
 
     /// Resume from persisted state: everyone's entries as saved, ours
     /// included (an acceptor must not forget what it promised).
-    pub fn restore_own(&mut self, saved: &BTreeMap<PeerName, NodeState>) {
-        for (&n, s) in saved {
-            let cur = self.nodes.entry(n).or_default();
-            if s.rank() > cur.rank() {
-                *cur = s.clone();
+    pub fn restore_own(&mut self, saved: &BTreeMap<PeerName, Vote>) {
+        for (&n, v) in saved {
+            if self.nodes.get(&n).is_none_or(|cur| v.state.rank() > cur.rank()) {
+                self.nodes.insert(n, v.state.clone());
+                self.signatures.insert(n, (v.key, v.signature));
             }
         }
+        self.sign_own();
     }
 
-    /// The chosen value, if a quorum accepted one proposal.
+    /// The chosen value, if a quorum of the participants that count
+    /// accepted one proposal.
     pub fn chosen(&self) -> Option<Vec<PeerName>> {
+        self.tally(|n| self.counts(n))
+    }
+
+    /// The value chosen by the votes we hold, whoever cast them (what a
+    /// ring we are handed must be divided among).
+    pub fn chosen_by_all(&self) -> Option<Vec<PeerName>> {
+        self.tally(|_| true)
+    }
+
+    fn tally(&self, counts: impl Fn(PeerName) -> bool) -> Option<Vec<PeerName>> {
         let mut votes: BTreeMap<&(Ballot, Vec<PeerName>), usize> = BTreeMap::new();
-        for s in self.nodes.values() {
-            if let Some(a) = &s.accepted {
-                *votes.entry(a).or_default() += 1;
-            }
+        for a in self.nodes.iter().filter(|(n, _)| counts(**n)).filter_map(|(_, s)| s.accepted.as_ref()) {
+            *votes.entry(a).or_default() += 1;
         }
         votes.into_iter().find(|(a, n)| *n >= self.quorum && !a.1.is_empty()).map(|(a, _)| a.1.clone())
     }
@@ -123,6 +215,7 @@ impl Paxos {
         let Some(round) = highest.checked_add(1) else { return false };
         let me = self.nodes.entry(self.ourself).or_default();
         me.promise = Ballot { round, proposer: self.ourself };
+        self.sign_own();
         true
     }
 
@@ -159,7 +252,7 @@ impl Paxos {
         // Proposer: phase 1 done once a quorum promised our ballot.
         let my = self.nodes[&self.ourself].promise;
         if my.proposer == self.ourself && my.round > 0 && self.nodes[&self.ourself].accepted.as_ref().is_none_or(|(b, _)| *b < my) {
-            let promised: Vec<(&PeerName, &NodeState)> = self.nodes.iter().filter(|(_, s)| s.promise == my).collect();
+            let promised: Vec<(&PeerName, &NodeState)> = self.nodes.iter().filter(|(n, s)| s.promise == my && self.counts(**n)).collect();
             if promised.len() >= self.quorum {
                 let value = promised.iter().filter_map(|(_, s)| s.accepted.as_ref()).max_by_key(|(b, _)| *b).map(|(_, v)| v.clone()).unwrap_or_else(|| {
                     let set: BTreeSet<PeerName> = promised.iter().map(|(n, _)| **n).collect();
@@ -168,7 +261,11 @@ impl Paxos {
                 self.nodes.get_mut(&self.ourself).expect("inserted above").accepted = Some((my, value));
             }
         }
-        self.nodes.get(&self.ourself) != before.as_ref()
+        let changed = self.nodes.get(&self.ourself) != before.as_ref();
+        if changed {
+            self.sign_own();
+        }
+        changed
     }
 }
 
@@ -180,16 +277,21 @@ mod tests {
         PeerName::from_u64(n).unwrap()
     }
 
+    fn node(n: u64, quorum: usize, observer: bool) -> Paxos {
+        Paxos::new(p(n), Identity::from_secret([n as u8; 32]), quorum, observer)
+    }
+
     /// Lossless all-to-all rounds until nothing changes.
     fn settle(nodes: &mut [Paxos]) {
+        let mut book = KeyBook::default();
         for _ in 0..50 {
             let mut changed = false;
             for i in 0..nodes.len() {
                 changed |= nodes[i].think();
-                let snapshot = nodes[i].nodes().clone();
+                let snapshot = nodes[i].votes();
                 for (j, other) in nodes.iter_mut().enumerate() {
                     if j != i {
-                        changed |= other.merge(&snapshot);
+                        changed |= other.merge(&snapshot, &mut book);
                     }
                 }
             }
@@ -201,7 +303,7 @@ mod tests {
 
     #[test]
     fn one_proposer_gets_everyone_to_agree() {
-        let mut nodes: Vec<Paxos> = (1..=3).map(|i| Paxos::new(p(i), 2, false)).collect();
+        let mut nodes: Vec<Paxos> = (1..=3).map(|i| node(i, 2, false)).collect();
         nodes[0].propose();
         settle(&mut nodes);
         let chosen = nodes[0].chosen().expect("decided");
@@ -213,7 +315,7 @@ mod tests {
 
     #[test]
     fn competing_proposers_still_choose_one_value() {
-        let mut nodes: Vec<Paxos> = (1..=5).map(|i| Paxos::new(p(i), 3, false)).collect();
+        let mut nodes: Vec<Paxos> = (1..=5).map(|i| node(i, 3, false)).collect();
         for n in &mut nodes {
             n.propose();
         }
@@ -224,11 +326,35 @@ mod tests {
 
     #[test]
     fn observers_never_vote() {
-        let mut nodes = vec![Paxos::new(p(1), 2, false), Paxos::new(p(2), 2, true)];
+        let mut nodes = vec![node(1, 2, false), node(2, 2, true)];
         nodes[0].propose();
         nodes[1].propose();
         settle(&mut nodes);
         assert!(nodes[0].chosen().is_none(), "one voter cannot make a quorum of two");
         assert!(!nodes[1].nodes().contains_key(&p(2)));
+    }
+
+    #[test]
+    fn forged_and_absent_votes_do_not_count() {
+        let mut a = node(1, 2, false);
+        let mut book = KeyBook::default();
+        book.learn(p(2), Identity::from_secret([2; 32]).public());
+        // Peer 3 votes in 2's name: refused.
+        let forged = NodeState { promise: Ballot { round: 5, proposer: p(3) }, accepted: Some((Ballot { round: 5, proposer: p(3) }, vec![p(3)])) };
+        let liar = Identity::from_secret([3; 32]);
+        let vote = Vote { signature: liar.sign(VOTE_DOMAIN, &forged.signed_bytes(p(2))), key: liar.public().to_bytes(), state: forged.clone() };
+        assert!(!a.merge(&BTreeMap::from([(p(2), vote)]), &mut book));
+        assert_eq!(book.refused, 1);
+        // Peers 3 and 4 vote for themselves, signed, but the mesh does not
+        // list them: not a quorum.
+        a.set_counted(BTreeSet::from([p(2)]));
+        let own = |n: u64| {
+            let id = Identity::from_secret([n as u8; 32]);
+            Vote { signature: id.sign(VOTE_DOMAIN, &forged.signed_bytes(p(n))), key: id.public().to_bytes(), state: forged.clone() }
+        };
+        assert!(a.merge(&BTreeMap::from([(p(3), own(3)), (p(4), own(4))]), &mut book));
+        assert_eq!(a.chosen(), None, "two signed votes, from peers that are not there");
+        a.set_counted(BTreeSet::from([p(2), p(3), p(4)]));
+        assert_eq!(a.chosen(), Some(vec![p(3)]));
     }
 }

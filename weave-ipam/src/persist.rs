@@ -223,7 +223,8 @@ mod tests {
     }
 
     fn ipam(peer: u64) -> Ipam {
-        Ipam::new(IpamConfig::new(p(peer), range(), InitMode::Seeds(vec![p(1), p(2)]))).unwrap()
+        Ipam::new(IpamConfig::new(weave_gossip::Identity::from_secret([p(peer).as_u64() as u8; 32]), p(peer), range(), InitMode::Seeds(vec![p(1), p(2)])))
+            .unwrap()
     }
 
     #[test]
@@ -238,7 +239,11 @@ mod tests {
 
         let store = Store::open(&path).unwrap();
         let Loaded::State(snap) = store.load(p(1), range()).unwrap() else { panic!("state expected") };
-        let mut b = Ipam::restore(IpamConfig::new(p(1), range(), InitMode::Seeds(vec![p(1), p(2)])), &snap).unwrap();
+        let mut b = Ipam::restore(
+            IpamConfig::new(weave_gossip::Identity::from_secret([p(1).as_u64() as u8; 32]), p(1), range(), InitMode::Seeds(vec![p(1), p(2)])),
+            &snap,
+        )
+        .unwrap();
         assert_eq!(b.ring(), a.ring());
         assert_eq!(b.allocations().collect::<Vec<_>>(), a.allocations().collect::<Vec<_>>());
         // Idempotent per container: the same address again, not a new one.

@@ -17,6 +17,13 @@ pub fn name(id: NodeId) -> PeerName {
     PeerName::from_u64(id as u64 + 1).unwrap()
 }
 
+/// Node `id`'s key (kept across its restarts).
+pub fn identity(id: NodeId) -> weave_gossip::Identity {
+    let mut secret = [0x1d; 32];
+    secret[..8].copy_from_slice(&(id as u64).to_le_bytes());
+    weave_gossip::Identity::from_secret(secret)
+}
+
 pub fn id_of(n: PeerName) -> NodeId {
     n.as_u64() as usize - 1
 }
@@ -39,7 +46,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(id: NodeId, n: usize, now: Instant, range: Ipv4Net, init: InitMode) -> Self {
-        let mut cfg = IpamConfig::new(name(id), range, init);
+        let mut cfg = IpamConfig::new(identity(id), name(id), range, init);
         cfg.retry_interval = Duration::from_millis(500);
         let mut ipam = Ipam::new(cfg).unwrap();
         ipam.set_reachable((0..n).filter(|&i| i != id).map(name).collect());

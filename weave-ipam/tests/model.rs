@@ -88,7 +88,7 @@ impl World {
             // What the router persisted, as it will read it back.
             let snap = self.sim.node(p).ipam.snapshot();
             let seeds = (0..N).map(name).collect();
-            let restored = Ipam::restore(weave_ipam::IpamConfig::new(name(p), range(), InitMode::Seeds(seeds)), &snap).unwrap();
+            let restored = Ipam::restore(weave_ipam::IpamConfig::new(weave_ipam::sim::identity(p), name(p), range(), InitMode::Seeds(seeds)), &snap).unwrap();
             self.saved[p] = Some(restored);
             self.sim.crash(p);
         }

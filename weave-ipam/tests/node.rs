@@ -42,8 +42,8 @@ fn name(id: NodeId) -> PeerName {
     PeerName::from_u64(id as u64 + 1).unwrap()
 }
 
-fn ipam_config(id: NodeId) -> IpamConfig {
-    let mut cfg = IpamConfig::new(name(id), "10.40.0.0/16".parse().unwrap(), InitMode::Consensus { quorum: N / 2 + 1 });
+fn ipam_config(peer: &SimPeer, id: NodeId) -> IpamConfig {
+    let mut cfg = IpamConfig::new(peer.identity(), name(id), "10.40.0.0/16".parse().unwrap(), InitMode::Consensus { quorum: N / 2 + 1 });
     cfg.retry_interval = Duration::from_millis(500);
     cfg
 }
@@ -56,9 +56,9 @@ fn host(id: NodeId, start: Instant, now: Instant, seed: u64, disk: Option<(Vec<u
     let ipam = match &disk {
         Some((ipam, names)) => {
             dns.restore_own(names).unwrap();
-            Ipam::restore(ipam_config(id), &SnapshotMsg::decode(&ipam[..]).unwrap()).unwrap()
+            Ipam::restore(ipam_config(&peer, id), &SnapshotMsg::decode(&ipam[..]).unwrap()).unwrap()
         }
-        None => Ipam::new(ipam_config(id)).unwrap(),
+        None => Ipam::new(ipam_config(&peer, id)).unwrap(),
     };
     peer.register_persistent_channel(IPAM, Box::new(IpamChannel::new(ipam)));
     peer.register_persistent_channel(DNS, Box::new(DnsChannel::new(dns, now)));

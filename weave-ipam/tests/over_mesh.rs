@@ -30,7 +30,7 @@ fn a_lossy_chain_reaches_consensus_and_allocates_without_duplicates() {
     for id in 0..n {
         let mut peer = SimPeer::new(id, start, seed, quick);
         let name = PeerName::from_u64(id as u64 + 1).unwrap();
-        let mut cfg = IpamConfig::new(name, "10.32.0.0/16".parse().unwrap(), InitMode::Consensus { quorum: n / 2 + 1 });
+        let mut cfg = IpamConfig::new(peer.identity(), name, "10.32.0.0/16".parse().unwrap(), InitMode::Consensus { quorum: n / 2 + 1 });
         cfg.retry_interval = Duration::from_millis(500);
         peer.register_channel(CHANNEL, Box::new(IpamChannel::new(Ipam::new(cfg).unwrap())));
         sim.add_node(peer);

@@ -14,7 +14,13 @@ use weave_ipam::{Completion, InitMode, Ipam, IpamConfig, Outcome};
 
 fn local_allocations(n: usize) -> (f64, f64) {
     let me = PeerName::from_u64(1).expect("small");
-    let mut ipam = Ipam::new(IpamConfig::new(me, "10.32.0.0/12".parse().expect("valid"), InitMode::Seeds(vec![me]))).expect("valid");
+    let mut ipam = Ipam::new(IpamConfig::new(
+        weave_ipam::Identity::from_secret([me.as_u64() as u8; 32]),
+        me,
+        "10.32.0.0/12".parse().expect("valid"),
+        InitMode::Seeds(vec![me]),
+    ))
+    .expect("valid");
     let now = Instant::now();
     ipam.prime(now);
     let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();

@@ -42,10 +42,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // IPAM (in memory here) and weaveDNS ride the mesh as channels,
     // inside the node; the services are handles on them.
     let init = if peers.is_empty() { InitMode::Consensus { quorum: 1 } } else { InitMode::Observer };
-    let ipam = IpamChannel::new(Ipam::new(IpamConfig::new(name, "10.32.0.0/12".parse()?, init))?);
-    // One key signs our topology record and our names (kept in memory
-    // here; a router keeps it in its state directory).
+    // One key signs our topology record, our names and our address space
+    // (kept in memory here; a router keeps it in its state directory).
     let identity = weave_dns::Identity::generate(&mut weave_core::rng::from_os());
+    let ipam = IpamChannel::new(Ipam::new(IpamConfig::new(identity.clone(), name, "10.32.0.0/12".parse()?, init))?);
     let dns = DnsChannel::new(weave_dns::Dns::new(identity.clone(), name, "weave.local.", weave_dns::WallClock::system(), Instant::now()), Instant::now());
     let names = dns.names();
     let uid = weave_core::PeerUid::random(&mut weave_core::rng::from_os());

@@ -736,15 +736,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     {
                         weave_examples::router::remove_resolv_confs(&state, weave_examples::router::dns_addr(name));
                     }
-                    for f in [
-                        "ipam.db",
-                        "targets",
-                        weave_examples::router::NAME_FILE,
-                        weave_examples::router::DOCKER_FILE,
-                        weave_examples::router::DNS_FILE,
-                        weave_examples::router::ATTACHED_FILE,
-                        weave_examples::router::RESOLV_LIST,
-                    ] {
+                    for f in weave_examples::router::STATE_FILES.iter().chain([&weave_examples::router::RESOLV_LIST]) {
                         let _ = std::fs::remove_file(state.join(f));
                     }
                 }

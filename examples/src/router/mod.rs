@@ -45,6 +45,9 @@ use lifecycle::{follow_links, in_use, reclaim};
 pub const DNS_FILE: &str = "dns-names.pb";
 /// Our signing key, in the state directory (readable by the router only).
 pub const IDENTITY_FILE: &str = "identity.key";
+/// What `weave reset` removes from the state directory: everything that
+/// makes this peer who it is (the next launch is a new peer).
+pub const STATE_FILES: &[&str] = &["ipam.db", "targets", NAME_FILE, DOCKER_FILE, DNS_FILE, ATTACHED_FILE, IDENTITY_FILE];
 /// Containers with a veth of ours that Docker does not follow (namespaces,
 /// CNI pods): their namespace and interface, for the next start.
 pub const ATTACHED_FILE: &str = "attached.json";
@@ -130,7 +133,7 @@ impl Router {
         }
         let ipam = match cfg.ipalloc_range {
             Some(range) => {
-                let mut icfg = IpamConfig::new(cfg.name, range, cfg.ipalloc_init.clone());
+                let mut icfg = IpamConfig::new(identity.clone(), cfg.name, range, cfg.ipalloc_init.clone());
                 if let Some(d) = cfg.ipalloc_default_subnet {
                     icfg.default_subnet = d;
                 }

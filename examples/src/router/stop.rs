@@ -41,14 +41,7 @@ impl Router {
         }
         let mut removed = weave_dataplane::expose::reset(&self.nl, &self.cfg.bridge).await?;
         removed.append(&mut removed_files);
-        for f in [
-            self.cfg.state_dir.join("ipam.db"),
-            Self::targets_file(&self.cfg.state_dir),
-            self.cfg.state_dir.join(NAME_FILE),
-            self.cfg.state_dir.join(DOCKER_FILE),
-            self.cfg.state_dir.join(DNS_FILE),
-            self.cfg.state_dir.join(ATTACHED_FILE),
-        ] {
+        for f in STATE_FILES.iter().map(|f| self.cfg.state_dir.join(f)) {
             if std::fs::remove_file(&f).is_ok() {
                 removed.push(f.display().to_string());
             }
