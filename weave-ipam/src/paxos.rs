@@ -40,6 +40,14 @@ pub struct Vote {
     pub signature: Signature,
 }
 
+impl Vote {
+    /// `state` as participant `node`'s entry, signed by `identity`.
+    pub fn new(identity: &Identity, node: PeerName, state: NodeState) -> Self {
+        let signature = identity.sign(VOTE_DOMAIN, &state.signed_bytes(node));
+        Self { state, key: identity.public().to_bytes(), signature }
+    }
+}
+
 /// A ballot: round, then proposer, so ballots of different proposers differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct Ballot {
@@ -128,8 +136,8 @@ impl Paxos {
     /// Sign our entry after a change.
     fn sign_own(&mut self) {
         if let Some(s) = self.nodes.get(&self.ourself) {
-            let sig = self.identity.sign(VOTE_DOMAIN, &s.signed_bytes(self.ourself));
-            self.signatures.insert(self.ourself, (self.identity.public().to_bytes(), sig));
+            let v = Vote::new(&self.identity, self.ourself, s.clone());
+            self.signatures.insert(self.ourself, (v.key, v.signature));
         }
     }
 

@@ -263,7 +263,9 @@ impl Ring {
         self.stored.values().map(|(e, a)| (e, a))
     }
 
-    fn id(&self) -> Vec<u8> {
+    /// The bytes naming this ring (range and seeds) in every signature
+    /// made for it.
+    pub fn id(&self) -> Vec<u8> {
         ring_id(self.start, self.end, &self.seeds)
     }
 
