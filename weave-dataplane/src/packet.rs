@@ -55,6 +55,40 @@ pub fn finish_checksum(frame: &mut [u8], start: usize, offset: usize) {
     frame[start + offset..start + offset + 2].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Whether a virtio-net header that came from a peer may go to our TAP
+/// with `frame`: only the flags and segmentation types the kernel gives
+/// us (checksum needed or valid; TCP segmentation over IPv4 or IPv6, with
+/// ECN — the offloads our TAP devices turn on), a
+/// partial checksum that lies inside the frame at a TCP or UDP checksum
+/// field, and segmentation only of a TCP frame, with a
+/// segment size and header length the frame can hold. A peer choosing
+/// anything else could make the host's kernel mis-handle the frame.
+pub fn vnet_valid(v: &[u8; 10], frame: &[u8]) -> bool {
+    const NEEDS_CSUM: u8 = 1;
+    const DATA_VALID: u8 = 2;
+    const GSO_ECN: u8 = 0x80;
+    let field = |i: usize| usize::from(u16::from_le_bytes([v[i], v[i + 1]]));
+    let (flags, gso, hdr_len, gso_size, csum_start, csum_offset) = (v[0], v[1], field(2), field(4), field(6), field(8));
+    if flags & !(NEEDS_CSUM | DATA_VALID) != 0 {
+        return false;
+    }
+    if flags & NEEDS_CSUM != 0 && (csum_start < ETH_HLEN || !matches!(csum_offset, 6 | 16) || csum_start + csum_offset + 2 > frame.len()) {
+        return false;
+    }
+    let (ip_proto, v6) = match ethertype(frame) {
+        Some(ETHERTYPE_IPV4) => (frame.get(ETH_HLEN + 9).copied(), false),
+        Some(0x86dd) => (frame.get(ETH_HLEN + 6).copied(), true),
+        _ => (None, false),
+    };
+    match gso & !GSO_ECN {
+        0 => return gso == 0,
+        1 if !v6 => {}
+        4 if v6 => {}
+        _ => return false,
+    }
+    ip_proto == Some(6) && flags & NEEDS_CSUM != 0 && gso_size > 0 && gso_size < frame.len() && hdr_len <= frame.len()
+}
+
 /// What to do with a frame larger than the path allows.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TooBig {

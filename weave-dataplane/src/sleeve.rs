@@ -50,6 +50,10 @@ pub struct SleeveConfig {
     /// `--trusted-subnets`: peers here may skip data encryption if they
     /// trust us too.
     pub trusted: Vec<IpNet>,
+    /// Most MAC addresses learnt behind one port (our bridge, or one
+    /// peer): a container or peer sending from endless addresses fills
+    /// only its own share of the table (default 4096).
+    pub mac_quota: usize,
 }
 
 impl SleeveConfig {
@@ -65,12 +69,13 @@ impl SleeveConfig {
             timeout: Duration::from_secs(6),
             mac_expiry: Duration::from_secs(600),
             trusted: Vec::new(),
+            mac_quota: 4096,
         }
     }
 }
 
 /// Where a MAC address lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MacLocation {
     /// Behind our own bridge.
     Local,
@@ -332,6 +337,10 @@ pub enum DropReason {
     Reassembly,
     /// A source address not learnt: the MAC table is full.
     MacTableFull,
+    /// A source address not learnt: its port has its share of the table.
+    MacQuota,
+    /// A peer's virtio-net header the kernel must not be handed.
+    BadVnet,
     /// Unauthenticated, from an address other than the peer's.
     WrongSource,
 }
@@ -392,6 +401,8 @@ impl DropReason {
             Self::Runt => "runt",
             Self::Reassembly => "reassembly",
             Self::MacTableFull => "mac_table_full",
+            Self::MacQuota => "mac_quota",
+            Self::BadVnet => "bad_vnet",
             Self::WrongSource => "wrong_source",
         }
     }
@@ -440,6 +451,8 @@ pub struct Sleeve {
     cfg: SleeveConfig,
     peers: HashMap<PeerName, Peer>,
     macs: HashMap<Mac, MacEntry>,
+    /// Addresses learnt per port.
+    mac_counts: HashMap<MacLocation, usize>,
     routes: Routes,
     fastpath_offer: Option<(Mac, u16)>,
     /// Peers the fast path currently carries frames to (programmed by the
@@ -485,6 +498,7 @@ impl Sleeve {
             cfg,
             peers: HashMap::new(),
             macs: HashMap::new(),
+            mac_counts: HashMap::new(),
             routes: Routes::default(),
             fastpath_offer: None,
             fastpath_on: HashSet::new(),
@@ -692,21 +706,27 @@ impl Sleeve {
             return;
         }
         let full = self.macs.len() >= MAX_MACS;
+        let at_quota = self.mac_counts.get(&at).is_some_and(|&n| n >= self.cfg.mac_quota);
         match self.macs.get_mut(&mac) {
             Some(e) => {
                 if e.at != at {
                     tracing::info!(mac = %fmt_mac(&mac), from = ?e.at, to = ?at, "MAC address moved");
                     self.mac_moves += 1;
+                    *self.mac_counts.entry(e.at).or_default() -= 1;
+                    *self.mac_counts.entry(at).or_default() += 1;
                     e.at = at;
                 }
                 e.seen = now;
             }
-            // A full table learns nothing new: unknown addresses are
-            // flooded, which still delivers (a flood of random source
-            // addresses cannot exhaust memory).
+            // A full table (or port share) learns nothing new: unknown
+            // addresses are flooded, which still delivers (a flood of
+            // random source addresses cannot exhaust memory, nor push out
+            // what other ports' addresses).
             None if full => self.drop(DropReason::MacTableFull),
+            None if at_quota => self.drop(DropReason::MacQuota),
             None => {
                 self.macs.insert(mac, MacEntry { at, seen: now });
+                *self.mac_counts.entry(at).or_default() += 1;
             }
         }
     }
@@ -1025,7 +1045,13 @@ impl Sleeve {
             };
             self.learn(now, src, MacLocation::Peer(rec.origin));
         }
-        let local = if rec.is_broadcast() { rec.flags & FLAG_NO_LOCAL == 0 } else { rec.dst == ourself };
+        let mut local = if rec.is_broadcast() { rec.flags & FLAG_NO_LOCAL == 0 } else { rec.dst == ourself };
+        // The peer chose this header; whole frames are checked here,
+        // reassembled ones once complete.
+        if local && rec.piece.is_none() && rec.vnet.is_some_and(|v| !packet::vnet_valid(&v, rec.frame)) {
+            self.drop(DropReason::BadVnet);
+            local = false;
+        }
         if local {
             match rec.piece {
                 None => deliver.push(Delivery::Range { range, vnet: rec.vnet }),
@@ -1078,6 +1104,10 @@ impl Sleeve {
         part.buf.extend_from_slice(rec.frame);
         if part.buf.len() == total {
             let done = self.partial.remove(&key).expect("present");
+            if done.vnet.is_some_and(|v| !packet::vnet_valid(&v, &done.buf)) {
+                self.pool.push(done.buf);
+                return self.drop(DropReason::BadVnet);
+            }
             deliver.push(Delivery::Owned { frame: done.buf, vnet: done.vnet });
         }
     }
@@ -1174,6 +1204,10 @@ impl Sleeve {
         if self.next_expiry.is_none_or(|t| t <= now) {
             let expiry = self.cfg.mac_expiry;
             self.macs.retain(|_, e| now.saturating_duration_since(e.seen) < expiry);
+            self.mac_counts.clear();
+            for e in self.macs.values() {
+                *self.mac_counts.entry(e.at).or_default() += 1;
+            }
             self.next_expiry = Some(now + expiry / 10);
         }
     }

@@ -322,13 +322,73 @@ fn a_wrong_address_guess_is_corrected_by_the_peers_heartbeats() {
 
 /// A TSO super-frame as the TAP device hands it over: virtio-net header
 /// with GSO TCPv4 and a 60 kB frame.
+/// A TCP/IPv4 super-frame as a TAP device with TSO hands it over.
 fn super_frame() -> ([u8; 10], Vec<u8>) {
     let mut vnet = [0u8; 10];
     vnet[0] = 1; // NEEDS_CSUM
     vnet[1] = 1; // GSO_TCPV4
+    vnet[2..4].copy_from_slice(&54u16.to_le_bytes()); // headers
     vnet[4..6].copy_from_slice(&1324u16.to_le_bytes());
-    let body: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
-    (vnet, frame(mac(3), mac(1), &body))
+    vnet[6..8].copy_from_slice(&34u16.to_le_bytes()); // the TCP header
+    vnet[8..10].copy_from_slice(&16u16.to_le_bytes()); // its checksum
+    let mut f = frame(mac(3), mac(1), &[]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 32, 0, 1, 10, 32, 0, 3];
+    ip.extend_from_slice(&[0; 20]);
+    f.extend_from_slice(&ip);
+    f.extend((0..60_000u32).map(|i| (i % 251) as u8));
+    (vnet, f)
+}
+
+#[test]
+fn a_peers_virtio_net_header_reaches_the_tap_only_if_the_kernel_may_have_it() {
+    let (good, big) = super_frame();
+    let mut c = Cluster::new(2, &[(1, 2)], false);
+    c.run(Duration::from_millis(300));
+    c.host(2).send_frame(c.now, &frame([0xff; 6], mac(2), b"here"));
+    c.run(Duration::from_millis(30));
+    c.delivered();
+    let bad = |edit: fn(&mut [u8; 10])| {
+        let mut v = good;
+        edit(&mut v);
+        v
+    };
+    let hostile = [
+        bad(|v| v[0] = 0x80),                                       // unknown flag
+        bad(|v| v[1] = 3),                                          // UDP fragmentation: not offered
+        bad(|v| v[1] = 4),                                          // TCP over IPv6 on an IPv4 frame
+        bad(|v| v[4..6].copy_from_slice(&0u16.to_le_bytes())),      // no segment size
+        bad(|v| v[6..8].copy_from_slice(&0xfff0u16.to_le_bytes())), // checksum beyond the frame
+        bad(|v| v[8..10].copy_from_slice(&3u16.to_le_bytes())),     // not a checksum field
+        bad(|v| v[0] = 0),                                          // segmentation without checksum
+    ];
+    for v in hostile {
+        c.host(1).send_frame_vnet(c.now, Some(v), &big);
+    }
+    c.run(Duration::from_millis(30));
+    assert!(c.delivered()[1].is_empty(), "none of them reached the TAP");
+    c.host(1).send_frame_vnet(c.now, Some(good), &big);
+    c.run(Duration::from_millis(30));
+    assert_eq!(c.delivered()[1], vec![big], "a header the kernel gives does");
+}
+
+#[test]
+fn a_flood_of_source_addresses_fills_only_its_own_share_of_the_mac_table() {
+    let mut c = Cluster::new(2, &[(1, 2)], false);
+    c.run(Duration::from_millis(300));
+    // Host 1's containers send from 5000 addresses, more than its share.
+    for i in 0..5000u32 {
+        let src = [0x02, 0x99, (i >> 16) as u8, (i >> 8) as u8, i as u8, 1];
+        c.host(1).send_frame(c.now, &frame([0xff; 6], src, b"flood"));
+    }
+    c.run(Duration::from_millis(100));
+    // Host 2 still learns a new container of its own.
+    c.host(2).send_frame(c.now, &frame([0xff; 6], mac(2), b"me"));
+    c.run(Duration::from_millis(30));
+    let core = c.host(2).core();
+    let quota_drops: u64 = core.drops().into_iter().filter(|(r, _)| r.as_str() == "mac_quota").map(|(_, n)| n).sum();
+    assert_eq!(quota_drops, 5000 - 4096);
+    assert_eq!(core.lookup_mac(&mac(2)), Some(weave_dataplane::sleeve::MacLocation::Local));
 }
 
 #[test]

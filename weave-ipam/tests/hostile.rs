@@ -121,7 +121,8 @@ async fn forged_ipam_consensus_and_dns_messages_change_nothing_another_peer_owns
     // 4. DNS: b's name deleted and a name registered in b's name.
     let k = Key { hostname: "web.weave.local.".into(), origin: name(2), container: "cb".into(), addr: b_addr };
     let tomb = Signed::new(&evil.identity, k.clone(), Value { version: 1 << 40, tombstone: 1 });
-    let hijack = Signed::new(&evil.identity, Key { hostname: "bank.weave.local.".into(), addr: "10.32.0.66".parse().unwrap(), ..k }, Value { version: 1, tombstone: 0 });
+    let hijack =
+        Signed::new(&evil.identity, Key { hostname: "bank.weave.local.".into(), addr: "10.32.0.66".parse().unwrap(), ..k }, Value { version: 1, tombstone: 0 });
     let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     evil.gossip(DNS, name(2), weave_dns::wire::encode(now_unix, &[tomb, hijack])).await.unwrap();
     let _ = evil.receive(Duration::from_millis(500)).await;
