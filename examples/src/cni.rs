@@ -79,6 +79,12 @@ pub async fn run(kind: Kind, env: impl Fn(&str) -> Option<String>, stdin: &[u8])
     }
 }
 
+/// Check a network configuration as `ADD` would read it, without a router
+/// (for fuzzing and `CHECK`-style validation): the error says what is wrong.
+pub fn check_config(kind: Kind, stdin: &[u8]) -> Result<(), String> {
+    parse_config(kind, &|_: &str| None, stdin).map(drop).map_err(|e| format!("{}: {}", e.msg, e.details))
+}
+
 /// The `cniVersion` of whatever came on stdin, if it says one.
 fn asked_version(stdin: &[u8]) -> Option<String> {
     serde_json::from_slice::<Value>(stdin).ok()?.get("cniVersion")?.as_str().map(str::to_owned)

@@ -212,3 +212,102 @@ pub fn sleeve_datagrams(data: &[u8]) {
     }
     assert_eq!(&body[..consumed], &re[..], "records re-encode to their input");
 }
+
+/// Split `data` into length-prefixed pieces (one length byte each).
+fn pieces(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        let (&n, tail) = rest.split_first()?;
+        let n = usize::from(n).min(tail.len());
+        let (piece, tail) = tail.split_at(n);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+/// A sequence of IPAM messages into one peer, alternating gossip and
+/// unicast from two senders, with time passing and allocations between:
+/// state built by earlier messages meets later ones. Never a panic, and
+/// the ring stays valid (it re-encodes to itself).
+pub fn ipam_sequences(data: &[u8]) {
+    use weave_ipam::{wire, InitMode, Ipam, IpamConfig};
+    let me = PeerName::from_u64(1).expect("small");
+    let peers = [PeerName::from_u64(2).expect("small"), PeerName::from_u64(3).expect("small")];
+    let cfg = IpamConfig::new(weave_gossip::Identity::from_secret([1; 32]), me, "10.32.0.0/24".parse().expect("valid"), InitMode::Seeds(vec![me, peers[0]]));
+    let mut ipam = Ipam::new(cfg).expect("valid");
+    let mut now = Instant::now();
+    ipam.prime(now);
+    for (i, msg) in pieces(data).enumerate() {
+        let src = peers[i % 2];
+        let _ = if i % 3 == 0 { ipam.handle_unicast(now, src, msg) } else { ipam.handle_gossip(now, src, msg).map(drop) };
+        let _ = ipam.allocate(now, &format!("c{i}"), None);
+        now += std::time::Duration::from_millis(300);
+        ipam.handle_timeout(now);
+        while ipam.poll_output().is_some() {}
+        while ipam.poll_completion().is_some() {}
+    }
+    let ring = ipam.ring();
+    assert_eq!(&wire::ring_from_msg(&wire::ring_to_msg(ring)).expect("our ring decodes"), ring);
+}
+
+/// What a router reads back from its state directory: an IPAM snapshot and
+/// the saved DNS names. Refused or restored, never a panic.
+pub fn persisted_state(data: &[u8]) {
+    use weave_ipam::{wire::SnapshotMsg, InitMode, Ipam, IpamConfig};
+    let me = PeerName::from_u64(1).expect("small");
+    let id = weave_gossip::Identity::from_secret([1; 32]);
+    if let Ok(snap) = SnapshotMsg::decode(data) {
+        let cfg = IpamConfig::new(id.clone(), me, "10.32.0.0/12".parse().expect("valid"), InitMode::Consensus { quorum: 1 });
+        if let Ok(mut ipam) = Ipam::restore(cfg, &snap) {
+            let now = Instant::now();
+            ipam.prime(now);
+            let _ = ipam.allocate(now, "c", None);
+            while ipam.poll_output().is_some() {}
+        }
+    }
+    let now = Instant::now();
+    let mut dns = weave_dns::Dns::new(id, me, "weave.local.", weave_dns::WallClock::new(now, 1_800_000_000), now);
+    if dns.restore_own(data).is_ok() {
+        let _ = dns.full_state(now);
+    }
+}
+
+/// Bytes arriving on an established encrypted connection: refused (and the
+/// connection closed), never a panic, never a message that was not sealed
+/// with the session's keys.
+pub fn session(data: &[u8]) {
+    use weave_gossip::link::LinkEvent;
+    let mut cfg = LinkConfig::default();
+    cfg.psk = Some(fuzz_psk());
+    let peer = LocalFeatures { name: PeerName::from_u64(2).expect("small"), ..local() };
+    let mut rng = weave_core::rng::seeded(5);
+    let (mut a, mut b) = (Link::new(Role::Initiator, cfg.clone(), &local(), &mut rng), Link::new(Role::Responder, cfg, &peer, &mut rng));
+    for _ in 0..4 {
+        let (oa, ob) = (a.take_output(), b.take_output());
+        b.handle_bytes(&oa).expect("honest handshake");
+        a.handle_bytes(&ob).expect("honest handshake");
+    }
+    assert!(a.is_established() && b.is_established());
+    while b.poll_event().is_some() {}
+    if b.handle_bytes(data).is_ok() {
+        assert!(!std::iter::from_fn(|| b.poll_event()).any(|e| matches!(e, LinkEvent::Message(_))), "forged a sealed message");
+    }
+}
+
+/// A fast-path heartbeat's payload: a peer name or nothing.
+pub fn fastpath_heartbeat(data: &[u8]) {
+    if let Some(p) = weave_dataplane::wire::fastpath_heartbeat_origin(data) {
+        assert_eq!(&data[4..10], &p.octets());
+    }
+}
+
+/// A CNI network configuration as `weave-net` and `weave-ipam` read it:
+/// accepted or refused with a reason, never a panic.
+pub fn cni_config(data: &[u8]) {
+    use weave_examples::cni::{check_config, Kind};
+    for kind in [Kind::Net, Kind::Ipam] {
+        if let Err(e) = check_config(kind, data) {
+            assert!(!e.is_empty());
+        }
+    }
+}

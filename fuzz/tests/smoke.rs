@@ -127,6 +127,20 @@ fn golden_inputs_pass_every_target() {
         bad[i] ^= 0x5a;
         weave_fuzz::ipam_messages(&bad);
     }
+    // The same state as a sequence (one length byte per message: only
+    // what fits), and as a saved snapshot.
+    let short: Vec<u8> = state.iter().copied().take(255).collect();
+    weave_fuzz::ipam_sequences(&[[short.len() as u8].as_slice(), &short, &[short.len() as u8], &short].concat());
+    let snap = prost::Message::encode_to_vec(&ipam.snapshot());
+    weave_fuzz::persisted_state(&snap);
+    for i in (0..snap.len()).step_by(7) {
+        let mut bad = snap.clone();
+        bad[i] ^= 0x5a;
+        weave_fuzz::persisted_state(&bad);
+    }
+    weave_fuzz::fastpath_heartbeat(b"WVFP\x02\x00\x00\x00\x00\x01");
+    weave_fuzz::cni_config(br#"{"cniVersion":"0.4.0","name":"weave","type":"weave-net","ipam":{"subnet":"10.32.0.0/24"},"hairpinMode":true}"#);
+    weave_fuzz::cni_config(br#"{"cniVersion":"1.0.0","name":"a/b","type":"weave-net"}"#);
 }
 
 proptest! {
@@ -140,6 +154,11 @@ proptest! {
         weave_fuzz::ipam_messages(&data);
         weave_fuzz::dns_messages(&data);
         weave_fuzz::sleeve_datagrams(&data);
+        weave_fuzz::ipam_sequences(&data);
+        weave_fuzz::persisted_state(&data);
+        weave_fuzz::session(&data);
+        weave_fuzz::fastpath_heartbeat(&data);
+        weave_fuzz::cni_config(&data);
     }
 
     #[test]

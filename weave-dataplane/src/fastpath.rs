@@ -40,7 +40,6 @@ pub const VXLAN_NAME: &str = "vxlan-weave";
 pub const VNI: u32 = 0x7765;
 /// EtherType of fast-path heartbeats (IEEE local experimental).
 pub const HEARTBEAT_ETHERTYPE: u16 = 0x88b5;
-const MAGIC: &[u8; 4] = b"WVFP";
 const TICK: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
@@ -233,7 +232,7 @@ impl Control {
         self.program_heartbeat_entry(peer, ip, mac).await?;
         if port == self.port {
             let mut payload = vec![0u8; self.mtu];
-            payload[..4].copy_from_slice(MAGIC);
+            payload[..4].copy_from_slice(crate::wire::FASTPATH_MAGIC);
             payload[4..10].copy_from_slice(&self.core.lock().ourself().octets());
             if let Err(e) = self.tx.send_to(mac, &payload) {
                 tracing::debug!(%peer, error = %e, "fast-path heartbeat not sent");
@@ -256,12 +255,11 @@ impl Control {
         let mut buf = vec![0u8; 65536];
         loop {
             match self.rx.recv_from(&mut buf) {
-                Ok((n, _src)) if n >= 10 && &buf[..4] == MAGIC => {
-                    let mut o = [0u8; 6];
-                    o.copy_from_slice(&buf[4..10]);
-                    self.core.lock().fastpath_heard(now, PeerName::from_octets(o));
+                Ok((n, _src)) => {
+                    if let Some(peer) = crate::wire::fastpath_heartbeat_origin(&buf[..n]) {
+                        self.core.lock().fastpath_heard(now, peer);
+                    }
                 }
-                Ok(_) => {}
                 Err(_) => return,
             }
         }
