@@ -331,9 +331,11 @@ impl Beat {
 }
 
 /// What a fast-path heartbeat's payload starts with (then the sender's name).
+#[cfg(any(feature = "linux", feature = "internals"))]
 pub const FASTPATH_MAGIC: &[u8; 4] = b"WVFP";
 
 /// The peer a fast-path heartbeat's payload names, if it is one.
+#[cfg(any(feature = "linux", feature = "internals"))]
 pub fn fastpath_heartbeat_origin(payload: &[u8]) -> Option<PeerName> {
     let name: [u8; 6] = payload.strip_prefix(FASTPATH_MAGIC)?.get(..6)?.try_into().ok()?;
     Some(PeerName::from_octets(name))

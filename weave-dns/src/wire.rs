@@ -23,7 +23,7 @@ pub struct EntryMsg {
     pub version: u64,
     #[prost(uint64, tag = "6")]
     pub tombstone: u64,
-    /// The origin's signature of the other fields (see [`signed_bytes`]).
+    /// The origin's signature of the other fields (see [`Signed::verify`]).
     #[prost(bytes = "vec", tag = "7")]
     pub signature: Vec<u8>,
 }

@@ -39,8 +39,7 @@ impl HostilePeer {
     pub async fn connect(target: SocketAddr, name: PeerName, password: Option<&str>) -> std::io::Result<Self> {
         let mut rng = weave_core::rng::from_os();
         let uid = PeerUid::random(&mut rng);
-        let mut cfg = LinkConfig::default();
-        cfg.psk = password.map(|p| Psk::from_password(p.as_bytes()));
+        let cfg = LinkConfig { psk: password.map(|p| Psk::from_password(p.as_bytes())), ..LinkConfig::default() };
         let me = LocalFeatures { name, nickname: "hostile".into(), uid, listen_port: 1 };
         let link = Link::new(Role::Initiator, cfg, &me, &mut rng);
         let stream = TcpStream::connect(target).await?;
