@@ -188,6 +188,8 @@ impl Plugin {
         }
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path)?;
+        // Docker (root) calls it; nobody else may.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
         let task = tokio::spawn(async move {

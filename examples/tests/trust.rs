@@ -78,12 +78,23 @@ fn the_password_stays_out_of_argv_trusted_subnets_say_unencrypted_and_metrics_se
     }
     let h = Hosts::new();
     let secret = "correct-horse-battery-staple";
+    // Host 2 reads it from a file only its owner may read; one others may
+    // read is refused.
+    let file = h.state(2).with_extension("password");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    let file_arg = file.display().to_string();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = h.weave(2, &["launch", "--password-file", &file_arg, "--no-docker"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("readable by others"), "{refused:?}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     for i in [1, 2] {
         let name = format!("::{i}");
-        let mut a =
-            vec!["launch", "--name", &name, "--password", secret, "--trusted-subnets", "10.99.0.0/24", "--no-docker", "--metrics-addr", "127.0.0.1:6782"];
-        if i == 2 {
-            a.push("10.99.0.1");
+        let mut a = vec!["launch", "--name", &name, "--trusted-subnets", "10.99.0.0/24", "--no-docker", "--metrics-addr", "127.0.0.1:6782"];
+        if i == 1 {
+            a.extend(["--password", secret]);
+        } else {
+            a.extend(["--password-file", &file_arg, "10.99.0.1"]);
         }
         ok(h.weave(i, &a));
     }

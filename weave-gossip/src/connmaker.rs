@@ -201,8 +201,14 @@ impl ConnectionMaker {
         for t in self.targets.values_mut() {
             t.discovered = false;
         }
+        // No more discovered targets than connections we may hold.
+        let mut room = self.cfg.conn_limit;
         for (a, eager) in addrs {
             let Ok(a) = self.normalize(&a) else { continue };
+            if room == 0 {
+                break;
+            }
+            room -= 1;
             let connected = self.connected.contains(&a);
             let due = if eager { now } else { now + self.cfg.discovery_defer.mul_f64(self.rng.random_range(1.0..2.0)) };
             self.targets
@@ -386,5 +392,13 @@ mod tests {
         on.connect(t0, &s(&["y", "z"]), false).unwrap();
         on.connect(t0, &s(&["w"]), true).unwrap();
         assert_eq!(on.direct_targets(), s(&["w:6783"]));
+    }
+
+    #[test]
+    fn discovered_targets_are_capped_at_the_connection_limit() {
+        let t0 = Instant::now();
+        let mut c = ConnectionMaker::new(ConnMakerConfig { discovery: true, conn_limit: 10, ..ConnMakerConfig::default() }, seeded(1));
+        c.set_discovered(t0, (0..5000).map(|i| (format!("10.{}.{}.{}:6783", i >> 16, (i >> 8) & 255, i & 255), true)));
+        assert_eq!(c.targets().len(), 10);
     }
 }

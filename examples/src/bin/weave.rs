@@ -205,6 +205,24 @@ fn raise_fd_limit() {
     }
 }
 
+/// The password from `--password` (or `WEAVE_PASSWORD`), or from
+/// `--password-file`, which must not be readable by group or others.
+fn password_of(a: &RouterArgs) -> Result<Option<String>, Fail> {
+    let Some(path) = &a.password_file else { return Ok(a.password.clone().filter(|p| !p.is_empty())) };
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| Fail(format!("cannot read the password file {}: {e}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Fail(format!("the password file {} is readable by others (mode {mode:o}): chmod 600 it", path.display())));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Fail(format!("cannot read the password file {}: {e}", path.display())))?;
+    let p = text.trim_end_matches(['\n', '\r']).to_owned();
+    if p.is_empty() {
+        return Err(Fail(format!("the password file {} is empty", path.display())));
+    }
+    Ok(Some(p))
+}
+
 /// `args` without `--password X` / `--password=X`, and the password.
 fn without_password(args: impl Iterator<Item = String>) -> (Vec<String>, Option<String>) {
     let (mut out, mut password) = (Vec::new(), None);
@@ -232,6 +250,9 @@ struct RouterArgs {
     /// Password: encrypts control and data traffic.
     #[arg(long, env = "WEAVE_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// Read the password from this file (only its owner may read it).
+    #[arg(long, conflicts_with = "password")]
+    password_file: Option<PathBuf>,
     /// Subnets whose peers may skip data encryption.
     #[arg(long, value_delimiter = ',')]
     trusted_subnets: Vec<ipnet::IpNet>,
@@ -439,7 +460,7 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
         state_dir: state_dir.to_owned(),
         name: a.name.unwrap_or_else(default_peer_name),
         nickname,
-        password: a.password.clone().filter(|p| !p.is_empty()),
+        password: password_of(a)?,
         port: a.port,
         host: a.host,
         discovery: !a.no_discovery,
