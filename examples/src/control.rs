@@ -558,6 +558,54 @@ fn parse_ips(ips: &[String]) -> Result<Vec<std::net::Ipv4Addr>, Status> {
         .collect()
 }
 
+/// `weave report -f TEMPLATE`: the report through a Go text/template, as
+/// Weave's (`{{.Router.Name}}`, `{{len .Router.Peers}}`, `{{range}}`, and
+/// Weave's `json` function).
+pub fn render_template(report: &serde_json::Value, template: &str) -> Result<String, String> {
+    let mut t = gtmpl::Template::default();
+    t.add_func("json", template_json);
+    t.parse(template).map_err(|e| format!("invalid template: {e}"))?;
+    t.render(&gtmpl::Context::from(to_template_value(report))).map_err(|e| format!("template failed: {e}"))
+}
+
+fn to_template_value(v: &serde_json::Value) -> gtmpl::Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => gtmpl::Value::Nil,
+        J::Bool(b) => gtmpl::Value::from(*b),
+        J::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => gtmpl::Value::from(u),
+            (None, Some(i)) => gtmpl::Value::from(i),
+            _ => gtmpl::Value::from(n.as_f64().unwrap_or_default()),
+        },
+        J::String(s) => gtmpl::Value::from(s.clone()),
+        J::Array(a) => gtmpl::Value::Array(a.iter().map(to_template_value).collect()),
+        J::Object(o) => gtmpl::Value::Object(o.iter().map(|(k, v)| (k.clone(), to_template_value(v))).collect()),
+    }
+}
+
+fn from_template_value(v: &gtmpl::Value) -> serde_json::Value {
+    use gtmpl::Value as G;
+    match v {
+        G::Bool(b) => serde_json::Value::Bool(*b),
+        G::String(s) => serde_json::Value::String(s.clone()),
+        G::Number(n) => n
+            .as_u64()
+            .map(serde_json::Value::from)
+            .or_else(|| n.as_i64().map(serde_json::Value::from))
+            .unwrap_or_else(|| n.as_f64().map_or(serde_json::Value::Null, serde_json::Value::from)),
+        G::Array(a) => serde_json::Value::Array(a.iter().map(from_template_value).collect()),
+        G::Object(o) | G::Map(o) => serde_json::Value::Object(o.iter().map(|(k, v)| (k.clone(), from_template_value(v))).collect()),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// Weave's template function `json`: its argument as JSON.
+fn template_json(args: &[gtmpl::Value]) -> Result<gtmpl::Value, gtmpl::FuncError> {
+    let [v] = args else { return Err(gtmpl::FuncError::ExactlyXArgs("json".into(), 1)) };
+    Ok(gtmpl::Value::from(from_template_value(v).to_string()))
+}
+
 /// `weave status` (and HTTP `/status`): Weave 2.8's layout, right-aligned keys.
 pub fn render_status(s: &pb::StatusReply, report: &serde_json::Value) -> String {
     use std::fmt::Write;
@@ -622,4 +670,16 @@ pub async fn serve(router: Arc<Router>, socket: &Path, shutdown: impl std::futur
         .map_err(std::io::Error::other);
     let _ = std::fs::remove_file(socket);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn report_templates_render_as_weaves_do() {
+        let r = serde_json::json!({"Router": {"Name": "aa:bb", "Peers": [{"Name": "x"}, {"Name": "y"}]}, "DNS": {"Domain": "weave.local."}});
+        assert_eq!(super::render_template(&r, "{{.Router.Name}} {{len .Router.Peers}}").unwrap(), "aa:bb 2");
+        assert_eq!(super::render_template(&r, "{{range .Router.Peers}}{{.Name}};{{end}}").unwrap(), "x;y;");
+        assert_eq!(super::render_template(&r, "{{json .DNS}}").unwrap(), r#"{"Domain":"weave.local."}"#);
+        assert!(super::render_template(&r, "{{.Router.Name").unwrap_err().contains("invalid template"));
+    }
 }

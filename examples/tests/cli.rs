@@ -86,6 +86,8 @@ fn launch_attach_ping_status_restart_stop() {
     let report: serde_json::Value = serde_json::from_str(&ok(h.weave(1, &["report"]))).unwrap();
     assert_eq!(report["Ready"], true);
     assert_eq!(report["Router"]["Name"], "00:00:00:00:00:01");
+    // Weave's -f: a Go template over the report.
+    assert_eq!(ok(h.weave(1, &["report", "-f", "{{.Router.Name}} {{len .Router.Peers}}"])).trim(), "00:00:00:00:00:01 2");
     assert_eq!(report["IPAM"]["Owned"][&c1][0], format!("{a1}/12").as_str());
     assert_eq!(report["Router"]["Connections"][0]["State"], "established");
     assert_eq!(report["IPAM"]["PendingAllocates"], serde_json::json!([]));

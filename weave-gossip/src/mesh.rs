@@ -375,19 +375,19 @@ impl Mesh {
     /// [`Mesh::add_connection`]); the other waits a while for it, so a
     /// forming mesh does not handshake every pair twice.
     ///
-    /// Only established connections between peers we reach count (a
-    /// record may list anything, but a connection both ends list is one
-    /// the mesh routes over), each address once, so a peer cannot make the
-    /// mesh dial a list of its choosing.
+    /// Only established connections count, each address once (and the
+    /// connection maker takes no more than its connection limit), so a
+    /// peer listing made-up connections cannot make the mesh dial a list
+    /// of its choosing. Reachability is not required: while a mesh forms,
+    /// routes lag the records, and a candidate that came and went would
+    /// restart its dial delay each time.
     pub fn discovery_candidates(&self) -> Vec<(String, bool)> {
         let me = self.cfg.name;
-        let reached = |p: PeerName| p == me || self.routes.reachable(p);
         let mut seen = BTreeSet::new();
         self.topo
             .records()
-            .filter(|r| reached(r.name))
             .flat_map(|r| r.connections.iter())
-            .filter(|c| c.established && c.peer != me && !self.by_peer.contains_key(&c.peer) && !c.address.is_empty() && reached(c.peer))
+            .filter(|c| c.established && c.peer != me && !self.by_peer.contains_key(&c.peer) && !c.address.is_empty())
             .filter(|c| seen.insert(c.address.as_str()))
             .map(|c| (c.address.clone(), me > c.peer))
             .collect()
@@ -1013,22 +1013,22 @@ mod tests {
     }
 
     #[test]
-    fn discovery_dials_only_established_connections_between_reachable_peers() {
+    fn discovery_dials_only_established_connections_each_once() {
         let mut m = mesh(1);
         let now = Instant::now();
         m.add_connection(now, 7, remote(2, 1, false)).unwrap();
         let key = |k: u8| Identity::from_secret([k; 32]);
         let conn = |p: u64, established| ConnectionInfo { peer: n(p), address: format!("10.0.0.{p}:6783"), outbound: true, established };
         // Peer 2 lists 3 (which lists 2 back), a half-open link to 4, and
-        // 5000 connections to peers nobody has heard of.
+        // 5000 connections to one address (as many peers).
         let mut conns = vec![conn(1, true), conn(3, true), conn(4, false)];
-        conns.extend((100..5100).map(|p| ConnectionInfo { address: format!("10.1.{}.{}:6783", p >> 8, p & 255), ..conn(p, true) }));
+        conns.extend((100..5100).map(|p| ConnectionInfo { address: "10.1.0.1:6783".into(), ..conn(p, true) }));
         let rec2 = PeerRecord::signed(&key(2), n(2), "p2".into(), PeerUid::new(2).unwrap(), 5, conns);
         let rec3 = PeerRecord::signed(&key(3), n(3), "p3".into(), PeerUid::new(3).unwrap(), 5, vec![conn(2, true)]);
         let rec4 = PeerRecord::signed(&key(4), n(4), "p4".into(), PeerUid::new(4).unwrap(), 5, vec![conn(2, false)]);
         m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![rec2.to_msg(), rec3.to_msg(), rec4.to_msg()] }).into()).unwrap();
         m.handle_timeout(now + Duration::from_secs(1));
-        assert_eq!(m.discovery_candidates(), vec![("10.0.0.3:6783".to_owned(), false)]);
+        assert_eq!(m.discovery_candidates(), vec![("10.0.0.3:6783".to_owned(), false), ("10.1.0.1:6783".to_owned(), false)]);
     }
 
     #[test]

@@ -113,6 +113,7 @@ impl PeerRecord {
     /// A record written and signed by `identity`'s owner.
     pub fn signed(identity: &Identity, name: PeerName, nickname: String, uid: PeerUid, version: u64, mut connections: Vec<ConnectionInfo>) -> Self {
         connections.sort();
+        connections.dedup_by(|a, b| a.peer == b.peer);
         let mut r = Self { name, nickname, uid, version, connections, key: identity.public(), signature: [0; 64] };
         r.sign(identity);
         r
@@ -258,7 +259,9 @@ impl Topology {
 
     /// Replace our connections; bumps our version if they changed.
     pub fn set_our_connections(&mut self, mut connections: Vec<ConnectionInfo>) -> bool {
+        // As receivers read it (the signature covers this form).
         connections.sort();
+        connections.dedup_by(|a, b| a.peer == b.peer);
         if self.our_record().connections == connections {
             return false;
         }
@@ -273,7 +276,18 @@ impl Topology {
     /// Merge received records. See the module docs for the rules.
     pub fn apply(&mut self, records: impl IntoIterator<Item = PeerRecord>) -> Applied {
         let mut out = Applied::default();
+        // Only the newest record of each peer in a batch can win: check
+        // (and verify the signature of) that one alone.
+        let mut newest: BTreeMap<PeerName, PeerRecord> = BTreeMap::new();
         for r in records {
+            match newest.get(&r.name) {
+                Some(n) if n.key() >= r.key() => {}
+                _ => {
+                    newest.insert(r.name, r);
+                }
+            }
+        }
+        for r in newest.into_values() {
             if r.name == self.ourself {
                 let ours = self.our_record().clone();
                 if r.version >= ours.version && r != ours {

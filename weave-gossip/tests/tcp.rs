@@ -372,7 +372,9 @@ async fn a_hostile_peer_cannot_rewrite_another_peers_record_or_cut_it_off() {
     // Our own record, at the ceiling, under the hostile key.
     let mut forged_a = PeerRecord { version: MAX_VERSION, ..a_record.clone() };
     forged_a.sign(&evil.identity);
-    evil.send_records(&[forged_b, tampered_b, forged_a]).await.unwrap();
+    for r in [forged_b, tampered_b, forged_a] {
+        evil.send_records(&[r]).await.unwrap();
+    }
     let s = eventually("the forgeries refused", || async {
         let s = a.status().await.unwrap();
         (s.stats.records_refused >= 3 && s.peers.len() == 3).then_some(s)

@@ -156,9 +156,9 @@ enum Cmd {
         #[arg(value_parser = ["targets", "connections", "peers", "ipam", "dns"])]
         section: Option<String>,
     },
-    /// Full state as JSON.
+    /// Full state as JSON, or through a Go template (`-f '{{.Router.Name}}'`).
     Report {
-        /// Format (json).
+        /// `json`, or a Go text/template over the report (as Weave's).
         #[arg(short = 'f', long, default_value = "json")]
         format: String,
     },
@@ -768,11 +768,14 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             Ok(())
         }
         Cmd::Report { format } => {
-            if format != "json" {
-                return Err(Fail(format!("unknown report format {format:?} (json)")));
+            let r = client(&state).await?.report(pb::Empty {}).await.map_err(rpc_err)?.into_inner();
+            if format == "json" {
+                println!("{}", r.json);
+            } else {
+                // Weave's -f: a Go template over the report.
+                let report: serde_json::Value = serde_json::from_str(&r.json).map_err(|e| Fail(format!("the router's report is not JSON: {e}")))?;
+                println!("{}", control::render_template(&report, &format).map_err(Fail)?);
             }
-            let r = client(&state).await?.report(pb::Empty {}).await.map_err(rpc_err)?;
-            println!("{}", r.into_inner().json);
             Ok(())
         }
         Cmd::Status { section } => {
