@@ -56,7 +56,7 @@ impl Identity {
 
     /// The public key peers verify with.
     pub fn public(&self) -> PeerKey {
-        PeerKey(self.key.verifying_key())
+        PeerKey(self.key.verifying_key().to_bytes())
     }
 
     /// Sign `msg` for `domain`.
@@ -65,14 +65,16 @@ impl Identity {
     }
 }
 
-/// A peer's public key.
+/// A peer's public key, as its 32 wire bytes: decoding the curve point is
+/// costly, so it happens when a signature is checked, not for every record
+/// read off the wire (most are not new and are never checked).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PeerKey(VerifyingKey);
+pub struct PeerKey([u8; KEY_LEN]);
 
 impl std::fmt::Debug for PeerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PeerKey(")?;
-        for b in &self.0.as_bytes()[..8] {
+        for b in &self.0[..8] {
             write!(f, "{b:02x}")?;
         }
         write!(f, "…)")
@@ -80,24 +82,33 @@ impl std::fmt::Debug for PeerKey {
 }
 
 impl PeerKey {
-    /// Decode a key; `None` if it is not 32 bytes or not a valid point.
+    /// A key checked now; `None` if it is not 32 bytes, not a valid point,
+    /// or weak (of small order: anyone could sign for it).
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let b: &[u8; KEY_LEN] = bytes.try_into().ok()?;
-        let key = VerifyingKey::from_bytes(b).ok()?;
-        // A weak (small-order) key would let anyone forge its signatures.
-        (!key.is_weak()).then_some(Self(key))
+        let k = Self::from_wire(bytes)?;
+        k.decode().map(|_| k)
+    }
+
+    /// A key of the right length, checked only when it verifies a
+    /// signature ([`PeerKey::verify`] refuses invalid and weak keys).
+    pub fn from_wire(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    fn decode(&self) -> Option<VerifyingKey> {
+        VerifyingKey::from_bytes(&self.0).ok().filter(|k| !k.is_weak())
     }
 
     /// The wire form.
     pub fn to_bytes(&self) -> [u8; KEY_LEN] {
-        self.0.to_bytes()
+        self.0
     }
 
     /// Whether `sig` is this key's signature of `msg` for `domain`. Strict:
-    /// malleated signatures are refused.
+    /// malleated signatures, invalid and weak keys are refused.
     pub fn verify(&self, domain: &str, msg: &[u8], sig: &[u8]) -> bool {
-        let Ok(sig) = <&[u8; SIGNATURE_LEN]>::try_from(sig) else { return false };
-        self.0.verify_strict(&framed(domain, msg), &ed25519_dalek::Signature::from_bytes(sig)).is_ok()
+        let (Ok(sig), Some(key)) = (<&[u8; SIGNATURE_LEN]>::try_from(sig), self.decode()) else { return false };
+        key.verify_strict(&framed(domain, msg), &ed25519_dalek::Signature::from_bytes(sig)).is_ok()
     }
 }
 
@@ -140,6 +151,8 @@ mod tests {
         let mut identity_point = [0u8; 32];
         identity_point[0] = 1;
         assert_eq!(PeerKey::from_bytes(&identity_point), None);
+        let weak = PeerKey::from_wire(&identity_point).expect("32 bytes");
+        assert!(!weak.verify("weave-rs test", b"", &[0; 64]), "a weak key verifies nothing");
         assert!(!format!("{id:?}").contains(&format!("{:?}", id.secret())), "Debug never shows the secret");
     }
 }

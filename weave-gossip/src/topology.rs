@@ -92,7 +92,7 @@ impl PeerRecord {
         if m.connections.len() > MAX_CONNECTIONS {
             return Err(InvalidRecord("too many connections"));
         }
-        let key = PeerKey::from_bytes(&m.key).ok_or(InvalidRecord("no valid public key"))?;
+        let key = PeerKey::from_wire(&m.key).ok_or(InvalidRecord("no public key"))?;
         let signature = m.signature.as_slice().try_into().map_err(|_| InvalidRecord("no signature"))?;
         let mut connections = Vec::with_capacity(m.connections.len());
         for c in m.connections {

@@ -18,7 +18,7 @@
 //! signer the [`KeyBook`] does not know is adopted on first sight.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -35,8 +35,8 @@ pub(crate) const ENTRY_DOMAIN: &str = "weave-rs ipam entry v1";
 /// Signatures remembered as checked (beyond it the memory starts over).
 const VERIFIED_CACHE: usize = 100_000;
 
-/// A public key as it travels: decoded (a costly curve operation) only
-/// when a signature made with it is first checked.
+/// A public key as it travels (see [`PeerKey`]: decoded only when a
+/// signature made with it is checked).
 pub type KeyBytes = [u8; weave_gossip::identity::KEY_LEN];
 
 /// How a grant moves space.
@@ -127,8 +127,6 @@ impl Auth {
 #[derive(Debug, Clone)]
 pub struct KeyBook {
     keys: BTreeMap<PeerName, PeerKey>,
-    /// Keys decoded so far.
-    decoded: HashMap<KeyBytes, Option<PeerKey>>,
     verified: HashSet<u64>,
     hasher: RandomState,
     /// Entries and votes refused for their authority so far.
@@ -137,7 +135,7 @@ pub struct KeyBook {
 
 impl Default for KeyBook {
     fn default() -> Self {
-        Self { keys: BTreeMap::new(), decoded: HashMap::new(), verified: HashSet::new(), hasher: RandomState::new(), refused: 0 }
+        Self { keys: BTreeMap::new(), verified: HashSet::new(), hasher: RandomState::new(), refused: 0 }
     }
 }
 
@@ -176,10 +174,7 @@ impl KeyBook {
         if self.verified.contains(&memo) {
             return true;
         }
-        if self.decoded.len() >= VERIFIED_CACHE {
-            self.decoded.clear();
-        }
-        let Some(key) = *self.decoded.entry(*claimed).or_insert_with(|| PeerKey::from_bytes(claimed)) else { return false };
+        let key = PeerKey::from_wire(claimed).expect("32 bytes");
         if !key.verify(domain, msg, sig) {
             return false;
         }
