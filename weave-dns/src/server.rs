@@ -258,11 +258,24 @@ impl Drop for Server {
     }
 }
 
+/// UDP and TCP sockets on one port. With port 0 the port UDP was given
+/// may be taken for TCP already: try another a few times.
+async fn bind_both(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut tries = if listen.port() == 0 { 8 } else { 1 };
+    loop {
+        let udp = UdpSocket::bind(listen).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries > 1 => tries -= 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Start serving `names` on `cfg.listen` (port 0 picks one, the same for TCP).
 pub async fn serve(cfg: ServerConfig, names: Names) -> std::io::Result<Server> {
-    let udp = UdpSocket::bind(cfg.listen).await?;
+    let (udp, tcp) = bind_both(cfg.listen).await?;
     let addr = udp.local_addr()?;
-    let tcp = TcpListener::bind(addr).await?;
     let domain = names.current().domain().to_owned();
     let shared = Arc::new(Shared {
         names,
