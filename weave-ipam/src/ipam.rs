@@ -670,7 +670,7 @@ impl Ipam {
         let mut changed = self.paxos.merge(&paxos, &mut self.book);
         if let Some(r) = &s.ring {
             let ring = wire::ring_from_msg(r)?;
-            if self.ring.is_initialised() || self.seeds_plausible(ring.seeds(), &paxos) {
+            if self.ring.is_initialised() || self.seeds_plausible(ring.seeds()) {
                 if self.ring.merge(&ring, &mut self.book)? {
                     changed = true;
                     self.ring_changed = true;
@@ -691,7 +691,7 @@ impl Ipam {
     /// Whether a ring divided among `seeds` may be adopted (we have none
     /// yet): not if our own seeds, or a value the votes we hold chose, say
     /// otherwise.
-    fn seeds_plausible(&mut self, seeds: &[PeerName], votes: &BTreeMap<PeerName, crate::paxos::Vote>) -> bool {
+    fn seeds_plausible(&mut self, seeds: &[PeerName]) -> bool {
         let known = match &self.cfg.init {
             InitMode::Seeds(s) => {
                 let mut s = s.clone();
@@ -703,7 +703,7 @@ impl Ipam {
         };
         if known.as_ref().is_some_and(|k| k != seeds) {
             self.book.refused += 1;
-            tracing::warn!(theirs = ?seeds, ours = ?known, votes = votes.len(), "refused a ring divided among other seeds than agreed");
+            tracing::warn!(theirs = ?seeds, ours = ?known, "refused a ring divided among other seeds than agreed");
             return false;
         }
         true
