@@ -59,8 +59,13 @@ pub struct MeshConfig {
     /// ±50 % jitter (default 30 s).
     pub channel_gossip_interval: Duration,
     /// Route recalculation and garbage collection are coalesced over this
-    /// window after a topology change (default 20 ms).
+    /// window after a topology change (default 20 ms)...
     pub recalc_delay: Duration,
+    /// ...and run at most once per this interval (default 200 ms): while a
+    /// large mesh forms, records change hundreds of times a second, and
+    /// every recalculation walks the whole graph. Messages meanwhile follow
+    /// the routes as they stand.
+    pub recalc_interval: Duration,
     /// Bound on one message (default [`MAX_MESSAGE_LEN`]).
     pub max_message_len: usize,
     /// Topology changes go to each neighbour at most once per this window,
@@ -84,6 +89,7 @@ impl MeshConfig {
             anti_entropy_interval: Duration::from_secs(5),
             channel_gossip_interval: Duration::from_secs(30),
             recalc_delay: Duration::from_millis(20),
+            recalc_interval: Duration::from_millis(200),
             max_message_len: MAX_MESSAGE_LEN,
             update_delay: Duration::from_millis(50),
             identity: None,
@@ -266,8 +272,8 @@ pub struct Mesh {
     cfg: MeshConfig,
     topo: Topology,
     routes: Routes,
-    routes_dirty: bool,
     recalc_at: Option<Instant>,
+    last_recalc: Option<Instant>,
     known: BTreeSet<PeerName>,
     conns: BTreeMap<ConnId, Conn>,
     by_peer: HashMap<PeerName, ConnId>,
@@ -300,8 +306,8 @@ impl Mesh {
             cfg,
             topo,
             routes,
-            routes_dirty: false,
             recalc_at: None,
+            last_recalc: None,
             conns: BTreeMap::new(),
             by_peer: HashMap::new(),
             channels: BTreeMap::new(),
@@ -344,12 +350,11 @@ impl Mesh {
         &self.topo
     }
 
-    /// Routes, recalculated first if the topology changed.
+    /// Routes as of the last recalculation: a topology change shows here
+    /// within [`MeshConfig::recalc_delay`], or [`MeshConfig::recalc_interval`]
+    /// after the previous recalculation (a [`MeshEvent::TopologyChanged`]
+    /// follows each).
     pub fn routes(&mut self) -> &mut Routes {
-        if self.routes_dirty {
-            self.routes = Routes::calculate(&self.topo);
-            self.routes_dirty = false;
-        }
         &mut self.routes
     }
 
@@ -561,8 +566,8 @@ impl Mesh {
     }
 
     fn topology_changed(&mut self, now: Instant) {
-        self.routes_dirty = true;
-        self.recalc_at.get_or_insert(now + self.cfg.recalc_delay);
+        let earliest = self.last_recalc.map_or(now, |t| t + self.cfg.recalc_interval);
+        self.recalc_at.get_or_insert((now + self.cfg.recalc_delay).max(earliest));
     }
 
     /// A message arrived on `conn`. An error means the peer broke the
@@ -745,7 +750,7 @@ impl Mesh {
     }
 
     fn relay_along_tree(&mut self, src: PeerName, from: ConnId, body: Body) {
-        let children: Vec<PeerName> = self.routes().broadcast_children(src).to_vec();
+        let children: Vec<PeerName> = self.routes.broadcast_children(src).to_vec();
         for child in children {
             if let Some(&c) = self.by_peer.get(&child) {
                 if c != from {
@@ -758,7 +763,7 @@ impl Mesh {
     /// Send towards `dst`; never back where it came from (routes that
     /// disagree while the topology settles would bounce it back and forth).
     fn forward(&mut self, dst: PeerName, from: Option<ConnId>, body: Body) -> bool {
-        match self.routes().next_hop(dst).and_then(|h| self.by_peer.get(&h).copied()) {
+        match self.routes.next_hop(dst).and_then(|h| self.by_peer.get(&h).copied()) {
             Some(c) if Some(c) != from => {
                 self.send(c, body);
                 true
@@ -873,9 +878,9 @@ impl Mesh {
 
     fn recalculate(&mut self, now: Instant) {
         self.recalc_at = None;
+        self.last_recalc = Some(now);
         let removed = self.topo.gc();
-        self.routes_dirty = true;
-        let _ = self.routes();
+        self.routes = Routes::calculate(&self.topo);
         for s in self.channels.values_mut() {
             s.channel.on_routes(now, &self.routes);
         }
@@ -1061,6 +1066,8 @@ mod tests {
         let rec2 = PeerRecord::signed(&key(2), n(2), "p2".into(), PeerUid::new(2).unwrap(), 5, vec![conn(1, true), conn(3, true)]);
         let rec3 = PeerRecord::signed(&key(3), n(3), "p3".into(), PeerUid::new(3).unwrap(), 5, vec![conn(2, false)]);
         m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![rec2.to_msg(), rec3.to_msg()] }).into()).unwrap();
+        let now = m.poll_timeout().unwrap().max(now + m.config().recalc_interval);
+        m.handle_timeout(now);
         assert_eq!(m.routes().next_hop(n(3)), Some(n(2)));
         drain(&mut m);
         let msg = ChannelMsg { channel: "x".into(), src: 2, dst: 3, data: vec![] };

@@ -14,10 +14,19 @@ use weave_core::PeerName;
 use crate::topology::Topology;
 
 /// Unicast next hops and (lazily) broadcast children.
+///
+/// Peers are numbered in name order; the graph walks use those numbers, so
+/// a route calculation and a broadcast tree cost a few array reads per
+/// edge (they run for every topology change while a large mesh forms).
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     ourself: PeerName,
-    adjacency: BTreeMap<PeerName, Vec<PeerName>>,
+    /// Every peer with at least one symmetric link, in name order.
+    names: Vec<PeerName>,
+    /// Neighbours of `names[i]`, in name order.
+    adjacency: Vec<Vec<PeerName>>,
+    /// The same, as indices into `names`.
+    adjacent: Vec<Vec<u32>>,
     next_hop: HashMap<PeerName, PeerName>,
     children: HashMap<PeerName, Vec<PeerName>>,
 }
@@ -25,12 +34,22 @@ pub struct Routes {
 impl Routes {
     /// Compute routes for `topo`.
     pub fn calculate(topo: &Topology) -> Self {
+        // Each record's established peers, sorted, so that the other
+        // direction of an edge is a binary search away.
+        let established: BTreeMap<PeerName, Vec<PeerName>> = topo
+            .records()
+            .map(|r| {
+                let mut peers: Vec<PeerName> = r.connections.iter().filter(|c| c.established).map(|c| c.peer).collect();
+                peers.sort_unstable();
+                peers.dedup();
+                (r.name, peers)
+            })
+            .collect();
         let mut adjacency: BTreeMap<PeerName, Vec<PeerName>> = BTreeMap::new();
-        for r in topo.records() {
-            for c in r.connections.iter().filter(|c| c.established) {
-                let back = topo.get(c.peer).is_some_and(|o| o.connections.iter().any(|oc| oc.peer == r.name && oc.established));
-                if back {
-                    adjacency.entry(r.name).or_default().push(c.peer);
+        for (&a, peers) in &established {
+            for &b in peers {
+                if established.get(&b).is_some_and(|theirs| theirs.binary_search(&a).is_ok()) {
+                    adjacency.entry(a).or_default().push(b);
                 }
             }
         }
@@ -48,27 +67,49 @@ impl Routes {
         Self::from_adjacency(ourself, adjacency)
     }
 
-    fn from_adjacency(ourself: PeerName, mut adjacency: BTreeMap<PeerName, Vec<PeerName>>) -> Self {
-        for v in adjacency.values_mut() {
-            v.sort();
+    fn from_adjacency(ourself: PeerName, adjacency: BTreeMap<PeerName, Vec<PeerName>>) -> Self {
+        // A peer named only as a neighbour still gets a number.
+        let mut names: Vec<PeerName> = adjacency.keys().chain(adjacency.values().flatten()).copied().collect();
+        names.sort_unstable();
+        names.dedup();
+        let index = |p: &PeerName| names.binary_search(p).expect("numbered above") as u32;
+        let mut by_index: Vec<Vec<PeerName>> = vec![Vec::new(); names.len()];
+        for (p, mut v) in adjacency {
+            v.sort_unstable();
             v.dedup();
+            by_index[index(&p) as usize] = v;
         }
-        let mut next_hop = HashMap::new();
+        let adjacent: Vec<Vec<u32>> = by_index.iter().map(|v| v.iter().map(index).collect()).collect();
+        let mut routes = Self { ourself, names, adjacency: by_index, adjacent, next_hop: HashMap::new(), children: HashMap::new() };
+        routes.next_hop = routes.first_hops();
+        routes
+    }
+
+    fn index_of(&self, p: PeerName) -> Option<u32> {
+        self.names.binary_search(&p).ok().map(|i| i as u32)
+    }
+
+    /// Breadth-first from us: every reachable peer's first hop.
+    fn first_hops(&self) -> HashMap<PeerName, PeerName> {
+        let Some(me) = self.index_of(self.ourself) else { return HashMap::new() };
+        const UNSEEN: u32 = u32::MAX;
+        let mut hop = vec![UNSEEN; self.names.len()];
+        hop[me as usize] = me;
         let mut queue = VecDeque::new();
-        for &n in adjacency.get(&ourself).into_iter().flatten() {
-            next_hop.insert(n, n);
+        for &n in &self.adjacent[me as usize] {
+            hop[n as usize] = n;
             queue.push_back(n);
         }
         while let Some(p) = queue.pop_front() {
-            let hop = next_hop[&p];
-            for &n in adjacency.get(&p).into_iter().flatten() {
-                if n != ourself && !next_hop.contains_key(&n) {
-                    next_hop.insert(n, hop);
+            let h = hop[p as usize];
+            for &n in &self.adjacent[p as usize] {
+                if hop[n as usize] == UNSEEN {
+                    hop[n as usize] = h;
                     queue.push_back(n);
                 }
             }
         }
-        Self { ourself, adjacency, next_hop, children: HashMap::new() }
+        hop.iter().enumerate().filter(|&(i, &h)| h != UNSEEN && i as u32 != me).map(|(i, &h)| (self.names[i], self.names[h as usize])).collect()
     }
 
     /// The neighbour to send a message for `dst` to.
@@ -93,46 +134,64 @@ impl Routes {
 
     /// Our neighbours over symmetric established connections.
     pub fn neighbours(&self) -> &[PeerName] {
-        self.adjacency.get(&self.ourself).map(Vec::as_slice).unwrap_or(&[])
+        self.neighbours_of(self.ourself)
     }
 
     /// `peer`'s neighbours over symmetric established connections.
     pub fn neighbours_of(&self, peer: PeerName) -> &[PeerName] {
-        self.adjacency.get(&peer).map(Vec::as_slice).unwrap_or(&[])
+        self.index_of(peer).map_or(&[], |i| self.adjacency[i as usize].as_slice())
     }
 
     /// Our children in `src`'s broadcast tree: where to relay a broadcast
     /// that `src` originated. Empty if we are not in its tree.
     pub fn broadcast_children(&mut self, src: PeerName) -> &[PeerName] {
-        if !self.adjacency.contains_key(&src) {
+        let Some(s) = self.index_of(src) else {
             // Not a peer we route for: nothing to relay, nothing to cache
             // (a hostile peer could otherwise grow the cache without bound).
             return &[];
-        }
+        };
         if !self.children.contains_key(&src) {
-            let c = self.compute_children(src);
+            let c = self.compute_children(s);
             self.children.insert(src, c);
         }
         &self.children[&src]
     }
 
-    fn compute_children(&self, src: PeerName) -> Vec<PeerName> {
-        let mut parent: HashMap<PeerName, PeerName> = HashMap::new();
+    /// Our children in the breadth-first tree from `src` (neighbours
+    /// visited in name order, first discovery wins). The walk stops as soon
+    /// as our children are known: when we are taken from the queue, or
+    /// earlier when every neighbour of ours has been discovered by others
+    /// (in a full mesh, right after `src`'s own neighbours).
+    fn compute_children(&self, src: u32) -> Vec<PeerName> {
+        let Some(me) = self.index_of(self.ourself) else { return Vec::new() };
+        let mut seen = vec![false; self.names.len()];
+        let mut ours = vec![false; self.names.len()];
+        let mut unseen_of_ours = 0usize;
+        for &n in &self.adjacent[me as usize] {
+            ours[n as usize] = true;
+            unseen_of_ours += 1;
+        }
+        seen[src as usize] = true;
+        if ours[src as usize] {
+            unseen_of_ours -= 1;
+        }
         let mut queue = VecDeque::from([src]);
-        parent.insert(src, src);
-        let mut ours = Vec::new();
         while let Some(p) = queue.pop_front() {
-            for &n in self.adjacency.get(&p).into_iter().flatten() {
-                if let std::collections::hash_map::Entry::Vacant(e) = parent.entry(n) {
-                    e.insert(p);
+            if p == me {
+                return self.adjacent[me as usize].iter().filter(|&&n| !seen[n as usize]).map(|&n| self.names[n as usize]).collect();
+            }
+            for &n in &self.adjacent[p as usize] {
+                if !seen[n as usize] {
+                    seen[n as usize] = true;
+                    unseen_of_ours -= usize::from(ours[n as usize]);
                     queue.push_back(n);
-                    if p == self.ourself {
-                        ours.push(n);
-                    }
                 }
             }
+            if unseen_of_ours == 0 {
+                break;
+            }
         }
-        ours
+        Vec::new()
     }
 }
 
@@ -207,6 +266,44 @@ mod tests {
             }
             assert_eq!(received.len(), 6, "every peer reached from {src}");
             assert!(received.values().all(|&k| k == 1), "exactly once from {src}: {received:?}");
+        }
+    }
+
+    /// Our children in `src`'s tree by a plain, complete breadth-first walk.
+    fn children_by_full_walk(links: &[(PeerName, PeerName)], me: PeerName, src: PeerName) -> Vec<PeerName> {
+        let mut adj: BTreeMap<PeerName, Vec<PeerName>> = BTreeMap::new();
+        for &(a, b) in links {
+            adj.entry(a).or_default().push(b);
+            adj.entry(b).or_default().push(a);
+        }
+        adj.values_mut().for_each(|v| {
+            v.sort();
+            v.dedup();
+        });
+        let mut parent = BTreeMap::from([(src, src)]);
+        let mut queue = VecDeque::from([src]);
+        let mut ours = Vec::new();
+        while let Some(p) = queue.pop_front() {
+            for &n in adj.get(&p).into_iter().flatten() {
+                if !parent.contains_key(&n) {
+                    parent.insert(n, p);
+                    queue.push_back(n);
+                    if p == me {
+                        ours.push(n);
+                    }
+                }
+            }
+        }
+        ours
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_shortened_walk_finds_the_same_children(edges in proptest::collection::vec((1u64..12, 1u64..12), 0..40), me in 1u64..12, src in 1u64..12) {
+            let links: Vec<(PeerName, PeerName)> = edges.iter().filter(|(a, b)| a != b).map(|&(a, b)| (n(a), n(b))).collect();
+            let mut r = Routes::from_links(n(me), &links);
+            let expected = if links.iter().any(|&(a, b)| a == n(src) || b == n(src)) { children_by_full_walk(&links, n(me), n(src)) } else { Vec::new() };
+            proptest::prop_assert_eq!(r.broadcast_children(n(src)).to_vec(), expected);
         }
     }
 }
