@@ -253,15 +253,35 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
         Some(l) if l < cfg.n - 1 => l.min(cfg.n - 1),
         _ => cfg.n - 1,
     };
-    let (full_mesh, counts) = loop {
-        let counts = rt.block_on(established(&lab.states));
-        if counts.iter().all(|c| *c >= want) {
-            break (Some(last.elapsed()), counts);
+    // A status reply lists every peer's connections (O(N²) for a full
+    // mesh): poll only the routers not yet complete, and all of them once
+    // more to confirm, so that the polling does not slow what it measures.
+    let mut counts = vec![0; cfg.n];
+    let full_mesh = loop {
+        let pending: Vec<usize> = (0..cfg.n).filter(|&i| counts[i] < want).collect();
+        let confirming = pending.is_empty();
+        let polled: Vec<usize> = if confirming { (0..cfg.n).collect() } else { pending };
+        let states: Vec<PathBuf> = polled.iter().map(|&i| lab.states[i].clone()).collect();
+        let at = last.elapsed();
+        for (i, c) in polled.into_iter().zip(rt.block_on(established(&states))) {
+            counts[i] = c;
+        }
+        let done = counts.iter().filter(|c| **c >= want).count();
+        eprintln!(
+            "{:>6.1} s after the last launch: {done}/{} routers complete, fewest connections {}",
+            at.as_secs_f64(),
+            cfg.n,
+            counts.iter().min().unwrap_or(&0)
+        );
+        if confirming && done == cfg.n {
+            break Some(at);
         }
         if last.elapsed() > cfg.converge_timeout {
-            break (None, counts);
+            break None;
         }
-        std::thread::sleep(Duration::from_millis(500));
+        if !confirming {
+            std::thread::sleep(Duration::from_secs(1));
+        }
     };
     let established = min_med_max(counts).unwrap_or_default();
 

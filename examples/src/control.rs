@@ -117,7 +117,10 @@ pub async fn status(router: &Router) -> Result<pb::StatusReply, Status> {
 
 pub(crate) fn status_of(router: &Router, s: &weave_gossip::driver::Status) -> pb::StatusReply {
     let paths = router.dataplane().paths();
-    let nick = |n: weave_core::PeerName| s.peers.iter().find(|p| p.name == n).map(|p| p.nickname.clone()).unwrap_or_default();
+    // Every peer lists up to every other: look names up, don't search.
+    let nicknames: std::collections::HashMap<weave_core::PeerName, (String, &str)> =
+        s.peers.iter().map(|p| (p.name, (p.name.to_string(), p.nickname.as_str()))).collect();
+    let named = |n: weave_core::PeerName| nicknames.get(&n).map_or_else(|| (n.to_string(), String::new()), |(s, k)| (s.clone(), (*k).to_owned()));
     let connections = s
         .connections
         .iter()
@@ -159,12 +162,9 @@ pub(crate) fn status_of(router: &Router, s: &weave_gossip::driver::Status) -> pb
             connections: p
                 .connections
                 .iter()
-                .map(|c| pb::PeerConnection {
-                    name: c.peer.to_string(),
-                    nickname: nick(c.peer),
-                    address: c.address.clone(),
-                    outbound: c.outbound,
-                    established: c.established,
+                .map(|c| {
+                    let (name, nickname) = named(c.peer);
+                    pb::PeerConnection { name, nickname, address: c.address.clone(), outbound: c.outbound, established: c.established }
                 })
                 .collect(),
         })

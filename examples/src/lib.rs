@@ -8,4 +8,5 @@ pub mod control;
 pub mod docker;
 pub mod http;
 pub mod plugin;
+pub mod proxy;
 pub mod router;

@@ -345,3 +345,77 @@ fn docker_hosts_with_forward_policy_drop_carry_docker_podman_and_netns_container
         assert!(!rules.contains("weave"), "reset leaves Docker's chain as it was: {rules}");
     }
 }
+
+/// The Docker user's walkthrough, through the router's Docker API proxy on
+/// two real Docker hosts (each router in its dockerd's namespace, FORWARD
+/// policy drop): `eval $(weave env)`, then plain `docker run`.
+#[test]
+fn docker_run_through_the_proxy_puts_containers_on_the_overlay_by_weave_cidr() {
+    if !require_root() || !require("dockerd") {
+        return;
+    }
+    let h = Hosts::new();
+    let d: Vec<Dockerd> = (1..=2).map(|i| Dockerd::start(&h.name(&format!("h{i}")), &h.dir.join(format!("docker{i}")))).collect();
+    let weave = |i: usize, args: &[&str]| ok(h.weave_with(i, args, &[("DOCKER_HOST", &d[i - 1].host)]));
+    let range = ["--ipalloc-range", "10.2.0.0/16", "--ipalloc-default-subnet", "10.2.1.0/24", "--ipalloc-init", "consensus=2", "--no-plugin"];
+    weave(1, &[&["launch", "--name", "::1", "--nickname", "h1"], &range[..]].concat());
+    weave(2, &[&["launch", "--name", "::2", "--nickname", "h2"], &range[..], &["10.99.0.1"]].concat());
+
+    // `weave env` / `weave config` / `weave env --restore`, as Weave prints them.
+    let env = weave(1, &["env"]);
+    let proxy = env.trim().strip_prefix("export DOCKER_HOST=").and_then(|r| r.split(' ').next()).expect("an export of DOCKER_HOST").to_owned();
+    assert!(env.trim().ends_with(&format!("ORIG_DOCKER_HOST={}", d[0].host)), "the daemon before: {env}");
+    assert_eq!(weave(1, &["config"]).trim(), format!("-H={proxy}"));
+    let restore = h.weave_with(1, &["env", "--restore"], &[("DOCKER_HOST", &proxy), ("ORIG_DOCKER_HOST", &d[0].host)]);
+    assert_eq!(ok(restore).trim(), format!("export DOCKER_HOST={}", d[0].host));
+    let proxies: Vec<String> = (1..=2).map(|i| weave(i, &["env"]).trim()["export DOCKER_HOST=".len()..].split(' ').next().unwrap().to_owned()).collect();
+    let docker = |i: usize, args: &[&str]| Command::new("docker").arg("-H").arg(&proxies[i - 1]).args(args).output().unwrap();
+    let name = |n: &str| format!("{}-{n}", h.prefix);
+    let ps = |i: usize, c: &str| weave(i, &["ps", c]).split_whitespace().nth(2).map(ip_of).unwrap_or_default();
+
+    // A plain `docker run` on host 1, and one on host 2 that pings it by
+    // name; non-detached, so its output comes over the hijacked attach.
+    let (c1, c2) = (name("c1"), name("c2"));
+    ok(docker(1, &["run", "-d", "--name", &c1, IMAGE, "/bin/sleep", "600"]));
+    let a1 = ps(1, &c1);
+    assert!(a1.starts_with("10.2.1."), "c1 attached in the default subnet at start: {a1:?}");
+    let inspect = ok(docker(1, &["inspect", "-f", "{{.Config.Hostname}}.{{.Config.Domainname}}", &c1]));
+    assert_eq!(inspect.trim(), format!("{c1}.weave.local"));
+    eventually(15, "host 2 learns c1's name", || ok(h.weave(2, &["dns-lookup", &c1])).trim() == a1);
+    let run = docker(2, &["run", "--name", &c2, IMAGE, "ping", "-c", "1", "-W", "5", &c1]);
+    assert!(run.status.success(), "c2 pings c1 by name across hosts: {}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stdout).contains(&a1), "through the attach stream: {run:?}");
+    assert!(ok(docker(2, &["logs", "-f", &c2])).contains("1 packets received"), "docker logs -f through the proxy");
+    assert_eq!(ok(docker(1, &["exec", &c1, "cat", "/etc/hostname"])).trim(), c1, "docker exec through the proxy");
+
+    // WEAVE_CIDR=net:CIDR: an address in that subnet, and isolation from
+    // the default subnet.
+    let c3 = name("c3");
+    ok(docker(1, &["run", "-d", "-e", "WEAVE_CIDR=net:10.2.2.0/24", "--name", &c3, IMAGE, "/bin/sleep", "600"]));
+    let a3 = ps(1, &c3);
+    assert!(a3.starts_with("10.2.2."), "c3 in 10.2.2.0/24: {a3:?}");
+    assert!(!d[0].pings(&c3, &a1), "another subnet is isolated");
+
+    // WEAVE_CIDR=none: no ethwe until `weave attach`.
+    let c4 = name("c4");
+    ok(docker(1, &["run", "-d", "-e", "WEAVE_CIDR=none", "--name", &c4, IMAGE, "/bin/sleep", "600"]));
+    assert!(!ok(docker(1, &["exec", &c4, "ip", "link"])).contains("ethwe"), "WEAVE_CIDR=none: not attached");
+    let a4 = ip_of(&weave(1, &["attach", &c4]));
+    assert!(d[0].pings(&c4, &a1), "attached by hand ({a4}), it reaches c1");
+
+    // A restart keeps the address; removal releases it and the name.
+    ok(docker(1, &["restart", "-t", "0", &c1]));
+    eventually(10, "c1 attached again after its restart", || ps(1, &c1) == a1);
+    assert!(allocated(&h, 1, &a1));
+    ok(docker(1, &["rm", "-f", &c1]));
+    eventually(10, "c1's address and name released on docker rm", || !allocated(&h, 1, &a1) && ok(h.weave(1, &["dns-lookup", &c1])).trim().is_empty());
+
+    // Containers on the host's network, or with a network of their own,
+    // are left alone.
+    let c5 = name("c5");
+    ok(docker(1, &["run", "-d", "--net", "host", "--name", &c5, IMAGE, "/bin/sleep", "600"]));
+    assert!(ps(1, &c5).is_empty(), "--net=host is not attached");
+    for i in 1..=2 {
+        ok(h.weave(i, &["reset"]));
+    }
+}

@@ -362,7 +362,9 @@ const GUARD_TABLE: &str = "weave-guard";
 /// bridge reaches TCP or UDP `port` or `port + 1` (control, sleeve, fast
 /// path, HTTP status) on any host address, nor a loopback address; and the
 /// host starts nothing towards a container outside the subnets exposed on
-/// the bridge (replies, ICMP errors and multicast still go). The table is
+/// the bridge (replies, ICMP errors and multicast still go), nor forwards
+/// anything there from another interface (a container on Docker's own
+/// bridge would otherwise reach every subnet through it). The table is
 /// rebuilt, in one transaction, whenever it does not hold exactly this
 /// (removed by someone, or the exposed subnets changed). Returns whether
 /// it changed.
@@ -379,6 +381,7 @@ pub fn guard(bridge: &str, port: u16) -> io::Result<bool> {
     }
     add_base_chain(&mut b, NfFamily::INet, GUARD_TABLE, "input", NfChainType::Filter, NfHook::Input, -10);
     add_base_chain(&mut b, NfFamily::INet, GUARD_TABLE, "output", NfChainType::Filter, NfHook::Output, -10);
+    add_base_chain(&mut b, NfFamily::INet, GUARD_TABLE, "forward", NfChainType::Filter, NfHook::Forward, -10);
     let rule = |chain: &'static str, expr: Vec<Statement<'static>>, comment: &str| {
         NfListObject::Rule(Rule {
             family: NfFamily::INet,
@@ -414,20 +417,34 @@ pub fn guard(bridge: &str, port: u16) -> io::Result<bool> {
         right: Expression::List(vec![Expression::String(Cow::Borrowed("established")), Expression::String(Cow::Borrowed("related"))]),
         op: Operator::IN,
     });
-    b.add(rule("output", vec![to_bridge(), ct_state, Statement::Accept(None)], &format!("weave-guard {bridge}: replies")));
+    // What the host sends into the bridge, and what it forwards there from
+    // elsewhere (a container on Docker's own bridge, another network): only
+    // replies, and what goes to exposed subnets (as Weave's `WEAVE-EXPOSE`
+    // and the drop after it). Without the forward rules, a container of
+    // another subnet reaches this one through its Docker interface.
     let mut open: Vec<IpNet> = exposed.iter().map(|n| IpNet::V4(*n)).collect();
     open.push("224.0.0.0/4".parse().expect("valid"));
     open.push("255.255.255.255/32".parse().expect("valid"));
-    for net in open {
-        let to = Statement::Match(Match { left: crate::expose::field("ip", "daddr"), right: crate::expose::prefix(net), op: Operator::EQ });
-        b.add(rule("output", vec![to_bridge(), to, Statement::Accept(None)], &format!("weave-guard {bridge}: {net}")));
+    let from_elsewhere = || ifname(MetaKey::Iifname, Operator::NEQ, bridge);
+    for (chain, only) in [("output", None), ("forward", Some(from_elsewhere))] {
+        let head = |mut rest: Vec<Statement<'static>>| {
+            let mut e = vec![to_bridge()];
+            e.extend(only.map(|f| f()));
+            e.append(&mut rest);
+            e
+        };
+        b.add(rule(chain, head(vec![ct_state.clone(), Statement::Accept(None)]), &format!("weave-guard {bridge}: replies")));
+        for &net in &open {
+            let to = Statement::Match(Match { left: crate::expose::field("ip", "daddr"), right: crate::expose::prefix(net), op: Operator::EQ });
+            b.add(rule(chain, head(vec![to, Statement::Accept(None)]), &format!("weave-guard {bridge}: {net}")));
+        }
+        let v4 = Statement::Match(Match {
+            left: Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Nfproto })),
+            right: Expression::String(Cow::Borrowed("ipv4")),
+            op: Operator::EQ,
+        });
+        b.add(rule(chain, head(vec![v4, counter(), Statement::Drop(None)]), &format!("weave-guard {bridge}: not exposed")));
     }
-    let v4 = Statement::Match(Match {
-        left: Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Nfproto })),
-        right: Expression::String(Cow::Borrowed("ipv4")),
-        op: Operator::EQ,
-    });
-    b.add(rule("output", vec![to_bridge(), v4, counter(), Statement::Drop(None)], &format!("weave-guard {bridge}: not exposed")));
     nftables::helper::apply_ruleset(&b.to_nftables()).map_err(nft_io)?;
     Ok(true)
 }

@@ -75,9 +75,11 @@ pub struct DriverConfig {
     pub dial_timeout: Duration,
     /// Limit on a handshake (default 5 s).
     pub handshake_timeout: Duration,
-    /// Accepted connections allowed in a burst (default 20).
+    /// Accepted connections allowed in a burst (default 200: a router
+    /// joining a 100-peer mesh is dialed by all of them within seconds, and
+    /// a refused dial backs off as if the peer were down).
     pub accept_burst: u32,
-    /// Accepted connections per second sustained (default 10).
+    /// Accepted connections per second sustained (default 50).
     pub accept_per_sec: f64,
 }
 
@@ -92,8 +94,8 @@ impl DriverConfig {
             initial_peers: Vec::new(),
             dial_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
-            accept_burst: 20,
-            accept_per_sec: 10.0,
+            accept_burst: 200,
+            accept_per_sec: 50.0,
         }
     }
 }
@@ -455,6 +457,12 @@ impl MeshHandle {
     pub async fn save_error(&self, channel: &str) -> Result<Option<String>, Stopped> {
         let channel = channel.to_owned();
         self.with_node(move |node, _| node.save_error(&channel).map(str::to_owned)).await
+    }
+
+    /// Every known peer's nickname (cheap beside [`Self::status`], which
+    /// copies every peer's connections).
+    pub async fn nicknames(&self) -> Result<Vec<(weave_core::PeerName, String)>, Stopped> {
+        self.with_node(|node, _| node.mesh().topology().records().map(|r| (r.name, r.nickname.clone())).collect()).await
     }
 
     /// The routes now in force; later changes arrive in [`Self::view`].

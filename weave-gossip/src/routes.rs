@@ -285,8 +285,8 @@ mod tests {
         let mut ours = Vec::new();
         while let Some(p) = queue.pop_front() {
             for &n in adj.get(&p).into_iter().flatten() {
-                if !parent.contains_key(&n) {
-                    parent.insert(n, p);
+                if let std::collections::btree_map::Entry::Vacant(e) = parent.entry(n) {
+                    e.insert(p);
                     queue.push_back(n);
                     if p == me {
                         ours.push(n);

@@ -37,6 +37,16 @@ enum Cmd {
     Router(RouterArgs),
     /// Stop the router (containers keep their interfaces).
     Stop,
+    /// Print the shell commands that point the Docker client at the
+    /// router's Docker API proxy: `eval $(weave env)`.
+    Env {
+        /// Print the commands that undo it.
+        #[arg(long)]
+        restore: bool,
+    },
+    /// Print the Docker client argument for the proxy (`docker $(weave config) ...`).
+    Config,
+
     /// Add direct targets.
     Connect {
         /// Replace the targets with these.
@@ -335,6 +345,24 @@ struct RouterArgs {
     /// Seconds a dead Docker container keeps its addresses and names.
     #[arg(long, default_value_t = 10)]
     docker_grace: u64,
+    /// Serve the Docker API proxy when Docker answers (`--proxy=false`: not).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    proxy: bool,
+    /// Proxy: show the weave address in `docker inspect`.
+    #[arg(long)]
+    rewrite_inspect: bool,
+    /// Proxy: attach only containers given a WEAVE_CIDR.
+    #[arg(long)]
+    no_default_ipalloc: bool,
+    /// Proxy: take the hostname from this container label.
+    #[arg(long)]
+    hostname_from_label: Option<String>,
+    /// Proxy: the regular expression the name (or label) is matched with.
+    #[arg(long, default_value = "^(.*)$")]
+    hostname_match: String,
+    /// Proxy: the hostname made from the match ($1, ...).
+    #[arg(long, default_value = "$1")]
+    hostname_replacement: String,
     /// Initial peers (host[:port]).
     peers: Vec<String>,
 }
@@ -373,6 +401,13 @@ fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().map(PathBuf::from).and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned())).unwrap_or_default();
     if let Some(kind) = weave_examples::cni::Kind::from_name(&argv0).filter(|_| argv0.starts_with("weave-")) {
         return cni_main(kind);
+    }
+    // A container's entrypoint, put there by the Docker API proxy.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == weave_examples::proxy::WAIT_ARG) {
+        let e = weave_examples::proxy::wait_then_exec(&args[2..]);
+        eprintln!("weave: cannot run the container's command: {e}");
+        return ExitCode::from(127);
     }
     let cli = Cli::parse();
     if let Cmd::Cni { which } = &cli.cmd {
@@ -453,7 +488,19 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
     if !weave_dataplane::netlink::valid_ifname(&a.plugin_name) {
         return Err(Fail(format!("invalid --plugin-name {:?}: use letters, digits, - and _ (at most 15)", a.plugin_name)));
     }
+    let proxy = if a.proxy && !a.no_docker {
+        let mut p = weave_examples::proxy::ProxySettings::new(weave_examples::proxy::socket_path(state_dir));
+        p.rewrite_inspect = a.rewrite_inspect;
+        p.default_ipalloc = !a.no_default_ipalloc;
+        p.hostname_from_label = a.hostname_from_label.clone();
+        p.hostname_match = regex::Regex::new(&a.hostname_match).map_err(|e| Fail(format!("invalid --hostname-match: {e}")))?;
+        p.hostname_replacement = a.hostname_replacement.clone();
+        Some(p)
+    } else {
+        None
+    };
     Ok(RouterConfig {
+        proxy,
         docker: !a.no_docker,
         docker_grace: std::time::Duration::from_secs(a.docker_grace),
         plugin: (plugin && range.is_some()).then(|| weave_examples::plugin::PluginSettings::new(&a.plugin_name)),
@@ -489,6 +536,18 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
 async fn client(state_dir: &Path) -> Result<control::ControlClient<tonic::transport::Channel>, Fail> {
     let sock = control::socket_path(state_dir);
     control::connect(&sock).await.map_err(|_| Fail(format!("no router is running here ({} does not answer); start one with 'weave launch'", sock.display())))
+}
+
+/// The Docker API proxy's address (`unix://...`), if it answers.
+async fn proxy_socket(state_dir: &Path) -> Result<String, Fail> {
+    let sock = weave_examples::proxy::socket_path(state_dir);
+    match tokio::net::UnixStream::connect(&sock).await {
+        Ok(_) => Ok(format!("unix://{}", sock.display())),
+        Err(_) => Err(Fail(format!(
+            "the weave Docker API proxy is not running ({} does not answer); launch the router with Docker running, without --proxy=false",
+            sock.display()
+        ))),
+    }
 }
 
 /// A client of a router that answers, if one runs here.
@@ -765,6 +824,26 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             for f in ["weave.pid", "weave.sock"] {
                 let _ = std::fs::remove_file(state.join(f));
             }
+            Ok(())
+        }
+        Cmd::Env { restore } => {
+            if restore {
+                // Back to the daemon the client used before `weave env`.
+                match std::env::var("ORIG_DOCKER_HOST") {
+                    Ok(orig) if !orig.is_empty() => println!("export DOCKER_HOST={orig}"),
+                    _ => println!("unset DOCKER_HOST ORIG_DOCKER_HOST"),
+                }
+                return Ok(());
+            }
+            let sock = proxy_socket(&state).await?;
+            // Run twice, it must not make the proxy its own original.
+            let orig = std::env::var("ORIG_DOCKER_HOST").ok().filter(|_| std::env::var("DOCKER_HOST").is_ok_and(|h| h == sock));
+            let orig = orig.unwrap_or_else(|| std::env::var("DOCKER_HOST").unwrap_or_default());
+            println!("export DOCKER_HOST={sock} ORIG_DOCKER_HOST={orig}");
+            Ok(())
+        }
+        Cmd::Config => {
+            println!("-H={}", proxy_socket(&state).await?);
             Ok(())
         }
         Cmd::Report { format } => {

@@ -48,6 +48,8 @@ pub struct RouterConfig {
     pub docker_grace: Duration,
     /// Serve the Docker network plugin (None: `--no-plugin`).
     pub plugin: Option<crate::plugin::PluginSettings>,
+    /// Serve the Docker API proxy when Docker answers (None: `--proxy=false`).
+    pub proxy: Option<crate::proxy::ProxySettings>,
 }
 
 /// weaveDNS settings.

@@ -245,12 +245,10 @@ impl Router {
                         Ok(DriverEvent::Disconnected { .. }) => {
                             count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
-                        Ok(DriverEvent::Routes(_)) => {
-                            if let Ok(st) = m.status().await {
-                                let mut n = lock(&nicks);
-                                for p in st.peers {
-                                    n.insert(p.name, p.nickname);
-                                }
+                        // A peer's nickname comes with its first record.
+                        Ok(DriverEvent::PeerAdded(_)) => {
+                            if let Ok(all) = m.nicknames().await {
+                                lock(&nicks).extend(all);
                             }
                         }
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -283,6 +281,10 @@ impl Router {
                 None => tracing::warn!("no Docker daemon answers: the plugin is served, but no network was created"),
             }
             *lock(&router.plugin) = Some(p);
+        }
+        if let (Some(settings), Some(_)) = (&cfg.proxy, &router.docker) {
+            crate::proxy::serve(Arc::downgrade(&router), Arc::new(settings.clone())).await?;
+            tracing::info!(socket = %settings.socket.display(), "Docker API proxy listening");
         }
         mesh.connect(cfg.peers.clone(), false).await.map_err(|_| "mesh stopped")?.map_err(|e| e.to_string())?;
         Ok(router)

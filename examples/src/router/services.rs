@@ -81,6 +81,14 @@ impl Router {
         self.dns.as_ref().map(weave_dns::service::DnsService::names)
     }
 
+    /// Where this host's weaveDNS answers containers (None without DNS).
+    pub fn dns_address(&self) -> Option<Ipv4Addr> {
+        match self.cfg.dns.as_ref()?.listen_for(self.cfg.name).ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        }
+    }
+
     /// The DNS name a container named `base` gets ([`Target::name`]):
     /// `-h FQDN`, or `base` in the domain.
     pub fn dns_name(&self, base: &str, hostname: Option<&str>) -> Option<String> {
