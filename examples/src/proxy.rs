@@ -117,9 +117,12 @@ impl ProxySettings {
     }
 }
 
+/// The proxy's socket's name in the state directory.
+pub const SOCKET_FILE: &str = "docker-proxy.sock";
+
 /// The proxy's socket in a state directory.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("docker-proxy.sock")
+    state_dir.join(SOCKET_FILE)
 }
 
 /// `weave --weave-wait CMD ARGS...`, as a container's entrypoint: wait for

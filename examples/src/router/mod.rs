@@ -47,7 +47,7 @@ pub const DNS_FILE: &str = "dns-names.pb";
 pub const IDENTITY_FILE: &str = "identity.key";
 /// What `weave reset` removes from the state directory: everything that
 /// makes this peer who it is (the next launch is a new peer).
-pub const STATE_FILES: &[&str] = &["ipam.db", "targets", NAME_FILE, DOCKER_FILE, DNS_FILE, ATTACHED_FILE, IDENTITY_FILE];
+pub const STATE_FILES: &[&str] = &["ipam.db", "targets", NAME_FILE, DOCKER_FILE, DNS_FILE, ATTACHED_FILE, IDENTITY_FILE, crate::proxy::SOCKET_FILE];
 /// Containers with a veth of ours that Docker does not follow (namespaces,
 /// CNI pods): their namespace and interface, for the next start.
 pub const ATTACHED_FILE: &str = "attached.json";

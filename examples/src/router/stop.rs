@@ -63,9 +63,12 @@ impl Router {
 
     /// Close the mesh (the data plane stops with the process) and stop
     /// serving the Docker plugin (its socket goes; its network stays for
-    /// the next launch).
+    /// the next launch) and the Docker API proxy.
     pub async fn shutdown(&self) {
         drop(lock(&self.plugin).take());
+        if let Some(p) = &self.cfg.proxy {
+            let _ = std::fs::remove_file(&p.socket);
+        }
         self.mesh.shutdown().await;
     }
 }
