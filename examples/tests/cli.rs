@@ -283,7 +283,7 @@ fn the_orchestrator_example_allocates_names_and_pings_by_name() {
 }
 
 #[test]
-fn the_default_peer_name_is_stable_per_host_and_conn_limit_zero_is_no_limit() {
+fn the_default_peer_name_is_stable_per_host_conn_limit_zero_is_no_limit_and_weave_no_fastdp_is_weaves() {
     if !require_root() {
         return;
     }
@@ -296,13 +296,16 @@ fn the_default_peer_name_is_stable_per_host_and_conn_limit_zero_is_no_limit() {
     ok(h.weave(1, &["stop"]));
     // --conn-limit 0 means no limit, as in Weave (not "refuse all").
     ok(h.weave(1, &["launch", "--ipalloc-range", "", "--no-dns", "--conn-limit", "0"]));
-    let n2 = ok(h.weave(2, &["launch", "--ipalloc-range", "", "--no-dns", "10.99.0.1"])).trim().to_owned();
+    // WEAVE_NO_FASTDP=1, as Weave users set it (not only "true").
+    let n2 = ok(h.weave_with(2, &["launch", "--ipalloc-range", "", "--no-dns", "10.99.0.1"], &[("WEAVE_NO_FASTDP", "1")])).trim().to_owned();
     assert_ne!(n1, n2);
     let end = Instant::now() + Duration::from_secs(10);
     while !ok(h.weave(1, &["status"])).contains("(1 established)") {
         assert!(Instant::now() < end, "host 2 connects to host 1 under --conn-limit 0: {}", ok(h.weave(1, &["status"])));
         std::thread::sleep(Duration::from_millis(200));
     }
+    let conns = ok(h.weave(2, &["status", "connections"]));
+    assert!(conns.contains(" sleeve ") && !conns.contains("fastdp"), "WEAVE_NO_FASTDP=1: sleeve only: {conns}");
     for i in 1..=2 {
         ok(h.weave(i, &["reset"]));
     }

@@ -387,6 +387,18 @@ fn docker_run_through_the_proxy_puts_containers_on_the_overlay_by_weave_cidr() {
     assert!(String::from_utf8_lossy(&run.stdout).contains(&a1), "through the attach stream: {run:?}");
     assert!(ok(docker(2, &["logs", "-f", &c2])).contains("1 packets received"), "docker logs -f through the proxy");
     assert_eq!(ok(docker(1, &["exec", &c1, "cat", "/etc/hostname"])).trim(), c1, "docker exec through the proxy");
+    // Both directions of a hijacked connection: stdin in, output back.
+    let mut cat = Command::new("docker")
+        .args(["-H", &proxies[0], "exec", "-i", &c1, "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut cat.stdin.take().unwrap(), b"through stdin\n").unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.wait_with_output().unwrap().stdout).trim(), "through stdin", "docker exec -i through the proxy");
+    let c6 = name("c6");
+    ok(docker(1, &["run", "-d", "--name", &c6, IMAGE, "sh", "-c", "sleep 3; echo attached-output"]));
+    assert!(ok(docker(1, &["attach", "--no-stdin", &c6])).contains("attached-output"), "docker attach through the proxy");
 
     // WEAVE_CIDR=net:CIDR: an address in that subnet, and isolation from
     // the default subnet.

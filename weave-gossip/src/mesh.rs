@@ -61,10 +61,12 @@ pub struct MeshConfig {
     /// Route recalculation and garbage collection are coalesced over this
     /// window after a topology change (default 20 ms)...
     pub recalc_delay: Duration,
-    /// ...and run at most once per this interval (default 200 ms): while a
-    /// large mesh forms, records change hundreds of times a second, and
-    /// every recalculation walks the whole graph. Messages meanwhile follow
-    /// the routes as they stand.
+    /// ...and run at most once per this interval (default 200 ms), or per
+    /// [`RECALC_GAP_PER_LINK`] for each link end of the last result if that
+    /// is longer (0.5 s for a full mesh of 100): while a large mesh forms,
+    /// records change hundreds of times a second, and every recalculation
+    /// walks the whole graph. Messages meanwhile follow the routes as they
+    /// stand.
     pub recalc_interval: Duration,
     /// Bound on one message (default [`MAX_MESSAGE_LEN`]).
     pub max_message_len: usize,
@@ -96,6 +98,11 @@ impl MeshConfig {
         }
     }
 }
+
+/// The least time between two route recalculations per link end of the
+/// graph (see [`MeshConfig::recalc_interval`]): it keeps the share of time
+/// spent recalculating flat as a mesh grows.
+pub const RECALC_GAP_PER_LINK: Duration = Duration::from_micros(50);
 
 /// The peer at the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -566,7 +573,8 @@ impl Mesh {
     }
 
     fn topology_changed(&mut self, now: Instant) {
-        let earliest = self.last_recalc.map_or(now, |t| t + self.cfg.recalc_interval);
+        let gap = self.cfg.recalc_interval.max(RECALC_GAP_PER_LINK.saturating_mul(u32::try_from(self.routes.link_ends()).unwrap_or(u32::MAX)));
+        let earliest = self.last_recalc.map_or(now, |t| t + gap);
         self.recalc_at.get_or_insert((now + self.cfg.recalc_delay).max(earliest));
     }
 

@@ -85,6 +85,12 @@ impl Routes {
         routes
     }
 
+    /// Links between peers (each counted once per end): what a
+    /// recalculation walks.
+    pub fn link_ends(&self) -> usize {
+        self.adjacent.iter().map(Vec::len).sum()
+    }
+
     fn index_of(&self, p: PeerName) -> Option<u32> {
         self.names.binary_search(&p).ok().map(|i| i as u32)
     }

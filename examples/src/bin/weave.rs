@@ -289,7 +289,9 @@ struct RouterArgs {
     ipalloc_init: Option<String>,
     /// Use only the sleeve (a flag: it takes no value, so a peer after it
     /// stays a peer).
-    #[arg(long, env = "WEAVE_NO_FASTDP")]
+    /// WEAVE_NO_FASTDP set to anything but a false word (0, false, no,
+    /// off, n, f) means the same.
+    #[arg(long, env = "WEAVE_NO_FASTDP", value_parser = clap::builder::FalseyValueParser::new())]
     no_fastdp: bool,
     /// Overlay MTU.
     #[arg(long, env = "WEAVE_MTU", default_value_t = weave_dataplane::DEFAULT_MTU)]
