@@ -46,6 +46,10 @@ type Body = BoxBody<Bytes, hyper::Error>;
 pub struct ProxySettings {
     /// Where it listens (`DOCKER_HOST=unix://...`).
     pub socket: PathBuf,
+    /// TCP addresses it also listens on (`-H tcp://ADDR:PORT`; none by
+    /// default: whoever reaches it may use Docker, so only on a trusted
+    /// network).
+    pub tcp: Vec<std::net::SocketAddr>,
     /// dockerd's socket.
     pub docker: PathBuf,
     /// Show the weave address in `docker inspect`.
@@ -106,6 +110,7 @@ impl ProxySettings {
             .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
         Self {
             socket,
+            tcp: Vec::new(),
             docker,
             rewrite_inspect: false,
             default_ipalloc: true,
@@ -137,22 +142,42 @@ pub fn wait_then_exec(args: &[std::ffi::OsString]) -> std::io::Error {
 }
 
 /// Serve the proxy until the router is gone.
-pub async fn serve(router: Weak<Router>, s: Arc<ProxySettings>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(router: Weak<Router>, s: Arc<ProxySettings>) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&s.socket);
-    let listener = UnixListener::bind(&s.socket)?;
+    let unix = UnixListener::bind(&s.socket)?;
     // Whoever may use this socket may use Docker: as dockerd's own.
     std::fs::set_permissions(&s.socket, std::os::unix::fs::PermissionsExt::from_mode(0o660))?;
+    let mut tcp = Vec::new();
+    for a in &s.tcp {
+        tcp.push(tokio::net::TcpListener::bind(a).await?);
+    }
     attach_running(&router, &s).await;
-    Ok(tokio::spawn(async move {
+    let (r, s2) = (router.clone(), s.clone());
+    tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let (router, s) = (router.clone(), s.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| handle(router.clone(), s.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
-            });
+            if let Ok((stream, _)) = unix.accept().await {
+                serve_connection(r.clone(), s2.clone(), stream);
+            }
         }
-    }))
+    });
+    for l in tcp {
+        let (r, s2) = (router.clone(), s.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Ok((stream, _)) = l.accept().await {
+                    serve_connection(r.clone(), s2.clone(), stream);
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn serve_connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(router: Weak<Router>, s: Arc<ProxySettings>, stream: S) {
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(move |req| handle(router.clone(), s.clone(), req));
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+    });
 }
 
 /// Containers already running when the proxy starts are attached as if

@@ -358,7 +358,8 @@ fn docker_run_through_the_proxy_puts_containers_on_the_overlay_by_weave_cidr() {
     let d: Vec<Dockerd> = (1..=2).map(|i| Dockerd::start(&h.name(&format!("h{i}")), &h.dir.join(format!("docker{i}")))).collect();
     let weave = |i: usize, args: &[&str]| ok(h.weave_with(i, args, &[("DOCKER_HOST", &d[i - 1].host)]));
     let range = ["--ipalloc-range", "10.2.0.0/16", "--ipalloc-default-subnet", "10.2.1.0/24", "--ipalloc-init", "consensus=2", "--no-plugin"];
-    weave(1, &[&["launch", "--name", "::1", "--nickname", "h1"], &range[..]].concat());
+    let launch1 = || weave(1, &[&["launch", "--name", "::1", "--nickname", "h1", "--rewrite-inspect", "-H", "tcp://10.99.0.1:12375"], &range[..]].concat());
+    launch1();
     weave(2, &[&["launch", "--name", "::2", "--nickname", "h2"], &range[..], &["10.99.0.1"]].concat());
 
     // `weave env` / `weave config` / `weave env --restore`, as Weave prints them.
@@ -379,8 +380,11 @@ fn docker_run_through_the_proxy_puts_containers_on_the_overlay_by_weave_cidr() {
     ok(docker(1, &["run", "-d", "--name", &c1, IMAGE, "/bin/sleep", "600"]));
     let a1 = ps(1, &c1);
     assert!(a1.starts_with("10.2.1."), "c1 attached in the default subnet at start: {a1:?}");
-    let inspect = ok(docker(1, &["inspect", "-f", "{{.Config.Hostname}}.{{.Config.Domainname}}", &c1]));
-    assert_eq!(inspect.trim(), format!("{c1}.weave.local"));
+    let inspect = ok(docker(1, &["inspect", "-f", "{{.Config.Hostname}}.{{.Config.Domainname}} {{.NetworkSettings.IPAddress}}", &c1]));
+    assert_eq!(inspect.trim(), format!("{c1}.weave.local {a1}"), "hostname from the name; --rewrite-inspect shows the weave address");
+    // The proxy's TCP listener (-H tcp://...), from the other host.
+    let over_tcp = in_ns(&h.name("h2"), "docker").args(["-H", "tcp://10.99.0.1:12375", "ps", "--format", "{{.Names}}"]).output().unwrap();
+    assert!(ok(over_tcp).contains(&c1), "docker ps through the proxy's TCP listener");
     eventually(15, "host 2 learns c1's name", || ok(h.weave(2, &["dns-lookup", &c1])).trim() == a1);
     let run = docker(2, &["run", "--name", &c2, IMAGE, "ping", "-c", "1", "-W", "5", &c1]);
     assert!(run.status.success(), "c2 pings c1 by name across hosts: {}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
@@ -388,14 +392,13 @@ fn docker_run_through_the_proxy_puts_containers_on_the_overlay_by_weave_cidr() {
     assert!(ok(docker(2, &["logs", "-f", &c2])).contains("1 packets received"), "docker logs -f through the proxy");
     assert_eq!(ok(docker(1, &["exec", &c1, "cat", "/etc/hostname"])).trim(), c1, "docker exec through the proxy");
     // Both directions of a hijacked connection: stdin in, output back.
-    let mut cat = Command::new("docker")
-        .args(["-H", &proxies[0], "exec", "-i", &c1, "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cat = Command::new("docker").args(["-H", &proxies[0], "exec", "-i", &c1, "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     std::io::Write::write_all(&mut cat.stdin.take().unwrap(), b"through stdin\n").unwrap();
     assert_eq!(String::from_utf8_lossy(&cat.wait_with_output().unwrap().stdout).trim(), "through stdin", "docker exec -i through the proxy");
+    // A terminal (-t) through the hijacked connection, with `script`
+    // giving the client its pty.
+    let tty = Command::new("script").args(["-qec", &format!("docker -H {} exec -it {c1} echo tty-ok", proxies[0]), "/dev/null"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&tty.stdout).contains("tty-ok"), "docker exec -it through the proxy: {tty:?}");
     let c6 = name("c6");
     ok(docker(1, &["run", "-d", "--name", &c6, IMAGE, "sh", "-c", "sleep 3; echo attached-output"]));
     assert!(ok(docker(1, &["attach", "--no-stdin", &c6])).contains("attached-output"), "docker attach through the proxy");
@@ -427,6 +430,14 @@ fn docker_run_through_the_proxy_puts_containers_on_the_overlay_by_weave_cidr() {
     let c5 = name("c5");
     ok(docker(1, &["run", "-d", "--net", "host", "--name", &c5, IMAGE, "/bin/sleep", "600"]));
     assert!(ps(1, &c5).is_empty(), "--net=host is not attached");
+
+    // Containers that asked for the overlay while the router was down are
+    // attached when the proxy starts.
+    weave(1, &["stop"]);
+    let c7 = name("c7");
+    ok(d[0].docker(&["run", "-d", "-e", "WEAVE_CIDR=net:10.2.2.0/24", "--name", &c7, IMAGE, "/bin/sleep", "600"]));
+    launch1();
+    eventually(10, "c7 attached when the proxy started", || ps(1, &c7).starts_with("10.2.2."));
     for i in 1..=2 {
         ok(h.weave(i, &["reset"]));
     }

@@ -350,6 +350,11 @@ struct RouterArgs {
     /// Serve the Docker API proxy when Docker answers (`--proxy=false`: not).
     #[arg(long, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     proxy: bool,
+    /// Proxy: also listen here (`tcp://ADDR:PORT`; the unix socket in the
+    /// state directory is always served). Anyone who reaches it may use
+    /// Docker: a trusted network only.
+    #[arg(short = 'H', value_name = "tcp://ADDR:PORT")]
+    proxy_listen: Vec<String>,
     /// Proxy: show the weave address in `docker inspect`.
     #[arg(long)]
     rewrite_inspect: bool,
@@ -492,6 +497,10 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
     }
     let proxy = if a.proxy && !a.no_docker {
         let mut p = weave_examples::proxy::ProxySettings::new(weave_examples::proxy::socket_path(state_dir));
+        for h in &a.proxy_listen {
+            let addr = h.strip_prefix("tcp://").and_then(|x| x.parse().ok());
+            p.tcp.push(addr.ok_or_else(|| Fail(format!("invalid -H {h}: use tcp://ADDR:PORT (the unix socket is always served in the state directory)")))?);
+        }
         p.rewrite_inspect = a.rewrite_inspect;
         p.default_ipalloc = !a.no_default_ipalloc;
         p.hostname_from_label = a.hostname_from_label.clone();
