@@ -317,8 +317,9 @@ async fn create(router: &Weak<Router>, s: &ProxySettings, req: Request<Incoming>
             Ok(i) => i["Config"].clone(),
             Err(_) => Value::Null,
         };
-        let domain = router.upgrade().and_then(|r| r.config().dns.as_ref().map(|d| d.domain.trim_matches('.').to_owned()));
-        let dns = router.upgrade().and_then(|r| r.dns_address());
+        let r = router.upgrade();
+        let domain = r.as_ref().and_then(|r| r.config().dns.as_ref().map(|d| d.domain.trim_matches('.').to_owned()));
+        let dns = r.as_ref().and_then(|r| r.dns_address());
         rewrite_create(&mut v, s, name.as_deref(), &image_config, domain.as_deref(), dns, cidr.as_deref() != Some("none"));
     }
     let body = v.to_string();
