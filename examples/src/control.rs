@@ -440,21 +440,7 @@ impl pb::control_server::Control for Service {
     }
 
     async fn dns_entries(&self, _: Request<pb::Empty>) -> Result<Response<pb::DnsEntriesReply>, Status> {
-        let dns = self.router.dns().ok_or_else(|| Status::failed_precondition("weaveDNS is disabled (--no-dns)"))?;
-        let d = dns.current();
-        let entries = d
-            .store()
-            .entries()
-            .filter(|(_, v)| !v.is_tombstone())
-            .map(|(k, _)| pb::DnsEntry {
-                hostname: k.hostname.clone(),
-                addr: k.addr.to_string(),
-                container: crate::docker::display_id(&k.container).to_owned(),
-                origin: k.origin.to_string(),
-            })
-            .collect();
-        let address = self.router.config().dns.as_ref().map(|s| s.listen_for(self.router.config().name).to_string()).unwrap_or_default();
-        Ok(Response::new(pb::DnsEntriesReply { entries, domain: d.domain().to_owned(), address }))
+        dns_entries(&self.router).map(Response::new)
     }
 
     async fn rmpeer(&self, r: Request<pb::RmpeerRequest>) -> Result<Response<pb::RmpeerReply>, Status> {
@@ -518,32 +504,139 @@ impl pb::control_server::Control for Service {
     }
 
     async fn ipam_status(&self, _: Request<pb::Empty>) -> Result<Response<pb::IpamStatusReply>, Status> {
-        let ipam = self.router.ipam().ok_or_else(|| Status::failed_precondition("IPAM is disabled (--ipalloc-range=)"))?;
-        let ms = mesh_status(&self.router).await?;
-        let s = ipam.with(|i, _| i.status()).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut per: std::collections::BTreeMap<weave_core::PeerName, u64> = Default::default();
-        for (e, size) in sized_entries(&s) {
-            *per.entry(e.peer).or_default() += size;
-        }
-        let nick =
-            |n: weave_core::PeerName| ms.peers.iter().find(|p| p.name == n).map(|p| p.nickname.clone()).or_else(|| self.router.nickname(n)).unwrap_or_default();
-        let peers = per
-            .into_iter()
-            .map(|(p, ips)| pb::IpamPeer {
-                name: p.to_string(),
-                nickname: nick(p),
-                ips,
-                reachable: p == ms.name || ms.next_hops.contains_key(&p),
-                active: if p == ms.name { s.active_ips as u64 } else { 0 },
-            })
-            .collect();
-        Ok(Response::new(pb::IpamStatusReply { peers, total: s.range_num_ips }))
+        ipam_status(&self.router).await.map(Response::new)
     }
 
     async fn reset(&self, r: Request<pb::ResetRequest>) -> Result<Response<pb::ResetReply>, Status> {
         let (removed, heir) = self.router.reset(r.into_inner().force).await.map_err(to_status)?;
         Ok(Response::new(pb::ResetReply { removed, heir: heir.map(|h| h.to_string()).unwrap_or_default() }))
     }
+}
+
+/// Live weaveDNS entries, for `weave status dns`.
+pub fn dns_entries(router: &Router) -> Result<pb::DnsEntriesReply, Status> {
+    let dns = router.dns().ok_or_else(|| Status::failed_precondition("weaveDNS is disabled (--no-dns)"))?;
+    let d = dns.current();
+    let entries = d
+        .store()
+        .entries()
+        .filter(|(_, v)| !v.is_tombstone())
+        .map(|(k, _)| pb::DnsEntry {
+            hostname: k.hostname.clone(),
+            addr: k.addr.to_string(),
+            container: crate::docker::display_id(&k.container).to_owned(),
+            origin: k.origin.to_string(),
+        })
+        .collect();
+    let address = router.config().dns.as_ref().map(|s| s.listen_for(router.config().name).to_string()).unwrap_or_default();
+    Ok(pb::DnsEntriesReply { entries, domain: d.domain().to_owned(), address })
+}
+
+/// Each peer's share of the range, for `weave status ipam`.
+pub async fn ipam_status(router: &Router) -> Result<pb::IpamStatusReply, Status> {
+    let ipam = router.ipam().ok_or_else(|| Status::failed_precondition("IPAM is disabled (--ipalloc-range=)"))?;
+    let ms = mesh_status(router).await?;
+    let s = ipam.with(|i, _| i.status()).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut per: std::collections::BTreeMap<weave_core::PeerName, u64> = Default::default();
+    for (e, size) in sized_entries(&s) {
+        *per.entry(e.peer).or_default() += size;
+    }
+    let nick = |n: weave_core::PeerName| ms.peers.iter().find(|p| p.name == n).map(|p| p.nickname.clone()).or_else(|| router.nickname(n)).unwrap_or_default();
+    let peers = per
+        .into_iter()
+        .map(|(p, ips)| pb::IpamPeer {
+            name: p.to_string(),
+            nickname: nick(p),
+            ips,
+            reachable: p == ms.name || ms.next_hops.contains_key(&p),
+            active: if p == ms.name { s.active_ips as u64 } else { 0 },
+        })
+        .collect();
+    Ok(pb::IpamStatusReply { peers, total: s.range_num_ips })
+}
+
+/// `weave status connections`: one line per connection.
+pub fn render_connections(s: &pb::StatusReply) -> String {
+    let mut out = String::new();
+    for c in &s.connections {
+        let dir = if c.outbound { "->" } else { "<-" };
+        let enc = if c.encrypted { "encrypted" } else { "unencrypted" };
+        let peer = if c.peer_name.is_empty() { String::new() } else { format!("{}({})", c.peer_name, c.peer_nickname) };
+        let mut line = format!("{dir} {:<21} {:<11} {enc:<11} {:<6} {peer}", c.address, c.state, c.path);
+        if c.state == "established" {
+            line.push_str(&format!(" mtu={}", c.mtu));
+            if c.path == "sleeve" && !c.path_reason.is_empty() {
+                line.push_str(&format!(" fastdp=\"{}\"", c.path_reason));
+            }
+        }
+        if !c.info.is_empty() {
+            line.push_str(&format!(" {}", c.info));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `weave status targets`: as the user gave them.
+pub fn render_targets(s: &pb::StatusReply) -> String {
+    s.targets.iter().map(|t| format!("{t}\n")).collect()
+}
+
+/// `weave status peers`: each peer, then its connections.
+pub fn render_peers(s: &pb::StatusReply) -> String {
+    let mut out = String::new();
+    for p in &s.peers {
+        out.push_str(&format!("{}({})\n", p.name, p.nickname));
+        for c in &p.connections {
+            let state = if c.established { "established" } else { "pending" };
+            let dir = if c.outbound { "->" } else { "<-" };
+            out.push_str(&format!("   {dir} {:<21} {:<20} {state}\n", c.address, format!("{}({})", c.name, c.nickname)));
+        }
+    }
+    out
+}
+
+/// `weave status dns`: names in the domain without it, as Weave.
+pub fn render_dns(r: &pb::DnsEntriesReply) -> String {
+    let domain = format!(".{}", r.domain.trim_matches('.'));
+    r.entries
+        .iter()
+        .map(|e| {
+            let host = e.hostname.trim_end_matches('.');
+            format!("{:<24} {:<15} {:<20} {}\n", host.strip_suffix(domain.as_str()).unwrap_or(host), e.addr, e.container, e.origin)
+        })
+        .collect()
+}
+
+/// `weave status ipam`: each peer's share of the range.
+pub fn render_ipam(r: &pb::IpamStatusReply) -> String {
+    let mut out = String::new();
+    for p in &r.peers {
+        let pct = (p.ips as f64) * 100.0 / (r.total.max(1) as f64);
+        out.push_str(&format!("{}({})  {} IPs ({pct:.1}% of total)", p.name, p.nickname, p.ips));
+        if p.active > 0 {
+            out.push_str(&format!(" ({} active)", p.active));
+        }
+        if !p.reachable {
+            out.push_str(" - unreachable!");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `weave status SECTION` rendered in the router (for HTTP `/status/SECTION`);
+/// `None` for an unknown section.
+pub async fn render_section(router: &Router, section: &str) -> Option<Result<String, Status>> {
+    Some(match section {
+        "connections" => status(router).await.map(|s| render_connections(&s)),
+        "targets" => status(router).await.map(|s| render_targets(&s)),
+        "peers" => status(router).await.map(|s| render_peers(&s)),
+        "dns" => dns_entries(router).map(|r| render_dns(&r)),
+        "ipam" => ipam_status(router).await.map(|r| render_ipam(&r)),
+        _ => return None,
+    })
 }
 
 /// The container id of DNS entries added with `-h` and no container.

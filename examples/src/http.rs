@@ -166,7 +166,12 @@ async fn handle(router: Arc<Router>, only_metrics: bool, req: Request<hyper::bod
         "/status" => control::status_and_report(&router).await.map(|(s, rep)| ("text/plain; charset=utf-8", control::render_status(&s, &rep))),
         "/report" => control::report(&router).await.map(|v| ("application/json", serde_json::to_string_pretty(&v).unwrap_or_default())),
         "/metrics" => metrics(&router).await.map(|m| ("text/plain; version=0.0.4", m)),
-        _ => return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "not found: /status, /report, /metrics\n".into())),
+        // Weave's /status/<view>: what `weave status <view>` prints.
+        p if p.starts_with("/status/") => match control::render_section(&router, &p["/status/".len()..]).await {
+            Some(r) => r.map(|text| ("text/plain; charset=utf-8", text)),
+            None => return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "not found: /status/{connections,targets,peers,dns,ipam}\n".into())),
+        },
+        _ => return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "not found: /status, /status/VIEW, /report, /metrics\n".into())),
     };
     Ok(match r {
         Ok((ctype, body)) => reply(StatusCode::OK, ctype, body),

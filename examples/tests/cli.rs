@@ -123,6 +123,15 @@ fn launch_attach_ping_status_restart_stop() {
         assert!(page.contains(m), "{m} in\n{page}");
     }
     assert!(http_get(&h, 1, "/nope").starts_with("HTTP/1.1 404"));
+    // Weave's /status/<view> pages say what `weave status <view>` says.
+    for view in ["connections", "targets", "peers", "dns", "ipam"] {
+        let page = http_get(&h, 1, &format!("/status/{view}"));
+        let body = page.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        // (Host 1 was launched with no targets.)
+        assert!(page.starts_with("HTTP/1.1 200") && (view == "targets" || !body.is_empty()), "/status/{view}: {page}");
+        assert_eq!(body, ok(h.weave(1, &["status", view])), "/status/{view} and weave status {view}");
+    }
+    assert!(http_get(&h, 1, "/status/nope").starts_with("HTTP/1.1 404"));
 
     // Bad input: usage errors exit 2, unknown containers exit 1.
     assert_eq!(h.weave(1, &["attach"]).status.code(), Some(2));

@@ -51,6 +51,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let uid = weave_core::PeerUid::random(&mut weave_core::rng::from_os());
     let mut mesh_cfg = MeshConfig::new(name, "orchestrator", uid);
     mesh_cfg.identity = Some(identity);
+    // As the router: channel anti-entropy every few seconds (IPAM and DNS
+    // state is small), so what a channel refused while the topology was
+    // still forming (a name from a peer whose key it did not know yet)
+    // comes back within seconds rather than half a minute.
+    mesh_cfg.channel_gossip_interval = std::time::Duration::from_secs(5);
     let mesh = MeshBuilder::new(DriverConfig::new(mesh_cfg, listen))
         .channel(weave_ipam::channel::CHANNEL, Box::new(ipam))
         .channel(weave_dns::channel::CHANNEL, Box::new(dns))

@@ -876,62 +876,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     let report: serde_json::Value = serde_json::from_str(&c.report(pb::Empty {}).await.map_err(rpc_err)?.into_inner().json).unwrap_or_default();
                     print!("{}", control::render_status(&s, &report));
                 }
-                Some("connections") => {
-                    for c in &s.connections {
-                        let dir = if c.outbound { "->" } else { "<-" };
-                        let enc = if c.encrypted { "encrypted" } else { "unencrypted" };
-                        let peer = if c.peer_name.is_empty() { String::new() } else { format!("{}({})", c.peer_name, c.peer_nickname) };
-                        let mut line = format!("{dir} {:<21} {:<11} {enc:<11} {:<6} {peer}", c.address, c.state, c.path);
-                        if c.state == "established" {
-                            line.push_str(&format!(" mtu={}", c.mtu));
-                            if c.path == "sleeve" && !c.path_reason.is_empty() {
-                                line.push_str(&format!(" fastdp=\"{}\"", c.path_reason));
-                            }
-                        }
-                        if !c.info.is_empty() {
-                            line.push_str(&format!(" {}", c.info));
-                        }
-                        println!("{}", line.trim_end());
-                    }
-                }
-                Some("targets") => {
-                    for t in &s.targets {
-                        println!("{t}");
-                    }
-                }
-                Some("peers") => {
-                    for p in &s.peers {
-                        println!("{}({})", p.name, p.nickname);
-                        for c in &p.connections {
-                            let state = if c.established { "established" } else { "pending" };
-                            let dir = if c.outbound { "->" } else { "<-" };
-                            println!("   {dir} {:<21} {:<20} {state}", c.address, format!("{}({})", c.name, c.nickname));
-                        }
-                    }
-                }
-                Some("dns") => {
-                    let r = c.dns_entries(pb::Empty {}).await.map_err(rpc_err)?.into_inner();
-                    // As Weave: names in the domain without it.
-                    let domain = format!(".{}", r.domain.trim_matches('.'));
-                    for e in r.entries {
-                        let host = e.hostname.trim_end_matches('.');
-                        println!("{:<24} {:<15} {:<20} {}", host.strip_suffix(domain.as_str()).unwrap_or(host), e.addr, e.container, e.origin);
-                    }
-                }
-                Some("ipam") => {
-                    let r = c.ipam_status(pb::Empty {}).await.map_err(rpc_err)?.into_inner();
-                    for p in r.peers {
-                        let pct = (p.ips as f64) * 100.0 / (r.total.max(1) as f64);
-                        let mut line = format!("{}({})  {} IPs ({pct:.1}% of total)", p.name, p.nickname, p.ips);
-                        if p.active > 0 {
-                            line.push_str(&format!(" ({} active)", p.active));
-                        }
-                        if !p.reachable {
-                            line.push_str(" - unreachable!");
-                        }
-                        println!("{line}");
-                    }
-                }
+                Some("connections") => print!("{}", control::render_connections(&s)),
+                Some("targets") => print!("{}", control::render_targets(&s)),
+                Some("peers") => print!("{}", control::render_peers(&s)),
+                Some("dns") => print!("{}", control::render_dns(&c.dns_entries(pb::Empty {}).await.map_err(rpc_err)?.into_inner())),
+                Some("ipam") => print!("{}", control::render_ipam(&c.ipam_status(pb::Empty {}).await.map_err(rpc_err)?.into_inner())),
                 Some(other) => return Err(Fail(format!("status {other}: not available yet"))),
             }
             Ok(())
