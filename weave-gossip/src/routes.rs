@@ -67,18 +67,19 @@ impl Routes {
         Self::from_adjacency(ourself, adjacency)
     }
 
+    /// `adjacency` is symmetric (both callers build it so: a link is in
+    /// both its ends' lists), so its keys name every peer, in order.
     fn from_adjacency(ourself: PeerName, adjacency: BTreeMap<PeerName, Vec<PeerName>>) -> Self {
-        // A peer named only as a neighbour still gets a number.
-        let mut names: Vec<PeerName> = adjacency.keys().chain(adjacency.values().flatten()).copied().collect();
-        names.sort_unstable();
-        names.dedup();
-        let index = |p: &PeerName| names.binary_search(p).expect("numbered above") as u32;
-        let mut by_index: Vec<Vec<PeerName>> = vec![Vec::new(); names.len()];
-        for (p, mut v) in adjacency {
-            v.sort_unstable();
-            v.dedup();
-            by_index[index(&p) as usize] = v;
-        }
+        let names: Vec<PeerName> = adjacency.keys().copied().collect();
+        let index = |p: &PeerName| names.binary_search(p).expect("a symmetric adjacency names every neighbour") as u32;
+        let by_index: Vec<Vec<PeerName>> = adjacency
+            .into_values()
+            .map(|mut v| {
+                v.sort_unstable();
+                v.dedup();
+                v
+            })
+            .collect();
         let adjacent: Vec<Vec<u32>> = by_index.iter().map(|v| v.iter().map(index).collect()).collect();
         let mut routes = Self { ourself, names, adjacency: by_index, adjacent, next_hop: HashMap::new(), children: HashMap::new() };
         routes.next_hop = routes.first_hops();
