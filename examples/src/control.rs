@@ -196,6 +196,8 @@ pub async fn status_and_report(router: &Router) -> Result<(pb::StatusReply, serd
     let mut v = serde_json::json!({
         "Ready": true,
         "Version": VERSION,
+        // No version check is ever made (nothing calls out).
+        "VersionCheck": {"Enabled": false, "Success": false, "NewVersion": "", "NextCheckAt": "0001-01-01T00:00:00Z"},
         "Router": {
             "Name": st.name, "NickName": st.nickname, "Port": st.port,
             "Encryption": st.encryption, "PeerDiscovery": st.peer_discovery,
@@ -295,7 +297,12 @@ impl pb::control_server::Control for Service {
     }
 
     async fn detach(&self, r: Request<pb::DetachRequest>) -> Result<Response<pb::DetachReply>, Status> {
-        let r = r.into_inner();
+        let mut r = r.into_inner();
+        if r.addrs.is_empty() {
+            // As Weave: no address means the default subnet's, so what was
+            // given with ip: or net:CIDR stays.
+            r.addrs.push("net:default".into());
+        }
         let mut addrs = Vec::new();
         for a in &r.addrs {
             // A subnet (net:CIDR, net:default) means the container's
@@ -316,7 +323,8 @@ impl pb::control_server::Control for Service {
             let inside: Vec<ipnet::Ipv4Net> =
                 self.router.addresses_of(&r.container).await.map_err(to_status)?.into_iter().filter(|c| subnet.contains(&c.addr())).collect();
             if inside.is_empty() {
-                return Err(Status::not_found(format!("{} has no address in {subnet}", r.container)));
+                let what = if a == "net:default" { format!("the default subnet ({subnet})") } else { subnet.to_string() };
+                return Err(Status::not_found(format!("{} has no address in {what}", r.container)));
             }
             addrs.extend(inside);
         }
@@ -363,11 +371,14 @@ impl pb::control_server::Control for Service {
     }
 
     async fn hide(&self, r: Request<pb::HideRequest>) -> Result<Response<pb::ExposeReply>, Status> {
-        // An empty list hides everything; a subnet with nothing exposed in
-        // it hides nothing.
-        let r_was_empty = r.get_ref().addrs.is_empty();
+        // No address means the default subnet's, as Weave; a subnet with
+        // nothing exposed in it hides nothing.
+        let mut requested = r.into_inner().addrs;
+        if requested.is_empty() {
+            requested.push("net:default".into());
+        }
         let mut addrs = Vec::new();
-        for a in r.into_inner().addrs {
+        for a in requested {
             // A subnet means the host's addresses exposed in it.
             let subnet = match a.parse::<AddrSpec>() {
                 Ok(AddrSpec::Subnet(s)) => Some(s),
@@ -384,7 +395,7 @@ impl pb::control_server::Control for Service {
                 ip.split('/').next().unwrap_or(ip).parse::<std::net::Ipv4Addr>().map_err(|_| Status::invalid_argument(format!("invalid address {a:?}")))?,
             );
         }
-        if addrs.is_empty() && !r_was_empty {
+        if addrs.is_empty() {
             return Ok(Response::new(pb::ExposeReply { cidrs: Vec::new() }));
         }
         let cidrs = self.router.hide(&addrs).await.map_err(to_status)?;
@@ -550,8 +561,12 @@ pub async fn ipam_status(router: &Router) -> Result<pb::IpamStatusReply, Status>
             ips,
             reachable: p == ms.name || ms.next_hops.contains_key(&p),
             active: if p == ms.name { s.active_ips as u64 } else { 0 },
+            local: p == ms.name,
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // As Weave: this peer first, then the rest in name order.
+    let mut peers = peers;
+    peers.sort_by_key(|p| !p.local);
     Ok(pb::IpamStatusReply { peers, total: s.range_num_ips })
 }
 
@@ -583,7 +598,7 @@ pub fn render_targets(s: &pb::StatusReply) -> String {
     s.targets.iter().map(|t| format!("{t}\n")).collect()
 }
 
-/// `weave status peers`: each peer, then its connections.
+/// `weave status peers`: each peer, then its connections (Weave's widths).
 pub fn render_peers(s: &pb::StatusReply) -> String {
     let mut out = String::new();
     for p in &s.peers {
@@ -591,36 +606,41 @@ pub fn render_peers(s: &pb::StatusReply) -> String {
         for c in &p.connections {
             let state = if c.established { "established" } else { "pending" };
             let dir = if c.outbound { "->" } else { "<-" };
-            out.push_str(&format!("   {dir} {:<21} {:<20} {state}\n", c.address, format!("{}({})", c.name, c.nickname)));
+            out.push_str(&format!("   {dir} {:<21} {:<37} {state}\n", c.address, format!("{}({})", c.name, c.nickname)));
         }
     }
     out
 }
 
-/// `weave status dns`: names in the domain without it, as Weave.
+/// `weave status dns`: names in the domain without it, as Weave, in its
+/// columns (12, 15, and the ID right-aligned in 12; a netns name longer
+/// than a Docker short ID is shown whole rather than cut).
 pub fn render_dns(r: &pb::DnsEntriesReply) -> String {
     let domain = format!(".{}", r.domain.trim_matches('.'));
     r.entries
         .iter()
         .map(|e| {
             let host = e.hostname.trim_end_matches('.');
-            format!("{:<24} {:<15} {:<20} {}\n", host.strip_suffix(domain.as_str()).unwrap_or(host), e.addr, e.container, e.origin)
+            format!("{:<12} {:<15} {:>12} {}\n", host.strip_suffix(domain.as_str()).unwrap_or(host), e.addr, e.container, e.origin)
         })
         .collect()
 }
 
-/// `weave status ipam`: each peer's share of the range.
+/// `weave status ipam`: each peer's share of the range, this peer first
+/// with its active count, unreachable ones marked, in Weave's columns.
 pub fn render_ipam(r: &pb::IpamStatusReply) -> String {
     let mut out = String::new();
     for p in &r.peers {
         let pct = (p.ips as f64) * 100.0 / (r.total.max(1) as f64);
-        out.push_str(&format!("{}({})  {} IPs ({pct:.1}% of total)", p.name, p.nickname, p.ips));
-        if p.active > 0 {
-            out.push_str(&format!(" ({} active)", p.active));
-        }
-        if !p.reachable {
-            out.push_str(" - unreachable!");
-        }
+        let info = if p.local {
+            format!("({} active)", p.active)
+        } else if !p.reachable {
+            "- unreachable!".to_owned()
+        } else {
+            String::new()
+        };
+        let line = format!("{:<37} {:>8} IPs ({pct:04.1}% of total) {info}", format!("{}({})", p.name, p.nickname), p.ips);
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
@@ -707,27 +727,35 @@ pub fn render_status(s: &pb::StatusReply, report: &serde_json::Value) -> String 
     let mut kv = |k: &str, v: &str| {
         let _ = if k.is_empty() { writeln!(out) } else { writeln!(out, "{k:>15}: {v}") };
     };
-    kv("Version", &s.version);
+    // This router never calls out for a version check: Weave prints this
+    // when its check is off.
+    kv("Version", &format!("{} (version check update disabled)", s.version));
     kv("", "");
     kv("Service", "router");
-    kv("Protocol", &format!("weave {}..{}", weave_gossip::link::PROTOCOL_MIN, weave_gossip::link::PROTOCOL_MAX));
+    let (min, max) = (weave_gossip::link::PROTOCOL_MIN, weave_gossip::link::PROTOCOL_MAX);
+    kv("Protocol", &if min == max { format!("weave {max}") } else { format!("weave {min}..{max}") });
     kv("Name", &format!("{}({})", s.name, s.nickname));
     kv("Encryption", if s.encryption { "enabled" } else { "disabled" });
     kv("PeerDiscovery", if s.peer_discovery { "enabled" } else { "disabled" });
     kv("Targets", &s.targets.len().to_string());
-    let count = |st: &str| s.connections.iter().filter(|c| c.state == st).count();
-    let mut parts = vec![format!("{} established", count("established"))];
-    for st in ["pending", "retrying", "failed", "connecting"] {
-        let n = count(st);
-        if n > 0 {
-            parts.push(format!("{n} {st}"));
+    // As Weave's template: a count, then the non-zero counts per state in
+    // its order, in parentheses when there are any.
+    let counted = |n: usize, counts: Vec<(usize, &str)>, wrap: &dyn Fn(String) -> String| {
+        let parts: Vec<String> = counts.into_iter().filter(|(c, _)| *c > 0).map(|(c, st)| format!("{c} {st}")).collect();
+        if parts.is_empty() {
+            n.to_string()
+        } else {
+            format!("{n} {}", wrap(parts.join(", ")))
         }
-    }
-    kv("Connections", &format!("{} ({})", s.connections.len(), parts.join(", ")));
-    // As Weave counts: every established connection every peer reports.
-    let est: usize = s.peers.iter().map(|p| p.connections.iter().filter(|c| c.established).count()).sum();
-    // As Weave's template: the count alone while nothing is established.
-    kv("Peers", &if est == 0 { s.peers.len().to_string() } else { format!("{} (with {est} established connections)", s.peers.len()) });
+    };
+    let states = ["established", "pending", "retrying", "failed", "connecting"];
+    let per_state = states.iter().map(|st| (s.connections.iter().filter(|c| c.state == *st).count(), *st)).collect();
+    kv("Connections", &counted(s.connections.len(), per_state, &|p| format!("({p})")));
+    // Every connection every peer reports, established or pending.
+    let all = s.peers.iter().flat_map(|p| &p.connections);
+    let est = all.clone().filter(|c| c.established).count();
+    let pending = all.count() - est;
+    kv("Peers", &counted(s.peers.len(), vec![(est, "established"), (pending, "pending")], &|p| format!("(with {p} connections)")));
     kv("TrustedSubnets", &if s.trusted_subnets.is_empty() { "none".to_owned() } else { s.trusted_subnets.join(", ") });
     if let Some(ipam) = report.get("IPAM") {
         kv("", "");
@@ -741,7 +769,7 @@ pub fn render_status(s: &pb::StatusReply, report: &serde_json::Value) -> String 
         kv("Service", "dns");
         kv("Domain", dns["Domain"].as_str().unwrap_or(""));
         let up: Vec<&str> = dns["Upstream"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-        kv("Upstream", &up.join(", "));
+        kv("Upstream", &if up.is_empty() { "none".to_owned() } else { up.join(", ") });
         kv("TTL", &dns["TTL"].to_string());
         let live = dns["Entries"].as_array().map_or(0, |a| a.iter().filter(|e| e["Tombstone"].as_u64() == Some(0)).count());
         kv("Entries", &live.to_string());

@@ -143,13 +143,21 @@ impl Router {
     }
 
     /// `weave detach`: remove these addresses (all when empty); free them.
+    /// The CLI never sends an empty list (it means `net:default` there).
     pub async fn detach(&self, container: &str, addrs: &[Ipv4Net]) -> Result<Vec<Ipv4Net>, RouterError> {
         let t = self.resolve(container).await?;
         let _busy = self.busy(&t.id).await;
         let victims = self.detach_target(&t, "ethwe", addrs).await?;
         let mut tr = lock(&self.tracked);
         if let Some(e) = tr.get_mut(&t.id) {
-            e.specs.retain(|s| !matches!(s, AddrSpec::Exact(n) if victims.contains(n)));
+            // What was detached is not attached again after a restart.
+            let hit = |subnet: Option<Ipv4Net>| subnet.is_some_and(|s| victims.iter().any(|v| s.contains(&v.addr())));
+            let default = self.default_subnet();
+            e.specs.retain(|s| match s {
+                AddrSpec::Exact(n) => !victims.contains(n),
+                AddrSpec::Subnet(s) => !hit(Some(*s)),
+                AddrSpec::Default => !hit(default),
+            });
             if addrs.is_empty() || e.specs.is_empty() {
                 tr.remove(&t.id);
             }
