@@ -258,6 +258,13 @@ impl Netlink {
 
     /// Create the bridge if missing (idempotent), set its MTU, bring it up.
     pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<LinkId, PlumbError> {
+        self.ensure_bridge_with_mac(name, mtu, None).await
+    }
+
+    /// [`Self::ensure_bridge`], giving a bridge it creates the MAC `mac` (an
+    /// existing bridge keeps its own): Weave gives its bridge the peer
+    /// name, so that the name can be read back from it after a restart.
+    pub async fn ensure_bridge_with_mac(&self, name: &str, mtu: u32, mac: Option<[u8; 6]>) -> Result<LinkId, PlumbError> {
         match self.link(name).await? {
             Some(id) if id.kind.as_deref() != Some("bridge") => {
                 return Err(PlumbError {
@@ -269,7 +276,11 @@ impl Netlink {
             None => {
                 // Forwarding starts at once (no STP delay); the MAC stays
                 // fixed whatever ports join.
-                let msg = LinkBridge::new(name).mtu(mtu).forward_delay(0).build();
+                let mut msg = LinkBridge::new(name).mtu(mtu).forward_delay(0);
+                if let Some(mac) = mac {
+                    msg = msg.address(mac.to_vec());
+                }
+                let msg = msg.build();
                 match self.handle.link().add(msg).execute().await {
                     Ok(()) => {}
                     Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}

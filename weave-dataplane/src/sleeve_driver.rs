@@ -372,8 +372,9 @@ impl Drop for SleeveDataplane {
 
 /// Put back what belongs on the bridge: the TAP and VXLAN devices
 /// (isolated) and container links (`vethwe*`).
-pub async fn restore_bridge(nl: &crate::netlink::Netlink, bridge: &str, mtu: u32) -> Result<(), crate::PlumbError> {
-    let b = nl.ensure_bridge(bridge, mtu).await?;
+/// A bridge made here gets `mac` (the peer name, as Weave's).
+pub async fn restore_bridge(nl: &crate::netlink::Netlink, bridge: &str, mtu: u32, mac: Option<[u8; 6]>) -> Result<(), crate::PlumbError> {
+    let b = nl.ensure_bridge_with_mac(bridge, mtu, mac).await?;
     for (name, id) in nl.links().await? {
         if id.controller == Some(b.index) {
             continue;
@@ -386,14 +387,14 @@ pub async fn restore_bridge(nl: &crate::netlink::Netlink, bridge: &str, mtu: u32
     Ok(())
 }
 
-async fn watchdog(nl: crate::netlink::Netlink, bridge: String, mtu: u32) {
+async fn watchdog(nl: crate::netlink::Netlink, bridge: String, mtu: u32, mac: Option<[u8; 6]>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         match nl.link(&bridge).await {
             Ok(Some(_)) => {}
             Ok(None) => {
                 tracing::warn!(%bridge, "bridge deleted; recreating it");
-                if let Err(e) = restore_bridge(&nl, &bridge, mtu).await {
+                if let Err(e) = restore_bridge(&nl, &bridge, mtu, mac).await {
                     tracing::error!(%bridge, error = %e, "cannot recreate the bridge");
                 }
             }
@@ -432,10 +433,13 @@ impl DataplaneConfig {
 impl SleeveDataplane {
     /// Ensure the bridge, start the sleeve and put its TAP on the bridge.
     pub async fn start(nl: &crate::netlink::Netlink, cfg: &DataplaneConfig) -> Result<Self, crate::DataplaneError> {
-        nl.ensure_bridge(&cfg.bridge, cfg.mtu).await?;
+        // Weave's bridge MAC is the peer name; a name that is no unicast
+        // MAC leaves the kernel to choose.
+        let mac = Some(cfg.sleeve.ourself.octets()).filter(|m| m[0] & 1 == 0 && *m != [0; 6]);
+        nl.ensure_bridge_with_mac(&cfg.bridge, cfg.mtu, mac).await?;
         let driver = SleeveDriver::start(Sleeve::new(cfg.sleeve.clone()), &cfg.netns, TAP_NAME, cfg.listen)?;
-        restore_bridge(nl, &cfg.bridge, cfg.mtu).await?;
-        let watchdog = tokio::spawn(watchdog(nl.clone(), cfg.bridge.clone(), cfg.mtu));
+        restore_bridge(nl, &cfg.bridge, cfg.mtu, mac).await?;
+        let watchdog = tokio::spawn(watchdog(nl.clone(), cfg.bridge.clone(), cfg.mtu, mac));
         let firewall = crate::firewall::follow(cfg.netns.clone(), cfg.bridge.clone(), cfg.listen.port())
             .map_err(|source| crate::PlumbError { op: "follow the host firewall".into(), source })?;
         Ok(Self { driver, watchdog, firewall })

@@ -616,7 +616,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Cni { .. } => unreachable!("handled in main"),
         Cmd::Router(a) => {
             need_root()?;
-            let cfg = router_config(&state, &a)?;
+            let mut cfg = router_config(&state, &a)?;
+            if a.name.is_none() {
+                cfg.name = weave_examples::router::host_peer_name(&state, &cfg.bridge).await;
+            }
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .with_ansi(false)

@@ -336,7 +336,11 @@ impl Router {
 /// A peer name stable per host and namespace: from the machine id and the
 /// namespace's inode, as Weave derives it from the machine id.
 pub fn default_peer_name() -> PeerName {
-    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    peer_name_from_machine_id(&std::fs::read_to_string("/etc/machine-id").unwrap_or_default())
+}
+
+/// [`default_peer_name`] for this machine id (in this namespace).
+pub fn peer_name_from_machine_id(machine: &str) -> PeerName {
     let ns = std::fs::read_link("/proc/self/ns/net").map(|p| p.display().to_string()).unwrap_or_default();
     // FNV-1a: the same name for the same host and namespace, whatever the
     // build.
@@ -348,6 +352,28 @@ pub fn default_peer_name() -> PeerName {
     // Locally administered unicast, like Weave's.
     let v = (h & 0x0000_feff_ffff_ffff) | 0x0000_0200_0000_0000;
     PeerName::from_u64(v).expect("48 bits")
+}
+
+/// The peer name when `--name` is not given, as Weave derives it: the MAC
+/// of an existing `bridge` (the router gives its bridge the peer name when
+/// it makes it, so a host keeps its name across restarts and machine-id
+/// changes); without a bridge, the name saved in `state_dir` if it is the
+/// one derived from a blank machine id (Weave's rule for names made before
+/// it used the machine id); else [`default_peer_name`]. After `weave reset`
+/// (no bridge, no saved name) a host gets the name of its machine id.
+pub async fn host_peer_name(state_dir: &std::path::Path, bridge: &str) -> PeerName {
+    if let Ok(nl) = weave_dataplane::netlink::Netlink::connect(&Netns::current()).await {
+        if let Ok(Some(link)) = nl.link(bridge).await {
+            if link.kind.as_deref() == Some("bridge") && link.mac != [0; 6] {
+                return PeerName::from_octets(link.mac);
+            }
+        }
+    }
+    let saved = std::fs::read_to_string(state_dir.join(NAME_FILE)).ok().and_then(|n| n.trim().parse::<PeerName>().ok());
+    match saved {
+        Some(n) if n == peer_name_from_machine_id("") => n,
+        _ => default_peer_name(),
+    }
 }
 
 /// The address part of an IPv4 CIDR.
