@@ -30,15 +30,17 @@ pub(crate) struct Hosts {
     pub(crate) prefix: String,
     pub(crate) namespaces: Vec<String>,
     pub(crate) dir: PathBuf,
+    /// How many hosts (`h1`..`hN`, underlay addresses 10.99.0.1..N).
+    pub(crate) count: usize,
 }
 
 impl Drop for Hosts {
     fn drop(&mut self) {
-        for i in 1..=2 {
+        for i in 1..=self.count {
             let _ = self.weave(i, &["stop"]);
         }
         if std::thread::panicking() {
-            for i in 1..=2 {
+            for i in 1..=self.count {
                 let log = self.state(i).join("weave.log");
                 eprintln!("--- {}:\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
             }
@@ -59,17 +61,38 @@ pub(crate) fn ok(out: Output) -> String {
 }
 
 impl Hosts {
+    /// Two hosts joined by a veth pair.
     pub(crate) fn new() -> Self {
+        Self::with(2)
+    }
+
+    /// `count` hosts: two are joined by a veth pair; more hang off a bridge
+    /// in a namespace of its own (`ul`). Host i's underlay interface is
+    /// `ui` with 10.99.0.i/24.
+    pub(crate) fn with(count: usize) -> Self {
         let prefix = format!("wvcli{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut h = Self { prefix, namespaces: Vec::new(), dir };
-        let (h1, h2) = (h.ns("h1"), h.ns("h2"));
-        ok(Command::new("ip").args(["link", "add", "u1", "netns", &h1, "type", "veth", "peer", "name", "u2", "netns", &h2]).output().unwrap());
-        for (ns, dev, addr) in [(&h1, "u1", "10.99.0.1/24"), (&h2, "u2", "10.99.0.2/24")] {
-            ok(Command::new("ip").args(["-n", ns, "addr", "add", addr, "dev", dev]).output().unwrap());
-            ok(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]).output().unwrap());
-            ok(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]).output().unwrap());
+        let mut h = Self { prefix, namespaces: Vec::new(), dir, count };
+        let hosts: Vec<String> = (1..=count).map(|i| h.ns(&format!("h{i}"))).collect();
+        let ip = |args: &[&str]| ok(Command::new("ip").args(args).output().unwrap());
+        if count == 2 {
+            ip(&["link", "add", "u1", "netns", &hosts[0], "type", "veth", "peer", "name", "u2", "netns", &hosts[1]]);
+        } else {
+            let ul = h.ns("ul");
+            ip(&["-n", &ul, "link", "add", "name", "ulbr", "type", "bridge"]);
+            ip(&["-n", &ul, "link", "set", "dev", "ulbr", "up"]);
+            for (i, ns) in hosts.iter().enumerate() {
+                let (dev, port) = (format!("u{}", i + 1), format!("p{}", i + 1));
+                ip(&["link", "add", &dev, "netns", ns, "type", "veth", "peer", "name", &port, "netns", &ul]);
+                ip(&["-n", &ul, "link", "set", &port, "master", "ulbr", "up"]);
+            }
+        }
+        for (i, ns) in hosts.iter().enumerate() {
+            let (dev, addr) = (format!("u{}", i + 1), format!("10.99.0.{}/24", i + 1));
+            ip(&["-n", ns, "addr", "add", &addr, "dev", &dev]);
+            ip(&["-n", ns, "link", "set", &dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
         h
     }
