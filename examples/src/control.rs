@@ -293,6 +293,9 @@ impl pb::control_server::Control for Service {
         let specs = r.addrs.iter().map(|a| a.parse::<AddrSpec>()).collect::<Result<Vec<_>, _>>().map_err(Status::invalid_argument)?;
         let hostname = (!r.hostname.is_empty()).then_some(r.hostname.as_str());
         let cidrs = self.router.attach_with_dns(&r.container, &specs, !r.no_multicast_route, !r.without_dns, hostname).await.map_err(to_status)?;
+        if r.rewrite_hosts {
+            self.router.rewrite_hosts(&r.container, &cidrs, hostname, &r.add_hosts).await.map_err(to_status)?;
+        }
         Ok(Response::new(pb::AttachReply { cidrs: cidrs.iter().map(ToString::to_string).collect() }))
     }
 

@@ -29,6 +29,10 @@ pub struct DockerContainer {
     pub pid: Option<u32>,
     /// The file Docker bind-mounts as its `/etc/resolv.conf`.
     pub resolv_conf: Option<PathBuf>,
+    /// The file Docker bind-mounts as its `/etc/hosts`.
+    pub hosts: Option<PathBuf>,
+    /// Its hostname and domain name, as `HOST.DOMAIN` (Weave's fqdn).
+    pub fqdn: String,
     /// Its addresses on each Docker network, by network ID.
     pub networks: HashMap<String, Ipv4Net>,
 }
@@ -107,6 +111,8 @@ impl Docker {
                     name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
                     pid,
                     resolv_conf: c.resolv_conf_path.filter(|p| !p.is_empty()).map(PathBuf::from),
+                    hosts: c.hosts_path.filter(|p| !p.is_empty()).map(PathBuf::from),
+                    fqdn: c.config.map(|k| format!("{}.{}", k.hostname.unwrap_or_default(), k.domainname.unwrap_or_default())).unwrap_or_default(),
                     networks,
                 }))
             }

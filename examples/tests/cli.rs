@@ -125,11 +125,23 @@ fn launch_attach_ping_status_restart_stop() {
     assert!(http_get(&h, 1, "/nope").starts_with("HTTP/1.1 404"));
     // Weave's /status/<view> pages say what `weave status <view>` says.
     for view in ["connections", "targets", "peers", "dns", "ipam"] {
-        let page = http_get(&h, 1, &format!("/status/{view}"));
-        let body = page.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-        // (Host 1 was launched with no targets.)
-        assert!(page.starts_with("HTTP/1.1 200") && (view == "targets" || !body.is_empty()), "/status/{view}: {page}");
-        assert_eq!(body, ok(h.weave(1, &["status", view])), "/status/{view} and weave status {view}");
+        // The mesh may change between the two looks (a connection being
+        // retried): compare until two consecutive looks agree.
+        let mut last = None;
+        for _ in 0..10 {
+            let page = http_get(&h, 1, &format!("/status/{view}"));
+            let body = page.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+            // (Host 1 was launched with no targets.)
+            assert!(page.starts_with("HTTP/1.1 200") && (view == "targets" || !body.is_empty()), "/status/{view}: {page}");
+            let cli = ok(h.weave(1, &["status", view]));
+            if body == cli {
+                last = None;
+                break;
+            }
+            last = Some((body, cli));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(last.is_none(), "/status/{view} and weave status {view} differ: {last:?}");
     }
     assert!(http_get(&h, 1, "/status/nope").starts_with("HTTP/1.1 404"));
 

@@ -76,6 +76,12 @@ enum Cmd {
         /// Do not route 224.0.0.0/4 through the overlay.
         #[arg(long)]
         no_multicast_route: bool,
+        /// Rewrite the container's /etc/hosts with its name and addresses.
+        #[arg(long)]
+        rewrite_hosts: bool,
+        /// NAME:ADDR for the rewritten /etc/hosts (with --rewrite-hosts).
+        #[arg(long = "add-host", value_name = "NAME:ADDR", value_parser = parse_add_host, requires = "rewrite_hosts")]
+        add_hosts: Vec<String>,
         /// [ip:]CIDR, net:CIDR or net:default..., then the container.
         #[arg(required = true, num_args = 1..)]
         args: Vec<String>,
@@ -456,6 +462,14 @@ fn init_mode(spec: Option<&str>, peers: usize) -> Result<InitMode, Fail> {
     }
 }
 
+/// `--add-host NAME:ADDR`: a host name and an IP address.
+fn parse_add_host(v: &str) -> Result<String, String> {
+    match v.split_once(':') {
+        Some((name, addr)) if !name.is_empty() && !name.contains(char::is_whitespace) && addr.parse::<std::net::IpAddr>().is_ok() => Ok(v.to_owned()),
+        _ => Err(format!("{v:?} is not NAME:ADDR (e.g. db.example:10.9.9.9)")),
+    }
+}
+
 fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail> {
     let mut peers = a.peers.clone();
     if a.resume && !peers.is_empty() {
@@ -734,11 +748,19 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             client(&state).await?.forget(pb::ForgetRequest { peers }).await.map_err(rpc_err)?;
             Ok(())
         }
-        Cmd::Attach { without_dns, hostname, no_multicast_route, mut args, .. } => {
+        Cmd::Attach { without_dns, hostname, no_multicast_route, rewrite_hosts, add_hosts, mut args, .. } => {
             let container = args.pop().expect("required");
             let r = client(&state)
                 .await?
-                .attach(pb::AttachRequest { container, addrs: args, without_dns, hostname: hostname.unwrap_or_default(), no_multicast_route })
+                .attach(pb::AttachRequest {
+                    container,
+                    addrs: args,
+                    without_dns,
+                    hostname: hostname.unwrap_or_default(),
+                    no_multicast_route,
+                    rewrite_hosts,
+                    add_hosts,
+                })
                 .await
                 .map_err(rpc_err)?;
             println!("{}", bare(&r.into_inner().cidrs));

@@ -59,10 +59,48 @@ impl Router {
             e.hostname = hostname.map(str::to_owned);
             save_tracked(&self.cfg.state_dir, &tr);
         }
+        {
+            let mut cs = self.containers.lock().await;
+            if let Some(c) = cs.get_mut(&t.id) {
+                c.dns = dns;
+                c.hostname = hostname.filter(|h| !h.is_empty()).map(str::to_owned);
+                self.save_attached(&cs);
+            }
+        }
         if dns {
             self.register_dns(&t, &cidrs, hostname).await?;
         }
         Ok(cidrs)
+    }
+
+    /// `weave attach --rewrite-hosts [--add-host NAME:ADDR]...`: the
+    /// container's `/etc/hosts` in Weave's layout, naming `cidrs` by its
+    /// DNS name (`-h`, else its Docker hostname or `NAME.DOMAIN`). A Docker
+    /// container's file is written in place (the container sees it), then
+    /// replaced by a new file, as Weave does, so that Docker stops updating
+    /// it; a named namespace gets `/etc/netns/NAME/hosts`.
+    pub async fn rewrite_hosts(&self, container: &str, cidrs: &[Ipv4Net], hostname: Option<&str>, extra: &[String]) -> Result<(), RouterError> {
+        let t = self.resolve(container).await?;
+        let addrs: Vec<IpAddr> = cidrs.iter().map(|c| IpAddr::V4(c.addr())).collect();
+        let named = |fqdn: String| hostname.filter(|h| !h.is_empty()).map(str::to_owned).unwrap_or(fqdn);
+        let fail = |e: std::io::Error| RouterError::Invalid(format!("cannot write the container's hosts file: {e}"));
+        match &t.docker {
+            Some(d) => {
+                let path = d.hosts.as_ref().ok_or_else(|| RouterError::Invalid(format!("Docker keeps no hosts file for {}", t.name)))?;
+                let text = weave_dns::resolv::hosts_file(&named(d.fqdn.clone()), &addrs, extra);
+                std::fs::write(path, &text).map_err(fail)?;
+                std::fs::remove_file(path).map_err(fail)?;
+                std::fs::write(path, &text).map_err(fail)
+            }
+            None if !t.id.starts_with('/') && !t.id.starts_with("pid:") => {
+                let fqdn = named(self.dns_name(&t.name, None).unwrap_or_else(|| t.name.clone()));
+                note_resolv_conf(&self.cfg.state_dir, &t.id);
+                weave_dns::resolv::write_netns_hosts(std::path::Path::new("/etc/netns"), &t.id, &weave_dns::resolv::hosts_file(&fqdn, &addrs, extra))
+                    .map(drop)
+                    .map_err(fail)
+            }
+            None => Err(RouterError::Invalid("--rewrite-hosts needs a Docker container or a named network namespace".into())),
+        }
     }
 
     /// Names for `cidrs` of an attached container, the route to this
@@ -127,6 +165,8 @@ impl Router {
             mac: attached.mac,
             cidrs: Vec::new(),
             ifname: ifname.to_owned(),
+            dns: false,
+            hostname: None,
         });
         entry.mac = attached.mac;
         entry.netns = ns;

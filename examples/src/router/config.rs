@@ -139,6 +139,11 @@ pub struct Container {
     pub cidrs: Vec<Ipv4Net>,
     /// The interface inside (`ethwe`, or a CNI pod's `CNI_IFNAME`).
     pub ifname: String,
+    /// It asked for a DNS name (`attach` without `--without-dns`): kept,
+    /// so a router started later with DNS names it (as Weave does).
+    pub dns: bool,
+    /// The `-h` name it asked for, if any.
+    pub hostname: Option<String>,
 }
 
 /// A router failure, with what to do about it.

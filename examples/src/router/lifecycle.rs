@@ -15,15 +15,14 @@ impl Router {
         fn netns_id(id: &str) -> bool {
             !crate::docker::is_container_id(id) && !id.starts_with("weave:") && !id.starts_with(CNI_PREFIX)
         }
-        // id -> (namespace path if recorded, interface)
-        let mut candidates: BTreeMap<String, (Option<String>, String)> = load_attached(&self.cfg.state_dir);
+        let mut candidates: BTreeMap<String, Attached> = load_attached(&self.cfg.state_dir);
         for id in self.owned().await.into_keys().filter(|id| netns_id(id)) {
-            candidates.entry(id).or_insert((None, "ethwe".into()));
+            candidates.entry(id).or_default();
         }
         // Containers IPAM learnt of only from their host ends (its state
         // was lost): reclaimed, and followed from now on.
         for (id, _) in found.into_iter().filter(|(id, _)| netns_id(id)) {
-            candidates.entry(id).or_insert((None, "ethwe".into()));
+            candidates.entry(id).or_default();
         }
         let named: Vec<String> = match &self.dns {
             Some(d) => d.names().current().store().own_live().into_iter().map(|e| e.key.container).filter(|c| netns_id(c)).collect(),
@@ -36,7 +35,8 @@ impl Router {
         }
         let Ok(links) = self.nl.links().await else { return };
         let present: std::collections::BTreeSet<String> = links.into_iter().map(|(n, _)| n).collect();
-        for (id, (path, ifname)) in candidates {
+        let mut unnamed = Vec::new();
+        for (id, Attached { netns: path, ifname, dns, hostname }) in candidates {
             if !present.contains(&netlink::host_ifname(&id)) {
                 self.release_gone(&id).await;
                 continue;
@@ -56,9 +56,23 @@ impl Router {
                 cidrs =
                     c.addresses(link.index).await.unwrap_or_default().into_iter().filter_map(|a| if let IpNet::V4(v) = a { Some(v) } else { None }).collect();
             }
-            self.containers.lock().await.insert(id.clone(), Container { id, netns: ns, mac: link.mac, cidrs, ifname });
+            if dns {
+                unnamed.push((id.clone(), cidrs.clone(), hostname.clone()));
+            }
+            self.containers.lock().await.insert(id.clone(), Container { id, netns: ns, mac: link.mac, cidrs, ifname, dns, hostname });
         }
         self.save_attached(&*self.containers.lock().await);
+        // Containers that asked for a name and have none (attached while
+        // DNS was off) are named now, as Weave names running containers at
+        // launch.
+        let Some(d) = &self.dns else { return };
+        let named: std::collections::BTreeSet<String> = d.names().current().store().own_live().into_iter().map(|e| e.key.container).collect();
+        for (id, cidrs, hostname) in unnamed.into_iter().filter(|(id, ..)| !named.contains(id)) {
+            let Ok(t) = self.resolve(&id).await else { continue };
+            if let Err(e) = self.register_dns(&t, &cidrs, hostname.as_deref()).await {
+                tracing::warn!(container = %id, error = %e, "cannot name an attached container");
+            }
+        }
     }
 
     /// Give up everything held for a container: its addresses, names and
@@ -101,7 +115,10 @@ impl Router {
         let m: serde_json::Map<String, serde_json::Value> = cs
             .values()
             .filter(|c| !crate::docker::is_container_id(&c.id))
-            .filter_map(|c| Some((c.id.clone(), serde_json::json!({ "netns": c.netns.path()?.to_str()?, "ifname": c.ifname }))))
+            .filter_map(|c| {
+                let v = serde_json::json!({ "netns": c.netns.path()?.to_str()?, "ifname": c.ifname, "dns": c.dns, "hostname": c.hostname });
+                Some((c.id.clone(), v))
+            })
             .collect();
         let path = self.cfg.state_dir.join(ATTACHED_FILE);
         if let Err(e) = weave_core::fs::write_atomically(&path, serde_json::Value::Object(m).to_string().as_bytes()) {
@@ -236,7 +253,26 @@ pub(super) fn reclaim(ipam: &mut Ipam, mut found: Vec<(String, Ipv4Net)>, plugin
 
 /// Containers with a veth of ours, as [`Router::save_attached`] left
 /// them: id -> (namespace path, interface).
-pub(super) fn load_attached(dir: &std::path::Path) -> BTreeMap<String, (Option<String>, String)> {
+/// A container as the attached file records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Attached {
+    /// Its namespace's path, if recorded.
+    pub netns: Option<String>,
+    /// The interface inside.
+    pub ifname: String,
+    /// It asked for a DNS name.
+    pub dns: bool,
+    /// The `-h` name it asked for.
+    pub hostname: Option<String>,
+}
+
+impl Default for Attached {
+    fn default() -> Self {
+        Self { netns: None, ifname: "ethwe".into(), dns: false, hostname: None }
+    }
+}
+
+pub(super) fn load_attached(dir: &std::path::Path) -> BTreeMap<String, Attached> {
     let Ok(text) = std::fs::read_to_string(dir.join(ATTACHED_FILE)) else { return BTreeMap::new() };
     let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(&text) else {
         tracing::warn!(file = ATTACHED_FILE, "unreadable; containers that died while the router was down may keep their addresses");
@@ -246,7 +282,9 @@ pub(super) fn load_attached(dir: &std::path::Path) -> BTreeMap<String, (Option<S
         .map(|(id, v)| {
             let netns = v["netns"].as_str().map(str::to_owned);
             let ifname = v["ifname"].as_str().filter(|i| netlink::valid_ifname(i)).unwrap_or("ethwe").to_owned();
-            (id, (netns, ifname))
+            let dns = v["dns"].as_bool().unwrap_or(false);
+            let hostname = v["hostname"].as_str().filter(|h| !h.is_empty() && h.len() <= 253).map(str::to_owned);
+            (id, Attached { netns, ifname, dns, hostname })
         })
         .collect()
 }

@@ -59,16 +59,35 @@ impl Router {
                 _ => Err(RouterError::Invalid("IPAM is disabled (--ipalloc-range=): give addresses as ip:CIDR".into())),
             };
         };
-        let r = match spec {
+        let mut r = match spec {
             AddrSpec::Exact(n) => svc.claim(id, *n).await,
             AddrSpec::Subnet(s) => svc.allocate(id, Some(*s)).await,
             AddrSpec::Default => svc.allocate(id, None).await,
         };
+        // The address may still be held for a namespace that was just
+        // deleted: the link notification that releases it can come after
+        // the next attach (Weave's 265 reuses an address at once).
+        if let (AddrSpec::Exact(n), Err(ServiceError::Ipam(weave_ipam::IpamError::InUse { container, .. }))) = (spec, &r) {
+            if container != id && self.namespace_gone(container) {
+                let holder = container.clone();
+                self.release_gone(&holder).await;
+                r = svc.claim(id, *n).await;
+            }
+        }
         r.map_err(|e| match e {
             ServiceError::Ipam(e) => RouterError::Ipam(e),
             ServiceError::Stopped => RouterError::Stopped,
             e => RouterError::Invalid(e.to_string()),
         })
+    }
+
+    /// Whether `id` is a namespace of ours (not Docker's, CNI's or an
+    /// internal holder) whose namespace no longer exists.
+    fn namespace_gone(&self, id: &str) -> bool {
+        if crate::docker::is_container_id(id) || id.starts_with("weave:") || id.starts_with(super::cni::CNI_PREFIX) {
+            return false;
+        }
+        matches!(container_netns(id), Err(RouterError::NotFound(_)))
     }
 
     /// Why IPAM cannot save its state, while it cannot.
