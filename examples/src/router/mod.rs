@@ -45,9 +45,15 @@ use lifecycle::{follow_links, in_use, reclaim};
 pub const DNS_FILE: &str = "dns-names.pb";
 /// Our signing key, in the state directory (readable by the router only).
 pub const IDENTITY_FILE: &str = "identity.key";
-/// What `weave reset` removes from the state directory: everything that
-/// makes this peer who it is (the next launch is a new peer).
-pub const STATE_FILES: &[&str] = &["ipam.db", "targets", NAME_FILE, DOCKER_FILE, DNS_FILE, ATTACHED_FILE, IDENTITY_FILE, crate::proxy::SOCKET_FILE];
+/// What `weave reset` removes from the state directory: the network's
+/// state (ring, targets, names, attached containers).
+///
+/// The identity key is not among them: like the peer name the machine id
+/// gives, it is the host's, so after `reset` and `launch` the host's
+/// earlier grants (its reset hand-off among them) still verify and peers
+/// that pinned its key accept it (Weave's 330, a rolling reset). Delete
+/// it to make the host a new peer.
+pub const STATE_FILES: &[&str] = &["ipam.db", "targets", NAME_FILE, DOCKER_FILE, DNS_FILE, ATTACHED_FILE, crate::proxy::SOCKET_FILE];
 /// Containers with a veth of ours that Docker does not follow (namespaces,
 /// CNI pods): their namespace and interface, for the next start.
 pub const ATTACHED_FILE: &str = "attached.json";
