@@ -64,17 +64,14 @@ pub async fn metrics(router: &Router) -> Result<String, tonic::Status> {
     let st = control::status_of(router, &ms);
     let mut reg = Registry::default();
     // weave_connections{encryption,state,type}, labels in Weave's order,
-    // `encryption` empty for plain connections, and every combination
-    // present (zero when none), as Weave's exposition has them.
+    // `encryption` empty for plain connections; as Weave's exposition,
+    // each (state, type) that has a connection appears with both
+    // encryption values (one of them maybe zero), and no other.
     let mut conns: std::collections::BTreeMap<(String, String, String), i64> = Default::default();
-    for enc in ["", "yes"] {
-        for state in ["connecting", "established", "failed", "pending", "retrying"] {
-            for kind in ["fastdp", "sleeve"] {
-                conns.insert((enc.to_owned(), state.to_owned(), kind.to_owned()), 0);
-            }
-        }
-    }
     for c in &st.connections {
+        for enc in ["", "yes"] {
+            conns.entry((enc.to_owned(), c.state.clone(), c.path.clone())).or_default();
+        }
         let enc = if c.encrypted { "yes" } else { "" };
         *conns.entry((enc.to_owned(), c.state.clone(), c.path.clone())).or_default() += 1;
     }
