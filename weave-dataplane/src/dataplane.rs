@@ -57,7 +57,8 @@ pub trait Dataplane: Send + Sync {
         Vec::new()
     }
     /// Stop keeping kernel state in shape (e.g. recreating a deleted
-    /// bridge): the router is about to tear it down for good.
+    /// bridge) and carrying frames: the router is about to tear it down
+    /// for good.
     fn retire(&self) {}
 }
 

@@ -173,6 +173,13 @@ impl SleeveDriver {
         &self.counters
     }
 
+    /// Ask the threads to stop, without waiting: what they see go from
+    /// now on (the TAP device deleted by a reset) is expected.
+    pub fn retire(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.core.waker.wake();
+    }
+
     /// Stop the threads (closing the TAP device removes it).
     pub fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -225,7 +232,11 @@ fn worker(shared: &SharedSleeve, stop: &AtomicBool, tap: &File, udp: &UdpSocket,
             Err(e) => {
                 // The TAP device was deleted under us (reset, or by hand):
                 // nothing more can be carried.
-                tracing::error!(error = %e, "the sleeve's TAP device is gone; sleeve stopped");
+                if stop.load(Ordering::Relaxed) {
+                    tracing::debug!(error = %e, "sleeve retired; its TAP device is gone");
+                } else {
+                    tracing::error!(error = %e, "the sleeve's TAP device is gone; sleeve stopped");
+                }
                 return;
             }
         };
@@ -455,6 +466,7 @@ impl crate::Dataplane for SleeveDataplane {
     fn retire(&self) {
         self.watchdog.abort();
         self.firewall.abort();
+        self.driver.retire();
     }
 
     fn kind(&self) -> &'static str {
