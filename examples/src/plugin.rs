@@ -222,6 +222,8 @@ impl Plugin {
             driver: Some(name.clone()),
             attachable: Some(true),
             ipam: Some(bollard::models::Ipam { driver: Some(name.clone()), ..Default::default() }),
+            // As Weave's default network: multicast routed over the overlay.
+            options: Some(std::collections::HashMap::from([("works.weave.multicast".to_owned(), "true".to_owned())])),
             ..Default::default()
         };
         docker.api().create_network(req).await.map(|_| ()).map_err(|e| format!("cannot create the Docker network {name}: {e}"))

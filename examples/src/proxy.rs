@@ -65,6 +65,12 @@ pub struct ProxySettings {
     /// The waiting entrypoint: this binary, and the host's dynamic loader
     /// and libraries it needs (None: containers start without waiting).
     pub wait: Option<Waiter>,
+    /// Route multicast through the overlay in its containers (Weave's
+    /// launch `--no-multicast-route` turns it off).
+    pub multicast_route: bool,
+    /// Give its containers weaveDNS (hostname, resolver, name); Weave's
+    /// launch `--without-dns` turns it off.
+    pub dns: bool,
 }
 
 /// What is mounted into containers so that their entrypoint waits.
@@ -118,6 +124,8 @@ impl ProxySettings {
             hostname_match: regex::Regex::new("^(.*)$").expect("valid"),
             hostname_replacement: "$1".into(),
             wait: Waiter::for_current_exe(),
+            multicast_route: true,
+            dns: true,
         }
     }
 }
@@ -334,7 +342,7 @@ fn rewrite_create(v: &mut Value, s: &ProxySettings, name: Option<&str>, image: &
     if !v["HostConfig"].is_object() {
         v["HostConfig"] = json!({});
     }
-    if let Some(domain) = domain {
+    if let Some(domain) = domain.filter(|_| s.dns) {
         let given = v["Config"]["Hostname"].as_str().or(v["Hostname"].as_str()).unwrap_or("").to_owned();
         let label = s.hostname_from_label.as_deref().and_then(|l| v["Labels"][l].as_str().map(str::to_owned));
         if given.is_empty() {
@@ -401,7 +409,7 @@ async fn attach_started(router: &Arc<Router>, s: &ProxySettings, id: &str, exist
         (Some(d), Some(ours)) if !host.is_empty() && d.trim_matches('.') == ours => Some(format!("{host}.{ours}.")),
         _ => None,
     };
-    match router.attach_with_dns(id, &specs, true, true, fqdn.as_deref()).await {
+    match router.attach_with_dns(id, &specs, s.multicast_route, s.dns, fqdn.as_deref()).await {
         Ok(addrs) => tracing::info!(container = %crate::docker::display_id(id), ?addrs, "attached through the proxy"),
         Err(e) => tracing::warn!(container = %crate::docker::display_id(id), error = %e, "attach through the proxy failed"),
     }

@@ -63,6 +63,15 @@ pub use sleeve::{DropReason, FallbackReason, PeerPath, Sleeve, SleeveConfig};
 /// VXLAN's overheads with room to spare.
 pub const DEFAULT_MTU: u32 = 1376;
 
+/// The overlay MTU when only the sleeve carries frames (as Weave with no
+/// fast path): containers on one host exchange 64 KiB frames, and the
+/// sleeve fits the rest to each path (ICMP "fragmentation needed" for DF
+/// packets, IP fragments otherwise). Weave's is 65535, its sleeve captures
+/// from a veth; the sleeve's TAP device here takes at most 65535 less its
+/// Ethernet header, and every bridge port must take what the bridge does
+/// (a larger frame would be dropped on the way to the sleeve, unanswered).
+pub const SLEEVE_ONLY_MTU: u32 = 65521;
+
 /// A plumbing failure: what was being done, and the kernel's answer.
 #[derive(Debug, thiserror::Error)]
 #[error("{op}: {source}")]

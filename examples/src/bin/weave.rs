@@ -299,9 +299,11 @@ struct RouterArgs {
     /// off, n, f) means the same.
     #[arg(long, env = "WEAVE_NO_FASTDP", value_parser = clap::builder::FalseyValueParser::new())]
     no_fastdp: bool,
-    /// Overlay MTU.
-    #[arg(long, env = "WEAVE_MTU", default_value_t = weave_dataplane::DEFAULT_MTU)]
-    mtu: u32,
+    /// Overlay MTU [default: 1376; 65521 with --no-fastdp, as Weave's 65535
+    /// but for the TAP device's limit: the sleeve answers what does not fit
+    /// its path with "fragmentation needed", or fragments it].
+    #[arg(long, env = "WEAVE_MTU")]
+    mtu: Option<u32>,
     /// Log level: debug, info, warning (or warn), error.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -367,6 +369,12 @@ struct RouterArgs {
     /// Proxy: attach only containers given a WEAVE_CIDR.
     #[arg(long)]
     no_default_ipalloc: bool,
+    /// Proxy: its containers do not route multicast through the overlay.
+    #[arg(long)]
+    no_multicast_route: bool,
+    /// Proxy: its containers get no weaveDNS (hostname, resolver or name).
+    #[arg(long)]
+    without_dns: bool,
     /// Proxy: take the hostname from this container label.
     #[arg(long)]
     hostname_from_label: Option<String>,
@@ -517,6 +525,8 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
         }
         p.rewrite_inspect = a.rewrite_inspect;
         p.default_ipalloc = !a.no_default_ipalloc;
+        p.multicast_route = !a.no_multicast_route;
+        p.dns = !a.without_dns;
         p.hostname_from_label = a.hostname_from_label.clone();
         p.hostname_match = regex::Regex::new(&a.hostname_match).map_err(|e| Fail(format!("invalid --hostname-match: {e}")))?;
         p.hostname_replacement = a.hostname_replacement.clone();
@@ -542,7 +552,7 @@ fn router_config(state_dir: &Path, a: &RouterArgs) -> Result<RouterConfig, Fail>
         ipalloc_default_subnet: a.ipalloc_default_subnet,
         ipalloc_init: init_mode(a.ipalloc_init.as_deref(), peers.len() + 1)?,
         fastdp: !a.no_fastdp,
-        mtu: a.mtu,
+        mtu: a.mtu.unwrap_or(if a.no_fastdp { weave_dataplane::SLEEVE_ONLY_MTU } else { weave_dataplane::DEFAULT_MTU }),
         trusted_subnets: a.trusted_subnets.clone(),
         bridge: "weave".into(),
         dns: (!a.no_dns).then(|| weave_examples::router::DnsSettings {

@@ -278,7 +278,40 @@ impl Router {
             weave_dataplane::expose::expose(&self.nl, &self.cfg.bridge, IpNet::V4(n), masquerade).await?;
             out.push(n);
         }
+        let mut saved = self.load_exposed();
+        saved.extend(out.iter().map(|n| (*n, masquerade)));
+        self.save_exposed(&saved);
         Ok(out)
+    }
+
+    /// The exposed addresses' masquerade choice, as saved.
+    fn load_exposed(&self) -> BTreeMap<Ipv4Net, bool> {
+        let text = std::fs::read_to_string(self.cfg.state_dir.join(EXPOSED_FILE)).unwrap_or_default();
+        let m: BTreeMap<String, bool> = serde_json::from_str(&text).unwrap_or_default();
+        m.into_iter().filter_map(|(k, v)| Some((k.parse().ok()?, v))).collect()
+    }
+
+    fn save_exposed(&self, m: &BTreeMap<Ipv4Net, bool>) {
+        let m: BTreeMap<String, bool> = m.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let path = self.cfg.state_dir.join(EXPOSED_FILE);
+        if let Err(e) = weave_core::fs::write_atomically(&path, serde_json::to_string(&m).unwrap_or_default().as_bytes()) {
+            tracing::warn!(error = %e, file = %path.display(), "cannot save the exposed addresses");
+        }
+    }
+
+    /// At start: the addresses still exposed on the bridge get their
+    /// masquerading back if it went (a flush, or a rule deleted by hand),
+    /// as they were exposed (masqueraded unless saved otherwise).
+    pub(super) async fn restore_exposed(&self) {
+        let Ok((exposed, _)) = self.exposed().await else { return };
+        let saved = self.load_exposed();
+        for n in exposed {
+            if saved.get(&n).copied().unwrap_or(true) {
+                if let Err(e) = weave_dataplane::expose::expose(&self.nl, &self.cfg.bridge, IpNet::V4(n), true).await {
+                    tracing::warn!(addr = %n, error = %e, "cannot restore masquerading for an exposed address");
+                }
+            }
+        }
     }
 
     /// Addresses exposed on the bridge, and the bridge's MAC.
@@ -296,6 +329,9 @@ impl Router {
             weave_dataplane::expose::hide(&self.nl, &self.cfg.bridge, IpNet::V4(*n)).await?;
         }
         self.free(Self::EXPOSE_ID, victims.iter().map(Ipv4Net::addr)).await;
+        let mut saved = self.load_exposed();
+        saved.retain(|n, _| !victims.contains(n));
+        self.save_exposed(&saved);
         if self.dns.is_some() && !victims.is_empty() {
             // The names `expose -h` gave these addresses.
             let _ = self.dns_remove(Self::EXPOSE_ID, None, &victims.iter().map(Ipv4Net::addr).collect::<Vec<_>>()).await;

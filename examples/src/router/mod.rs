@@ -45,6 +45,9 @@ use lifecycle::{follow_links, in_use, reclaim};
 pub const DNS_FILE: &str = "dns-names.pb";
 /// Our signing key, in the state directory (readable by the router only).
 pub const IDENTITY_FILE: &str = "identity.key";
+/// Exposed subnets and whether each is masqueraded, so a restarted router
+/// puts back rules that went (Weave's 191).
+pub const EXPOSED_FILE: &str = "exposed.json";
 /// What `weave reset` removes from the state directory: the network's
 /// state (ring, targets, names, attached containers).
 ///
@@ -53,7 +56,7 @@ pub const IDENTITY_FILE: &str = "identity.key";
 /// earlier grants (its reset hand-off among them) still verify and peers
 /// that pinned its key accept it (Weave's 330, a rolling reset). Delete
 /// it to make the host a new peer.
-pub const STATE_FILES: &[&str] = &["ipam.db", "targets", NAME_FILE, DOCKER_FILE, DNS_FILE, ATTACHED_FILE, crate::proxy::SOCKET_FILE];
+pub const STATE_FILES: &[&str] = &["ipam.db", "targets", NAME_FILE, DOCKER_FILE, DNS_FILE, ATTACHED_FILE, EXPOSED_FILE, crate::proxy::SOCKET_FILE];
 /// Containers with a veth of ours that Docker does not follow (namespaces,
 /// CNI pods): their namespace and interface, for the next start.
 pub const ATTACHED_FILE: &str = "attached.json";
@@ -266,6 +269,7 @@ impl Router {
         // Subscribed before the sweep at start, so no death is missed.
         let changes = netlink::Changes::links(router.nl.netns())?;
         router.adopt_existing(found.unwrap_or_default()).await;
+        router.restore_exposed().await;
         *lock(&router.links_watch) = Some(tokio::spawn(follow_links(Arc::downgrade(&router), changes)));
         if let Some(d) = router.docker.clone() {
             tokio::spawn(follow_docker(Arc::downgrade(&router), d));
