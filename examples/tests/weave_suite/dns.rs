@@ -40,8 +40,7 @@ use std::time::{Duration, Instant};
 
 use weave_dataplane::netlink::Netns;
 
-mod common;
-use common::{eventually, ok, require_root, Hosts};
+use crate::common::{eventually, ok, require_root, Hosts};
 
 /// `weave launch` on host `i`, as the originals' `weave_on $HOSTi launch
 /// ARGS`.

@@ -16,8 +16,7 @@
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{eventually, ok, require_root, Hosts};
+use crate::common::{eventually, ok, require_root, Hosts};
 
 /// `weave launch --no-docker ARGS` on host `i`.
 fn launch(h: &Hosts, i: usize, args: &[&str]) {

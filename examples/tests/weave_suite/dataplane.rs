@@ -20,8 +20,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{eventually, http_get, ok, pings, require_root, Hosts};
+use crate::common::{eventually, http_get, ok, pings, require_root, Hosts};
 use weave_dataplane::netlink::Netns;
 
 /// Run `args` in namespace `ns` (short name: `h1`, `c1`, ...).
@@ -155,7 +154,7 @@ fn require_docker() -> bool {
     if !Command::new("docker").args(["image", "inspect", IMAGE]).output().unwrap().status.success() {
         // Nothing can be pulled: the image is built from the static busybox.
         let dir = std::env::temp_dir().join(format!("wv-bbroot-dp-{}", std::process::id()));
-        let mut tar = common::busybox_tar(&dir);
+        let mut tar = crate::common::busybox_tar(&dir);
         let out = Command::new("docker").args(["import", "-", IMAGE]).stdin(tar.stdout.take().unwrap()).output().unwrap();
         assert!(tar.wait().unwrap().success(), "tar of the image root");
         let _ = std::fs::remove_dir_all(&dir);

@@ -15,8 +15,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{eventually, ok, require_root, Hosts};
+use crate::common::{eventually, ok, require_root, Hosts};
 
 /// `weave report -f TEMPLATE` on host `i`, without the trailing newline
 /// (the originals compare `$(...)`).
