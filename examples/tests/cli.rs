@@ -381,3 +381,29 @@ fn the_address_grammar_is_weaves() {
     assert_eq!(still.trim(), e8.trim(), "the other exposed address stayed until now");
     ok(h.weave(1, &["reset"]));
 }
+
+/// Weave's spellings as a user types them: `--no-fastdp PEER` takes the
+/// peer as a peer (the flag takes no value) and connects; `--log-level=warning`
+/// keeps warnings and drops information.
+#[test]
+fn launch_no_fastdp_with_a_peer_connects_and_log_level_warning_logs_warnings() {
+    if !require_root() {
+        return;
+    }
+    let h = Hosts::new();
+    ok(h.weave(1, &["launch", "--name", "::1", "--no-docker", "--log-level=warning", "--password", "right"]));
+    // A peer with the wrong password: host 1 warns as it closes the connection.
+    ok(h.weave(2, &["launch", "--name", "::2", "--no-docker", "--password", "wrong", "--no-fastdp", "10.99.0.1"]));
+    let log1 = || std::fs::read_to_string(h.state(1).join("weave.log")).unwrap_or_default();
+    common::eventually(15, "host 1 warns of the refused handshake", || log1().contains(" WARN "));
+    assert!(!log1().contains(" INFO "), "--log-level=warning logs no information:\n{}", log1());
+    ok(h.weave(2, &["stop"]));
+    ok(h.weave(2, &["launch", "--name", "::2", "--no-docker", "--password", "right", "--no-fastdp", "10.99.0.1"]));
+    common::eventually(15, "--no-fastdp 10.99.0.1 connects", || {
+        ok(h.weave(2, &["status", "connections"])).lines().any(|l| l.contains("10.99.0.1:6783") && l.contains("established") && l.contains("sleeve"))
+    });
+    assert_eq!(ok(h.weave(2, &["status", "targets"])).trim(), "10.99.0.1", "the peer is a target, not the flag's value");
+    for i in 1..=2 {
+        ok(h.weave(i, &["reset"]));
+    }
+}

@@ -256,6 +256,9 @@ enum Cmd {
         socket: Option<SocketAddr>,
         target: Option<String>,
         reason: String,
+        /// We refused the peer (wrong password, encryption or version
+        /// mismatch, not Weave): someone tried to join and could not.
+        refused: bool,
     },
     Message {
         conn: ConnId,
@@ -621,8 +624,12 @@ impl Driver {
                 }
                 let _ = reply.send(result);
             }
-            Cmd::HandshakeFailed { socket, target, reason } => {
-                tracing::info!(?socket, ?target, %reason, "connection failed");
+            Cmd::HandshakeFailed { socket, target, reason, refused } => {
+                if refused && target.is_none() {
+                    tracing::warn!(?socket, %reason, "refused an incoming connection");
+                } else {
+                    tracing::info!(?socket, ?target, %reason, "connection failed");
+                }
                 match &target {
                     Some(t) => self.node.handle_dial_failed(now, t, reason, false),
                     None => {
@@ -924,7 +931,7 @@ async fn dial(addr: String, shared: Arc<Shared>) {
 }
 
 async fn report_failure(shared: &Shared, socket: Option<SocketAddr>, target: Option<String>, reason: String) {
-    let _ = shared.send(Cmd::HandshakeFailed { socket, target, reason }).await;
+    let _ = shared.send(Cmd::HandshakeFailed { socket, target, reason, refused: false }).await;
 }
 
 async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, target: Option<String>, shared: Arc<Shared>) {
@@ -941,26 +948,29 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
         loop {
             let out = link.take_output();
             if !out.is_empty() {
-                writer.write_all(&out).await.map_err(|e| e.to_string())?;
+                writer.write_all(&out).await.map_err(|e| (e.to_string(), false))?;
             }
             if let Some(LinkEvent::Established(info)) = link.poll_event() {
                 return Ok(info);
             }
-            let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
+            let n = reader.read(&mut buf).await.map_err(|e| (e.to_string(), false))?;
             if n == 0 {
-                return Err("connection closed by peer during handshake".to_owned());
+                return Err(("connection closed by peer during handshake".to_owned(), false));
             }
             if let Err(e) = link.handle_bytes(&buf[..n]) {
                 // Tell the peer why, if the link queued a refusal.
                 let out = link.take_output();
                 let _ = writer.write_all(&out).await;
-                return Err(e.to_string());
+                return Err((e.to_string(), e.is_refusal()));
             }
         }
     };
     let info = match tokio::time::timeout(shared.cfg.handshake_timeout, handshake).await {
         Ok(Ok(info)) => info,
-        Ok(Err(reason)) => return report_failure(&shared, Some(socket), target, reason).await,
+        Ok(Err((reason, refused))) => {
+            let _ = shared.send(Cmd::HandshakeFailed { socket: Some(socket), target, reason, refused }).await;
+            return;
+        }
         Err(_) => return report_failure(&shared, Some(socket), target, "handshake timed out".into()).await,
     };
     let (tx, mut rx) = mpsc::channel::<Envelope>(CONN_QUEUE);

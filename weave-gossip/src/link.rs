@@ -151,6 +151,14 @@ pub enum LinkError {
     Open(#[from] OpenError),
 }
 
+impl LinkError {
+    /// This side refused the peer for what it is (not Weave, another
+    /// protocol version, encryption or password): the peer is told why.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::NotWeave | Self::VersionMismatch { .. } | Self::EncryptionMismatch(_) | Self::AuthenticationFailed)
+    }
+}
+
 /// A message too long to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("message of {len} bytes exceeds the limit of {max} bytes")]
@@ -292,8 +300,7 @@ impl Link {
     }
 
     fn fail(&mut self, e: LinkError) -> Result<(), LinkError> {
-        let tell_peer =
-            matches!(e, LinkError::NotWeave | LinkError::VersionMismatch { .. } | LinkError::EncryptionMismatch(_) | LinkError::AuthenticationFailed);
+        let tell_peer = e.is_refusal();
         if tell_peer && self.state != State::Open {
             let reason = match &e {
                 // Phrase mismatches from the peer's point of view.
