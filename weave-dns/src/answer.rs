@@ -54,6 +54,8 @@ pub enum Decision {
 #[derive(Debug, Clone)]
 pub struct Responder {
     domain: String,
+    /// `.` and the domain: what names in it end with.
+    dot_domain: String,
     ttl: u32,
 }
 
@@ -64,23 +66,34 @@ impl Responder {
         if !domain.ends_with('.') {
             domain.push('.');
         }
-        Self { domain, ttl }
+        Self { dot_domain: format!(".{domain}"), domain, ttl }
     }
 
-    /// Answer `query` (received over TCP if `tcp`) from `store`.
+    /// Answer `query` (received over TCP if `tcp`) from `store`: parsed
+    /// once, encoded once (the UDP fast path).
     pub fn answer(&self, store: &Store, query: &[u8], tcp: bool, rng: &mut impl RngCore) -> Answer {
         let Ok(req) = Message::from_vec(query) else { return format_error(query) };
-        match self.decide(store, &req, tcp, rng) {
-            Decision::Reply(m) => m.to_vec().map_or(Answer::Drop, Answer::Reply),
-            Decision::Forward => Answer::Forward,
-            Decision::Drop => Answer::Drop,
+        match self.respond(store, &req, tcp, rng) {
+            Outcome::Reply(_, Some(bytes)) => Answer::Reply(bytes),
+            Outcome::Reply(m, None) => m.to_vec().map_or(Answer::Drop, Answer::Reply),
+            Outcome::Forward => Answer::Forward,
+            Outcome::Drop => Answer::Drop,
         }
     }
 
     /// Decide on a parsed query (the server's handler seam uses this).
     pub fn decide(&self, store: &Store, req: &Message, tcp: bool, rng: &mut impl RngCore) -> Decision {
+        match self.respond(store, req, tcp, rng) {
+            Outcome::Reply(m, _) => Decision::Reply(m),
+            Outcome::Forward => Decision::Forward,
+            Outcome::Drop => Decision::Drop,
+        }
+    }
+
+    /// The decision, with the reply's bytes when fitting it took encoding.
+    fn respond(&self, store: &Store, req: &Message, tcp: bool, rng: &mut impl RngCore) -> Outcome {
         if req.message_type() != MessageType::Query {
-            return Decision::Drop;
+            return Outcome::Drop;
         }
         let mut resp = Message::new();
         resp.set_id(req.id())
@@ -90,7 +103,7 @@ impl Responder {
             .set_recursion_available(true);
         if req.op_code() != OpCode::Query || req.queries().len() != 1 {
             resp.set_response_code(if req.op_code() == OpCode::Query { ResponseCode::FormErr } else { ResponseCode::NotImp });
-            return Decision::Reply(resp);
+            return Outcome::Reply(resp, None);
         }
         let q = req.queries()[0].clone();
         resp.add_query(q.clone());
@@ -104,19 +117,20 @@ impl Responder {
         } else {
             req.extensions().as_ref().map_or(UDP_DEFAULT, |e| usize::from(e.max_payload()).clamp(UDP_DEFAULT, usize::from(OUR_EDNS)))
         };
-        let name = q.name().to_lowercase().to_ascii();
+        let mut name = q.name().to_ascii();
+        name.make_ascii_lowercase();
         let in_domain = self.in_domain(&name, store, q.query_type());
         let records = match q.query_type() {
             // A PTR for a name of ours: it exists, but has no PTR.
             RecordType::PTR if in_domain.is_some() && reverse_addr(&name).is_none() => {
                 resp.set_authoritative(true);
-                return Decision::Reply(resp);
+                return Outcome::Reply(resp, None);
             }
             RecordType::PTR => match reverse_addr(&name) {
                 Some(addr) => {
                     let hosts = store.reverse(addr);
                     if hosts.is_empty() {
-                        return Decision::Forward;
+                        return Outcome::Forward;
                     }
                     hosts
                         .iter()
@@ -124,19 +138,19 @@ impl Responder {
                         .map(|h| Record::from_rdata(q.name().clone(), self.ttl, RData::PTR(PTR(h))))
                         .collect::<Vec<_>>()
                 }
-                None => return Decision::Forward,
+                None => return Outcome::Forward,
             },
             qtype => {
-                let Some(fqdn) = in_domain else { return Decision::Forward };
+                let Some(fqdn) = in_domain else { return Outcome::Forward };
                 let mut addrs = store.lookup(&fqdn);
                 if addrs.is_empty() {
                     resp.set_authoritative(true).set_response_code(ResponseCode::NXDomain);
-                    return Decision::Reply(resp);
+                    return Outcome::Reply(resp, None);
                 }
                 if qtype != RecordType::A && qtype != RecordType::ANY {
                     // The name exists; it has no record of this type.
                     resp.set_authoritative(true);
-                    return Decision::Reply(resp);
+                    return Outcome::Reply(resp, None);
                 }
                 addrs.shuffle(&mut RngAdapter(rng));
                 addrs.into_iter().map(|a| Record::from_rdata(q.name().clone(), self.ttl, RData::A(A(a)))).collect()
@@ -153,11 +167,11 @@ impl Responder {
             // Only UDP needs measuring; TCP replies are bounded by 64 KiB
             // frames, which hundreds of A records do not reach.
             if tcp && fit == total && total < 2000 {
-                return Decision::Reply(r);
+                return Outcome::Reply(r, None);
             }
             match encode(&r, limit) {
-                Some(()) => return Decision::Reply(r),
-                None if fit == 0 => return Decision::Drop,
+                Some(bytes) => return Outcome::Reply(r, Some(bytes)),
+                None if fit == 0 => return Outcome::Drop,
                 None => fit = fit.saturating_sub((fit / 8).max(1)),
             }
         }
@@ -173,7 +187,7 @@ impl Responder {
             let address_query = matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
             return (address_query && store.has_name(&fqdn)).then_some(fqdn);
         }
-        name.ends_with(&format!(".{}", self.domain)).then(|| name.to_owned())
+        name.ends_with(&self.dot_domain).then(|| name.to_owned())
     }
 }
 
@@ -188,9 +202,16 @@ fn reverse_addr(name: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]))
 }
 
-/// Whether `m` encodes within `limit` bytes.
-fn encode(m: &Message, limit: usize) -> Option<()> {
-    m.to_vec().ok().filter(|b| b.len() <= limit).map(drop)
+/// `m` encoded, if within `limit` bytes.
+fn encode(m: &Message, limit: usize) -> Option<Vec<u8>> {
+    m.to_vec().ok().filter(|b| b.len() <= limit)
+}
+
+/// A decision with, when already made, the reply's bytes.
+enum Outcome {
+    Reply(Message, Option<Vec<u8>>),
+    Forward,
+    Drop,
 }
 
 /// A FORMERR reply if at least the header's id is readable.

@@ -1,6 +1,7 @@
-//! The DNS server: hickory-server's `ServerFuture` on one address (UDP and
-//! TCP) with our [`RequestHandler`]: answers from the replicated store by
-//! the sans-IO [`Responder`], everything else forwarded upstream.
+//! The DNS server on one address: UDP on a path of its own (a query's
+//! bytes to the sans-IO [`Responder`] and its reply's bytes back, nothing
+//! in between), TCP through hickory-server's `ServerFuture` with our
+//! [`RequestHandler`]; what is not ours is forwarded upstream.
 //!
 //! Upstreams come from configuration or from a resolv.conf that is re-read
 //! whenever it changes. Each is tried in turn with a timeout; when all fail
@@ -22,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
-use crate::answer::{Decision, Responder};
+use crate::answer::{Answer, Decision, Responder};
 use crate::channel::Names;
 
 /// Where upstream resolvers come from.
@@ -120,6 +121,13 @@ struct Shared {
 }
 
 impl Shared {
+    /// A UDP query's answer, from its bytes.
+    fn answer(&self, query: &[u8]) -> Answer {
+        let dns = self.names.current();
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        self.responder.answer(dns.store(), query, false, &mut *rng)
+    }
+
     fn decide(&self, req: &Message, tcp: bool) -> Decision {
         let dns = self.names.current();
         let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
@@ -203,7 +211,42 @@ fn servfail(query: &[u8]) -> Option<Vec<u8>> {
     m.to_vec().ok()
 }
 
-/// Answers requests hickory-server has parsed: through the sans-IO
+/// The UDP path, in front of hickory-server (which serves TCP): each query
+/// parsed once and its reply encoded once by the responder, one receive and
+/// one send; forwarded queries are answered by a task of their own.
+async fn serve_udp(udp: Arc<UdpSocket>, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, client) = match udp.recv_from(&mut buf).await {
+            Ok(x) => x,
+            // An ICMP error for an earlier reply: nothing to do.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        match shared.answer(&buf[..n]) {
+            Answer::Reply(reply) => {
+                if let Err(e) = udp.send_to(&reply, client).await {
+                    tracing::debug!(%client, error = %e, "DNS reply not sent");
+                }
+            }
+            Answer::Forward => {
+                let (udp, shared, query) = (udp.clone(), shared.clone(), buf[..n].to_vec());
+                tokio::spawn(async move {
+                    if let Some(reply) = shared.forward(&query, false).await {
+                        let _ = udp.send_to(&reply, client).await;
+                    }
+                });
+            }
+            Answer::Drop => {}
+        }
+    }
+}
+
+/// Answers TCP requests hickory-server has parsed: through the sans-IO
 /// responder, or forwarded upstream.
 struct Handler(Arc<Shared>);
 
@@ -286,12 +329,15 @@ pub async fn serve(cfg: ServerConfig, names: Names) -> std::io::Result<Server> {
         listen: addr,
         timeout: cfg.upstream_timeout,
     });
+    let udp = serve_udp(Arc::new(udp), shared.clone());
     let mut server = ServerFuture::new(Handler(shared));
-    server.register_socket(udp);
     server.register_listener(tcp, TCP_EXCHANGE);
     let task = tokio::spawn(async move {
-        if let Err(e) = server.block_until_done().await {
-            tracing::warn!(error = %e, "DNS server stopped");
+        tokio::select! {
+            r = server.block_until_done() => if let Err(e) = r {
+                tracing::warn!(error = %e, "DNS server stopped");
+            },
+            () = udp => {}
         }
     });
     Ok(Server { addr, task })

@@ -1,6 +1,7 @@
-//! weaveDNS against dnsmasq: queries per second for 100 local names, each
-//! server in its own process on loopback, under the same load (concurrent
-//! UDP clients for a fixed time), printed with the ratio.
+//! weaveDNS against dnsmasq: queries per second and round-trip percentiles
+//! for 100 local names, each server in its own process on loopback, under
+//! the same load (concurrent UDP clients for a fixed time, interleaved
+//! rounds), printed with the ratio.
 //!
 //! `cargo run --release -p weave-benches --bin dns` (needs `dnsmasq`, from
 //! Debian's dnsmasq-base).
@@ -20,6 +21,7 @@ use weave_dns::{Dns, WallClock};
 const NAMES: usize = 100;
 const CLIENTS: usize = 32;
 const SECONDS: u64 = 4;
+const ROUNDS: usize = 2;
 
 fn addr_of(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 32, (i / 250) as u8, (i % 250 + 1) as u8)
@@ -41,7 +43,24 @@ fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-async fn load(server: SocketAddr) -> f64 {
+/// What one load run measured.
+struct Measured {
+    qps: f64,
+    /// Round-trip times of answered queries, sorted.
+    rtts: Vec<Duration>,
+}
+
+impl Measured {
+    fn percentile(&self, p: f64) -> Duration {
+        if self.rtts.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.rtts.len() - 1) as f64 * p).round() as usize;
+        self.rtts[i]
+    }
+}
+
+async fn load(server: SocketAddr) -> Measured {
     let done = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + Duration::from_secs(SECONDS);
     let mut tasks = Vec::new();
@@ -51,25 +70,31 @@ async fn load(server: SocketAddr) -> f64 {
             let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
             sock.connect(server).await.expect("connect");
             let mut buf = vec![0u8; 4096];
+            let mut rtts = Vec::new();
             let mut i = c;
             while Instant::now() < until {
                 i = (i + 7) % NAMES;
                 let q = query((i % 65536) as u16, &format!("host{i}.weave.local."), RecordType::A, None);
+                let sent = Instant::now();
                 if sock.send(&q).await.is_err() {
                     continue;
                 }
                 if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), sock.recv(&mut buf)).await {
                     if n > 12 && buf[..2] == q[..2] {
+                        rtts.push(sent.elapsed());
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
+            rtts
         }));
     }
+    let mut rtts = Vec::new();
     for t in tasks {
-        let _ = t.await;
+        rtts.extend(t.await.unwrap_or_default());
     }
-    done.load(Ordering::Relaxed) as f64 / SECONDS as f64
+    rtts.sort_unstable();
+    Measured { qps: done.load(Ordering::Relaxed) as f64 / SECONDS as f64, rtts }
 }
 
 /// Wait until `server` answers a query.
@@ -144,14 +169,27 @@ async fn main() {
     let theirs_addr = SocketAddr::from(([127, 0, 0, 1], theirs_port));
     assert!(ready(ours_addr).await, "weaveDNS did not answer");
     assert!(ready(theirs_addr).await, "dnsmasq did not answer");
-    let q_ours = load(ours_addr).await;
-    let q_theirs = load(theirs_addr).await;
+    // Interleaved rounds, the better of each server's kept: a round that
+    // met a busy moment of the machine does not decide the ratio.
+    let (mut best_ours, mut best_theirs): (Option<Measured>, Option<Measured>) = (None, None);
+    for _ in 0..ROUNDS {
+        for (addr, best) in [(ours_addr, &mut best_ours), (theirs_addr, &mut best_theirs)] {
+            let m = load(addr).await;
+            if best.as_ref().is_none_or(|b| m.qps > b.qps) {
+                *best = Some(m);
+            }
+        }
+    }
     drop((ours, theirs));
     let _ = std::fs::remove_dir_all(&dir);
-    println!("{NAMES} local names, {CLIENTS} concurrent UDP clients, {SECONDS} s each, same run:");
-    println!("  weaveDNS  {q_ours:>10.0} queries/s");
-    println!("  dnsmasq   {q_theirs:>10.0} queries/s");
-    println!("  ratio     {:>10.2} (weaveDNS / dnsmasq)", q_ours / q_theirs);
+    let (ours, theirs) = (best_ours.expect("rounds ran"), best_theirs.expect("rounds ran"));
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("{NAMES} local names, {CLIENTS} concurrent UDP clients, {SECONDS} s per round, best of {ROUNDS} interleaved rounds, same run:");
+    println!("  {:<9} {:>12} {:>10} {:>10}", "", "queries/s", "p50 ms", "p99 ms");
+    for (name, m) in [("weaveDNS", &ours), ("dnsmasq", &theirs)] {
+        println!("  {name:<9} {:>12.0} {:>10.3} {:>10.3}", m.qps, ms(m.percentile(0.5)), ms(m.percentile(0.99)));
+    }
+    println!("  ratio     {:>12.2} (weaveDNS / dnsmasq queries/s)", ours.qps / theirs.qps);
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {
