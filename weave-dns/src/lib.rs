@@ -11,6 +11,9 @@
 //! * [`resolv`]: the resolver file of a container attached by netns name.
 
 pub mod answer;
+#[cfg(feature = "tokio")]
+#[allow(unsafe_code)]
+mod batch;
 pub mod channel;
 pub mod dns;
 pub mod resolv;

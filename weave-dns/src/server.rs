@@ -211,14 +211,23 @@ fn servfail(query: &[u8]) -> Option<Vec<u8>> {
     m.to_vec().ok()
 }
 
-/// The UDP path, in front of hickory-server (which serves TCP): each query
-/// parsed once and its reply encoded once by the responder, one receive and
-/// one send; forwarded queries are answered by a task of their own.
+/// The UDP path, in front of hickory-server (which serves TCP): the
+/// queries waiting read in one batch, each parsed once and its reply
+/// encoded once by the responder, the replies sent in one batch; forwarded
+/// queries are answered by a task of their own.
 async fn serve_udp(udp: Arc<UdpSocket>, shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 4096];
+    use std::os::fd::AsRawFd;
+    let fd = udp.as_raw_fd();
+    let mut queries = crate::batch::Queries::new();
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(crate::batch::BATCH);
     loop {
-        let (n, client) = match udp.recv_from(&mut buf).await {
-            Ok(x) => x,
+        if let Err(e) = udp.readable().await {
+            tracing::warn!(error = %e, "DNS socket failed");
+            return;
+        }
+        let got = match udp.try_io(tokio::io::Interest::READABLE, || queries.recv(fd)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             // An ICMP error for an earlier reply: nothing to do.
             Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset) => continue,
             Err(e) => {
@@ -227,21 +236,37 @@ async fn serve_udp(udp: Arc<UdpSocket>, shared: Arc<Shared>) {
                 continue;
             }
         };
-        match shared.answer(&buf[..n]) {
-            Answer::Reply(reply) => {
-                if let Err(e) = udp.send_to(&reply, client).await {
-                    tracing::debug!(%client, error = %e, "DNS reply not sent");
+        replies.clear();
+        for i in 0..got {
+            let (query, Some(client)) = queries.get(i) else { continue };
+            match shared.answer(query) {
+                Answer::Reply(reply) => replies.push((reply, client)),
+                Answer::Forward => {
+                    let (udp, shared, query) = (udp.clone(), shared.clone(), query.to_vec());
+                    tokio::spawn(async move {
+                        if let Some(reply) = shared.forward(&query, false).await {
+                            let _ = udp.send_to(&reply, client).await;
+                        }
+                    });
+                }
+                Answer::Drop => {}
+            }
+        }
+        let mut sent = 0;
+        while sent < replies.len() {
+            match udp.try_io(tokio::io::Interest::WRITABLE, || crate::batch::send(fd, &replies[sent..])) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if udp.writable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // This reply cannot go (its client's address): the rest can.
+                    tracing::debug!(client = %replies[sent].1, error = %e, "DNS reply not sent");
+                    sent += 1;
                 }
             }
-            Answer::Forward => {
-                let (udp, shared, query) = (udp.clone(), shared.clone(), buf[..n].to_vec());
-                tokio::spawn(async move {
-                    if let Some(reply) = shared.forward(&query, false).await {
-                        let _ = udp.send_to(&reply, client).await;
-                    }
-                });
-            }
-            Answer::Drop => {}
         }
     }
 }
