@@ -6,6 +6,19 @@
 //! right one and says so. One test binary: connect/forget and targets
 //! (150, 175) here, the rest by area in the modules below.
 //!
+//! Ported: every test of issue 15's list. Not ported, and why: 090 and 310
+//! (Docker restarting the router's container: the router is a process
+//! here; `docker restart` of an attached container is in
+//! `examples/tests/docker.rs`), 101 (its Docker-network variant of 100),
+//! 111 (encrypted fast path: Weave's uses IPsec ESP, which this kernel
+//! lacks; here an encrypted mesh keeps the sleeve), 140 (`weave --local`,
+//! not supported), 205, 225, 270 and 290 (DNS disabled, subdomains, the
+//! proxy's name as hostname, upstream fallback: not in the list; the
+//! behaviours are covered by `weave-dns` tests, `docker_host.rs` and 250's
+//! stub upstream), the 6xx proxy tests (the Docker user's walkthrough in
+//! `docker_host.rs` covers the proxy end to end) and the 8xx plugin, CNI
+//! and Kubernetes tests (`docker.rs`, `cni.rs`; there is no weave-kube).
+//!
 //! Translation: `weave_on $HOSTn CMD` is `weave CMD` in host n's namespace
 //! (`Hosts::weave`); `start_container $HOSTn IP/24 --name=cN` is a
 //! namespace `cN` attached with that address; `$HOSTn` is host n's
@@ -40,8 +53,8 @@ fn targets(h: &Hosts, i: usize) -> Vec<String> {
     t
 }
 
-/// One ping attempt from namespace `from` (the originals' `$PING` is a
-/// few seconds of `ping -c 1`).
+/// One ping attempt from namespace `from` (the originals' `$PING`, one
+/// `ping -c 1` with a few seconds' wait).
 fn ping_once(h: &Hosts, from: &str, to: &str) -> bool {
     Command::new("ip").args(["netns", "exec", &h.name(from), "ping", "-c", "1", "-W", "3", to]).output().unwrap().status.success()
 }
@@ -58,7 +71,7 @@ fn t150_connect_forget() {
     let mut h = Hosts::new();
     let (c1, c2) = (h.ns("c1"), h.ns("c2"));
     for i in 1..=2 {
-        ok(h.weave(i, &["launch", "--name", &format!("::{i}"), "--ipalloc-range", ""]));
+        ok(h.weave(i, &["launch", "--name", &format!("::{i}"), "--ipalloc-range", "", "--no-docker"]));
     }
     ok(h.weave(1, &["attach", "10.2.1.4/24", &c1]));
     ok(h.weave(2, &["attach", "10.2.1.7/24", &c2]));
@@ -73,13 +86,14 @@ fn t150_connect_forget() {
     // dial itself, as Weave's does).
     ok(h.weave(2, &["connect", "--replace", "10.99.0.1", "10.99.0.2"]));
     assert_eq!(targets(&h, 2), ["10.99.0.1", "10.99.0.2"]);
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(ping_once(&h, "c1", "10.2.1.7"), "connected");
+    // (The original sleeps 2 s and pings once; a loaded machine may need
+    // longer to connect, so this retries for up to 15 s.)
+    assert!(h.ping("c1", "10.2.1.7"), "connected");
 
     // Forget everyone and disconnect.
     ok(h.weave(2, &["forget", "10.99.0.1", "10.99.0.2"]));
     ok(h.weave(1, &["stop"]));
-    ok(h.weave(1, &["launch", "--name", "::1", "--ipalloc-range", ""]));
+    ok(h.weave(1, &["launch", "--name", "::1", "--ipalloc-range", "", "--no-docker"]));
     assert!(targets(&h, 2).is_empty());
     std::thread::sleep(Duration::from_secs(2));
     assert!(!ping_once(&h, "c1", "10.2.1.7"), "forgotten: nobody reconnects");
@@ -101,7 +115,7 @@ fn t175_target_peer_persistence() {
     }
     let h = Hosts::new();
     let (h1, h2, h3) = ("10.99.0.1", "10.99.0.2", "10.99.0.3");
-    let launch = |extra: &[&str]| ok(h.weave(1, &[&["launch", "--name", "::1", "--ipalloc-range", ""], extra].concat()));
+    let launch = |extra: &[&str]| ok(h.weave(1, &[&["launch", "--name", "::1", "--ipalloc-range", "", "--no-docker"], extra].concat()));
 
     launch(&[h1, h2]);
     ok(h.weave(1, &["forget", h1]));

@@ -67,6 +67,11 @@ fn readd(h: &Hosts, c: &str) -> String {
     full
 }
 
+/// How long a name check retries: gossip and a deleted namespace's veth
+/// going (which the kernel does in the background) can take a while on a
+/// loaded CI machine.
+const WAIT: u64 = 30;
+
 /// Retry `f` for up to `secs` seconds until `good` holds of its value;
 /// fail with `what` and the last value.
 fn until<T: Debug>(secs: u64, what: &str, mut f: impl FnMut() -> T, good: impl Fn(&T) -> bool) -> T {
@@ -97,7 +102,7 @@ fn squeeze(s: &str) -> String {
 /// resolves back to `name` (compared in lower case).
 fn assert_dns_record(h: &Hosts, c: &str, name: &str, ips: &[&str]) {
     until(
-        10,
+        WAIT,
         &format!("getent hosts {name} in {c} gives one of {ips:?}"),
         || getent(h, c, name),
         |(code, out)| {
@@ -107,13 +112,13 @@ fn assert_dns_record(h: &Hosts, c: &str, name: &str, ips: &[&str]) {
     );
     for ip in ips {
         let want = format!("{ip} {name}").to_lowercase();
-        until(10, &format!("getent hosts {ip} in {c} is {want:?}"), || squeeze(&getent(h, c, ip).1).to_lowercase(), |got| *got == want);
+        until(WAIT, &format!("getent hosts {ip} in {c} is {want:?}"), || squeeze(&getent(h, c, ip).1).to_lowercase(), |got| *got == want);
     }
 }
 
 /// config.sh's `assert_no_dns_record`: getent says "not found" (exit 2).
 fn assert_no_dns_record(h: &Hosts, c: &str, name: &str) {
-    until(10, &format!("getent hosts {name} in {c} finds nothing (exit 2)"), || getent(h, c, name), |(code, _)| *code == Some(2));
+    until(WAIT, &format!("getent hosts {name} in {c} finds nothing (exit 2)"), || getent(h, c, name), |(code, _)| *code == Some(2));
 }
 
 /// config.sh's `assert_dns_a_record`: `getent hosts name | cut -f 1,2` is
@@ -121,7 +126,7 @@ fn assert_no_dns_record(h: &Hosts, c: &str, name: &str) {
 fn assert_dns_a_record(h: &Hosts, c: &str, name: &str, ip: &str, exp_name: Option<&str>) {
     let want = format!("{ip} {}", exp_name.unwrap_or(name));
     until(
-        10,
+        WAIT,
         &format!("getent hosts {name} in {c} is {want:?}"),
         || {
             let (_, out) = getent(h, c, name);
@@ -595,7 +600,7 @@ fn t230_dns_unqualified() {
 
     // check that unqualified names are automatically qualified for broken resolvers
     ok(h.weave(1, &["dns-add", c1_ip, &c1, "-h", "mysql.weave.local"]));
-    let r = until(10, "the query for mysql. is answered", || dig(&h, "c1", "mysql", A, false, None), |r| r.rcode == NOERROR && !r.answers.is_empty());
+    let r = until(WAIT, "the query for mysql. is answered", || dig(&h, "c1", "mysql", A, false, None), |r| r.rcode == NOERROR && !r.answers.is_empty());
     let getent_like: Vec<String> =
         r.answers.iter().map(|a| format!("{} {}", a.a.map(|a| a.to_string()).unwrap_or_default(), a.name.trim_end_matches('.'))).collect();
     assert_eq!(getent_like, [format!("{c1_ip} mysql")]);

@@ -11,7 +11,10 @@
 //! the attach for N seconds but leaves it running when the time is up:
 //! here the attach runs in the background ([`Bg`]) in the same way.
 //! Routers are launched with `--no-docker`: no Docker container is
-//! involved.
+//! involved. Where an original gives a start that waits on consensus or a
+//! rolling reset 10 s, the port gives it 20 s (and rmpeer's 5 s, 15 s):
+//! CI runs many namespace tests at once on two cores. What each asserts
+//! (it completes, without waiting for the 30 s periodic gossip) stands.
 
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -246,12 +249,12 @@ fn t330_reset() {
     launch(&h, 2, &["10.99.0.1"]);
 
     // And start a container.
-    start_bg(&mut h, 1, "c3", &[]).succeeds_within(10, "a container on host1 after the rolling reset");
+    start_bg(&mut h, 1, "c3", &[]).succeeds_within(20, "a container on host1 after the rolling reset");
     // Not in the original: nothing host 2 sent was refused. Host 1 keeps
     // its name and key across the reset, so the grant it signed before
     // still verifies (with a new key, every entry carrying it was refused
     // and the ring host 2 handed over was dropped).
-    let log = std::fs::read_to_string(h.state(1).join("weave.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(h.state(1).join("weave.log")).expect("host 1's log");
     assert!(!log.contains("dropped channel data"), "host 1 refused IPAM data:\n{log}");
 }
 
@@ -283,14 +286,19 @@ fn t335_rmpeer() {
     // Nuke the first peer.
     let pid = std::fs::read_to_string(h.state(1).join("weave.pid")).expect("router 1's pid").trim().to_owned();
     ok(Command::new("kill").args(["-9", &pid]).output().unwrap());
-    eventually(10, "router 1 gone", || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    eventually(10, "router 1 gone", || crate::common::process_gone(&pid));
 
-    // Transfer its space to the second.
-    ok(h.weave(2, &["rmpeer", &peer1]));
-    start_bg(&mut h, 2, "a2", &[]).succeeds_within(5, "a container on host2 after rmpeer");
+    // Transfer its space to the second. (The original allows 5 s for each
+    // start; 15 s here leaves a loaded CI machine room and is still well
+    // inside the 30 s periodic gossip, so "promptly" keeps its meaning.)
+    // rmpeer refuses a peer it can still reach: until hosts 2 and 3 have
+    // seen the killed router's connections close, it is retried (the
+    // original's docker inspect and ssh take that long).
+    eventually(15, "rmpeer of the killed router succeeds", || h.weave(2, &["rmpeer", &peer1]).status.success());
+    start_bg(&mut h, 2, "a2", &[]).succeeds_within(15, "a container on host2 after rmpeer");
 
     // Communicated promptly to the third.
-    start_bg(&mut h, 3, "a3", &[]).succeeds_within(5, "a container on host3 after rmpeer on host2");
+    start_bg(&mut h, 3, "a3", &[]).succeeds_within(15, "a container on host3 after rmpeer on host2");
 }
 
 /// 340_observers_cannot_vote_3: an observer does not count towards a
@@ -313,7 +321,7 @@ fn t340_observers_cannot_vote() {
     launch(&h, 3, &["--ipalloc-init", "consensus=2", "10.99.0.2"]);
 
     // Allocation succeeds.
-    start_bg(&mut h, 1, "a2", &[]).succeeds_within(10, "allocation with a second elector");
+    start_bg(&mut h, 1, "a2", &[]).succeeds_within(20, "allocation with a second elector");
 }
 
 /// 350_observers_can_call_election_3: electors that have not yet agreed
@@ -337,7 +345,7 @@ fn t350_observers_can_call_election() {
     }
 
     // Allocation succeeds on the observer.
-    start_bg(&mut h, 3, "a1", &[]).succeeds_within(10, "allocation on the observer");
+    start_bg(&mut h, 3, "a1", &[]).succeeds_within(20, "allocation on the observer");
 }
 
 /// 360_ipalloc_seed_mismatch_3: connecting peers of two different rings
