@@ -194,7 +194,7 @@ pub async fn status_and_report(router: &Router) -> Result<(pb::StatusReply, serd
     let s = mesh_status(router).await?;
     let st = status_of(router, &s);
     let mut v = serde_json::json!({
-        "Ready": true,
+        "Ready": router.is_ready(),
         "Version": VERSION,
         // No version check is ever made (nothing calls out).
         "VersionCheck": {"Enabled": false, "Success": false, "NewVersion": "", "NextCheckAt": "0001-01-01T00:00:00Z"},

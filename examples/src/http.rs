@@ -155,7 +155,8 @@ async fn handle(router: Arc<Router>, only_metrics: bool, req: Request<hyper::bod
     if req.method() != hyper::Method::GET {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "read-only\n".into()));
     }
-    let r = match req.uri().path() {
+    let path = req.uri().path().to_owned();
+    let r = match path.as_str() {
         // The metrics address serves Prometheus only (Weave's
         // `--metrics-addr`): no report with its addresses and names.
         "/metrics" if only_metrics => metrics(&router).await.map(|m| ("text/plain; version=0.0.4", m)),
@@ -170,7 +171,11 @@ async fn handle(router: Arc<Router>, only_metrics: bool, req: Request<hyper::bod
         },
         _ => return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "not found: /status, /status/VIEW, /report, /metrics\n".into())),
     };
+    // As Weave: the status pages say 503 until every part has started,
+    // with their text all the same.
+    let status_page = path == "/status" || path.starts_with("/status/");
     Ok(match r {
+        Ok((ctype, body)) if status_page && !router.is_ready() => reply(StatusCode::SERVICE_UNAVAILABLE, ctype, body),
         Ok((ctype, body)) => reply(StatusCode::OK, ctype, body),
         Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{}\n", e.message())),
     })

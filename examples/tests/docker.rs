@@ -213,7 +213,19 @@ fn docker_network_plugin_gives_containers_overlay_addresses_and_names() {
     // on this machine do not meet.
     let driver = format!("wvp{}", std::process::id());
     dc.networks.push(driver.clone());
-    launch_pair(&h, &["--plugin", "--plugin-name", &driver]);
+    ok(h.weave(
+        1,
+        &["launch", "--name", "::1", "--nickname", "h1", "--ipalloc-init", "consensus=2", "--docker-grace", "3", "--plugin", "--plugin-name", &driver],
+    ));
+    // Alone, host 1 cannot make its network (Docker asks IPAM for the
+    // gateway, which needs host 2 for consensus): as Weave, not ready, and
+    // its status pages say 503 while showing the status all the same.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let page = common::http_get(&h, 1, "/status");
+    assert!(page.starts_with("HTTP/1.1 503") && page.contains("Service: router"), "{page}");
+    assert!(common::http_get(&h, 1, "/report").contains("\"Ready\": false"));
+    ok(h.weave(2, &["launch", "--name", "::2", "--nickname", "h2", "--ipalloc-init", "consensus=2", "--no-plugin", "10.99.0.1"]));
+    eventually(30, "host 1 ready once its network is made", || common::http_get(&h, 1, "/status").starts_with("HTTP/1.1 200"));
     let sock = format!("/run/docker/plugins/{driver}.sock");
     assert!(std::path::Path::new(&sock).exists());
     eventually(20, "the router creates its Docker network", || Command::new("docker").args(["network", "inspect", &driver]).output().unwrap().status.success());

@@ -88,6 +88,9 @@ pub struct Router {
     /// veth, and the container is released.
     links_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
     plugin: Mutex<Option<Arc<crate::plugin::Plugin>>>,
+    /// Every part started (the plugin's Docker network is made in the
+    /// background): Weave's `Ready`, `/status` answers 503 until then.
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Router {
@@ -242,6 +245,7 @@ impl Router {
             id_locks: Mutex::new(BTreeMap::new()),
             links_watch: Mutex::new(None),
             plugin: Mutex::new(None),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
         router.save_targets(&lock(&router.targets));
         {
@@ -274,18 +278,21 @@ impl Router {
         if let Some(d) = router.docker.clone() {
             tokio::spawn(follow_docker(Arc::downgrade(&router), d));
         }
+        let mut plugin_pending = false;
         if let Some(settings) = &cfg.plugin {
             let p = Arc::new(crate::plugin::Plugin::start(Arc::downgrade(&router), settings.clone()).await?);
             match router.docker.clone() {
                 // In the background: Docker asks IPAM for the gateway,
                 // which may wait for consensus with peers not yet here.
                 Some(d) => {
-                    let p = p.clone();
+                    let (p, ready) = (p.clone(), router.ready.clone());
+                    plugin_pending = true;
                     tokio::spawn(async move {
                         match p.ensure_network(&d).await {
                             Ok(()) => tracing::info!(network = %p.name(), "Docker network ready"),
                             Err(e) => tracing::warn!(error = %e, "the Docker plugin runs without its network"),
                         }
+                        ready.store(true, std::sync::atomic::Ordering::Release);
                     });
                 }
                 None => tracing::warn!("no Docker daemon answers: the plugin is served, but no network was created"),
@@ -297,7 +304,15 @@ impl Router {
             tracing::info!(socket = %settings.socket.display(), "Docker API proxy listening");
         }
         mesh.connect(cfg.peers.clone(), false).await.map_err(|_| "mesh stopped")?.map_err(|e| e.to_string())?;
+        if !plugin_pending {
+            router.ready.store(true, std::sync::atomic::Ordering::Release);
+        }
         Ok(router)
+    }
+
+    /// Whether every part has started (Weave's `Ready`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The configuration.
