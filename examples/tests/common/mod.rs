@@ -130,14 +130,18 @@ impl Hosts {
 
     /// `weave` on host `i` with extra environment (e.g. `DOCKER_HOST`).
     pub(crate) fn weave_with(&self, i: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name(&format!("h{i}")), env!("CARGO_BIN_EXE_weave"), "--state-dir"])
+        self.weave_command(i, args).envs(env.iter().copied()).output().expect("run weave")
+    }
+
+    /// The command `weave ARGS` on host `i`, to run as the caller likes
+    /// (in the background, with a time limit).
+    pub(crate) fn weave_command(&self, i: usize, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name(&format!("h{i}")), env!("CARGO_BIN_EXE_weave"), "--state-dir"])
             .arg(self.state(i))
             .args(args)
-            .env_remove("WEAVE_PASSWORD")
-            .envs(env.iter().copied())
-            .output()
-            .expect("run weave")
+            .env_remove("WEAVE_PASSWORD");
+        c
     }
 
     pub(crate) fn ping(&self, from: &str, to: &str) -> bool {

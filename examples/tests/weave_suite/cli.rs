@@ -46,15 +46,7 @@ fn field(text: &str, n: usize) -> String {
 /// 510's `check`: `timeout 10 cat <( weave_on $HOST1 CMD )`, which passes
 /// when the command finishes within 10 s, whatever its exit status.
 fn finishes_within(h: &Hosts, i: usize, args: &[&str], secs: u64) -> bool {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &h.name(&format!("h{i}")), env!("CARGO_BIN_EXE_weave"), "--state-dir"])
-        .arg(h.state(i))
-        .args(args)
-        .env_remove("WEAVE_PASSWORD")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run weave");
+    let mut child = h.weave_command(i, args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run weave");
     let end = Instant::now() + Duration::from_secs(secs);
     loop {
         if child.try_wait().expect("wait").is_some() {

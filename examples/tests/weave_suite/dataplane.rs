@@ -117,15 +117,7 @@ fn send_tcp(ns: &str, to: &str, data: Vec<u8>) -> std::io::Result<()> {
 
 /// `weave ARGS` on host `i`, killed (and failed) if it takes over `secs`.
 fn weave_within(h: &Hosts, i: usize, args: &[&str], secs: u64) -> Output {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &h.name(&format!("h{i}")), env!("CARGO_BIN_EXE_weave"), "--state-dir"])
-        .arg(h.state(i))
-        .args(args)
-        .env_remove("WEAVE_PASSWORD")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = h.weave_command(i, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let end = Instant::now() + Duration::from_secs(secs);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > end {

@@ -86,11 +86,8 @@ impl Drop for Bg {
 fn start_bg(h: &mut Hosts, i: usize, name: &str, addrs: &[&str]) -> Bg {
     let ns = h.ns(name);
     let host = format!("{name}.weave.local");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &h.name(&format!("h{i}")), env!("CARGO_BIN_EXE_weave"), "--state-dir"])
-        .arg(h.state(i))
-        .args([&["attach", "-h", &host], addrs, &[&ns]].concat())
-        .env_remove("WEAVE_PASSWORD")
+    let child = h
+        .weave_command(i, &[&["attach", "-h", &host], addrs, &[&ns]].concat())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
