@@ -101,12 +101,21 @@ pub struct ConnectionMaker {
     connected: BTreeSet<String>,
     active: usize,
     rng: SimRng,
+    /// Bumped whenever the targets change (see [`Self::generation`]).
+    generation: u64,
 }
 
 impl ConnectionMaker {
     /// A connection maker with no targets.
     pub fn new(cfg: ConnMakerConfig, rng: SimRng) -> Self {
-        Self { cfg, targets: BTreeMap::new(), connected: BTreeSet::new(), active: 0, rng }
+        Self { cfg, targets: BTreeMap::new(), connected: BTreeSet::new(), active: 0, rng, generation: 0 }
+    }
+
+    /// Changes whenever targets are added, forgotten or discovered: a
+    /// caller may skip [`Self::set_connected`] while neither this nor what
+    /// it would pass changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The settings.
@@ -144,6 +153,7 @@ impl ConnectionMaker {
     /// Add direct targets; with `replace`, direct targets not listed are
     /// dropped first.
     pub fn connect(&mut self, now: Instant, addrs: &[String], replace: bool) -> Result<(), InvalidTarget> {
+        self.generation += 1;
         let addrs = addrs.iter().map(|a| self.normalize(a)).collect::<Result<Vec<_>, _>>()?;
         if replace {
             for t in self.targets.values_mut() {
@@ -171,6 +181,7 @@ impl ConnectionMaker {
 
     /// Drop direct targets (an existing connection stays up).
     pub fn forget(&mut self, addrs: &[String]) -> Result<(), InvalidTarget> {
+        self.generation += 1;
         for a in addrs {
             let a = self.normalize(a)?;
             if let Some(t) = self.targets.get_mut(&a) {
@@ -195,6 +206,7 @@ impl ConnectionMaker {
     /// [`ConnMakerConfig::discovery_defer`] (scaled by a random factor in
     /// [1, 2)), unless it connects to us meanwhile.
     pub fn set_discovered(&mut self, now: Instant, addrs: impl IntoIterator<Item = (String, bool)>) {
+        self.generation += 1;
         if !self.cfg.discovery {
             return;
         }

@@ -354,7 +354,18 @@ impl MeshBuilder {
             cfg: cfg.clone(),
         });
         let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
-        let driver = Driver { node, links: HashMap::new(), persisters, shared, events: events.clone(), view, failures: VecDeque::new(), listen };
+        let driver = Driver {
+            node,
+            links: HashMap::new(),
+            links_epoch: 0,
+            published_epoch: None,
+            persisters,
+            shared,
+            events: events.clone(),
+            view,
+            failures: VecDeque::new(),
+            listen,
+        };
         let task = tokio::spawn(driver.run(cmd_rx, acceptor));
         Ok(MeshHandle {
             cmd: cmd_tx.clone(),
@@ -549,6 +560,9 @@ struct ConnEntry {
 struct Driver {
     node: Node,
     links: HashMap<ConnId, ConnEntry>,
+    /// Bumped when `links` changes; the view is rebuilt only then.
+    links_epoch: u64,
+    published_epoch: Option<u64>,
     /// Each persistent channel's sink; `None` while a save is under way.
     persisters: HashMap<String, Option<Box<dyn Persist>>>,
     shared: Arc<Shared>,
@@ -586,6 +600,7 @@ impl Driver {
         acceptor.abort();
         // Dropping the entries tells every connection task to flush and close.
         self.links.clear();
+        self.links_epoch += 1;
         self.publish_view();
     }
 
@@ -610,6 +625,7 @@ impl Driver {
                         tracing::info!(peer = %info.name, nickname = %info.nickname, %socket, "connection established");
                         let keys = info.data_keys.clone();
                         self.links.insert(conn, ConnEntry { link, peer: info.name, socket, encrypted: info.encrypted, outbound, data_keys: keys.clone() });
+                        self.links_epoch += 1;
                         // A connection this one replaced goes first, so
                         // subscribers see Disconnected before Connected.
                         self.pump(now);
@@ -668,6 +684,7 @@ impl Driver {
     /// A connection ended on our side of the node: tell subscribers.
     fn forget_link(&mut self, conn: ConnId, reason: &str) {
         if let Some(e) = self.links.remove(&conn) {
+            self.links_epoch += 1;
             tracing::info!(peer = %e.peer, socket = %e.socket, %reason, "connection closed");
             let _ = self.events.send(DriverEvent::Disconnected { peer: e.peer, reason: reason.to_owned() });
         }
@@ -766,6 +783,11 @@ impl Driver {
 
     /// Publish the connections, if they changed.
     fn publish_view(&mut self) {
+        // Every pump calls this: build the view only when a link came or went.
+        if self.published_epoch == Some(self.links_epoch) {
+            return;
+        }
+        self.published_epoch = Some(self.links_epoch);
         let connections: BTreeMap<PeerName, ViewConnection> = self
             .links
             .iter()

@@ -283,6 +283,8 @@ pub struct Mesh {
     last_recalc: Option<Instant>,
     known: BTreeSet<PeerName>,
     conns: BTreeMap<ConnId, Conn>,
+    /// Bumped whenever a connection is added or removed.
+    conn_epoch: u64,
     by_peer: HashMap<PeerName, ConnId>,
     channels: Slots,
     transmits: VecDeque<Transmit>,
@@ -316,6 +318,7 @@ impl Mesh {
             recalc_at: None,
             last_recalc: None,
             conns: BTreeMap::new(),
+            conn_epoch: 0,
             by_peer: HashMap::new(),
             channels: BTreeMap::new(),
             transmits: VecDeque::new(),
@@ -373,6 +376,11 @@ impl Mesh {
     /// The connection to a peer, if any.
     pub fn connection_to(&self, peer: PeerName) -> Option<ConnId> {
         self.by_peer.get(&peer).copied()
+    }
+
+    /// Changes whenever a connection is added or removed.
+    pub fn conn_epoch(&self) -> u64 {
+        self.conn_epoch
     }
 
     /// Listen addresses of our connections (targets a connection covers).
@@ -516,6 +524,7 @@ impl Mesh {
         }
         self.by_peer.insert(remote.name, conn);
         self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat: now + self.cfg.heartbeat_interval, pending: BTreeSet::new() });
+        self.conn_epoch += 1;
         self.our_connections_changed(now);
         let (sum, count) = self.topo.digest();
         self.send(conn, Body::Digest(TopologyDigest { sum: sum.to_le_bytes().to_vec(), count }));
@@ -547,6 +556,7 @@ impl Mesh {
         let Some(c) = self.conns.remove(&conn) else {
             return false;
         };
+        self.conn_epoch += 1;
         if self.by_peer.get(&c.remote.name) == Some(&conn) {
             self.by_peer.remove(&c.remote.name);
         }

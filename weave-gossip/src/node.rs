@@ -110,6 +110,12 @@ pub struct Node {
     saves: BTreeMap<String, SaveState>,
     actions: VecDeque<Action>,
     routes_epoch: u64,
+    /// Bumped whenever `covered` changes.
+    covered_epoch: u64,
+    /// What the connection maker was last told was connected, as (mesh
+    /// connections, covered, active count, targets) generations: while
+    /// none changes, telling it again (copying every address) is skipped.
+    told: Option<(u64, u64, usize, u64)>,
 }
 
 impl Node {
@@ -122,6 +128,8 @@ impl Node {
             covered: HashMap::new(),
             in_progress: 0,
             dialing: 0,
+            covered_epoch: 0,
+            told: None,
             saves: BTreeMap::new(),
             actions: VecDeque::new(),
             routes_epoch: 0,
@@ -207,6 +215,7 @@ impl Node {
         self.cm.forget(targets)?;
         let forgotten: Vec<String> = targets.iter().filter_map(|t| self.cm.normalize(t).ok()).collect();
         let covered: Vec<PeerName> = forgotten.iter().filter_map(|t| self.covered.remove(t)).collect();
+        self.covered_epoch += 1;
         let victims: Vec<ConnId> = self
             .conns
             .iter()
@@ -239,6 +248,7 @@ impl Node {
             // long as that connection lasts.
             (Err(AddConnectionError::Duplicate(_)), Some(t)) => {
                 self.covered.insert(t.clone(), peer);
+                self.covered_epoch += 1;
             }
             (Err(e), Some(t)) => self.cm.dial_failed(now, t, e.to_string(), e.is_permanent()),
             (Err(_), None) => {}
@@ -360,11 +370,20 @@ impl Node {
                 self.cm.set_discovered(now, self.mesh.discovery_candidates());
                 self.actions.push_back(Action::Event(MeshEvent::TopologyChanged));
             }
-            let mut connected = self.mesh.connected_addresses();
-            let conns = &self.conns;
-            self.covered.retain(|_, peer| conns.values().any(|c| c.peer == *peer));
-            connected.extend(self.covered.keys().cloned());
-            self.cm.set_connected(now, connected, self.conns.len() + self.dialing + self.in_progress);
+            let active = self.conns.len() + self.dialing + self.in_progress;
+            let told = (self.mesh.conn_epoch(), self.covered_epoch, active, self.cm.generation());
+            if self.told != Some(told) {
+                let mut connected = self.mesh.connected_addresses();
+                let peers: std::collections::HashSet<PeerName> = self.conns.values().map(|c| c.peer).collect();
+                let before = self.covered.len();
+                self.covered.retain(|_, peer| peers.contains(peer));
+                if self.covered.len() != before {
+                    self.covered_epoch += 1;
+                }
+                connected.extend(self.covered.keys().cloned());
+                self.cm.set_connected(now, connected, active);
+                self.told = Some((self.mesh.conn_epoch(), self.covered_epoch, active, self.cm.generation()));
+            }
             while let Some(addr) = self.cm.poll_dial(now) {
                 self.dialing += 1;
                 self.actions.push_back(Action::Dial(addr));
