@@ -251,8 +251,6 @@ pub(super) fn reclaim(ipam: &mut Ipam, mut found: Vec<(String, Ipv4Net)>, plugin
     }
 }
 
-/// Containers with a veth of ours, as [`Router::save_attached`] left
-/// them: id -> (namespace path, interface).
 /// A container as the attached file records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Attached {
@@ -272,6 +270,8 @@ impl Default for Attached {
     }
 }
 
+/// Containers with a veth of ours, as [`Router::save_attached`] left
+/// them, by id.
 pub(super) fn load_attached(dir: &std::path::Path) -> BTreeMap<String, Attached> {
     let Ok(text) = std::fs::read_to_string(dir.join(ATTACHED_FILE)) else { return BTreeMap::new() };
     let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(&text) else {
