@@ -386,7 +386,16 @@ fn docker_run_through_the_proxy_puts_containers_on_the_overlay_by_weave_cidr() {
     let over_tcp = in_ns(&h.name("h2"), "docker").args(["-H", "tcp://10.99.0.1:12375", "ps", "--format", "{{.Names}}"]).output().unwrap();
     assert!(ok(over_tcp).contains(&c1), "docker ps through the proxy's TCP listener");
     eventually(15, "host 2 learns c1's name", || ok(h.weave(2, &["dns-lookup", &c1])).trim() == a1);
-    let run = docker(2, &["run", "--name", &c2, IMAGE, "ping", "-c", "1", "-W", "5", &c1]);
+    // A fresh path's first packet can be lost on a loaded machine (the
+    // fast path and ARP still forming): up to three runs, each a new c2.
+    let mut run = docker(2, &["run", "--name", &c2, IMAGE, "ping", "-c", "1", "-W", "5", &c1]);
+    for _ in 0..2 {
+        if run.status.success() {
+            break;
+        }
+        ok(docker(2, &["rm", "-f", &c2]));
+        run = docker(2, &["run", "--name", &c2, IMAGE, "ping", "-c", "1", "-W", "5", &c1]);
+    }
     assert!(run.status.success(), "c2 pings c1 by name across hosts: {}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
     assert!(String::from_utf8_lossy(&run.stdout).contains(&a1), "through the attach stream: {run:?}");
     assert!(ok(docker(2, &["logs", "-f", &c2])).contains("1 packets received"), "docker logs -f through the proxy");
