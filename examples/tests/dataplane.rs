@@ -602,3 +602,91 @@ fn a_path_that_drops_big_datagrams_is_found_and_big_pings_cross() {
     }
     assert!(lab.ping("c1", &["-c", "3", "-i", "0.3", "-s", "10000", "10.32.0.2"]).contains("3 received"));
 }
+
+/// Multicast over the overlay (Weave's complaints #2003 and #3601): a
+/// sender on host 1 and receivers on hosts 2 and 3, with the link between
+/// hosts 1 and 3 cut, so host 3's copies are relayed by host 2. Each
+/// receiver gets every datagram, each exactly once.
+#[test]
+fn multicast_arrives_exactly_once_at_every_receiver_also_when_relayed() {
+    use std::collections::BTreeMap;
+    use std::net::{Ipv4Addr, UdpSocket};
+    use weave_dataplane::netlink::Netns;
+
+    if !require_root() {
+        return;
+    }
+    let mut h = common::Hosts::with(3);
+    // Hosts 1 and 3 cannot reach each other: host 2 relays.
+    for (i, other) in [(1, 3), (3, 1)] {
+        let rules = format!(
+            "table inet cut {{\n chain in {{ type filter hook input priority 0; ip saddr 10.99.0.{other} drop; }}\n chain out {{ type filter hook output priority 0; ip daddr 10.99.0.{other} drop; }}\n}}\n"
+        );
+        let mut nft = Command::new("ip").args(["netns", "exec", &h.name(&format!("h{i}")), "nft", "-f", "-"]).stdin(Stdio::piped()).spawn().unwrap();
+        nft.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+        assert!(nft.wait().unwrap().success(), "cut h{i} from h{other}");
+    }
+    common::ok(h.weave(1, &["launch", "--name", "::1", "--no-docker", "--ipalloc-range", "", "10.99.0.2"]));
+    common::ok(h.weave(2, &["launch", "--name", "::2", "--no-docker", "--ipalloc-range", ""]));
+    common::ok(h.weave(3, &["launch", "--name", "::3", "--no-docker", "--ipalloc-range", "", "10.99.0.2"]));
+    let cs: Vec<String> = (1..=3).map(|i| h.ns(&format!("c{i}"))).collect();
+    for (i, c) in cs.iter().enumerate() {
+        common::ok(h.weave(i + 1, &["attach", &format!("10.2.5.{}/24", i + 1), c]));
+    }
+    // Unicast first: the relayed path is up before anything is counted.
+    assert!(h.ping("c1", "10.2.5.3") && h.ping("c3", "10.2.5.1") && h.ping("c1", "10.2.5.2"), "the overlay is up, h1-h3 through h2");
+
+    let group = Ipv4Addr::new(239, 1, 2, 3);
+    const COUNT: u32 = 200;
+    // Receivers: a socket in each receiver's namespace, joined on ethwe.
+    let receivers: Vec<UdpSocket> = [(2usize, Ipv4Addr::new(10, 2, 5, 2)), (3, Ipv4Addr::new(10, 2, 5, 3))]
+        .into_iter()
+        .map(|(i, addr)| {
+            Netns::named(&cs[i - 1])
+                .run(move || {
+                    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353))?;
+                    s.join_multicast_v4(&group, &addr)?;
+                    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    Ok(s)
+                })
+                .expect("receiver socket")
+        })
+        .collect();
+    let counting: Vec<std::thread::JoinHandle<BTreeMap<u32, u32>>> = receivers
+        .into_iter()
+        .map(|s| {
+            std::thread::spawn(move || {
+                let mut seen = BTreeMap::new();
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.recv(&mut buf) {
+                    if n == 4 {
+                        *seen.entry(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]])).or_insert(0) += 1;
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    // Give IGMP joins a moment, then send from host 1, paced.
+    std::thread::sleep(Duration::from_millis(500));
+    Netns::named(&cs[0])
+        .run(move || {
+            let s = UdpSocket::bind((Ipv4Addr::new(10, 2, 5, 1), 0))?;
+            for seq in 0..COUNT {
+                s.send_to(&seq.to_be_bytes(), (group, 5353))?;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(())
+        })
+        .expect("send");
+    for (host, t) in [2, 3].into_iter().zip(counting) {
+        let seen = t.join().unwrap();
+        let dup: Vec<(&u32, &u32)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(dup.is_empty(), "host {host}: datagrams received more than once: {dup:?}");
+        let missing: Vec<u32> = (0..COUNT).filter(|s| !seen.contains_key(s)).collect();
+        assert!(missing.is_empty(), "host {host}: {} of {COUNT} datagrams missing: {missing:?}", missing.len());
+    }
+    for i in 1..=3 {
+        common::ok(h.weave(i, &["reset"]));
+    }
+}
