@@ -942,18 +942,20 @@ async fn dial(addr: String, shared: Arc<Shared>) {
     let result = tokio::time::timeout(shared.cfg.dial_timeout, TcpStream::connect(addr.as_str())).await;
     let stream = match result {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return report_failure(&shared, None, Some(addr), e.to_string()).await,
-        Err(_) => return report_failure(&shared, None, Some(addr), "dial timed out".into()).await,
+        Ok(Err(e)) => return report_failure(&shared, None, Some(addr), e.to_string(), false).await,
+        Err(_) => return report_failure(&shared, None, Some(addr), "dial timed out".into(), false).await,
     };
     let socket = match stream.peer_addr() {
         Ok(s) => s,
-        Err(e) => return report_failure(&shared, None, Some(addr), e.to_string()).await,
+        Err(e) => return report_failure(&shared, None, Some(addr), e.to_string(), false).await,
     };
     run_connection(stream, socket, Role::Initiator, Some(addr), shared).await;
 }
 
-async fn report_failure(shared: &Shared, socket: Option<SocketAddr>, target: Option<String>, reason: String) {
-    let _ = shared.send(Cmd::HandshakeFailed { socket, target, reason, refused: false }).await;
+/// A dial or handshake that failed; `refused` when we turned the peer
+/// away for what it is.
+async fn report_failure(shared: &Shared, socket: Option<SocketAddr>, target: Option<String>, reason: String, refused: bool) {
+    let _ = shared.send(Cmd::HandshakeFailed { socket, target, reason, refused }).await;
 }
 
 async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, target: Option<String>, shared: Arc<Shared>) {
@@ -989,11 +991,8 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
     };
     let info = match tokio::time::timeout(shared.cfg.handshake_timeout, handshake).await {
         Ok(Ok(info)) => info,
-        Ok(Err((reason, refused))) => {
-            let _ = shared.send(Cmd::HandshakeFailed { socket: Some(socket), target, reason, refused }).await;
-            return;
-        }
-        Err(_) => return report_failure(&shared, Some(socket), target, "handshake timed out".into()).await,
+        Ok(Err((reason, refused))) => return report_failure(&shared, Some(socket), target, reason, refused).await,
+        Err(_) => return report_failure(&shared, Some(socket), target, "handshake timed out".into(), false).await,
     };
     let (tx, mut rx) = mpsc::channel::<Envelope>(CONN_QUEUE);
     let (close_tx, mut close_rx) = oneshot::channel::<()>();
