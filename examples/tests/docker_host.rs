@@ -106,6 +106,10 @@ impl Drop for Dockerd {
         if std::thread::panicking() {
             eprintln!("--- dockerd:\n{}", std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default());
         }
+        // dockerd may leave its handle on its namespace mounted under the
+        // exec root (seen after a SIGKILL): unmount it, so nothing of the
+        // test stays mounted and the directory can go.
+        let _ = Command::new("umount").arg("-l").arg(self.dir.join("exec/netns/default")).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
