@@ -385,7 +385,11 @@ impl pb::control_server::Control for Service {
             // A subnet means the host's addresses exposed in it.
             let subnet = match a.parse::<AddrSpec>() {
                 Ok(AddrSpec::Subnet(s)) => Some(s),
-                Ok(AddrSpec::Default) => self.router.default_subnet(),
+                Ok(AddrSpec::Default) => Some(
+                    self.router
+                        .default_subnet()
+                        .ok_or_else(|| Status::failed_precondition("IPAM is disabled: no default subnet; give the addresses to hide"))?,
+                ),
                 _ => None,
             };
             if let Some(subnet) = subnet {
