@@ -116,7 +116,7 @@ fn golden_inputs_pass_every_target() {
         weave_fuzz::sleeve_datagrams(&body[..i]);
     }
     let mut beat = vec![1u8];
-    weave_dataplane::wire::Beat { seq: 1, size: 0, flags: 7, fastpath_mac: [2; 6], fastpath_port: 6784 }.write(&mut beat);
+    weave_dataplane::wire::Beat { seq: 1, size: 0, flags: 7, fastpath_mac: [2; 6], fastpath_port: 6784, echo: None }.write(&mut beat);
     weave_fuzz::sleeve_datagrams(&beat);
     // Found by libFuzzer: a sealed datagram with counter u64::MAX.
     weave_fuzz::sleeve_datagrams(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);

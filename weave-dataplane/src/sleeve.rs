@@ -227,6 +227,14 @@ struct Peer {
     /// The last heartbeat was a slow one (may be sent early, in step).
     slow: bool,
     seq: u32,
+    /// When heartbeats `seq`, `seq - 1`, ... went out: an echo of one is
+    /// proof that the path worked at that time. Rounds can be as short as
+    /// half an interval (sent early, in step), so the peer's next heartbeat
+    /// may echo one a few rounds old.
+    beat_sent: [Option<Instant>; 4],
+    /// The last (unpadded) heartbeat sequence number heard from the peer,
+    /// echoed in ours.
+    heard_seq: Option<u32>,
     last_rx: Option<Instant>,
     last_ack: Option<Instant>,
     pmtu: Pmtu,
@@ -245,6 +253,18 @@ impl Peer {
         self.fastpath_offer = (beat.flags & wire::BEAT_FASTPATH != 0).then_some((beat.fastpath_mac, beat.fastpath_port));
         self.fastpath_heard_by_peer = beat.flags & wire::BEAT_FASTPATH_HEARD != 0;
         self.trusts_us = beat.flags & wire::BEAT_TRUSTS_YOU != 0;
+    }
+
+    /// The peer heard our heartbeat `seq` (an ack, or an echo in its own
+    /// heartbeat): the path worked when that heartbeat was sent.
+    fn heard_us(&mut self, seq: u32) {
+        let age = self.seq.wrapping_sub(seq) as usize;
+        if let Some(at) = self.beat_sent.get(age).copied().flatten() {
+            self.last_ack = Some(self.last_ack.map_or(at, |t| t.max(at)));
+            if seq == self.seq {
+                self.pmtu.acked(0, false);
+            }
+        }
     }
 }
 
@@ -552,6 +572,8 @@ impl Sleeve {
             next_beat: now,
             slow: false,
             seq: 0,
+            beat_sent: [None; 4],
+            heard_seq: None,
             last_rx: None,
             last_ack: None,
             pmtu: Pmtu::new(self.cfg.max_datagram),
@@ -986,9 +1008,23 @@ impl Sleeve {
                     return self.drop(DropReason::Malformed);
                 };
                 p.note_beat(&beat);
-                let size = u16::try_from(data.len()).unwrap_or(u16::MAX);
-                let ack = Beat { seq: beat.seq, size, ..self.our_beat(now, h.sender) };
-                self.send_beat(h.sender, Kind::HeartbeatAck, ack, 0, tx);
+                if let Some(echo) = beat.echo {
+                    p.heard_us(echo);
+                }
+                // A probe is padded (its size is set); only the small
+                // heartbeat is echoed, since the echo stands for "the
+                // path works", not for a size.
+                let probe = beat.size != 0;
+                if !probe {
+                    p.heard_seq = Some(beat.seq);
+                }
+                // On a settled path the sender takes the echo in our next
+                // heartbeat for the ack: half the datagrams of an idle mesh.
+                if probe || beat.flags & wire::BEAT_ECHO_OK == 0 {
+                    let size = u16::try_from(data.len()).unwrap_or(u16::MAX);
+                    let ack = Beat { seq: beat.seq, size, echo: None, ..self.our_beat(now, h.sender) };
+                    self.send_beat(h.sender, Kind::HeartbeatAck, ack, 0, tx);
+                }
             }
             Kind::HeartbeatAck => {
                 let Ok(beat) = Beat::parse(&data[HEADER_LEN..body_end]) else {
@@ -1134,7 +1170,7 @@ impl Sleeve {
                 flags |= wire::BEAT_FASTPATH_HEARD;
             }
         }
-        Beat { seq: p.seq, size: 0, flags, fastpath_mac: mac, fastpath_port: port }
+        Beat { seq: p.seq, size: 0, flags, fastpath_mac: mac, fastpath_port: port, echo: p.heard_seq }
     }
 
     /// Send a heartbeat-kind datagram, padded to `pad_to` bytes.
@@ -1175,15 +1211,30 @@ impl Sleeve {
                 let p = self.peers.get_mut(&n).expect("listed");
                 p.pmtu.end_round();
                 p.seq = p.seq.wrapping_add(1);
+                p.beat_sent.rotate_right(1);
+                p.beat_sent[0] = Some(now);
                 let settled = p.pmtu.settled();
                 // Searching, or re-checking a verification that failed.
                 let rechecking = p.pmtu.verifying && p.pmtu.misses > 0;
-                (!est || !settled || rechecking, (!settled || p.pmtu.verifying).then_some(p.pmtu.probe))
+                // The last proof that the peer hears us is getting old (an
+                // echo or a heartbeat was lost; at rest it is one round
+                // old): ask at the fast rate, for acks, before the path
+                // would time out.
+                let stale_after = (self.cfg.path_timeout / 2).max(self.cfg.heartbeat * 3 / 2);
+                let stale = p.last_ack.is_none_or(|t| now.saturating_duration_since(t) >= stale_after);
+                (!est || !settled || rechecking || stale, (!settled || p.pmtu.verifying).then_some(p.pmtu.probe))
             };
-            let beat = self.our_beat(now, n);
+            let mut beat = self.our_beat(now, n);
+            // Settled and not probing: the peer's next heartbeat (due
+            // within an interval) echoes this one, which is ack enough.
+            // While establishing, searching, verifying or stale, acks come
+            // at once.
+            if !fast && probe.is_none() {
+                beat.flags |= wire::BEAT_ECHO_OK;
+            }
             self.send_beat(n, Kind::Heartbeat, beat, 0, tx);
             if let Some(size) = probe {
-                let b = Beat { size, ..beat };
+                let b = Beat { size, flags: beat.flags & !wire::BEAT_ECHO_OK, ..beat };
                 self.send_beat(n, Kind::Heartbeat, b, usize::from(size), tx);
             }
             let p = self.peers.get_mut(&n).expect("listed");

@@ -30,7 +30,10 @@
 //!
 //! A heartbeat (and its ack) carries a sequence number, the datagram size it
 //! was padded to (path-MTU probes) and what the sender offers: trust (skip
-//! encryption) and its fast-path VXLAN endpoint.
+//! encryption) and its fast-path VXLAN endpoint. A heartbeat may also echo
+//! the sequence number of the last heartbeat its sender heard from the
+//! receiver (4 bytes after the body, with [`BEAT_ECHO`]): on a settled path
+//! that echo is the acknowledgement, and no ack datagram is sent.
 
 use weave_core::PeerName;
 
@@ -79,6 +82,13 @@ pub const BEAT_TRUSTS_YOU: u8 = 1;
 pub const BEAT_FASTPATH: u8 = 2;
 /// Heartbeat flag: the sender hears our fast-path heartbeats.
 pub const BEAT_FASTPATH_HEARD: u8 = 4;
+/// Heartbeat flag: an echo follows the body (see [`Beat::echo`]).
+pub const BEAT_ECHO: u8 = 8;
+/// Heartbeat flag: the sender takes the echo in our next heartbeat as the
+/// acknowledgement of this one; answer it with no ack datagram.
+pub const BEAT_ECHO_OK: u8 = 16;
+/// Length of the echo that may follow a heartbeat's body.
+pub const ECHO_LEN: usize = 4;
 
 /// What a datagram carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,12 +306,16 @@ pub struct Beat {
     /// The datagram length the heartbeat was padded to; in an ack, the
     /// length that arrived.
     pub size: u16,
-    /// `BEAT_*` flags.
+    /// `BEAT_*` flags ([`BEAT_ECHO`] follows `echo` when written).
     pub flags: u8,
     /// The sender's fast-path endpoint MAC (with [`BEAT_FASTPATH`]).
     pub fastpath_mac: [u8; 6],
     /// The sender's VXLAN UDP port (with [`BEAT_FASTPATH`]).
     pub fastpath_port: u16,
+    /// The sequence number of the last heartbeat the sender heard from the
+    /// receiver. Senders that predate it never set it, and receivers that
+    /// predate it ignore it (it sits where probe padding would).
+    pub echo: Option<u32>,
 }
 
 impl Beat {
@@ -309,10 +323,13 @@ impl Beat {
     pub fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
-        out.push(self.flags);
+        out.push(if self.echo.is_some() { self.flags | BEAT_ECHO } else { self.flags & !BEAT_ECHO });
         out.extend_from_slice(&self.fastpath_mac);
         out.extend_from_slice(&self.fastpath_port.to_be_bytes());
         out.push(0);
+        if let Some(e) = self.echo {
+            out.extend_from_slice(&e.to_be_bytes());
+        }
     }
 
     /// Decode a body (padding ignored).
@@ -320,12 +337,19 @@ impl Beat {
         let b = body.get(..BEAT_LEN).ok_or(WireError::ShortBeat)?;
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&b[7..13]);
+        let flags = b[6];
+        let echo = match body.get(BEAT_LEN..BEAT_LEN + ECHO_LEN) {
+            _ if flags & BEAT_ECHO == 0 => None,
+            Some(e) => Some(u32::from_be_bytes([e[0], e[1], e[2], e[3]])),
+            None => return Err(WireError::ShortBeat),
+        };
         Ok(Self {
             seq: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
             size: u16::from_be_bytes([b[4], b[5]]),
-            flags: b[6],
+            flags,
             fastpath_mac: mac,
             fastpath_port: u16::from_be_bytes([b[13], b[14]]),
+            echo,
         })
     }
 }
@@ -395,12 +419,35 @@ mod tests {
 
     #[test]
     fn beat_round_trip() {
-        let beat = Beat { seq: 7, size: 1400, flags: BEAT_FASTPATH | BEAT_TRUSTS_YOU, fastpath_mac: [2, 0, 0, 0, 0, 9], fastpath_port: 6784 };
+        let beat = Beat { seq: 7, size: 1400, flags: BEAT_FASTPATH | BEAT_TRUSTS_YOU, fastpath_mac: [2, 0, 0, 0, 0, 9], fastpath_port: 6784, echo: None };
         let mut out = Vec::new();
         beat.write(&mut out);
         assert_eq!(out.len(), BEAT_LEN);
         out.extend_from_slice(&[0; 100]);
         assert_eq!(Beat::parse(&out), Ok(beat));
         assert_eq!(Beat::parse(&out[..10]), Err(WireError::ShortBeat));
+    }
+
+    #[test]
+    fn beat_echo_round_trip_and_padding_is_not_an_echo() {
+        let beat = Beat { seq: 8, size: 0, flags: BEAT_ECHO_OK, fastpath_mac: [0; 6], fastpath_port: 0, echo: Some(0xdead_beef) };
+        let mut out = Vec::new();
+        beat.write(&mut out);
+        assert_eq!(out.len(), BEAT_LEN + ECHO_LEN);
+        assert_eq!(out[6], BEAT_ECHO_OK | BEAT_ECHO);
+        let got = Beat::parse(&out).unwrap();
+        assert_eq!(got.echo, Some(0xdead_beef));
+        assert_eq!(got.flags & BEAT_ECHO_OK, BEAT_ECHO_OK);
+        // The flag without the four bytes is a short heartbeat, not a guess.
+        assert_eq!(Beat::parse(&out[..BEAT_LEN]), Err(WireError::ShortBeat));
+        // Without the flag, what follows the body is padding.
+        let mut padded = Vec::new();
+        Beat { echo: None, ..beat }.write(&mut padded);
+        padded.extend_from_slice(&[0xff; 40]);
+        assert_eq!(Beat::parse(&padded).unwrap().echo, None);
+        // A caller's stray BEAT_ECHO without an echo is not written.
+        let mut stray = Vec::new();
+        Beat { flags: BEAT_ECHO, echo: None, ..beat }.write(&mut stray);
+        assert_eq!(Beat::parse(&stray).unwrap().echo, None);
     }
 }

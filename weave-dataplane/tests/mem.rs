@@ -81,6 +81,16 @@ impl Cluster {
         }
     }
 
+    /// Whether each host's paths are established, judged at the
+    /// simulated time (the trait's `paths` uses the real clock).
+    fn all_established(&self, want: bool) -> bool {
+        self.hosts.iter().all(|h| h.core().paths(self.now).iter().all(|p| p.established == want))
+    }
+
+    fn paths_now(&self) -> Vec<Vec<weave_dataplane::PeerPath>> {
+        self.hosts.iter().map(|h| h.core().paths(self.now)).collect()
+    }
+
     fn delivered(&self) -> Vec<Vec<Vec<u8>>> {
         self.hosts.iter().map(|h| h.take_delivered()).collect()
     }
@@ -92,7 +102,7 @@ fn chain_relays_unicast_and_broadcasts_exactly_once() {
         let mut c = Cluster::new(3, &[(1, 2), (2, 3)], encrypted);
         c.run(Duration::from_millis(500));
         for h in &c.hosts {
-            assert!(h.paths().iter().all(|p| p.established), "heartbeats establish every path: {:?}", h.paths());
+            assert!(h.core().paths(c.now).iter().all(|p| p.established), "heartbeats establish every path: {:?}", h.paths());
             assert!(h.paths().iter().all(|p| p.encrypted == encrypted));
         }
         let now = c.now;
@@ -194,8 +204,55 @@ fn lossy_underlay_still_establishes_paths() {
     let mut c = Cluster::new(3, &[(1, 2), (2, 3), (1, 3)], true);
     c.net.set_loss(0.3);
     c.run(Duration::from_secs(3));
-    for h in &c.hosts {
-        assert!(h.paths().iter().all(|p| p.established), "{:?}", h.paths());
+    assert!(c.all_established(true), "{:?}", c.paths_now());
+}
+
+/// Heartbeats and acks among the captured datagrams.
+fn beats_and_acks(net: &MemNet) -> (usize, usize) {
+    use weave_dataplane::wire::{Header, Kind};
+    let kinds: Vec<Kind> = net.captured().iter().filter_map(|d| Header::parse(d).ok()).map(|h| h.kind).collect();
+    (kinds.iter().filter(|k| **k == Kind::Heartbeat).count(), kinds.iter().filter(|k| **k == Kind::HeartbeatAck).count())
+}
+
+#[test]
+fn an_idle_settled_path_is_acked_by_echoes_and_still_goes_down_when_cut() {
+    for encrypted in [false, true] {
+        let mut c = Cluster::new(2, &[(1, 2)], encrypted);
+        // Established, and the path MTU found.
+        c.run(Duration::from_secs(20));
+        c.net.capture();
+        for second in 0..120 {
+            c.run(Duration::from_secs(1));
+            assert!(c.all_established(true), "second {second}: {:?}", c.paths_now());
+        }
+        // Every heartbeat used to be answered by an ack. Now only the
+        // verification rounds (one in six) and an occasional stale proof
+        // ask for one; the rest are acked by the peer's own heartbeat.
+        let (beats, acks) = beats_and_acks(&c.net);
+        assert!(beats >= 2 * 120 / 5, "both ends heartbeat every interval: {beats}");
+        assert!(acks * 3 <= beats, "at most a third as many acks as heartbeats: {acks} acks, {beats} heartbeats");
+
+        // Echoes prove the path only while they come: a cut is noticed
+        // within the path timeout (16 s), as with acks.
+        c.net.set_cut(addr(1), addr(2), true);
+        c.run(Duration::from_secs(17));
+        assert!(c.all_established(false), "cut: {:?}", c.paths_now());
+        c.net.set_cut(addr(1), addr(2), false);
+        c.run(Duration::from_secs(2));
+        assert!(c.all_established(true), "healed: {:?}", c.paths_now());
+    }
+}
+
+#[test]
+fn a_lossy_underlay_keeps_a_settled_path_up() {
+    // 10% loss: an echo or a heartbeat lost now and then must not take the
+    // path down (a stale proof asks for an explicit ack in time).
+    let mut c = Cluster::new(2, &[(1, 2)], true);
+    c.run(Duration::from_secs(20));
+    c.net.set_loss(0.1);
+    for second in 0..300 {
+        c.run(Duration::from_secs(1));
+        assert!(c.all_established(true), "second {second}: {:?}", c.paths_now());
     }
 }
 
@@ -317,7 +374,7 @@ fn a_wrong_address_guess_is_corrected_by_the_peers_heartbeats() {
         h2.poll(now);
     }
     assert_eq!(h2.paths()[0].addr, addr(1));
-    assert!(h1.paths()[0].established && h2.paths()[0].established);
+    assert!(h1.core().paths(now)[0].established && h2.core().paths(now)[0].established);
 }
 
 /// A TSO super-frame as the TAP device hands it over: virtio-net header

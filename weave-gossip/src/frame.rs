@@ -21,12 +21,15 @@ pub struct FrameTooLong {
 pub struct FrameDecoder {
     buf: BytesMut,
     max: usize,
+    /// A frame larger than [`KEEP_CAPACITY`] was cut from `buf`'s
+    /// allocation, which would be reused (kept) once the frames are gone.
+    holds_large: bool,
 }
 
 impl FrameDecoder {
     /// A decoder accepting frames of at most `max` bytes.
     pub fn new(max: usize) -> Self {
-        Self { buf: BytesMut::new(), max }
+        Self { buf: BytesMut::new(), max, holds_large: false }
     }
 
     /// Change the limit (e.g. once a handshake is over).
@@ -58,9 +61,28 @@ impl FrameDecoder {
             return Ok(None);
         }
         self.buf.advance(LEN_PREFIX);
-        Ok(Some(self.buf.split_to(len)))
+        let frame = self.buf.split_to(len);
+        // A large frame (a whole topology) must not leave its room pinned
+        // for the connection's lifetime (`BytesMut` takes the whole
+        // allocation back once the frames cut from it are dropped): one per
+        // peer in a full mesh adds up. Once nothing is buffered, start
+        // again small.
+        self.holds_large |= len > KEEP_CAPACITY;
+        if self.buf.is_empty() && self.holds_large {
+            self.buf = BytesMut::new();
+            self.holds_large = false;
+        }
+        Ok(Some(frame))
+    }
+
+    /// Room held for incoming bytes (for tests and metrics).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 }
+
+/// Room a decoder keeps between frames; anything larger is given back.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// Append `payload` to `out` as one frame.
 pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
@@ -89,6 +111,24 @@ mod tests {
         }
         assert_eq!(got, vec![b"hello".to_vec(), vec![], b"world!".to_vec()]);
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn a_large_frame_does_not_pin_its_buffer() {
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut wire = Vec::new();
+        encode_frame(&vec![7u8; 600 * 1024], &mut wire);
+        encode_frame(b"small", &mut wire);
+        d.push(&wire);
+        assert_eq!(d.next_frame().unwrap().unwrap().len(), 600 * 1024);
+        assert_eq!(&d.next_frame().unwrap().unwrap()[..], b"small");
+        // The frames are dropped: the next bytes must not take the large
+        // allocation back.
+        let mut more = Vec::new();
+        encode_frame(b"next", &mut more);
+        d.push(&more);
+        assert!(d.capacity() <= KEEP_CAPACITY, "kept {} bytes", d.capacity());
+        assert_eq!(&d.next_frame().unwrap().unwrap()[..], b"next");
     }
 
     #[test]

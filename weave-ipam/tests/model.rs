@@ -262,9 +262,11 @@ fn rmpeer_from_a_partition_then_claim_keeps_one_owner() {
 
 #[test]
 fn the_model_exercises_allocation_and_rmpeer() {
-    // Runs after (or alongside) the property test in the same binary; wait
-    // for it when run together, else run a few cases here.
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));
+    // A fixed seed: this checks that the generator and the model reach
+    // rmpeer at all, which a random draw of 256 cases sometimes does not
+    // (the property test above draws fresh cases every run).
+    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    let mut runner = TestRunner::new_with_rng(ProptestConfig::with_cases(256), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
     let strategy = (any::<u64>(), proptest::collection::vec(op(), 1..60));
     runner
         .run(&strategy, |(seed, ops)| {
