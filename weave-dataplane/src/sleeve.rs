@@ -35,12 +35,13 @@ pub struct SleeveConfig {
     /// Largest UDP payload to try (underlay MTU - 28).
     pub max_datagram: u16,
     /// Heartbeat interval once a path is up and its MTU known (default
-    /// 5 s: an idle mesh costs little per peer).
+    /// 10 s, as Weave Net's sleeve: at rest each heartbeat is a wake-up on
+    /// both ends, for every peer).
     pub heartbeat: Duration,
     /// Heartbeat interval while establishing a path or probing its MTU.
     pub fast_heartbeat: Duration,
     /// A sleeve path is down after this long without an answered heartbeat
-    /// (default 16 s: three heartbeats lost).
+    /// (default 31 s: three heartbeats lost; Weave Net allows 60 s).
     pub path_timeout: Duration,
     /// The fast path to a peer is down after this long without its
     /// fast-path heartbeats (default 6 s).
@@ -63,9 +64,9 @@ impl SleeveConfig {
             ourself,
             port,
             max_datagram: 1472,
-            heartbeat: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(10),
             fast_heartbeat: Duration::from_millis(100),
-            path_timeout: Duration::from_secs(16),
+            path_timeout: Duration::from_secs(31),
             timeout: Duration::from_secs(6),
             mac_expiry: Duration::from_secs(600),
             trusted: Vec::new(),
@@ -109,11 +110,12 @@ struct Pmtu {
     verifying: bool,
 }
 
-/// Verify a settled path MTU every this many heartbeat rounds (every 30 s
-/// at the default 5 s heartbeat: a full-size heartbeat costs bytes on every
-/// connection, and an idle mesh must stay cheap). A verification that
-/// fails is retried at the fast heartbeat, so a path that shrank is found
-/// within a second of the check.
+/// Verify a settled path MTU at most every this many heartbeat rounds
+/// (every minute at the default 10 s heartbeat), and only while frames go to
+/// the peer: a full-size heartbeat costs bytes, and an idle path's size
+/// matters only once traffic comes. A verification that fails is retried
+/// at the fast heartbeat, so a path that shrank is found within a second of
+/// the check.
 const VERIFY_EVERY: u8 = 6;
 
 impl Pmtu {
@@ -135,16 +137,18 @@ impl Pmtu {
         }
     }
 
-    /// A round ended (a new heartbeat is due): judge the last probe.
-    fn end_round(&mut self) {
+    /// A round ended (a new heartbeat is due): judge the last probe. `busy`:
+    /// frames went to the peer since the last verification.
+    fn end_round(&mut self, busy: bool) {
         if self.settled() {
             // A settled size is verified now and then: a path can shrink
             // later (a new hop, a black hole). Three verifications in a row
             // in which the small heartbeat came back and the full-size one
             // did not start the search again, below the size that failed.
-            self.rounds = self.rounds.wrapping_add(1);
+            self.rounds = self.rounds.saturating_add(1);
             if !self.verifying {
-                if self.rounds % VERIFY_EVERY == 0 {
+                if self.rounds >= VERIFY_EVERY && busy {
+                    self.rounds = 0;
                     self.verifying = true;
                     self.probe = self.effective();
                     self.probe_acked = false;
@@ -244,6 +248,8 @@ struct Peer {
     /// When we last heard the peer's fast-path heartbeat.
     fastpath_heard: Option<Instant>,
     counters: PeerCounters,
+    /// `counters.tx_frames` when the path MTU was last verified.
+    tx_at_verify: u64,
 }
 
 impl Peer {
@@ -581,6 +587,7 @@ impl Sleeve {
             fastpath_heard_by_peer: false,
             fastpath_heard: None,
             counters: PeerCounters::default(),
+            tx_at_verify: 0,
         };
         self.peers.insert(peer, p);
     }
@@ -1209,7 +1216,12 @@ impl Sleeve {
                     self.established(now, p)
                 };
                 let p = self.peers.get_mut(&n).expect("listed");
-                p.pmtu.end_round();
+                let busy = p.counters.tx_frames != p.tx_at_verify;
+                let was_verifying = p.pmtu.verifying;
+                p.pmtu.end_round(busy);
+                if p.pmtu.verifying && !was_verifying {
+                    p.tx_at_verify = p.counters.tx_frames;
+                }
                 p.seq = p.seq.wrapping_add(1);
                 p.beat_sent.rotate_right(1);
                 p.beat_sent[0] = Some(now);

@@ -226,8 +226,16 @@ fn worker(shared: &SharedSleeve, stop: &AtomicBool, tap: &File, udp: &UdpSocket,
     let mut spent: Vec<Vec<u8>> = Vec::new();
     let (tap_fd, udp_fd) = (tap.as_raw_fd(), udp.as_raw_fd());
     let mut last_work = Instant::now();
+    // What the last wait said is ready (TAP, socket, waker); None: look at
+    // both. A wake-up for one heartbeat then costs the wait and one read.
+    let mut ready: Option<[bool; 3]> = None;
+    // The last pass emptied both queues and nothing is flowing: wait
+    // rather than look again (the wait is level-triggered, so nothing that
+    // arrived meanwhile is missed).
+    let mut drained = false;
     while !stop.load(Ordering::Relaxed) {
-        let n_tap = match read_frames(tap, &mut frames, &mut lens) {
+        let [want_tap, want_udp, _] = ready.take().unwrap_or([!drained; 3]);
+        let n_tap = match if want_tap { read_frames(tap, &mut frames, &mut lens) } else { Ok(0) } {
             Ok(n) => n,
             Err(e) => {
                 // The TAP device was deleted under us (reset, or by hand):
@@ -240,7 +248,7 @@ fn worker(shared: &SharedSleeve, stop: &AtomicBool, tap: &File, udp: &UdpSocket,
                 return;
             }
         };
-        let n_udp = match batch.recv(udp_fd) {
+        let n_udp = match if want_udp { batch.recv(udp_fd) } else { Ok(0) } {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
             Err(e) => {
@@ -254,6 +262,7 @@ fn worker(shared: &SharedSleeve, stop: &AtomicBool, tap: &File, udp: &UdpSocket,
             let next_timer = lock(core).poll_timeout();
             if next_timer.is_none_or(|t| now < t) {
                 if now.saturating_duration_since(last_work) < SPIN {
+                    drained = false;
                     std::hint::spin_loop();
                     std::thread::yield_now();
                     continue;
@@ -261,11 +270,19 @@ fn worker(shared: &SharedSleeve, stop: &AtomicBool, tap: &File, udp: &UdpSocket,
                 // Asleep until a frame, a datagram, a change from outside
                 // (the waker) or the next timer: nothing polls at rest.
                 let ms = next_timer.map_or(-1, |t| i32::try_from(t.saturating_duration_since(now).as_millis() + 1).unwrap_or(i32::MAX));
-                if let Err(e) = sys::wait_any([tap_fd, udp_fd, shared.waker.fd()], ms) {
-                    tracing::error!(error = %e, "polling failed; sleeve stopped");
-                    return;
+                match sys::wait_any([tap_fd, udp_fd, shared.waker.fd()], ms) {
+                    Ok(r) => {
+                        if r[2] {
+                            shared.waker.drain();
+                        }
+                        ready = Some(r);
+                        drained = false;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "polling failed; sleeve stopped");
+                        return;
+                    }
                 }
-                shared.waker.drain();
                 continue;
             }
         }
@@ -310,6 +327,9 @@ fn worker(shared: &SharedSleeve, stop: &AtomicBool, tap: &File, udp: &UdpSocket,
         if n_tap > 0 || !deliveries.is_empty() || !inject.is_empty() {
             last_work = now;
         }
+        // Short reads emptied the queues; with no frames flowing, the next
+        // look is the wait itself.
+        drained = n_tap < TAP_BATCH && n_udp < UDP_BATCH && now.saturating_duration_since(last_work) >= SPIN;
         for f in inject.drain(..) {
             write_frame(tap, None, &f, c);
         }

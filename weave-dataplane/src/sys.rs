@@ -384,7 +384,9 @@ fn wait_writable(fd: RawFd, ms: i32) -> io::Result<()> {
 
 /// Wait until any of the descriptors is readable or `ms` pass (`-1`:
 /// no limit).
-pub fn wait_any(fds: [RawFd; 3], ms: i32) -> io::Result<()> {
+/// Returns which of them are ready (readable, or in error: a read then
+/// says why); none on a timeout or an interrupted wait.
+pub fn wait_any(fds: [RawFd; 3], ms: i32) -> io::Result<[bool; 3]> {
     let mut p = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
     // SAFETY: three live pollfds.
     let r = unsafe { libc::poll(p.as_mut_ptr(), 3, ms) };
@@ -393,8 +395,9 @@ pub fn wait_any(fds: [RawFd; 3], ms: i32) -> io::Result<()> {
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+        return Ok([false; 3]);
     }
-    Ok(())
+    Ok(p.map(|p| p.revents != 0))
 }
 
 /// Wait until `fd` is readable or `ms` pass (`Ok(false)` on timeout).

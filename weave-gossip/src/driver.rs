@@ -1039,8 +1039,10 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
                         out.clear();
                         written = 0;
                         // A burst (a full topology) must not pin its
-                        // buffer for the connection's lifetime.
-                        if out.capacity() > 64 * 1024 {
+                        // buffer for the connection's lifetime: at rest a
+                        // connection carries a heartbeat now and then, and
+                        // a full mesh has one buffer per peer.
+                        if out.capacity() > 4 * 1024 {
                             out = Vec::new();
                         }
                     }

@@ -48,9 +48,11 @@ pub struct MeshConfig {
     pub nickname: String,
     /// Our UID for this start.
     pub uid: PeerUid,
-    /// Heartbeat on every connection this often (default 10 s).
+    /// Heartbeat on every connection this often (default 30 s, as Weave
+    /// Net's mesh: at rest each heartbeat is a wake-up, one per peer).
     pub heartbeat_interval: Duration,
-    /// Close a connection silent for this long (default 35 s).
+    /// Close a connection silent for this long (default 65 s: two
+    /// heartbeats lost; Weave Net allows 60 s).
     pub read_timeout: Duration,
     /// Compare topology digests with one random neighbour this often,
     /// ±50 % jitter (default 5 s).
@@ -86,8 +88,8 @@ impl MeshConfig {
             name,
             nickname: nickname.into(),
             uid,
-            heartbeat_interval: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(35),
+            heartbeat_interval: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(65),
             anti_entropy_interval: Duration::from_secs(5),
             channel_gossip_interval: Duration::from_secs(30),
             recalc_delay: Duration::from_millis(20),
@@ -299,6 +301,11 @@ pub struct Mesh {
     announce: bool,
     /// When the pending records go out.
     update_at: Option<Instant>,
+    /// No connection's heartbeat or read timeout is due before this (it
+    /// may be early, never late: a message moving a read timeout later
+    /// leaves it), so that asking for the next deadline does not walk
+    /// every connection.
+    conn_deadline: Option<Instant>,
     stats: MeshStats,
 }
 
@@ -329,6 +336,7 @@ impl Mesh {
             channel_resync: false,
             announce: false,
             update_at: None,
+            conn_deadline: None,
             stats: MeshStats::default(),
         }
     }
@@ -523,7 +531,9 @@ impl Mesh {
             self.events.push_back(MeshEvent::CloseConnection { conn: old, reason });
         }
         self.by_peer.insert(remote.name, conn);
-        self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat: now + self.cfg.heartbeat_interval, pending: BTreeSet::new() });
+        let next_heartbeat = now + self.cfg.heartbeat_interval;
+        self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat, pending: BTreeSet::new() });
+        self.conn_deadline = Some(self.conn_deadline.map_or(next_heartbeat, |t| t.min(next_heartbeat)));
         self.conn_epoch += 1;
         self.our_connections_changed(now);
         let (sum, count) = self.topo.digest();
@@ -844,14 +854,19 @@ impl Mesh {
         // now: connections fall into step, and an idle router wakes once
         // per interval for all of them.
         let early = now + self.cfg.heartbeat_interval / 2;
+        let mut deadline: Option<Instant> = None;
         for (&id, c) in &mut self.conns {
             if now >= c.last_rx + self.cfg.read_timeout {
                 dead.push(id);
+                continue;
             } else if any_due && early >= c.next_heartbeat {
                 c.next_heartbeat = now + self.cfg.heartbeat_interval;
                 beat.push(id);
             }
+            let due = c.next_heartbeat.min(c.last_rx + self.cfg.read_timeout);
+            deadline = Some(deadline.map_or(due, |t| t.min(due)));
         }
+        self.conn_deadline = deadline;
         for id in beat {
             self.send(id, Body::Heartbeat(Heartbeat {}));
         }
@@ -927,8 +942,8 @@ impl Mesh {
         for r in [self.recalc_at, self.update_at].into_iter().flatten() {
             t = t.min(r);
         }
-        for c in self.conns.values() {
-            t = t.min(c.next_heartbeat).min(c.last_rx + self.cfg.read_timeout);
+        if let Some(c) = self.conn_deadline {
+            t = t.min(c);
         }
         for s in self.channels.values() {
             if let Some(c) = s.channel.poll_timeout() {
