@@ -294,7 +294,7 @@ pub struct Mesh {
     rng: SimRng,
     next_anti_entropy: Instant,
     next_channel_gossip: Instant,
-    /// A peer (re)joined the topology: every neighbour gets every channel's
+    /// A peer (re)joined the topology: a few neighbours get every channel's
     /// state again (channels may have dropped that peer's data while it was
     /// gone, and its deltas may have passed by meanwhile).
     channel_resync: bool,
@@ -887,7 +887,12 @@ impl Mesh {
             }
         }
         if std::mem::take(&mut self.channel_resync) {
-            let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+            // Every router that learns of the peer does this, so each gets
+            // a few full states, whatever the size of the mesh; sending to
+            // every neighbour made each join cost N² full states (all of
+            // IPAM's ring among them), which saturated large meshes while
+            // they formed. Periodic channel gossip covers the rest.
+            let conns = self.conns.keys().copied().choose_multiple(&mut self.rng, RESYNC_FANOUT);
             for c in conns {
                 self.send_channel_states(now, c);
             }
@@ -1023,6 +1028,9 @@ impl Mesh {
         }
     }
 }
+
+/// Neighbours sent every channel's state when a peer (re)joins.
+const RESYNC_FANOUT: usize = 3;
 
 /// `base` scaled by a random factor in [0.5, 1.5).
 fn jittered(rng: &mut SimRng, base: Duration) -> Duration {
