@@ -9,7 +9,46 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// Set by Ctrl-C or SIGTERM: the run stops at its next step and removes
+/// what it made (a killed run would leave routers and namespaces behind).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Stop runs at their next step on Ctrl-C or SIGTERM, cleaning up.
+pub fn stop_on_signals() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("interrupted: stopping the routers and removing the namespaces");
+            INTERRUPTED.store(true, Ordering::Relaxed);
+        });
+    });
+}
+
+fn check_interrupted() -> Result<(), String> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sleep for `d`, or less if interrupted.
+fn nap(d: Duration) -> Result<(), String> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        check_interrupted()?;
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(200)));
+    }
+    check_interrupted()
+}
 
 /// What one run is asked to do.
 #[derive(Debug, Clone)]
@@ -216,6 +255,7 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
     sh(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"])?;
     sh(&["ip", "-n", &u, "link", "set", "br0", "up"])?;
     for i in 1..=cfg.n {
+        check_interrupted()?;
         let h = lab.ns(lab.host(i))?;
         let port = format!("p{i}");
         sh(&["ip", "-n", &u, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &h])?;
@@ -226,6 +266,7 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
 
     let launched = Instant::now();
     for i in 1..=cfg.n {
+        check_interrupted()?;
         let state = lab.state(i);
         lab.states.push(state.clone());
         let mut c = Command::new("nsenter");
@@ -280,7 +321,7 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
             break None;
         }
         if !confirming {
-            std::thread::sleep(Duration::from_secs(1));
+            nap(Duration::from_secs(1))?;
         }
     };
     let established = min_med_max(counts).unwrap_or_default();
@@ -292,11 +333,11 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
     let (mut idle_cpu_pct, mut idle_bytes_per_s) = ((0.0, 0.0), (0.0, 0.0));
     if !cfg.idle.is_zero() {
         // Let the last topology updates and anti-entropy rounds settle.
-        std::thread::sleep(Duration::from_secs(5));
+        nap(Duration::from_secs(5))?;
         let t0 = Instant::now();
         let cpu0: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
         let tx0 = underlay_tx(&u)?;
-        std::thread::sleep(cfg.idle);
+        nap(cfg.idle)?;
         let secs = t0.elapsed().as_secs_f64();
         let cpu1: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
         let tx1 = underlay_tx(&u)?;

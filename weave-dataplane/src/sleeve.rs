@@ -38,7 +38,9 @@ pub struct SleeveConfig {
     /// 10 s, as Weave Net's sleeve: at rest each heartbeat is a wake-up on
     /// both ends, for every peer).
     pub heartbeat: Duration,
-    /// Heartbeat interval while establishing a path or probing its MTU.
+    /// Heartbeat interval while establishing a path or probing its MTU;
+    /// doubled for each round the peer leaves unanswered, up to half the
+    /// slow interval (a busy or unreachable peer is not flooded).
     pub fast_heartbeat: Duration,
     /// A sleeve path is down after this long without an answered heartbeat
     /// (default 31 s: three heartbeats lost; Weave Net allows 60 s).
@@ -250,6 +252,10 @@ struct Peer {
     counters: PeerCounters,
     /// `counters.tx_frames` when the path MTU was last verified.
     tx_at_verify: u64,
+    /// The last fast interval used (backs off while unanswered).
+    fast_gap: Duration,
+    /// An ack or echo came since the last round.
+    answered: bool,
 }
 
 impl Peer {
@@ -266,6 +272,7 @@ impl Peer {
     fn heard_us(&mut self, seq: u32) {
         let age = self.seq.wrapping_sub(seq) as usize;
         if let Some(at) = self.beat_sent.get(age).copied().flatten() {
+            self.answered = true;
             self.last_ack = Some(self.last_ack.map_or(at, |t| t.max(at)));
             if seq == self.seq {
                 self.pmtu.acked(0, false);
@@ -588,6 +595,8 @@ impl Sleeve {
             fastpath_heard: None,
             counters: PeerCounters::default(),
             tx_at_verify: 0,
+            fast_gap: Duration::ZERO,
+            answered: false,
         };
         self.peers.insert(peer, p);
     }
@@ -1038,6 +1047,7 @@ impl Sleeve {
                     return self.drop(DropReason::Malformed);
                 };
                 p.last_ack = Some(now);
+                p.answered = true;
                 p.note_beat(&beat);
                 let probe = beat.size == p.pmtu.probe && beat.seq == p.seq;
                 p.pmtu.acked(beat.size, probe);
@@ -1250,7 +1260,19 @@ impl Sleeve {
                 self.send_beat(n, Kind::Heartbeat, b, usize::from(size), tx);
             }
             let p = self.peers.get_mut(&n).expect("listed");
-            p.next_beat = now + if fast { self.cfg.fast_heartbeat } else { self.cfg.heartbeat };
+            // Fast rounds stay fast while the peer answers (an MTU search);
+            // unanswered, they back off: under load, or towards a peer that
+            // is not there, 100 ms rounds to every peer would feed the load.
+            let gap = if !fast {
+                self.cfg.heartbeat
+            } else if p.answered {
+                self.cfg.fast_heartbeat
+            } else {
+                (p.fast_gap * 2).clamp(self.cfg.fast_heartbeat, (self.cfg.heartbeat / 2).max(self.cfg.fast_heartbeat))
+            };
+            p.fast_gap = if fast { gap } else { Duration::ZERO };
+            p.answered = false;
+            p.next_beat = now + gap;
             p.slow = !fast;
         }
         self.expire(now);

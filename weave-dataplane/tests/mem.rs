@@ -237,8 +237,9 @@ fn an_idle_settled_path_is_acked_by_echoes_and_still_goes_down_when_cut() {
         c.net.set_cut(addr(1), addr(2), true);
         c.run(Duration::from_secs(32));
         assert!(c.all_established(false), "cut: {:?}", c.paths_now());
+        // Unanswered rounds back off to half the slow interval.
         c.net.set_cut(addr(1), addr(2), false);
-        c.run(Duration::from_secs(2));
+        c.run(Duration::from_secs(6));
         assert!(c.all_established(true), "healed: {:?}", c.paths_now());
     }
 }
@@ -264,6 +265,22 @@ fn an_idle_path_sends_no_probes_and_a_busy_one_finds_that_its_path_shrank() {
     }
     let pmtu = c.host(1).core().paths(c.now)[0].pmtu;
     assert!((1150..=1200).contains(&pmtu), "found the smaller path: {pmtu}");
+}
+
+#[test]
+fn an_unanswering_peer_gets_heartbeats_that_back_off() {
+    let mut c = Cluster::new(2, &[(1, 2)], false);
+    c.net.set_cut(addr(1), addr(2), true);
+    c.net.capture();
+    c.run(Duration::from_secs(20));
+    // 100 ms rounds would be 200 rounds each way (a small heartbeat and an
+    // MTU probe each); backing off to half the slow interval leaves ten.
+    let (beats, _) = beats_and_acks(&c.net);
+    assert!(beats <= 2 * 2 * 10, "{beats} heartbeats in 20 s");
+    // Once the path works, the next (backed-off) round establishes it.
+    c.net.set_cut(addr(1), addr(2), false);
+    c.run(Duration::from_secs(6));
+    assert!(c.all_established(true), "{:?}", c.paths_now());
 }
 
 #[test]

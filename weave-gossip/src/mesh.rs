@@ -74,7 +74,11 @@ pub struct MeshConfig {
     pub max_message_len: usize,
     /// Topology changes go to each neighbour at most once per this window,
     /// as the latest record of each peer that changed (default 50 ms): a
-    /// record that changes many times while a mesh forms is sent once.
+    /// record that changes many times while a mesh forms is sent once. The
+    /// window grows by [`UPDATE_DELAY_PER_CONN`] for each connection we
+    /// have (1 s for a full mesh of 200): while a large mesh forms, every
+    /// join changes every peer's record, and each version sent costs every
+    /// peer a decode and a signature check.
     pub update_delay: Duration,
     /// Our signing key (see [`crate::identity`]); `None` makes a new one from
     /// the mesh's RNG. A router keeps its key across restarts.
@@ -981,7 +985,8 @@ impl Mesh {
 
     fn schedule_update(&mut self, now: Instant) {
         if self.conns.values().any(|c| !c.pending.is_empty()) {
-            self.update_at.get_or_insert(now + self.cfg.update_delay);
+            let per_conn = UPDATE_DELAY_PER_CONN.saturating_mul(u32::try_from(self.conns.len()).unwrap_or(u32::MAX));
+            self.update_at.get_or_insert(now + self.cfg.update_delay.max(per_conn));
         }
     }
 
@@ -1028,6 +1033,10 @@ impl Mesh {
         }
     }
 }
+
+/// How much the topology update window grows per connection (see
+/// [`MeshConfig::update_delay`]).
+pub const UPDATE_DELAY_PER_CONN: Duration = Duration::from_millis(5);
 
 /// Neighbours sent every channel's state when a peer (re)joins.
 const RESYNC_FANOUT: usize = 3;

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use weave_benches::scale::{run, weave_binary, ScaleConfig};
+use weave_benches::scale::{run, stop_on_signals, weave_binary, ScaleConfig};
 
 fn main() {
     let mut ns = Vec::new();
@@ -30,6 +30,7 @@ fn main() {
         ns = vec![25, 50, 100, 200];
         with_password = vec![100];
     }
+    stop_on_signals();
     let weave = weave_binary().expect("build the weave binary next to this one: cargo build --release -p weave-examples");
     println!("| N | password | launch s | full mesh s (after last launch) | established min/med/max | RSS MB min/med/max | idle CPU % of a core, med/max | idle B/s med/max |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -55,6 +56,7 @@ fn main() {
                 r.idle_bytes_per_s.0,
                 r.idle_bytes_per_s.1,
             ),
+            Err(e) if e == "interrupted" => break,
             Err(e) => println!("| {n} | {} | failed: {e} |", if password { "yes" } else { "no" }),
         }
     }
