@@ -240,6 +240,20 @@ fn password_of(a: &RouterArgs) -> Result<Option<String>, Fail> {
 }
 
 /// `args` without `--password X` / `--password=X`, and the password.
+/// glibc's allocator settings for the router: two arenas. By default
+/// glibc gives each thread that allocates an arena of its own, and memory
+/// freed in one (after a burst: a mesh forming, a full topology) stays
+/// there; with a router on every host, that is megabytes each. Settings the
+/// caller made win.
+fn router_tunables(inherited: Option<&str>) -> String {
+    const OURS: &str = "glibc.malloc.arena_max=2";
+    match inherited {
+        Some(t) if t.contains("glibc.malloc.arena_max") => t.to_owned(),
+        Some(t) if !t.is_empty() => format!("{t}:{OURS}"),
+        _ => OURS.to_owned(),
+    }
+}
+
 fn without_password(args: impl Iterator<Item = String>) -> (Vec<String>, Option<String>) {
     let (mut out, mut password) = (Vec::new(), None);
     let mut args = args.peekable();
@@ -716,6 +730,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             if let Some(p) = password.or_else(|| a.password.clone()) {
                 cmd.env("WEAVE_PASSWORD", p);
             }
+            cmd.env("GLIBC_TUNABLES", router_tunables(std::env::var("GLIBC_TUNABLES").ok().as_deref()));
             use std::os::unix::process::CommandExt;
             cmd.process_group(0).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
             let mut child = cmd.spawn()?;
@@ -935,6 +950,14 @@ fn split_container(args: &mut Vec<String>, have_hostname: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_router_gets_two_malloc_arenas_unless_told_otherwise() {
+        assert_eq!(router_tunables(None), "glibc.malloc.arena_max=2");
+        assert_eq!(router_tunables(Some("")), "glibc.malloc.arena_max=2");
+        assert_eq!(router_tunables(Some("glibc.malloc.tcache_count=0")), "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2");
+        assert_eq!(router_tunables(Some("glibc.malloc.arena_max=8")), "glibc.malloc.arena_max=8");
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
