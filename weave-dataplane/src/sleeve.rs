@@ -113,12 +113,12 @@ struct Pmtu {
 }
 
 /// Verify a settled path MTU at most every this many heartbeat rounds
-/// (every minute at the default 10 s heartbeat), and only while frames go to
+/// (every 30 s at the default 10 s heartbeat), and only while frames go to
 /// the peer: a full-size heartbeat costs bytes, and an idle path's size
 /// matters only once traffic comes. A verification that fails is retried
 /// at the fast heartbeat, so a path that shrank is found within a second of
 /// the check.
-const VERIFY_EVERY: u8 = 6;
+const VERIFY_EVERY: u8 = 3;
 
 impl Pmtu {
     fn new(max: u16) -> Self {

@@ -254,12 +254,12 @@ fn an_idle_path_sends_no_probes_and_a_busy_one_finds_that_its_path_shrank() {
     c.run(Duration::from_secs(120));
     let big = c.net.captured().iter().filter(|d| d.len() > 200).count();
     assert_eq!(big, 0, "an idle path is not probed");
-    // The path shrinks while frames flow: the next verification (within a
-    // minute) notices, and the search settles below the new limit.
+    // The path shrinks while frames flow: the next verification (within 30
+    // s) notices, and the search settles below the new limit.
     c.host(2).send_frame(c.now, &frame([0xff; 6], mac(2), b"hello"));
     c.run(Duration::from_millis(20));
     c.net.set_mtu(Some(1200));
-    for _ in 0..75 {
+    for _ in 0..45 {
         c.host(1).send_frame(c.now, &frame(mac(2), mac(1), b"traffic"));
         c.run(Duration::from_secs(1));
     }
