@@ -74,11 +74,6 @@ impl FrameDecoder {
         }
         Ok(Some(frame))
     }
-
-    /// Room held for incoming bytes (for tests and metrics).
-    pub fn capacity(&self) -> usize {
-        self.buf.capacity()
-    }
 }
 
 /// Room a decoder keeps between frames; anything larger is given back.
@@ -127,7 +122,7 @@ mod tests {
         let mut more = Vec::new();
         encode_frame(b"next", &mut more);
         d.push(&more);
-        assert!(d.capacity() <= KEEP_CAPACITY, "kept {} bytes", d.capacity());
+        assert!(d.buf.capacity() <= KEEP_CAPACITY, "kept {} bytes", d.buf.capacity());
         assert_eq!(&d.next_frame().unwrap().unwrap()[..], b"next");
     }
 
