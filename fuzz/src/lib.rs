@@ -141,7 +141,7 @@ pub fn dns_messages(data: &[u8]) {
     let now = Instant::now();
     let mut dns =
         Dns::new(weave_gossip::Identity::from_secret([1; 32]), PeerName::from_u64(1).expect("small"), "weave.local.", WallClock::new(now, 1_800_000_000), now);
-    dns.peer_back(PeerName::from_u64(2).expect("small"), weave_gossip::Identity::from_secret([2; 32]).public());
+    dns.peer_back(now, PeerName::from_u64(2).expect("small"), weave_gossip::Identity::from_secret([2; 32]).public());
     let _ = dns.add(now, "web", std::net::Ipv4Addr::new(10, 32, 0, 1), "c1");
     let r = Responder::new("weave.local.", 1);
     for tcp in [false, true] {

@@ -158,7 +158,7 @@ impl Channel for DnsChannel {
     }
 
     fn on_peer_added(&mut self, peer: PeerName, key: weave_gossip::PeerKey) {
-        self.dns.peer_back(peer, key);
+        self.dns.peer_back(self.now, peer, key);
         self.stale = true;
     }
 

@@ -193,9 +193,15 @@ impl Dns {
         self.store.peer_gone(peer);
     }
 
-    /// A peer joined or rejoined the topology, its records signed by `key`.
-    pub fn peer_back(&mut self, peer: PeerName, key: PeerKey) {
-        self.store.peer_back(peer, key);
+    /// A peer joined or rejoined the topology, its records signed by `key`:
+    /// what arrived from it before the topology listed it is merged now,
+    /// and relayed.
+    pub fn peer_back(&mut self, now: Instant, peer: PeerName, key: PeerKey) {
+        let unix = self.clock.unix(now);
+        let changed = self.store.peer_back(unix, peer, key);
+        if !changed.is_empty() {
+            self.out.push_back(wire::encode(unix, &changed));
+        }
     }
 
     /// The next delta to gossip.
@@ -246,7 +252,7 @@ mod tests {
         assert!(chunks.len() > 1);
         assert!(chunks.iter().all(|c| c.len() <= STATE_CHUNK), "{:?}", chunks.iter().map(Vec::len).max());
         let mut b = Dns::new(id(2), PeerName::from_u64(2).unwrap(), "weave.local.", clock, now);
-        b.peer_back(PeerName::from_u64(1).unwrap(), id(1).public());
+        b.peer_back(now, PeerName::from_u64(1).unwrap(), id(1).public());
         for c in &chunks {
             b.handle_gossip(now, PeerName::from_u64(1).unwrap(), c).unwrap();
         }

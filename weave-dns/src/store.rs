@@ -13,7 +13,11 @@
 //! * Tombstones are purged 30 minutes after deletion (long enough for every
 //!   peer to have heard of them).
 //! * Entries of a peer that left the topology are dropped (and refused until
-//!   it is back).
+//!   it is back). Entries of an origin the topology does not list yet are
+//!   held, up to [`MAX_HELD`] of them until the next purge, and merged when
+//!   it lists the origin: a restarted peer's full state often arrives
+//!   before its topology record does, and would otherwise wait for the next
+//!   anti-entropy round.
 //! * A peer told of a live entry "from itself" that it does not hold (it
 //!   restarted and lost it: the container is gone) tombstones it, so stale
 //!   records after container death (Weave #3652, #2193) do not linger.
@@ -39,6 +43,8 @@ pub const MAX_CLOCK_SKEW: u64 = 5 * 60;
 pub const MAX_NAME_LEN: usize = 253;
 /// Longest container id accepted.
 pub const MAX_CONTAINER_LEN: usize = 256;
+/// Most entries held for origins the topology does not list yet.
+pub const MAX_HELD: usize = 4096;
 
 /// What identifies an entry.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -155,6 +161,9 @@ pub struct Store {
     /// origin would never leave the topology, so its entries would never be
     /// collected — and every entry must be signed by its origin's key.
     keys: BTreeMap<PeerName, PeerKey>,
+    /// Entries of origins not (yet) listed, unverified: merged if the
+    /// origin joins with a key that signed them, dropped at the next purge.
+    held: BTreeMap<Key, (Value, Signature)>,
     /// Newer entries refused for their origin or signature.
     refused: u64,
 }
@@ -170,13 +179,18 @@ impl Eq for Store {}
 impl Store {
     /// An empty store for `ourself`, whose entries `identity` signs.
     pub fn new(identity: Identity, ourself: PeerName) -> Self {
-        Self { ourself, identity, entries: BTreeMap::new(), keys: BTreeMap::new(), refused: 0 }
+        Self { ourself, identity, entries: BTreeMap::new(), keys: BTreeMap::new(), held: BTreeMap::new(), refused: 0 }
     }
 
-    /// Newer entries refused so far: from an origin the topology does not
-    /// list, or not signed by its key.
+    /// Newer entries refused so far: not signed by their origin's key, or
+    /// of an origin the topology did not list in time (see [`MAX_HELD`]).
     pub fn refused(&self) -> u64 {
         self.refused
+    }
+
+    /// Entries held for origins the topology does not list yet.
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     fn sign(&self, key: Key, value: Value) -> Signed {
@@ -264,42 +278,66 @@ impl Store {
         }
         let mut changed = Vec::new();
         for s in batch {
-            let (k, v) = (&s.key, s.value);
-            let ours = self.entries.get(k).map(|(v, _)| *v);
-            if ours.is_some_and(|o| v.rank() <= o.rank()) {
-                continue;
-            }
-            let Some(origin_key) = (if k.origin == self.ourself { Some(self.identity.public()) } else { self.keys.get(&k.origin).copied() }) else {
-                self.refused += 1;
-                continue;
-            };
-            if !s.verify(&origin_key) {
-                self.refused += 1;
-                continue;
-            }
-            if k.origin != self.ourself {
-                changed.push(self.put(s));
-                continue;
-            }
-            // Only we write our entries; a newer copy is from a previous
-            // life of ours. What we hold now is the truth: live entries are
-            // re-asserted above it, anything else is deleted above it (the
-            // container is gone), and an old tombstone is kept so a later
-            // add goes past it.
-            let Some(next) = v.version.checked_add(1) else { continue };
-            let value = match ours {
-                Some(o) if !o.is_tombstone() => Value { version: next, tombstone: 0 },
-                _ if v.is_tombstone() => v,
-                _ => Value { version: next, tombstone: now_unix.max(1) },
-            };
-            if value == v {
-                self.put(s);
-            } else {
-                let key = s.key;
-                changed.push(self.put(self.sign(key, value)));
-            }
+            changed.extend(self.merge_one(now_unix, s));
         }
         Ok(changed)
+    }
+
+    /// Merge one entry; returns what changed. An entry of an origin the
+    /// topology does not list is held (see [`Store::peer_back`]).
+    fn merge_one(&mut self, now_unix: u64, s: Signed) -> Option<Signed> {
+        let (k, v) = (&s.key, s.value);
+        let ours = self.entries.get(k).map(|(v, _)| *v);
+        if ours.is_some_and(|o| v.rank() <= o.rank()) {
+            return None;
+        }
+        let origin_key = if k.origin == self.ourself { Some(self.identity.public()) } else { self.keys.get(&k.origin).copied() };
+        let Some(origin_key) = origin_key else {
+            self.hold(s);
+            return None;
+        };
+        if !s.verify(&origin_key) {
+            self.refused += 1;
+            return None;
+        }
+        if k.origin != self.ourself {
+            return Some(self.put(s));
+        }
+        // Only we write our entries; a newer copy is from a previous
+        // life of ours. What we hold now is the truth: live entries are
+        // re-asserted above it, anything else is deleted above it (the
+        // container is gone), and an old tombstone is kept so a later
+        // add goes past it.
+        let next = v.version.checked_add(1)?;
+        let value = match ours {
+            Some(o) if !o.is_tombstone() => Value { version: next, tombstone: 0 },
+            _ if v.is_tombstone() => v,
+            _ => Value { version: next, tombstone: now_unix.max(1) },
+        };
+        if value == v {
+            self.put(s);
+            None
+        } else {
+            let key = s.key;
+            Some(self.put(self.sign(key, value)))
+        }
+    }
+
+    /// Keep `s`, of an origin not listed yet, for when it is; of two
+    /// copies the higher rank. Beyond [`MAX_HELD`] entries, refused.
+    fn hold(&mut self, s: Signed) {
+        let room = self.held.len() < MAX_HELD;
+        match self.held.get_mut(&s.key) {
+            Some((v, sig)) => {
+                if s.value.rank() > v.rank() {
+                    (*v, *sig) = (s.value, s.signature);
+                }
+            }
+            None if room => {
+                self.held.insert(s.key, (s.value, s.signature));
+            }
+            None => self.refused += 1,
+        }
     }
 
     /// Drop the entries of origins that are not peers: nothing should hold
@@ -312,22 +350,37 @@ impl Store {
         before - self.entries.len()
     }
 
-    /// Drop tombstones older than [`TOMBSTONE_TTL`]; returns how many.
+    /// Drop tombstones older than [`TOMBSTONE_TTL`], and what was held for
+    /// origins that never joined (counted as refused); returns how many
+    /// tombstones.
     pub fn purge(&mut self, now_unix: u64) -> usize {
+        self.refused += self.held.len() as u64;
+        self.held.clear();
         let before = self.entries.len();
         self.entries.retain(|_, (v, _)| !v.is_tombstone() || now_unix.saturating_sub(v.tombstone) < TOMBSTONE_TTL);
         before - self.entries.len()
     }
 
     /// A peer (re)joined the topology with `key`: accept its entries signed
-    /// by that key. Should its key have changed, what the old key signed goes.
-    pub fn peer_back(&mut self, peer: PeerName, key: PeerKey) {
+    /// by that key, beginning with those held for it. Should its key have
+    /// changed, what the old key signed goes. Returns what changed, to
+    /// relay.
+    pub fn peer_back(&mut self, now_unix: u64, peer: PeerName, key: PeerKey) -> Vec<Signed> {
         if peer == self.ourself {
-            return;
+            return Vec::new();
         }
         if self.keys.insert(peer, key).is_some_and(|old| old != key) {
             self.entries.retain(|k, _| k.origin != peer);
         }
+        let mut waiting = Vec::new();
+        self.held.retain(|k, (value, signature)| {
+            let theirs = k.origin == peer;
+            if theirs {
+                waiting.push(Signed { key: k.clone(), value: *value, signature: *signature });
+            }
+            !theirs
+        });
+        waiting.into_iter().filter_map(|s| self.merge_one(now_unix, s)).collect()
     }
 
     /// Drop every entry of a peer that left the topology, and refuse its
@@ -389,8 +442,8 @@ mod tests {
     /// A store for peer 1 that knows peers 2 and 3.
     fn store() -> Store {
         let mut s = Store::new(id(1), p(1));
-        s.peer_back(p(2), id(2).public());
-        s.peer_back(p(3), id(3).public());
+        s.peer_back(T, p(2), id(2).public());
+        s.peer_back(T, p(3), id(3).public());
         s
     }
 
@@ -448,7 +501,7 @@ mod tests {
         let batch = vec![signed(&key(2, "two"), 1, 0), signed(&key(3, "three"), 1, 0), forged_origin, in_3s_name];
         let changed = s.merge(T, p(2), T, batch).unwrap();
         assert_eq!(changed.len(), 2);
-        assert_eq!(s.refused(), 2);
+        assert_eq!((s.refused(), s.held()), (1, 1), "the forgery is refused, the stranger's entry held");
         assert!(s.lookup("madeup.weave.local.").is_empty(), "an origin that is no peer is refused");
         assert!(s.lookup("hijack.weave.local.").is_empty(), "peer 2 cannot write in 3's name");
         assert!(!s.lookup("three.weave.local.").is_empty());
@@ -459,11 +512,45 @@ mod tests {
         assert!(!s.lookup("three.weave.local.").is_empty());
         // A new peer's entries wait for the topology to list it.
         assert!(s.merge(T, p(4), T, vec![signed(&key(4, "four"), 1, 0)]).unwrap().is_empty());
-        s.peer_back(p(4), id(4).public());
-        assert_eq!(s.merge(T, p(4), T, vec![signed(&key(4, "four"), 1, 0)]).unwrap().len(), 1);
-        // Should it come back under a new key, what the old key signed goes.
-        s.peer_back(p(4), id(44).public());
         assert!(s.lookup("four.weave.local.").is_empty());
+        assert_eq!(s.peer_back(T, p(4), id(4).public()).len(), 1, "merged when it joins, to relay");
+        assert!(!s.lookup("four.weave.local.").is_empty());
+        assert!(s.merge(T, p(4), T, vec![signed(&key(4, "four"), 1, 0)]).unwrap().is_empty(), "already held");
+        // Should it come back under a new key, what the old key signed goes.
+        s.peer_back(T, p(4), id(44).public());
+        assert!(s.lookup("four.weave.local.").is_empty());
+        // The made-up origin never joined: the next purge drops its entry.
+        s.purge(T);
+        assert_eq!((s.refused(), s.held()), (3, 0));
+    }
+
+    #[test]
+    fn what_waits_for_its_origin_is_checked_against_the_key_it_joins_with_and_bounded() {
+        let mut s = store();
+        let key = |origin: u64, i: usize| Key {
+            hostname: format!("n{i}.weave.local."),
+            origin: p(origin),
+            container: "c".into(),
+            addr: "10.32.0.7".parse().unwrap(),
+        };
+        // Peer 5 restarted: its full state (relayed by 2) arrives before
+        // its topology record, with two copies of one entry.
+        let good = signed(&key(5, 0), 3, 0);
+        let older = signed(&key(5, 0), 2, 0);
+        let mut forged = signed(&key(5, 1), 1, 0);
+        forged.signature = Signed::new(&id(2), forged.key.clone(), forged.value).signature;
+        assert!(s.merge(T, p(2), T, vec![good.clone(), older, forged]).unwrap().is_empty());
+        assert_eq!(s.held(), 2);
+        let changed = s.peer_back(T, p(5), id(5).public());
+        assert_eq!(changed, vec![good], "the newer copy, verified; the forgery refused");
+        assert_eq!((s.held(), s.refused()), (0, 1));
+        assert!(s.lookup("n1.weave.local.").is_empty());
+        // A flood of made-up origins is bounded, and counted as refused.
+        let flood: Vec<Signed> = (0..MAX_HELD + 10).map(|i| signed(&key(1000 + i as u64, i), 1, 0)).collect();
+        assert!(s.merge(T, p(2), T, flood).unwrap().is_empty());
+        assert_eq!((s.held(), s.refused()), (MAX_HELD, 11));
+        s.purge(T);
+        assert_eq!((s.held(), s.refused()), (0, 11 + MAX_HELD as u64));
     }
 
     #[test]
@@ -548,7 +635,7 @@ mod tests {
         let k = Key { hostname: "x.weave.local.".into(), origin: p(2), container: "c".into(), addr: "10.32.0.9".parse().unwrap() };
         s.merge(T, p(3), T, vec![signed(&k, 1, 0)]).unwrap();
         assert!(s.lookup("x.weave.local.").is_empty(), "a lagging peer cannot bring them back");
-        s.peer_back(p(2), id(2).public());
+        s.peer_back(T, p(2), id(2).public());
         s.merge(T, p(3), T, vec![signed(&k, 1, 0)]).unwrap();
         assert_eq!(s.lookup("x.weave.local.").len(), 1);
     }
