@@ -77,7 +77,8 @@ pub struct ScaleRow {
     /// From the first `weave launch` to the last one returning.
     pub launch: Duration,
     /// From the last launch until every router had a connection to every
-    /// other (None: not within the timeout).
+    /// other, or under a connection limit below N-1, reached every other
+    /// (None: not within the timeout).
     pub full_mesh: Option<Duration>,
     /// Established connections per router at the end of the wait: min,
     /// median, max.
@@ -225,7 +226,9 @@ fn min_med_max<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<(T, T, T)> {
 
 /// Established connections of every router (in order), through the
 /// control sockets; a router that does not answer counts 0.
-async fn established(states: &[PathBuf]) -> Vec<usize> {
+/// Each router's established connections and the peers it reaches
+/// (0, 0 when it does not answer within 5 s).
+async fn established(states: &[PathBuf]) -> Vec<(usize, usize)> {
     // All at once, each bounded: a saturated machine must not make one
     // round of polling take minutes.
     let mut set = tokio::task::JoinSet::new();
@@ -235,12 +238,14 @@ async fn established(states: &[PathBuf]) -> Vec<usize> {
             let n = async {
                 let mut c = weave_core::control::connect(&socket).await.ok()?;
                 let st = c.status(weave_core::control::pb::Empty {}).await.ok()?.into_inner();
-                Some(st.connections.iter().filter(|c| c.state == "established").count())
+                let conns = st.connections.iter().filter(|c| c.state == "established").count();
+                let reach = st.peers.iter().filter(|p| p.reachable && p.name != st.name).count();
+                Some((conns, reach))
             };
-            (i, tokio::time::timeout(Duration::from_secs(5), n).await.ok().flatten().unwrap_or(0))
+            (i, tokio::time::timeout(Duration::from_secs(5), n).await.ok().flatten().unwrap_or((0, 0)))
         });
     }
-    let mut out = vec![0; states.len()];
+    let mut out = vec![(0, 0); states.len()];
     while let Some(Ok((i, n))) = set.join_next().await {
         out[i] = n;
     }
@@ -290,16 +295,16 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
     let last = Instant::now();
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    let want = match cfg.conn_limit {
-        Some(l) if l < cfg.n - 1 => l.min(cfg.n - 1),
-        _ => cfg.n - 1,
-    };
+    // Under a connection limit below N-1 there is no full mesh: a router
+    // is complete once it reaches every other peer (through routes).
+    let limited = cfg.conn_limit.is_some_and(|l| l < cfg.n - 1);
+    let complete = |(conns, reach): (usize, usize)| if limited { reach >= cfg.n - 1 } else { conns >= cfg.n - 1 };
     // A status reply lists every peer's connections (O(N²) for a full
     // mesh): poll only the routers not yet complete, and all of them once
     // more to confirm, so that the polling does not slow what it measures.
-    let mut counts = vec![0; cfg.n];
+    let mut counts = vec![(0, 0); cfg.n];
     let full_mesh = loop {
-        let pending: Vec<usize> = (0..cfg.n).filter(|&i| counts[i] < want).collect();
+        let pending: Vec<usize> = (0..cfg.n).filter(|&i| !complete(counts[i])).collect();
         let confirming = pending.is_empty();
         let polled: Vec<usize> = if confirming { (0..cfg.n).collect() } else { pending };
         let states: Vec<PathBuf> = polled.iter().map(|&i| lab.states[i].clone()).collect();
@@ -307,12 +312,13 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
         for (i, c) in polled.into_iter().zip(rt.block_on(established(&states))) {
             counts[i] = c;
         }
-        let done = counts.iter().filter(|c| **c >= want).count();
+        let done = counts.iter().filter(|c| complete(**c)).count();
         eprintln!(
-            "{:>6.1} s after the last launch: {done}/{} routers complete, fewest connections {}",
+            "{:>6.1} s after the last launch: {done}/{} routers complete, fewest connections {}, fewest peers reached {}",
             at.as_secs_f64(),
             cfg.n,
-            counts.iter().min().unwrap_or(&0)
+            counts.iter().map(|c| c.0).min().unwrap_or(0),
+            counts.iter().map(|c| c.1).min().unwrap_or(0),
         );
         if confirming && done == cfg.n {
             break Some(at);
@@ -324,7 +330,7 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
             nap(Duration::from_secs(1))?;
         }
     };
-    let established = min_med_max(counts).unwrap_or_default();
+    let established = min_med_max(counts.iter().map(|c| c.0).collect()).unwrap_or_default();
 
     let pids: Vec<u32> = lab.states.iter().filter_map(|s| router_pid(s)).collect();
     if pids.len() != cfg.n {

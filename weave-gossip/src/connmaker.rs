@@ -7,6 +7,11 @@
 //! jitter, up to a cap; self-connections and name collisions are never
 //! retried. Nothing is dialed while the connection limit is reached.
 //!
+//! A peer at its own limit refers us to others and closes
+//! ([`ConnectionMaker::referred`]): it is dialed again only after a growing
+//! pause, and the peers it named are dialed at once (when discovery is on)
+//! until a connection brings a topology to discover peers from.
+//!
 //! Call order: [`ConnectionMaker::set_connected`] whenever the set of
 //! connections changes, [`ConnectionMaker::set_discovered`] whenever the
 //! topology does; then dial every address [`ConnectionMaker::poll_dial`]
@@ -89,6 +94,11 @@ pub struct TargetStatus {
 struct Target {
     direct: bool,
     discovered: bool,
+    /// Named by a peer at its limit; kept until we have a connection.
+    referred: bool,
+    /// Referrals in a row from this target (not reset by the brief
+    /// connection each one comes on).
+    full: u32,
     state: TargetState,
     attempts: u32,
     last_error: Option<String>,
@@ -165,6 +175,8 @@ impl ConnectionMaker {
             let t = self.targets.entry(a).or_insert_with(|| Target {
                 direct: true,
                 discovered: false,
+                referred: false,
+                full: 0,
                 state: if connected { TargetState::Connected } else { TargetState::Retrying(now) },
                 attempts: 0,
                 last_error: None,
@@ -193,7 +205,7 @@ impl ConnectionMaker {
     }
 
     fn prune(&mut self) {
-        self.targets.retain(|_, t| t.direct || t.discovered);
+        self.targets.retain(|_, t| t.direct || t.discovered || t.referred);
     }
 
     /// The direct targets, for `--resume` and status.
@@ -210,8 +222,13 @@ impl ConnectionMaker {
         if !self.cfg.discovery {
             return;
         }
+        // Once the topology names peers, discovery takes over from
+        // referrals.
+        let mut addrs = addrs.into_iter().peekable();
+        let referrals_done = addrs.peek().is_some();
         for t in self.targets.values_mut() {
             t.discovered = false;
+            t.referred &= !referrals_done;
         }
         // No more discovered targets than connections we may hold.
         let mut room = self.cfg.conn_limit;
@@ -228,6 +245,8 @@ impl ConnectionMaker {
                 .or_insert_with(|| Target {
                     direct: false,
                     discovered: true,
+                    referred: false,
+                    full: 0,
                     state: if connected { TargetState::Connected } else { TargetState::Retrying(due) },
                     attempts: 0,
                     last_error: None,
@@ -250,12 +269,46 @@ impl ConnectionMaker {
                     t.attempts = 0;
                 }
                 (TargetState::Connected, false) => {
+                    // It closed without a referral (that moves it out of
+                    // Connected first): it had room.
+                    t.full = 0;
                     t.state = TargetState::Retrying(now + backoff(&self.cfg, &mut self.rng, 0));
                 }
                 _ => {}
             }
         }
         self.connected = addrs;
+    }
+
+    /// The peer behind `from` (our dial, if it was one) is at its
+    /// connection limit and named `addrs` instead. `from` waits longer with
+    /// each referral in a row; with discovery on, each of `addrs` not yet a
+    /// target is dialed at once, up to the connection limit, until the
+    /// topology names peers to discover ([`Self::set_discovered`]).
+    pub fn referred(&mut self, now: Instant, from: Option<&str>, addrs: &[String]) {
+        self.generation += 1;
+        if let Some(t) = from.and_then(|f| self.targets.get_mut(f)) {
+            t.full = t.full.saturating_add(1);
+            t.last_error = Some("at its connection limit; it referred us to other peers".into());
+            t.state = TargetState::Retrying(now + backoff(&self.cfg, &mut self.rng, t.full));
+        }
+        if !self.cfg.discovery {
+            return;
+        }
+        let mut room = self.cfg.conn_limit.saturating_sub(self.targets.values().filter(|t| t.referred).count());
+        for a in addrs {
+            let Ok(a) = self.normalize(a) else { continue };
+            if room == 0 {
+                break;
+            }
+            if let Some(t) = self.targets.get_mut(&a) {
+                t.referred = true;
+                continue;
+            }
+            room -= 1;
+            let state = if self.connected.contains(&a) { TargetState::Connected } else { TargetState::Retrying(now) };
+            self.targets.insert(a, Target { direct: false, discovered: false, referred: true, full: 0, state, attempts: 0, last_error: None });
+        }
     }
 
     /// A dial (or its handshake) failed.
@@ -404,6 +457,38 @@ mod tests {
         on.connect(t0, &s(&["y", "z"]), false).unwrap();
         on.connect(t0, &s(&["w"]), true).unwrap();
         assert_eq!(on.direct_targets(), s(&["w:6783"]));
+    }
+
+    #[test]
+    fn a_full_peer_is_retried_later_each_time_and_the_peers_it_names_at_once() {
+        let t0 = Instant::now();
+        let mut c = ConnectionMaker::new(ConnMakerConfig { conn_limit: 3, ..ConnMakerConfig::default() }, seeded(2));
+        c.connect(t0, &["seed:1".to_owned()], false).unwrap();
+        let mut waits = Vec::new();
+        let mut now = t0;
+        for round in 0..4 {
+            // Connected for a moment, referred, closed.
+            c.set_connected(now, BTreeSet::from(["seed:1".to_owned()]), 1);
+            let named: Vec<String> = (0..5).map(|i| format!("p{i}:1")).collect();
+            c.referred(now, Some("seed:1"), &named);
+            c.set_connected(now, BTreeSet::new(), 0);
+            let due = c.targets().into_iter().find(|t| t.address == "seed:1").map(|t| t.state).unwrap();
+            let TargetState::Retrying(at) = due else { panic!("{due:?}") };
+            waits.push(at - now);
+            // The named peers, up to the limit, are due at once.
+            let referred: Vec<String> = c.targets().into_iter().filter(|t| !t.direct).map(|t| t.address).collect();
+            assert_eq!(referred.len(), 3, "round {round}: {referred:?}");
+            now = at;
+        }
+        assert!(waits.windows(2).all(|w| w[1] > w[0]), "the pause grows: {waits:?}");
+        // A connection that brings a topology hands over to discovery.
+        c.set_discovered(now, [("q:1".to_owned(), true)]);
+        let left: Vec<String> = c.targets().into_iter().map(|t| t.address).collect();
+        assert_eq!(left, ["q:1", "seed:1"]);
+        // Without discovery, a referral names no one to dial.
+        let mut off = cm(false);
+        off.referred(t0, None, &["p:1".to_owned()]);
+        assert!(off.targets().is_empty());
     }
 
     #[test]

@@ -250,7 +250,8 @@ enum Cmd {
         socket: SocketAddr,
         target: Option<String>,
         link: LinkSide,
-        reply: oneshot::Sender<Result<(), AddConnectionError>>,
+        /// `Err` closes the connection, after the message if one is given.
+        reply: oneshot::Sender<Result<(), Option<Envelope>>>,
     },
     HandshakeFailed {
         socket: Option<SocketAddr>,
@@ -349,7 +350,6 @@ impl MeshBuilder {
             local,
             cmd: cmd_tx.downgrade(),
             inbound: AtomicUsize::new(0),
-            established: AtomicUsize::new(0),
             next_conn: AtomicUsize::new(1),
             cfg: cfg.clone(),
         });
@@ -525,9 +525,6 @@ struct Shared {
     cmd: mpsc::WeakSender<Cmd>,
     /// Accepted connections still in their handshake.
     inbound: AtomicUsize,
-    /// Established connections, as the mesh task last counted them (dials
-    /// in progress and connections flushing on close are not peers).
-    established: AtomicUsize,
     next_conn: AtomicUsize,
     cfg: DriverConfig,
 }
@@ -631,6 +628,9 @@ impl Driver {
                         self.pump(now);
                         let _ = self.events.send(DriverEvent::Connected { peer: info.name, address: socket, outbound, data_keys: keys });
                     }
+                    Err(e @ AddConnectionError::AtLimit(_)) => {
+                        tracing::info!(peer = %info.name, %socket, reason = %e, "connection refused with a referral");
+                    }
                     Err(e) => {
                         tracing::info!(peer = %info.name, %socket, reason = %e, "connection refused");
                         if !outbound {
@@ -638,6 +638,7 @@ impl Driver {
                         }
                     }
                 }
+                let result = result.map_err(|e| matches!(e, AddConnectionError::AtLimit(_)).then(|| self.node.referral(info.name)));
                 let _ = reply.send(result);
             }
             Cmd::HandshakeFailed { socket, target, reason, refused } => {
@@ -721,7 +722,6 @@ impl Driver {
                 break;
             }
         }
-        self.shared.established.store(self.links.len(), Ordering::Relaxed);
         self.publish_view();
     }
 
@@ -925,12 +925,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         }
         // Handshakes in progress have a budget of their own: half-open
-        // connections must not crowd out established peers.
-        let limit = shared.cfg.conn_maker.conn_limit;
+        // connections must not crowd out established peers. At the
+        // connection limit the handshake still runs: the node then refers
+        // the peer to others (see `Node::handle_established`).
         let handshaking = shared.inbound.load(Ordering::Relaxed);
-        let established = shared.established.load(Ordering::Relaxed);
-        if established >= limit || handshaking >= MAX_INBOUND_HANDSHAKES {
-            tracing::warn!(%socket, limit, handshaking, "refusing connection: connection limit reached");
+        if handshaking >= MAX_INBOUND_HANDSHAKES {
+            tracing::warn!(%socket, handshaking, "refusing connection: too many handshakes under way");
             continue;
         }
         shared.inbound.fetch_add(1, Ordering::Relaxed);
@@ -1005,6 +1005,18 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
     }
     match reply_rx.await {
         Ok(Ok(())) => {}
+        Ok(Err(Some(parting))) => {
+            // A referral: say it, and go (bounded, as any close).
+            if link.send(&parting).is_ok() {
+                let out = link.take_output();
+                let flush = async {
+                    writer.write_all(&out).await?;
+                    writer.shutdown().await
+                };
+                let _ = tokio::time::timeout(CLOSE_FLUSH, flush).await;
+            }
+            return;
+        }
         _ => return,
     }
     // Messages that arrived in the same read as the end of the handshake.

@@ -28,7 +28,9 @@ use weave_core::{PeerName, PeerUid};
 use crate::channel::{BoxError, Channel, Held, Output, Slot, Slots};
 use crate::identity::{Identity, PeerKey};
 use crate::link::{Established, MAX_MESSAGE_LEN};
-use crate::proto::{Body, ChannelMsg, Envelope, Heartbeat, PeerRecordMsg, TopologyBuckets, TopologyDigest, TopologyRequest, TopologyUpdate, TopologyVersions};
+use crate::proto::{
+    Body, ChannelMsg, Envelope, Heartbeat, PeerRecordMsg, Referral, TopologyBuckets, TopologyDigest, TopologyRequest, TopologyUpdate, TopologyVersions,
+};
 use crate::routes::Routes;
 use crate::topology::{ConnectionInfo, InvalidRecord, PeerRecord, Topology, BUCKETS};
 
@@ -148,6 +150,10 @@ pub enum AddConnectionError {
     /// We already have a connection to this peer, and it wins the tie-break.
     #[error("duplicate connection to {0}")]
     Duplicate(PeerName),
+    /// We are at our connection limit: the peer gets a referral
+    /// ([`crate::node::Node::referral`]) instead.
+    #[error("at the connection limit of {0}")]
+    AtLimit(usize),
 }
 
 impl AddConnectionError {
@@ -169,6 +175,8 @@ pub enum CloseReason {
     Replaced,
     /// The peer sent something invalid.
     Protocol(String),
+    /// The peer is at its connection limit and referred us to others.
+    Referred,
 }
 
 impl fmt::Display for CloseReason {
@@ -178,6 +186,7 @@ impl fmt::Display for CloseReason {
             Self::Duplicate => f.write_str("duplicate connection"),
             Self::Replaced => f.write_str("peer restarted and reconnected"),
             Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::Referred => f.write_str("the peer is at its connection limit and referred us to others"),
         }
     }
 }
@@ -202,6 +211,16 @@ pub enum MeshEvent {
     /// Another live router uses our peer name (it keeps outbidding our
     /// record). Give one of them another `--name`.
     NameCollision(PeerUid),
+    /// A peer at its connection limit referred us to these listen
+    /// addresses; a [`MeshEvent::CloseConnection`] for `conn` follows.
+    Referred {
+        /// The connection it came on.
+        conn: ConnId,
+        /// The peer.
+        peer: PeerName,
+        /// Whom to try instead (at most [`MAX_REFERRAL`]).
+        addresses: Vec<String>,
+    },
 }
 
 /// A message to send on a connection.
@@ -416,13 +435,64 @@ impl Mesh {
     pub fn discovery_candidates(&self) -> Vec<(String, bool)> {
         let me = self.cfg.name;
         let mut seen = BTreeSet::new();
-        self.topo
+        let mut found: Vec<(usize, u64, String, bool)> = self
+            .topo
             .records()
             .flat_map(|r| r.connections.iter())
             .filter(|c| c.established && c.peer != me && !self.by_peer.contains_key(&c.peer) && !c.address.is_empty())
             .filter(|c| seen.insert(c.address.as_str()))
-            .map(|c| (c.address.clone(), me > c.peer))
-            .collect()
+            .map(|c| (self.load_of(c.peer), spread(me, c.peer), c.address.clone(), me > c.peer))
+            .collect();
+        // The least connected first (under a connection limit the
+        // connection maker takes only the first few): they are the likely
+        // ones to have room, and links to them spread the load. Ties in an
+        // order of our own, so that joiners do not all pick the same peers.
+        found.sort_unstable();
+        found.into_iter().map(|(_, _, a, eager)| (a, eager)).collect()
+    }
+
+    /// How many connections `peer`'s record lists (unknown: as many as can be).
+    fn load_of(&self, peer: PeerName) -> usize {
+        self.topo.get(peer).map_or(usize::MAX, |r| r.connections.len())
+    }
+
+    /// At our connection limit, a link we could give up for `joiner`: only
+    /// if the routes do not reach the joiner (it is new, or cut off; a
+    /// joiner already in the mesh is referred instead), never one that
+    /// `keep` names or whose loss would cut its peer off from us; of the
+    /// rest, the one to the most connected peer. A peer that knows only us
+    /// thus always gets in, and a full group cannot shut newcomers out.
+    pub fn link_to_give_up(&self, joiner: PeerName, keep: impl Fn(ConnId) -> bool) -> Option<ConnId> {
+        if self.routes.reachable(joiner) {
+            return None;
+        }
+        self.conns
+            .iter()
+            .filter(|(&id, c)| !keep(id) && self.routes.reachable_without_link_to(c.remote.name))
+            .max_by_key(|(&id, c)| (self.load_of(c.remote.name), std::cmp::Reverse(id)))
+            .map(|(&id, _)| id)
+    }
+
+    /// What to tell a peer we turn away at our connection limit: listen
+    /// addresses of up to [`MAX_REFERRAL`] other peers, the least connected
+    /// first, ties at random.
+    pub fn referral(&mut self, joiner: PeerName) -> Envelope {
+        let me = self.cfg.name;
+        let mut seen = BTreeSet::new();
+        let mut found: Vec<(usize, u64, String)> = self
+            .topo
+            .records()
+            .flat_map(|r| r.connections.iter())
+            .filter(|c| c.established && c.peer != me && c.peer != joiner && !c.address.is_empty())
+            .filter(|c| seen.insert(c.peer))
+            .map(|c| (self.load_of(c.peer), 0, c.address.clone()))
+            .collect();
+        for f in &mut found {
+            f.1 = self.rng.random();
+        }
+        found.sort_unstable();
+        let addresses = found.into_iter().take(MAX_REFERRAL).map(|(_, _, a)| a).collect();
+        Body::Referral(Referral { addresses }).into()
     }
 
     /// Counters.
@@ -670,6 +740,17 @@ impl Mesh {
             Some(Body::Gossip(m)) => self.on_gossip(now, conn, m),
             Some(Body::Broadcast(m)) => self.on_broadcast(now, conn, m),
             Some(Body::Unicast(m)) => self.on_unicast(now, conn, m),
+            Some(Body::Referral(r)) => {
+                if r.addresses.len() > MAX_REFERRAL || r.addresses.iter().any(|a| a.len() > MAX_ADDRESS_LEN) {
+                    return Err(ProtocolError::Malformed("referral"));
+                }
+                let peer = self.conns[&conn].remote.name;
+                self.events.push_back(MeshEvent::Referred { conn, peer, addresses: r.addresses });
+                self.drop_conn(conn);
+                self.events.push_back(MeshEvent::CloseConnection { conn, reason: CloseReason::Referred });
+                self.our_connections_changed(now);
+                Ok(())
+            }
         };
         self.flush(now);
         self.flush_channels(now);
@@ -1040,6 +1121,19 @@ pub const UPDATE_DELAY_PER_CONN: Duration = Duration::from_millis(5);
 
 /// Neighbours sent every channel's state when a peer (re)joins.
 const RESYNC_FANOUT: usize = 3;
+/// A per-pair order, the same every time we compute it, different for
+/// every `me` (splitmix64 of the two names).
+fn spread(me: PeerName, peer: PeerName) -> u64 {
+    let mut z = (me.as_u64() ^ peer.as_u64().rotate_left(24)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Most addresses in a referral.
+pub const MAX_REFERRAL: usize = 32;
+/// Longest address accepted in a referral (`[v6 with zone]:port`).
+const MAX_ADDRESS_LEN: usize = 128;
 
 /// `base` scaled by a random factor in [0.5, 1.5).
 fn jittered(rng: &mut SimRng, base: Duration) -> Duration {

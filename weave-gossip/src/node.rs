@@ -234,9 +234,29 @@ impl Node {
 
     /// A connection completed its handshake; `target` is what we dialed
     /// (None for an inbound connection). On `Err` the driver closes it.
+    ///
+    /// At the connection limit, an inbound connection from a peer we have
+    /// no connection to gets in only if the routes do not reach it: then a
+    /// link that can go without cutting anyone off makes room (see
+    /// [`Mesh::link_to_give_up`]). Otherwise it is refused with
+    /// [`AddConnectionError::AtLimit`]: send it [`Node::referral`] before
+    /// closing, so that it tries peers with room instead of us.
     pub fn handle_established(&mut self, now: Instant, conn: ConnId, remote: RemotePeer, target: Option<String>) -> Result<(), AddConnectionError> {
         if target.is_some() {
             self.dialing = self.dialing.saturating_sub(1);
+        }
+        let limit = self.cm.config().conn_limit;
+        if target.is_none() && self.conns.len() >= limit && self.mesh.connection_to(remote.name).is_none() {
+            // Links we dialed because we were told to are not given up.
+            let direct = self.cm.direct_targets();
+            let conns = &self.conns;
+            let keep = |c: ConnId| conns.get(&c).and_then(|n| n.target.as_ref()).is_some_and(|t| direct.contains(t));
+            let Some(victim) = self.mesh.link_to_give_up(remote.name, keep) else {
+                return Err(AddConnectionError::AtLimit(limit));
+            };
+            let reason = format!("made room for {}, which no route reaches", remote.name);
+            tracing::info!(peer = %remote.name, "at the connection limit: {reason}");
+            self.close(now, victim, reason);
         }
         let peer = remote.name;
         let result = self.mesh.add_connection(now, conn, remote);
@@ -255,6 +275,13 @@ impl Node {
         }
         self.pump(now);
         result
+    }
+
+    /// What to send `joiner`, refused with [`AddConnectionError::AtLimit`],
+    /// before closing: other peers' listen addresses, the least connected
+    /// first.
+    pub fn referral(&mut self, joiner: PeerName) -> Envelope {
+        self.mesh.referral(joiner)
     }
 
     /// A dial we were asked for failed (at the TCP level or in the
@@ -362,6 +389,11 @@ impl Node {
                         }
                     }
                     MeshEvent::TopologyChanged => topo_changed = true,
+                    MeshEvent::Referred { conn, peer, addresses } => {
+                        tracing::info!(%peer, referred = addresses.len(), "peer at its connection limit referred us to others");
+                        let target = self.conns.get(&conn).and_then(|c| c.target.clone());
+                        self.cm.referred(now, target.as_deref(), &addresses);
+                    }
                     ev => self.actions.push_back(Action::Event(ev)),
                 }
             }

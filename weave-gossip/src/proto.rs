@@ -128,6 +128,15 @@ pub struct ChannelMsg {
     pub data: Vec<u8>,
 }
 
+/// Sent instead of anything else by a router at its connection limit,
+/// which then closes the connection: listen addresses of other peers, the
+/// least connected first, for the dialer to try instead.
+#[derive(Clone, PartialEq, Message)]
+pub struct Referral {
+    #[prost(string, repeated, tag = "1")]
+    pub addresses: Vec<String>,
+}
+
 /// The body of an [`Envelope`].
 #[derive(Clone, PartialEq, Oneof)]
 pub enum Body {
@@ -149,12 +158,14 @@ pub enum Body {
     Broadcast(ChannelMsg),
     #[prost(message, tag = "9")]
     Unicast(ChannelMsg),
+    #[prost(message, tag = "10")]
+    Referral(Referral),
 }
 
 /// One protocol message.
 #[derive(Clone, PartialEq, Message)]
 pub struct Envelope {
-    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub body: Option<Body>,
 }
 

@@ -149,6 +149,28 @@ impl Routes {
         self.index_of(peer).map_or(&[], |i| self.adjacency[i as usize].as_slice())
     }
 
+    /// Whether we would still reach `peer` without our own link to it.
+    pub fn reachable_without_link_to(&self, peer: PeerName) -> bool {
+        let (Some(from), Some(to)) = (self.index_of(self.ourself), self.index_of(peer)) else { return false };
+        let mut seen = vec![false; self.adjacency.len()];
+        seen[from as usize] = true;
+        let mut queue = std::collections::VecDeque::from([from]);
+        while let Some(i) = queue.pop_front() {
+            for n in &self.adjacency[i as usize] {
+                let Some(j) = self.index_of(*n) else { continue };
+                if (i, j) == (from, to) || seen[j as usize] {
+                    continue;
+                }
+                if j == to {
+                    return true;
+                }
+                seen[j as usize] = true;
+                queue.push_back(j);
+            }
+        }
+        false
+    }
+
     /// Our children in `src`'s broadcast tree: where to relay a broadcast
     /// that `src` originated. Empty if we are not in its tree.
     pub fn broadcast_children(&mut self, src: PeerName) -> &[PeerName] {
@@ -210,6 +232,16 @@ mod tests {
 
     fn n(v: u64) -> PeerName {
         PeerName::from_u64(v).unwrap()
+    }
+
+    #[test]
+    fn a_link_can_go_only_if_another_path_covers_it() {
+        // 1-2-3-1 is a triangle; 4 hangs off 1 alone.
+        let r = Routes::from_links(n(1), &[(1, 2), (2, 3), (3, 1), (1, 4)].map(|(a, b)| (n(a), n(b))));
+        assert!(r.reachable_without_link_to(n(2)));
+        assert!(r.reachable_without_link_to(n(3)));
+        assert!(!r.reachable_without_link_to(n(4)), "4 is reached only over our link");
+        assert!(!r.reachable_without_link_to(n(9)), "an unknown peer is not reached at all");
     }
 
     /// A topology as seen by `me`, from undirected edges; `oneway` edges are

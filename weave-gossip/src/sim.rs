@@ -17,7 +17,7 @@ use weave_core::{PeerName, PeerUid};
 
 use crate::channel::Channel;
 use crate::connmaker::{ConnMakerConfig, ConnectionMaker};
-use crate::mesh::{ConnId, Mesh, MeshConfig, RemotePeer};
+use crate::mesh::{AddConnectionError, ConnId, Mesh, MeshConfig, RemotePeer};
 use crate::node::{Action, Node};
 use crate::proto::Envelope;
 
@@ -224,6 +224,13 @@ impl SimNode for SimPeer {
                     Ok(()) => {
                         self.conns.insert(conn, from);
                         out.send(from, SimWire::Accept(conn, self.hello()));
+                    }
+                    // As over TCP: the handshake completes, the referral
+                    // is the one message, then the connection closes.
+                    Err(AddConnectionError::AtLimit(_)) => {
+                        out.send(from, SimWire::Accept(conn, self.hello()));
+                        out.send(from, SimWire::Msg(conn, self.node.referral(h.name)));
+                        out.send(from, SimWire::Close(conn));
                     }
                     Err(e) => out.send(from, SimWire::Refuse(conn, e.to_string(), e.is_permanent())),
                 }

@@ -184,6 +184,49 @@ fn discovery_connects_peers_learnt_through_a_middle_peer() {
     .unwrap_or_else(|| panic!("seed {seed}: 0 and 2 never settled on one direct connection"));
 }
 
+/// 60 peers that know only peer 0, each allowed 8 connections: the first
+/// nine fill each other up at once. A joiner no route reaches still gets
+/// in (a link that others cover makes room), and a peer already in the
+/// mesh is referred elsewhere. Every peer comes to reach every other
+/// through routes, and no peer goes far past its limit.
+#[test]
+fn joiners_that_know_only_a_full_peer_get_in_and_reach_everyone() {
+    fn limited(m: &mut MeshConfig, c: &mut ConnMakerConfig) {
+        quick(m, c);
+        c.discovery = true;
+        c.conn_limit = 8;
+    }
+    let seed = Sim::<SimPeer>::seed_from_env();
+    let n = 60;
+    let mut sim = cluster(seed, n, limited);
+    for id in 1..n {
+        connect(&mut sim, id, &[0]);
+        sim.run_for(Duration::from_millis(100));
+    }
+    let all: Vec<NodeId> = (0..n).collect();
+    let took = wait(&mut sim, Duration::from_secs(120), |s| routes_complete(s, &all));
+    let Some(took) = took else {
+        let mut lines = Vec::new();
+        for &i in &all {
+            let mut reach = 0;
+            sim.with_node(i, |p, _, _| reach = p.mesh_mut().routes().reachable_count());
+            let p = sim.node(i);
+            let conns: Vec<String> = p.mesh().connections().map(|(_, r)| r.name.to_string()).collect();
+            let targets: Vec<String> =
+                p.connection_maker().targets().iter().map(|t| format!("{}:{:?}:{}", t.address, t.state, t.last_error.clone().unwrap_or_default())).collect();
+            lines.push(format!("{i}: reach {reach} records {} conns {conns:?} targets {targets:?}", p.mesh().topology().len()));
+        }
+        panic!("seed {seed}: not every peer reaches every other under a limit of 8\n{}", lines.join("\n"));
+    };
+    eprintln!("seed {seed}: {n} peers with a limit of 8 reach one another {took:?} after the last join");
+    sim.run_for(Duration::from_secs(30));
+    assert!(routes_complete(&mut sim, &all), "seed {seed}: routes stay complete");
+    let counts: Vec<usize> = all.iter().map(|&i| sim.node(i).mesh().connections().count()).collect();
+    // Outbound dials already under way when inbound ones filled the
+    // limit may go past it; inbound ones never do.
+    assert!(counts.iter().all(|&c| (1..=10).contains(&c)), "seed {seed}: connections per peer {counts:?}");
+}
+
 /// A grow-only set of u64 as a gossip channel, logging what arrives.
 #[derive(Default)]
 struct GSet {

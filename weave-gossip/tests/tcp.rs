@@ -206,6 +206,69 @@ async fn discovery_connects_peers_learnt_through_a_middle_peer() {
     }
 }
 
+/// A seed allowed 2 connections and 5 joiners that know only the seed:
+/// the seed refers the ones it has no room for to the peers it knows,
+/// and every peer comes to reach every other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_turned_away_at_the_limit_are_referred_and_all_reach_each_other() {
+    let seed = start(Opts { discovery: true, conn_limit: 2, ..opts(1) }).await;
+    let mut joiners = Vec::new();
+    for i in 2..=6 {
+        let j = start(Opts { discovery: true, conn_limit: 3, ..opts(i) }).await;
+        connect(&j, &seed).await;
+        // One at a time, so the seed is full for the later ones.
+        knows(&j, i as usize).await;
+        joiners.push(j);
+    }
+    for h in std::iter::once(&seed).chain(&joiners) {
+        knows(h, 6).await;
+    }
+    let s = seed.status().await.unwrap();
+    let up = s.connections.iter().filter(|c| c.state == ConnectionState::Established).count();
+    assert!(up <= 2, "the seed keeps its limit: {:?}", s.connections);
+    // A joiner the seed turned away says why, and retries it later.
+    let turned_away = eventually("a joiner says it was referred", || async {
+        for j in &joiners {
+            let s = j.status().await.unwrap();
+            if s.targets.iter().any(|t| t.address == addr(&seed) && t.last_error.as_deref().is_some_and(|e| e.contains("connection limit"))) {
+                return Some(s);
+            }
+        }
+        None
+    })
+    .await;
+    assert!(turned_away.reachable == 5);
+    for h in std::iter::once(seed).chain(joiners) {
+        h.shutdown().await;
+    }
+}
+
+/// A referral is only a list of addresses, bounded: a peer that sends a
+/// longer one is cut off, and none of its addresses is dialed.
+#[tokio::test]
+async fn an_oversized_referral_closes_the_connection_and_adds_no_target() {
+    let a = start(Opts { discovery: true, ..opts(1) }).await;
+    let me = LocalFeatures { name: PeerName::from_u64(9).unwrap(), nickname: "evil".into(), uid: PeerUid::new(9).unwrap(), listen_port: 1 };
+    let mut raw = TcpStream::connect(a.local_addr()).await.unwrap();
+    let mut link = Link::new(Role::Initiator, LinkConfig::default(), &me, &mut weave_core::rng::seeded(3));
+    let mut buf = vec![0u8; 4096];
+    while !link.is_established() {
+        raw.write_all(&link.take_output()).await.unwrap();
+        let n = raw.read(&mut buf).await.unwrap();
+        link.handle_bytes(&buf[..n]).unwrap();
+    }
+    let addresses = (0..1000).map(|i| format!("10.66.{}.{}:6783", i / 256, i % 256)).collect();
+    let env: weave_gossip::proto::Envelope = weave_gossip::proto::Body::Referral(weave_gossip::proto::Referral { addresses }).into();
+    link.send(&env).unwrap();
+    raw.write_all(&link.take_output()).await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(1000), raw.read_to_end(&mut sink)).await.expect("closed at once");
+    let s = a.status().await.unwrap();
+    assert!(s.targets.is_empty(), "{:?}", s.targets);
+    assert!(s.connections.iter().all(|c| c.state != ConnectionState::Established));
+    a.shutdown().await;
+}
+
 #[tokio::test]
 async fn forget_and_replace_change_the_targets() {
     let a = start(opts(1)).await;
