@@ -272,7 +272,7 @@ impl ConnectionMaker {
                     // It closed without a referral (that moves it out of
                     // Connected first): it had room.
                     t.full = 0;
-                    t.state = TargetState::Retrying(now + backoff(&self.cfg, &mut self.rng, 0));
+                    t.state = TargetState::Retrying(now + backoff(self.cfg.backoff_initial, self.cfg.backoff_max, &mut self.rng, 0));
                 }
                 _ => {}
             }
@@ -290,7 +290,10 @@ impl ConnectionMaker {
         if let Some(t) = from.and_then(|f| self.targets.get_mut(f)) {
             t.full = t.full.saturating_add(1);
             t.last_error = Some("at its connection limit; it referred us to other peers".into());
-            t.state = TargetState::Retrying(now + backoff(&self.cfg, &mut self.rng, t.full));
+            // Up to five times the usual cap: a full peer rarely frees a
+            // slot soon, and every retry costs it a handshake.
+            let max = self.cfg.backoff_max.saturating_mul(5);
+            t.state = TargetState::Retrying(now + backoff(self.cfg.backoff_initial, max, &mut self.rng, t.full));
         }
         if !self.cfg.discovery {
             return;
@@ -321,7 +324,7 @@ impl ConnectionMaker {
         } else if self.connected.contains(addr) {
             TargetState::Connected
         } else {
-            TargetState::Retrying(now + backoff(&self.cfg, &mut self.rng, t.attempts))
+            TargetState::Retrying(now + backoff(self.cfg.backoff_initial, self.cfg.backoff_max, &mut self.rng, t.attempts))
         };
     }
 
@@ -362,9 +365,9 @@ impl ConnectionMaker {
 
 /// Delay before retry number `attempts`: doubling from the initial delay,
 /// capped, scaled by a random factor in [0.5, 1.0].
-fn backoff(cfg: &ConnMakerConfig, rng: &mut SimRng, attempts: u32) -> Duration {
-    let exp = cfg.backoff_initial.saturating_mul(1u32 << attempts.min(20));
-    exp.min(cfg.backoff_max).mul_f64(rng.random_range(0.5..=1.0))
+fn backoff(initial: Duration, max: Duration, rng: &mut SimRng, attempts: u32) -> Duration {
+    let exp = initial.saturating_mul(1u32 << attempts.min(20));
+    exp.min(max).mul_f64(rng.random_range(0.5..=1.0))
 }
 
 #[cfg(test)]

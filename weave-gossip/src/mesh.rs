@@ -322,6 +322,10 @@ pub struct Mesh {
     /// gone, and its deltas may have passed by meanwhile).
     channel_resync: bool,
     announce: bool,
+    /// Our connections changed since our record last said what they are.
+    our_conns_changed: bool,
+    /// When our record is brought up to date with our connections.
+    settle_at: Option<Instant>,
     /// When the pending records go out.
     update_at: Option<Instant>,
     /// No connection's heartbeat or read timeout is due before this (it
@@ -358,6 +362,8 @@ impl Mesh {
             next_channel_gossip,
             channel_resync: false,
             announce: false,
+            our_conns_changed: false,
+            settle_at: None,
             update_at: None,
             conn_deadline: None,
             stats: MeshStats::default(),
@@ -426,31 +432,33 @@ impl Mesh {
     /// [`Mesh::add_connection`]); the other waits a while for it, so a
     /// forming mesh does not handshake every pair twice.
     ///
-    /// Only established connections count, each address once (and the
-    /// connection maker takes no more than its connection limit), so a
-    /// peer listing made-up connections cannot make the mesh dial a list
-    /// of its choosing. Reachability is not required: while a mesh forms,
+    /// Only established connections count, each address once, at most
+    /// `max` of them (the connection limit), so a peer listing made-up
+    /// connections cannot make the mesh dial a list of its choosing. Reachability is not required: while a mesh forms,
     /// routes lag the records, and a candidate that came and went would
     /// restart its dial delay each time.
-    pub fn discovery_candidates(&self) -> Vec<(String, bool)> {
+    pub fn discovery_candidates(&self, max: usize) -> Vec<(String, bool)> {
         let me = self.cfg.name;
-        let mut seen = BTreeSet::new();
-        let mut found: Vec<(usize, u64, String, bool)> = self
+        let mut seen = std::collections::HashSet::new();
+        let mut found: Vec<(usize, u64, &str, bool)> = self
             .topo
             .records()
             .flat_map(|r| r.connections.iter())
             .filter(|c| c.established && c.peer != me && !self.by_peer.contains_key(&c.peer) && !c.address.is_empty())
             .filter(|c| seen.insert(c.address.as_str()))
-            .map(|c| (self.load_of(c.peer), spread(me, c.peer), c.address.clone(), me > c.peer))
+            .map(|c| (self.load_of(c.peer), spread(me, c.peer), c.address.as_str(), me > c.peer))
             .collect();
-        // The least connected first (under a connection limit the
-        // connection maker takes only the first few): they are the likely
-        // ones to have room, and links to them spread the load. Ties in an
-        // order of our own, so that joiners do not all pick the same peers.
+        // The least connected first (under a connection limit only the
+        // first few are dialed): they are the likely ones to have room,
+        // and links to them spread the load. Ties in an order of our own,
+        // so that joiners do not all pick the same peers.
+        if found.len() > max {
+            found.select_nth_unstable(max);
+            found.truncate(max);
+        }
         found.sort_unstable();
-        found.into_iter().map(|(_, _, a, eager)| (a, eager)).collect()
+        found.into_iter().map(|(_, _, a, eager)| (a.to_owned(), eager)).collect()
     }
-
     /// How many connections `peer`'s record lists (unknown: as many as can be).
     fn load_of(&self, peer: PeerName) -> usize {
         self.topo.get(peer).map_or(usize::MAX, |r| r.connections.len())
@@ -654,16 +662,39 @@ impl Mesh {
         (initiator, std::cmp::Reverse(r.conn_id))
     }
 
+    /// Our connections changed: our record follows at the next route
+    /// recalculation or update, whichever comes first (see
+    /// [`Mesh::settle_our_record`]).
     fn our_connections_changed(&mut self, now: Instant) {
+        self.our_conns_changed = true;
+        self.settle_at.get_or_insert(now + self.cfg.recalc_delay);
+    }
+
+    /// Write our connections into our record (a new version, signed) if
+    /// they differ from what it says. Deferred to here, a connection that
+    /// came and went within the window (a referral, a duplicate that lost
+    /// the tie-break) costs the mesh no record version: each version goes
+    /// to every peer, which checks its signature and recalculates routes.
+    /// Returns whether our record changed (routes need recalculating).
+    fn settle_our_record(&mut self, now: Instant) -> bool {
+        self.settle_at = None;
+        if !std::mem::take(&mut self.our_conns_changed) {
+            return false;
+        }
         let conns = self
             .conns
             .values()
             .map(|c| ConnectionInfo { peer: c.remote.name, address: c.remote.address.clone(), outbound: c.remote.outbound, established: true })
             .collect();
-        if self.topo.set_our_connections(conns) {
-            self.announce = true;
-            self.topology_changed(now);
+        if !self.topo.set_our_connections(conns) {
+            return false;
         }
+        let me = self.cfg.name;
+        for c in self.conns.values_mut() {
+            c.pending.insert(me);
+        }
+        self.schedule_update(now);
+        true
     }
 
     fn topology_changed(&mut self, now: Instant) {
@@ -960,11 +991,14 @@ impl Mesh {
             self.events.push_back(MeshEvent::CloseConnection { conn: id, reason: CloseReason::Timeout });
             self.our_connections_changed(now);
         }
+        if self.settle_at.is_some_and(|t| now >= t) && self.settle_our_record(now) {
+            self.topology_changed(now);
+        }
         if self.recalc_at.is_some_and(|t| now >= t) {
             self.recalculate(now);
         }
         if self.update_at.is_some_and(|t| now >= t) {
-            self.send_updates();
+            self.send_updates(now);
         }
         for s in self.channels.values_mut() {
             if s.channel.poll_timeout().is_some_and(|t| now >= t) {
@@ -1001,6 +1035,7 @@ impl Mesh {
 
     fn recalculate(&mut self, now: Instant) {
         self.recalc_at = None;
+        self.settle_our_record(now);
         self.last_recalc = Some(now);
         let removed = self.topo.gc();
         self.routes = Routes::calculate(&self.topo);
@@ -1029,7 +1064,7 @@ impl Mesh {
     /// When [`Mesh::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.next_anti_entropy.min(self.next_channel_gossip);
-        for r in [self.recalc_at, self.update_at].into_iter().flatten() {
+        for r in [self.recalc_at, self.update_at, self.settle_at].into_iter().flatten() {
             t = t.min(r);
         }
         if let Some(c) = self.conn_deadline {
@@ -1072,8 +1107,11 @@ impl Mesh {
     }
 
     /// Send every neighbour the latest records of the peers pending for it.
-    fn send_updates(&mut self) {
+    fn send_updates(&mut self, now: Instant) {
         self.update_at = None;
+        if self.settle_our_record(now) {
+            self.topology_changed(now);
+        }
         let due: Vec<(ConnId, Vec<PeerName>)> =
             self.conns.iter_mut().filter(|(_, c)| !c.pending.is_empty()).map(|(&id, c)| (id, std::mem::take(&mut c.pending).into_iter().collect())).collect();
         for (conn, names) in due {
@@ -1177,7 +1215,7 @@ mod tests {
         let rec4 = PeerRecord::signed(&key(4), n(4), "p4".into(), PeerUid::new(4).unwrap(), 5, vec![conn(2, false)]);
         m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![rec2.to_msg(), rec3.to_msg(), rec4.to_msg()] }).into()).unwrap();
         m.handle_timeout(now + Duration::from_secs(1));
-        assert_eq!(m.discovery_candidates(), vec![("10.0.0.3:6783".to_owned(), false), ("10.1.0.1:6783".to_owned(), false)]);
+        assert_eq!(m.discovery_candidates(usize::MAX), vec![("10.0.0.3:6783".to_owned(), false), ("10.1.0.1:6783".to_owned(), false)]);
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub struct Node {
     routes_epoch: u64,
     /// Bumped whenever `covered` changes.
     covered_epoch: u64,
+    /// The topology changed since discovery last looked at it.
+    discovery_stale: bool,
     /// What the connection maker was last told was connected, as (mesh
     /// connections, covered, active count, targets) generations: while
     /// none changes, telling it again (copying every address) is skipped.
@@ -129,6 +131,7 @@ impl Node {
             in_progress: 0,
             dialing: 0,
             covered_epoch: 0,
+            discovery_stale: false,
             told: None,
             saves: BTreeMap::new(),
             actions: VecDeque::new(),
@@ -399,8 +402,15 @@ impl Node {
             }
             if topo_changed {
                 self.routes_epoch += 1;
-                self.cm.set_discovered(now, self.mesh.discovery_candidates());
+                self.discovery_stale = true;
                 self.actions.push_back(Action::Event(MeshEvent::TopologyChanged));
+            }
+            // At the limit nothing is dialed: the candidates (a walk over
+            // every record) wait until a connection goes.
+            let limit = self.cm.config().conn_limit;
+            if self.discovery_stale && self.conns.len() < limit {
+                self.discovery_stale = false;
+                self.cm.set_discovered(now, self.mesh.discovery_candidates(limit));
             }
             let active = self.conns.len() + self.dialing + self.in_progress;
             let told = (self.mesh.conn_epoch(), self.covered_epoch, active, self.cm.generation());
