@@ -57,6 +57,12 @@ pub struct SleeveConfig {
     /// peer): a container or peer sending from endless addresses fills
     /// only its own share of the table (default 4096).
     pub mac_quota: usize,
+    /// The clock slow heartbeat rounds start on: on every router whose
+    /// clock agrees they start together, so a router's idle wake-ups for
+    /// its peers' heartbeats coalesce into a few per round instead of one
+    /// per peer. `None` (the default; the sleeve driver sets the system
+    /// clock): rounds keep their own phase.
+    pub round_clock: Option<weave_core::time::RoundClock>,
 }
 
 impl SleeveConfig {
@@ -73,6 +79,7 @@ impl SleeveConfig {
             mac_expiry: Duration::from_secs(600),
             trusted: Vec::new(),
             mac_quota: 4096,
+            round_clock: None,
         }
     }
 }
@@ -1272,7 +1279,7 @@ impl Sleeve {
             };
             p.fast_gap = if fast { gap } else { Duration::ZERO };
             p.answered = false;
-            p.next_beat = now + gap;
+            p.next_beat = if fast { now + gap } else { weave_core::time::next_round(self.cfg.round_clock.as_ref(), now, gap) };
             p.slow = !fast;
         }
         self.expire(now);

@@ -468,7 +468,9 @@ impl SleeveDataplane {
         // MAC leaves the kernel to choose.
         let mac = Some(cfg.sleeve.ourself.octets()).filter(|m| m[0] & 1 == 0 && *m != [0; 6]);
         nl.ensure_bridge_with_mac(&cfg.bridge, cfg.mtu, mac).await?;
-        let driver = SleeveDriver::start(Sleeve::new(cfg.sleeve.clone()), &cfg.netns, TAP_NAME, cfg.listen)?;
+        let mut sleeve = cfg.sleeve.clone();
+        sleeve.round_clock.get_or_insert_with(weave_core::time::RoundClock::system);
+        let driver = SleeveDriver::start(Sleeve::new(sleeve), &cfg.netns, TAP_NAME, cfg.listen)?;
         restore_bridge(nl, &cfg.bridge, cfg.mtu, mac).await?;
         let watchdog = tokio::spawn(watchdog(nl.clone(), cfg.bridge.clone(), cfg.mtu, mac));
         let firewall = crate::firewall::follow(cfg.netns.clone(), cfg.bridge.clone(), cfg.listen.port())

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use weave_core::time::RoundClock;
 use weave_core::PeerName;
 use weave_dataplane::sleeve::MacLocation;
 use weave_dataplane::Mac;
@@ -43,9 +44,19 @@ impl Cluster {
     /// Hosts 1..=count with `links` (pairs of host numbers); `keys` gives
     /// each link its data keys.
     fn new(count: u64, links: &[(u64, u64)], encrypted: bool) -> Self {
+        Self::with(count, links, encrypted, |_, _| {})
+    }
+
+    /// As [`Cluster::new`], each host's sleeve settings changed by `tune`.
+    fn with(count: u64, links: &[(u64, u64)], encrypted: bool, tune: impl Fn(&mut SleeveConfig, Instant)) -> Self {
         let net = MemNet::new(7);
         let now = Instant::now();
-        let hosts: Vec<MemDataplane> = (1..=count).map(|i| MemDataplane::new(net.clone(), addr(i), SleeveConfig::new(n(i), 6783))).collect();
+        let config = |i: u64| {
+            let mut cfg = SleeveConfig::new(n(i), 6783);
+            tune(&mut cfg, now);
+            cfg
+        };
+        let hosts: Vec<MemDataplane> = (1..=count).map(|i| MemDataplane::new(net.clone(), addr(i), config(i))).collect();
         let pairs: Vec<(PeerName, PeerName)> = links.iter().map(|&(a, b)| (n(a), n(b))).collect();
         for (i, h) in hosts.iter().enumerate() {
             h.set_routes(&Routes::from_links(n(i as u64 + 1), &pairs));
@@ -242,6 +253,48 @@ fn an_idle_settled_path_is_acked_by_echoes_and_still_goes_down_when_cut() {
         c.run(Duration::from_secs(6));
         assert!(c.all_established(true), "healed: {:?}", c.paths_now());
     }
+}
+
+/// The 10 ms steps, over `d`, in which any datagram was sent.
+fn busy_steps(c: &mut Cluster, d: Duration) -> usize {
+    let mut steps = 0;
+    let end = c.now + d;
+    while c.now < end {
+        let before = c.net.captured().len();
+        c.run(Duration::from_millis(10));
+        steps += usize::from(c.net.captured().len() > before);
+    }
+    steps
+}
+
+#[test]
+fn on_a_shared_round_clock_idle_heartbeats_of_every_peer_go_together() {
+    let links = [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)];
+    // Clocks 2.5 s apart: each host's rounds have a phase of their own.
+    let mut own = Cluster::with(4, &links, true, |cfg, start| {
+        cfg.round_clock = Some(RoundClock::new(start, Duration::from_millis(1_800_000_000_000 + 2_500 * cfg.ourself.as_u64())));
+    });
+    // The same clock for all (as routers whose system clocks agree).
+    let mut shared = Cluster::with(4, &links, true, |cfg, start| cfg.round_clock = Some(RoundClock::new(start, Duration::from_millis(1_800_000_003_700))));
+    let mut counts = Vec::new();
+    for c in [&mut own, &mut shared] {
+        c.run(Duration::from_secs(20));
+        c.net.capture();
+        counts.push(busy_steps(c, Duration::from_secs(60)));
+        assert!(c.all_established(true), "{:?}", c.paths_now());
+    }
+    eprintln!("datagrams in 10 ms steps over 60 s: own phases {}, shared clock {}", counts[0], counts[1]);
+    // Six rounds in a minute: on the shared clock each round is one step
+    // (the heartbeats) and the next (the acks a stale proof asks for).
+    assert!(counts[1] <= 2 * 6 + 2, "shared clock: datagrams in {} steps of 10 ms", counts[1]);
+    assert!(counts[1] < counts[0], "own phases {} steps, shared clock {}", counts[0], counts[1]);
+    // And the path still goes down when cut, and heals.
+    shared.net.set_cut(addr(1), addr(2), true);
+    shared.run(Duration::from_secs(32));
+    assert!(shared.host(1).core().paths(shared.now).iter().any(|p| !p.established));
+    shared.net.set_cut(addr(1), addr(2), false);
+    shared.run(Duration::from_secs(6));
+    assert!(shared.all_established(true), "{:?}", shared.paths_now());
 }
 
 #[test]

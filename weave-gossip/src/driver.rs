@@ -329,7 +329,9 @@ impl MeshBuilder {
         let listener = TcpListener::bind(cfg.listen).await?;
         let listen = listener.local_addr()?;
         let now = Instant::now();
-        let mut node = Node::new(cfg.mesh.clone(), cfg.conn_maker.clone(), now, &mut from_os());
+        let mut mesh_cfg = cfg.mesh.clone();
+        mesh_cfg.round_clock.get_or_insert_with(weave_core::time::RoundClock::system);
+        let mut node = Node::new(mesh_cfg, cfg.conn_maker.clone(), now, &mut from_os());
         let mut persisters = HashMap::new();
         for (name, channel, persist) in self.channels {
             match persist {

@@ -53,6 +53,11 @@ pub struct MeshConfig {
     /// Heartbeat on every connection this often (default 30 s, as Weave
     /// Net's mesh: at rest each heartbeat is a wake-up, one per peer).
     pub heartbeat_interval: Duration,
+    /// The clock heartbeat rounds start on: peers whose clocks agree send
+    /// theirs together, so an idle peer's wake-ups for them coalesce. `None`
+    /// (the default; the tokio driver sets the system clock): rounds keep
+    /// the phase of the first connection.
+    pub round_clock: Option<weave_core::time::RoundClock>,
     /// Close a connection silent for this long (default 65 s: two
     /// heartbeats lost; Weave Net allows 60 s).
     pub read_timeout: Duration,
@@ -95,6 +100,7 @@ impl MeshConfig {
             nickname: nickname.into(),
             uid,
             heartbeat_interval: Duration::from_secs(30),
+            round_clock: None,
             read_timeout: Duration::from_secs(65),
             anti_entropy_interval: Duration::from_secs(5),
             channel_gossip_interval: Duration::from_secs(30),
@@ -613,7 +619,7 @@ impl Mesh {
             self.events.push_back(MeshEvent::CloseConnection { conn: old, reason });
         }
         self.by_peer.insert(remote.name, conn);
-        let next_heartbeat = now + self.cfg.heartbeat_interval;
+        let next_heartbeat = weave_core::time::next_round(self.cfg.round_clock.as_ref(), now, self.cfg.heartbeat_interval);
         self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat, pending: BTreeSet::new() });
         self.conn_deadline = Some(self.conn_deadline.map_or(next_heartbeat, |t| t.min(next_heartbeat)));
         self.conn_epoch += 1;
@@ -976,7 +982,7 @@ impl Mesh {
                 dead.push(id);
                 continue;
             } else if any_due && early >= c.next_heartbeat {
-                c.next_heartbeat = now + self.cfg.heartbeat_interval;
+                c.next_heartbeat = weave_core::time::next_round(self.cfg.round_clock.as_ref(), now, self.cfg.heartbeat_interval);
                 beat.push(id);
             }
             let due = c.next_heartbeat.min(c.last_rx + self.cfg.read_timeout);
@@ -1197,6 +1203,36 @@ mod tests {
 
     fn drain(m: &mut Mesh) -> Vec<Transmit> {
         std::iter::from_fn(|| m.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn on_a_round_clock_heartbeats_go_at_its_boundaries_for_every_connection() {
+        let start = Instant::now();
+        let mut cfg = MeshConfig::new(n(1), "p1", PeerUid::new(1).unwrap());
+        cfg.round_clock = Some(weave_core::time::RoundClock::new(start, Duration::from_millis(1_800_000_012_000)));
+        let mut m = Mesh::new(cfg, start, seeded(1));
+        // Connections come up 12 s and 23 s into a 30 s round.
+        m.add_connection(start, 2, remote(2, 2, true)).unwrap();
+        m.add_connection(start + Duration::from_secs(11), 3, remote(3, 3, true)).unwrap();
+        drain(&mut m);
+        let mut sent_at = Vec::new();
+        let mut now = start;
+        while now < start + Duration::from_secs(100) {
+            now = m.poll_timeout().unwrap().max(now + Duration::from_millis(1));
+            m.handle_timeout(now);
+            for t in drain(&mut m) {
+                if matches!(t.msg.body, Some(Body::Heartbeat(_))) {
+                    sent_at.push((now - start, t.conn));
+                }
+            }
+            for c in [2, 3] {
+                m.handle_message(now, c, Body::Heartbeat(Heartbeat {}).into()).unwrap();
+            }
+        }
+        // Each first at the boundary at least half a round after it came up
+        // (18 s and 48 s), then together on every boundary.
+        let at = |s: u64| Duration::from_secs(s);
+        assert_eq!(sent_at, vec![(at(18), 2), (at(48), 2), (at(48), 3), (at(78), 2), (at(78), 3)]);
     }
 
     #[test]
