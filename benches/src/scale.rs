@@ -5,7 +5,8 @@
 //!
 //! Needs root and the `weave` binary (the reference router's CLI). Every
 //! namespace, state directory and router it makes is removed at the end,
-//! and the kernel's neighbour-table thresholds it raises are put back.
+//! and the kernel settings it raises (neighbour table, packet backlog) are
+//! put back.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -99,11 +100,17 @@ fn sh(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-const NEIGH: [(&str, u32); 3] = [("gc_thresh1", 8192), ("gc_thresh2", 32768), ("gc_thresh3", 65536)];
-
-fn neigh_path(k: &str) -> PathBuf {
-    Path::new("/proc/sys/net/ipv4/neigh/default").join(k)
-}
+/// Kernel settings a run raises, and puts back. One kernel holds every
+/// simulated host's neighbours (at the default 1024 entries the underlay
+/// itself drops) and queues every simulated host's received packets in one
+/// per-CPU backlog (heartbeat rounds start together on every router, and
+/// at the default 1000 packets a round of 100 routers overflows it).
+const SYSCTLS: [(&str, u32); 4] = [
+    ("/proc/sys/net/ipv4/neigh/default/gc_thresh1", 8192),
+    ("/proc/sys/net/ipv4/neigh/default/gc_thresh2", 32768),
+    ("/proc/sys/net/ipv4/neigh/default/gc_thresh3", 65536),
+    ("/proc/sys/net/core/netdev_max_backlog", 65536),
+];
 
 /// Everything one run made, undone on drop.
 struct Lab {
@@ -111,7 +118,8 @@ struct Lab {
     dir: PathBuf,
     namespaces: Vec<String>,
     states: Vec<PathBuf>,
-    neigh: Vec<(&'static str, String)>,
+    /// Settings raised, with their old values.
+    sysctls: Vec<(&'static str, String)>,
 }
 
 impl Lab {
@@ -119,14 +127,12 @@ impl Lab {
         let prefix = format!("wsc{}{tag}", std::process::id());
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut lab = Self { prefix, dir, namespaces: Vec::new(), states: Vec::new(), neigh: Vec::new() };
-        // One kernel holds every simulated host's neighbours: at the
-        // default 1024 entries the underlay itself drops.
-        for (k, v) in NEIGH {
-            let old = std::fs::read_to_string(neigh_path(k)).map_err(|e| format!("{k}: {e}"))?;
+        let mut lab = Self { prefix, dir, namespaces: Vec::new(), states: Vec::new(), sysctls: Vec::new() };
+        for (k, v) in SYSCTLS {
+            let old = std::fs::read_to_string(k).map_err(|e| format!("{k}: {e}"))?;
             if old.trim().parse::<u32>().is_ok_and(|o| o < v) {
-                std::fs::write(neigh_path(k), v.to_string()).map_err(|e| format!("raise {k}: {e}"))?;
-                lab.neigh.push((k, old));
+                std::fs::write(k, v.to_string()).map_err(|e| format!("raise {k}: {e}"))?;
+                lab.sysctls.push((k, old));
             }
         }
         Ok(lab)
@@ -170,8 +176,8 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        for (k, v) in self.neigh.drain(..) {
-            let _ = std::fs::write(neigh_path(k), v);
+        for (k, v) in self.sysctls.drain(..) {
+            let _ = std::fs::write(k, v);
         }
     }
 }

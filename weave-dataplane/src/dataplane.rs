@@ -87,6 +87,16 @@ struct MemNetInner {
     rng: rand::rngs::StdRng,
     /// Every datagram sent, for inspection (off unless enabled).
     capture: Option<Vec<Vec<u8>>>,
+    /// With latency on, what was sent since the last [`MemNet::tick`].
+    in_flight: Option<Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
+}
+
+impl MemNetInner {
+    fn deliver(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        if let Some(q) = self.queues.get_mut(&to) {
+            q.push_back((from, data));
+        }
+    }
 }
 
 impl MemNet {
@@ -100,6 +110,7 @@ impl MemNet {
                 mtu: None,
                 rng: rand::rngs::StdRng::seed_from_u64(seed),
                 capture: None,
+                in_flight: None,
             }),
         })
     }
@@ -130,6 +141,29 @@ impl MemNet {
         }
     }
 
+    /// With `on`, a datagram arrives only at the next [`MemNet::tick`]
+    /// (latency of one time step: two hosts that send at once both send
+    /// before either hears the other); off, at once.
+    pub fn set_latency(&self, on: bool) {
+        let mut i = self.inner();
+        if on {
+            i.in_flight.get_or_insert_with(Vec::new);
+        } else if let Some(held) = i.in_flight.take() {
+            for (from, to, d) in held {
+                i.deliver(from, to, d);
+            }
+        }
+    }
+
+    /// One time step passed: what was in flight arrives.
+    pub fn tick(&self) {
+        let mut i = self.inner();
+        let held = i.in_flight.as_mut().map(std::mem::take).unwrap_or_default();
+        for (from, to, d) in held {
+            i.deliver(from, to, d);
+        }
+    }
+
     /// Start keeping a copy of every datagram (an underlay capture).
     pub fn capture(&self) {
         self.inner().capture = Some(Vec::new());
@@ -152,8 +186,9 @@ impl MemNet {
         if loss > 0.0 && i.rng.random_bool(loss) {
             return;
         }
-        if let Some(q) = i.queues.get_mut(&to) {
-            q.push_back((from, data.to_vec()));
+        match &mut i.in_flight {
+            Some(f) => f.push((from, to, data.to_vec())),
+            None => i.deliver(from, to, data.to_vec()),
         }
     }
 

@@ -43,7 +43,7 @@ pub struct SleeveConfig {
     /// slow interval (a busy or unreachable peer is not flooded).
     pub fast_heartbeat: Duration,
     /// A sleeve path is down after this long without an answered heartbeat
-    /// (default 31 s: three heartbeats lost; Weave Net allows 60 s).
+    /// (default 45 s, three rounds; Weave Net allows 60 s).
     pub path_timeout: Duration,
     /// The fast path to a peer is down after this long without its
     /// fast-path heartbeats (default 6 s).
@@ -74,7 +74,7 @@ impl SleeveConfig {
             max_datagram: 1472,
             heartbeat: Duration::from_secs(10),
             fast_heartbeat: Duration::from_millis(100),
-            path_timeout: Duration::from_secs(31),
+            path_timeout: Duration::from_secs(45),
             timeout: Duration::from_secs(6),
             mac_expiry: Duration::from_secs(600),
             trusted: Vec::new(),
@@ -1246,10 +1246,12 @@ impl Sleeve {
                 // Searching, or re-checking a verification that failed.
                 let rechecking = p.pmtu.verifying && p.pmtu.misses > 0;
                 // The last proof that the peer hears us is getting old (an
-                // echo or a heartbeat was lost; at rest it is one round
-                // old): ask at the fast rate, for acks, before the path
-                // would time out.
-                let stale_after = (self.cfg.path_timeout / 2).max(self.cfg.heartbeat * 3 / 2);
+                // echo or a heartbeat was lost): ask at the fast rate, for
+                // acks, before the path would time out. At rest a proof is
+                // one or two rounds old (on a round clock both ends send at
+                // once, and the echo of a round's heartbeat often comes
+                // with the next round), so that is never stale.
+                let stale_after = (self.cfg.path_timeout / 2).max(self.cfg.heartbeat * 5 / 2);
                 let stale = p.last_ack.is_none_or(|t| now.saturating_duration_since(t) >= stale_after);
                 (!est || !settled || rechecking || stale, (!settled || p.pmtu.verifying).then_some(p.pmtu.probe))
             };
