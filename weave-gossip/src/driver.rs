@@ -540,7 +540,7 @@ impl Shared {
 
 /// The driver's end of a connection task.
 struct LinkSide {
-    tx: mpsc::Sender<Envelope>,
+    tx: mpsc::Sender<Arc<Envelope>>,
     /// Bytes of messages queued and not yet taken by the task.
     queued: Arc<AtomicUsize>,
     /// Dropped to tell the task to flush and close.
@@ -705,7 +705,7 @@ impl Driver {
             let mut stuck = Vec::new();
             while let Some(t) = self.node.poll_transmit() {
                 if let Some(e) = self.links.get(&t.conn) {
-                    let len = prost::Message::encoded_len(&t.msg);
+                    let len = prost::Message::encoded_len(&*t.msg);
                     let queued = e.link.queued.fetch_add(len, Ordering::Relaxed) + len;
                     if queued > CONN_QUEUE_BYTES || e.link.tx.try_send(t.msg).is_err() {
                         stuck.push(t.conn);
@@ -996,7 +996,7 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
         Ok(Err((reason, refused))) => return report_failure(&shared, Some(socket), target, reason, refused).await,
         Err(_) => return report_failure(&shared, Some(socket), target, "handshake timed out".into(), false).await,
     };
-    let (tx, mut rx) = mpsc::channel::<Envelope>(CONN_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Arc<Envelope>>(CONN_QUEUE);
     let (close_tx, mut close_rx) = oneshot::channel::<()>();
     let queued = Arc::new(AtomicUsize::new(0));
     let side = LinkSide { tx, queued: queued.clone(), _close: close_tx };
@@ -1065,7 +1065,7 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
             },
             m = rx.recv(), if pending < OUTPUT_HIGH_WATER => match m {
                 Some(msg) => {
-                    queued.fetch_sub(prost::Message::encoded_len(&msg), Ordering::Relaxed);
+                    queued.fetch_sub(prost::Message::encoded_len(&*msg), Ordering::Relaxed);
                     if let Err(e) = link.send(&msg) {
                         tracing::warn!(%socket, error = %e, "dropping oversized message");
                     }

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -234,8 +235,9 @@ pub enum MeshEvent {
 pub struct Transmit {
     /// The connection.
     pub conn: ConnId,
-    /// The message.
-    pub msg: Envelope,
+    /// The message: one copy shared by every connection it goes to (a
+    /// record update to 199 neighbours is built and held once).
+    pub msg: Arc<Envelope>,
 }
 
 /// A protocol violation by a peer; the connection should be closed.
@@ -585,10 +587,7 @@ impl Mesh {
             Held::Relay { from, data } => {
                 let me = self.cfg.name.as_u64();
                 let others: Vec<ConnId> = self.conns.keys().copied().filter(|&c| c != from).collect();
-                for c in others {
-                    let msg = ChannelMsg { channel: channel.to_owned(), src: me, dst: 0, data: data.clone() };
-                    self.send(c, Body::Gossip(msg));
-                }
+                self.send_to(&others, Body::Gossip(ChannelMsg { channel: channel.to_owned(), src: me, dst: 0, data }));
                 Ok(())
             }
         };
@@ -900,14 +899,8 @@ impl Mesh {
     }
 
     fn relay_along_tree(&mut self, src: PeerName, from: ConnId, body: Body) {
-        let children: Vec<PeerName> = self.routes.broadcast_children(src).to_vec();
-        for child in children {
-            if let Some(&c) = self.by_peer.get(&child) {
-                if c != from {
-                    self.send(c, body.clone());
-                }
-            }
-        }
+        let children: Vec<ConnId> = self.routes.broadcast_children(src).iter().filter_map(|p| self.by_peer.get(p).copied()).filter(|&c| c != from).collect();
+        self.send_to(&children, body);
     }
 
     /// Send towards `dst`; never back where it came from (routes that
@@ -1118,16 +1111,32 @@ impl Mesh {
         if self.settle_our_record(now) {
             self.topology_changed(now);
         }
-        let due: Vec<(ConnId, Vec<PeerName>)> =
-            self.conns.iter_mut().filter(|(_, c)| !c.pending.is_empty()).map(|(&id, c)| (id, std::mem::take(&mut c.pending).into_iter().collect())).collect();
-        for (conn, names) in due {
-            self.send_records(conn, &names);
+        // Neighbours due the same records (in a full mesh, all but the one
+        // each came from) share one copy of the messages.
+        let mut due: BTreeMap<Vec<PeerName>, Vec<ConnId>> = BTreeMap::new();
+        for (&id, c) in &mut self.conns {
+            if !c.pending.is_empty() {
+                due.entry(std::mem::take(&mut c.pending).into_iter().collect()).or_default().push(id);
+            }
+        }
+        for (names, conns) in due {
+            for m in self.record_messages(&names) {
+                self.send_to(&conns, Body::Update(m));
+            }
         }
     }
 
     fn send(&mut self, conn: ConnId, body: Body) {
-        self.stats.msgs_out += 1;
-        self.transmits.push_back(Transmit { conn, msg: body.into() });
+        self.send_to(&[conn], body);
+    }
+
+    /// One message, built once, to each of `conns`.
+    fn send_to(&mut self, conns: &[ConnId], body: Body) {
+        let msg = Arc::new(Envelope::from(body));
+        for &conn in conns {
+            self.stats.msgs_out += 1;
+            self.transmits.push_back(Transmit { conn, msg: msg.clone() });
+        }
     }
 
     /// Records by name, packed into messages under the size bound.
@@ -1264,7 +1273,7 @@ mod tests {
         m.handle_message(now, 7, Body::Request(TopologyRequest { names }).into()).unwrap();
         let records: usize = drain(&mut m)
             .into_iter()
-            .map(|t| match t.msg.body {
+            .map(|t| match &t.msg.body {
                 Some(Body::Update(u)) => u.records.len(),
                 _ => 0,
             })

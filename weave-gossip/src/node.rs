@@ -537,9 +537,9 @@ mod tests {
     fn drain(n: &mut Node) -> Vec<(ConnId, Vec<u8>)> {
         let mut sent = Vec::new();
         while let Some(t) = n.poll_transmit() {
-            if let Some(Body::Gossip(m)) = t.msg.body {
+            if let Some(Body::Gossip(m)) = &t.msg.body {
                 if m.channel == "reg" {
-                    sent.push((t.conn, m.data));
+                    sent.push((t.conn, m.data.clone()));
                 }
             }
         }

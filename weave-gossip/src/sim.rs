@@ -179,7 +179,7 @@ impl SimPeer {
             self.node.set_in_progress(0);
             while let Some(t) = self.node.poll_transmit() {
                 if let Some(&to) = self.conns.get(&t.conn) {
-                    out.send(to, SimWire::Msg(t.conn, t.msg));
+                    out.send(to, SimWire::Msg(t.conn, std::sync::Arc::unwrap_or_clone(t.msg)));
                 }
             }
             let Some(action) = self.node.poll_action() else { break };
