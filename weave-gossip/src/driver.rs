@@ -48,6 +48,12 @@ use crate::topology::PeerRecord;
 const CONN_QUEUE: usize = 1024;
 /// Bytes queued towards one connection before it counts as stuck.
 const CONN_QUEUE_BYTES: usize = 16 << 20;
+/// Bytes of received messages waiting for the mesh task, all connections
+/// together. A connection whose message would go past it stops reading
+/// (TCP flow control pushes back on the sender) until the task catches
+/// up: counted in messages alone, a mesh task behind under load held
+/// thousands of large topology updates, hundreds of MB.
+const INBOUND_BYTES: usize = 16 << 20;
 /// How long a closing connection may take to flush what is queued.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 /// Bytes of unwritten output above which a connection stops taking messages.
@@ -264,6 +270,8 @@ enum Cmd {
     Message {
         conn: ConnId,
         msg: Envelope,
+        /// Its share of [`INBOUND_BYTES`], given back once handled.
+        _budget: tokio::sync::OwnedSemaphorePermit,
     },
     Closed {
         conn: ConnId,
@@ -352,6 +360,7 @@ impl MeshBuilder {
             local,
             cmd: cmd_tx.downgrade(),
             inbound: AtomicUsize::new(0),
+            inbound_bytes: Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES)),
             next_conn: AtomicUsize::new(1),
             cfg: cfg.clone(),
         });
@@ -527,6 +536,8 @@ struct Shared {
     cmd: mpsc::WeakSender<Cmd>,
     /// Accepted connections still in their handshake.
     inbound: AtomicUsize,
+    /// See [`INBOUND_BYTES`].
+    inbound_bytes: Arc<tokio::sync::Semaphore>,
     next_conn: AtomicUsize,
     cfg: DriverConfig,
 }
@@ -657,7 +668,7 @@ impl Driver {
                     }
                 }
             }
-            Cmd::Message { conn, msg } => self.node.handle_message(now, conn, msg),
+            Cmd::Message { conn, msg, _budget } => self.node.handle_message(now, conn, msg),
             Cmd::Closed { conn, reason } => self.closed(now, conn, reason),
             Cmd::Connect { peers, replace, reply } => {
                 let _ = reply.send(self.node.connect(now, &peers, replace));
@@ -1098,7 +1109,9 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
 async fn forward_messages(link: &mut Link, conn: ConnId, shared: &Shared) -> Result<(), Stopped> {
     while let Some(ev) = link.poll_event() {
         if let LinkEvent::Message(msg) = ev {
-            shared.send(Cmd::Message { conn, msg }).await?;
+            let len = prost::Message::encoded_len(&msg).clamp(1, INBOUND_BYTES);
+            let budget = shared.inbound_bytes.clone().acquire_many_owned(u32::try_from(len).unwrap_or(u32::MAX)).await.map_err(|_| Stopped)?;
+            shared.send(Cmd::Message { conn, msg, _budget: budget }).await?;
         }
     }
     Ok(())
