@@ -68,6 +68,21 @@ async fn knows(h: &MeshHandle, n: usize) -> Status {
     .await
 }
 
+/// A hand-driven peer "evil" (name 9) that has completed the handshake
+/// with `h`, its output not yet flushed.
+async fn raw_peer(h: &MeshHandle, seed: u64) -> (TcpStream, Link) {
+    let me = LocalFeatures { name: PeerName::from_u64(9).unwrap(), nickname: "evil".into(), uid: PeerUid::new(9).unwrap(), listen_port: 1 };
+    let mut raw = TcpStream::connect(h.local_addr()).await.unwrap();
+    let mut link = Link::new(Role::Initiator, LinkConfig::default(), &me, &mut weave_core::rng::seeded(seed));
+    let mut buf = vec![0u8; 4096];
+    while !link.is_established() {
+        raw.write_all(&link.take_output()).await.unwrap();
+        let n = raw.read(&mut buf).await.unwrap();
+        link.handle_bytes(&buf[..n]).unwrap();
+    }
+    (raw, link)
+}
+
 async fn connect(h: &MeshHandle, to: &MeshHandle) {
     h.connect(vec![addr(to)], false).await.unwrap().unwrap();
 }
@@ -248,15 +263,7 @@ async fn joiners_turned_away_at_the_limit_are_referred_and_all_reach_each_other(
 #[tokio::test]
 async fn an_oversized_referral_closes_the_connection_and_adds_no_target() {
     let a = start(Opts { discovery: true, ..opts(1) }).await;
-    let me = LocalFeatures { name: PeerName::from_u64(9).unwrap(), nickname: "evil".into(), uid: PeerUid::new(9).unwrap(), listen_port: 1 };
-    let mut raw = TcpStream::connect(a.local_addr()).await.unwrap();
-    let mut link = Link::new(Role::Initiator, LinkConfig::default(), &me, &mut weave_core::rng::seeded(3));
-    let mut buf = vec![0u8; 4096];
-    while !link.is_established() {
-        raw.write_all(&link.take_output()).await.unwrap();
-        let n = raw.read(&mut buf).await.unwrap();
-        link.handle_bytes(&buf[..n]).unwrap();
-    }
+    let (mut raw, mut link) = raw_peer(&a, 3).await;
     let addresses = (0..1000).map(|i| format!("10.66.{}.{}:6783", i / 256, i % 256)).collect();
     let env: weave_gossip::proto::Envelope = weave_gossip::proto::Body::Referral(weave_gossip::proto::Referral { addresses }).into();
     link.send(&env).unwrap();
@@ -319,15 +326,7 @@ async fn hostile_input_closes_only_that_connection() {
     let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink)).await.expect("closed");
 
     // A correct handshake, then a message that is not protobuf.
-    let mut raw = TcpStream::connect(a.local_addr()).await.unwrap();
-    let me = LocalFeatures { name: PeerName::from_u64(9).unwrap(), nickname: "evil".into(), uid: PeerUid::new(9).unwrap(), listen_port: 1 };
-    let mut link = Link::new(Role::Initiator, LinkConfig::default(), &me, &mut weave_core::rng::seeded(1));
-    let mut buf = vec![0u8; 4096];
-    while !link.is_established() {
-        raw.write_all(&link.take_output()).await.unwrap();
-        let n = raw.read(&mut buf).await.unwrap();
-        link.handle_bytes(&buf[..n]).unwrap();
-    }
+    let (mut raw, mut link) = raw_peer(&a, 1).await;
     raw.write_all(&link.take_output()).await.unwrap();
     assert!(matches!(link.poll_event(), Some(LinkEvent::Established(_))));
     raw.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
@@ -335,13 +334,7 @@ async fn hostile_input_closes_only_that_connection() {
     let _ = tokio::time::timeout(Duration::from_millis(1000), raw.read_to_end(&mut sink)).await.expect("closed at once");
 
     // A valid record that lies (a connection to itself).
-    let mut raw = TcpStream::connect(a.local_addr()).await.unwrap();
-    let mut link = Link::new(Role::Initiator, LinkConfig::default(), &me, &mut weave_core::rng::seeded(2));
-    while !link.is_established() {
-        raw.write_all(&link.take_output()).await.unwrap();
-        let n = raw.read(&mut buf).await.unwrap();
-        link.handle_bytes(&buf[..n]).unwrap();
-    }
+    let (mut raw, mut link) = raw_peer(&a, 2).await;
     let bad = weave_gossip::proto::PeerRecordMsg {
         name: 9,
         nickname: "evil".into(),
