@@ -57,7 +57,10 @@ const INBOUND_BYTES: usize = 16 << 20;
 /// How long a closing connection may take to flush what is queued.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 /// Bytes of unwritten output above which a connection stops taking messages.
-const OUTPUT_HIGH_WATER: usize = 4 << 20;
+/// Encoded (and sealed) output is per connection, unlike the queued
+/// messages, which neighbours share: at 4 MB, 200 routers launching at
+/// load 300 grew to 200-290 MB each with peers too slow to read.
+const OUTPUT_HIGH_WATER: usize = 256 << 10;
 /// Inbound handshakes in progress at most.
 const MAX_INBOUND_HANDSHAKES: usize = 64;
 /// Inbound handshake failures remembered for status.
