@@ -330,9 +330,8 @@ pub struct Mesh {
     /// gone, and its deltas may have passed by meanwhile).
     channel_resync: bool,
     announce: bool,
-    /// Our connections changed since our record last said what they are.
-    our_conns_changed: bool,
-    /// When our record is brought up to date with our connections.
+    /// Set when our connections changed since our record last said what
+    /// they are: when to bring it up to date.
     settle_at: Option<Instant>,
     /// When the pending records go out.
     update_at: Option<Instant>,
@@ -370,7 +369,6 @@ impl Mesh {
             next_channel_gossip,
             channel_resync: false,
             announce: false,
-            our_conns_changed: false,
             settle_at: None,
             update_at: None,
             conn_deadline: None,
@@ -449,10 +447,8 @@ impl Mesh {
         let me = self.cfg.name;
         let mut seen = std::collections::HashSet::new();
         let mut found: Vec<(usize, u64, &str, bool)> = self
-            .topo
-            .records()
-            .flat_map(|r| r.connections.iter())
-            .filter(|c| c.established && c.peer != me && !self.by_peer.contains_key(&c.peer) && !c.address.is_empty())
+            .listed_peers()
+            .filter(|c| !self.by_peer.contains_key(&c.peer))
             .filter(|c| seen.insert(c.address.as_str()))
             .map(|c| (self.load_of(c.peer), spread(me, c.peer), c.address.as_str(), me > c.peer))
             .collect();
@@ -467,6 +463,13 @@ impl Mesh {
         found.sort_unstable();
         found.into_iter().map(|(_, _, a, eager)| (a.to_owned(), eager)).collect()
     }
+    /// Other peers as established connections in the records list them,
+    /// with a listen address (a peer may be listed many times).
+    fn listed_peers(&self) -> impl Iterator<Item = &ConnectionInfo> {
+        let me = self.cfg.name;
+        self.topo.records().flat_map(|r| r.connections.iter()).filter(move |c| c.established && c.peer != me && !c.address.is_empty())
+    }
+
     /// How many connections `peer`'s record lists (unknown: as many as can be).
     fn load_of(&self, peer: PeerName) -> usize {
         self.topo.get(peer).map_or(usize::MAX, |r| r.connections.len())
@@ -493,16 +496,9 @@ impl Mesh {
     /// addresses of up to [`MAX_REFERRAL`] other peers, the least connected
     /// first, ties at random.
     pub fn referral(&mut self, joiner: PeerName) -> Envelope {
-        let me = self.cfg.name;
         let mut seen = BTreeSet::new();
-        let mut found: Vec<(usize, u64, String)> = self
-            .topo
-            .records()
-            .flat_map(|r| r.connections.iter())
-            .filter(|c| c.established && c.peer != me && c.peer != joiner && !c.address.is_empty())
-            .filter(|c| seen.insert(c.peer))
-            .map(|c| (self.load_of(c.peer), 0, c.address.clone()))
-            .collect();
+        let mut found: Vec<(usize, u64, String)> =
+            self.listed_peers().filter(|c| c.peer != joiner).filter(|c| seen.insert(c.peer)).map(|c| (self.load_of(c.peer), 0, c.address.clone())).collect();
         for f in &mut found {
             f.1 = self.rng.random();
         }
@@ -672,7 +668,6 @@ impl Mesh {
     /// 20 ms let peers collect a newcomer as unreachable, and one joiner in
     /// the simulation took 5 s to be known everywhere instead of 0.3 s.
     fn our_connections_changed(&mut self, now: Instant) {
-        self.our_conns_changed = true;
         self.settle_at.get_or_insert(now);
     }
 
@@ -683,8 +678,7 @@ impl Mesh {
     /// peer, which checks its signature and recalculates routes. Returns
     /// whether our record changed (routes need recalculating).
     fn settle_our_record(&mut self, now: Instant) -> bool {
-        self.settle_at = None;
-        if !std::mem::take(&mut self.our_conns_changed) {
+        if self.settle_at.take().is_none() {
             return false;
         }
         let conns = self
