@@ -230,25 +230,29 @@ fn min_med_max<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<(T, T, T)> {
     Some((*v.first()?, v[v.len() / 2], *v.last()?))
 }
 
-/// Established connections of every router (in order), through the
-/// control sockets; a router that does not answer counts 0.
-/// Each router's established connections and the peers it reaches
-/// (0, 0 when it does not answer within 5 s).
+/// Each router's established connections and the peers it reaches, in
+/// order, through the control sockets (0, 0 when a router does not answer
+/// within 10 s).
 async fn established(states: &[PathBuf]) -> Vec<(usize, usize)> {
-    // All at once, each bounded: a saturated machine must not make one
-    // round of polling take minutes.
+    // Brief replies (no peer's links: a full one lists O(N²) of them), a
+    // few at a time and each bounded: the polling must not load the
+    // machine whose convergence it measures, nor take minutes when the
+    // machine is saturated anyway.
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
     let mut set = tokio::task::JoinSet::new();
     for (i, s) in states.iter().enumerate() {
         let socket = weave_core::control::socket_path(s);
+        let limit = limit.clone();
         set.spawn(async move {
+            let _permit = limit.acquire_owned().await.ok();
             let n = async {
                 let mut c = weave_core::control::connect(&socket).await.ok()?;
-                let st = c.status(weave_core::control::pb::Empty {}).await.ok()?.into_inner();
+                let st = c.status(weave_core::control::pb::StatusRequest { brief: true }).await.ok()?.into_inner();
                 let conns = st.connections.iter().filter(|c| c.state == "established").count();
                 let reach = st.peers.iter().filter(|p| p.reachable && p.name != st.name).count();
                 Some((conns, reach))
             };
-            (i, tokio::time::timeout(Duration::from_secs(5), n).await.ok().flatten().unwrap_or((0, 0)))
+            (i, tokio::time::timeout(Duration::from_secs(10), n).await.ok().flatten().unwrap_or((0, 0)))
         });
     }
     let mut out = vec![(0, 0); states.len()];

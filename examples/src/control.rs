@@ -109,10 +109,17 @@ pub(crate) async fn mesh_status(router: &Router) -> Result<weave_gossip::driver:
     router.mesh().status().await.map_err(|_| Status::unavailable("the router is stopping"))
 }
 
+/// The mesh without the peers' connections (see
+/// [`weave_gossip::driver::MeshHandle::status_brief`]).
+pub(crate) async fn mesh_status_brief(router: &Router) -> Result<weave_gossip::driver::Status, Status> {
+    router.mesh().status_brief().await.map_err(|_| Status::unavailable("the router is stopping"))
+}
+
 /// Everything `weave status` shows about the mesh, assembled from the mesh
-/// and data plane.
-pub async fn status(router: &Router) -> Result<pb::StatusReply, Status> {
-    Ok(status_of(router, &mesh_status(router).await?))
+/// and data plane; `brief` leaves out the peers' connections.
+pub async fn status(router: &Router, brief: bool) -> Result<pb::StatusReply, Status> {
+    let ms = if brief { mesh_status_brief(router).await? } else { mesh_status(router).await? };
+    Ok(status_of(router, &ms))
 }
 
 pub(crate) fn status_of(router: &Router, s: &weave_gossip::driver::Status) -> pb::StatusReply {
@@ -268,8 +275,8 @@ impl pb::control_server::Control for Service {
         Ok(Response::new(pb::PingReply { name: c.name.to_string(), nickname: c.nickname.clone(), version: VERSION.into() }))
     }
 
-    async fn status(&self, _: Request<pb::Empty>) -> Result<Response<pb::StatusReply>, Status> {
-        Ok(Response::new(status(&self.router).await?))
+    async fn status(&self, r: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        Ok(Response::new(status(&self.router, r.into_inner().brief).await?))
     }
 
     async fn report(&self, _: Request<pb::Empty>) -> Result<Response<pb::ReportReply>, Status> {
@@ -463,7 +470,7 @@ impl pb::control_server::Control for Service {
 
     async fn rmpeer(&self, r: Request<pb::RmpeerRequest>) -> Result<Response<pb::RmpeerReply>, Status> {
         let ipam = self.router.ipam().ok_or_else(|| Status::failed_precondition("IPAM is disabled (--ipalloc-range=)"))?;
-        let st = mesh_status(&self.router).await?;
+        let st = mesh_status_brief(&self.router).await?;
         let mut dead = Vec::new();
         for want in r.into_inner().peers {
             let by_name = want.parse::<weave_core::PeerName>().ok();
@@ -553,7 +560,7 @@ pub fn dns_entries(router: &Router) -> Result<pb::DnsEntriesReply, Status> {
 /// Each peer's share of the range, for `weave status ipam`.
 pub async fn ipam_status(router: &Router) -> Result<pb::IpamStatusReply, Status> {
     let ipam = router.ipam().ok_or_else(|| Status::failed_precondition("IPAM is disabled (--ipalloc-range=)"))?;
-    let ms = mesh_status(router).await?;
+    let ms = mesh_status_brief(router).await?;
     let s = ipam.with(|i, _| i.status()).await.map_err(|e| Status::unavailable(e.to_string()))?;
     let mut per: std::collections::BTreeMap<weave_core::PeerName, u64> = Default::default();
     for (e, size) in sized_entries(&s) {
@@ -657,9 +664,9 @@ pub fn render_ipam(r: &pb::IpamStatusReply) -> String {
 /// `None` for an unknown section.
 pub async fn render_section(router: &Router, section: &str) -> Option<Result<String, Status>> {
     Some(match section {
-        "connections" => status(router).await.map(|s| render_connections(&s)),
-        "targets" => status(router).await.map(|s| render_targets(&s)),
-        "peers" => status(router).await.map(|s| render_peers(&s)),
+        "connections" => status(router, true).await.map(|s| render_connections(&s)),
+        "targets" => status(router, true).await.map(|s| render_targets(&s)),
+        "peers" => status(router, false).await.map(|s| render_peers(&s)),
         "dns" => dns_entries(router).map(|r| render_dns(&r)),
         "ipam" => ipam_status(router).await.map(|r| render_ipam(&r)),
         _ => return None,

@@ -231,7 +231,8 @@ pub struct Status {
     pub encryption: bool,
     /// Whether discovery is on.
     pub discovery: bool,
-    /// Every peer record (ours included).
+    /// Every peer record (ours included); without connections in a brief
+    /// snapshot ([`MeshHandle::status_brief`]).
     pub peers: Vec<PeerRecord>,
     /// Connections: established, in progress and failed.
     pub connections: Vec<ConnectionStatus>,
@@ -290,6 +291,7 @@ enum Cmd {
         reply: oneshot::Sender<Result<(), InvalidTarget>>,
     },
     Status {
+        brief: bool,
         reply: oneshot::Sender<Status>,
     },
     /// Run on the node (the reply travels inside the closure).
@@ -455,7 +457,15 @@ impl MeshHandle {
 
     /// A snapshot of the mesh.
     pub async fn status(&self) -> Result<Status, Stopped> {
-        self.call(|reply| Cmd::Status { reply }).await
+        self.call(|reply| Cmd::Status { brief: false, reply }).await
+    }
+
+    /// A snapshot of the mesh with each peer's record but not its
+    /// connections: what a full snapshot costs grows with the square of the
+    /// mesh (every peer lists up to every other), this only with its size.
+    /// For monitoring that needs counts, not the peers' links.
+    pub async fn status_brief(&self) -> Result<Status, Stopped> {
+        self.call(|reply| Cmd::Status { brief: true, reply }).await
     }
 
     /// Run `f` on the node, in the driver's task, and return its result.
@@ -679,8 +689,8 @@ impl Driver {
             Cmd::Forget { peers, reply } => {
                 let _ = reply.send(self.node.forget(now, &peers));
             }
-            Cmd::Status { reply } => {
-                let _ = reply.send(self.status());
+            Cmd::Status { brief, reply } => {
+                let _ = reply.send(self.status(brief));
             }
             Cmd::Run(f) => f(&mut self.node, now),
             Cmd::Saved { channel, generation, persist, result } => {
@@ -818,7 +828,7 @@ impl Driver {
         });
     }
 
-    fn status(&mut self) -> Status {
+    fn status(&mut self, brief: bool) -> Status {
         let mesh = self.node.mesh();
         let cm = self.node.connection_maker();
         let cfg = mesh.config().clone();
@@ -863,7 +873,11 @@ impl Driver {
                 encrypted: self.shared.link.psk.is_some(),
             });
         }
-        let peers = mesh.topology().records().cloned().collect();
+        let peers = mesh
+            .topology()
+            .records()
+            .map(|r| if brief { PeerRecord { connections: Vec::new(), nickname: r.nickname.clone(), ..*r } } else { r.clone() })
+            .collect();
         let (targets, discovery, stats) = (cm.targets(), cm.config().discovery, mesh.stats());
         let routes = self.node.mesh_mut().routes();
         let reachable = routes.reachable_count();

@@ -98,6 +98,14 @@ async fn plain_peers_form_a_mesh_and_route_through_the_middle() {
     }
     let s = a.status().await.unwrap();
     assert_eq!(s.connections.iter().filter(|c| c.state == ConnectionState::Established).count(), 1);
+    // A brief snapshot: the same peers and connections, no peer's links.
+    let brief = a.status_brief().await.unwrap();
+    assert_eq!(brief.connections.len(), s.connections.len());
+    assert_eq!(brief.reachable, 2);
+    let names = |st: &weave_gossip::driver::Status| st.peers.iter().map(|p| (p.name, p.version)).collect::<Vec<_>>();
+    assert_eq!(names(&brief), names(&s));
+    assert!(s.peers.iter().map(|p| p.connections.len()).sum::<usize>() >= 4, "b lists a and c, a and c list b");
+    assert!(brief.peers.iter().all(|p| p.connections.is_empty()));
     for h in [a, b, c] {
         h.shutdown().await;
     }

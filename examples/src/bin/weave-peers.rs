@@ -16,7 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let mut client = control::connect(&control::socket_path(dir.as_ref())).await?;
-    let status = client.status(pb::Empty {}).await?.into_inner();
+    let status = client.status(pb::StatusRequest { brief: false }).await?.into_inner();
     println!("PEER               NICKNAME   REACHABLE  CONNECTIONS");
     for p in &status.peers {
         let est = p.connections.iter().filter(|c| c.established).count();

@@ -920,7 +920,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Status { section } => {
             let mut c = client(&state).await?;
-            let s = c.status(pb::Empty {}).await.map_err(rpc_err)?.into_inner();
+            let s = c.status(pb::StatusRequest { brief: false }).await.map_err(rpc_err)?.into_inner();
             match section.as_deref() {
                 None => {
                     let report: serde_json::Value = serde_json::from_str(&c.report(pb::Empty {}).await.map_err(rpc_err)?.into_inner().json).unwrap_or_default();
