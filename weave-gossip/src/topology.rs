@@ -22,7 +22,6 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use blake2::{Blake2s256, Digest};
-use prost::Message;
 use weave_core::{PeerName, PeerUid};
 
 use crate::identity::{Identity, PeerKey, Signature};
@@ -131,10 +130,49 @@ impl PeerRecord {
         self.key.verify(RECORD_DOMAIN, &self.signed_bytes(), &self.signature)
     }
 
+    /// The wire form without the signature, written straight from the
+    /// record: byte for byte what encoding [`PeerRecord::to_msg`] with the
+    /// signature cleared gives (fields in tag order, defaults left out),
+    /// without copying every connection's address first. Every received
+    /// record version is checked against this, so it runs for every peer's
+    /// every change.
     fn signed_bytes(&self) -> Vec<u8> {
-        let mut m = self.to_msg();
-        m.signature.clear();
-        m.encode_to_vec()
+        use prost::encoding::{bool as pbool, bytes, encode_key, encode_varint, string, uint64, WireType};
+        fn u64_field(tag: u32, v: u64, buf: &mut Vec<u8>) {
+            if v != 0 {
+                uint64::encode(tag, &v, buf);
+            }
+        }
+        let entry_len = |c: &ConnectionInfo| {
+            let name = c.peer.as_u64();
+            (if name != 0 { uint64::encoded_len(1, &name) } else { 0 })
+                + (if c.address.is_empty() { 0 } else { string::encoded_len(2, &c.address) })
+                + if c.outbound { pbool::encoded_len(3, &true) } else { 0 }
+                + if c.established { pbool::encoded_len(4, &true) } else { 0 }
+        };
+        let mut buf = Vec::with_capacity(64 + self.nickname.len() + self.connections.iter().map(|c| 16 + c.address.len()).sum::<usize>());
+        u64_field(1, self.name.as_u64(), &mut buf);
+        if !self.nickname.is_empty() {
+            string::encode(2, &self.nickname, &mut buf);
+        }
+        u64_field(3, self.uid.as_u64(), &mut buf);
+        u64_field(4, self.version, &mut buf);
+        for c in &self.connections {
+            encode_key(5, WireType::LengthDelimited, &mut buf);
+            encode_varint(entry_len(c) as u64, &mut buf);
+            u64_field(1, c.peer.as_u64(), &mut buf);
+            if !c.address.is_empty() {
+                string::encode(2, &c.address, &mut buf);
+            }
+            if c.outbound {
+                pbool::encode(3, &true, &mut buf);
+            }
+            if c.established {
+                pbool::encode(4, &true, &mut buf);
+            }
+        }
+        bytes::encode(6, &self.key.to_bytes().to_vec(), &mut buf);
+        buf
     }
 
     /// The wire form.
@@ -411,6 +449,25 @@ impl Topology {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use prost::Message;
+
+    proptest! {
+        #[test]
+        fn signed_bytes_are_the_encoded_message_without_its_signature(
+            name in 1u64..(1 << 48),
+            nickname in "[a-z]{0,12}",
+            uid in 1u64..u64::MAX,
+            version in 1u64..MAX_VERSION,
+            conns in proptest::collection::vec((1u64..(1 << 48), "[0-9.:]{0,21}", any::<bool>(), any::<bool>()), 0..20),
+        ) {
+            let connections = conns.into_iter().map(|(p, address, outbound, established)| ConnectionInfo { peer: PeerName::from_u64(p).unwrap(), address, outbound, established }).collect();
+            let r = PeerRecord::signed(&id(1), PeerName::from_u64(name).unwrap(), nickname, PeerUid::new(uid).unwrap(), version, connections);
+            let mut m = r.to_msg();
+            m.signature.clear();
+            prop_assert_eq!(r.signed_bytes(), m.encode_to_vec());
+            prop_assert!(r.verify());
+        }
+    }
 
     fn n(v: u64) -> PeerName {
         PeerName::from_u64(v).unwrap()
