@@ -333,6 +333,9 @@ pub struct Mesh {
     /// Set when our connections changed since our record last said what
     /// they are: when to bring it up to date.
     settle_at: Option<Instant>,
+    /// When each peer's current record arrived, for the records that came
+    /// in the last [`GC_GRACE`].
+    arrived: HashMap<PeerName, Instant>,
     /// When the pending records go out.
     update_at: Option<Instant>,
     /// No connection's heartbeat or read timeout is due before this (it
@@ -370,6 +373,7 @@ impl Mesh {
             channel_resync: false,
             announce: false,
             settle_at: None,
+            arrived: HashMap::new(),
             update_at: None,
             conn_deadline: None,
             stats: MeshStats::default(),
@@ -700,7 +704,9 @@ impl Mesh {
     fn topology_changed(&mut self, now: Instant) {
         let gap = self.cfg.recalc_interval.max(RECALC_GAP_PER_LINK.saturating_mul(u32::try_from(self.routes.link_ends()).unwrap_or(u32::MAX)));
         let earliest = self.last_recalc.map_or(now, |t| t + gap);
-        self.recalc_at.get_or_insert((now + self.cfg.recalc_delay).max(earliest));
+        let at = (now + self.cfg.recalc_delay).max(earliest);
+        // Sooner than a recalculation set for the end of a grace period.
+        self.recalc_at = Some(self.recalc_at.map_or(at, |t| t.min(at)));
     }
 
     /// A message arrived on `conn`. An error means the peer broke the
@@ -820,6 +826,7 @@ impl Mesh {
         // routes stand; anti-entropy covers what a stale tree misses), or
         // to every other neighbour while the owner is not reachable.
         for name in applied.changed {
+            self.arrived.insert(name, now);
             let to: Vec<ConnId> = if name != self.cfg.name && self.routes.reachable(name) {
                 self.routes.broadcast_children(name).iter().filter_map(|p| self.by_peer.get(p).copied()).collect()
             } else {
@@ -1031,12 +1038,22 @@ impl Mesh {
         self.recalc_at = None;
         self.settle_our_record(now);
         self.last_recalc = Some(now);
-        let removed = self.topo.gc();
+        // A record that just arrived may name a peer whose link to us is
+        // still on its way in another record: collecting it now would
+        // forget the peer until anti-entropy brings it back (seconds, in
+        // a large mesh). Fresh records of unreachable peers get a grace
+        // period, and a recalculation when it ends.
+        self.arrived.retain(|_, t| now < *t + GC_GRACE);
+        let (removed, spared) = self.topo.gc_sparing(|p| self.arrived.contains_key(&p));
+        if let Some(t) = spared.iter().filter_map(|p| self.arrived.get(p)).min() {
+            self.recalc_at = Some(*t + GC_GRACE);
+        }
         self.routes = Routes::calculate(&self.topo);
         for s in self.channels.values_mut() {
             s.channel.on_routes(now, &self.routes);
         }
-        let now_known: BTreeSet<PeerName> = self.topo.records().map(|r| r.name).collect();
+        // Spared peers are not known yet: nothing reaches them.
+        let now_known: BTreeSet<PeerName> = self.topo.records().map(|r| r.name).filter(|p| !spared.contains(p) || self.known.contains(p)).collect();
         for &p in now_known.difference(&self.known) {
             self.channel_resync = true;
             self.events.push_back(MeshEvent::PeerAdded(p));
@@ -1167,6 +1184,10 @@ impl Mesh {
 /// [`MeshConfig::update_delay`]).
 pub const UPDATE_DELAY_PER_CONN: Duration = Duration::from_millis(5);
 
+/// How long a record that just arrived is kept while the peer it is of is
+/// unreachable (see [`Mesh::recalculate`]).
+const GC_GRACE: Duration = Duration::from_secs(2);
+
 /// Neighbours sent every channel's state when a peer (re)joins.
 const RESYNC_FANOUT: usize = 3;
 /// A per-pair order, the same every time we compute it, different for
@@ -1256,6 +1277,45 @@ mod tests {
         m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![rec2.to_msg(), rec3.to_msg(), rec4.to_msg()] }).into()).unwrap();
         m.handle_timeout(now + Duration::from_secs(1));
         assert_eq!(m.discovery_candidates(usize::MAX), vec![("10.0.0.3:6783".to_owned(), false), ("10.1.0.1:6783".to_owned(), false)]);
+    }
+
+    #[test]
+    fn a_record_that_arrives_before_the_link_to_it_is_kept_for_a_grace_period() {
+        let mut m = mesh(1);
+        let start = Instant::now();
+        m.add_connection(start, 7, remote(2, 1, false)).unwrap();
+        let key = |k: u8| Identity::from_secret([k; 32]);
+        let conn = |p: u64| ConnectionInfo { peer: n(p), address: String::new(), outbound: true, established: true };
+        let record = |k: u64, version, conns| PeerRecord::signed(&key(k as u8), n(k), format!("p{k}"), PeerUid::new(k).unwrap(), version, conns).to_msg();
+        let update = |records| Body::Update(TopologyUpdate { records }).into();
+        // 3 joined through 2: its record (listing 2) comes before 2's new
+        // one (listing 3), and before that 3 is unreachable from us.
+        m.handle_message(start, 7, update(vec![record(2, 5, vec![conn(1)]), record(3, 1, vec![conn(2)])])).unwrap();
+        let mut now = start;
+        let mut run_until = |m: &mut Mesh, until: Instant| {
+            while let Some(t) = m.poll_timeout().filter(|t| *t <= until) {
+                now = t.max(now);
+                m.handle_timeout(now);
+            }
+            now = until;
+        };
+        run_until(&mut m, start + Duration::from_millis(500));
+        assert!(m.topology().get(n(3)).is_some(), "kept after a recalculation");
+        assert!(!m.routes().reachable(n(3)));
+        assert!(!std::iter::from_fn(|| m.poll_event()).any(|e| e == MeshEvent::PeerAdded(n(3))), "not known while unreachable");
+        m.handle_message(start + Duration::from_millis(600), 7, update(vec![record(2, 6, vec![conn(1), conn(3)])])).unwrap();
+        run_until(&mut m, start + Duration::from_secs(1));
+        assert!(m.routes().reachable(n(3)));
+        assert!(std::iter::from_fn(|| m.poll_event()).any(|e| e == MeshEvent::PeerAdded(n(3))));
+
+        // A record of a peer that nothing ever links to goes once the
+        // grace period is over, never having been known.
+        m.handle_message(start + Duration::from_secs(2), 7, update(vec![record(4, 1, vec![conn(9)])])).unwrap();
+        run_until(&mut m, start + Duration::from_secs(3));
+        assert!(m.topology().get(n(4)).is_some());
+        run_until(&mut m, start + Duration::from_secs(2) + GC_GRACE + Duration::from_secs(1));
+        assert!(m.topology().get(n(4)).is_none(), "collected after the grace period");
+        assert!(!std::iter::from_fn(|| m.poll_event()).any(|e| e == MeshEvent::PeerAdded(n(4))));
     }
 
     #[test]

@@ -384,6 +384,12 @@ impl Topology {
     /// Remove every peer not reachable from us by following listed
     /// connections; returns the names removed.
     pub fn gc(&mut self) -> Vec<PeerName> {
+        self.gc_sparing(|_| false).0
+    }
+
+    /// [`Topology::gc`], but keep the unreachable peers `spare` names:
+    /// returns the names removed and those kept.
+    pub fn gc_sparing(&mut self, spare: impl Fn(PeerName) -> bool) -> (Vec<PeerName>, Vec<PeerName>) {
         let mut seen = BTreeSet::from([self.ourself]);
         let mut queue = VecDeque::from([self.ourself]);
         while let Some(p) = queue.pop_front() {
@@ -395,12 +401,12 @@ impl Topology {
                 }
             }
         }
-        let dead: Vec<PeerName> = self.peers.keys().filter(|n| !seen.contains(n)).copied().collect();
+        let (spared, dead): (Vec<PeerName>, Vec<PeerName>) = self.peers.keys().filter(|n| !seen.contains(n)).partition(|n| spare(**n));
         for n in &dead {
             let r = self.peers.remove(n).expect("listed above");
             self.unaccount(r.name, record_hash(r.name, r.uid, r.version));
         }
-        dead
+        (dead, spared)
     }
 
     /// Order-independent digest of all (name, uid, version), and the count.
