@@ -262,6 +262,21 @@ async fn established(states: &[PathBuf]) -> Vec<(usize, usize)> {
     out
 }
 
+/// Whether the router of `state` answers a ping within `limit`.
+async fn answers_within(state: &Path, limit: Duration) -> bool {
+    let socket = weave_core::control::socket_path(state);
+    let end = Instant::now() + limit;
+    while Instant::now() < end && !INTERRUPTED.load(Ordering::Relaxed) {
+        if let Ok(mut c) = weave_core::control::connect(&socket).await {
+            if c.ping(weave_core::control::pb::Empty {}).await.is_ok() {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
 /// Run once: make the hosts, launch the routers, wait for the mesh, and
 /// measure.
 pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
@@ -279,6 +294,7 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
         sh(&["ip", "-n", &h, "link", "set", "eth0", "up"])?;
     }
 
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let launched = Instant::now();
     for i in 1..=cfg.n {
         check_interrupted()?;
@@ -298,13 +314,18 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
         }
         let out = c.output().map_err(|e| format!("weave launch: {e}"))?;
         if !out.status.success() {
-            return Err(format!("launch of host {i}: {}", String::from_utf8_lossy(&out.stderr)));
+            // `weave launch` gives a router 30 s to answer; on a machine
+            // saturated by the routers already up, a live one may need more.
+            let slow = String::from_utf8_lossy(&out.stderr).contains("did not become ready");
+            if !(slow && router_pid(&state).is_some() && rt.block_on(answers_within(&state, Duration::from_secs(180)))) {
+                return Err(format!("launch of host {i}: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            eprintln!("host {i}: ready only after its launch gave up waiting");
         }
     }
     let launch = launched.elapsed();
     let last = Instant::now();
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     // Under a connection limit below N-1 there is no full mesh: a router
     // is complete once it reaches every other peer (through routes).
     let limited = cfg.conn_limit.is_some_and(|l| l < cfg.n - 1);
