@@ -160,8 +160,13 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Routers first (ours: their pids are in their state directories).
-        let pids: Vec<u32> = self.states.iter().filter_map(|s| router_pid(s)).collect();
+        // Routers first: ours are those with a state directory under ours
+        // (by pid file, or by command line for one killed or torn down
+        // before it wrote its pid file).
+        let mut pids: Vec<u32> = self.states.iter().filter_map(|s| router_pid(s)).collect();
+        pids.extend(processes_mentioning(&self.dir));
+        pids.sort_unstable();
+        pids.dedup();
         for p in &pids {
             let _ = sh(&["kill", "-TERM", &p.to_string()]);
         }
@@ -180,6 +185,19 @@ impl Drop for Lab {
             let _ = std::fs::write(k, v);
         }
     }
+}
+
+/// Processes whose command line names a path under `dir`.
+fn processes_mentioning(dir: &Path) -> Vec<u32> {
+    let (exact, under) = (dir.to_string_lossy().into_owned(), format!("{}/", dir.to_string_lossy()));
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).split('\0').any(|a| a == exact || a.starts_with(&under)))
+        })
+        .collect()
 }
 
 fn router_pid(state: &Path) -> Option<u32> {

@@ -59,8 +59,10 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 /// Bytes of unwritten output above which a connection stops taking messages.
 /// Encoded (and sealed) output is per connection, unlike the queued
 /// messages, which neighbours share: at 4 MB, 200 routers launching at
-/// load 300 grew to 200-290 MB each with peers too slow to read.
-const OUTPUT_HIGH_WATER: usize = 256 << 10;
+/// load 300 grew to 200-290 MB each with peers too slow to read. The
+/// kernel's socket buffer holds far more than this; it only needs to keep
+/// that buffer fed.
+const OUTPUT_HIGH_WATER: usize = 64 << 10;
 /// Inbound handshakes in progress at most.
 const MAX_INBOUND_HANDSHAKES: usize = 64;
 /// Inbound handshake failures remembered for status.
@@ -1093,6 +1095,19 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
             },
             m = rx.recv(), if pending < OUTPUT_HIGH_WATER => match m {
                 Some(msg) => {
+                    // Drop what is written before adding more: a peer that
+                    // reads steadily but never quite catches up would
+                    // otherwise keep the buffer from ever emptying, and it
+                    // grew with every message (hundreds of MB in a router
+                    // of a 200-router mesh forming). At most half the
+                    // buffer moves, so this costs O(1) per byte.
+                    if written > 0 && written >= out.len() / 2 {
+                        out.drain(..written);
+                        written = 0;
+                        if out.capacity() > 4 * OUTPUT_HIGH_WATER {
+                            out.shrink_to(2 * OUTPUT_HIGH_WATER);
+                        }
+                    }
                     queued.fetch_sub(prost::Message::encoded_len(&*msg), Ordering::Relaxed);
                     if let Err(e) = link.send(&msg) {
                         tracing::warn!(%socket, error = %e, "dropping oversized message");
