@@ -605,6 +605,14 @@ impl Mesh {
                 AddConnectionError::NameCollision(remote.name, remote.uid, self.cfg.uid)
             });
         }
+        // A peer we reach already, in this incarnation, shares our view
+        // through the mesh: updates and periodic anti-entropy keep it. Only
+        // the first link into a component (or to a restarted peer) needs
+        // the digest exchange and every channel's full state; a joiner that
+        // links to all N peers would otherwise ship O(N) to each of them
+        // while the mesh still changes (the largest routers of a 200-router
+        // run were the newest, at 180-240 MB).
+        let in_sync = self.routes.reachable(remote.name) && self.topo.get(remote.name).is_some_and(|r| r.uid == remote.uid);
         if let Some(&old) = self.by_peer.get(&remote.name) {
             let existing = &self.conns[&old].remote;
             let reason = if existing.uid != remote.uid {
@@ -623,9 +631,11 @@ impl Mesh {
         self.conn_deadline = Some(self.conn_deadline.map_or(next_heartbeat, |t| t.min(next_heartbeat)));
         self.conn_epoch += 1;
         self.our_connections_changed(now);
-        let (sum, count) = self.topo.digest();
-        self.send(conn, Body::Digest(TopologyDigest { sum: sum.to_le_bytes().to_vec(), count }));
-        self.send_channel_states(now, conn);
+        if !in_sync {
+            let (sum, count) = self.topo.digest();
+            self.send(conn, Body::Digest(TopologyDigest { sum: sum.to_le_bytes().to_vec(), count }));
+            self.send_channel_states(now, conn);
+        }
         self.flush(now);
         Ok(())
     }
@@ -1316,6 +1326,28 @@ mod tests {
         run_until(&mut m, start + Duration::from_secs(2) + GC_GRACE + Duration::from_secs(1));
         assert!(m.topology().get(n(4)).is_none(), "collected after the grace period");
         assert!(!std::iter::from_fn(|| m.poll_event()).any(|e| e == MeshEvent::PeerAdded(n(4))));
+    }
+
+    #[test]
+    fn only_a_link_to_a_peer_not_already_reached_starts_a_digest_exchange() {
+        let mut m = mesh(1);
+        let now = Instant::now();
+        let digests = |m: &mut Mesh, conn: ConnId| drain(m).iter().filter(|t| t.conn == conn && matches!(t.msg.body, Some(Body::Digest(_)))).count();
+        m.add_connection(now, 7, remote(2, 1, false)).unwrap();
+        assert_eq!(digests(&mut m, 7), 1, "a peer we did not reach");
+        let key = |k: u8| Identity::from_secret([k; 32]);
+        let conn = |p: u64| ConnectionInfo { peer: n(p), address: String::new(), outbound: true, established: true };
+        let record = |k: u64, conns| PeerRecord::signed(&key(k as u8), n(k), format!("p{k}"), PeerUid::new(k).unwrap(), 5, conns).to_msg();
+        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![record(2, vec![conn(1), conn(3)]), record(3, vec![conn(2)])] }).into()).unwrap();
+        let now = now + Duration::from_secs(1);
+        m.handle_timeout(now);
+        assert!(m.routes().reachable(n(3)));
+        m.add_connection(now, 8, remote(3, 2, false)).unwrap();
+        assert_eq!(digests(&mut m, 8), 0, "3 is reached through 2, in the incarnation its record is of");
+        // 3 restarted: a new incarnation has lost its state.
+        let restarted = RemotePeer { uid: PeerUid::new(33).unwrap(), ..remote(3, 3, false) };
+        m.add_connection(now, 9, restarted).unwrap();
+        assert_eq!(digests(&mut m, 9), 1, "a restarted peer");
     }
 
     #[test]
