@@ -1240,6 +1240,16 @@ mod tests {
         std::iter::from_fn(|| m.poll_transmit()).collect()
     }
 
+    /// An established connection to `p`, as a record lists it.
+    fn linked(p: u64) -> ConnectionInfo {
+        ConnectionInfo { peer: n(p), address: String::new(), outbound: true, established: true }
+    }
+
+    /// Peer `k`'s record on the wire, signed with its test key.
+    fn record_msg(k: u64, version: u64, conns: Vec<ConnectionInfo>) -> PeerRecordMsg {
+        PeerRecord::signed(&Identity::from_secret([k as u8; 32]), n(k), format!("p{k}"), PeerUid::new(k).unwrap(), version, conns).to_msg()
+    }
+
     #[test]
     fn on_a_round_clock_heartbeats_go_at_its_boundaries_for_every_connection() {
         let start = Instant::now();
@@ -1294,9 +1304,7 @@ mod tests {
         let mut m = mesh(1);
         let start = Instant::now();
         m.add_connection(start, 7, remote(2, 1, false)).unwrap();
-        let key = |k: u8| Identity::from_secret([k; 32]);
-        let conn = |p: u64| ConnectionInfo { peer: n(p), address: String::new(), outbound: true, established: true };
-        let record = |k: u64, version, conns| PeerRecord::signed(&key(k as u8), n(k), format!("p{k}"), PeerUid::new(k).unwrap(), version, conns).to_msg();
+        let (conn, record) = (linked, record_msg);
         let update = |records| Body::Update(TopologyUpdate { records }).into();
         // 3 joined through 2: its record (listing 2) comes before 2's new
         // one (listing 3), and before that 3 is unreachable from us.
@@ -1335,10 +1343,8 @@ mod tests {
         let digests = |m: &mut Mesh, conn: ConnId| drain(m).iter().filter(|t| t.conn == conn && matches!(t.msg.body, Some(Body::Digest(_)))).count();
         m.add_connection(now, 7, remote(2, 1, false)).unwrap();
         assert_eq!(digests(&mut m, 7), 1, "a peer we did not reach");
-        let key = |k: u8| Identity::from_secret([k; 32]);
-        let conn = |p: u64| ConnectionInfo { peer: n(p), address: String::new(), outbound: true, established: true };
-        let record = |k: u64, conns| PeerRecord::signed(&key(k as u8), n(k), format!("p{k}"), PeerUid::new(k).unwrap(), 5, conns).to_msg();
-        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![record(2, vec![conn(1), conn(3)]), record(3, vec![conn(2)])] }).into()).unwrap();
+        let records = vec![record_msg(2, 5, vec![linked(1), linked(3)]), record_msg(3, 5, vec![linked(2)])];
+        m.handle_message(now, 7, Body::Update(TopologyUpdate { records }).into()).unwrap();
         let now = now + Duration::from_secs(1);
         m.handle_timeout(now);
         assert!(m.routes().reachable(n(3)));
