@@ -86,6 +86,7 @@ pub fn mesh_messages(data: &[u8]) {
         conn_id: 1,
         address: "127.0.0.1:6783".into(),
         outbound: false,
+        version: weave_gossip::link::PROTOCOL_MAX,
     };
     mesh.add_connection(now, 7, remote).expect("first connection is accepted");
     let mut d = FrameDecoder::new(1 << 16);

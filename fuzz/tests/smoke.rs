@@ -26,6 +26,7 @@ fn golden_messages() -> Vec<u8> {
                 }],
             )
             .to_msg()],
+            deltas: Vec::new(),
         }),
         Body::Digest(TopologyDigest { sum: vec![1; 16], count: 2 }),
         Body::Gossip(ChannelMsg { channel: "x".into(), src: 2, dst: 0, data: vec![1, 2, 3] }),

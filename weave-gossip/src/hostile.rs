@@ -71,7 +71,7 @@ impl HostilePeer {
 
     /// Send peer records as they are (forged, tampered, or honest).
     pub async fn send_records(&mut self, records: &[PeerRecord]) -> std::io::Result<()> {
-        self.send(Body::Update(TopologyUpdate { records: records.iter().map(PeerRecord::to_msg).collect() })).await
+        self.send(Body::Update(TopologyUpdate { records: records.iter().map(PeerRecord::to_msg).collect(), deltas: Vec::new() })).await
     }
 
     /// Announce its own record, honestly signed, listing connections to

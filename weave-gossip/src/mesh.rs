@@ -29,9 +29,7 @@ use weave_core::{PeerName, PeerUid};
 use crate::channel::{BoxError, Channel, Held, Output, Slot, Slots};
 use crate::identity::{Identity, PeerKey};
 use crate::link::{Established, MAX_MESSAGE_LEN};
-use crate::proto::{
-    Body, ChannelMsg, Envelope, Heartbeat, PeerRecordMsg, Referral, TopologyBuckets, TopologyDigest, TopologyRequest, TopologyUpdate, TopologyVersions,
-};
+use crate::proto::{Body, ChannelMsg, Envelope, Heartbeat, Referral, TopologyBuckets, TopologyDigest, TopologyRequest, TopologyUpdate, TopologyVersions};
 use crate::routes::Routes;
 use crate::topology::{ConnectionInfo, InvalidRecord, PeerRecord, Topology, BUCKETS};
 
@@ -84,9 +82,11 @@ pub struct MeshConfig {
     /// as the latest record of each peer that changed (default 50 ms): a
     /// record that changes many times while a mesh forms is sent once. The
     /// window grows by [`UPDATE_DELAY_PER_CONN`] for each connection we
-    /// have (1 s for a full mesh of 200): while a large mesh forms, every
+    /// have (4 s for a full mesh of 200): while a large mesh forms, every
     /// join changes every peer's record, and each version sent costs every
-    /// peer a decode and a signature check.
+    /// peer a signature check (about 50 µs: `target/release/gossip`
+    /// measures it), so a router receives at most 1 / 20 ms of them a
+    /// second, whatever N.
     pub update_delay: Duration,
     /// Our signing key (see [`crate::identity`]); `None` makes a new one from
     /// the mesh's RNG. A router keeps its key across restarts.
@@ -135,12 +135,19 @@ pub struct RemotePeer {
     pub address: String,
     /// Whether we dialed.
     pub outbound: bool,
+    /// The protocol version the connection speaks (record deltas from
+    /// [`RECORD_DELTAS`] on).
+    pub version: u8,
 }
+
+/// The protocol version from which peers send each other record changes
+/// as deltas ([`crate::proto::RecordDeltaMsg`]).
+pub const RECORD_DELTAS: u8 = 2;
 
 impl RemotePeer {
     /// From a completed handshake and the address it is reachable at.
     pub fn from_established(e: &Established, address: String, outbound: bool) -> Self {
-        Self { name: e.name, nickname: e.nickname.clone(), uid: e.uid, conn_id: e.conn_id, address, outbound }
+        Self { name: e.name, nickname: e.nickname.clone(), uid: e.uid, conn_id: e.conn_id, address, outbound, version: e.version }
     }
 }
 
@@ -305,6 +312,24 @@ struct Conn {
     next_heartbeat: Instant,
     /// Peers whose records this neighbour gets at the next update.
     pending: BTreeSet<PeerName>,
+    /// The version of each peer's record this neighbour holds, as far as
+    /// we know (it sent it, or we did): a later version goes to it as a
+    /// delta from this one. Kept only if it speaks [`RECORD_DELTAS`].
+    holds: HashMap<PeerName, u64>,
+}
+
+impl Conn {
+    fn deltas(&self) -> bool {
+        self.remote.version >= RECORD_DELTAS
+    }
+
+    /// The neighbour holds `name`'s record at `version` at least.
+    fn saw(&mut self, name: PeerName, version: u64) {
+        if self.deltas() {
+            let v = self.holds.entry(name).or_insert(version);
+            *v = (*v).max(version);
+        }
+    }
 }
 
 /// The mesh. See the module docs for the call order.
@@ -627,7 +652,7 @@ impl Mesh {
         }
         self.by_peer.insert(remote.name, conn);
         let next_heartbeat = weave_core::time::next_round(self.cfg.round_clock.as_ref(), now, self.cfg.heartbeat_interval);
-        self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat, pending: BTreeSet::new() });
+        self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat, pending: BTreeSet::new(), holds: HashMap::new() });
         self.conn_deadline = Some(self.conn_deadline.map_or(next_heartbeat, |t| t.min(next_heartbeat)));
         self.conn_epoch += 1;
         self.our_connections_changed(now);
@@ -781,6 +806,12 @@ impl Mesh {
                 }
                 // Each record once, however often it is asked for.
                 let names: BTreeSet<PeerName> = r.names.iter().filter_map(|&n| PeerName::from_u64(n)).collect();
+                // Asked in full: it does not hold what we believed.
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    for n in &names {
+                        c.holds.remove(n);
+                    }
+                }
                 self.send_records(conn, &names.into_iter().collect::<Vec<_>>());
                 Ok(())
             }
@@ -813,10 +844,33 @@ impl Mesh {
     }
 
     fn on_update(&mut self, now: Instant, from: ConnId, u: TopologyUpdate) -> Result<(), ProtocolError> {
-        if u.records.len() > MAX_RECORDS_PER_MESSAGE {
+        if u.records.len() + u.deltas.len() > MAX_RECORDS_PER_MESSAGE {
             return Err(ProtocolError::Malformed("too many records"));
         }
-        let records = u.records.into_iter().map(PeerRecord::from_msg).collect::<Result<Vec<_>, _>>()?;
+        let mut records = u.records.into_iter().map(PeerRecord::from_msg).collect::<Result<Vec<_>, _>>()?;
+        // A delta rebuilds its version from the one we hold. If we hold
+        // another, ask for the record in full, unless ours is as new.
+        let mut ask = Vec::new();
+        for d in u.deltas {
+            let name = PeerName::from_u64(d.name).ok_or(ProtocolError::Malformed("delta of a name wider than 48 bits"))?;
+            let uid = PeerUid::new(d.uid).ok_or(ProtocolError::Malformed("delta with a zero uid"))?;
+            match self.topo.get(name) {
+                Some(held) if held.uid == uid && held.version == d.base => records.push(held.patched(d)?),
+                Some(held) if (held.version, held.uid) >= (d.version, uid) => {}
+                _ => ask.push(name.as_u64()),
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&from) {
+            for r in &records {
+                c.saw(r.name, r.version);
+            }
+            for n in &ask {
+                c.holds.remove(&PeerName::from_u64(*n).expect("checked above"));
+            }
+        }
+        if !ask.is_empty() {
+            self.send(from, Body::Request(TopologyRequest { names: ask }));
+        }
         let applied = self.topo.apply(records);
         for (name, why) in &applied.refused {
             self.stats.records_refused += 1;
@@ -833,12 +887,18 @@ impl Mesh {
             self.topology_changed(now);
         }
         // Passed on along each record's owner's broadcast tree (as the
-        // routes stand; anti-entropy covers what a stale tree misses), or
-        // to every other neighbour while the owner is not reachable.
+        // routes stand; anti-entropy covers what a stale tree misses), or,
+        // while the owner is not reachable, to every other neighbour the
+        // record does not list: the owner sends each version of its record
+        // to every peer it lists itself. (Relaying a joiner's first record
+        // to every neighbour made each join cost N² records.)
         for name in applied.changed {
             self.arrived.insert(name, now);
             let to: Vec<ConnId> = if name != self.cfg.name && self.routes.reachable(name) {
                 self.routes.broadcast_children(name).iter().filter_map(|p| self.by_peer.get(p).copied()).collect()
+            } else if let Some(r) = self.topo.get(name).filter(|_| name != self.cfg.name) {
+                let listed = |p: &PeerName| r.connections.binary_search_by(|c| c.peer.cmp(p)).is_ok();
+                self.conns.iter().filter(|(_, c)| !listed(&c.remote.name)).map(|(&id, _)| id).collect()
             } else {
                 self.conns.keys().copied().collect()
             };
@@ -1133,17 +1193,33 @@ impl Mesh {
         if self.settle_our_record(now) {
             self.topology_changed(now);
         }
-        // Neighbours due the same records (in a full mesh, all but the one
-        // each came from) share one copy of the messages.
-        let mut due: BTreeMap<Vec<PeerName>, Vec<ConnId>> = BTreeMap::new();
+        // Neighbours due the same records from the same versions (in a
+        // full mesh, all but the one each came from) share one copy of the
+        // messages.
+        let mut due: BTreeMap<Vec<(PeerName, Option<u64>)>, Vec<ConnId>> = BTreeMap::new();
         for (&id, c) in &mut self.conns {
             if !c.pending.is_empty() {
-                due.entry(std::mem::take(&mut c.pending).into_iter().collect()).or_default().push(id);
+                let items = std::mem::take(&mut c.pending).into_iter().map(|n| (n, c.holds.get(&n).copied())).collect();
+                due.entry(items).or_default().push(id);
             }
         }
-        for (names, conns) in due {
-            for m in self.record_messages(&names) {
+        for (items, conns) in due {
+            for m in self.update_messages(&items) {
                 self.send_to(&conns, Body::Update(m));
+            }
+            self.note_sent(&conns, items.iter().map(|(n, _)| *n));
+        }
+    }
+
+    /// The neighbours on `conns` now hold the current records of `names`.
+    fn note_sent(&mut self, conns: &[ConnId], names: impl Iterator<Item = PeerName> + Clone) {
+        for c in conns {
+            if let Some(conn) = self.conns.get_mut(c) {
+                for n in names.clone() {
+                    if let Some(r) = self.topo.get(n) {
+                        conn.saw(n, r.version);
+                    }
+                }
             }
         }
     }
@@ -1161,38 +1237,49 @@ impl Mesh {
         }
     }
 
-    /// Records by name, packed into messages under the size bound.
-    fn record_messages(&self, names: &[PeerName]) -> Vec<TopologyUpdate> {
+    /// Records by name, each as a delta from the version given where the
+    /// log allows, else in full, packed into messages under the size bound.
+    fn update_messages(&self, items: &[(PeerName, Option<u64>)]) -> Vec<TopologyUpdate> {
         let budget = self.cfg.max_message_len / 2;
         let mut out = Vec::new();
-        let mut cur: Vec<PeerRecordMsg> = Vec::new();
+        let mut cur = TopologyUpdate::default();
         let mut size = 0;
-        for r in names.iter().filter_map(|n| self.topo.get(*n)) {
-            let m = r.to_msg();
-            let len = m.encoded_len() + 8;
-            if !cur.is_empty() && (size + len > budget || cur.len() >= MAX_RECORDS_PER_MESSAGE) {
-                out.push(TopologyUpdate { records: std::mem::take(&mut cur) });
+        for &(name, base) in items {
+            let Some(r) = self.topo.get(name) else { continue };
+            let part = match base.filter(|&b| b < r.version).and_then(|b| self.topo.delta_since(name, b)) {
+                Some(d) => Ok(d),
+                None => Err(r.to_msg()),
+            };
+            let len = part.as_ref().map_or_else(Message::encoded_len, Message::encoded_len) + 8;
+            if size > 0 && (size + len > budget || cur.records.len() + cur.deltas.len() >= MAX_RECORDS_PER_MESSAGE) {
+                out.push(std::mem::take(&mut cur));
                 size = 0;
             }
             size += len;
-            cur.push(m);
+            match part {
+                Ok(d) => cur.deltas.push(d),
+                Err(m) => cur.records.push(m),
+            }
         }
-        if !cur.is_empty() {
-            out.push(TopologyUpdate { records: cur });
+        if size > 0 {
+            out.push(cur);
         }
         out
     }
 
+    /// Records in full (asked for, or found missing by anti-entropy).
     fn send_records(&mut self, conn: ConnId, names: &[PeerName]) {
-        for m in self.record_messages(names) {
+        let items: Vec<(PeerName, Option<u64>)> = names.iter().map(|&n| (n, None)).collect();
+        for m in self.update_messages(&items) {
             self.send(conn, Body::Update(m));
         }
+        self.note_sent(&[conn], names.iter().copied());
     }
 }
 
 /// How much the topology update window grows per connection (see
 /// [`MeshConfig::update_delay`]).
-pub const UPDATE_DELAY_PER_CONN: Duration = Duration::from_millis(5);
+pub const UPDATE_DELAY_PER_CONN: Duration = Duration::from_millis(20);
 
 /// How long a record that just arrived is kept while the peer it is of is
 /// unreachable (see [`Mesh::recalculate`]).
@@ -1222,6 +1309,7 @@ fn jittered(rng: &mut SimRng, base: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::PeerRecordMsg;
     use weave_core::rng::seeded;
 
     fn n(v: u64) -> PeerName {
@@ -1233,7 +1321,15 @@ mod tests {
     }
 
     fn remote(name: u64, conn_id: u64, outbound: bool) -> RemotePeer {
-        RemotePeer { name: n(name), nickname: format!("p{name}"), uid: PeerUid::new(name).unwrap(), conn_id, address: format!("10.0.0.{name}:6783"), outbound }
+        RemotePeer {
+            name: n(name),
+            nickname: format!("p{name}"),
+            uid: PeerUid::new(name).unwrap(),
+            conn_id,
+            address: format!("10.0.0.{name}:6783"),
+            outbound,
+            version: crate::link::PROTOCOL_MAX,
+        }
     }
 
     fn drain(m: &mut Mesh) -> Vec<Transmit> {
@@ -1248,6 +1344,122 @@ mod tests {
     /// Peer `k`'s record on the wire, signed with its test key.
     fn record_msg(k: u64, version: u64, conns: Vec<ConnectionInfo>) -> PeerRecordMsg {
         PeerRecord::signed(&Identity::from_secret([k as u8; 32]), n(k), format!("p{k}"), PeerUid::new(k).unwrap(), version, conns).to_msg()
+    }
+
+    /// Run `m`'s timers up to `until`.
+    fn run_until(m: &mut Mesh, until: Instant) {
+        while let Some(t) = m.poll_timeout().filter(|t| *t <= until) {
+            m.handle_timeout(t);
+        }
+    }
+
+    /// The updates among `ts`, by connection.
+    fn updates(ts: &[Transmit]) -> BTreeMap<ConnId, Vec<TopologyUpdate>> {
+        let mut out: BTreeMap<ConnId, Vec<TopologyUpdate>> = BTreeMap::new();
+        for t in ts {
+            if let Some(Body::Update(u)) = &t.msg.body {
+                out.entry(t.conn).or_default().push(u.clone());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn our_next_version_goes_as_a_delta_to_each_neighbour_holding_the_last() {
+        let mut m = mesh(1);
+        let start = Instant::now();
+        for p in 2..=11 {
+            let mut r = remote(p, p, true);
+            // Peer 11 speaks only the first protocol version.
+            r.version = if p == 11 { 1 } else { crate::link::PROTOCOL_MAX };
+            m.add_connection(start, p, r).unwrap();
+        }
+        run_until(&mut m, start + Duration::from_secs(1));
+        let first = updates(&drain(&mut m));
+        assert_eq!(first.len(), 10);
+        assert!(first.values().flatten().all(|u| u.deltas.is_empty() && u.records.len() == 1), "new neighbours get the record in full");
+        m.remove_connection(start + Duration::from_secs(2), 10);
+        run_until(&mut m, start + Duration::from_secs(3));
+        let next = updates(&drain(&mut m));
+        assert_eq!(next.keys().copied().collect::<Vec<_>>(), (2..=11).filter(|&p| p != 10).collect::<Vec<_>>());
+        for (conn, us) in &next {
+            let [u] = us.as_slice() else { panic!("one update to {conn}") };
+            if *conn == 11 {
+                assert_eq!((u.records.len(), u.deltas.len()), (1, 0), "a version 1 peer gets records in full");
+            } else {
+                assert!(u.records.is_empty());
+                let [d] = u.deltas.as_slice() else { panic!("one delta to {conn}") };
+                assert_eq!((d.base, d.version, d.removed.as_slice(), d.upserted.len()), (2, 3, &[10][..], 0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_delta_from_a_version_we_do_not_hold_is_answered_with_a_request() {
+        let mut m = mesh(1);
+        let now = Instant::now();
+        m.add_connection(now, 7, remote(2, 1, false)).unwrap();
+        drain(&mut m);
+        let mut owner = Topology::new(Identity::from_secret([2; 32]), n(2), "p2".into(), PeerUid::new(2).unwrap());
+        let list = |ps: &[u64]| ps.iter().map(|&p| linked(p)).collect::<Vec<_>>();
+        owner.set_our_connections(list(&[1, 3, 4, 5, 6, 7, 8, 9, 10, 11]));
+        let held = owner.our_record().clone();
+        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![held.to_msg()], deltas: Vec::new() }).into()).unwrap();
+        owner.set_our_connections(list(&[1, 3, 4, 5, 6, 7, 8, 9, 10]));
+        owner.set_our_connections(list(&[1, 3, 4, 5, 6, 7, 8, 9]));
+        let skipped = owner.delta_since(n(2), held.version + 1).unwrap();
+        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: Vec::new(), deltas: vec![skipped] }).into()).unwrap();
+        assert_eq!(m.topology().get(n(2)), Some(&held), "not applied to another version");
+        let asked: Vec<_> = drain(&mut m)
+            .into_iter()
+            .filter_map(|t| match &t.msg.body {
+                Some(Body::Request(r)) => Some((t.conn, r.names.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked, vec![(7, vec![2])]);
+        // From the version we hold it applies.
+        let d = owner.delta_since(n(2), held.version).unwrap();
+        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: Vec::new(), deltas: vec![d] }).into()).unwrap();
+        assert_eq!(m.topology().get(n(2)), Some(owner.our_record()));
+        assert!(drain(&mut m).iter().all(|t| !matches!(t.msg.body, Some(Body::Request(_)))));
+    }
+
+    #[test]
+    fn a_delta_with_a_forged_change_is_refused_and_changes_nothing() {
+        let mut m = mesh(1);
+        let now = Instant::now();
+        m.add_connection(now, 7, remote(2, 1, false)).unwrap();
+        let mut owner = Topology::new(Identity::from_secret([3; 32]), n(3), "p3".into(), PeerUid::new(3).unwrap());
+        owner.set_our_connections([2, 4, 5, 6, 8].iter().map(|&p| linked(p)).collect());
+        let held = owner.our_record().clone();
+        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![held.to_msg()], deltas: Vec::new() }).into()).unwrap();
+        owner.set_our_connections([2, 4, 5, 6].iter().map(|&p| linked(p)).collect());
+        // Peer 2 relays 3's change but slips in a link of its own making.
+        let mut d = owner.delta_since(n(3), held.version).unwrap();
+        d.upserted.push(crate::proto::ConnectionEntry { name: 9, address: "6.6.6.6:6783".into(), outbound: true, established: true });
+        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: Vec::new(), deltas: vec![d] }).into()).unwrap();
+        assert_eq!(m.topology().get(n(3)), Some(&held));
+        assert_eq!(m.stats().records_refused, 1);
+    }
+
+    #[test]
+    fn a_record_of_an_unreachable_peer_is_relayed_only_to_neighbours_it_does_not_list() {
+        let mut m = mesh(1);
+        let start = Instant::now();
+        for p in 2..=4 {
+            m.add_connection(start, p, remote(p, p, true)).unwrap();
+        }
+        run_until(&mut m, start + Duration::from_secs(1));
+        drain(&mut m);
+        // Peer 5 joined with links to us, 2 and 3: it sends its record to
+        // each of them itself, so only 4 needs it from us.
+        let r5 = record_msg(5, 1, vec![linked(1), linked(2), linked(3)]);
+        m.handle_message(start + Duration::from_secs(1), 2, Body::Update(TopologyUpdate { records: vec![r5], deltas: Vec::new() }).into()).unwrap();
+        run_until(&mut m, start + Duration::from_secs(2));
+        let relayed: Vec<ConnId> =
+            updates(&drain(&mut m)).into_iter().filter(|(_, us)| us.iter().any(|u| u.records.iter().any(|r| r.name == 5))).map(|(c, _)| c).collect();
+        assert_eq!(relayed, vec![4]);
     }
 
     #[test]
@@ -1294,7 +1506,8 @@ mod tests {
         let rec2 = PeerRecord::signed(&key(2), n(2), "p2".into(), PeerUid::new(2).unwrap(), 5, conns);
         let rec3 = PeerRecord::signed(&key(3), n(3), "p3".into(), PeerUid::new(3).unwrap(), 5, vec![conn(2, true)]);
         let rec4 = PeerRecord::signed(&key(4), n(4), "p4".into(), PeerUid::new(4).unwrap(), 5, vec![conn(2, false)]);
-        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![rec2.to_msg(), rec3.to_msg(), rec4.to_msg()] }).into()).unwrap();
+        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![rec2.to_msg(), rec3.to_msg(), rec4.to_msg()], deltas: Vec::new() }).into())
+            .unwrap();
         m.handle_timeout(now + Duration::from_secs(1));
         assert_eq!(m.discovery_candidates(usize::MAX), vec![("10.0.0.3:6783".to_owned(), false), ("10.1.0.1:6783".to_owned(), false)]);
     }
@@ -1305,7 +1518,7 @@ mod tests {
         let start = Instant::now();
         m.add_connection(start, 7, remote(2, 1, false)).unwrap();
         let (conn, record) = (linked, record_msg);
-        let update = |records| Body::Update(TopologyUpdate { records }).into();
+        let update = |records| Body::Update(TopologyUpdate { records, deltas: Vec::new() }).into();
         // 3 joined through 2: its record (listing 2) comes before 2's new
         // one (listing 3), and before that 3 is unreachable from us.
         m.handle_message(start, 7, update(vec![record(2, 5, vec![conn(1)]), record(3, 1, vec![conn(2)])])).unwrap();
@@ -1344,7 +1557,7 @@ mod tests {
         m.add_connection(now, 7, remote(2, 1, false)).unwrap();
         assert_eq!(digests(&mut m, 7), 1, "a peer we did not reach");
         let records = vec![record_msg(2, 5, vec![linked(1), linked(3)]), record_msg(3, 5, vec![linked(2)])];
-        m.handle_message(now, 7, Body::Update(TopologyUpdate { records }).into()).unwrap();
+        m.handle_message(now, 7, Body::Update(TopologyUpdate { records, deltas: Vec::new() }).into()).unwrap();
         let now = now + Duration::from_secs(1);
         m.handle_timeout(now);
         assert!(m.routes().reachable(n(3)));
@@ -1385,7 +1598,7 @@ mod tests {
         let conn = |p: u64, outbound| ConnectionInfo { peer: n(p), address: String::new(), outbound, established: true };
         let rec2 = PeerRecord::signed(&key(2), n(2), "p2".into(), PeerUid::new(2).unwrap(), 5, vec![conn(1, true), conn(3, true)]);
         let rec3 = PeerRecord::signed(&key(3), n(3), "p3".into(), PeerUid::new(3).unwrap(), 5, vec![conn(2, false)]);
-        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![rec2.to_msg(), rec3.to_msg()] }).into()).unwrap();
+        m.handle_message(now, 7, Body::Update(TopologyUpdate { records: vec![rec2.to_msg(), rec3.to_msg()], deltas: Vec::new() }).into()).unwrap();
         let now = m.poll_timeout().unwrap().max(now + m.config().recalc_interval);
         m.handle_timeout(now);
         assert_eq!(m.routes().next_hop(n(3)), Some(n(2)));

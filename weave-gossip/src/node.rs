@@ -526,6 +526,7 @@ mod tests {
                 conn_id: conn,
                 address: String::new(),
                 outbound: false,
+                version: crate::link::PROTOCOL_MAX,
             };
             n.handle_established(now, conn, remote, None).unwrap();
         }

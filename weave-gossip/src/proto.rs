@@ -63,11 +63,42 @@ pub struct PeerRecordMsg {
 #[derive(Clone, PartialEq, Message)]
 pub struct Heartbeat {}
 
+/// A record version told as its change from an earlier version of the same
+/// incarnation that the receiver is believed to hold (protocol version 2):
+/// the connections removed and those added or changed. The nickname and key
+/// are the base's. The signature is of the whole new record, so the receiver
+/// rebuilds it and checks it as any other; one that holds a different
+/// version asks for the record in full.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct RecordDeltaMsg {
+    #[prost(uint64, tag = "1")]
+    pub name: u64,
+    #[prost(uint64, tag = "2")]
+    pub uid: u64,
+    /// The version this change starts from.
+    #[prost(uint64, tag = "3")]
+    pub base: u64,
+    #[prost(uint64, tag = "4")]
+    pub version: u64,
+    /// Peers whose connection the new version no longer lists.
+    #[prost(uint64, repeated, tag = "5")]
+    pub removed: Vec<u64>,
+    /// Connections the new version lists that the base did not, or lists differently.
+    #[prost(message, repeated, tag = "6")]
+    pub upserted: Vec<ConnectionEntry>,
+    /// The owner's signature of the new record (see [`PeerRecordMsg::signature`]).
+    #[prost(bytes = "vec", tag = "7")]
+    pub signature: Vec<u8>,
+}
+
 /// Peer records the sender holds that may be new to the receiver.
 #[derive(Clone, PartialEq, Message)]
 pub struct TopologyUpdate {
     #[prost(message, repeated, tag = "1")]
     pub records: Vec<PeerRecordMsg>,
+    /// Records told as changes (only to peers speaking protocol version 2).
+    #[prost(message, repeated, tag = "2")]
+    pub deltas: Vec<RecordDeltaMsg>,
 }
 
 /// Order-independent digest of every (name, uid, version) the sender holds.

@@ -219,7 +219,15 @@ impl SimNode for SimPeer {
     fn handle_message(&mut self, now: Instant, from: NodeId, msg: SimWire, out: &mut Outbox<SimWire>) {
         match msg {
             SimWire::Dial(conn, h) => {
-                let remote = RemotePeer { name: h.name, nickname: h.nickname, uid: h.uid, conn_id: conn, address: h.address, outbound: false };
+                let remote = RemotePeer {
+                    name: h.name,
+                    nickname: h.nickname,
+                    uid: h.uid,
+                    conn_id: conn,
+                    address: h.address,
+                    outbound: false,
+                    version: crate::link::PROTOCOL_MAX,
+                };
                 match self.node.handle_established(now, conn, remote, None) {
                     Ok(()) => {
                         self.conns.insert(conn, from);
@@ -240,7 +248,15 @@ impl SimNode for SimPeer {
                     out.send(from, SimWire::Close(conn));
                     return;
                 };
-                let remote = RemotePeer { name: h.name, nickname: h.nickname, uid: h.uid, conn_id: conn, address: addr.clone(), outbound: true };
+                let remote = RemotePeer {
+                    name: h.name,
+                    nickname: h.nickname,
+                    uid: h.uid,
+                    conn_id: conn,
+                    address: addr.clone(),
+                    outbound: true,
+                    version: crate::link::PROTOCOL_MAX,
+                };
                 match self.node.handle_established(now, conn, remote, Some(addr)) {
                     Ok(()) => {
                         self.conns.insert(conn, from);

@@ -19,14 +19,14 @@
 //! Peers no longer reachable from us through the listed connections are
 //! garbage-collected by [`Topology::gc`].
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use blake2::{Blake2s256, Digest};
 use weave_core::{PeerName, PeerUid};
 
-use crate::identity::{Identity, PeerKey, Signature};
+use crate::identity::{Identity, PeerKey, Signature, Verifier};
 use crate::link::MAX_NICKNAME_LEN;
-use crate::proto::{ConnectionEntry, PeerRecordMsg, VersionEntry};
+use crate::proto::{ConnectionEntry, PeerRecordMsg, RecordDeltaMsg, VersionEntry};
 
 /// Number of buckets anti-entropy splits the name space into.
 pub const BUCKETS: usize = 64;
@@ -39,6 +39,8 @@ const MAX_ADDRESS_LEN: usize = 300;
 pub const MAX_VERSION: u64 = 1 << 62;
 /// What a peer record's signature is made for.
 const RECORD_DOMAIN: &str = "weave-rs peer record v1";
+/// Changes of each record kept to tell later versions as deltas.
+const CHANGES_KEPT: usize = 8;
 
 /// One connection of a peer, as its record lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +53,24 @@ pub struct ConnectionInfo {
     pub outbound: bool,
     /// Whether the connection is established.
     pub established: bool,
+}
+
+impl ConnectionInfo {
+    /// A received entry of `owner`'s record, checked.
+    fn from_entry(owner: PeerName, c: ConnectionEntry) -> Result<Self, InvalidRecord> {
+        let peer = PeerName::from_u64(c.name).ok_or(InvalidRecord("connection to a name wider than 48 bits"))?;
+        if peer == owner {
+            return Err(InvalidRecord("connection to itself"));
+        }
+        if c.address.len() > MAX_ADDRESS_LEN {
+            return Err(InvalidRecord("address too long"));
+        }
+        Ok(Self { peer, address: c.address, outbound: c.outbound, established: c.established })
+    }
+
+    fn to_entry(&self) -> ConnectionEntry {
+        ConnectionEntry { name: self.peer.as_u64(), address: self.address.clone(), outbound: self.outbound, established: self.established }
+    }
 }
 
 /// A peer as the mesh knows it.
@@ -93,20 +113,48 @@ impl PeerRecord {
         }
         let key = PeerKey::from_wire(&m.key).ok_or(InvalidRecord("no public key"))?;
         let signature = m.signature.as_slice().try_into().map_err(|_| InvalidRecord("no signature"))?;
-        let mut connections = Vec::with_capacity(m.connections.len());
-        for c in m.connections {
-            let peer = PeerName::from_u64(c.name).ok_or(InvalidRecord("connection to a name wider than 48 bits"))?;
-            if peer == name {
-                return Err(InvalidRecord("connection to itself"));
-            }
-            if c.address.len() > MAX_ADDRESS_LEN {
-                return Err(InvalidRecord("address too long"));
-            }
-            connections.push(ConnectionInfo { peer, address: c.address, outbound: c.outbound, established: c.established });
-        }
+        let mut connections = m.connections.into_iter().map(|c| ConnectionInfo::from_entry(name, c)).collect::<Result<Vec<_>, _>>()?;
         connections.sort();
         connections.dedup_by(|a, b| a.peer == b.peer);
         Ok(Self { name, nickname: m.nickname, uid, version: m.version, connections, key, signature })
+    }
+
+    /// The version `d` tells, rebuilt from this record, which must be its
+    /// base (same peer, incarnation and version). The result still has to
+    /// pass [`Topology::apply`]'s checks, its signature among them.
+    pub fn patched(&self, d: RecordDeltaMsg) -> Result<Self, InvalidRecord> {
+        if d.name != self.name.as_u64() || d.uid != self.uid.as_u64() || d.base != self.version {
+            return Err(InvalidRecord("delta of another version"));
+        }
+        if d.version <= d.base || d.version > MAX_VERSION {
+            return Err(InvalidRecord("version out of range"));
+        }
+        if d.removed.len() + d.upserted.len() > MAX_CONNECTIONS {
+            return Err(InvalidRecord("too many connections"));
+        }
+        let signature = d.signature.as_slice().try_into().map_err(|_| InvalidRecord("no signature"))?;
+        let mut upserted = d.upserted.into_iter().map(|c| ConnectionInfo::from_entry(self.name, c)).collect::<Result<Vec<_>, _>>()?;
+        let touched: BTreeSet<u64> = d.removed.iter().copied().chain(upserted.iter().map(|c| c.peer.as_u64())).collect();
+        let mut connections: Vec<ConnectionInfo> = self.connections.iter().filter(|c| !touched.contains(&c.peer.as_u64())).cloned().collect();
+        connections.append(&mut upserted);
+        if connections.len() > MAX_CONNECTIONS {
+            return Err(InvalidRecord("too many connections"));
+        }
+        connections.sort();
+        connections.dedup_by(|a, b| a.peer == b.peer);
+        Ok(Self { connections, version: d.version, signature, ..self.clone_without_connections() })
+    }
+
+    fn clone_without_connections(&self) -> Self {
+        Self {
+            name: self.name,
+            nickname: self.nickname.clone(),
+            uid: self.uid,
+            version: self.version,
+            connections: Vec::new(),
+            key: self.key,
+            signature: self.signature,
+        }
     }
 
     /// A record written and signed by `identity`'s owner.
@@ -128,6 +176,12 @@ impl PeerRecord {
     /// canonical wire form (connections sorted) without the signature.
     pub fn verify(&self) -> bool {
         self.key.verify(RECORD_DOMAIN, &self.signed_bytes(), &self.signature)
+    }
+
+    /// [`PeerRecord::verify`] with the record's key already decoded; false
+    /// if `v` is not for the record's key.
+    pub fn verify_with(&self, v: &Verifier) -> bool {
+        v.key() == self.key && v.verify(RECORD_DOMAIN, &self.signed_bytes(), &self.signature)
     }
 
     /// The wire form without the signature, written straight from the
@@ -182,11 +236,7 @@ impl PeerRecord {
             nickname: self.nickname.clone(),
             uid: self.uid.as_u64(),
             version: self.version,
-            connections: self
-                .connections
-                .iter()
-                .map(|c| ConnectionEntry { name: c.peer.as_u64(), address: c.address.clone(), outbound: c.outbound, established: c.established })
-                .collect(),
+            connections: self.connections.iter().map(ConnectionInfo::to_entry).collect(),
             key: self.key.to_bytes().to_vec(),
             signature: self.signature.to_vec(),
         }
@@ -238,6 +288,58 @@ pub struct Topology {
     bumped_past: BTreeMap<PeerUid, u64>,
     sum: u128,
     buckets: [u64; BUCKETS],
+    /// The latest changes of each record, oldest first (see
+    /// [`Topology::delta_since`]).
+    changes: HashMap<PeerName, VecDeque<Change>>,
+    /// The pinned key of each peer, decoded: every version of a record
+    /// is checked against it.
+    verifiers: HashMap<PeerName, Verifier>,
+}
+
+/// One record's change from one version to the next of the same
+/// incarnation: the peers whose entries differ.
+#[derive(Debug, Clone)]
+struct Change {
+    from: u64,
+    to: u64,
+    touched: Vec<PeerName>,
+}
+
+/// Take a record's hash out of the digests.
+fn unaccount(sum: &mut u128, buckets: &mut [u64; BUCKETS], name: PeerName, h: u128) {
+    *sum = sum.wrapping_sub(h);
+    let b = &mut buckets[bucket_of(name)];
+    *b = b.wrapping_sub(h as u64);
+}
+
+/// The peers whose entries differ between two sorted connection lists.
+fn touched(old: &[ConnectionInfo], new: &[ConnectionInfo]) -> Vec<PeerName> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a.peer == b.peer => {
+                if a != b {
+                    out.push(a.peer);
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a.peer < b.peer => {
+                out.push(a.peer);
+                i += 1;
+            }
+            (Some(a), None) => {
+                out.push(a.peer);
+                i += 1;
+            }
+            (_, Some(b)) => {
+                out.push(b.peer);
+                j += 1;
+            }
+            (None, None) => unreachable!("the loop condition"),
+        }
+    }
+    out
 }
 
 impl Topology {
@@ -245,7 +347,16 @@ impl Topology {
     /// signed with `identity`.
     pub fn new(identity: Identity, name: PeerName, nickname: String, uid: PeerUid) -> Self {
         let ours = PeerRecord::signed(&identity, name, nickname, uid, 1, Vec::new());
-        let mut t = Self { ourself: name, identity, peers: BTreeMap::new(), bumped_past: BTreeMap::new(), sum: 0, buckets: [0; BUCKETS] };
+        let mut t = Self {
+            ourself: name,
+            identity,
+            peers: BTreeMap::new(),
+            bumped_past: BTreeMap::new(),
+            sum: 0,
+            buckets: [0; BUCKETS],
+            changes: HashMap::new(),
+            verifiers: HashMap::new(),
+        };
         t.insert(ours);
         t
     }
@@ -354,7 +465,7 @@ impl Topology {
             }
             if held.is_some_and(|e| e.key != r.key) {
                 out.refused.push((r.name, "signed by a key other than the one pinned for its name"));
-            } else if !r.verify() {
+            } else if !self.verified(&r) {
                 out.refused.push((r.name, "signature does not verify"));
             } else {
                 out.changed.push(r.name);
@@ -364,10 +475,37 @@ impl Topology {
         out
     }
 
+    /// Whether `r`'s signature verifies, decoding its key once per peer.
+    fn verified(&mut self, r: &PeerRecord) -> bool {
+        if let Some(v) = self.verifiers.get(&r.name).filter(|v| v.key() == r.key) {
+            return r.verify_with(v);
+        }
+        let Some(v) = r.key.verifier() else { return false };
+        let ok = r.verify_with(&v);
+        if ok {
+            self.verifiers.insert(r.name, v);
+        }
+        ok
+    }
+
     fn insert(&mut self, r: PeerRecord) {
         let h = record_hash(r.name, r.uid, r.version);
         if let Some(old) = self.peers.get(&r.name) {
-            self.unaccount(old.name, record_hash(old.name, old.uid, old.version));
+            let (sum, buckets) = (&mut self.sum, &mut self.buckets);
+            unaccount(sum, buckets, old.name, record_hash(old.name, old.uid, old.version));
+            // Log the change while it is small next to the record: a delta
+            // is worth sending only then.
+            let same = old.uid == r.uid && old.key == r.key && old.nickname == r.nickname && old.version < r.version;
+            let t = if same { touched(&old.connections, &r.connections) } else { Vec::new() };
+            if same && t.len() * 2 <= r.connections.len() {
+                let log = self.changes.entry(r.name).or_default();
+                if log.len() == CHANGES_KEPT {
+                    log.pop_front();
+                }
+                log.push_back(Change { from: old.version, to: r.version, touched: t });
+            } else {
+                self.changes.remove(&r.name);
+            }
         }
         self.sum = self.sum.wrapping_add(h);
         let b = &mut self.buckets[bucket_of(r.name)];
@@ -376,9 +514,7 @@ impl Topology {
     }
 
     fn unaccount(&mut self, name: PeerName, h: u128) {
-        self.sum = self.sum.wrapping_sub(h);
-        let b = &mut self.buckets[bucket_of(name)];
-        *b = b.wrapping_sub(h as u64);
+        unaccount(&mut self.sum, &mut self.buckets, name, h);
     }
 
     /// Remove every peer not reachable from us by following listed
@@ -403,6 +539,8 @@ impl Topology {
         }
         let (spared, dead): (Vec<PeerName>, Vec<PeerName>) = self.peers.keys().filter(|n| !seen.contains(n)).partition(|n| spare(**n));
         for n in &dead {
+            self.changes.remove(n);
+            self.verifiers.remove(n);
             let r = self.peers.remove(n).expect("listed above");
             self.unaccount(r.name, record_hash(r.name, r.uid, r.version));
         }
@@ -417,6 +555,35 @@ impl Topology {
     /// Per-bucket digests.
     pub fn bucket_digests(&self) -> &[u64; BUCKETS] {
         &self.buckets
+    }
+
+    /// `name`'s record told as its change since version `base` of the same
+    /// incarnation, if the changes since are logged and few enough that
+    /// the delta is the smaller message.
+    pub fn delta_since(&self, name: PeerName, base: u64) -> Option<RecordDeltaMsg> {
+        let r = self.peers.get(&name)?;
+        let log = self.changes.get(&name)?;
+        let start = log.iter().position(|c| c.from == base)?;
+        let mut touched = BTreeSet::new();
+        let mut at = base;
+        for c in log.iter().skip(start) {
+            if c.from != at {
+                return None;
+            }
+            touched.extend(c.touched.iter().copied());
+            at = c.to;
+        }
+        if at != r.version || touched.len() * 2 > r.connections.len() {
+            return None;
+        }
+        let (mut removed, mut upserted) = (Vec::new(), Vec::new());
+        for p in touched {
+            match r.connections.binary_search_by(|c| c.peer.cmp(&p)) {
+                Ok(i) => upserted.push(r.connections[i].to_entry()),
+                Err(_) => removed.push(p.as_u64()),
+            }
+        }
+        Some(RecordDeltaMsg { name: name.as_u64(), uid: r.uid.as_u64(), base, version: r.version, removed, upserted, signature: r.signature.to_vec() })
     }
 
     /// (name, uid, version) of every record in the given buckets.
@@ -473,6 +640,77 @@ mod tests {
             prop_assert_eq!(r.signed_bytes(), m.encode_to_vec());
             prop_assert!(r.verify());
         }
+    }
+
+    proptest! {
+        /// Whatever the changes, a delta from any version still logged
+        /// rebuilds the current record exactly, signature and all; and
+        /// from a version not logged there is none.
+        #[test]
+        fn a_delta_from_a_logged_version_rebuilds_the_current_record(
+            steps in proptest::collection::vec(proptest::collection::btree_map(2u64..40, (0u8..3, any::<bool>()), 0..30), 1..14),
+        ) {
+            let mut owner = topo(1, "one", 9);
+            let mut history: Vec<PeerRecord> = vec![owner.our_record().clone()];
+            for step in steps {
+                let conns = step
+                    .into_iter()
+                    .map(|(p, (addr, outbound))| ConnectionInfo { peer: n(p), address: format!("10.0.{addr}.{p}:6783"), outbound, established: true })
+                    .collect();
+                if owner.set_our_connections(conns) {
+                    history.push(owner.our_record().clone());
+                }
+            }
+            let current = owner.our_record().clone();
+            for base in &history[..history.len() - 1] {
+                if let Some(d) = owner.delta_since(n(1), base.version) {
+                    prop_assert!(d.removed.len() + d.upserted.len() <= current.connections.len() / 2);
+                    let rebuilt = base.patched(d).unwrap();
+                    prop_assert_eq!(&rebuilt, &current);
+                    prop_assert!(rebuilt.verify());
+                }
+            }
+            prop_assert!(owner.delta_since(n(1), current.version).is_none());
+        }
+    }
+
+    #[test]
+    fn a_delta_tells_only_the_changed_connections_and_needs_its_base() {
+        let mut owner = topo(1, "one", 9);
+        owner.set_our_connections(
+            (2..12).map(|p| ConnectionInfo { peer: n(p), address: format!("10.0.0.{p}:6783"), outbound: true, established: true }).collect(),
+        );
+        let base = owner.our_record().clone();
+        let mut conns = base.connections.clone();
+        conns.retain(|c| c.peer != n(3));
+        conns.push(ConnectionInfo { peer: n(20), address: "10.0.0.20:6783".into(), outbound: false, established: true });
+        conns[0].address = "10.9.9.9:6783".into();
+        owner.set_our_connections(conns);
+        let d = owner.delta_since(n(1), base.version).unwrap();
+        assert_eq!(d.removed, vec![3]);
+        assert_eq!(d.upserted.iter().map(|c| c.name).collect::<Vec<_>>(), vec![2, 20]);
+        assert_eq!(base.patched(d.clone()).unwrap(), *owner.our_record());
+        // Against any other version it is refused, not misapplied.
+        let mut other = base.clone();
+        other.version += 1;
+        assert!(other.patched(d).is_err());
+        assert!(owner.delta_since(n(1), base.version - 1).is_none(), "the first version's change was too large to log");
+    }
+
+    #[test]
+    fn a_forged_delta_does_not_verify() {
+        let mut owner = topo(1, "one", 9);
+        owner.set_our_connections((2..12).map(|p| ConnectionInfo { peer: n(p), address: String::new(), outbound: true, established: true }).collect());
+        let base = owner.our_record().clone();
+        owner.set_our_connections(base.connections[1..].to_vec());
+        let mut d = owner.delta_since(n(1), base.version).unwrap();
+        // A relay rewrites a connection's address, keeping the signature.
+        d.upserted.push(ConnectionEntry { name: 5, address: "6.6.6.6:6783".into(), outbound: true, established: true });
+        let mut t = topo(2, "two", 8);
+        t.apply([base.clone()]);
+        let out = t.apply([base.patched(d).unwrap()]);
+        assert_eq!(out.refused, vec![(n(1), "signature does not verify")]);
+        assert_eq!(t.get(n(1)), Some(&base));
     }
 
     fn n(v: u64) -> PeerName {

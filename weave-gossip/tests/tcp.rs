@@ -352,7 +352,8 @@ async fn hostile_input_closes_only_that_connection() {
         key: weave_gossip::Identity::from_secret([9; 32]).public().to_bytes().to_vec(),
         signature: vec![0; 64],
     };
-    let env: weave_gossip::proto::Envelope = weave_gossip::proto::Body::Update(weave_gossip::proto::TopologyUpdate { records: vec![bad] }).into();
+    let env: weave_gossip::proto::Envelope =
+        weave_gossip::proto::Body::Update(weave_gossip::proto::TopologyUpdate { records: vec![bad], deltas: Vec::new() }).into();
     assert!(env.encoded_len() > 0);
     link.send(&env).unwrap();
     raw.write_all(&link.take_output()).await.unwrap();
