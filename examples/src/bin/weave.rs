@@ -240,18 +240,26 @@ fn password_of(a: &RouterArgs) -> Result<Option<String>, Fail> {
 }
 
 /// `args` without `--password X` / `--password=X`, and the password.
-/// glibc's allocator settings for the router: two arenas. By default
+/// glibc's allocator settings for the router. Two arenas: by default
 /// glibc gives each thread that allocates an arena of its own, and memory
 /// freed in one (after a burst: a mesh forming, a full topology) stays
-/// there; with a router on every host, that is megabytes each. Settings the
+/// there; with a router on every host, that is megabytes each. And a fixed
+/// mmap threshold of 64 kB: glibc otherwise raises the threshold to the
+/// size of each large block freed, so after a mesh forms its large
+/// messages and buffers come from the heap and the pages stay with the
+/// router (median RSS 50 MB at 200 routers, against ~30 MB of live data).
+/// Blocks above 64 kB are mapped on their own, and a buffer that is never
+/// written (most of the sleeve's, at rest) costs no memory. Settings the
 /// caller made win.
 fn router_tunables(inherited: Option<&str>) -> String {
-    const OURS: &str = "glibc.malloc.arena_max=2";
-    match inherited {
-        Some(t) if t.contains("glibc.malloc.arena_max") => t.to_owned(),
-        Some(t) if !t.is_empty() => format!("{t}:{OURS}"),
-        _ => OURS.to_owned(),
+    const OURS: [(&str, &str); 2] = [("glibc.malloc.arena_max", "2"), ("glibc.malloc.mmap_threshold", "65536")];
+    let mut out: Vec<String> = inherited.filter(|t| !t.is_empty()).map(|t| vec![t.to_owned()]).unwrap_or_default();
+    for (name, value) in OURS {
+        if !inherited.is_some_and(|t| t.split(':').any(|kv| kv.split('=').next() == Some(name))) {
+            out.push(format!("{name}={value}"));
+        }
     }
+    out.join(":")
 }
 
 fn without_password(args: impl Iterator<Item = String>) -> (Vec<String>, Option<String>) {
@@ -952,11 +960,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_router_gets_two_malloc_arenas_unless_told_otherwise() {
-        assert_eq!(router_tunables(None), "glibc.malloc.arena_max=2");
-        assert_eq!(router_tunables(Some("")), "glibc.malloc.arena_max=2");
-        assert_eq!(router_tunables(Some("glibc.malloc.tcache_count=0")), "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2");
-        assert_eq!(router_tunables(Some("glibc.malloc.arena_max=8")), "glibc.malloc.arena_max=8");
+    fn the_router_gets_two_malloc_arenas_and_a_fixed_mmap_threshold_unless_told_otherwise() {
+        let ours = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=65536";
+        assert_eq!(router_tunables(None), ours);
+        assert_eq!(router_tunables(Some("")), ours);
+        assert_eq!(router_tunables(Some("glibc.malloc.tcache_count=0")), format!("glibc.malloc.tcache_count=0:{ours}"));
+        assert_eq!(router_tunables(Some("glibc.malloc.arena_max=8")), "glibc.malloc.arena_max=8:glibc.malloc.mmap_threshold=65536");
+        assert_eq!(
+            router_tunables(Some("glibc.malloc.mmap_threshold=1024:glibc.malloc.arena_max=4")),
+            "glibc.malloc.mmap_threshold=1024:glibc.malloc.arena_max=4"
+        );
     }
 
     #[test]
