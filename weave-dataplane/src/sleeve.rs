@@ -257,7 +257,14 @@ struct Peer {
     /// When we last heard the peer's fast-path heartbeat.
     fastpath_heard: Option<Instant>,
     counters: PeerCounters,
-    /// `counters.tx_frames` when the path MTU was last verified.
+    /// Frames sent to the peer for a destination behind it (not flooded
+    /// broadcasts or multicasts), and pieces of frames: what makes its path
+    /// MTU worth verifying. A bridge's occasional broadcast (ARP, IPv6
+    /// neighbour discovery) went to every peer and made each verify: a
+    /// full-size datagram to every peer every 30 s, most of an idle
+    /// router's traffic.
+    unicast_tx: u64,
+    /// `unicast_tx` when the path MTU was last verified.
     tx_at_verify: u64,
     /// The last fast interval used (backs off while unanswered).
     fast_gap: Duration,
@@ -601,6 +608,7 @@ impl Sleeve {
             fastpath_heard_by_peer: false,
             fastpath_heard: None,
             counters: PeerCounters::default(),
+            unicast_tx: 0,
             tx_at_verify: 0,
             fast_gap: Duration::ZERO,
             answered: false,
@@ -909,6 +917,9 @@ impl Sleeve {
         };
         rec.write(&mut tx.bufs[idx]);
         let p = self.peers.get_mut(&hop).expect("checked");
+        if rec.piece.is_some() || rec.frame.first().is_some_and(|b| b & 1 == 0) {
+            p.unicast_tx += 1;
+        }
         p.counters.tx_frames += 1;
         p.counters.tx_bytes += rec.frame.len() as u64;
     }
@@ -1233,11 +1244,11 @@ impl Sleeve {
                     self.established(now, p)
                 };
                 let p = self.peers.get_mut(&n).expect("listed");
-                let busy = p.counters.tx_frames != p.tx_at_verify;
+                let busy = p.unicast_tx != p.tx_at_verify;
                 let was_verifying = p.pmtu.verifying;
                 p.pmtu.end_round(busy);
                 if p.pmtu.verifying && !was_verifying {
-                    p.tx_at_verify = p.counters.tx_frames;
+                    p.tx_at_verify = p.unicast_tx;
                 }
                 p.seq = p.seq.wrapping_add(1);
                 p.beat_sent.rotate_right(1);
