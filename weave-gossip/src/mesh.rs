@@ -312,10 +312,11 @@ struct Conn {
     next_heartbeat: Instant,
     /// Peers whose records this neighbour gets at the next update.
     pending: BTreeSet<PeerName>,
-    /// The version of each peer's record this neighbour holds, as far as
-    /// we know (it sent it, or we did): a later version goes to it as a
-    /// delta from this one. Kept only if it speaks [`RECORD_DELTAS`].
-    holds: HashMap<PeerName, u64>,
+    /// The version (and incarnation) of each peer's record this neighbour
+    /// holds, as far as we know (it sent it, or we did): that one is not
+    /// sent again, and a later version of the same incarnation goes to it
+    /// as a delta from this one. Kept only if it speaks [`RECORD_DELTAS`].
+    holds: HashMap<PeerName, (u64, PeerUid)>,
 }
 
 impl Conn {
@@ -323,11 +324,12 @@ impl Conn {
         self.remote.version >= RECORD_DELTAS
     }
 
-    /// The neighbour holds `name`'s record at `version` at least.
-    fn saw(&mut self, name: PeerName, version: u64) {
+    /// The neighbour holds `r`'s version at least.
+    fn saw(&mut self, r: &PeerRecord) {
         if self.deltas() {
-            let v = self.holds.entry(name).or_insert(version);
-            *v = (*v).max(version);
+            let key = (r.version, r.uid);
+            let v = self.holds.entry(r.name).or_insert(key);
+            *v = (*v).max(key);
         }
     }
 }
@@ -862,7 +864,7 @@ impl Mesh {
         }
         if let Some(c) = self.conns.get_mut(&from) {
             for r in &records {
-                c.saw(r.name, r.version);
+                c.saw(r);
             }
             for n in &ask {
                 c.holds.remove(&PeerName::from_u64(*n).expect("checked above"));
@@ -1133,6 +1135,9 @@ impl Mesh {
             }
         }
         for &p in &removed {
+            for c in self.conns.values_mut() {
+                c.holds.remove(&p);
+            }
             self.events.push_back(MeshEvent::PeerRemoved(p));
             for s in self.channels.values_mut() {
                 s.channel.on_peer_removed(p);
@@ -1198,8 +1203,21 @@ impl Mesh {
         // messages.
         let mut due: BTreeMap<Vec<(PeerName, Option<u64>)>, Vec<ConnId>> = BTreeMap::new();
         for (&id, c) in &mut self.conns {
-            if !c.pending.is_empty() {
-                let items = std::mem::take(&mut c.pending).into_iter().map(|n| (n, c.holds.get(&n).copied())).collect();
+            // Not what the neighbour already holds (it sent it to us); a
+            // delta from what it holds of the same incarnation.
+            let topo = &self.topo;
+            let items: Vec<(PeerName, Option<u64>)> = std::mem::take(&mut c.pending)
+                .into_iter()
+                .filter_map(|n| {
+                    let r = topo.get(n)?;
+                    match c.holds.get(&n) {
+                        Some(&held) if held >= (r.version, r.uid) => None,
+                        Some(&(v, uid)) if uid == r.uid => Some((n, Some(v))),
+                        _ => Some((n, None)),
+                    }
+                })
+                .collect();
+            if !items.is_empty() {
                 due.entry(items).or_default().push(id);
             }
         }
@@ -1217,7 +1235,7 @@ impl Mesh {
             if let Some(conn) = self.conns.get_mut(c) {
                 for n in names.clone() {
                     if let Some(r) = self.topo.get(n) {
-                        conn.saw(n, r.version);
+                        conn.saw(r);
                     }
                 }
             }
@@ -1456,6 +1474,27 @@ mod tests {
         // each of them itself, so only 4 needs it from us.
         let r5 = record_msg(5, 1, vec![linked(1), linked(2), linked(3)]);
         m.handle_message(start + Duration::from_secs(1), 2, Body::Update(TopologyUpdate { records: vec![r5], deltas: Vec::new() }).into()).unwrap();
+        run_until(&mut m, start + Duration::from_secs(2));
+        let relayed: Vec<ConnId> =
+            updates(&drain(&mut m)).into_iter().filter(|(_, us)| us.iter().any(|u| u.records.iter().any(|r| r.name == 5))).map(|(c, _)| c).collect();
+        assert_eq!(relayed, vec![4]);
+    }
+
+    #[test]
+    fn a_record_is_not_relayed_to_a_neighbour_that_sent_us_that_version() {
+        let mut m = mesh(1);
+        let start = Instant::now();
+        for p in 2..=4 {
+            m.add_connection(start, p, remote(p, p, true)).unwrap();
+        }
+        run_until(&mut m, start + Duration::from_secs(1));
+        drain(&mut m);
+        // Peer 5's record reaches us from 2, and, before our window ends,
+        // the same version from 3.
+        let r5 = record_msg(5, 1, vec![linked(1)]);
+        let now = start + Duration::from_secs(1);
+        m.handle_message(now, 2, Body::Update(TopologyUpdate { records: vec![r5.clone()], deltas: Vec::new() }).into()).unwrap();
+        m.handle_message(now, 3, Body::Update(TopologyUpdate { records: vec![r5], deltas: Vec::new() }).into()).unwrap();
         run_until(&mut m, start + Duration::from_secs(2));
         let relayed: Vec<ConnId> =
             updates(&drain(&mut m)).into_iter().filter(|(_, us)| us.iter().any(|u| u.records.iter().any(|r| r.name == 5))).map(|(c, _)| c).collect();
