@@ -7,6 +7,7 @@ pub mod cni;
 pub mod control;
 pub mod docker;
 pub mod http;
+pub mod memory;
 pub mod plugin;
 pub mod proxy;
 pub mod router;

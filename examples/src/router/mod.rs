@@ -223,6 +223,11 @@ impl Router {
         };
         let mesh = builder.start().await?;
         tokio::spawn(follow_mesh(mesh.clone(), dp.clone()));
+        // After the mesh changes (a burst while a large mesh forms), give
+        // the memory it freed back (see `crate::memory`).
+        tokio::spawn(crate::memory::after_bursts(mesh.view(), Duration::from_secs(5), Duration::from_secs(60), || {
+            crate::memory::release_free_heap();
+        }));
         let ipam = cfg.ipalloc_range.map(|_| IpamService::new(mesh.clone()));
         let dns = names.map(|n| weave_dns::service::DnsService::new(mesh.clone(), n));
 
