@@ -1382,6 +1382,24 @@ mod tests {
         out
     }
 
+    /// A mesh linked to peers 2, 3 and 4 (connections 2, 3, 4) whose first
+    /// updates have gone out.
+    fn settled_with_peers_2_to_4() -> (Mesh, Instant) {
+        let mut m = mesh(1);
+        let start = Instant::now();
+        for p in 2..=4 {
+            m.add_connection(start, p, remote(p, p, true)).unwrap();
+        }
+        run_until(&mut m, start + Duration::from_secs(1));
+        drain(&mut m);
+        (m, start)
+    }
+
+    /// The connections that were sent peer `k`'s record in full.
+    fn sent_record_of(m: &mut Mesh, k: u64) -> Vec<ConnId> {
+        updates(&drain(m)).into_iter().filter(|(_, us)| us.iter().any(|u| u.records.iter().any(|r| r.name == k))).map(|(c, _)| c).collect()
+    }
+
     #[test]
     fn our_next_version_goes_as_a_delta_to_each_neighbour_holding_the_last() {
         let mut m = mesh(1);
@@ -1463,32 +1481,18 @@ mod tests {
 
     #[test]
     fn a_record_of_an_unreachable_peer_is_relayed_only_to_neighbours_it_does_not_list() {
-        let mut m = mesh(1);
-        let start = Instant::now();
-        for p in 2..=4 {
-            m.add_connection(start, p, remote(p, p, true)).unwrap();
-        }
-        run_until(&mut m, start + Duration::from_secs(1));
-        drain(&mut m);
+        let (mut m, start) = settled_with_peers_2_to_4();
         // Peer 5 joined with links to us, 2 and 3: it sends its record to
         // each of them itself, so only 4 needs it from us.
         let r5 = record_msg(5, 1, vec![linked(1), linked(2), linked(3)]);
         m.handle_message(start + Duration::from_secs(1), 2, Body::Update(TopologyUpdate { records: vec![r5], deltas: Vec::new() }).into()).unwrap();
         run_until(&mut m, start + Duration::from_secs(2));
-        let relayed: Vec<ConnId> =
-            updates(&drain(&mut m)).into_iter().filter(|(_, us)| us.iter().any(|u| u.records.iter().any(|r| r.name == 5))).map(|(c, _)| c).collect();
-        assert_eq!(relayed, vec![4]);
+        assert_eq!(sent_record_of(&mut m, 5), vec![4]);
     }
 
     #[test]
     fn a_record_is_not_relayed_to_a_neighbour_that_sent_us_that_version() {
-        let mut m = mesh(1);
-        let start = Instant::now();
-        for p in 2..=4 {
-            m.add_connection(start, p, remote(p, p, true)).unwrap();
-        }
-        run_until(&mut m, start + Duration::from_secs(1));
-        drain(&mut m);
+        let (mut m, start) = settled_with_peers_2_to_4();
         // Peer 5's record reaches us from 2, and, before our window ends,
         // the same version from 3.
         let r5 = record_msg(5, 1, vec![linked(1)]);
@@ -1496,9 +1500,7 @@ mod tests {
         m.handle_message(now, 2, Body::Update(TopologyUpdate { records: vec![r5.clone()], deltas: Vec::new() }).into()).unwrap();
         m.handle_message(now, 3, Body::Update(TopologyUpdate { records: vec![r5], deltas: Vec::new() }).into()).unwrap();
         run_until(&mut m, start + Duration::from_secs(2));
-        let relayed: Vec<ConnId> =
-            updates(&drain(&mut m)).into_iter().filter(|(_, us)| us.iter().any(|u| u.records.iter().any(|r| r.name == 5))).map(|(c, _)| c).collect();
-        assert_eq!(relayed, vec![4]);
+        assert_eq!(sent_record_of(&mut m, 5), vec![4]);
     }
 
     #[test]
