@@ -180,6 +180,13 @@ impl Drop for Lab {
         for ns in self.namespaces.drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
+        // WEAVE_SCALE_LOGS=DIR keeps each router's log (h1.log, ...) there.
+        if let Some(keep) = std::env::var_os("WEAVE_SCALE_LOGS").map(PathBuf::from) {
+            let _ = std::fs::create_dir_all(&keep);
+            for (i, s) in self.states.iter().enumerate() {
+                let _ = std::fs::copy(s.join("weave.log"), keep.join(format!("h{}.log", i + 1)));
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         for (k, v) in self.sysctls.drain(..) {
             let _ = std::fs::write(k, v);

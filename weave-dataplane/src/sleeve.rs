@@ -36,14 +36,26 @@ pub struct SleeveConfig {
     pub max_datagram: u16,
     /// Heartbeat interval once a path is up and its MTU known (default
     /// 10 s, as Weave Net's sleeve: at rest each heartbeat is a wake-up on
-    /// both ends, for every peer).
+    /// both ends, for every peer), with at most [`Self::flat_peers`] peers.
     pub heartbeat: Duration,
+    /// With more peers than this (default 32), the slow interval is
+    /// [`Self::heartbeat`] times ⌈peers ÷ this⌉, and the path timeout grows
+    /// with it: an idle router sends about as many heartbeats a second
+    /// whatever the size of the mesh. A peer with fewer peers, whose
+    /// heartbeats come more often, asks for acks when our echoes are slow
+    /// to come, as after any lost heartbeat.
+    pub flat_peers: usize,
+    /// The longest slow interval (default 60 s: UDP mappings in NATs and
+    /// stateful firewalls commonly last two minutes or more once both ways
+    /// have been seen).
+    pub max_heartbeat: Duration,
     /// Heartbeat interval while establishing a path or probing its MTU;
     /// doubled for each round the peer leaves unanswered, up to half the
     /// slow interval (a busy or unreachable peer is not flooded).
     pub fast_heartbeat: Duration,
     /// A sleeve path is down after this long without an answered heartbeat
-    /// (default 45 s, three rounds; Weave Net allows 60 s).
+    /// (default 45 s, three rounds; Weave Net allows 60 s), or as many
+    /// times longer as the slow interval is longer than [`Self::heartbeat`].
     pub path_timeout: Duration,
     /// The fast path to a peer is down after this long without its
     /// fast-path heartbeats (default 6 s).
@@ -73,6 +85,8 @@ impl SleeveConfig {
             port,
             max_datagram: 1472,
             heartbeat: Duration::from_secs(10),
+            flat_peers: 32,
+            max_heartbeat: Duration::from_secs(60),
             fast_heartbeat: Duration::from_millis(100),
             path_timeout: Duration::from_secs(45),
             timeout: Duration::from_secs(6),
@@ -747,7 +761,7 @@ impl Sleeve {
     }
 
     fn established(&self, now: Instant, p: &Peer) -> bool {
-        p.last_ack.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.path_timeout)
+        p.last_ack.is_some_and(|t| now.saturating_duration_since(t) < self.path_timeout())
     }
 
     fn drop(&mut self, r: DropReason) {
@@ -1222,6 +1236,24 @@ impl Sleeve {
         self.close(peer, i, encrypted, epoch, tx);
     }
 
+    /// The slow heartbeat interval with the peers we have now (see
+    /// [`SleeveConfig::flat_peers`]).
+    pub fn slow_heartbeat(&self) -> Duration {
+        let base = self.cfg.heartbeat;
+        let rounds = self.peers.len().div_ceil(self.cfg.flat_peers.max(1)).max(1);
+        base.saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX)).min(self.cfg.max_heartbeat.max(base))
+    }
+
+    /// How long a path stays up without proof that the peer hears us:
+    /// [`SleeveConfig::path_timeout`], scaled with the slow interval.
+    fn path_timeout(&self) -> Duration {
+        let base = self.cfg.heartbeat;
+        if base.is_zero() {
+            return self.cfg.path_timeout;
+        }
+        self.cfg.path_timeout.mul_f64((self.slow_heartbeat().as_secs_f64() / base.as_secs_f64()).max(1.0))
+    }
+
     /// When [`Self::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.peers.values().map(|p| p.next_beat).chain(self.next_expiry).min()
@@ -1235,7 +1267,9 @@ impl Sleeve {
         if !self.peers.values().any(|p| p.next_beat <= now) {
             return self.expire(now);
         }
-        let early = now + self.cfg.heartbeat / 2;
+        let slow = self.slow_heartbeat();
+        let path_timeout = self.path_timeout();
+        let early = now + slow / 2;
         let due: Vec<PeerName> = self.peers.iter().filter(|(_, p)| p.next_beat <= now || (p.next_beat <= early && p.slow)).map(|(n, _)| *n).collect();
         for n in due {
             let (fast, probe) = {
@@ -1262,7 +1296,7 @@ impl Sleeve {
                 // one or two rounds old (on a round clock both ends send at
                 // once, and the echo of a round's heartbeat often comes
                 // with the next round), so that is never stale.
-                let stale_after = (self.cfg.path_timeout / 2).max(self.cfg.heartbeat * 5 / 2);
+                let stale_after = (path_timeout / 2).max(slow * 5 / 2);
                 let stale = p.last_ack.is_none_or(|t| now.saturating_duration_since(t) >= stale_after);
                 (!est || !settled || rechecking || stale, (!settled || p.pmtu.verifying).then_some(p.pmtu.probe))
             };
@@ -1284,7 +1318,7 @@ impl Sleeve {
             // unanswered, they back off: under load, or towards a peer that
             // is not there, 100 ms rounds to every peer would feed the load.
             let gap = if !fast {
-                self.cfg.heartbeat
+                slow
             } else if p.answered {
                 self.cfg.fast_heartbeat
             } else {

@@ -256,6 +256,48 @@ fn an_idle_settled_path_is_acked_by_echoes_and_still_goes_down_when_cut() {
     }
 }
 
+/// Heartbeats among the captured datagrams sent by `from`.
+fn beats_from(net: &MemNet, from: u64) -> usize {
+    use weave_dataplane::wire::{Header, Kind};
+    net.captured().iter().filter_map(|d| Header::parse(d).ok()).filter(|h| h.kind == Kind::Heartbeat && h.sender == n(from)).count()
+}
+
+#[test]
+fn past_the_flat_count_slow_rounds_lengthen_and_a_hub_keeps_its_spokes() {
+    // A hub with four spokes, two peers' worth of heartbeats a round: the
+    // hub's rounds are 20 s and its path timeout 90 s; each spoke (one
+    // peer) keeps 10 s and 45 s.
+    let mut c = Cluster::with(5, &[(1, 2), (1, 3), (1, 4), (1, 5)], true, |cfg, _| cfg.flat_peers = 2);
+    assert_eq!(c.host(1).core().slow_heartbeat(), Duration::from_secs(20));
+    assert_eq!(c.host(2).core().slow_heartbeat(), Duration::from_secs(10));
+    c.run(Duration::from_secs(20));
+    c.net.capture();
+    for second in 0..180 {
+        c.run(Duration::from_secs(1));
+        assert!(c.all_established(true), "second {second}: {:?}", c.paths_now());
+    }
+    // Nine 20 s rounds to four peers, and a few fast ones.
+    let hub = beats_from(&c.net, 1);
+    assert!(hub <= 4 * 9 + 8, "the hub sent {hub} heartbeats in 180 s");
+    for spoke in 2..=5 {
+        let b = beats_from(&c.net, spoke);
+        assert!((18..=18 + 10).contains(&b), "spoke {spoke} sent {b} heartbeats in 180 s");
+    }
+
+    // A cut: the spoke notices within its 45 s, the hub only within 90 s.
+    c.net.set_cut(addr(1), addr(2), true);
+    c.run(Duration::from_secs(46));
+    let up = |c: &Cluster, host: u64, peer: u64| c.host(host).core().paths(c.now).iter().any(|p| p.peer == n(peer) && p.established);
+    assert!(!up(&c, 2, 1), "the spoke's path is down");
+    assert!(up(&c, 1, 2), "the hub allows 90 s");
+    c.run(Duration::from_secs(45));
+    assert!(!up(&c, 1, 2), "the hub's path is down");
+    assert!(up(&c, 1, 3) && up(&c, 3, 1), "the other spokes are unaffected");
+    c.net.set_cut(addr(1), addr(2), false);
+    c.run(Duration::from_secs(11));
+    assert!(c.all_established(true), "healed: {:?}", c.paths_now());
+}
+
 /// The 10 ms steps, over `d`, in which any datagram was sent.
 fn busy_steps(c: &mut Cluster, d: Duration) -> usize {
     let mut steps = 0;

@@ -101,7 +101,7 @@ impl HostilePeer {
     /// Messages the router sends within `wait` (a heartbeat goes out first,
     /// so the connection stays up); empty once the router closed it.
     pub async fn receive(&mut self, wait: Duration) -> std::io::Result<Vec<Envelope>> {
-        self.send(Body::Heartbeat(crate::proto::Heartbeat {})).await?;
+        self.send(Body::Heartbeat(crate::proto::Heartbeat::default())).await?;
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(read) = tokio::time::timeout_at(deadline, self.stream.read(&mut self.buf)).await {

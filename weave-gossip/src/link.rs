@@ -538,7 +538,7 @@ mod tests {
         assert_eq!(eb.nickname, "host1");
         assert_eq!(ea.conn_id, eb.conn_id);
         assert!(!ea.encrypted && ea.data_keys.is_none());
-        a.send(&Body::Heartbeat(Heartbeat {}).into()).unwrap();
+        a.send(&Body::Heartbeat(Heartbeat::default()).into()).unwrap();
         pump(&mut a, &mut b).1.unwrap();
         assert!(matches!(b.poll_event(), Some(LinkEvent::Message(_))));
     }
@@ -671,7 +671,7 @@ mod tests {
         let (mut a, mut b) = pair(with_password("pw"), with_password("pw"));
         let _ = pump(&mut a, &mut b);
         let _ = (established(&mut a), established(&mut b));
-        a.send(&Body::Heartbeat(Heartbeat {}).into()).unwrap();
+        a.send(&Body::Heartbeat(Heartbeat::default()).into()).unwrap();
         let mut wire = a.take_output();
         let last = wire.len() - 1;
         wire[last] ^= 1;

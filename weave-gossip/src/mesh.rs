@@ -39,6 +39,19 @@ pub type ConnId = u64;
 /// Most records one update message may carry.
 const MAX_RECORDS_PER_MESSAGE: usize = 10_000;
 
+/// The longest heartbeat interval a neighbour may announce (15 minutes).
+const MAX_PEER_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(900);
+
+/// How long a connection may stay silent: [`MeshConfig::read_timeout`],
+/// scaled by how much longer than ours the neighbour's heartbeat interval is.
+fn read_timeout(cfg: &MeshConfig, peer_interval: Duration) -> Duration {
+    if peer_interval <= cfg.heartbeat_interval || cfg.heartbeat_interval.is_zero() {
+        cfg.read_timeout
+    } else {
+        cfg.read_timeout.mul_f64(peer_interval.as_secs_f64() / cfg.heartbeat_interval.as_secs_f64())
+    }
+}
+
 /// Mesh settings; [`MeshConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -50,15 +63,28 @@ pub struct MeshConfig {
     /// Our UID for this start.
     pub uid: PeerUid,
     /// Heartbeat on every connection this often (default 30 s, as Weave
-    /// Net's mesh: at rest each heartbeat is a wake-up, one per peer).
+    /// Net's mesh: at rest each heartbeat is a wake-up, one per peer) while
+    /// we have at most [`Self::heartbeat_flat_peers`] connections.
     pub heartbeat_interval: Duration,
+    /// With more connections than this (default 32), the heartbeat interval
+    /// is [`Self::heartbeat_interval`] times ⌈connections ÷ this⌉, so an
+    /// idle router sends at most this many heartbeats per interval whatever
+    /// the size of the mesh. Each heartbeat tells its interval, and the
+    /// receiver allows two of them (as [`Self::read_timeout`] allows two
+    /// default ones): a large mesh notices a silently lost host later (a
+    /// router that stops closes its connections at once).
+    pub heartbeat_flat_peers: usize,
+    /// The longest heartbeat interval (default 240 s).
+    pub max_heartbeat_interval: Duration,
     /// The clock heartbeat rounds start on: peers whose clocks agree send
     /// theirs together, so an idle peer's wake-ups for them coalesce. `None`
     /// (the default; the tokio driver sets the system clock): rounds keep
     /// the phase of the first connection.
     pub round_clock: Option<weave_core::time::RoundClock>,
     /// Close a connection silent for this long (default 65 s: two
-    /// heartbeats lost; Weave Net allows 60 s).
+    /// heartbeats lost; Weave Net allows 60 s), or for as many times longer
+    /// as the neighbour's announced heartbeat interval is longer than
+    /// [`Self::heartbeat_interval`].
     pub read_timeout: Duration,
     /// Compare topology digests with one random neighbour this often,
     /// ±50 % jitter (default 5 s).
@@ -101,6 +127,8 @@ impl MeshConfig {
             nickname: nickname.into(),
             uid,
             heartbeat_interval: Duration::from_secs(30),
+            heartbeat_flat_peers: 32,
+            max_heartbeat_interval: Duration::from_secs(240),
             round_clock: None,
             read_timeout: Duration::from_secs(65),
             anti_entropy_interval: Duration::from_secs(5),
@@ -310,6 +338,8 @@ struct Conn {
     remote: RemotePeer,
     last_rx: Instant,
     next_heartbeat: Instant,
+    /// The neighbour's heartbeat interval, as its last heartbeat told.
+    peer_interval: Duration,
     /// Peers whose records this neighbour gets at the next update.
     pending: BTreeSet<PeerName>,
     /// The version (and incarnation) of each peer's record this neighbour
@@ -654,7 +684,8 @@ impl Mesh {
         }
         self.by_peer.insert(remote.name, conn);
         let next_heartbeat = weave_core::time::next_round(self.cfg.round_clock.as_ref(), now, self.cfg.heartbeat_interval);
-        self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat, pending: BTreeSet::new(), holds: HashMap::new() });
+        let peer_interval = self.cfg.heartbeat_interval;
+        self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat, peer_interval, pending: BTreeSet::new(), holds: HashMap::new() });
         self.conn_deadline = Some(self.conn_deadline.map_or(next_heartbeat, |t| t.min(next_heartbeat)));
         self.conn_epoch += 1;
         self.our_connections_changed(now);
@@ -757,7 +788,15 @@ impl Mesh {
         self.stats.msgs_in += 1;
         let result = match msg.body {
             None => Err(ProtocolError::Malformed("empty message")),
-            Some(Body::Heartbeat(_)) => Ok(()),
+            Some(Body::Heartbeat(h)) => {
+                // Older peers do not tell theirs; a hostile one gains nothing
+                // from a long one but a connection it could keep alive anyway.
+                c.peer_interval = match h.interval_ms {
+                    0 => self.cfg.heartbeat_interval,
+                    ms => Duration::from_millis(u64::from(ms)).min(MAX_PEER_HEARTBEAT_INTERVAL),
+                };
+                Ok(())
+            }
             Some(Body::Update(u)) => self.on_update(now, conn, u),
             Some(Body::Digest(d)) => {
                 let (sum, count) = self.topo.digest();
@@ -1033,31 +1072,44 @@ impl Mesh {
         }
     }
 
+    /// Our heartbeat interval with the connections we have now (see
+    /// [`MeshConfig::heartbeat_flat_peers`]). A connection's next heartbeat
+    /// is set when one goes, at the interval that heartbeat announced, so a
+    /// neighbour never waits longer than it was told.
+    pub fn heartbeat_interval(&self) -> Duration {
+        let base = self.cfg.heartbeat_interval;
+        let rounds = self.conns.len().div_ceil(self.cfg.heartbeat_flat_peers.max(1)).max(1);
+        base.saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX)).min(self.cfg.max_heartbeat_interval.max(base))
+    }
+
     /// Timers: heartbeats, read timeouts, coalesced recalculation,
     /// anti-entropy and channel gossip.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut dead = Vec::new();
         let mut beat = Vec::new();
         let any_due = self.conns.values().any(|c| now >= c.next_heartbeat);
+        let interval = self.heartbeat_interval();
         // Heartbeats due within the next half interval go with those due
         // now: connections fall into step, and an idle router wakes once
         // per interval for all of them.
-        let early = now + self.cfg.heartbeat_interval / 2;
+        let early = now + interval / 2;
         let mut deadline: Option<Instant> = None;
         for (&id, c) in &mut self.conns {
-            if now >= c.last_rx + self.cfg.read_timeout {
+            let silent_until = c.last_rx + read_timeout(&self.cfg, c.peer_interval);
+            if now >= silent_until {
                 dead.push(id);
                 continue;
             } else if any_due && early >= c.next_heartbeat {
-                c.next_heartbeat = weave_core::time::next_round(self.cfg.round_clock.as_ref(), now, self.cfg.heartbeat_interval);
+                c.next_heartbeat = weave_core::time::next_round(self.cfg.round_clock.as_ref(), now, interval);
                 beat.push(id);
             }
-            let due = c.next_heartbeat.min(c.last_rx + self.cfg.read_timeout);
+            let due = c.next_heartbeat.min(silent_until);
             deadline = Some(deadline.map_or(due, |t| t.min(due)));
         }
         self.conn_deadline = deadline;
+        let interval_ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
         for id in beat {
-            self.send(id, Body::Heartbeat(Heartbeat {}));
+            self.send(id, Body::Heartbeat(Heartbeat { interval_ms }));
         }
         for id in dead {
             self.drop_conn(id);
@@ -1524,13 +1576,89 @@ mod tests {
                 }
             }
             for c in [2, 3] {
-                m.handle_message(now, c, Body::Heartbeat(Heartbeat {}).into()).unwrap();
+                m.handle_message(now, c, Body::Heartbeat(Heartbeat::default()).into()).unwrap();
             }
         }
         // Each first at the boundary at least half a round after it came up
         // (18 s and 48 s), then together on every boundary.
         let at = |s: u64| Duration::from_secs(s);
         assert_eq!(sent_at, vec![(at(18), 2), (at(48), 2), (at(48), 3), (at(78), 2), (at(78), 3)]);
+    }
+
+    /// Heartbeats each connection sends in the first `secs` seconds, with
+    /// the interval each announced, while every neighbour keeps talking.
+    fn heartbeats_over(m: &mut Mesh, conns: &[ConnId], start: Instant, secs: u64) -> BTreeMap<ConnId, Vec<(Duration, u32)>> {
+        let mut sent: BTreeMap<ConnId, Vec<(Duration, u32)>> = BTreeMap::new();
+        let mut now = start;
+        while now < start + Duration::from_secs(secs) {
+            now = m.poll_timeout().unwrap().max(now + Duration::from_millis(1));
+            m.handle_timeout(now);
+            for t in drain(m) {
+                if let Some(Body::Heartbeat(h)) = &t.msg.body {
+                    sent.entry(t.conn).or_default().push((now - start, h.interval_ms));
+                }
+            }
+            for &c in conns {
+                m.handle_message(now, c, Body::Heartbeat(Heartbeat::default()).into()).unwrap();
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn heartbeats_slow_down_past_the_flat_count_and_tell_their_interval() {
+        for (peers, interval) in [(20u64, 30u64), (64, 60), (200, 210)] {
+            let mut m = mesh(1);
+            let start = Instant::now();
+            let conns: Vec<ConnId> = (2..peers + 2).collect();
+            for &c in &conns {
+                m.add_connection(start, c, remote(c, c, true)).unwrap();
+            }
+            drain(&mut m);
+            assert_eq!(m.heartbeat_interval(), Duration::from_secs(interval));
+            let sent = heartbeats_over(&mut m, &conns, start, 900);
+            assert_eq!(sent.len(), conns.len(), "{peers} peers: every connection has heartbeats");
+            for (c, beats) in &sent {
+                // The first within the default interval (the neighbour has
+                // not been told ours yet), then one per announced interval.
+                assert!(beats[0].0 <= Duration::from_secs(30), "{peers} peers, conn {c}: {beats:?}");
+                for w in beats.windows(2) {
+                    assert!(w[1].0 - w[0].0 <= Duration::from_millis(u64::from(w[0].1)), "{peers} peers, conn {c}: {beats:?}");
+                }
+                assert!(beats.iter().all(|b| b.1 == interval as u32 * 1000), "{peers} peers, conn {c}: {beats:?}");
+            }
+            // At most 32 heartbeats per 30 s, whatever the number of peers
+            // (and the first round at the default interval).
+            let total: usize = sent.values().map(Vec::len).sum();
+            let bound = peers as usize + 32 * 900 / 30;
+            assert!(total <= bound, "{peers} peers: {total} heartbeats in 900 s, bound {bound}");
+        }
+    }
+
+    #[test]
+    fn a_neighbour_is_timed_out_after_two_of_its_announced_intervals() {
+        let mut m = mesh(1);
+        let start = Instant::now();
+        m.add_connection(start, 2, remote(2, 2, true)).unwrap();
+        m.add_connection(start, 3, remote(3, 3, true)).unwrap();
+        // 2 announces 120 s (four times the default), 3 nothing (an older
+        // peer: the default 30 s).
+        m.handle_message(start, 2, Body::Heartbeat(Heartbeat { interval_ms: 120_000 }).into()).unwrap();
+        m.handle_message(start, 3, Body::Heartbeat(Heartbeat::default()).into()).unwrap();
+        let closed = |m: &mut Mesh| -> Vec<ConnId> {
+            std::iter::from_fn(|| m.poll_event())
+                .filter_map(|e| match e {
+                    MeshEvent::CloseConnection { conn, reason: CloseReason::Timeout } => Some(conn),
+                    _ => None,
+                })
+                .collect()
+        };
+        run_until(&mut m, start + Duration::from_secs(66));
+        assert_eq!(closed(&mut m), vec![3], "the default read timeout is 65 s");
+        run_until(&mut m, start + Duration::from_secs(259));
+        assert_eq!(closed(&mut m), Vec::<ConnId>::new(), "4 × 65 s not yet over");
+        run_until(&mut m, start + Duration::from_secs(261));
+        assert_eq!(closed(&mut m), vec![2]);
     }
 
     #[test]

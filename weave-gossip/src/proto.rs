@@ -61,7 +61,14 @@ pub struct PeerRecordMsg {
 
 /// Keep-alive; proves the connection is alive when nothing else flows.
 #[derive(Clone, PartialEq, Message)]
-pub struct Heartbeat {}
+pub struct Heartbeat {
+    /// The sender's heartbeat interval, in milliseconds: its next heartbeat
+    /// comes within this, so the receiver times the connection out only
+    /// after two of them are missed. 0 (peers before this field): the
+    /// receiver's own configured interval.
+    #[prost(uint32, tag = "1")]
+    pub interval_ms: u32,
+}
 
 /// A record version told as its change from an earlier version of the same
 /// incarnation that the receiver is believed to hold (protocol version 2):

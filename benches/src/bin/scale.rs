@@ -5,9 +5,11 @@
 //!
 //! `cargo build --release -p weave-examples -p weave-benches && target/release/scale [N...] [--password N] [--idle SECS] [--conn-limit L]`
 //!
-//! Defaults: N = 25 50 100 200, and 100 with `--password`; 30 s idle. With
-//! `--conn-limit` below N-1 there is no full mesh: the time is until every
-//! router reaches every other peer.
+//! Defaults: N = 25 50 100 200, and 100 with `--password`; 120 s idle (past
+//! 32 peers heartbeat rounds lengthen, up to 60 s in the sleeve: a shorter
+//! window may hold no round at all). With `--conn-limit` below N-1 there is
+//! no full mesh: the time is until every router reaches every other peer.
+//! `WEAVE_SCALE_LOGS=DIR` keeps each router's log there.
 
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use weave_benches::scale::{run, stop_on_signals, weave_binary, ScaleConfig};
 fn main() {
     let mut ns = Vec::new();
     let mut with_password = Vec::new();
-    let mut idle = Duration::from_secs(30);
+    let mut idle = Duration::from_secs(120);
     let mut conn_limit = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
