@@ -152,6 +152,10 @@ impl Channel for DnsChannel {
         self.dns.full_state(now)
     }
 
+    fn digest_state(&mut self, _now: Instant) -> Vec<Vec<u8>> {
+        vec![self.dns.entries_state()]
+    }
+
     fn on_peer_removed(&mut self, peer: PeerName) {
         self.dns.peer_gone(peer);
         self.stale = true;

@@ -50,6 +50,13 @@ pub trait Channel: std::any::Any + Send {
     /// or more messages (each within the message bound); empty if none. A
     /// persistent channel gives its last *saved* state here.
     fn full_state(&mut self, now: Instant) -> Vec<Vec<u8>>;
+    /// What channel anti-entropy hashes to compare with a neighbour's
+    /// digest: the same bytes wherever the state holds the same data. The
+    /// default is [`Channel::full_state`]; a channel whose full state
+    /// carries more (the sender's clock, say) gives its data alone.
+    fn digest_state(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        self.full_state(now)
+    }
     /// A peer left the topology: drop what only it owned, if anything.
     fn on_peer_removed(&mut self, _peer: PeerName) {}
     /// A peer joined (or rejoined) the topology, with the key its record

@@ -29,7 +29,10 @@ use weave_core::{PeerName, PeerUid};
 use crate::channel::{BoxError, Channel, Held, Output, Slot, Slots};
 use crate::identity::{Identity, PeerKey};
 use crate::link::{Established, MAX_MESSAGE_LEN};
-use crate::proto::{Body, ChannelMsg, Envelope, Heartbeat, Referral, TopologyBuckets, TopologyDigest, TopologyRequest, TopologyUpdate, TopologyVersions};
+use crate::proto::{
+    Body, ChannelDigest, ChannelDigests, ChannelMsg, Envelope, Heartbeat, Referral, TopologyBuckets, TopologyDigest, TopologyRequest, TopologyUpdate,
+    TopologyVersions,
+};
 use crate::routes::Routes;
 use crate::topology::{ConnectionInfo, InvalidRecord, PeerRecord, Topology, BUCKETS};
 
@@ -171,6 +174,25 @@ pub struct RemotePeer {
 /// The protocol version from which peers send each other record changes
 /// as deltas ([`crate::proto::RecordDeltaMsg`]).
 pub const RECORD_DELTAS: u8 = 2;
+
+/// The protocol version from which channel anti-entropy compares digests
+/// ([`crate::proto::ChannelDigests`]) before sending any full state.
+pub const CHANNEL_DIGESTS: u8 = 3;
+
+/// Most channels one [`ChannelDigests`] may name.
+const MAX_DIGESTED_CHANNELS: usize = 64;
+
+/// A channel's full state, hashed (16 bytes of BLAKE2s): equal states give
+/// equal digests, so at rest anti-entropy sends only these.
+fn channel_sum(states: &[Vec<u8>]) -> Vec<u8> {
+    use blake2::{Blake2s256, Digest};
+    let mut h = Blake2s256::new();
+    for s in states {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s);
+    }
+    h.finalize()[..16].to_vec()
+}
 
 impl RemotePeer {
     /// From a completed handshake and the address it is reachable at.
@@ -332,6 +354,8 @@ pub struct MeshStats {
     pub unknown_channel: u64,
     /// Newer peer records refused: not signed by the key of their name.
     pub records_refused: u64,
+    /// Full channel states sent because a neighbour's digest differed.
+    pub channel_states_sent: u64,
 }
 
 struct Conn {
@@ -708,6 +732,53 @@ impl Mesh {
         }
     }
 
+    /// One round of channel anti-entropy with `conn`: digests to a peer
+    /// that compares them, full states to an older one.
+    fn channel_anti_entropy(&mut self, now: Instant, conn: ConnId) {
+        if self.conns.get(&conn).is_none_or(|c| c.remote.version < CHANNEL_DIGESTS) {
+            return self.send_channel_states(now, conn);
+        }
+        let channels: Vec<ChannelDigest> =
+            self.channels.iter_mut().map(|(n, s)| ChannelDigest { channel: n.clone(), sum: channel_sum(&s.channel.digest_state(now)) }).collect();
+        if !channels.is_empty() {
+            self.send(conn, Body::ChannelDigests(ChannelDigests { channels, reply: false }));
+        }
+    }
+
+    /// A neighbour's channel digests: our full state of each channel that
+    /// differs, and (unless this is an answer) our digests of those.
+    fn on_channel_digests(&mut self, now: Instant, conn: ConnId, d: ChannelDigests) -> Result<(), ProtocolError> {
+        if d.channels.len() > MAX_DIGESTED_CHANNELS || d.channels.iter().any(|c| c.sum.len() > 64) {
+            return Err(ProtocolError::Malformed("channel digests"));
+        }
+        let me = self.cfg.name.as_u64();
+        let mut answer = Vec::new();
+        for theirs in d.channels {
+            let Some(slot) = self.channels.get_mut(&theirs.channel) else {
+                if !d.reply {
+                    answer.push(ChannelDigest { channel: theirs.channel, sum: Vec::new() });
+                }
+                continue;
+            };
+            let sum = channel_sum(&slot.channel.digest_state(now));
+            if sum == theirs.sum {
+                continue;
+            }
+            let states = slot.channel.full_state(now);
+            self.stats.channel_states_sent += states.len() as u64;
+            for data in states {
+                self.send(conn, Body::Gossip(ChannelMsg { channel: theirs.channel.clone(), src: me, dst: 0, data }));
+            }
+            if !d.reply {
+                answer.push(ChannelDigest { channel: theirs.channel, sum });
+            }
+        }
+        if !answer.is_empty() {
+            self.send(conn, Body::ChannelDigests(ChannelDigests { channels: answer, reply: true }));
+        }
+        Ok(())
+    }
+
     /// A connection ended (closed by either side, or by a `CloseConnection`
     /// event). Unknown ids are ignored.
     pub fn remove_connection(&mut self, now: Instant, conn: ConnId) {
@@ -857,6 +928,7 @@ impl Mesh {
                 Ok(())
             }
             Some(Body::Gossip(m)) => self.on_gossip(now, conn, m),
+            Some(Body::ChannelDigests(d)) => self.on_channel_digests(now, conn, d),
             Some(Body::Broadcast(m)) => self.on_broadcast(now, conn, m),
             Some(Body::Unicast(m)) => self.on_unicast(now, conn, m),
             Some(Body::Referral(r)) => {
@@ -1151,7 +1223,7 @@ impl Mesh {
         if now >= self.next_channel_gossip {
             self.next_channel_gossip = now + jittered(&mut self.rng, self.cfg.channel_gossip_interval);
             if let Some(&c) = self.conns.keys().choose(&mut self.rng) {
-                self.send_channel_states(now, c);
+                self.channel_anti_entropy(now, c);
             }
         }
         self.flush(now);
@@ -1659,6 +1731,125 @@ mod tests {
         assert_eq!(closed(&mut m), Vec::<ConnId>::new(), "4 × 65 s not yet over");
         run_until(&mut m, start + Duration::from_secs(261));
         assert_eq!(closed(&mut m), vec![2]);
+    }
+
+    /// A grow-only set of numbers as a channel.
+    #[derive(Default)]
+    struct Numbers(BTreeSet<u64>);
+
+    impl Numbers {
+        fn encode(items: impl IntoIterator<Item = u64>) -> Vec<u8> {
+            items.into_iter().flat_map(u64::to_le_bytes).collect()
+        }
+    }
+
+    impl crate::channel::Channel for Numbers {
+        fn on_gossip(&mut self, _: Instant, _: PeerName, update: &[u8]) -> Result<Option<Vec<u8>>, crate::channel::BoxError> {
+            let new: Vec<u64> = update.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).filter(|v| self.0.insert(*v)).collect();
+            Ok((!new.is_empty()).then(|| Self::encode(new)))
+        }
+        fn on_broadcast(&mut self, _: Instant, _: PeerName, _: &[u8]) -> Result<(), crate::channel::BoxError> {
+            Ok(())
+        }
+        fn on_unicast(&mut self, _: Instant, _: PeerName, _: &[u8]) -> Result<(), crate::channel::BoxError> {
+            Ok(())
+        }
+        fn full_state(&mut self, _: Instant) -> Vec<Vec<u8>> {
+            if self.0.is_empty() {
+                Vec::new()
+            } else {
+                vec![Self::encode(self.0.iter().copied())]
+            }
+        }
+    }
+
+    /// Deliver everything `a` (conn 10 to `b`) and `b` (conn 20 to `a`)
+    /// send until both are quiet; the channel states and digests that
+    /// crossed, as (from, kind).
+    fn pump(a: &mut Mesh, b: &mut Mesh, now: Instant) -> Vec<(u64, &'static str)> {
+        let mut crossed = Vec::new();
+        loop {
+            let mut moved = false;
+            for (from, to, conn) in [(1u64, 0usize, 20), (2, 1, 10)] {
+                let (src, dst) = if to == 0 { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
+                while let Some(t) = src.poll_transmit() {
+                    moved = true;
+                    match &t.msg.body {
+                        Some(Body::Gossip(m)) if m.channel == "numbers" => crossed.push((from, "state")),
+                        Some(Body::ChannelDigests(d)) => crossed.push((from, if d.reply { "reply" } else { "digests" })),
+                        _ => {}
+                    }
+                    dst.handle_message(now, conn, (*t.msg).clone()).unwrap();
+                }
+            }
+            if !moved {
+                return crossed;
+            }
+        }
+    }
+
+    fn numbers(m: &Mesh) -> Vec<u64> {
+        m.channel::<Numbers>("numbers").unwrap().0.iter().copied().collect()
+    }
+
+    #[test]
+    fn channel_anti_entropy_sends_full_states_only_where_digests_differ() {
+        for version in [crate::link::PROTOCOL_MAX, RECORD_DELTAS] {
+            let now = Instant::now();
+            let (mut a, mut b) = (mesh(1), mesh(2));
+            for m in [&mut a, &mut b] {
+                m.register_channel("numbers", Box::new(Numbers([1, 2, 3].into())));
+            }
+            a.add_connection(now, 10, RemotePeer { version, ..remote(2, 10, true) }).unwrap();
+            b.add_connection(now, 20, RemotePeer { version, ..remote(1, 20, false) }).unwrap();
+            pump(&mut a, &mut b, now);
+            // Each learns of the other: full states to a few neighbours.
+            let t0 = now + Duration::from_secs(1);
+            a.handle_timeout(t0);
+            b.handle_timeout(t0);
+            pump(&mut a, &mut b, t0);
+
+            // At rest, a round (every 15 to 45 s) sends only digests.
+            let t1 = now + Duration::from_secs(46);
+            a.handle_timeout(t1);
+            let crossed = pump(&mut a, &mut b, t1);
+            if version < CHANNEL_DIGESTS {
+                assert_eq!(crossed, vec![(1, "state")], "an older peer gets the full state");
+                continue;
+            }
+            assert_eq!(crossed, vec![(1, "digests")]);
+
+            // Each holds a number the other lacks: one state each way.
+            a.channel_mut::<Numbers>("numbers").unwrap().0.insert(4);
+            b.channel_mut::<Numbers>("numbers").unwrap().0.insert(5);
+            let t2 = t1 + Duration::from_secs(46);
+            a.handle_timeout(t2);
+            let crossed = pump(&mut a, &mut b, t2);
+            assert_eq!(crossed, vec![(1, "digests"), (2, "state"), (2, "reply"), (1, "state")]);
+            assert_eq!(numbers(&a), vec![1, 2, 3, 4, 5]);
+            assert_eq!(numbers(&b), vec![1, 2, 3, 4, 5]);
+            assert_eq!(a.stats().channel_states_sent + b.stats().channel_states_sent, 2);
+
+            // Only the receiver lacks something: its state is not needed,
+            // but it cannot know that; the answer stops there.
+            a.channel_mut::<Numbers>("numbers").unwrap().0.insert(6);
+            let t3 = t2 + Duration::from_secs(46);
+            a.handle_timeout(t3);
+            let crossed = pump(&mut a, &mut b, t3);
+            assert_eq!(crossed, vec![(1, "digests"), (2, "state"), (2, "reply"), (1, "state")]);
+            assert_eq!(numbers(&b), vec![1, 2, 3, 4, 5, 6]);
+
+            // A neighbour without the channel answers with an empty digest,
+            // and gets the state to pass on.
+            let t4 = t3 + Duration::from_secs(46);
+            b.channels.clear();
+            a.handle_timeout(t4);
+            assert_eq!(pump(&mut a, &mut b, t4), vec![(1, "digests"), (2, "reply"), (1, "state")]);
+
+            // Digests naming too many channels close the connection.
+            let many = (0..=MAX_DIGESTED_CHANNELS).map(|i| ChannelDigest { channel: format!("c{i}"), sum: Vec::new() }).collect();
+            assert!(a.handle_message(t4, 10, Body::ChannelDigests(ChannelDigests { channels: many, reply: false }).into()).is_err());
+        }
     }
 
     #[test]

@@ -166,6 +166,31 @@ pub struct ChannelMsg {
     pub data: Vec<u8>,
 }
 
+/// Channel anti-entropy (protocol version 3): a digest of each channel's
+/// full state. The receiver sends its full state of each channel whose
+/// digest differs, and answers with its own digests of those (`reply`), so
+/// the sender sends its state too; a channel the receiver does not hold is
+/// answered with an empty digest, and the sender's state passes through it
+/// as any gossip does. At rest nothing but the digests crosses.
+#[derive(Clone, PartialEq, Message)]
+pub struct ChannelDigests {
+    #[prost(message, repeated, tag = "1")]
+    pub channels: Vec<ChannelDigest>,
+    /// An answer to digests that differed: not answered again.
+    #[prost(bool, tag = "2")]
+    pub reply: bool,
+}
+
+/// One channel's digest in [`ChannelDigests`].
+#[derive(Clone, PartialEq, Message)]
+pub struct ChannelDigest {
+    #[prost(string, tag = "1")]
+    pub channel: String,
+    /// A hash of the channel's full state (empty: not held).
+    #[prost(bytes = "vec", tag = "2")]
+    pub sum: Vec<u8>,
+}
+
 /// Sent instead of anything else by a router at its connection limit,
 /// which then closes the connection: listen addresses of other peers, the
 /// least connected first, for the dialer to try instead.
@@ -198,12 +223,14 @@ pub enum Body {
     Unicast(ChannelMsg),
     #[prost(message, tag = "10")]
     Referral(Referral),
+    #[prost(message, tag = "11")]
+    ChannelDigests(ChannelDigests),
 }
 
 /// One protocol message.
 #[derive(Clone, PartialEq, Message)]
 pub struct Envelope {
-    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub body: Option<Body>,
 }
 

@@ -5,12 +5,17 @@
 //! one peer's record per window share, runs its timers and sends ours; the
 //! table gives the CPU time per version received (decoding and the
 //! signature check apart, for whole records), the CPU a router spends per
-//! second at that rate, and what it sends. "record" is the first protocol
-//! version (every version in full), "delta" the second (changes only).
+//! second at that rate, what it sends, and the heap the mesh holds at the
+//! end (its live allocations, counted by an instrumented allocator: the
+//! topology of the full mesh and the state of N - 1 connections; sockets,
+//! buffers and the data plane are not in it). "record" is the first
+//! protocol version (every version in full), "delta" the second (changes
+//! only).
 //!
 //! `cargo build --release -p weave-benches --bin gossip && target/release/gossip [N...]`
 //! (default N = 50 100 200).
 
+use std::alloc::System;
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -20,6 +25,16 @@ use weave_gossip::identity::Identity;
 use weave_gossip::mesh::{Mesh, MeshConfig, RemotePeer, UPDATE_DELAY_PER_CONN};
 use weave_gossip::proto::{Body, Envelope, TopologyUpdate};
 use weave_gossip::topology::{ConnectionInfo, PeerRecord, Topology};
+
+#[global_allocator]
+static GLOBAL: &stats_alloc::StatsAlloc<System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+/// Live heap: bytes and allocations.
+fn live() -> (isize, isize) {
+    let s = GLOBAL.stats();
+    let bytes = s.bytes_allocated as isize - s.bytes_deallocated as isize + s.bytes_reallocated;
+    (bytes, s.allocations as isize - s.deallocations as isize)
+}
 
 /// Versions of every peer's record fed in.
 const ROUNDS: u64 = 20;
@@ -41,6 +56,8 @@ struct Row {
     bytes_per_version: usize,
     cpu_ms_per_s: f64,
     sent_kb_per_s: f64,
+    /// The mesh's live heap at the end: bytes, allocations.
+    heap: (isize, isize),
 }
 
 fn remote(p: u64, version: u8) -> RemotePeer {
@@ -143,6 +160,9 @@ fn run(n: u64, deltas: bool) -> Row {
         }
     }
     let check_us = if deltas { f64::NAN } else { t2.elapsed().as_secs_f64() * 1e6 / received as f64 - decode_us };
+    let with_mesh = live();
+    drop(mesh);
+    let heap = (with_mesh.0 - live().0, with_mesh.1 - live().1);
     Row {
         n,
         deltas,
@@ -152,27 +172,30 @@ fn run(n: u64, deltas: bool) -> Row {
         bytes_per_version,
         cpu_ms_per_s: total.as_secs_f64() * 1e3 / simulated,
         sent_kb_per_s: sent_per_s / 1e3,
+        heap,
     }
 }
 
 fn main() {
     let ns: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("N is a number")).collect();
     let ns = if ns.is_empty() { vec![50, 100, 200] } else { ns };
-    println!("| N | sent as | bytes per version | µs per version received | of which decode | of which check | CPU ms per s, one router (every peer's version once per window) | kB/s sent |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| N | sent as | bytes per version | µs per version received | of which decode | of which check | CPU ms per s, one router (every peer's version once per window) | kB/s sent | mesh heap MB (allocations) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for n in ns {
         for deltas in [false, true] {
             let r = run(n, deltas);
             println!(
-                "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+                "| {} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.0} | {:.2} ({}) |",
                 r.n,
                 if r.deltas { "delta" } else { "record" },
                 r.bytes_per_version,
                 r.per_version_us,
                 r.decode_us,
-                r.check_us,
+                if r.check_us.is_nan() { "—".to_owned() } else { format!("{:.1}", r.check_us) },
                 r.cpu_ms_per_s,
-                r.sent_kb_per_s
+                r.sent_kb_per_s,
+                r.heap.0 as f64 / 1e6,
+                r.heap.1
             );
         }
     }
