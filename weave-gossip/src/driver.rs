@@ -63,7 +63,8 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 /// kernel's socket buffer holds far more than this; it only needs to keep
 /// that buffer fed.
 const OUTPUT_HIGH_WATER: usize = 64 << 10;
-/// Inbound handshakes in progress at most.
+/// Inbound handshakes in progress at most: the accept loop waits for one
+/// to end before accepting more.
 const MAX_INBOUND_HANDSHAKES: usize = 64;
 /// Inbound handshake failures remembered for status.
 const FAILURES_KEPT: usize = 16;
@@ -367,6 +368,7 @@ impl MeshBuilder {
             local,
             cmd: cmd_tx.downgrade(),
             inbound: AtomicUsize::new(0),
+            handshake_ended: tokio::sync::Notify::new(),
             inbound_bytes: Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES)),
             next_conn: AtomicUsize::new(1),
             cfg: cfg.clone(),
@@ -551,6 +553,8 @@ struct Shared {
     cmd: mpsc::WeakSender<Cmd>,
     /// Accepted connections still in their handshake.
     inbound: AtomicUsize,
+    /// Told when one of those ends (see [`MAX_INBOUND_HANDSHAKES`]).
+    handshake_ended: tokio::sync::Notify,
     /// See [`INBOUND_BYTES`].
     inbound_bytes: Arc<tokio::sync::Semaphore>,
     next_conn: AtomicUsize,
@@ -635,6 +639,7 @@ impl Driver {
             Cmd::Established { conn, info, socket, target, link, reply } => {
                 if target.is_none() {
                     self.shared.inbound.fetch_sub(1, Ordering::Relaxed);
+                    self.shared.handshake_ended.notify_one();
                 }
                 let address = match &target {
                     Some(t) => t.clone(),
@@ -679,6 +684,7 @@ impl Driver {
                     Some(t) => self.node.handle_dial_failed(now, t, reason, false),
                     None => {
                         self.shared.inbound.fetch_sub(1, Ordering::Relaxed);
+                        self.shared.handshake_ended.notify_one();
                         self.remember_failure(socket.map(|s| s.to_string()).unwrap_or_default(), reason);
                     }
                 }
@@ -933,6 +939,16 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut global = Bucket { tokens: burst, last: Instant::now() };
     let mut sources: HashMap<std::net::IpAddr, Bucket> = HashMap::new();
     loop {
+        // Handshakes in progress have a budget of their own: half-open
+        // connections must not crowd out established peers. At the budget
+        // no more are accepted until one ends; the kernel's listen backlog
+        // holds the dialers meanwhile (their handshakes wait, within their
+        // timeout). Refusing them instead had each back off and retry:
+        // when 199 routers discovered the last of a 200-router mesh at
+        // once, its last links took minutes to come up.
+        while shared.inbound.load(Ordering::Relaxed) >= MAX_INBOUND_HANDSHAKES {
+            shared.handshake_ended.notified().await;
+        }
         let (stream, socket) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -956,15 +972,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             tracing::warn!(%socket, "refusing connection: accept rate limit");
             continue;
         }
-        // Handshakes in progress have a budget of their own: half-open
-        // connections must not crowd out established peers. At the
-        // connection limit the handshake still runs: the node then refers
-        // the peer to others (see `Node::handle_established`).
-        let handshaking = shared.inbound.load(Ordering::Relaxed);
-        if handshaking >= MAX_INBOUND_HANDSHAKES {
-            tracing::warn!(%socket, handshaking, "refusing connection: too many handshakes under way");
-            continue;
-        }
+        // At the connection limit the handshake still runs: the node then
+        // refers the peer to others (see `Node::handle_established`).
         shared.inbound.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(run_connection(stream, socket, Role::Responder, None, shared.clone()));
     }

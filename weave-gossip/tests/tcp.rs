@@ -20,10 +20,11 @@ struct Opts {
     discovery: bool,
     versions: (u8, u8),
     conn_limit: usize,
+    handshake_timeout: Duration,
 }
 
 fn opts(name: u64) -> Opts {
-    Opts { name, uid: 1000 + name, password: None, discovery: false, versions: (1, 1), conn_limit: 200 }
+    Opts { name, uid: 1000 + name, password: None, discovery: false, versions: (1, 1), conn_limit: 200, handshake_timeout: Duration::from_secs(5) }
 }
 
 async fn start(o: Opts) -> MeshHandle {
@@ -34,6 +35,7 @@ async fn start(o: Opts) -> MeshHandle {
     let mut cfg = DriverConfig::new(m, "127.0.0.1:0".parse().unwrap());
     cfg.conn_maker.discovery = o.discovery;
     cfg.conn_maker.conn_limit = o.conn_limit;
+    cfg.handshake_timeout = o.handshake_timeout;
     cfg.conn_maker.backoff_initial = Duration::from_millis(100);
     cfg.conn_maker.backoff_max = Duration::from_millis(500);
     (cfg.link.min_version, cfg.link.max_version) = o.versions;
@@ -410,6 +412,33 @@ async fn a_connect_flood_from_one_address_does_not_keep_a_peer_out() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let opened = flood.await.unwrap();
     assert!(opened > 100, "the flood opened {opened} connections");
+}
+
+/// At its budget of handshakes under way (64) a router stops accepting
+/// until one ends, rather than refusing: a peer dialing meanwhile waits in
+/// the listen backlog and gets in on its first attempt once the half-open
+/// connections before it time out. (Refused, it failed and backed off: the
+/// last routers of a 200-router mesh waited minutes for their links.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_handshake_budget_a_dialer_waits_instead_of_being_refused() {
+    let a = start(Opts { handshake_timeout: Duration::from_secs(1), ..opts(1) }).await;
+    let b = start(opts(2)).await;
+    let target = a.local_addr();
+    // 70 half-open connections, from five addresses (each may open 16 in
+    // a burst).
+    let mut held = Vec::new();
+    for i in 0..70u32 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("127.0.0.{}:0", 2 + i / 14).parse().unwrap()).unwrap();
+        held.push(s.connect(target).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    connect(&b, &a).await;
+    knows(&b, 2).await;
+    let s = b.status().await.unwrap();
+    let t = s.targets.iter().find(|t| t.address == addr(&a)).expect("the target");
+    assert_eq!(t.last_error, None, "the dial failed first: {t:?}");
+    drop(held);
 }
 
 /// A hostile peer (a real handshake, then forged records) cannot rewrite
