@@ -61,9 +61,36 @@ pub fn next_round(clock: Option<&RoundClock>, now: Instant, interval: Duration) 
     clock.map_or(now + interval, |c| c.next_round(now, interval))
 }
 
+/// A heartbeat interval with a budget: `base` for up to `flat` peers, and
+/// `base` × ⌈peers ÷ flat⌉ beyond (at most `max`, never below `base`), so
+/// that about `flat` heartbeats go per `base` whatever the number of peers.
+pub fn budgeted_interval(base: Duration, peers: usize, flat: usize, max: Duration) -> Duration {
+    let rounds = u32::try_from(peers.div_ceil(flat.max(1)).max(1)).unwrap_or(u32::MAX);
+    base.saturating_mul(rounds).min(max.max(base))
+}
+
+/// `timeout`, stretched by as much as `interval` is longer than `base`.
+pub fn stretched_timeout(timeout: Duration, base: Duration, interval: Duration) -> Duration {
+    if interval <= base || base.is_zero() {
+        timeout
+    } else {
+        timeout.mul_f64(interval.as_secs_f64() / base.as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budgeted_interval_grows_in_whole_rounds_up_to_its_cap() {
+        let (ten, min) = (Duration::from_secs(10), Duration::from_secs(60));
+        let at = |peers| budgeted_interval(ten, peers, 32, min);
+        assert_eq!([at(0), at(32), at(33), at(64), at(65), at(199), at(10_000)].map(|d| d.as_secs()), [10, 10, 20, 20, 30, 60, 60]);
+        assert_eq!(budgeted_interval(ten, 100, 32, Duration::ZERO), ten, "never below the base");
+        assert_eq!(stretched_timeout(Duration::from_secs(45), ten, Duration::from_secs(30)), Duration::from_secs(135));
+        assert_eq!(stretched_timeout(Duration::from_secs(45), ten, Duration::from_secs(5)), Duration::from_secs(45));
+    }
 
     #[test]
     fn rounds_fall_on_multiples_of_the_interval_at_least_half_an_interval_on() {

@@ -1239,19 +1239,13 @@ impl Sleeve {
     /// The slow heartbeat interval with the peers we have now (see
     /// [`SleeveConfig::flat_peers`]).
     pub fn slow_heartbeat(&self) -> Duration {
-        let base = self.cfg.heartbeat;
-        let rounds = self.peers.len().div_ceil(self.cfg.flat_peers.max(1)).max(1);
-        base.saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX)).min(self.cfg.max_heartbeat.max(base))
+        weave_core::time::budgeted_interval(self.cfg.heartbeat, self.peers.len(), self.cfg.flat_peers, self.cfg.max_heartbeat)
     }
 
     /// How long a path stays up without proof that the peer hears us:
     /// [`SleeveConfig::path_timeout`], scaled with the slow interval.
     fn path_timeout(&self) -> Duration {
-        let base = self.cfg.heartbeat;
-        if base.is_zero() {
-            return self.cfg.path_timeout;
-        }
-        self.cfg.path_timeout.mul_f64((self.slow_heartbeat().as_secs_f64() / base.as_secs_f64()).max(1.0))
+        weave_core::time::stretched_timeout(self.cfg.path_timeout, self.cfg.heartbeat, self.slow_heartbeat())
     }
 
     /// When [`Self::handle_timeout`] next has work.

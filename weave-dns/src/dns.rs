@@ -244,12 +244,27 @@ fn check_container(c: &str) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
+    fn name(n: u8) -> PeerName {
+        PeerName::from_u64(u64::from(n)).unwrap()
+    }
+
+    fn identity(n: u8) -> Identity {
+        Identity::from_secret([n; 32])
+    }
+
+    /// Peers 1 (`a`) and 2 (`b`) on one clock, `b` knowing `a`'s key.
+    fn pair(now: Instant) -> (Dns, Dns) {
+        let clock = WallClock::new(now, 1_800_000_000);
+        let a = Dns::new(identity(1), name(1), "weave.local.", clock, now);
+        let mut b = Dns::new(identity(2), name(2), "weave.local.", clock, now);
+        b.peer_back(now, name(1), identity(1).public());
+        (a, b)
+    }
+
     #[test]
     fn a_large_full_state_is_split_under_the_bound_and_loses_nothing() {
         let now = Instant::now();
-        let clock = WallClock::new(now, 1_800_000_000);
-        let id = |n: u8| Identity::from_secret([n; 32]);
-        let mut a = Dns::new(id(1), PeerName::from_u64(1).unwrap(), "weave.local.", clock, now);
+        let (mut a, mut b) = pair(now);
         for i in 0..20_000u32 {
             let name = format!("container-with-a-fairly-long-name-{i}");
             a.add(now, &name, Ipv4Addr::from(0x0a20_0000 + i), &format!("{i:064}")).unwrap();
@@ -257,10 +272,8 @@ mod tests {
         let chunks = a.full_state(now);
         assert!(chunks.len() > 1);
         assert!(chunks.iter().all(|c| c.len() <= STATE_CHUNK), "{:?}", chunks.iter().map(Vec::len).max());
-        let mut b = Dns::new(id(2), PeerName::from_u64(2).unwrap(), "weave.local.", clock, now);
-        b.peer_back(now, PeerName::from_u64(1).unwrap(), id(1).public());
         for c in &chunks {
-            b.handle_gossip(now, PeerName::from_u64(1).unwrap(), c).unwrap();
+            b.handle_gossip(now, name(1), c).unwrap();
         }
         assert_eq!(b.store().live(), 20_000);
     }
@@ -268,15 +281,11 @@ mod tests {
     #[test]
     fn the_state_anti_entropy_compares_is_the_same_wherever_the_entries_are() {
         let now = Instant::now();
-        let clock = WallClock::new(now, 1_800_000_000);
-        let id = |n: u8| Identity::from_secret([n; 32]);
-        let mut a = Dns::new(id(1), PeerName::from_u64(1).unwrap(), "weave.local.", clock, now);
+        let (mut a, mut b) = pair(now);
         a.add(now, "web", Ipv4Addr::new(10, 32, 0, 1), &"a".repeat(64)).unwrap();
-        let mut b = Dns::new(id(2), PeerName::from_u64(2).unwrap(), "weave.local.", clock, now);
-        b.peer_back(now, PeerName::from_u64(1).unwrap(), id(1).public());
         let later = now + Duration::from_secs(7);
         for c in &a.full_state(now) {
-            b.handle_gossip(later, PeerName::from_u64(1).unwrap(), c).unwrap();
+            b.handle_gossip(later, name(1), c).unwrap();
         }
         // The full states carry each sender's clock; the compared ones not.
         assert_ne!(a.full_state(now), b.full_state(later));

@@ -48,11 +48,7 @@ const MAX_PEER_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(900);
 /// How long a connection may stay silent: [`MeshConfig::read_timeout`],
 /// scaled by how much longer than ours the neighbour's heartbeat interval is.
 fn read_timeout(cfg: &MeshConfig, peer_interval: Duration) -> Duration {
-    if peer_interval <= cfg.heartbeat_interval || cfg.heartbeat_interval.is_zero() {
-        cfg.read_timeout
-    } else {
-        cfg.read_timeout.mul_f64(peer_interval.as_secs_f64() / cfg.heartbeat_interval.as_secs_f64())
-    }
+    weave_core::time::stretched_timeout(cfg.read_timeout, cfg.heartbeat_interval, peer_interval)
 }
 
 /// Mesh settings; [`MeshConfig::new`] gives the defaults.
@@ -1149,9 +1145,7 @@ impl Mesh {
     /// is set when one goes, at the interval that heartbeat announced, so a
     /// neighbour never waits longer than it was told.
     pub fn heartbeat_interval(&self) -> Duration {
-        let base = self.cfg.heartbeat_interval;
-        let rounds = self.conns.len().div_ceil(self.cfg.heartbeat_flat_peers.max(1)).max(1);
-        base.saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX)).min(self.cfg.max_heartbeat_interval.max(base))
+        weave_core::time::budgeted_interval(self.cfg.heartbeat_interval, self.conns.len(), self.cfg.heartbeat_flat_peers, self.cfg.max_heartbeat_interval)
     }
 
     /// Timers: heartbeats, read timeouts, coalesced recalculation,
