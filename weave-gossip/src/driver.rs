@@ -562,6 +562,13 @@ struct Shared {
 }
 
 impl Shared {
+    /// An accepted connection's handshake ended, either way: the accept
+    /// loop may take another.
+    fn inbound_handshake_ended(&self) {
+        self.inbound.fetch_sub(1, Ordering::Relaxed);
+        self.handshake_ended.notify_one();
+    }
+
     async fn send(&self, cmd: Cmd) -> Result<(), Stopped> {
         let tx = self.cmd.upgrade().ok_or(Stopped)?;
         tx.send(cmd).await.map_err(|_| Stopped)
@@ -638,8 +645,7 @@ impl Driver {
         match cmd {
             Cmd::Established { conn, info, socket, target, link, reply } => {
                 if target.is_none() {
-                    self.shared.inbound.fetch_sub(1, Ordering::Relaxed);
-                    self.shared.handshake_ended.notify_one();
+                    self.shared.inbound_handshake_ended();
                 }
                 let address = match &target {
                     Some(t) => t.clone(),
@@ -683,8 +689,7 @@ impl Driver {
                 match &target {
                     Some(t) => self.node.handle_dial_failed(now, t, reason, false),
                     None => {
-                        self.shared.inbound.fetch_sub(1, Ordering::Relaxed);
-                        self.shared.handshake_ended.notify_one();
+                        self.shared.inbound_handshake_ended();
                         self.remember_failure(socket.map(|s| s.to_string()).unwrap_or_default(), reason);
                     }
                 }

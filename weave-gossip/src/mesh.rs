@@ -720,12 +720,21 @@ impl Mesh {
 
     /// Every channel's full state, as gossip to one connection.
     fn send_channel_states(&mut self, now: Instant, conn: ConnId) {
-        let me = self.cfg.name.as_u64();
-        let states: Vec<(String, Vec<u8>)> =
-            self.channels.iter_mut().flat_map(|(n, s)| s.channel.full_state(now).into_iter().map(move |d| (n.clone(), d))).collect();
-        for (channel, data) in states {
-            self.send(conn, Body::Gossip(ChannelMsg { channel, src: me, dst: 0, data }));
+        let names: Vec<String> = self.channels.keys().cloned().collect();
+        for name in names {
+            self.send_channel_state(now, conn, &name);
         }
+    }
+
+    /// Send `channel`'s full state to `conn`; the messages it took.
+    fn send_channel_state(&mut self, now: Instant, conn: ConnId, channel: &str) -> usize {
+        let Some(slot) = self.channels.get_mut(channel) else { return 0 };
+        let states = slot.channel.full_state(now);
+        let (count, me) = (states.len(), self.cfg.name.as_u64());
+        for data in states {
+            self.send(conn, Body::Gossip(ChannelMsg { channel: channel.to_owned(), src: me, dst: 0, data }));
+        }
+        count
     }
 
     /// One round of channel anti-entropy with `conn`: digests to a peer
@@ -747,7 +756,6 @@ impl Mesh {
         if d.channels.len() > MAX_DIGESTED_CHANNELS || d.channels.iter().any(|c| c.sum.len() > 64) {
             return Err(ProtocolError::Malformed("channel digests"));
         }
-        let me = self.cfg.name.as_u64();
         let mut answer = Vec::new();
         for theirs in d.channels {
             let Some(slot) = self.channels.get_mut(&theirs.channel) else {
@@ -760,11 +768,7 @@ impl Mesh {
             if sum == theirs.sum {
                 continue;
             }
-            let states = slot.channel.full_state(now);
-            self.stats.channel_states_sent += states.len() as u64;
-            for data in states {
-                self.send(conn, Body::Gossip(ChannelMsg { channel: theirs.channel.clone(), src: me, dst: 0, data }));
-            }
+            self.stats.channel_states_sent += self.send_channel_state(now, conn, &theirs.channel) as u64;
             if !d.reply {
                 answer.push(ChannelDigest { channel: theirs.channel, sum });
             }
