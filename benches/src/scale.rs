@@ -66,6 +66,9 @@ pub struct ScaleConfig {
     pub idle: Duration,
     /// The `weave` binary.
     pub weave: PathBuf,
+    /// Once measured, keep the mesh up until interrupted (to profile a
+    /// router inside it); the row is printed to stderr first.
+    pub hold: bool,
 }
 
 /// What one run measured.
@@ -412,7 +415,15 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
         idle_bytes_per_s = (b.1, b.2);
     }
     let rss = min_med_max(pids.iter().filter_map(|p| rss_mb(*p)).collect()).unwrap_or_default();
-    Ok(ScaleRow { n: cfg.n, password: cfg.password, launch, full_mesh, established, rss_mb: rss, idle_cpu_pct, idle_bytes_per_s })
+    let row = ScaleRow { n: cfg.n, password: cfg.password, launch, full_mesh, established, rss_mb: rss, idle_cpu_pct, idle_bytes_per_s };
+    if cfg.hold {
+        eprintln!("{row:?}");
+        eprintln!("holding the mesh (router pids in {}/h*/weave.pid, hosts in /run/netns/{}); interrupt to tear down", lab.dir.display(), lab.host(1));
+        loop {
+            nap(Duration::from_secs(1))?;
+        }
+    }
+    Ok(row)
 }
 
 /// The `weave` binary next to the running executable (or one level up,

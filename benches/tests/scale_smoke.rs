@@ -16,7 +16,8 @@ fn twenty_routers_form_a_full_mesh() {
         return;
     }
     let weave = weave_binary().expect("the weave binary (weave-examples) is built with the workspace's tests");
-    let cfg = ScaleConfig { n: 20, password: false, conn_limit: None, converge_timeout: Duration::from_secs(60), idle: Duration::from_secs(5), weave };
+    let cfg =
+        ScaleConfig { n: 20, password: false, conn_limit: None, converge_timeout: Duration::from_secs(60), idle: Duration::from_secs(5), weave, hold: false };
     let row = run(&cfg).expect("the run completes");
     eprintln!("{row:?}");
     assert!(row.full_mesh.is_some(), "no full mesh within 60 s of the last launch: established per router {:?}", row.established);

@@ -3,13 +3,14 @@
 //! discovery on. Prints one table: launch time, time to full mesh after the
 //! last launch, established connections, memory, and the idle cost.
 //!
-//! `cargo build --release -p weave-examples -p weave-benches && target/release/scale [N...] [--password N] [--idle SECS] [--conn-limit L]`
+//! `cargo build --release -p weave-examples -p weave-benches && target/release/scale [N...] [--password N] [--idle SECS] [--conn-limit L] [--hold]`
 //!
 //! Defaults: N = 25 50 100 200, and 100 with `--password`; 120 s idle (past
 //! 32 peers heartbeat rounds lengthen, up to 60 s in the sleeve: a shorter
 //! window may hold no round at all). With `--conn-limit` below N-1 there is
 //! no full mesh: the time is until every router reaches every other peer.
-//! `WEAVE_SCALE_LOGS=DIR` keeps each router's log there.
+//! `WEAVE_SCALE_LOGS=DIR` keeps each router's log there. `--hold` keeps the
+//! mesh up after measuring, until interrupted, to profile a router in it.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ fn main() {
     let mut with_password = Vec::new();
     let mut idle = Duration::from_secs(120);
     let mut conn_limit = None;
+    let mut hold = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = |what: &str| args.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("{what} takes a number"));
@@ -27,6 +29,7 @@ fn main() {
             "--password" => with_password.push(num("--password") as usize),
             "--idle" => idle = Duration::from_secs(num("--idle")),
             "--conn-limit" => conn_limit = Some(num("--conn-limit") as usize),
+            "--hold" => hold = true,
             n => ns.push(n.parse::<usize>().unwrap_or_else(|_| panic!("not a number of routers: {n}"))),
         }
     }
@@ -45,7 +48,7 @@ fn main() {
     let runs = ns.iter().map(|n| (*n, false)).chain(with_password.iter().map(|n| (*n, true)));
     for (n, password) in runs {
         let timeout = Duration::from_secs(60 + n as u64);
-        let cfg = ScaleConfig { n, password, conn_limit, converge_timeout: timeout, idle, weave: weave.clone() };
+        let cfg = ScaleConfig { n, password, conn_limit, converge_timeout: timeout, idle, weave: weave.clone(), hold };
         match run(&cfg) {
             Ok(r) => println!(
                 "| {} | {} | {:.1} | {} | {}/{}/{} | {:.0}/{:.0}/{:.0} | {:.2}/{:.2} | {:.0}/{:.0} |",
