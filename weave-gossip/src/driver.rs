@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,11 @@ use crate::topology::PeerRecord;
 const CONN_QUEUE: usize = 1024;
 /// Bytes queued towards one connection before it counts as stuck.
 const CONN_QUEUE_BYTES: usize = 16 << 20;
+/// Queued bytes past which the mesh holds a connection's topology updates
+/// back (merging them) until the queue is down to [`BACKLOG_LOW`].
+const BACKLOG_HIGH: usize = 256 << 10;
+/// See [`BACKLOG_HIGH`].
+const BACKLOG_LOW: usize = 64 << 10;
 /// Bytes of received messages waiting for the mesh task, all connections
 /// together. A connection whose message would go past it stops reading
 /// (TCP flow control pushes back on the sender) until the task catches
@@ -283,6 +288,10 @@ enum Cmd {
     Closed {
         conn: ConnId,
         reason: String,
+    },
+    /// A backlogged connection's queue fell below [`BACKLOG_LOW`].
+    Drained {
+        conn: ConnId,
     },
     Connect {
         peers: Vec<String>,
@@ -580,6 +589,9 @@ struct LinkSide {
     tx: mpsc::Sender<Arc<Envelope>>,
     /// Bytes of messages queued and not yet taken by the task.
     queued: Arc<AtomicUsize>,
+    /// Set (by the driver) past [`BACKLOG_HIGH`] queued bytes, cleared (by
+    /// the task, which then tells the driver) below [`BACKLOG_LOW`].
+    backlogged: Arc<AtomicBool>,
     /// Dropped to tell the task to flush and close.
     _close: oneshot::Sender<()>,
 }
@@ -696,6 +708,7 @@ impl Driver {
             }
             Cmd::Message { conn, msg, _budget } => self.node.handle_message(now, conn, msg),
             Cmd::Closed { conn, reason } => self.closed(now, conn, reason),
+            Cmd::Drained { conn } => self.node.set_backlogged(now, conn, false),
             Cmd::Connect { peers, replace, reply } => {
                 let _ = reply.send(self.node.connect(now, &peers, replace));
             }
@@ -739,17 +752,28 @@ impl Driver {
     fn pump(&mut self, now: Instant) {
         loop {
             self.node.set_in_progress(self.shared.inbound.load(Ordering::Relaxed));
-            let mut stuck = Vec::new();
+            let (mut stuck, mut backlogged) = (Vec::new(), Vec::new());
             while let Some(t) = self.node.poll_transmit() {
                 if let Some(e) = self.links.get(&t.conn) {
                     let len = prost::Message::encoded_len(&*t.msg);
-                    let queued = e.link.queued.fetch_add(len, Ordering::Relaxed) + len;
+                    let queued = e.link.queued.fetch_add(len, Ordering::SeqCst) + len;
                     if queued > CONN_QUEUE_BYTES || e.link.tx.try_send(t.msg).is_err() {
                         stuck.push(t.conn);
+                    } else if queued > BACKLOG_HIGH && !e.link.backlogged.swap(true, Ordering::SeqCst) {
+                        // Unless the task drained it meanwhile without
+                        // seeing the flag (if it saw it, its `Drained`
+                        // follows this).
+                        let missed = e.link.queued.load(Ordering::SeqCst) < BACKLOG_LOW && e.link.backlogged.swap(false, Ordering::SeqCst);
+                        if !missed {
+                            backlogged.push(t.conn);
+                        }
                     }
                 }
             }
-            let mut acted = !stuck.is_empty();
+            let mut acted = !stuck.is_empty() || !backlogged.is_empty();
+            for conn in backlogged {
+                self.node.set_backlogged(now, conn, true);
+            }
             for conn in stuck {
                 self.closed(now, conn, "send queue full (peer too slow)".into());
             }
@@ -1048,7 +1072,8 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
     let (tx, mut rx) = mpsc::channel::<Arc<Envelope>>(CONN_QUEUE);
     let (close_tx, mut close_rx) = oneshot::channel::<()>();
     let queued = Arc::new(AtomicUsize::new(0));
-    let side = LinkSide { tx, queued: queued.clone(), _close: close_tx };
+    let backlogged = Arc::new(AtomicBool::new(false));
+    let side = LinkSide { tx, queued: queued.clone(), backlogged: backlogged.clone(), _close: close_tx };
     let (reply_tx, reply_rx) = oneshot::channel();
     let established = Cmd::Established { conn, info, socket, target, link: side, reply: reply_tx };
     if shared.send(established).await.is_err() {
@@ -1128,7 +1153,12 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
                             out.shrink_to(2 * OUTPUT_HIGH_WATER);
                         }
                     }
-                    queued.fetch_sub(prost::Message::encoded_len(&*msg), Ordering::Relaxed);
+                    let len = prost::Message::encoded_len(&*msg);
+                    let left = queued.fetch_sub(len, Ordering::SeqCst) - len;
+                    // Below the low-water mark: the mesh may send again.
+                    if left < BACKLOG_LOW && backlogged.swap(false, Ordering::SeqCst) && shared.send(Cmd::Drained { conn }).await.is_err() {
+                        return;
+                    }
                     if let Err(e) = link.send(&msg) {
                         tracing::warn!(%socket, error = %e, "dropping oversized message");
                     }

@@ -367,6 +367,10 @@ struct Conn {
     /// sent again, and a later version of the same incarnation goes to it
     /// as a delta from this one. Kept only if it speaks [`RECORD_DELTAS`].
     holds: HashMap<PeerName, (u64, PeerUid)>,
+    /// What we sent has not been written yet (see
+    /// [`Mesh::set_backlogged`]): updates wait in `pending`, where later
+    /// versions of a record replace earlier ones.
+    backlogged: bool,
 }
 
 impl Conn {
@@ -705,7 +709,8 @@ impl Mesh {
         self.by_peer.insert(remote.name, conn);
         let next_heartbeat = weave_core::time::next_round(self.cfg.round_clock.as_ref(), now, self.cfg.heartbeat_interval);
         let peer_interval = self.cfg.heartbeat_interval;
-        self.conns.insert(conn, Conn { remote, last_rx: now, next_heartbeat, peer_interval, pending: BTreeSet::new(), holds: HashMap::new() });
+        self.conns
+            .insert(conn, Conn { remote, last_rx: now, next_heartbeat, peer_interval, pending: BTreeSet::new(), holds: HashMap::new(), backlogged: false });
         self.conn_deadline = Some(self.conn_deadline.map_or(next_heartbeat, |t| t.min(next_heartbeat)));
         self.conn_epoch += 1;
         self.our_connections_changed(now);
@@ -785,6 +790,22 @@ impl Mesh {
         if self.drop_conn(conn) {
             self.our_connections_changed(now);
             self.flush(now);
+        }
+    }
+
+    /// Whether what was sent on `conn` is still waiting to be written (the
+    /// peer or its link is slow). While it is, topology updates for it are
+    /// held back and merged: it then gets the latest version of each
+    /// record once, instead of every version queued behind one another.
+    /// Without this a neighbour slower than the mesh forming around it
+    /// (200 routers on two cores) had megabytes of stale versions queued,
+    /// its heartbeats stuck behind them, and lost the connection.
+    pub fn set_backlogged(&mut self, now: Instant, conn: ConnId, backlogged: bool) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let released = c.backlogged && !backlogged;
+        c.backlogged = backlogged;
+        if released {
+            self.schedule_update(now);
         }
     }
 
@@ -1308,7 +1329,7 @@ impl Mesh {
     }
 
     fn schedule_update(&mut self, now: Instant) {
-        if self.conns.values().any(|c| !c.pending.is_empty()) {
+        if self.conns.values().any(|c| !c.backlogged && !c.pending.is_empty()) {
             let per_conn = UPDATE_DELAY_PER_CONN.saturating_mul(u32::try_from(self.conns.len()).unwrap_or(u32::MAX));
             self.update_at.get_or_insert(now + self.cfg.update_delay.max(per_conn));
         }
@@ -1324,7 +1345,7 @@ impl Mesh {
         // full mesh, all but the one each came from) share one copy of the
         // messages.
         let mut due: BTreeMap<Vec<(PeerName, Option<u64>)>, Vec<ConnId>> = BTreeMap::new();
-        for (&id, c) in &mut self.conns {
+        for (&id, c) in self.conns.iter_mut().filter(|(_, c)| !c.backlogged) {
             // Not what the neighbour already holds (it sent it to us); a
             // delta from what it holds of the same incarnation.
             let topo = &self.topo;
@@ -1610,6 +1631,41 @@ mod tests {
         m.handle_message(start + Duration::from_secs(1), 2, Body::Update(TopologyUpdate { records: vec![r5], deltas: Vec::new() }).into()).unwrap();
         run_until(&mut m, start + Duration::from_secs(2));
         assert_eq!(sent_record_of(&mut m, 5), vec![4]);
+    }
+
+    #[test]
+    fn a_backlogged_neighbour_gets_only_the_latest_version_once_it_drains() {
+        let (mut m, start) = settled_with_peers_2_to_4();
+        m.set_backlogged(start, 4, true);
+        // Three versions of peer 5's record arrive from 2 while 4's queue
+        // is full: 3 gets each, 4 none.
+        // (Peer 5 is unreachable: its record is kept for a grace period.)
+        for v in 1..=3 {
+            let now = start + Duration::from_millis(1000 + 300 * v);
+            let r5 = record_msg(5, v, vec![linked(1)]);
+            m.handle_message(now, 2, Body::Update(TopologyUpdate { records: vec![r5], deltas: Vec::new() }).into()).unwrap();
+            run_until(&mut m, now + Duration::from_millis(250));
+            assert_eq!(updates(&drain(&mut m)).keys().copied().collect::<Vec<_>>(), vec![3], "version {v}");
+        }
+        // Drained: 4 gets the record once, at its last version.
+        let now = start + Duration::from_secs(2);
+        m.set_backlogged(now, 4, false);
+        run_until(&mut m, now + Duration::from_millis(500));
+        let sent = updates(&drain(&mut m));
+        assert_eq!(sent.keys().copied().collect::<Vec<_>>(), vec![4]);
+        let versions: Vec<u64> = sent[&4]
+            .iter()
+            .flat_map(|u| u.records.iter().map(|r| (r.name, r.version)).chain(u.deltas.iter().map(|d| (d.name, d.version))))
+            .filter(|&(name, _)| name == 5)
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(versions, vec![3]);
+        // Still backlogged when closed: nothing is left waiting for it.
+        m.set_backlogged(now, 3, true);
+        m.remove_connection(now + Duration::from_secs(2), 3);
+        m.set_backlogged(now, 3, false);
+        run_until(&mut m, now + Duration::from_secs(4));
+        assert!(!updates(&drain(&mut m)).contains_key(&3));
     }
 
     #[test]

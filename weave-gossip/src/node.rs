@@ -305,6 +305,14 @@ impl Node {
         self.pump(now);
     }
 
+    /// Whether what was sent on `conn` still waits to be written (see
+    /// [`Mesh::set_backlogged`]): the I/O layer says so past a high-water
+    /// mark of queued bytes and clears it once they drained.
+    pub fn set_backlogged(&mut self, now: Instant, conn: ConnId, backlogged: bool) {
+        self.mesh.set_backlogged(now, conn, backlogged);
+        self.pump(now);
+    }
+
     /// A connection ended (closed by the peer or by an I/O error).
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
         self.conns.remove(&conn);
