@@ -20,7 +20,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -49,10 +49,14 @@ const CONN_QUEUE: usize = 1024;
 /// Bytes queued towards one connection before it counts as stuck.
 const CONN_QUEUE_BYTES: usize = 16 << 20;
 /// Queued bytes past which the mesh holds a connection's topology updates
-/// back (merging them) until the queue is down to [`BACKLOG_LOW`].
-const BACKLOG_HIGH: usize = 256 << 10;
+/// back (merging them) until the queue is down to [`BACKLOG_LOW`]. Below
+/// [`UPDATE_ROUND_BYTES`], so that a round the mesh cut short always
+/// crosses it and gets its `Drained`.
+const BACKLOG_HIGH: usize = 128 << 10;
 /// See [`BACKLOG_HIGH`].
-const BACKLOG_LOW: usize = 64 << 10;
+const BACKLOG_LOW: usize = 32 << 10;
+/// [`MeshConfig::update_round_bytes`] under this driver.
+const UPDATE_ROUND_BYTES: usize = 256 << 10;
 /// Bytes of received messages waiting for the mesh task, all connections
 /// together. A connection whose message would go past it stops reading
 /// (TCP flow control pushes back on the sender) until the task catches
@@ -356,6 +360,8 @@ impl MeshBuilder {
         let now = Instant::now();
         let mut mesh_cfg = cfg.mesh.clone();
         mesh_cfg.round_clock.get_or_insert_with(weave_core::time::RoundClock::system);
+        // Connection tasks say when a backlog drained (`Cmd::Drained`).
+        mesh_cfg.update_round_bytes.get_or_insert(UPDATE_ROUND_BYTES);
         let mut node = Node::new(mesh_cfg, cfg.conn_maker.clone(), now, &mut from_os());
         let mut persisters = HashMap::new();
         for (name, channel, persist) in self.channels {
@@ -752,27 +758,31 @@ impl Driver {
     fn pump(&mut self, now: Instant) {
         loop {
             self.node.set_in_progress(self.shared.inbound.load(Ordering::Relaxed));
-            let (mut stuck, mut backlogged) = (Vec::new(), Vec::new());
+            let (mut stuck, mut sent_to) = (Vec::new(), HashSet::new());
             while let Some(t) = self.node.poll_transmit() {
                 if let Some(e) = self.links.get(&t.conn) {
                     let len = prost::Message::encoded_len(&*t.msg);
                     let queued = e.link.queued.fetch_add(len, Ordering::SeqCst) + len;
                     if queued > CONN_QUEUE_BYTES || e.link.tx.try_send(t.msg).is_err() {
                         stuck.push(t.conn);
-                    } else if queued > BACKLOG_HIGH && !e.link.backlogged.swap(true, Ordering::SeqCst) {
-                        // Unless the task drained it meanwhile without
-                        // seeing the flag (if it saw it, its `Drained`
-                        // follows this).
-                        let missed = e.link.queued.load(Ordering::SeqCst) < BACKLOG_LOW && e.link.backlogged.swap(false, Ordering::SeqCst);
-                        if !missed {
-                            backlogged.push(t.conn);
-                        }
+                    } else {
+                        sent_to.insert(t.conn);
                     }
                 }
             }
-            let mut acted = !stuck.is_empty() || !backlogged.is_empty();
-            for conn in backlogged {
-                self.node.set_backlogged(now, conn, true);
+            let mut acted = !stuck.is_empty();
+            // A queue past the high-water mark, or a round the mesh cut
+            // short, waits for its task's `Drained`...
+            for conn in sent_to {
+                let Some(e) = self.links.get(&conn) else { continue };
+                let full = e.link.queued.load(Ordering::SeqCst) > BACKLOG_HIGH || self.node.mesh().is_backlogged(conn);
+                if full && !e.link.backlogged.swap(true, Ordering::SeqCst) {
+                    // ...unless the task drained it meanwhile without
+                    // seeing the flag (if it saw it, `Drained` follows).
+                    let missed = e.link.queued.load(Ordering::SeqCst) < BACKLOG_LOW && e.link.backlogged.swap(false, Ordering::SeqCst);
+                    self.node.set_backlogged(now, conn, !missed);
+                    acted = true;
+                }
             }
             for conn in stuck {
                 self.closed(now, conn, "send queue full (peer too slow)".into());

@@ -116,6 +116,14 @@ pub struct MeshConfig {
     /// Our signing key (see [`crate::identity`]); `None` makes a new one from
     /// the mesh's RNG. A router keeps its key across restarts.
     pub identity: Option<Identity>,
+    /// Bytes of records one update round may queue towards one neighbour
+    /// (default `None`: no bound). Past it the rest waits, merged, and the
+    /// connection counts as backlogged until the I/O layer says it drained
+    /// ([`Mesh::set_backlogged`]); only an I/O layer that says so may set
+    /// this. A new neighbour needs every record, and in a full mesh of 200
+    /// forming, a router sent each of its new neighbours the whole
+    /// topology at once (about 1.4 MB each): hundreds of MB queued.
+    pub update_round_bytes: Option<usize>,
 }
 
 impl MeshConfig {
@@ -137,6 +145,7 @@ impl MeshConfig {
             max_message_len: MAX_MESSAGE_LEN,
             update_delay: Duration::from_millis(50),
             identity: None,
+            update_round_bytes: None,
         }
     }
 }
@@ -809,6 +818,12 @@ impl Mesh {
         }
     }
 
+    /// Whether updates for `conn` wait for its queue to drain (see
+    /// [`Mesh::set_backlogged`] and [`MeshConfig::update_round_bytes`]).
+    pub fn is_backlogged(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.backlogged)
+    }
+
     fn drop_conn(&mut self, conn: ConnId) -> bool {
         let Some(c) = self.conns.remove(&conn) else {
             return false;
@@ -1349,7 +1364,7 @@ impl Mesh {
             // Not what the neighbour already holds (it sent it to us); a
             // delta from what it holds of the same incarnation.
             let topo = &self.topo;
-            let items: Vec<(PeerName, Option<u64>)> = std::mem::take(&mut c.pending)
+            let mut items: Vec<(PeerName, Option<u64>)> = std::mem::take(&mut c.pending)
                 .into_iter()
                 .filter_map(|n| {
                     let r = topo.get(n)?;
@@ -1360,6 +1375,26 @@ impl Mesh {
                     }
                 })
                 .collect();
+            if let Some(budget) = self.cfg.update_round_bytes {
+                // The rest waits for the queue to drain (estimated sizes:
+                // a full record by its connections, a delta as small).
+                let mut spent = 0;
+                let fits = items
+                    .iter()
+                    .take_while(|(n, base)| {
+                        let first = spent == 0;
+                        spent += match (base, topo.get(*n)) {
+                            (None, Some(r)) => 64 + 32 * r.connections.len(),
+                            _ => 64,
+                        };
+                        first || spent <= budget
+                    })
+                    .count();
+                if fits < items.len() {
+                    c.pending.extend(items.drain(fits..).map(|(n, _)| n));
+                    c.backlogged = true;
+                }
+            }
             if !items.is_empty() {
                 due.entry(items).or_default().push(id);
             }
@@ -1666,6 +1701,38 @@ mod tests {
         m.set_backlogged(now, 3, false);
         run_until(&mut m, now + Duration::from_secs(4));
         assert!(!updates(&drain(&mut m)).contains_key(&3));
+    }
+
+    #[test]
+    fn an_update_round_past_its_budget_leaves_the_rest_until_the_queue_drains() {
+        let start = Instant::now();
+        let mut cfg = MeshConfig::new(n(1), "p1", PeerUid::new(1).unwrap());
+        // Two records with one link each per round.
+        cfg.update_round_bytes = Some(200);
+        let mut m = Mesh::new(cfg, start, seeded(1));
+        for p in 2..=3 {
+            m.add_connection(start, p, remote(p, p, true)).unwrap();
+        }
+        run_until(&mut m, start + Duration::from_secs(1));
+        drain(&mut m);
+        let mut at = start + Duration::from_millis(1100);
+        let records = (5..=9).map(|k| record_msg(k, 1, vec![linked(1)])).collect();
+        m.handle_message(at, 2, Body::Update(TopologyUpdate { records, deltas: Vec::new() }).into()).unwrap();
+        let mut got = Vec::new();
+        for round in 0..3 {
+            run_until(&mut m, at + Duration::from_millis(200));
+            let names: Vec<u64> = updates(&drain(&mut m)).get(&3).into_iter().flatten().flat_map(|u| u.records.iter().map(|r| r.name)).collect();
+            assert_eq!(names.len(), if round < 2 { 2 } else { 1 }, "round {round}: {names:?}");
+            got.extend(names);
+            assert_eq!(m.is_backlogged(3), round < 2);
+            // Nothing more until the queue drains.
+            run_until(&mut m, at + Duration::from_millis(400));
+            assert!(updates(&drain(&mut m)).is_empty());
+            at += Duration::from_millis(400);
+            m.set_backlogged(at, 3, false);
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![5, 6, 7, 8, 9]);
     }
 
     #[test]
