@@ -44,6 +44,8 @@ use crate::proto::Envelope;
 use crate::routes::Routes;
 use crate::topology::PeerRecord;
 
+/// See [`DriverConfig::handshake_timeout`].
+pub const DIALED_HANDSHAKE_FACTOR: u32 = 3;
 /// Messages queued towards one connection before it counts as stuck.
 const CONN_QUEUE: usize = 1024;
 /// Bytes queued towards one connection before it counts as stuck.
@@ -94,7 +96,11 @@ pub struct DriverConfig {
     pub initial_peers: Vec<String>,
     /// Limit on a dial (default 10 s).
     pub dial_timeout: Duration,
-    /// Limit on a handshake (default 5 s).
+    /// Limit on a handshake we accepted (default 5 s). One we dialed gets
+    /// [`DIALED_HANDSHAKE_FACTOR`] times as long: its clock starts when the
+    /// peer's kernel takes the connection into its listen backlog, and a
+    /// busy peer (one that 199 routers discovered at once) may take a
+    /// while to accept it. Giving up there cost both sides a retry.
     pub handshake_timeout: Duration,
     /// Accepted connections allowed in a burst (default 200: a router
     /// joining a 100-peer mesh is dialed by all of them within seconds, and
@@ -1074,7 +1080,8 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
             }
         }
     };
-    let info = match tokio::time::timeout(shared.cfg.handshake_timeout, handshake).await {
+    let limit = if target.is_some() { shared.cfg.handshake_timeout * DIALED_HANDSHAKE_FACTOR } else { shared.cfg.handshake_timeout };
+    let info = match tokio::time::timeout(limit, handshake).await {
         Ok(Ok(info)) => info,
         Ok(Err((reason, refused))) => return report_failure(&shared, Some(socket), target, reason, refused).await,
         Err(_) => return report_failure(&shared, Some(socket), target, "handshake timed out".into(), false).await,
