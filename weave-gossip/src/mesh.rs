@@ -740,8 +740,15 @@ impl Mesh {
         }
     }
 
-    /// Send `channel`'s full state to `conn`; the messages it took.
+    /// Send `channel`'s full state to `conn`; the messages it took. None
+    /// to a backlogged neighbour: states converge, and the next round of
+    /// channel anti-entropy after it drained repairs what it missed, where
+    /// each state queued behind the others (IPAM's grows with N) kept it
+    /// backlogged, and filled its queue.
     fn send_channel_state(&mut self, now: Instant, conn: ConnId, channel: &str) -> usize {
+        if self.is_backlogged(conn) {
+            return 0;
+        }
         let Some(slot) = self.channels.get_mut(channel) else { return 0 };
         let states = slot.channel.full_state(now);
         let (count, me) = (states.len(), self.cfg.name.as_u64());
@@ -1915,6 +1922,24 @@ mod tests {
 
     fn numbers(m: &Mesh) -> Vec<u64> {
         m.channel::<Numbers>("numbers").unwrap().0.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_backlogged_neighbour_gets_no_channel_state_until_it_drains() {
+        let now = Instant::now();
+        let mut m = mesh(1);
+        m.register_channel("numbers", Box::new(Numbers([1, 2, 3].into())));
+        m.add_connection(now, 7, remote(2, 7, true)).unwrap();
+        drain(&mut m);
+        let differing =
+            || Body::ChannelDigests(ChannelDigests { channels: vec![ChannelDigest { channel: "numbers".into(), sum: vec![0; 16] }], reply: false }).into();
+        let states = |m: &mut Mesh| drain(m).iter().filter(|t| matches!(&t.msg.body, Some(Body::Gossip(g)) if g.channel == "numbers")).count();
+        m.set_backlogged(now, 7, true);
+        m.handle_message(now, 7, differing()).unwrap();
+        assert_eq!(states(&mut m), 0);
+        m.set_backlogged(now, 7, false);
+        m.handle_message(now, 7, differing()).unwrap();
+        assert_eq!(states(&mut m), 1);
     }
 
     #[test]
