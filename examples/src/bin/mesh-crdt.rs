@@ -114,11 +114,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     let want = 10 + 20 + 30;
     for _ in 0..200 {
-        let mut totals = Vec::new();
+        // Converged: every count everywhere, and every peer known to all
+        // (1 and 3 learn of each other from 2's next topology update,
+        // which may come after the counts).
+        let mut done = true;
         for h in &peers {
-            totals.push(total(h).await?);
+            done &= total(h).await? == want && h.status_brief().await?.peers.len() == peers.len();
         }
-        if totals.iter().all(|&t| t == want) {
+        if done {
             for h in &peers {
                 let st = h.status().await?;
                 println!("{} sees total {} with {} peers", st.name, total(h).await?, st.peers.len());
