@@ -51,9 +51,8 @@ const CONN_QUEUE: usize = 1024;
 /// Bytes queued towards one connection before it counts as stuck.
 const CONN_QUEUE_BYTES: usize = 16 << 20;
 /// Queued bytes past which the mesh holds a connection's topology updates
-/// back (merging them) until the queue is down to [`BACKLOG_LOW`]. Below
-/// [`UPDATE_ROUND_BYTES`], so that a round the mesh cut short always
-/// crosses it and gets its `Drained`.
+/// back (merging them) until the queue is down to [`BACKLOG_LOW`]; a round
+/// the mesh cut short (at [`UPDATE_ROUND_BYTES`]) waits for the same.
 const BACKLOG_HIGH: usize = 128 << 10;
 /// See [`BACKLOG_HIGH`].
 const BACKLOG_LOW: usize = 32 << 10;
@@ -601,8 +600,9 @@ struct LinkSide {
     tx: mpsc::Sender<Arc<Envelope>>,
     /// Bytes of messages queued and not yet taken by the task.
     queued: Arc<AtomicUsize>,
-    /// Set (by the driver) past [`BACKLOG_HIGH`] queued bytes, cleared (by
-    /// the task, which then tells the driver) below [`BACKLOG_LOW`].
+    /// Set (by the driver) past [`BACKLOG_HIGH`] queued bytes or when the
+    /// mesh cut a round short, cleared (by the task, which then tells the
+    /// driver) below [`BACKLOG_LOW`].
     backlogged: Arc<AtomicBool>,
     /// Dropped to tell the task to flush and close.
     _close: oneshot::Sender<()>,
