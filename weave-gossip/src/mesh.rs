@@ -948,8 +948,6 @@ impl Mesh {
                 }
                 let buckets: BTreeSet<usize> = v.buckets.iter().map(|&b| b as usize).collect();
                 let (ours_newer, theirs_newer) = self.topo.compare(&buckets, &v.entries);
-                // With the next update round, unless what we hold is on
-                // its way already (sent on this connection: `holds`).
                 self.queue_records(now, conn, ours_newer);
                 for chunk in theirs_newer.chunks(MAX_RECORDS_PER_MESSAGE) {
                     let names = chunk.iter().map(|n| n.as_u64()).collect();
@@ -963,12 +961,6 @@ impl Mesh {
                 }
                 // Each record once, however often it is asked for.
                 let names: BTreeSet<PeerName> = r.names.iter().filter_map(|&n| PeerName::from_u64(n)).collect();
-                // Asked in full: it does not hold what we believed.
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    for n in &names {
-                        c.holds.remove(n);
-                    }
-                }
                 self.queue_records(now, conn, names);
                 Ok(())
             }
@@ -1476,9 +1468,14 @@ impl Mesh {
     /// update round, within its budget, as the latest versions then: sent
     /// at once, a router's whole topology went to every new neighbour on
     /// top of its update rounds (1.4 MB each in a mesh of 200 forming).
+    /// They go in full: the neighbour does not hold what we believed it
+    /// does (it may have collected a record we sent it).
     fn queue_records(&mut self, now: Instant, conn: ConnId, names: impl IntoIterator<Item = PeerName>) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.pending.extend(names);
+            for n in names {
+                c.holds.remove(&n);
+                c.pending.insert(n);
+            }
             self.schedule_update(now);
         }
     }
