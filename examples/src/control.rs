@@ -481,7 +481,7 @@ impl pb::control_server::Control for Service {
         let reachable = st.peers.iter().map(|p| p.name).filter(|p| *p != st.name && st.next_hops.contains_key(p)).collect();
         let n = ipam
             .with(move |i, now| {
-                i.set_reachable(reachable);
+                i.set_reachable(now, reachable);
                 i.rmpeer(now, &dead)
             })
             .await

@@ -182,9 +182,9 @@ impl Channel for IpamChannel {
         self.ipam.learn_key(peer, key);
     }
 
-    fn on_routes(&mut self, _now: Instant, routes: &Routes) {
+    fn on_routes(&mut self, now: Instant, routes: &Routes) {
         let me = self.ipam.name();
-        self.ipam.set_reachable(routes.next_hops().map(|(dst, _)| dst).filter(|&p| p != me).collect());
+        self.ipam.set_reachable(now, routes.next_hops().map(|(dst, _)| dst).filter(|&p| p != me).collect());
     }
 
     fn poll_output(&mut self) -> Option<ChannelOutput> {

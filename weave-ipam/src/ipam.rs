@@ -327,10 +327,17 @@ impl Ipam {
         self.used.values().chain(self.outside.values()).map(|(c, a)| (*a, c.as_str()))
     }
 
-    /// The peers the mesh can reach now (donors are chosen among them).
-    pub fn set_reachable(&mut self, peers: BTreeSet<PeerName>) {
+    /// The peers the mesh can reach now (donors are chosen among them, and
+    /// only their votes count). A change is acted on at once: a peer that
+    /// became reachable may complete a quorum whose votes are already here,
+    /// and no message may come to prompt it.
+    pub fn set_reachable(&mut self, now: Instant, peers: BTreeSet<PeerName>) {
+        if self.reachable.as_ref() == Some(&peers) {
+            return;
+        }
         self.paxos.set_counted(peers.clone());
         self.reachable = Some(peers);
+        self.flush(now);
     }
 
     /// `peer`'s key as the topology pins it (what it signs must verify
@@ -850,6 +857,11 @@ impl Ipam {
                 if !self.paxos.is_proposing() && self.paxos.propose() {
                     self.dirty = true;
                 }
+                // Until the ring exists, a stalled election is proposed
+                // again (gossip can be lost, or reach a peer that cannot
+                // count it yet): without this, `weave prime` could wait
+                // for ever.
+                self.next_retry.get_or_insert(now + self.cfg.retry_interval);
             }
             InitMode::Observer => {
                 if !self.election_requested {
@@ -1196,7 +1208,7 @@ mod tests {
         let now = Instant::now();
         // Peer 2 of two seeds cannot divide the ring alone: requests wait.
         let mut b = seeded(2, &[1, 2]);
-        b.set_reachable([p(1)].into_iter().collect());
+        b.set_reachable(now, [p(1)].into_iter().collect());
         let Outcome::Pending(a) = b.allocate(now, "web", None).unwrap() else { panic!("must wait for the ring") };
         let Outcome::Pending(c) = b.claim(now, "db", net("10.32.0.9/12")).unwrap() else { panic!("must wait for the ring") };
         let (claims, allocs) = b.pending_requests();
@@ -1255,13 +1267,71 @@ mod tests {
         assert_eq!(a.status().status, "awaiting consensus (quorum: 2, known: 1)");
         assert_eq!(a.status().pending_allocates, 1);
         let mut b = seeded(1, &[2]);
-        b.set_reachable(BTreeSet::new());
+        b.set_reachable(now, BTreeSet::new());
         assert!(matches!(b.allocate(now, "c", None).unwrap(), Outcome::Pending(_)));
         assert_eq!(b.status().status, "all IP ranges owned by unreachable peers - use 'rmpeer' if they are dead");
         let mut c = seeded(1, &[1]);
         c.allocate(now, "c", None).unwrap();
         assert_eq!(c.status().status, "ready");
         assert_eq!(c.status().active_ips, 1);
+    }
+
+    fn voter(me: u64) -> Ipam {
+        let cfg = IpamConfig::new(weave_gossip::Identity::from_secret([me as u8; 32]), p(me), net("10.32.0.0/12"), InitMode::Consensus { quorum: 2 });
+        Ipam::new(cfg).unwrap()
+    }
+
+    fn gossip_of(x: &mut Ipam) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| x.poll_output()).filter_map(|o| if let Output::Gossip(b) = o { Some(b) } else { None }).collect()
+    }
+
+    /// Deliver gossip between peers 1 and 2 until neither has more.
+    fn exchange(now: Instant, a: &mut Ipam, b: &mut Ipam) {
+        for _ in 0..20 {
+            let (from_a, from_b) = (gossip_of(a), gossip_of(b));
+            if from_a.is_empty() && from_b.is_empty() {
+                return;
+            }
+            for m in from_a {
+                b.handle_gossip(now, p(1), &m).unwrap();
+            }
+            for m in from_b {
+                a.handle_gossip(now, p(2), &m).unwrap();
+            }
+        }
+        panic!("gossip did not settle");
+    }
+
+    #[test]
+    fn an_election_completes_when_a_voter_it_already_heard_becomes_reachable() {
+        let now = Instant::now();
+        let (mut a, mut b) = (voter(1), voter(2));
+        // Peer 1 proposes before its routes reach peer 2; peer 2 promises.
+        a.set_reachable(now, BTreeSet::new());
+        b.set_reachable(now, BTreeSet::from([p(1)]));
+        a.prime(now);
+        exchange(now, &mut a, &mut b);
+        assert_eq!(a.status().status, "awaiting consensus (quorum: 2, known: 2)", "peer 2's promise is held but does not count yet");
+        // The routes change and no message follows: the promise counts now.
+        a.set_reachable(now, BTreeSet::from([p(2)]));
+        exchange(now, &mut a, &mut b);
+        assert!(a.ring().is_initialised() && b.ring().is_initialised());
+        assert_eq!(a.ring().seeds(), b.ring().seeds());
+    }
+
+    #[test]
+    fn a_stalled_election_is_proposed_again_until_the_ring_exists() {
+        let now = Instant::now();
+        let (mut a, mut b) = (voter(1), voter(2));
+        a.set_reachable(now, BTreeSet::from([p(2)]));
+        b.set_reachable(now, BTreeSet::from([p(1)]));
+        a.prime(now);
+        assert!(!gossip_of(&mut a).is_empty(), "the proposal goes out");
+        // ...and is lost. The retry proposes again.
+        let due = a.poll_timeout().expect("a retry is due while the election is open");
+        a.handle_timeout(due);
+        exchange(due, &mut a, &mut b);
+        assert!(a.ring().is_initialised() && b.ring().is_initialised());
     }
 
     #[test]
@@ -1327,7 +1397,7 @@ mod tests {
     fn a_seed_peer_asked_for_an_election_does_not_build_a_ring_alone() {
         let now = Instant::now();
         let mut a = seeded(1, &[1, 2]);
-        a.set_reachable(BTreeSet::from([p(2)]));
+        a.set_reachable(now, BTreeSet::from([p(2)]));
         let msg = wire::encode(Body::State(StateMsg { ring: None, paxos: vec![], election_requested: true }));
         a.handle_gossip(now, p(3), &msg).unwrap();
         assert!(!a.ring().is_initialised());
@@ -1341,7 +1411,7 @@ mod tests {
         let mut r = seeded(3, &[1]);
         for x in [&mut q, &mut r] {
             x.prime(now);
-            x.set_reachable(BTreeSet::from([p(2), p(3)]));
+            x.set_reachable(now, BTreeSet::from([p(2), p(3)]));
         }
         let size = q.ring().size();
         assert_eq!(q.rmpeer(now, &[p(1)]), Ok(size));
@@ -1364,7 +1434,7 @@ mod tests {
         let now = Instant::now();
         let mut q = seeded(2, &[1, 2]);
         q.prime(now);
-        q.set_reachable(BTreeSet::from([p(1), p(3)]));
+        q.set_reachable(now, BTreeSet::from([p(1), p(3)]));
         let ask = wire::encode(Body::Takeover(TakeoverRequest { dead: 1, fallback: 2 }));
         let before = q.ring().clone();
         q.handle_unicast(now, p(3), &ask).unwrap();
@@ -1376,7 +1446,7 @@ mod tests {
         let now = Instant::now();
         let mut a = seeded(1, &[1, 2]);
         a.prime(now);
-        a.set_reachable(BTreeSet::from([p(2)]));
+        a.set_reachable(now, BTreeSet::from([p(2)]));
         // An allocation waits first, then a claim for what will be the
         // lowest address of the space peer 2 is about to donate.
         assert!(matches!(a.allocate(now, "other", Some(net("10.40.0.0/24"))).unwrap(), Outcome::Pending(_)));
@@ -1403,7 +1473,7 @@ mod tests {
         let now = Instant::now();
         let mut a = seeded(1, &[1, 2]);
         a.prime(now);
-        a.set_reachable(BTreeSet::from([p(2), p(3)]));
+        a.set_reachable(now, BTreeSet::from([p(2), p(3)]));
         let Outcome::Pending(id) = a.claim(now, "c", net("10.40.0.1/12")).unwrap() else { panic!() };
         let refusal =
             |retryable| wire::encode(Body::ClaimRefused(ClaimRefused { addr: u32::from(Ipv4Addr::new(10, 40, 0, 1)), reason: "no".into(), retryable }));
@@ -1422,9 +1492,9 @@ mod tests {
         let mut a = seeded(1, &[1, 2, 3]);
         a.prime(now);
         assert_eq!(a.rmpeer(now, &[p(1)]), Err(IpamError::RmpeerSelf));
-        a.set_reachable(BTreeSet::from([p(2)]));
+        a.set_reachable(now, BTreeSet::from([p(2)]));
         assert_eq!(a.rmpeer(now, &[p(2)]), Err(IpamError::RmpeerAlive(p(2))));
-        a.set_reachable(BTreeSet::new());
+        a.set_reachable(now, BTreeSet::new());
         assert_eq!(a.rmpeer(now, &[p(2)]), Err(IpamError::RmpeerPartialView(vec![p(3)])));
         let moved = a.rmpeer(now, &[p(2), p(3)]).unwrap();
         assert_eq!(moved, a.ring().size() - a.ring().size() / 3);
@@ -1446,7 +1516,7 @@ mod handoff_tests {
         let mut b = Ipam::new(cfg(p2)).unwrap();
         a.prime(now);
         b.prime(now);
-        a.set_reachable(BTreeSet::from([p2]));
+        a.set_reachable(now, BTreeSet::from([p2]));
         assert_eq!(a.leave(now), Some(p2));
         assert!(a.ring().owned_by(p1).is_empty(), "nothing left with the leaver");
         assert!(a.poll_completion().is_none(), "not done before the heir acknowledges");

@@ -49,7 +49,7 @@ impl Node {
         let mut cfg = IpamConfig::new(identity(id), name(id), range, init);
         cfg.retry_interval = Duration::from_millis(500);
         let mut ipam = Ipam::new(cfg).unwrap();
-        ipam.set_reachable((0..n).filter(|&i| i != id).map(name).collect());
+        ipam.set_reachable(now, (0..n).filter(|&i| i != id).map(name).collect());
         Self { id, n, ipam, completions: Vec::new(), next_anti_entropy: now + Duration::from_millis(200 + 37 * id as u64), errors: Vec::new(), rr: 0 }
     }
 

@@ -79,7 +79,10 @@ impl World {
         for p in 0..N {
             let same_side = |q: usize| inside.is_none_or(|s| s.contains(&p) == s.contains(&q));
             let reach = (0..N).filter(|&q| q != p && same_side(q)).map(name).collect();
-            self.sim.with_node(p, |n, _, _| n.ipam.set_reachable(reach));
+            self.sim.with_node(p, |n, now, out| {
+                n.ipam.set_reachable(now, reach);
+                n.drain(out);
+            });
         }
     }
 
@@ -135,7 +138,7 @@ impl World {
                 let node = match (keep, self.saved[p].take()) {
                     (true, Some(mut ipam)) => {
                         let fresh = Node::new(p, N, now, range(), InitMode::Seeds(vec![]));
-                        ipam.set_reachable((0..N).filter(|&q| q != p).map(name).collect());
+                        ipam.set_reachable(now, (0..N).filter(|&q| q != p).map(name).collect());
                         Node { ipam, ..fresh }
                     }
                     // State lost: the host rebooted and its containers are gone.

@@ -72,7 +72,10 @@ fn concurrent_rmpeer_on_two_peers_never_duplicates() {
         let others: Vec<usize> = (0..5).filter(|&p| p != dead).collect();
         for &p in &others {
             let reach = others.iter().filter(|&&q| q != p).map(|&q| name(q)).collect();
-            sim.with_node(p, |n, _, _| n.ipam.set_reachable(reach));
+            sim.with_node(p, |n, now, out| {
+                n.ipam.set_reachable(now, reach);
+                n.drain(out);
+            });
         }
         sim.run_for(Duration::from_secs(5));
         let (a, b) = (others[0], others[2]);
