@@ -334,6 +334,10 @@ pub fn run(cfg: &ScaleConfig) -> Result<ScaleRow, String> {
         if let Some(l) = cfg.conn_limit {
             c.args(["--conn-limit", &l.to_string()]);
         }
+        // WEAVE_SCALE_ARGS: more launch arguments for every router, split
+        // at whitespace (e.g. `--log-level info,weave_gossip::driver=debug`
+        // to log what each holds under load).
+        c.args(std::env::var("WEAVE_SCALE_ARGS").unwrap_or_default().split_whitespace());
         if cfg.password {
             c.env("WEAVE_PASSWORD", "scale-benchmark");
         }

@@ -64,6 +64,8 @@ const UPDATE_ROUND_BYTES: usize = 256 << 10;
 /// up: counted in messages alone, a mesh task behind under load held
 /// thousands of large topology updates, hundreds of MB.
 const INBOUND_BYTES: usize = 16 << 20;
+/// How often, at most, [`Driver::log_load`] logs.
+const LOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a closing connection may take to flush what is queued.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 /// Bytes of unwritten output above which a connection stops taking messages.
@@ -405,6 +407,7 @@ impl MeshBuilder {
             view,
             failures: VecDeque::new(),
             listen,
+            load_logged: None,
         };
         let task = tokio::spawn(driver.run(cmd_rx, acceptor));
         Ok(MeshHandle {
@@ -604,6 +607,8 @@ struct LinkSide {
     /// mesh cut a round short, cleared (by the task, which then tells the
     /// driver) below [`BACKLOG_LOW`].
     backlogged: Arc<AtomicBool>,
+    /// Bytes the task's buffers hold (input and output), as it last saw.
+    held: Arc<AtomicUsize>,
     /// Dropped to tell the task to flush and close.
     _close: oneshot::Sender<()>,
 }
@@ -630,6 +635,8 @@ struct Driver {
     view: watch::Sender<MeshView>,
     failures: VecDeque<(String, String)>,
     listen: SocketAddr,
+    /// When [`Driver::log_load`] last logged.
+    load_logged: Option<Instant>,
 }
 
 impl Driver {
@@ -656,12 +663,48 @@ impl Driver {
                 () = sleep => self.node.handle_timeout(Instant::now()),
             }
             self.pump(Instant::now());
+            self.log_load(&rx);
         }
         acceptor.abort();
         // Dropping the entries tells every connection task to flush and close.
         self.links.clear();
         self.links_epoch += 1;
         self.publish_view();
+    }
+
+    /// At most every [`LOAD_LOG_INTERVAL`] while there is activity, at
+    /// debug level: what the router holds that grows with load (to find
+    /// which bound a router under pressure sits at).
+    fn log_load(&mut self, rx: &mpsc::Receiver<Cmd>) {
+        if !tracing::enabled!(tracing::Level::DEBUG) || self.load_logged.is_some_and(|t| t.elapsed() < LOAD_LOG_INTERVAL) {
+            return;
+        }
+        self.load_logged = Some(Instant::now());
+        let (mut queued, mut queued_max, mut queued_msgs, mut held, mut held_max) = (0, 0, 0, 0, 0);
+        for e in self.links.values() {
+            let q = e.link.queued.load(Ordering::Relaxed);
+            let h = e.link.held.load(Ordering::Relaxed);
+            (queued, queued_max, held, held_max) = (queued + q, queued_max.max(q), held + h, held_max.max(h));
+            queued_msgs += e.link.tx.max_capacity() - e.link.tx.capacity();
+        }
+        let inbound = INBOUND_BYTES - self.shared.inbound_bytes.available_permits();
+        let m = self.node.mesh().load();
+        tracing::debug!(
+            links = self.links.len(),
+            queued,
+            queued_max,
+            queued_msgs,
+            held,
+            held_max,
+            inbound,
+            commands = rx.len(),
+            records = m.records,
+            record_connections = m.record_connections,
+            pending = m.pending,
+            holds = m.holds,
+            backlogged = m.backlogged,
+            "load"
+        );
     }
 
     fn handle(&mut self, cmd: Cmd) {
@@ -791,7 +834,9 @@ impl Driver {
                 }
             }
             for conn in stuck {
-                self.closed(now, conn, "send queue full (peer too slow)".into());
+                let (msgs, bytes) =
+                    self.links.get(&conn).map_or((0, 0), |e| (e.link.tx.max_capacity() - e.link.tx.capacity(), e.link.queued.load(Ordering::Relaxed)));
+                self.closed(now, conn, format!("send queue full (peer too slow: {msgs} messages, {} kB queued)", bytes >> 10));
             }
             while let Some(a) = self.node.poll_action() {
                 acted = true;
@@ -1090,7 +1135,8 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
     let (close_tx, mut close_rx) = oneshot::channel::<()>();
     let queued = Arc::new(AtomicUsize::new(0));
     let backlogged = Arc::new(AtomicBool::new(false));
-    let side = LinkSide { tx, queued: queued.clone(), backlogged: backlogged.clone(), _close: close_tx };
+    let held = Arc::new(AtomicUsize::new(0));
+    let side = LinkSide { tx, queued: queued.clone(), backlogged: backlogged.clone(), held: held.clone(), _close: close_tx };
     let (reply_tx, reply_rx) = oneshot::channel();
     let established = Cmd::Established { conn, info, socket, target, link: side, reply: reply_tx };
     if shared.send(established).await.is_err() {
@@ -1123,6 +1169,7 @@ async fn run_connection(stream: TcpStream, socket: SocketAddr, role: Role, targe
     let mut written = 0usize;
     let reason = loop {
         let pending = out.len() - written;
+        held.store(out.capacity() + link.buffer_capacity(), Ordering::Relaxed);
         tokio::select! {
             r = reader.readable() => match r.and_then(|()| read_into(&reader, &mut link)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -47,6 +47,11 @@ impl FrameDecoder {
         self.buf.len()
     }
 
+    /// Bytes the buffer has room for (what it costs in memory).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// The next whole frame, if one has arrived.
     pub fn next_frame(&mut self) -> Result<Option<BytesMut>, FrameTooLong> {
         if self.buf.len() < LEN_PREFIX {

@@ -36,5 +36,5 @@ pub use channel::{Channel, Output};
 pub use crypto::{DataKeys, Psk};
 pub use identity::{Identity, PeerKey};
 pub use link::{Established, Link, LinkConfig, LinkError, LocalFeatures, Role};
-pub use mesh::{Mesh, MeshConfig, MeshEvent};
+pub use mesh::{Mesh, MeshConfig, MeshEvent, MeshLoad};
 pub use node::{Action, Node, Persist};

@@ -247,6 +247,12 @@ impl Link {
         std::mem::take(&mut self.out)
     }
 
+    /// Bytes of memory the link's buffers hold (received, not yet a whole
+    /// frame; and output not yet taken).
+    pub fn buffer_capacity(&self) -> usize {
+        self.decoder.capacity() + self.out.capacity()
+    }
+
     /// Whether output is waiting.
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()

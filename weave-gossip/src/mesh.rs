@@ -363,6 +363,24 @@ pub struct MeshStats {
     pub channel_states_sent: u64,
 }
 
+/// Sizes of what a [`Mesh`] holds (see [`Mesh::load`]), for diagnosing
+/// load: none of them should grow without bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeshLoad {
+    /// Peer records held.
+    pub records: usize,
+    /// Connections those records list, in all.
+    pub record_connections: usize,
+    /// Records waiting for the next update round, over all neighbours.
+    pub pending: usize,
+    /// Record versions we believe neighbours hold, over all neighbours.
+    pub holds: usize,
+    /// Neighbours whose updates wait for their queue to drain.
+    pub backlogged: usize,
+    /// Messages not yet taken by [`Mesh::poll_transmit`].
+    pub transmits: usize,
+}
+
 struct Conn {
     remote: RemotePeer,
     last_rx: Instant,
@@ -604,6 +622,19 @@ impl Mesh {
     /// Counters.
     pub fn stats(&self) -> MeshStats {
         self.stats
+    }
+
+    /// What the mesh holds now that grows with the mesh or with load.
+    pub fn load(&self) -> MeshLoad {
+        let conns = self.conns.values();
+        MeshLoad {
+            records: self.topo.len(),
+            record_connections: self.topo.records().map(|r| r.connections.len()).sum(),
+            pending: conns.clone().map(|c| c.pending.len()).sum(),
+            holds: conns.clone().map(|c| c.holds.len()).sum(),
+            backlogged: conns.filter(|c| c.backlogged).count(),
+            transmits: self.transmits.len(),
+        }
     }
 
     /// Register (or replace) a gossip channel that persists nothing. Peers

@@ -11,6 +11,9 @@
 //! no full mesh: the time is until every router reaches every other peer.
 //! `WEAVE_SCALE_LOGS=DIR` keeps each router's log there. `--hold` keeps the
 //! mesh up after measuring, until interrupted, to profile a router in it.
+//! `WEAVE_SCALE_ARGS` adds launch arguments to every router (split at
+//! whitespace), e.g. `--log-level info,weave_gossip::driver=debug`, whose
+//! "load" lines every 10 s tell what each router holds.
 
 use std::time::Duration;
 
