@@ -22,7 +22,7 @@ use crate::proto::{Envelope, Features};
 /// Oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u8 = 1;
 /// Newest protocol version this build speaks.
-pub const PROTOCOL_MAX: u8 = 3;
+pub const PROTOCOL_MAX: u8 = 4;
 /// Default bound on one message after the handshake.
 pub const MAX_MESSAGE_LEN: usize = 1 << 20;
 /// Bound on a handshake frame.
@@ -604,10 +604,10 @@ mod tests {
 
     #[test]
     fn version_mismatch_names_both_ranges() {
-        let newer = LinkConfig { min_version: 4, max_version: 5, ..LinkConfig::default() };
+        let newer = LinkConfig { min_version: 5, max_version: 6, ..LinkConfig::default() };
         let (mut a, mut b) = pair(LinkConfig::default(), newer);
         let (ra, _) = pump(&mut a, &mut b);
-        assert_eq!(ra.unwrap_err().to_string(), "protocol version mismatch: we speak 1..3, the peer speaks 4..5");
+        assert_eq!(ra.unwrap_err().to_string(), "protocol version mismatch: we speak 1..4, the peer speaks 5..6");
     }
 
     #[test]

@@ -135,13 +135,19 @@ pub struct VersionEntry {
     pub version: u64,
 }
 
-/// Every record version the sender holds in the listed buckets.
+/// Every record version the sender holds in the listed buckets; or, as an
+/// offer, the versions it holds newer than the receiver's (who asks for
+/// those it has not asked another neighbour for).
 #[derive(Clone, PartialEq, Message)]
 pub struct TopologyVersions {
     #[prost(uint32, repeated, tag = "1")]
     pub buckets: Vec<u32>,
     #[prost(message, repeated, tag = "2")]
     pub entries: Vec<VersionEntry>,
+    /// An offer (from [`crate::mesh::RECORD_OFFERS`] on): answered only
+    /// with a request, never with versions or records.
+    #[prost(bool, tag = "3")]
+    pub offer: bool,
 }
 
 /// Records the sender wants in full.

@@ -242,7 +242,7 @@ impl PeerRecord {
         }
     }
 
-    fn key(&self) -> (u64, PeerUid) {
+    pub(crate) fn key(&self) -> (u64, PeerUid) {
         (self.version, self.uid)
     }
 }
