@@ -62,8 +62,11 @@ const UPDATE_ROUND_BYTES: usize = 256 << 10;
 /// together. A connection whose message would go past it stops reading
 /// (TCP flow control pushes back on the sender) until the task catches
 /// up: counted in messages alone, a mesh task behind under load held
-/// thousands of large topology updates, hundreds of MB.
-const INBOUND_BYTES: usize = 16 << 20;
+/// thousands of large topology updates, hundreds of MB. At 16 MB the
+/// routers of a 200-router mesh forming sat at the limit all along, with
+/// two to three times that decoded: the task was behind, and a larger
+/// buffer only made what it handled older.
+const INBOUND_BYTES: usize = 4 << 20;
 /// How often, at most, [`Driver::log_load`] logs.
 const LOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a closing connection may take to flush what is queued.
@@ -642,7 +645,7 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, acceptor: JoinHandle<()>) {
         self.pump(Instant::now());
-        loop {
+        'run: loop {
             let deadline = self.node.poll_timeout();
             let sleep = async {
                 match deadline {
@@ -660,7 +663,25 @@ impl Driver {
                     }
                     Some(cmd) => self.handle(cmd),
                 },
-                () = sleep => self.node.handle_timeout(Instant::now()),
+                () = sleep => {
+                    // What arrived before the deadline counts first: a
+                    // neighbour's heartbeat waiting in our own queue (a
+                    // router behind under load) must not time it out.
+                    for _ in 0..rx.len() {
+                        match rx.try_recv() {
+                            Ok(Cmd::Shutdown { reply }) => {
+                                let _ = reply.send(());
+                                break 'run;
+                            }
+                            Ok(cmd) => {
+                                self.handle(cmd);
+                                self.pump(Instant::now());
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.node.handle_timeout(Instant::now());
+                }
             }
             self.pump(Instant::now());
             self.log_load(&rx);
@@ -812,10 +833,14 @@ impl Driver {
                 if let Some(e) = self.links.get(&t.conn) {
                     let len = prost::Message::encoded_len(&*t.msg);
                     let queued = e.link.queued.fetch_add(len, Ordering::SeqCst) + len;
-                    if queued > CONN_QUEUE_BYTES || e.link.tx.try_send(t.msg).is_err() {
-                        stuck.push(t.conn);
-                    } else {
-                        sent_to.insert(t.conn);
+                    match if queued > CONN_QUEUE_BYTES { Err(mpsc::error::TrySendError::Full(t.msg)) } else { e.link.tx.try_send(t.msg) } {
+                        Ok(()) => {
+                            sent_to.insert(t.conn);
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => stuck.push(t.conn),
+                        // The task has ended; its `Closed`, with its
+                        // reason, is on the way.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
                 }
             }
