@@ -1000,20 +1000,20 @@ impl Mesh {
                 if v.buckets.iter().any(|&b| b as usize >= BUCKETS) || v.entries.len() > MAX_RECORDS_PER_MESSAGE {
                     return Err(ProtocolError::Malformed("versions"));
                 }
-                let offered = |n: &PeerName| v.entries.iter().find(|e| e.name == n.as_u64()).map_or(0, |e| e.version);
                 if v.offer {
                     let newer: Vec<(PeerName, u64)> = v
                         .entries
                         .iter()
                         .filter_map(|e| Some((PeerName::from_u64(e.name)?, PeerUid::new(e.uid)?, e.version)))
-                        .filter(|(n, uid, version)| self.topo.get(*n).is_none_or(|r| (*version, *uid) > r.key()))
+                        .filter(|&(n, uid, version)| self.topo.is_news(n, (version, uid)))
                         .map(|(n, _, version)| (n, version))
                         .collect();
                     self.request(now, conn, newer);
                 } else {
                     let buckets: BTreeSet<usize> = v.buckets.iter().map(|&b| b as usize).collect();
                     let (ours_newer, theirs_newer) = self.topo.compare(&buckets, &v.entries);
-                    let wanted: Vec<(PeerName, u64)> = theirs_newer.iter().map(|n| (*n, offered(n))).collect();
+                    let offered: HashMap<u64, u64> = v.entries.iter().map(|e| (e.name, e.version)).collect();
+                    let wanted: Vec<(PeerName, u64)> = theirs_newer.iter().map(|n| (*n, offered.get(&n.as_u64()).copied().unwrap_or(0))).collect();
                     if self.conns[&conn].remote.version >= RECORD_OFFERS {
                         self.offer(conn, &ours_newer);
                     } else {

@@ -613,8 +613,14 @@ impl Topology {
                 ours_newer.push(r.name);
             }
         }
-        let theirs_newer = their_keys.iter().filter(|(n, k)| self.peers.get(n).is_none_or(|r| **k > r.key())).map(|(n, _)| *n).collect();
+        let theirs_newer = their_keys.iter().filter(|(n, k)| self.is_news(**n, **k)).map(|(n, _)| *n).collect();
         (ours_newer, theirs_newer)
+    }
+
+    /// Whether `name`'s record at `key` (version, incarnation) would be
+    /// new to us: we hold none, or an older one.
+    pub(crate) fn is_news(&self, name: PeerName, key: (u64, PeerUid)) -> bool {
+        self.peers.get(&name).is_none_or(|r| key > r.key())
     }
 }
 
