@@ -616,6 +616,13 @@ struct LinkSide {
     _close: oneshot::Sender<()>,
 }
 
+impl LinkSide {
+    /// Messages queued and not yet taken by the task.
+    fn queued_messages(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
 struct ConnEntry {
     link: LinkSide,
     peer: PeerName,
@@ -706,7 +713,7 @@ impl Driver {
             let q = e.link.queued.load(Ordering::Relaxed);
             let h = e.link.held.load(Ordering::Relaxed);
             (queued, queued_max, held, held_max) = (queued + q, queued_max.max(q), held + h, held_max.max(h));
-            queued_msgs += e.link.tx.max_capacity() - e.link.tx.capacity();
+            queued_msgs += e.link.queued_messages();
         }
         let inbound = INBOUND_BYTES - self.shared.inbound_bytes.available_permits();
         let m = self.node.mesh().load();
@@ -833,7 +840,8 @@ impl Driver {
                 if let Some(e) = self.links.get(&t.conn) {
                     let len = prost::Message::encoded_len(&*t.msg);
                     let queued = e.link.queued.fetch_add(len, Ordering::SeqCst) + len;
-                    match if queued > CONN_QUEUE_BYTES { Err(mpsc::error::TrySendError::Full(t.msg)) } else { e.link.tx.try_send(t.msg) } {
+                    let sent = if queued > CONN_QUEUE_BYTES { Err(mpsc::error::TrySendError::Full(t.msg)) } else { e.link.tx.try_send(t.msg) };
+                    match sent {
                         Ok(()) => {
                             sent_to.insert(t.conn);
                         }
@@ -859,8 +867,7 @@ impl Driver {
                 }
             }
             for conn in stuck {
-                let (msgs, bytes) =
-                    self.links.get(&conn).map_or((0, 0), |e| (e.link.tx.max_capacity() - e.link.tx.capacity(), e.link.queued.load(Ordering::Relaxed)));
+                let (msgs, bytes) = self.links.get(&conn).map_or((0, 0), |e| (e.link.queued_messages(), e.link.queued.load(Ordering::Relaxed)));
                 self.closed(now, conn, format!("send queue full (peer too slow: {msgs} messages, {} kB queued)", bytes >> 10));
             }
             while let Some(a) = self.node.poll_action() {

@@ -1011,9 +1011,7 @@ impl Mesh {
                     self.request(now, conn, newer);
                 } else {
                     let buckets: BTreeSet<usize> = v.buckets.iter().map(|&b| b as usize).collect();
-                    let (ours_newer, theirs_newer) = self.topo.compare(&buckets, &v.entries);
-                    let offered: HashMap<u64, u64> = v.entries.iter().map(|e| (e.name, e.version)).collect();
-                    let wanted: Vec<(PeerName, u64)> = theirs_newer.iter().map(|n| (*n, offered.get(&n.as_u64()).copied().unwrap_or(0))).collect();
+                    let (ours_newer, wanted) = self.topo.compare(&buckets, &v.entries);
                     if self.conns[&conn].remote.version >= RECORD_OFFERS {
                         self.offer(conn, &ours_newer);
                     } else {

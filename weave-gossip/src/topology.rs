@@ -597,8 +597,8 @@ impl Topology {
 
     /// Compare a peer's versions for some buckets with ours: returns the
     /// names where we are newer (or they lack the record), and the names
-    /// where they are newer (or we lack it).
-    pub fn compare(&self, buckets: &BTreeSet<usize>, theirs: &[VersionEntry]) -> (Vec<PeerName>, Vec<PeerName>) {
+    /// where they are newer (or we lack it), with their version.
+    pub fn compare(&self, buckets: &BTreeSet<usize>, theirs: &[VersionEntry]) -> (Vec<PeerName>, Vec<(PeerName, u64)>) {
         let mut their_keys = BTreeMap::new();
         for v in theirs {
             if let (Some(n), Some(u)) = (PeerName::from_u64(v.name), PeerUid::new(v.uid)) {
@@ -613,7 +613,7 @@ impl Topology {
                 ours_newer.push(r.name);
             }
         }
-        let theirs_newer = their_keys.iter().filter(|(n, k)| self.is_news(**n, **k)).map(|(n, _)| *n).collect();
+        let theirs_newer = their_keys.iter().filter(|(n, k)| self.is_news(**n, **k)).map(|(n, (version, _))| (*n, *version)).collect();
         (ours_newer, theirs_newer)
     }
 
